@@ -1,0 +1,33 @@
+// Helpers shared by the C++ tests: a scratch directory removed at the end of the test, and
+// small file writers. Tests make every input they need; nothing is downloaded.
+#pragma once
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+namespace moe::testing {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = std::filesystem::temp_directory_path() / ("moe_test_" + std::to_string(rd()) + std::to_string(rd()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string path() const { return path_.string(); }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+}  // namespace moe::testing
