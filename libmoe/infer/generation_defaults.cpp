@@ -1,0 +1,30 @@
+#include "infer/generation_defaults.h"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/mapped_file.h"
+
+namespace moe::infer {
+
+SamplingParams load_sampling_defaults(const std::string& model_dir) {
+  SamplingParams p;
+  const auto path = std::filesystem::path(model_dir) / "generation_config.json";
+  if (!std::filesystem::exists(path)) return p;
+  auto j = nlohmann::json::parse(read_text_file(path.string()), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw_input("{}: not a valid JSON object", path.string());
+  auto num = [&](const char* k, double def) {
+    if (!j.contains(k) || j[k].is_null()) return def;
+    if (!j[k].is_number()) throw_input("{}: field '{}' must be a number", path.string(), k);
+    return j[k].get<double>();
+  };
+  const bool do_sample = j.value("do_sample", false);
+  p.temperature = do_sample ? float(num("temperature", 1.0)) : 0.0f;
+  p.top_k = int(num("top_k", 0));
+  p.top_p = float(num("top_p", 1.0));
+  p.repetition_penalty = float(num("repetition_penalty", 1.0));
+  return p;
+}
+
+}  // namespace moe::infer

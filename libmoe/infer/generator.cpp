@@ -1,0 +1,69 @@
+#include "infer/generator.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+
+namespace moe::infer {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+GenerationResult Generator::generate(const std::vector<int32_t>& prompt, const GenerationConfig& cfg,
+                                     const std::function<bool(int32_t)>& on_token) {
+  if (prompt.empty()) throw_input("the prompt is empty: nothing to continue from");
+  const int64_t V = model_.config().vocab_size;
+  GenerationResult res;
+  res.prompt_tokens = int64_t(prompt.size());
+
+  // Reuse the cached prefix; always recompute at least the last prompt token for its logits.
+  size_t keep = 0;
+  while (keep < cached_.size() && keep < prompt.size() && cached_[keep] == prompt[keep]) ++keep;
+  keep = std::min(keep, prompt.size() - 1);
+  cache_.truncate(int64_t(keep));
+  cached_.resize(keep);
+
+  std::vector<float> logits(static_cast<size_t>(V));
+  std::vector<int32_t> history = prompt;
+  Sampler sampler(cfg.sampling);
+  auto t0 = std::chrono::steady_clock::now();
+  std::span<const int32_t> fresh(prompt.data() + keep, prompt.size() - keep);
+  model_.forward(fresh, cache_, logits.data());
+  cached_.insert(cached_.end(), fresh.begin(), fresh.end());
+  res.prefilled_tokens = int64_t(fresh.size());
+  res.prefill_seconds = seconds_since(t0);
+
+  t0 = std::chrono::steady_clock::now();
+  res.finish_reason = "length";
+  for (int step = 0; step < cfg.max_new_tokens; ++step) {
+    if (step > 0) {
+      int32_t last = history.back();
+      model_.forward(std::span<const int32_t>(&last, 1), cache_, logits.data());
+      cached_.push_back(last);
+    }
+    TokenLogprob lp{};
+    std::vector<float> raw;
+    if (cfg.logprobs) raw = logits;  // logprobs describe the model's distribution, before penalties
+    const int32_t id = sampler.sample(logits, history);
+    if (std::find(cfg.stop_ids.begin(), cfg.stop_ids.end(), id) != cfg.stop_ids.end()) {
+      res.finish_reason = "stop";
+      break;
+    }
+    if (cfg.logprobs) {
+      lp.id = id;
+      lp.logprob = token_logprob(raw, id, cfg.top_logprobs, &lp.top);
+      res.logprobs.push_back(std::move(lp));
+    }
+    history.push_back(id);
+    res.ids.push_back(id);
+    if (on_token && !on_token(id)) break;
+  }
+  res.decode_seconds = seconds_since(t0);
+  return res;
+}
+
+}  // namespace moe::infer

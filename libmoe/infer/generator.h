@@ -1,0 +1,51 @@
+// Autoregressive generation over a Transformer: one prefill pass over the new prompt tokens,
+// then one decode step per token, stopping at a stop id or max_new_tokens. The KV cache is
+// reused across calls when the new prompt extends what the cache already holds.
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "infer/sampler.h"
+#include "model/transformer.h"
+
+namespace moe::infer {
+
+struct GenerationConfig {
+  int max_new_tokens = 512;
+  SamplingParams sampling;
+  std::vector<int32_t> stop_ids;  // generation ends after producing one of these (not returned)
+  bool logprobs = false;
+  int top_logprobs = 0;
+};
+
+struct TokenLogprob {
+  int32_t id;
+  float logprob;
+  std::vector<std::pair<int32_t, float>> top;
+};
+
+struct GenerationResult {
+  std::vector<int32_t> ids;  // generated ids, without the stop id
+  std::string finish_reason;  // "stop" or "length"
+  int64_t prompt_tokens = 0, prefilled_tokens = 0;  // prefilled < prompt when the cache was reused
+  double prefill_seconds = 0, decode_seconds = 0;
+  std::vector<TokenLogprob> logprobs;
+};
+
+class Generator {
+ public:
+  explicit Generator(model::Transformer& model) : model_(model), cache_(model.new_cache()) {}
+
+  // Generates a continuation of `prompt` (the whole context). `on_token` is called for each
+  // generated id (stop ids excluded); returning false stops generation early.
+  GenerationResult generate(const std::vector<int32_t>& prompt, const GenerationConfig& cfg,
+                            const std::function<bool(int32_t)>& on_token = {});
+  void reset() { cache_.clear(), cached_.clear(); }
+
+ private:
+  model::Transformer& model_;
+  model::KvCache cache_;
+  std::vector<int32_t> cached_;  // the ids whose keys/values the cache holds
+};
+
+}  // namespace moe::infer

@@ -1,0 +1,37 @@
+// Next-token selection from logits: repetition penalty, temperature, top-k, top-p, in the
+// order HF generate() applies them. temperature <= 0 means greedy (argmax).
+#pragma once
+#include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "core/rng.h"
+
+namespace moe::infer {
+
+struct SamplingParams {
+  float temperature = 0.0f;
+  int top_k = 0;           // 0 = off
+  float top_p = 1.0f;      // 1 = off
+  float repetition_penalty = 1.0f;
+  uint64_t seed = 42;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(SamplingParams p) : p_(p), rng_(p.seed) {}
+  // `history` = prompt and generated ids so far (for the repetition penalty). `logits` is
+  // modified in place (penalised).
+  int32_t sample(std::span<float> logits, std::span<const int32_t> history);
+
+ private:
+  SamplingParams p_;
+  Rng rng_;
+  std::vector<std::pair<float, int32_t>> cand_;
+};
+
+// log_softmax of `logits` at `id`, and the `k` most likely ids with their logprobs.
+float token_logprob(std::span<const float> logits, int32_t id, int k, std::vector<std::pair<int32_t, float>>* top);
+
+}  // namespace moe::infer

@@ -1,0 +1,62 @@
+#include "kernels/cpu/elementwise.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/parallel.h"
+
+namespace moe::kernels::cpu {
+
+void rmsnorm(const float* x_TD, int64_t T, int64_t D, const float* w_D, float eps, float* out_TD) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* x = x_TD + t * D;
+    double ss = 0;
+    for (int64_t i = 0; i < D; ++i) ss += double(x[i]) * x[i];
+    float r = 1.0f / std::sqrt(float(ss / double(D)) + eps);
+    float* o = out_TD + t * D;
+    for (int64_t i = 0; i < D; ++i) o[i] = x[i] * r * w_D[i];
+  }
+}
+
+void swiglu(const float* gu_T2F, int64_t T, int64_t F, float* h_TF) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* g = gu_T2F + t * 2 * F;
+    const float* u = g + F;
+    float* h = h_TF + t * F;
+    for (int64_t f = 0; f < F; ++f) h[f] = g[f] / (1.0f + std::exp(-g[f])) * u[f];
+  }
+}
+
+void softmax_rows(float* x_TN, int64_t T, int64_t n) {
+  for (int64_t t = 0; t < T; ++t) {
+    float* x = x_TN + t * n;
+    float m = *std::max_element(x, x + n);
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += (x[i] = std::exp(x[i] - m));
+    float inv = float(1.0 / s);
+    for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+  }
+}
+
+void rope_apply(float* x_THd, int64_t T, int64_t H, int64_t d, const int32_t* pos_T, const float* cos_Pd2,
+                const float* sin_Pd2) {
+  const int64_t half = d / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = cos_Pd2 + int64_t(pos_T[t]) * half;
+    const float* s = sin_Pd2 + int64_t(pos_T[t]) * half;
+    for (int64_t h = 0; h < H; ++h) {
+      float* x = x_THd + (t * H + h) * d;
+      for (int64_t i = 0; i < half; ++i) {
+        float a = x[i], b = x[i + half];
+        x[i] = a * c[i] - b * s[i];
+        x[i + half] = b * c[i] + a * s[i];
+      }
+    }
+  }
+}
+
+void add_inplace(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+}  // namespace moe::kernels::cpu

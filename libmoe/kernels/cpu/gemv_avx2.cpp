@@ -1,0 +1,76 @@
+// Compiled with -mavx2 -mfma -mf16c; only called when cpu_has_avx2_fma_f16c().
+#include <immintrin.h>
+
+#include "kernels/cpu/gemv.h"
+
+namespace moe::kernels::cpu {
+
+namespace {
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p, DType t) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if (t == DType::F16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+inline float widen(const void* W, DType t, int64_t i) {
+  auto* h = static_cast<const uint16_t*>(W);
+  if (t == DType::F32) return static_cast<const float*>(W)[i];
+  return t == DType::BF16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]);
+}
+
+// One weight row against every x row; the row is read from memory once and then served
+// from L1 for the remaining tokens.
+template <class WT>
+inline void row_dot(const GemvArgs& a, int64_t n) {
+  const int64_t D = a.D;
+  const WT* w = static_cast<const WT*>(a.W) + n * D;
+  for (int64_t t = 0; t < a.T; ++t) {
+    const float* x = a.x + t * D;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+           acc3 = _mm256_setzero_ps();
+    int64_t d = 0;
+    for (; d + 32 <= D; d += 32) {
+      if constexpr (sizeof(WT) == 4) {
+        acc0 = _mm256_fmadd_ps(load8(w + d), load8(x + d), acc0);
+        acc1 = _mm256_fmadd_ps(load8(w + d + 8), load8(x + d + 8), acc1);
+        acc2 = _mm256_fmadd_ps(load8(w + d + 16), load8(x + d + 16), acc2);
+        acc3 = _mm256_fmadd_ps(load8(w + d + 24), load8(x + d + 24), acc3);
+      } else {
+        acc0 = _mm256_fmadd_ps(load8(w + d, a.wtype), load8(x + d), acc0);
+        acc1 = _mm256_fmadd_ps(load8(w + d + 8, a.wtype), load8(x + d + 8), acc1);
+        acc2 = _mm256_fmadd_ps(load8(w + d + 16, a.wtype), load8(x + d + 16), acc2);
+        acc3 = _mm256_fmadd_ps(load8(w + d + 24, a.wtype), load8(x + d + 24), acc3);
+      }
+    }
+    for (; d + 8 <= D; d += 8) {
+      if constexpr (sizeof(WT) == 4) acc0 = _mm256_fmadd_ps(load8(w + d), load8(x + d), acc0);
+      else acc0 = _mm256_fmadd_ps(load8(w + d, a.wtype), load8(x + d), acc0);
+    }
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    for (; d < D; ++d) s += widen(a.W, a.wtype, n * D + d) * x[d];
+    float* y = a.y + t * a.N + n;
+    *y = a.accumulate ? *y + s : s;
+  }
+}
+
+}  // namespace
+
+void gemv_rows_avx2(const GemvArgs& a, int64_t n0, int64_t n1) {
+  if (a.wtype == DType::F32) {
+    for (int64_t n = n0; n < n1; ++n) row_dot<float>(a, n);
+  } else {
+    for (int64_t n = n0; n < n1; ++n) row_dot<uint16_t>(a, n);
+  }
+}
+
+}  // namespace moe::kernels::cpu

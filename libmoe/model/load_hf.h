@@ -1,0 +1,26 @@
+// Loading a Hugging Face model directory into the canonical state (through WeightMap), and
+// writing a canonical state back as an HF directory. Every tensor name and shape the config
+// implies is checked before any weight is used.
+#pragma once
+#include <string>
+
+#include "model/model_config.h"
+#include "model/state_dict.h"
+
+namespace moe::model {
+
+struct LoadedModel {
+  ModelConfig config;
+  StateDict state;  // canonical names; unfused tensors borrow the mapped safetensors (zero copy)
+};
+
+// InputError naming the file and tensor for a missing tensor or a shape that disagrees with
+// config.json.
+LoadedModel load_hf_model(const std::string& dir);
+
+// Writes `state` as HF safetensors (model.safetensors, or shards + index above max_shard_bytes)
+// into `dir`, which must exist. config.json and tokenizer files are the caller's.
+void save_hf_weights(const ModelConfig& c, const StateDict& state, const std::string& dir,
+                     uint64_t max_shard_bytes = uint64_t(5) << 30);
+
+}  // namespace moe::model

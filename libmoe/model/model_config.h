@@ -1,0 +1,67 @@
+// ModelConfig: the architecture-neutral description of a decoder-only (MoE) transformer, in
+// Megatron-Core's vocabulary. Built from HF config.json by load_hf_config (hf_config.h) and
+// validated once; every other layer (engine, WeightMap, export, planner) reads only this.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+
+namespace moe::model {
+
+// Rotary embedding frequency scaling, as HF's rope_scaling.rope_type.
+struct RopeScaling {
+  std::string type = "default";  // default | linear | llama3 | yarn
+  double factor = 1.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  int64_t original_max_position_embeddings = 0;          // llama3, yarn
+  double beta_fast = 32.0, beta_slow = 1.0;              // yarn
+  double attention_factor = 0.0;                         // yarn; 0 = derived from factor (and mscale)
+  double mscale = 0.0, mscale_all_dim = 0.0;             // yarn (DeepSeek style); 0 = unset
+  bool truncate = true;                                  // yarn
+};
+
+struct ModelConfig {
+  std::string model_type;  // the HF family: qwen3_moe, qwen2_moe, mixtral, qwen2, qwen3, llama
+  int num_layers = 0;
+  int hidden_size = 0;
+  int ffn_hidden_size = 0;  // dense MLP width (0 if the model has no dense layer)
+  int num_attention_heads = 0;
+  int num_query_groups = 0;  // key/value heads
+  int kv_channels = 0;       // head dim
+  int64_t vocab_size = 0;
+  int64_t max_position_embeddings = 0;
+  double norm_epsilon = 1e-6;
+  double rotary_base = 10000.0;
+  RopeScaling rope_scaling;
+  bool qk_layernorm = false;
+  bool add_qkv_bias = false;
+  bool untie_embeddings_and_output_weights = true;
+  // MoE (num_experts == 0 for dense models).
+  int num_experts = 0;
+  int moe_ffn_hidden_size = 0;
+  int moe_router_topk = 0;
+  // Megatron semantics: true = softmax over all experts, top-k, no renormalisation
+  // (HF norm_topk_prob=false); false = top-k logits then softmax (renormalised top-k).
+  bool moe_router_pre_softmax = false;
+  int moe_shared_expert_intermediate_size = 0;  // 0 = no shared expert
+  bool moe_shared_expert_gate = false;          // Qwen2-MoE: sigmoid(x . gate_weight) scales it
+  std::vector<bool> moe_layer_pattern;          // per layer: true = MoE MLP, false = dense MLP
+  DType params_dtype = DType::F32;  // torch_dtype of the checkpoint
+  int bos_token_id = -1;
+  std::vector<int> eos_token_ids;
+
+  bool is_moe_layer(int layer) const { return num_experts > 0 && moe_layer_pattern.at(size_t(layer)); }
+  int query_groups_ratio() const { return num_attention_heads / num_query_groups; }
+  int64_t qkv_rows() const { return int64_t(num_query_groups) * (query_groups_ratio() + 2) * kv_channels; }
+  // Total parameter count (every tensor the canonical state holds).
+  int64_t num_parameters() const;
+  // Parameters read per token at decode: everything except the experts not selected.
+  int64_t num_active_parameters() const;
+};
+
+// Checks internal consistency; InputError naming `source` (e.g. ".../config.json") and the field.
+void validate_config(const ModelConfig& c, const std::string& source);
+
+}  // namespace moe::model

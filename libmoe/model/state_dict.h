@@ -1,0 +1,37 @@
+// The canonical state: every parameter under its Megatron-Core GPTModel name
+// (reference/megatron-format.md section 3), whole (unsharded). The only internal naming.
+#pragma once
+#include <map>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace moe::model {
+
+using StateDict = std::map<std::string, Tensor>;
+
+// Canonical names, in one place.
+namespace names {
+inline std::string layer(int i) { return "decoder.layers." + std::to_string(i) + "."; }
+inline const std::string kEmbedding = "embedding.word_embeddings.weight";
+inline const std::string kFinalNorm = "decoder.final_layernorm.weight";
+inline const std::string kOutput = "output_layer.weight";
+inline const std::string kInputNorm = "self_attention.linear_qkv.layer_norm_weight";
+inline const std::string kQkv = "self_attention.linear_qkv.weight";
+inline const std::string kQkvBias = "self_attention.linear_qkv.bias";
+inline const std::string kQNorm = "self_attention.q_layernorm.weight";
+inline const std::string kKNorm = "self_attention.k_layernorm.weight";
+inline const std::string kProj = "self_attention.linear_proj.weight";
+inline const std::string kPreMlpNorm = "pre_mlp_layernorm.weight";        // MoE layers
+inline const std::string kDenseNorm = "mlp.linear_fc1.layer_norm_weight";  // dense layers (TE fused norm)
+inline const std::string kDenseFc1 = "mlp.linear_fc1.weight";
+inline const std::string kDenseFc2 = "mlp.linear_fc2.weight";
+inline const std::string kRouter = "mlp.router.weight";
+inline std::string expert_fc1(int e) { return "mlp.experts.linear_fc1.weight" + std::to_string(e); }
+inline std::string expert_fc2(int e) { return "mlp.experts.linear_fc2.weight" + std::to_string(e); }
+inline const std::string kSharedFc1 = "mlp.shared_experts.linear_fc1.weight";
+inline const std::string kSharedFc2 = "mlp.shared_experts.linear_fc2.weight";
+inline const std::string kSharedGate = "mlp.shared_experts.gate_weight";
+}  // namespace names
+
+}  // namespace moe::model

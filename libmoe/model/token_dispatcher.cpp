@@ -1,0 +1,42 @@
+#include "model/token_dispatcher.h"
+
+#include <cstring>
+
+#include "core/error.h"
+
+namespace moe::model {
+
+TokenDispatcher::TokenDispatcher(const Routing& r, int64_t E) : counts_E_(size_t(E)), offsets_E_(size_t(E)) {
+  const int64_t n = r.T * r.K;
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t e = r.expert_TK[size_t(i)];
+    MOE_ASSERT(e >= 0 && e < E, "router chose expert {} of {}", e, E);
+    ++counts_E_[size_t(e)];
+  }
+  for (int64_t e = 1; e < E; ++e) offsets_E_[size_t(e)] = offsets_E_[size_t(e - 1)] + counts_E_[size_t(e - 1)];
+  token_of_row_.resize(size_t(n));
+  weight_of_row_.resize(size_t(n));
+  std::vector<int64_t> fill = offsets_E_;
+  // Token order within an expert is preserved (stable), which keeps results deterministic.
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t row = fill[size_t(r.expert_TK[size_t(i)])]++;
+    token_of_row_[size_t(row)] = i / r.K;
+    weight_of_row_[size_t(row)] = r.weight_TK[size_t(i)];
+  }
+}
+
+void TokenDispatcher::permute(const float* x_TD, int64_t D, float* x_perm) const {
+  for (size_t row = 0; row < token_of_row_.size(); ++row)
+    std::memcpy(x_perm + int64_t(row) * D, x_TD + token_of_row_[row] * D, size_t(D) * sizeof(float));
+}
+
+void TokenDispatcher::unpermute_add(const float* y_perm, int64_t D, float* out_TD) const {
+  for (size_t row = 0; row < token_of_row_.size(); ++row) {
+    float* o = out_TD + token_of_row_[row] * D;
+    const float* y = y_perm + int64_t(row) * D;
+    const float w = weight_of_row_[row];
+    for (int64_t i = 0; i < D; ++i) o[i] += w * y[i];
+  }
+}
+
+}  // namespace moe::model

@@ -1,0 +1,45 @@
+// WeightMap: the only place that knows Hugging Face tensor names. One rule per canonical
+// (Megatron-Core) tensor says which HF tensors make it and how: copied, fused as QKV per
+// query group, or gate/up concatenated into fc1. HF loading and export both go through it.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/model_config.h"
+
+namespace moe::model {
+
+enum class Fuse {
+  kCopy,    // one HF tensor, same layout
+  kQkv,     // q, k, v -> rows grouped per query group: [q heads of group g; k_g; v_g] for each g
+  kGateUp,  // gate, up -> [gate; up]
+};
+
+struct WeightRule {
+  std::string mcore;                 // canonical name
+  Shape shape;                       // canonical shape
+  std::vector<std::string> hf;       // HF names, in fusion order
+  std::vector<Shape> hf_shapes;      // their shapes
+  Fuse fuse = Fuse::kCopy;
+};
+
+class WeightMap {
+ public:
+  // The rules for one model, in a stable order (embedding, layers, final norm, output).
+  static WeightMap for_config(const ModelConfig& c);
+  const std::vector<WeightRule>& rules() const { return rules_; }
+
+  // HF tensors (ordered as rule.hf, shapes already checked) -> the canonical tensor.
+  // kCopy returns the input itself (no copy, may borrow a mapped file).
+  Tensor to_mcore(const WeightRule& rule, const std::vector<Tensor>& hf) const;
+  // The inverse: canonical tensor -> HF tensors in rule.hf order.
+  std::vector<Tensor> to_hf(const WeightRule& rule, const Tensor& mcore) const;
+
+ private:
+  explicit WeightMap(const ModelConfig& c) : cfg_(c) {}
+  ModelConfig cfg_;
+  std::vector<WeightRule> rules_;
+};
+
+}  // namespace moe::model

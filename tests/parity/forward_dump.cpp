@@ -1,0 +1,52 @@
+// Parity helper: loads an HF model dir with moectl's engine, runs the given ids, and prints
+// one JSON object: the last position's logits and a greedy continuation (not stopping at
+// eos). run_parity.py compares both against the independent PyTorch reference.
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "infer/generator.h"
+#include "model/load_hf.h"
+
+int main(int argc, char** argv) {
+  std::string model_dir, ids_arg;
+  int greedy = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    if (k == "--model") model_dir = argv[i + 1];
+    else if (k == "--ids") ids_arg = argv[i + 1];
+    else if (k == "--greedy") greedy = std::stoi(argv[i + 1]);
+  }
+  if (model_dir.empty() || ids_arg.empty()) {
+    std::fprintf(stderr, "usage: moe_forward_dump --model DIR --ids 1,2,3 [--greedy N]\n");
+    return 2;
+  }
+  try {
+    std::vector<int32_t> ids;
+    std::stringstream ss(ids_arg);
+    for (std::string tok; std::getline(ss, tok, ',');) ids.push_back(int32_t(std::stoi(tok)));
+    auto loaded = moe::model::load_hf_model(model_dir);
+    moe::model::Transformer model(loaded.config, std::move(loaded.state));
+    auto cache = model.new_cache();
+    std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
+    model.forward(ids, cache, logits.data());
+    moe::infer::Generator gen(model);
+    moe::infer::GenerationConfig cfg;
+    cfg.max_new_tokens = greedy;
+    auto res = gen.generate(ids, cfg);
+    nlohmann::json out;
+    out["last_logits"] = logits;
+    out["generated"] = res.ids;
+    std::cout << out.dump() << "\n";
+  } catch (const moe::Error& e) {
+    std::fprintf(stderr, "moe_forward_dump: %s\n", e.what());
+    return e.exit_code();
+  }
+  return 0;
+}
