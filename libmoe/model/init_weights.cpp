@@ -22,7 +22,8 @@ uint64_t name_hash(const std::string& s) {
 StateDict init_random_state(const ModelConfig& c, uint64_t seed, DType dtype, double std) {
   StateDict s;
   const double out_std = std / std::sqrt(2.0 * c.num_layers);
-  for (const auto& rule : WeightMap::for_config(c).rules()) {
+  const WeightMap map = WeightMap::for_config(c);
+  for (const auto& rule : map.rules()) {
     Tensor t(rule.shape, DType::F32);
     float* p = t.f32();
     const std::string& n = rule.mcore;

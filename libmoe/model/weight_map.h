@@ -28,7 +28,9 @@ class WeightMap {
  public:
   // The rules for one model, in a stable order (embedding, layers, final norm, output).
   static WeightMap for_config(const ModelConfig& c);
-  const std::vector<WeightRule>& rules() const { return rules_; }
+  const std::vector<WeightRule>& rules() const& { return rules_; }
+  // Iterating the rules of a temporary WeightMap would dangle: keep the map in a variable.
+  const std::vector<WeightRule>& rules() const&& = delete;
 
   // HF tensors (ordered as rule.hf, shapes already checked) -> the canonical tensor.
   // kCopy returns the input itself (no copy, may borrow a mapped file).

@@ -1,0 +1,82 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/rng.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/elementwise.h"
+
+using namespace moe;
+using namespace moe::kernels::cpu;
+
+TEST(Elementwise, RmsNormMatchesDefinition) {
+  Rng rng(1);
+  const int T = 3, D = 10;
+  std::vector<float> x(T * D), w(D), y(T * D);
+  for (auto& v : x) v = float(rng.normal());
+  for (auto& v : w) v = float(1 + 0.1 * rng.normal());
+  rmsnorm(x.data(), T, D, w.data(), 1e-6f, y.data());
+  for (int t = 0; t < T; ++t) {
+    double ss = 0;
+    for (int i = 0; i < D; ++i) ss += x[t * D + i] * x[t * D + i];
+    double r = 1 / std::sqrt(ss / D + 1e-6);
+    for (int i = 0; i < D; ++i) EXPECT_NEAR(y[t * D + i], x[t * D + i] * r * w[i], 1e-5);
+  }
+}
+
+TEST(Elementwise, SwigluUsesGateThenUp) {
+  std::vector<float> gu = {1.0f, -2.0f, 3.0f, 4.0f};  // T=1, F=2: gate {1,-2}, up {3,4}
+  std::vector<float> h(2);
+  swiglu(gu.data(), 1, 2, h.data());
+  EXPECT_NEAR(h[0], 1.0 / (1 + std::exp(-1.0)) * 3.0, 1e-6);
+  EXPECT_NEAR(h[1], -2.0 / (1 + std::exp(2.0)) * 4.0, 1e-6);
+}
+
+TEST(Elementwise, RopeRotatesHalves) {
+  // One head, d=4, position 1 with angles a0, a1: (x0, x2) and (x1, x3) rotate.
+  std::vector<float> x = {1, 2, 3, 4};
+  float a0 = 0.3f, a1 = 0.7f;
+  std::vector<float> cos_t = {1, 1, std::cos(a0), std::cos(a1)}, sin_t = {0, 0, std::sin(a0), std::sin(a1)};
+  int32_t pos = 1;
+  rope_apply(x.data(), 1, 1, 4, &pos, cos_t.data(), sin_t.data());
+  EXPECT_NEAR(x[0], 1 * std::cos(a0) - 3 * std::sin(a0), 1e-6);
+  EXPECT_NEAR(x[2], 3 * std::cos(a0) + 1 * std::sin(a0), 1e-6);
+  EXPECT_NEAR(x[1], 2 * std::cos(a1) - 4 * std::sin(a1), 1e-6);
+  EXPECT_NEAR(x[3], 4 * std::cos(a1) + 2 * std::sin(a1), 1e-6);
+}
+
+// Attention of a prefill equals attention computed one token at a time over the cache, and
+// grouped heads read their group's keys.
+TEST(Attention, CausalGqaMatchesNaive) {
+  Rng rng(5);
+  const int64_t T = 6, nh = 4, ng = 2, d = 8;
+  std::vector<float> q(T * nh * d), k(T * ng * d), v(T * ng * d), out(T * nh * d);
+  for (auto* vec : {&q, &k, &v})
+    for (auto& x : *vec) x = float(rng.normal());
+  AttentionShape s{T, 0, nh, ng, d, 0.35f};
+  causal_attention(s, q.data(), k.data(), v.data(), out.data());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < nh; ++h) {
+      const int64_t g = h / (nh / ng);
+      std::vector<double> p(size_t(t + 1));
+      double m = -1e30, sum = 0;
+      for (int64_t j = 0; j <= t; ++j) {
+        double dot = 0;
+        for (int64_t c = 0; c < d; ++c) dot += q[size_t((t * nh + h) * d + c)] * k[size_t((j * ng + g) * d + c)];
+        p[size_t(j)] = dot * 0.35;
+        m = std::max(m, p[size_t(j)]);
+      }
+      for (auto& x : p) sum += (x = std::exp(x - m));
+      for (int64_t c = 0; c < d; ++c) {
+        double o = 0;
+        for (int64_t j = 0; j <= t; ++j) o += p[size_t(j)] / sum * v[size_t((j * ng + g) * d + c)];
+        EXPECT_NEAR(out[size_t((t * nh + h) * d + c)], o, 1e-5);
+      }
+    }
+  // decode step at pos0 = T-1 gives the last row again
+  std::vector<float> last(nh * d);
+  AttentionShape s1{1, T - 1, nh, ng, d, 0.35f};
+  causal_attention(s1, q.data() + (T - 1) * nh * d, k.data(), v.data(), last.data());
+  for (int64_t i = 0; i < nh * d; ++i) EXPECT_NEAR(last[size_t(i)], out[size_t((T - 1) * nh * d + i)], 1e-6);
+}

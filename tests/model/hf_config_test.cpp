@@ -1,0 +1,103 @@
+#include <gtest/gtest.h>
+
+#include "model/hf_config.h"
+#include "model/weight_map.h"
+#include "testutil.h"
+
+using namespace moe;
+using namespace moe::model;
+using moe::testing::TempDir;
+
+namespace {
+const char* kQwen3Moe = R"({"model_type": "qwen3_moe", "num_hidden_layers": 3, "hidden_size": 64,
+  "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 300,
+  "intermediate_size": 128, "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2,
+  "norm_topk_prob": true, "mlp_only_layers": [1], "decoder_sparse_step": 1, "rms_norm_eps": 1e-6,
+  "rope_theta": 1000000, "tie_word_embeddings": false, "torch_dtype": "bfloat16", "hidden_act": "silu"})";
+
+std::string expect_input_error(const std::string& dir) {
+  try {
+    load_hf_config(dir);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no InputError";
+  return "";
+}
+}  // namespace
+
+TEST(HfConfig, Qwen3MoeFields) {
+  TempDir d;
+  moe::testing::write_file(d.file("config.json"), kQwen3Moe);
+  ModelConfig c = load_hf_config(d.path());
+  EXPECT_EQ(c.num_layers, 3);
+  EXPECT_EQ(c.kv_channels, 32);
+  EXPECT_EQ(c.num_query_groups, 2);
+  EXPECT_TRUE(c.qk_layernorm);
+  EXPECT_FALSE(c.add_qkv_bias);
+  EXPECT_FALSE(c.moe_router_pre_softmax);
+  EXPECT_EQ(c.params_dtype, DType::BF16);
+  EXPECT_TRUE(c.is_moe_layer(0));
+  EXPECT_FALSE(c.is_moe_layer(1));
+  EXPECT_EQ(c.qkv_rows(), 2 * (2 + 2) * 32);
+  // dense layer 1 uses intermediate_size; WeightMap names follow
+  auto map = WeightMap::for_config(c);
+  bool dense_fc1 = false;
+  for (const auto& r : map.rules())
+    if (r.mcore == "decoder.layers.1.mlp.linear_fc1.weight") dense_fc1 = r.shape == Shape{256, 64};
+  EXPECT_TRUE(dense_fc1);
+}
+
+TEST(HfConfig, ErrorsNameFileAndField) {
+  TempDir d;
+  const std::string cfg = d.file("config.json");
+  moe::testing::write_file(cfg, "{not json");
+  EXPECT_NE(expect_input_error(d.path()).find("config.json: not valid JSON"), std::string::npos);
+  moe::testing::write_file(cfg, R"({"model_type": "gpt2"})");
+  EXPECT_NE(expect_input_error(d.path()).find("model_type 'gpt2' is not supported"), std::string::npos);
+  moe::testing::write_file(cfg, R"({"model_type": "llama", "hidden_size": 64})");
+  EXPECT_NE(expect_input_error(d.path()).find("missing field 'num_hidden_layers'"), std::string::npos);
+  std::string bad = kQwen3Moe;
+  bad.replace(bad.find("\"num_key_value_heads\": 2"), 24, "\"num_key_value_heads\": 3");
+  moe::testing::write_file(cfg, bad);
+  EXPECT_NE(expect_input_error(d.path()).find("multiple of num_key_value_heads"), std::string::npos);
+  bad = kQwen3Moe;
+  bad.replace(bad.find("\"rope_theta\""), 0, R"("rope_scaling": {"rope_type": "dynamic", "factor": 2.0}, )");
+  moe::testing::write_file(cfg, bad);
+  EXPECT_NE(expect_input_error(d.path()).find("rope_type 'dynamic' is not supported"), std::string::npos);
+  bad = kQwen3Moe;
+  bad.replace(bad.find("\"hidden_size\": 64"), 17, "\"hidden_size\": \"64\"");
+  moe::testing::write_file(cfg, bad);
+  EXPECT_NE(expect_input_error(d.path()).find("field 'hidden_size' must be an integer"), std::string::npos);
+}
+
+TEST(HfConfig, EosFromGenerationConfigWins) {
+  TempDir d;
+  moe::testing::write_file(d.file("config.json"), kQwen3Moe);
+  moe::testing::write_file(d.file("generation_config.json"), R"({"eos_token_id": [5, 7], "bos_token_id": 1})");
+  ModelConfig c = load_hf_config(d.path());
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int>{5, 7}));
+  EXPECT_EQ(c.bos_token_id, 1);
+}
+
+TEST(WeightMap, QkvFusionPerGroupAndInverse) {
+  ModelConfig c;
+  c.model_type = "qwen2", c.num_layers = 1, c.hidden_size = 2, c.num_attention_heads = 4, c.num_query_groups = 2;
+  c.kv_channels = 1, c.vocab_size = 4, c.ffn_hidden_size = 2, c.add_qkv_bias = true;
+  c.moe_layer_pattern = {false};
+  auto map = WeightMap::for_config(c);
+  const WeightRule* rule = nullptr;
+  for (const auto& r : map.rules())
+    if (r.mcore == "decoder.layers.0.self_attention.linear_qkv.bias") rule = &r;
+  ASSERT_NE(rule, nullptr);
+  Tensor q({4}, DType::F32), k({2}, DType::F32), v({2}, DType::F32);
+  for (int i = 0; i < 4; ++i) q.f32()[i] = float(10 + i);
+  for (int i = 0; i < 2; ++i) k.f32()[i] = float(20 + i), v.f32()[i] = float(30 + i);
+  Tensor fused = map.to_mcore(*rule, {q, k, v});
+  // group 0: q0 q1 k0 v0, group 1: q2 q3 k1 v1
+  std::vector<float> want = {10, 11, 20, 30, 12, 13, 21, 31};
+  EXPECT_EQ(std::vector<float>(fused.f32(), fused.f32() + 8), want);
+  auto back = map.to_hf(*rule, fused);
+  EXPECT_EQ(std::vector<float>(back[0].f32(), back[0].f32() + 4), std::vector<float>(q.f32(), q.f32() + 4));
+  EXPECT_EQ(std::vector<float>(back[2].f32(), back[2].f32() + 2), std::vector<float>(v.f32(), v.f32() + 2));
+}
