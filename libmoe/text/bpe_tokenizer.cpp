@@ -1,0 +1,373 @@
+// Byte-level BPE from tokenizer.json (Qwen2/Qwen3, Llama-3, GPT-2 style).
+#include <utf8proc.h>
+
+#include <array>
+#include <filesystem>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "core/mapped_file.h"
+#include "text/regex.h"
+#include "text/tokenizer.h"
+
+namespace moe::text {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const char* kGpt2Regex =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+void append_utf8(std::string& s, uint32_t cp) {
+  if (cp < 0x80) {
+    s += char(cp);
+  } else if (cp < 0x800) {
+    s += char(0xc0 | (cp >> 6)), s += char(0x80 | (cp & 0x3f));
+  } else if (cp < 0x10000) {
+    s += char(0xe0 | (cp >> 12)), s += char(0x80 | ((cp >> 6) & 0x3f)), s += char(0x80 | (cp & 0x3f));
+  } else {
+    s += char(0xf0 | (cp >> 18)), s += char(0x80 | ((cp >> 12) & 0x3f)), s += char(0x80 | ((cp >> 6) & 0x3f)),
+        s += char(0x80 | (cp & 0x3f));
+  }
+}
+
+std::string nfc(std::string_view s) {
+  utf8proc_uint8_t* out = utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(std::string(s).c_str()));
+  if (!out) return std::string(s);
+  std::string r(reinterpret_cast<char*>(out));
+  std::free(out);
+  return r;
+}
+
+struct AddedToken {
+  std::string content;
+  int32_t id;
+  bool special, lstrip, rstrip, single_word;
+};
+
+struct Split {
+  std::unique_ptr<Regex> re;
+  bool remove_matches;  // behavior Removed (else Isolated)
+};
+
+bool is_word_byte(unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; }
+
+class BpeTokenizer : public Tokenizer {
+ public:
+  BpeTokenizer(const json& j, const json& cfg, const std::string& src, const std::string& cfg_src);
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override;
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override;
+  std::string token_bytes(int32_t id) const override;
+  std::string token_text(int32_t id) const override {
+    return id >= 0 && id < int32_t(id_to_token_.size()) ? id_to_token_[size_t(id)] : "";
+  }
+  int32_t token_id(std::string_view t) const override {
+    auto it = vocab_.find(std::string(t));
+    return it == vocab_.end() ? -1 : it->second;
+  }
+  int32_t vocab_size() const override { return int32_t(id_to_token_.size()); }
+  bool is_special(int32_t id) const override { return id >= 0 && id < int32_t(special_.size()) && special_[size_t(id)]; }
+
+ private:
+  void parse_normalizer(const json& n, const std::string& src);
+  void parse_pre_tokenizer(const json& p, const std::string& src);
+  void encode_text(std::string_view text, std::vector<int32_t>& out) const;
+  void bpe(std::string_view piece, std::vector<int32_t>& out) const;
+  int32_t special_id(const json& cfg, const char* key) const;
+
+  std::unordered_map<std::string, int32_t> vocab_;  // vocab and added tokens
+  std::vector<std::string> id_to_token_;
+  std::vector<uint8_t> special_, added_;
+  std::vector<AddedToken> added_tokens_;  // longest first
+  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (a, b) -> (rank, merged id)
+  std::array<int32_t, 256> byte_token_{};
+  std::array<std::string, 256> byte_char_;         // byte -> its GPT-2 unicode stand-in (UTF-8)
+  std::unordered_map<uint32_t, uint8_t> char_byte_;  // and back
+  bool nfc_ = false, ignore_merges_ = false, add_prefix_space_ = false;
+  std::vector<Split> splits_;
+  mutable std::mutex cache_mu_;
+  mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
+};
+
+BpeTokenizer::BpeTokenizer(const json& j, const json& cfg, const std::string& src, const std::string& cfg_src) {
+  // GPT-2's reversible byte -> printable character map.
+  int n = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    const uint32_t cp = printable ? uint32_t(b) : uint32_t(256 + n++);
+    append_utf8(byte_char_[size_t(b)], cp);
+    char_byte_[cp] = uint8_t(b);
+  }
+  if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) throw_input("{}: missing 'model' object", src);
+  const json& m = j["model"];
+  const std::string type = m.value("type", "");
+  if (type != "BPE") throw_input("{}: model type '{}' is not supported (expected BPE)", src, type);
+  if (m.value("byte_fallback", false))
+    throw_input("{}: BPE with byte_fallback (SentencePiece-style) is not supported yet", src);
+  for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
+    if (m.contains(k) && m[k].is_string() && !m[k].get<std::string>().empty())
+      throw_input("{}: model.{} is not supported", src, k);
+  ignore_merges_ = m.value("ignore_merges", false);
+  if (!m.contains("vocab") || !m["vocab"].is_object()) throw_input("{}: model.vocab must be an object", src);
+  int32_t max_id = -1;
+  for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
+    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > (1 << 24))
+      throw_input("{}: model.vocab['{}'] must be a small non-negative integer id", src, it.key());
+    vocab_[it.key()] = it.value().get<int32_t>();
+    max_id = std::max(max_id, it.value().get<int32_t>());
+  }
+  if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
+    for (const auto& a : j["added_tokens"]) {
+      if (!a.is_object() || !a.contains("id") || !a.contains("content") || !a["content"].is_string())
+        throw_input("{}: each added_tokens entry needs 'id' and 'content'", src);
+      AddedToken t{a["content"].get<std::string>(), a["id"].get<int32_t>(), a.value("special", false),
+                   a.value("lstrip", false), a.value("rstrip", false), a.value("single_word", false)};
+      if (t.content.empty() || t.id < 0) throw_input("{}: added token with empty content or negative id", src);
+      vocab_[t.content] = t.id;
+      max_id = std::max(max_id, t.id);
+      added_tokens_.push_back(t);
+    }
+  }
+  std::sort(added_tokens_.begin(), added_tokens_.end(),
+            [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+  id_to_token_.resize(size_t(max_id + 1));
+  special_.assign(size_t(max_id + 1), 0);
+  added_.assign(size_t(max_id + 1), 0);
+  for (const auto& [tok, id] : vocab_) id_to_token_[size_t(id)] = tok;
+  for (const auto& t : added_tokens_) special_[size_t(t.id)] = t.special, added_[size_t(t.id)] = 1;
+  for (int b = 0; b < 256; ++b) {
+    auto it = vocab_.find(byte_char_[size_t(b)]);
+    if (it == vocab_.end()) throw_input("{}: byte-level vocab lacks the token for byte 0x{:02x}", src, b);
+    byte_token_[size_t(b)] = it->second;
+  }
+  if (!m.contains("merges") || !m["merges"].is_array()) throw_input("{}: model.merges must be a list", src);
+  int32_t rank = 0;
+  for (const auto& mg : m["merges"]) {
+    std::string a, b;
+    if (mg.is_string()) {
+      const std::string s = mg.get<std::string>();
+      const size_t sp = s.find(' ', 1);
+      if (sp == std::string::npos) throw_input("{}: merge '{}' is not 'a b'", src, s);
+      a = s.substr(0, sp), b = s.substr(sp + 1);
+    } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
+      a = mg[0].get<std::string>(), b = mg[1].get<std::string>();
+    } else {
+      throw_input("{}: merge #{} must be \"a b\" or [a, b]", src, rank);
+    }
+    auto ia = vocab_.find(a), ib = vocab_.find(b), im = vocab_.find(a + b);
+    if (ia == vocab_.end() || ib == vocab_.end() || im == vocab_.end())
+      throw_input("{}: merge #{} ('{}' '{}') uses tokens missing from the vocab", src, rank, a, b);
+    const uint64_t key = uint64_t(uint32_t(ia->second)) << 32 | uint32_t(ib->second);
+    merges_.emplace(key, std::make_pair(rank, im->second));  // the first (lowest-rank) merge wins
+    ++rank;
+  }
+  parse_normalizer(j.value("normalizer", json()), src);
+  parse_pre_tokenizer(j.value("pre_tokenizer", json()), src);
+  const json d = j.value("decoder", json());
+  if (!d.is_null() && d.value("type", "") != "ByteLevel")
+    throw_input("{}: decoder '{}' is not supported (expected ByteLevel)", src, d.value("type", "?"));
+  bos_ = special_id(cfg, "bos_token");
+  eos_ = special_id(cfg, "eos_token");
+  pad_ = special_id(cfg, "pad_token");
+  add_bos_ = cfg.is_object() && cfg.value("add_bos_token", false) && bos_ >= 0;
+  (void)cfg_src;
+}
+
+int32_t BpeTokenizer::special_id(const json& cfg, const char* key) const {
+  if (!cfg.is_object() || !cfg.contains(key) || cfg[key].is_null()) return -1;
+  const json& v = cfg[key];
+  std::string s = v.is_string() ? v.get<std::string>() : (v.is_object() ? v.value("content", "") : "");
+  return token_id(s);
+}
+
+void BpeTokenizer::parse_normalizer(const json& n, const std::string& src) {
+  if (n.is_null()) return;
+  const std::string t = n.value("type", "");
+  if (t == "NFC") {
+    nfc_ = true;
+  } else if (t == "Sequence") {
+    for (const auto& x : n.value("normalizers", json::array())) parse_normalizer(x, src);
+  } else {
+    throw_input("{}: normalizer '{}' is not supported (supported: NFC, Sequence)", src, t);
+  }
+}
+
+void BpeTokenizer::parse_pre_tokenizer(const json& p, const std::string& src) {
+  if (p.is_null()) return;
+  const std::string t = p.value("type", "");
+  if (t == "Sequence") {
+    for (const auto& x : p.value("pretokenizers", json::array())) parse_pre_tokenizer(x, src);
+  } else if (t == "Split") {
+    const json& pat = p.value("pattern", json());
+    std::string re;
+    if (pat.contains("Regex")) {
+      re = pat["Regex"].get<std::string>();
+    } else if (pat.contains("String")) {  // a literal: escape it
+      for (char c : pat["String"].get<std::string>()) {
+        if (std::string("\\^$.|?*+()[]{}").find(c) != std::string::npos) re += '\\';
+        re += c;
+      }
+    } else {
+      throw_input("{}: Split pre-tokenizer needs a Regex or String pattern", src);
+    }
+    const std::string behavior = p.value("behavior", "Isolated");
+    if (behavior != "Isolated" && behavior != "Removed")
+      throw_input("{}: Split behavior '{}' is not supported (supported: Isolated, Removed)", src, behavior);
+    if (p.value("invert", false)) throw_input("{}: Split with invert=true is not supported", src);
+    splits_.push_back({std::make_unique<Regex>(re, src + ": Split pattern"), behavior == "Removed"});
+  } else if (t == "ByteLevel") {
+    add_prefix_space_ = p.value("add_prefix_space", false);
+    if (p.value("use_regex", true)) splits_.push_back({std::make_unique<Regex>(kGpt2Regex, "ByteLevel"), false});
+  } else {
+    throw_input("{}: pre_tokenizer '{}' is not supported (supported: Sequence, Split, ByteLevel)", src, t);
+  }
+}
+
+void BpeTokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const {
+  {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    auto it = cache_.find(std::string(piece));
+    if (it != cache_.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
+      return;
+    }
+  }
+  std::vector<int32_t> syms;
+  syms.reserve(piece.size());
+  if (ignore_merges_) {
+    std::string mapped;
+    for (unsigned char c : piece) mapped += byte_char_[c];
+    auto it = vocab_.find(mapped);
+    if (it != vocab_.end()) syms.push_back(it->second);
+  }
+  if (syms.empty()) {
+    for (unsigned char c : piece) syms.push_back(byte_token_[c]);
+    // Repeatedly merge the adjacent pair of lowest rank (leftmost on ties).
+    while (syms.size() > 1) {
+      int32_t best_rank = INT32_MAX, best_id = -1;
+      size_t best_i = 0;
+      for (size_t i = 0; i + 1 < syms.size(); ++i) {
+        auto it = merges_.find(uint64_t(uint32_t(syms[i])) << 32 | uint32_t(syms[i + 1]));
+        if (it != merges_.end() && it->second.first < best_rank)
+          best_rank = it->second.first, best_id = it->second.second, best_i = i;
+      }
+      if (best_id < 0) break;
+      syms[best_i] = best_id;
+      syms.erase(syms.begin() + std::ptrdiff_t(best_i) + 1);
+    }
+  }
+  out.insert(out.end(), syms.begin(), syms.end());
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  if (cache_.size() > 200000) cache_.clear();
+  cache_.emplace(std::string(piece), std::move(syms));
+}
+
+void BpeTokenizer::encode_text(std::string_view text, std::vector<int32_t>& out) const {
+  if (text.empty()) return;
+  std::string norm = nfc_ ? nfc(text) : std::string(text);
+  if (add_prefix_space_ && norm[0] != ' ') norm.insert(norm.begin(), ' ');
+  std::vector<std::pair<size_t, size_t>> pieces = {{0, norm.size()}};
+  for (const auto& sp : splits_) {
+    std::vector<std::pair<size_t, size_t>> next;
+    for (auto [b, e] : pieces) {
+      size_t pos = b;
+      for (auto [mb, me] : sp.re->find_all(std::string_view(norm).substr(b, e - b))) {
+        if (b + mb > pos) next.push_back({pos, b + mb});
+        if (!sp.remove_matches) next.push_back({b + mb, b + me});
+        pos = b + me;
+      }
+      if (pos < e) next.push_back({pos, e});
+    }
+    pieces.swap(next);
+  }
+  for (auto [b, e] : pieces) bpe(std::string_view(norm).substr(b, e - b), out);
+}
+
+std::vector<int32_t> BpeTokenizer::encode(std::string_view raw, bool add_special_tokens) const {
+  const std::string text = sanitize_utf8(raw);  // regexes need valid UTF-8
+  std::vector<int32_t> out;
+  if (add_special_tokens && add_bos_) out.push_back(bos_);
+  size_t start = 0, i = 0;
+  while (i < text.size()) {
+    const AddedToken* hit = nullptr;
+    if (!added_tokens_.empty()) {
+      for (const auto& t : added_tokens_) {
+        if (text.compare(i, t.content.size(), t.content) != 0) continue;
+        if (t.single_word) {
+          const bool before = i > 0 && is_word_byte(static_cast<unsigned char>(text[i - 1]));
+          const size_t e = i + t.content.size();
+          const bool after = e < text.size() && is_word_byte(static_cast<unsigned char>(text[e]));
+          if (before || after) continue;
+        }
+        hit = &t;
+        break;
+      }
+    }
+    if (!hit) {
+      ++i;
+      continue;
+    }
+    size_t seg_end = i, next = i + hit->content.size();
+    if (hit->lstrip)
+      while (seg_end > start && std::isspace(static_cast<unsigned char>(text[seg_end - 1]))) --seg_end;
+    if (hit->rstrip)
+      while (next < text.size() && std::isspace(static_cast<unsigned char>(text[next]))) ++next;
+    encode_text(std::string_view(text).substr(start, seg_end - start), out);
+    out.push_back(hit->id);
+    start = i = next;
+  }
+  encode_text(std::string_view(text).substr(start), out);
+  return out;
+}
+
+std::string BpeTokenizer::token_bytes(int32_t id) const {
+  if (id < 0 || id >= int32_t(id_to_token_.size())) return "";
+  const std::string& t = id_to_token_[size_t(id)];
+  if (added_[size_t(id)]) return t;
+  std::string out;
+  for (size_t i = 0; i < t.size();) {
+    int32_t cp = 0;
+    utf8proc_ssize_t n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(t.data() + i),
+                                          utf8proc_ssize_t(t.size() - i), &cp);
+    if (n <= 0) break;
+    auto it = char_byte_.find(uint32_t(cp));
+    if (it != char_byte_.end()) out += char(it->second);
+    else out.append(t, i, size_t(n));
+    i += size_t(n);
+  }
+  return out;
+}
+
+std::string BpeTokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  std::string bytes;
+  for (int32_t id : ids)
+    if (!(skip_special_tokens && is_special(id))) bytes += token_bytes(id);
+  return sanitize_utf8(bytes);
+}
+
+json read_json(const fs::path& p) {
+  auto j = json::parse(read_text_file(p.string()), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw_input("{}: not a valid JSON object", p.string());
+  return j;
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& model_dir) {
+  const fs::path dir(model_dir);
+  const fs::path tj = dir / "tokenizer.json", tc = dir / "tokenizer_config.json";
+  if (!fs::exists(tj)) {
+    if (fs::exists(dir / "tokenizer.model"))
+      throw_input("{}: only tokenizer.model (sentencepiece) is present; moectl reads tokenizer.json for now",
+                  model_dir);
+    throw_input("{}: no tokenizer.json in the model directory", model_dir);
+  }
+  json cfg = fs::exists(tc) ? read_json(tc) : json::object();
+  return std::make_unique<BpeTokenizer>(read_json(tj), cfg, tj.string(), tc.string());
+}
+
+}  // namespace moe::text
