@@ -1,0 +1,141 @@
+// Tokenizer and template behaviour on a small hand-written byte-level BPE tokenizer.json, so
+// every expectation can be checked by hand.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "testutil.h"
+#include "text/chat_template.h"
+#include "text/tokenizer.h"
+
+using namespace moe;
+using namespace moe::text;
+using moe::testing::TempDir;
+
+namespace {
+
+// GPT-2 byte map: printable ASCII maps to itself, space to "Ġ" (U+0120), "\n" to "Ċ" (U+010A).
+std::string byte_vocab() {
+  std::string v;
+  int n = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    uint32_t cp = printable ? uint32_t(b) : uint32_t(256 + n++);
+    std::string u;
+    if (cp < 0x80) u += char(cp);
+    else u += char(0xc0 | (cp >> 6)), u += char(0x80 | (cp & 0x3f));
+    v += nlohmann::json(u).dump() + ": " + std::to_string(b) + ", ";
+  }
+  return v;
+}
+
+std::unique_ptr<Tokenizer> make_tok(TempDir& d, const std::string& extra_added = "") {
+  // merges: "h e" -> he (256), "l l" -> ll (257), "he ll" -> hell (258), "Ġ w" -> Ġw (259)
+  std::string j = R"({"version": "1.0", "normalizer": {"type": "NFC"},
+    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+      {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}, "behavior": "Isolated", "invert": false},
+      {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]},
+    "decoder": {"type": "ByteLevel"},
+    "added_tokens": [
+      {"id": 300, "content": "<|im_start|>", "special": true, "lstrip": false, "rstrip": false, "single_word": false, "normalized": false},
+      {"id": 301, "content": "<|im_end|>", "special": true, "lstrip": false, "rstrip": false, "single_word": false, "normalized": false},
+      {"id": 302, "content": "<think>", "special": false, "lstrip": false, "rstrip": false, "single_word": false, "normalized": false},
+      {"id": 303, "content": "</think>", "special": false, "lstrip": false, "rstrip": false, "single_word": false, "normalized": false},
+      {"id": 304, "content": "[X]", "special": true, "lstrip": true, "rstrip": true, "single_word": false, "normalized": false})" +
+                  extra_added + R"(],
+    "model": {"type": "BPE", "ignore_merges": false, "vocab": {)" +
+                  byte_vocab() + R"("he": 256, "ll": 257, "hell": 258, "Ġw": 259},
+      "merges": ["h e", "l l", ["he", "ll"], "Ġ w"]}})";
+  moe::testing::write_file(d.file("tokenizer.json"), j);
+  moe::testing::write_file(d.file("tokenizer_config.json"), R"({"eos_token": "<|im_end|>", "bos_token": null})");
+  return Tokenizer::load(d.path());
+}
+
+}  // namespace
+
+TEST(Bpe, MergesByRank) {
+  TempDir d;
+  auto t = make_tok(d);
+  EXPECT_EQ(t->encode("hello"), (std::vector<int32_t>{258, 'o'}));
+  EXPECT_EQ(t->encode("hello world"), (std::vector<int32_t>{258, 'o', 259, 'o', 'r', 'l', 'd'}));
+  EXPECT_EQ(t->decode(t->encode("hello world")), "hello world");
+  EXPECT_EQ(t->eos_id(), 301);
+  EXPECT_EQ(t->vocab_size(), 305);
+}
+
+TEST(Bpe, AddedTokensMatchedBeforeBpeWithStripFlags) {
+  TempDir d;
+  auto t = make_tok(d);
+  EXPECT_EQ(t->encode("<|im_start|>he<|im_end|>"), (std::vector<int32_t>{300, 256, 301}));
+  // [X] strips the spaces around it
+  EXPECT_EQ(t->encode("he  [X]  he"), (std::vector<int32_t>{256, 304, 256}));
+  EXPECT_TRUE(t->is_special(300));
+  EXPECT_FALSE(t->is_special(302));
+  EXPECT_EQ(t->decode({300, 256, 301}, true), "he");
+  EXPECT_EQ(t->decode({300, 256, 301}, false), "<|im_start|>he<|im_end|>");
+}
+
+TEST(Bpe, NfcNormalisesBeforeEncoding) {
+  TempDir d;
+  auto t = make_tok(d);
+  EXPECT_EQ(t->encode("e\xcc\x81"), t->encode("\xc3\xa9"));  // e + combining acute == é
+}
+
+TEST(Bpe, UnsupportedComponentsRejectedByName) {
+  TempDir d;
+  moe::testing::write_file(d.file("tokenizer.json"),
+                           R"({"model": {"type": "Unigram", "vocab": []}, "normalizer": null})");
+  try {
+    Tokenizer::load(d.path());
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("Unigram"), std::string::npos);
+  }
+}
+
+TEST(StreamDecoder, NeverEmitsHalfACharacter) {
+  TempDir d;
+  auto t = make_tok(d);
+  // "é" is bytes c3 a9; "😀" is f0 9f 98 80: tokens are single bytes here.
+  std::vector<int32_t> ids = t->encode("a\xc3\xa9\xf0\x9f\x98\x80");
+  ASSERT_EQ(ids.size(), 7u);
+  StreamDecoder s(*t);
+  std::vector<std::string> out;
+  for (int32_t id : ids) out.push_back(s.push(id));
+  EXPECT_EQ(out, (std::vector<std::string>{"a", "", "\xc3\xa9", "", "", "", "\xf0\x9f\x98\x80"}));
+  EXPECT_EQ(s.flush(), "");
+  // a dangling lead byte becomes U+FFFD at flush
+  s.push(0xc3);
+  EXPECT_EQ(s.flush(), "\xef\xbf\xbd");
+  EXPECT_EQ(sanitize_utf8("a\xff" "b"), "a\xef\xbf\xbd" "b");
+}
+
+TEST(ChatTemplate, ChatMlRendersAndMasksAssistantOnly) {
+  TempDir d;
+  auto t = make_tok(d);
+  auto tmpl = make_template("qwen");
+  std::vector<Message> msgs = {{"user", "he"}, {"assistant", "hell"}};
+  RenderedChat r = tmpl->render(msgs, *t, false);
+  std::string want = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhe<|im_end|>\n"
+                     "<|im_start|>assistant\nhell<|im_end|>\n";
+  EXPECT_EQ(t->decode(r.ids), want);
+  // masked: "hell" (one token 258) and <|im_end|>; the final "\n" is not
+  std::vector<int32_t> masked;
+  for (size_t i = 0; i < r.ids.size(); ++i)
+    if (r.loss_mask[i]) masked.push_back(r.ids[i]);
+  EXPECT_EQ(masked, (std::vector<int32_t>{258, 301}));
+  EXPECT_EQ(tmpl->stop_ids(*t), (std::vector<int32_t>{301}));
+}
+
+TEST(ChatTemplate, Qwen3GenerationPromptHasEmptyThinkBlock) {
+  TempDir d;
+  auto t = make_tok(d);
+  auto r = make_template("qwen3")->render({{"user", "he"}}, *t, true);
+  EXPECT_EQ(t->decode(r.ids), "<|im_start|>user\nhe<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+  for (auto m : r.loss_mask) EXPECT_EQ(m, 0);
+  EXPECT_THROW(make_template("nope"), InputError);
+  EXPECT_EQ(default_template_for("qwen2_moe"), "qwen");
+  auto raw = make_template("raw")->render({{"user", "hello"}}, *t, true);
+  EXPECT_EQ(raw.ids, t->encode("hello"));
+}
