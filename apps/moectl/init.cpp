@@ -3,9 +3,12 @@
 // scratch or for trying the pipeline without downloading weights.
 #include <filesystem>
 
+#include <nlohmann/json.hpp>
+
 #include "commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/mapped_file.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
 #include "model/load_hf.h"
@@ -46,6 +49,10 @@ void add_init_command(CLI::App& root) {
           name != "model.safetensors.index.json")
         fs::copy_file(entry.path(), tmp / name, fs::copy_options::overwrite_existing);
     }
+    // The copied config.json must describe the weights written next to it.
+    auto cfg_json = nlohmann::json::parse(moe::read_text_file((tmp / "config.json").string()));
+    cfg_json["torch_dtype"] = std::string(moe::torch_dtype_name(dtype));
+    moe::write_file_atomic((tmp / "config.json").string(), cfg_json.dump(2) + "\n");
     auto state = moe::model::init_random_state(cfg, a->seed, dtype);
     moe::model::save_hf_weights(cfg, state, tmp.string());
     fs::remove_all(out);
