@@ -15,12 +15,12 @@
 using namespace moe;
 
 namespace {
-std::vector<float> randv(size_t n, Rng& rng) {
+[[maybe_unused]] std::vector<float> randv(size_t n, Rng& rng) {
   std::vector<float> v(n);
   for (auto& x : v) x = float(rng.normal());
   return v;
 }
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+[[maybe_unused]] double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_FALSE(std::isnan(a[i]));

@@ -46,22 +46,26 @@ TEST(Elementwise, RopeRotatesHalves) {
   EXPECT_NEAR(x[3], 4 * std::cos(a1) + 2 * std::sin(a1), 1e-6);
 }
 
-// Attention of a prefill equals attention computed one token at a time over the cache, and
-// grouped heads read their group's keys.
-TEST(Attention, CausalGqaMatchesNaive) {
-  Rng rng(5);
-  const int64_t T = 6, nh = 4, ng = 2, d = 8;
-  std::vector<float> q(T * nh * d), k(T * ng * d), v(T * ng * d), out(T * nh * d);
+// Causal GQA attention (loop path for few tokens, GEMM path for many, with and without a cached
+// prefix) against a naive double-precision reference.
+class AttentionTest : public ::testing::TestWithParam<std::pair<int64_t, int64_t>> {};
+
+TEST_P(AttentionTest, CausalGqaMatchesNaive) {
+  const auto [T, pos0] = GetParam();
+  Rng rng(uint64_t(5 + T + pos0));
+  const int64_t nh = 4, ng = 2, d = 8, S = pos0 + T;
+  std::vector<float> q(static_cast<size_t>(T * nh * d)), k(static_cast<size_t>(S * ng * d)),
+      v(static_cast<size_t>(S * ng * d)), out(static_cast<size_t>(T * nh * d));
   for (auto* vec : {&q, &k, &v})
     for (auto& x : *vec) x = float(rng.normal());
-  AttentionShape s{T, 0, nh, ng, d, 0.35f};
+  AttentionShape s{T, pos0, nh, ng, d, 0.35f};
   causal_attention(s, q.data(), k.data(), v.data(), out.data());
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < nh; ++h) {
-      const int64_t g = h / (nh / ng);
-      std::vector<double> p(size_t(t + 1));
+      const int64_t g = h / (nh / ng), n = pos0 + t + 1;
+      std::vector<double> p(static_cast<size_t>(n));
       double m = -1e30, sum = 0;
-      for (int64_t j = 0; j <= t; ++j) {
+      for (int64_t j = 0; j < n; ++j) {
         double dot = 0;
         for (int64_t c = 0; c < d; ++c) dot += q[size_t((t * nh + h) * d + c)] * k[size_t((j * ng + g) * d + c)];
         p[size_t(j)] = dot * 0.35;
@@ -70,13 +74,13 @@ TEST(Attention, CausalGqaMatchesNaive) {
       for (auto& x : p) sum += (x = std::exp(x - m));
       for (int64_t c = 0; c < d; ++c) {
         double o = 0;
-        for (int64_t j = 0; j <= t; ++j) o += p[size_t(j)] / sum * v[size_t((j * ng + g) * d + c)];
-        EXPECT_NEAR(out[size_t((t * nh + h) * d + c)], o, 1e-5);
+        for (int64_t j = 0; j < n; ++j) o += p[size_t(j)] / sum * v[size_t((j * ng + g) * d + c)];
+        EXPECT_NEAR(out[size_t((t * nh + h) * d + c)], o, 1e-5) << "t=" << t << " h=" << h;
       }
     }
-  // decode step at pos0 = T-1 gives the last row again
-  std::vector<float> last(nh * d);
-  AttentionShape s1{1, T - 1, nh, ng, d, 0.35f};
-  causal_attention(s1, q.data() + (T - 1) * nh * d, k.data(), v.data(), last.data());
-  for (int64_t i = 0; i < nh * d; ++i) EXPECT_NEAR(last[size_t(i)], out[size_t((T - 1) * nh * d + i)], 1e-6);
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
+                         ::testing::Values(std::pair<int64_t, int64_t>{1, 0}, std::pair<int64_t, int64_t>{6, 0},
+                                           std::pair<int64_t, int64_t>{1, 9}, std::pair<int64_t, int64_t>{20, 0},
+                                           std::pair<int64_t, int64_t>{33, 7}));

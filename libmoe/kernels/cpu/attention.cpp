@@ -4,12 +4,48 @@
 #include <cmath>
 #include <vector>
 
+#include <cblas.h>
+
 #include "core/parallel.h"
 
 namespace moe::kernels::cpu {
 
+namespace {
+
+// Many query tokens (prefill): per head, scores = Q Kᵀ and out = P V as two sgemms over the
+// strided head slices, with the causal mask and softmax in between.
+void attention_gemm(const AttentionShape& s, const float* q, const float* k, const float* v, float* out) {
+  const int64_t r = s.nh / s.ng, d = s.d, S = s.pos0 + s.T;
+  std::vector<float> P(static_cast<size_t>(s.T * S));
+  for (int64_t h = 0; h < s.nh; ++h) {
+    const int64_t g = h / r;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(s.T), int(S), int(d), s.scale, q + h * d, int(s.nh * d),
+                k + g * d, int(s.ng * d), 0.0f, P.data(), int(S));
+    parallel_for(s.T, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        float* p = P.data() + t * S;
+        const int64_t n = s.pos0 + t + 1;
+        const float m = *std::max_element(p, p + n);
+        double sum = 0;
+        for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - m));
+        const float inv = float(1.0 / sum);
+        for (int64_t j = 0; j < n; ++j) p[j] *= inv;
+        std::fill(p + n, p + S, 0.0f);
+      }
+    });
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(s.T), int(d), int(S), 1.0f, P.data(), int(S), v + g * d,
+                int(s.ng * d), 0.0f, out + h * d, int(s.nh * d));
+  }
+}
+
+}  // namespace
+
 void causal_attention(const AttentionShape& s, const float* q_THd, const float* k_SGd, const float* v_SGd,
                       float* out_THd) {
+  if (s.T >= 16) {
+    attention_gemm(s, q_THd, k_SGd, v_SGd, out_THd);
+    return;
+  }
   const int64_t r = s.nh / s.ng, d = s.d, row = s.ng * d;
   // One (token, head) pair per work item; scores live in a per-thread buffer.
   parallel_for(s.T * s.nh, [&](int64_t b, int64_t e) {
