@@ -77,6 +77,7 @@ double read_bandwidth(size_t bytes) {
 }
 
 double sgemm_rate(int n) {
+  openblas_set_num_threads(num_threads());  // the ceiling: OpenBLAS on every core
   std::vector<float> a(size_t(n) * n, 0.5f), b(size_t(n) * n, 0.25f), c(size_t(n) * n);
   double best = 0;
   for (int rep = 0; rep < 4; ++rep) {
@@ -142,7 +143,7 @@ void run(DType dt, bool quick, double bw, double gemm) {
               c.model_type.c_str(), double(c.num_parameters()) / 1e6, double(c.num_active_parameters()) / 1e6,
               std::string(dtype_name(dt)).c_str(), since(t0));
   const int prompt_len = quick ? 32 : 256, new_tokens = quick ? 8 : 32;
-  std::vector<int32_t> prompt(size_t(prompt_len));
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
   Rng rng(3);
   for (auto& id : prompt) id = int32_t(rng.next() % uint64_t(c.vocab_size));
   infer::Generator gen(m);

@@ -7,6 +7,7 @@
 #include <cblas.h>
 
 #include "core/parallel.h"
+#include "kernels/cpu/linear.h"
 
 namespace moe::kernels::cpu {
 
@@ -16,13 +17,14 @@ namespace {
 // strided head slices, with the causal mask and softmax in between.
 void attention_gemm(const AttentionShape& s, const float* q, const float* k, const float* v, float* out) {
   const int64_t r = s.nh / s.ng, d = s.d, S = s.pos0 + s.T;
-  std::vector<float> P(static_cast<size_t>(s.T * S));
-  for (int64_t h = 0; h < s.nh; ++h) {
-    const int64_t g = h / r;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(s.T), int(S), int(d), s.scale, q + h * d, int(s.nh * d),
-                k + g * d, int(s.ng * d), 0.0f, P.data(), int(S));
-    parallel_for(s.T, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
+  sgemm_single_threaded();
+  parallel_for(s.nh, [&](int64_t hb, int64_t he) {
+    std::vector<float> P(static_cast<size_t>(s.T * S));
+    for (int64_t h = hb; h < he; ++h) {
+      const int64_t g = h / r;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(s.T), int(S), int(d), s.scale, q + h * d,
+                  int(s.nh * d), k + g * d, int(s.ng * d), 0.0f, P.data(), int(S));
+      for (int64_t t = 0; t < s.T; ++t) {
         float* p = P.data() + t * S;
         const int64_t n = s.pos0 + t + 1;
         const float m = *std::max_element(p, p + n);
@@ -32,10 +34,10 @@ void attention_gemm(const AttentionShape& s, const float* q, const float* k, con
         for (int64_t j = 0; j < n; ++j) p[j] *= inv;
         std::fill(p + n, p + S, 0.0f);
       }
-    });
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(s.T), int(d), int(S), 1.0f, P.data(), int(S), v + g * d,
-                int(s.ng * d), 0.0f, out + h * d, int(s.nh * d));
-  }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(s.T), int(d), int(S), 1.0f, P.data(), int(S),
+                  v + g * d, int(s.ng * d), 0.0f, out + h * d, int(s.nh * d));
+    }
+  });
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <mutex>
 #include <vector>
 
 #include "core/cpu_features.h"
@@ -49,13 +50,16 @@ const float* widen_rows(const Tensor& W, int64_t n0, int64_t n1, std::vector<flo
   int64_t D = W.dim(1);
   buf.resize(size_t((n1 - n0) * D));
   const char* src = static_cast<const char*>(W.raw()) + size_t(n0 * D) * dtype_size(W.dtype());
-  parallel_for(n1 - n0, [&](int64_t b, int64_t e) {
-    convert_to_f32(src + size_t(b * D) * 2, W.dtype(), buf.data() + b * D, size_t((e - b) * D));
-  });
+  convert_to_f32(src, W.dtype(), buf.data(), size_t((n1 - n0) * D));
   return buf.data();
 }
 
 }  // namespace
+
+void sgemm_single_threaded() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
 
 void linear_rows(const float* x_TD, int64_t T, const Tensor& W_ND, int64_t n0, int64_t n1, float* y_TN,
                  bool accumulate) {
@@ -66,20 +70,26 @@ void linear_rows(const float* x_TD, int64_t T, const Tensor& W_ND, int64_t n0, i
     gemv(GemvArgs{x_TD, T, D, W_ND.raw(), W_ND.dtype(), y_TN, N, accumulate}, n0, n1);
     return;
   }
-  if (W_ND.dtype() == DType::F32) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(n1 - n0), int(D), 1.0f, x_TD, int(D),
-                W_ND.data<float>() + n0 * D, int(D), accumulate ? 1.0f : 0.0f, y_TN + n0, int(N));
-    return;
-  }
-  // Half-precision weights: widen a block of rows at a time (bounded scratch), then sgemm it.
-  thread_local std::vector<float> buf;
-  const int64_t block = std::max<int64_t>(64, (int64_t(1) << 22) / D);
-  for (int64_t b = n0; b < n1; b += block) {
-    int64_t e = std::min(n1, b + block);
-    const float* w = widen_rows(W_ND, b, e, buf);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(e - b), int(D), 1.0f, x_TD, int(D), w, int(D),
-                accumulate ? 1.0f : 0.0f, y_TN + b, int(N));
-  }
+  // Many tokens: each thread multiplies its own block of output rows with a single-threaded
+  // sgemm (half-precision weights widened per block into a thread-local buffer), so that
+  // OpenMP and OpenBLAS never compete for the cores.
+  sgemm_single_threaded();
+  const int64_t rows = n1 - n0, nt = num_threads();
+  const int64_t block = std::max<int64_t>(16, ((rows + nt - 1) / nt + 15) / 16 * 16);
+  parallel_for((rows + block - 1) / block, [&](int64_t bb, int64_t be) {
+    thread_local std::vector<float> buf;
+    for (int64_t blk = bb; blk < be; ++blk) {
+      const int64_t b = n0 + blk * block, e = std::min(n1, b + block);
+      // Bound the scratch for huge matrices (e.g. an LM head): sub-blocks of ~16 MB.
+      const int64_t step = W_ND.dtype() == DType::F32 ? e - b : std::max<int64_t>(16, (int64_t(1) << 22) / D);
+      for (int64_t sb = b; sb < e; sb += step) {
+        const int64_t se = std::min(e, sb + step);
+        const float* w = W_ND.dtype() == DType::F32 ? W_ND.data<float>() + sb * D : widen_rows(W_ND, sb, se, buf);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(se - sb), int(D), 1.0f, x_TD, int(D), w,
+                    int(D), accumulate ? 1.0f : 0.0f, y_TN + sb, int(N));
+      }
+    }
+  });
 }
 
 void linear(const float* x_TD, int64_t T, const Tensor& W_ND, const float* bias_N, float* y_TN, bool accumulate) {

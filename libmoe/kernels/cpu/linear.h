@@ -19,6 +19,9 @@ void linear(const float* x_TD, int64_t T, const Tensor& W_ND, const float* bias_
 void linear_rows(const float* x_TD, int64_t T, const Tensor& W_ND, int64_t n0, int64_t n1, float* y_TN,
                  bool accumulate);
 
+// OpenBLAS runs single-threaded inside our OpenMP threads (called before any sgemm here).
+void sgemm_single_threaded();
+
 // Below this many tokens linear() uses the GEMV path.
 constexpr int64_t kGemvMaxTokens = 8;
 
