@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/parallel.h"
 #include "kernels/cpu/linear.h"
 #include "model/mlp.h"
 #include "model/router.h"
@@ -12,11 +13,23 @@ namespace moe::model {
 
 void grouped_experts_forward(const MoeWeights& w, const TokenDispatcher& disp, const float* x_perm, int64_t D,
                              float* y_perm) {
-  std::vector<float> scratch;
-  for (int64_t e = 0; e < disp.num_experts(); ++e) {
-    const int64_t n = disp.count(e), off = disp.offset(e);
-    if (n == 0) continue;
-    swiglu_mlp(x_perm + off * D, n, w.fc1_E[size_t(e)], w.fc2_E[size_t(e)], y_perm + off * D, false, scratch);
+  // Experts run side by side, one thread each, balanced by their token counts: one barrier per
+  // layer instead of two per expert, and whole-matrix GEMMs. With fewer active experts than
+  // threads, each expert's GEMMs split their rows over the threads instead.
+  std::vector<int64_t> cost(static_cast<size_t>(disp.num_experts()));
+  int active = 0;
+  for (int64_t e = 0; e < disp.num_experts(); ++e) active += (cost[size_t(e)] = disp.count(e)) > 0;
+  auto run = [&](int64_t e) {
+    thread_local std::vector<float> scratch;
+    const int64_t off = disp.offset(e);
+    swiglu_mlp(x_perm + off * D, disp.count(e), w.fc1_E[size_t(e)], w.fc2_E[size_t(e)], y_perm + off * D, false,
+               scratch);
+  };
+  if (active >= num_threads()) {
+    parallel_items(cost, run);
+  } else {
+    for (int64_t e = 0; e < disp.num_experts(); ++e)
+      if (cost[size_t(e)] > 0) run(e);
   }
 }
 

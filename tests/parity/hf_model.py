@@ -31,23 +31,41 @@ def save_safetensors(path, tensors):
             f.write(b)
 
 
-def load_safetensors_dir(d):
+def load_safetensors_file(path):
     out = {}
-    files = [f for f in os.listdir(d) if f.endswith(".safetensors")]
-    for fn in files:
-        raw = open(os.path.join(d, fn), "rb").read()
-        n = struct.unpack("<Q", raw[:8])[0]
-        header = json.loads(raw[8:8 + n])
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            b, e = info["data_offsets"]
-            buf = bytearray(raw[8 + n + b:8 + n + e])
-            if info["dtype"] == "BF16":
-                t = torch.frombuffer(buf, dtype=torch.int16).view(torch.bfloat16).float()
-            else:
-                t = torch.frombuffer(buf, dtype=torch.float32).clone()
-            out[name] = t.reshape(info["shape"])
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = info["data_offsets"]
+        buf = bytearray(raw[8 + n + b:8 + n + e])
+        if info["dtype"] == "BF16":
+            t = torch.frombuffer(buf, dtype=torch.int16).view(torch.bfloat16).float()
+        elif info["dtype"] == "F32":
+            t = torch.frombuffer(buf, dtype=torch.float32).clone()
+        else:
+            raise ValueError(f"{name}: unsupported dtype {info['dtype']}")
+        out[name] = t.reshape(info["shape"])
+    return out
+
+
+def load_safetensors_dir(d):
+    """All tensors of a model dir as float32 (bf16 upcast). With an index, follows its weight_map
+    (and checks every tensor is where the index says)."""
+    idx = os.path.join(d, "model.safetensors.index.json")
+    if not os.path.exists(idx):
+        return load_safetensors_file(os.path.join(d, "model.safetensors"))
+    wm = json.load(open(idx))["weight_map"]
+    out = {}
+    for fn in sorted(set(wm.values())):
+        part = load_safetensors_file(os.path.join(d, fn))
+        for k in part:
+            assert wm.get(k) == fn, f"{k} in {fn} but index says {wm.get(k)}"
+        out.update(part)
+    missing = set(wm) - set(out)
+    assert not missing, f"index names missing tensors: {sorted(missing)[:5]}"
     return out
 
 # ---------------------------------------------------------------------------------------------
@@ -93,20 +111,22 @@ def write_random_model(config_dir, out_dir, dtype="float32", seed=0, shards=1):
     H, V, d = cfg["hidden_size"], cfg["vocab_size"], head_dim(cfg)
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
 
-    def w(*shape, std=0.05):
+    # Projections use std 0.15 (not 0.05): at 0.05 attention is near-uniform and the dense models'
+    # greedy continuations collapse to 2 repeated tokens, which would barely exercise the KV cache.
+    def w(*shape, std=0.15):
         return torch.randn(*shape, generator=g) * std
 
     def norm(n):
         return 1 + 0.1 * torch.randn(n, generator=g)
 
-    t = {"model.embed_tokens.weight": w(V, H, std=0.5)}
+    t = {"model.embed_tokens.weight": w(V, H, std=0.05)}
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = norm(H)
-        t[p + "self_attn.q_proj.weight"] = w(nh * d, H, std=0.15)
-        t[p + "self_attn.k_proj.weight"] = w(nkv * d, H, std=0.15)
-        t[p + "self_attn.v_proj.weight"] = w(nkv * d, H, std=0.15)
-        t[p + "self_attn.o_proj.weight"] = w(H, nh * d, std=0.15)
+        t[p + "self_attn.q_proj.weight"] = w(nh * d, H)
+        t[p + "self_attn.k_proj.weight"] = w(nkv * d, H)
+        t[p + "self_attn.v_proj.weight"] = w(nkv * d, H)
+        t[p + "self_attn.o_proj.weight"] = w(H, nh * d)
         if qkv_bias(cfg):
             for x, n in (("q", nh), ("k", nkv), ("v", nkv)):
                 t[p + f"self_attn.{x}_proj.bias"] = 0.1 * torch.randn(n * d, generator=g)
@@ -121,27 +141,27 @@ def write_random_model(config_dir, out_dir, dtype="float32", seed=0, shards=1):
                 t[p + "block_sparse_moe.gate.weight"] = w(E, H, std=0.5)
                 for e in range(E):
                     q = p + f"block_sparse_moe.experts.{e}."
-                    t[q + "w1.weight"], t[q + "w3.weight"], t[q + "w2.weight"] = w(F, H, std=0.15), w(F, H, std=0.15), w(H, F, std=0.15)
+                    t[q + "w1.weight"], t[q + "w3.weight"], t[q + "w2.weight"] = w(F, H), w(F, H), w(H, F)
             else:
                 F = cfg["moe_intermediate_size"]
                 t[p + "mlp.gate.weight"] = w(E, H, std=0.5)
                 for e in range(E):
                     q = p + f"mlp.experts.{e}."
                     t[q + "gate_proj.weight"], t[q + "up_proj.weight"], t[q + "down_proj.weight"] = \
-                        w(F, H, std=0.15), w(F, H, std=0.15), w(H, F, std=0.15)
+                        w(F, H), w(F, H), w(H, F)
                 Fs = cfg.get("shared_expert_intermediate_size", 0)
                 if cfg["model_type"] == "qwen2_moe" and Fs:
                     q = p + "mlp.shared_expert."
                     t[q + "gate_proj.weight"], t[q + "up_proj.weight"], t[q + "down_proj.weight"] = \
-                        w(Fs, H, std=0.15), w(Fs, H, std=0.15), w(H, Fs, std=0.15)
+                        w(Fs, H), w(Fs, H), w(H, Fs)
                     t[p + "mlp.shared_expert_gate.weight"] = w(1, H, std=0.5)
         else:
             F = cfg["intermediate_size"]
             t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"], t[p + "mlp.down_proj.weight"] = \
-                w(F, H, std=0.15), w(F, H, std=0.15), w(H, F, std=0.15)
+                w(F, H), w(F, H), w(H, F)
     t["model.norm.weight"] = norm(H)
     if not cfg.get("tie_word_embeddings", False):
-        t["lm_head.weight"] = w(V, H, std=0.15)
+        t["lm_head.weight"] = w(V, H)
     if dtype == "bfloat16":
         t = {k: v.to(torch.bfloat16) for k, v in t.items()}
     names = list(t)
