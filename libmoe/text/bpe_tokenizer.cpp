@@ -49,6 +49,28 @@ struct AddedToken {
   bool special, lstrip, rstrip, single_word;
 };
 
+// One normalizer step, applied in order to each text segment between added tokens.
+struct NormStep {
+  enum Kind { kNfc, kNfkc, kPrepend, kReplace } kind;
+  std::string a, b;  // Prepend: a = prefix; Replace: a -> b (literal)
+};
+
+std::string nfkc(std::string_view s) {
+  utf8proc_uint8_t* out = utf8proc_NFKC(reinterpret_cast<const utf8proc_uint8_t*>(std::string(s).c_str()));
+  if (!out) return std::string(s);
+  std::string r(reinterpret_cast<char*>(out));
+  std::free(out);
+  return r;
+}
+
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  if (from.empty()) return s;
+  std::string out;
+  size_t pos = 0;
+  for (size_t hit; (hit = s.find(from, pos)) != std::string::npos; pos = hit + from.size()) out.append(s, pos, hit - pos) += to;
+  return out.append(s, pos, std::string::npos);
+}
+
 struct Split {
   std::unique_ptr<Regex> re;
   bool remove_matches;  // behavior Removed (else Isolated)
@@ -75,6 +97,8 @@ class BpeTokenizer : public Tokenizer {
  private:
   void parse_normalizer(const json& n, const std::string& src);
   void parse_pre_tokenizer(const json& p, const std::string& src);
+  void parse_decoder(const json& d, const std::string& src);
+  std::vector<int32_t> initial_symbols(std::string_view piece) const;
   void encode_text(std::string_view text, std::vector<int32_t>& out) const;
   void bpe(std::string_view piece, std::vector<int32_t>& out) const;
   int32_t special_id(const json& cfg, const char* key) const;
@@ -87,7 +111,15 @@ class BpeTokenizer : public Tokenizer {
   std::array<int32_t, 256> byte_token_{};
   std::array<std::string, 256> byte_char_;         // byte -> its GPT-2 unicode stand-in (UTF-8)
   std::unordered_map<uint32_t, uint8_t> char_byte_;  // and back
-  bool nfc_ = false, ignore_merges_ = false, add_prefix_space_ = false;
+  std::vector<NormStep> norm_;
+  // Byte-level (GPT-2 byte map, Qwen/Llama-3) or SentencePiece-style (characters, "▁" for
+  // spaces, unknown characters as <0xNN> byte tokens).
+  bool byte_level_ = false, byte_fallback_ = false, fuse_unk_ = false;
+  int32_t unk_ = -1;
+  std::array<int32_t, 256> fallback_token_{};       // <0xNN> ids (SentencePiece-style)
+  std::vector<std::pair<std::string, std::string>> decode_replace_;  // decoder Replace steps
+  int strip_start_ = 0;                              // decoder Strip: leading spaces removed
+  bool ignore_merges_ = false, add_prefix_space_ = false;
   std::vector<Split> splits_;
   mutable std::mutex cache_mu_;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
@@ -106,8 +138,8 @@ BpeTokenizer::BpeTokenizer(const json& j, const json& cfg, const std::string& sr
   const json& m = j["model"];
   const std::string type = m.value("type", "");
   if (type != "BPE") throw_input("{}: model type '{}' is not supported (expected BPE)", src, type);
-  if (m.value("byte_fallback", false))
-    throw_input("{}: BPE with byte_fallback (SentencePiece-style) is not supported yet", src);
+  byte_fallback_ = m.value("byte_fallback", false);
+  fuse_unk_ = m.value("fuse_unk", false);
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
     if (m.contains(k) && m[k].is_string() && !m[k].get<std::string>().empty())
       throw_input("{}: model.{} is not supported", src, k);
@@ -139,11 +171,7 @@ BpeTokenizer::BpeTokenizer(const json& j, const json& cfg, const std::string& sr
   added_.assign(size_t(max_id + 1), 0);
   for (const auto& [tok, id] : vocab_) id_to_token_[size_t(id)] = tok;
   for (const auto& t : added_tokens_) special_[size_t(t.id)] = t.special, added_[size_t(t.id)] = 1;
-  for (int b = 0; b < 256; ++b) {
-    auto it = vocab_.find(byte_char_[size_t(b)]);
-    if (it == vocab_.end()) throw_input("{}: byte-level vocab lacks the token for byte 0x{:02x}", src, b);
-    byte_token_[size_t(b)] = it->second;
-  }
+  if (m.contains("unk_token") && m["unk_token"].is_string()) unk_ = token_id(m["unk_token"].get<std::string>());
   if (!m.contains("merges") || !m["merges"].is_array()) throw_input("{}: model.merges must be a list", src);
   int32_t rank = 0;
   for (const auto& mg : m["merges"]) {
@@ -167,9 +195,20 @@ BpeTokenizer::BpeTokenizer(const json& j, const json& cfg, const std::string& sr
   }
   parse_normalizer(j.value("normalizer", json()), src);
   parse_pre_tokenizer(j.value("pre_tokenizer", json()), src);
-  const json d = j.value("decoder", json());
-  if (!d.is_null() && d.value("type", "") != "ByteLevel")
-    throw_input("{}: decoder '{}' is not supported (expected ByteLevel)", src, d.value("type", "?"));
+  parse_decoder(j.value("decoder", json()), src);
+  if (byte_level_) {
+    for (int b = 0; b < 256; ++b) {
+      auto it = vocab_.find(byte_char_[size_t(b)]);
+      if (it == vocab_.end()) throw_input("{}: byte-level vocab lacks the token for byte 0x{:02x}", src, b);
+      byte_token_[size_t(b)] = it->second;
+    }
+  } else if (byte_fallback_) {
+    for (int b = 0; b < 256; ++b) {
+      auto it = vocab_.find(fmt::format("<0x{:02X}>", b));
+      if (it == vocab_.end()) throw_input("{}: byte_fallback is on but the vocab lacks <0x{:02X}>", src, b);
+      fallback_token_[size_t(b)] = it->second;
+    }
+  }
   bos_ = special_id(cfg, "bos_token");
   eos_ = special_id(cfg, "eos_token");
   pad_ = special_id(cfg, "pad_token");
@@ -188,11 +227,19 @@ void BpeTokenizer::parse_normalizer(const json& n, const std::string& src) {
   if (n.is_null()) return;
   const std::string t = n.value("type", "");
   if (t == "NFC") {
-    nfc_ = true;
+    norm_.push_back({NormStep::kNfc, "", ""});
+  } else if (t == "NFKC") {
+    norm_.push_back({NormStep::kNfkc, "", ""});
+  } else if (t == "Prepend") {
+    norm_.push_back({NormStep::kPrepend, n.value("prepend", ""), ""});
+  } else if (t == "Replace") {
+    const json& pat = n.value("pattern", json());
+    if (!pat.contains("String")) throw_input("{}: Replace normalizer with a Regex pattern is not supported", src);
+    norm_.push_back({NormStep::kReplace, pat["String"].get<std::string>(), n.value("content", "")});
   } else if (t == "Sequence") {
     for (const auto& x : n.value("normalizers", json::array())) parse_normalizer(x, src);
   } else {
-    throw_input("{}: normalizer '{}' is not supported (supported: NFC, Sequence)", src, t);
+    throw_input("{}: normalizer '{}' is not supported (supported: NFC, NFKC, Prepend, Replace, Sequence)", src, t);
   }
 }
 
@@ -219,11 +266,39 @@ void BpeTokenizer::parse_pre_tokenizer(const json& p, const std::string& src) {
       throw_input("{}: Split behavior '{}' is not supported (supported: Isolated, Removed)", src, behavior);
     if (p.value("invert", false)) throw_input("{}: Split with invert=true is not supported", src);
     splits_.push_back({std::make_unique<Regex>(re, src + ": Split pattern"), behavior == "Removed"});
+  } else if (t == "Digits") {
+    // HF's Digits splits on ASCII digits: each alone, or runs of them.
+    const char* re = p.value("individual_digits", false) ? "[0-9]" : "[0-9]+";
+    splits_.push_back({std::make_unique<Regex>(re, src + ": Digits"), false});
   } else if (t == "ByteLevel") {
+    byte_level_ = true;
     add_prefix_space_ = p.value("add_prefix_space", false);
     if (p.value("use_regex", true)) splits_.push_back({std::make_unique<Regex>(kGpt2Regex, "ByteLevel"), false});
   } else {
-    throw_input("{}: pre_tokenizer '{}' is not supported (supported: Sequence, Split, ByteLevel)", src, t);
+    throw_input("{}: pre_tokenizer '{}' is not supported (supported: Sequence, Split, Digits, ByteLevel)", src, t);
+  }
+}
+
+void BpeTokenizer::parse_decoder(const json& d, const std::string& src) {
+  if (d.is_null()) return;
+  const std::string t = d.value("type", "");
+  if (t == "ByteLevel") {
+    byte_level_ = true;
+  } else if (t == "Sequence") {
+    for (const auto& x : d.value("decoders", json::array())) parse_decoder(x, src);
+  } else if (t == "Replace") {
+    const json& pat = d.value("pattern", json());
+    if (!pat.contains("String")) throw_input("{}: Replace decoder with a Regex pattern is not supported", src);
+    decode_replace_.push_back({pat["String"].get<std::string>(), d.value("content", "")});
+  } else if (t == "ByteFallback" || t == "Fuse") {
+    // token_bytes() maps <0xNN> to its byte and decode() joins everything.
+  } else if (t == "Strip") {
+    if (d.value("content", " ") != " " || d.value("stop", 0) != 0)
+      throw_input("{}: Strip decoder other than leading spaces is not supported", src);
+    strip_start_ = d.value("start", 0);
+  } else {
+    throw_input("{}: decoder '{}' is not supported (supported: ByteLevel, Replace, ByteFallback, Fuse, Strip, "
+                "Sequence)", src, t);
   }
 }
 
@@ -240,12 +315,16 @@ void BpeTokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const 
   syms.reserve(piece.size());
   if (ignore_merges_) {
     std::string mapped;
-    for (unsigned char c : piece) mapped += byte_char_[c];
+    if (byte_level_) {
+      for (unsigned char c : piece) mapped += byte_char_[c];
+    } else {
+      mapped = piece;
+    }
     auto it = vocab_.find(mapped);
     if (it != vocab_.end()) syms.push_back(it->second);
   }
   if (syms.empty()) {
-    for (unsigned char c : piece) syms.push_back(byte_token_[c]);
+    syms = initial_symbols(piece);
     // Repeatedly merge the adjacent pair of lowest rank (leftmost on ties).
     while (syms.size() > 1) {
       int32_t best_rank = INT32_MAX, best_id = -1;
@@ -266,9 +345,45 @@ void BpeTokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const 
   cache_.emplace(std::string(piece), std::move(syms));
 }
 
+std::vector<int32_t> BpeTokenizer::initial_symbols(std::string_view piece) const {
+  std::vector<int32_t> syms;
+  if (byte_level_) {
+    for (unsigned char c : piece) syms.push_back(byte_token_[c]);
+    return syms;
+  }
+  // SentencePiece-style: one symbol per character; characters outside the vocab become their
+  // UTF-8 bytes as <0xNN> tokens (byte_fallback) or <unk> (consecutive ones fused if fuse_unk).
+  for (size_t i = 0; i < piece.size();) {
+    int32_t cp = 0;
+    utf8proc_ssize_t n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(piece.data() + i),
+                                          utf8proc_ssize_t(piece.size() - i), &cp);
+    if (n <= 0) n = 1;
+    const std::string ch(piece.substr(i, size_t(n)));
+    auto it = vocab_.find(ch);
+    if (it != vocab_.end()) {
+      syms.push_back(it->second);
+    } else if (byte_fallback_) {
+      for (unsigned char b : ch) syms.push_back(fallback_token_[b]);
+    } else if (unk_ >= 0 && !(fuse_unk_ && !syms.empty() && syms.back() == unk_)) {
+      syms.push_back(unk_);
+    }
+    i += size_t(n);
+  }
+  return syms;
+}
+
 void BpeTokenizer::encode_text(std::string_view text, std::vector<int32_t>& out) const {
   if (text.empty()) return;
-  std::string norm = nfc_ ? nfc(text) : std::string(text);
+  std::string norm(text);
+  for (const auto& st : norm_) {
+    switch (st.kind) {
+      case NormStep::kNfc: norm = nfc(norm); break;
+      case NormStep::kNfkc: norm = nfkc(norm); break;
+      case NormStep::kPrepend: norm = st.a + norm; break;
+      case NormStep::kReplace: norm = replace_all(std::move(norm), st.a, st.b); break;
+    }
+  }
+  if (norm.empty()) return;
   if (add_prefix_space_ && norm[0] != ' ') norm.insert(norm.begin(), ' ');
   std::vector<std::pair<size_t, size_t>> pieces = {{0, norm.size()}};
   for (const auto& sp : splits_) {
@@ -328,6 +443,13 @@ std::string BpeTokenizer::token_bytes(int32_t id) const {
   if (id < 0 || id >= int32_t(id_to_token_.size())) return "";
   const std::string& t = id_to_token_[size_t(id)];
   if (added_[size_t(id)]) return t;
+  if (!byte_level_) {
+    if (byte_fallback_ && t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>')
+      return std::string(1, char(std::stoi(t.substr(3, 2), nullptr, 16)));
+    std::string r = t;
+    for (const auto& [from, to] : decode_replace_) r = replace_all(std::move(r), from, to);
+    return r;
+  }
   std::string out;
   for (size_t i = 0; i < t.size();) {
     int32_t cp = 0;
@@ -346,7 +468,9 @@ std::string BpeTokenizer::decode(const std::vector<int32_t>& ids, bool skip_spec
   std::string bytes;
   for (int32_t id : ids)
     if (!(skip_special_tokens && is_special(id))) bytes += token_bytes(id);
-  return sanitize_utf8(bytes);
+  std::string text = sanitize_utf8(bytes);
+  for (int i = 0; i < strip_start_ && !text.empty() && text[0] == ' '; ++i) text.erase(0, 1);
+  return text;
 }
 
 json read_json(const fs::path& p) {
