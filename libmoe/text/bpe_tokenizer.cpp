@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "text/regex.h"
+#include "text/spm_tokenizer.h"
 #include "text/tokenizer.h"
 
 namespace moe::text {
@@ -484,13 +485,11 @@ json read_json(const fs::path& p) {
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& model_dir) {
   const fs::path dir(model_dir);
   const fs::path tj = dir / "tokenizer.json", tc = dir / "tokenizer_config.json";
-  if (!fs::exists(tj)) {
-    if (fs::exists(dir / "tokenizer.model"))
-      throw_input("{}: only tokenizer.model (sentencepiece) is present; moectl reads tokenizer.json for now",
-                  model_dir);
-    throw_input("{}: no tokenizer.json in the model directory", model_dir);
-  }
   json cfg = fs::exists(tc) ? read_json(tc) : json::object();
+  if (!fs::exists(tj)) {
+    if (fs::exists(dir / "tokenizer.model")) return load_sentencepiece((dir / "tokenizer.model").string(), cfg);
+    throw_input("{}: no tokenizer.json or tokenizer.model in the model directory", model_dir);
+  }
   return std::make_unique<BpeTokenizer>(read_json(tj), cfg, tj.string(), tc.string());
 }
 
