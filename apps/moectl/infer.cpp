@@ -112,7 +112,13 @@ void run_interactive(const InferArgs& a, moe::infer::ChatSession& chat, const mo
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
     };
-    auto res = chat.turn(line, cfg, a.stream ? on_text : std::function<void(const std::string&)>{}, &reply);
+    moe::infer::GenerationResult res;
+    try {
+      res = chat.turn(line, cfg, a.stream ? on_text : std::function<void(const std::string&)>{}, &reply);
+    } catch (const moe::InputError& e) {  // a bad line (e.g. not UTF-8) should not end the session
+      std::fprintf(stderr, "moectl: error: %s\n", e.what());
+      continue;
+    }
     if (!a.stream) std::fwrite(reply.data(), 1, reply.size(), stdout);
     std::printf("\n");
     std::fflush(stdout);

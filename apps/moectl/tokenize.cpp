@@ -4,18 +4,67 @@
 #include <fstream>
 #include <iostream>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "infer/chat_rows.h"
+#include "model/hf_config.h"
+#include "text/chat_template.h"
 #include "text/tokenizer.h"
 
 namespace moectl {
 
+namespace {
+
+// `--dataset`: each row rendered through the chat template; on a terminal the trained
+// (loss-masked) spans are green, otherwise they are wrapped in [[...]].
+template <class Args>
+void render_dataset(const Args& a, const moe::text::Tokenizer& tok) {
+  std::string name = a.template_name;
+  if (name.empty()) {
+    auto cfg = moe::model::load_hf_config(a.model);
+    name = moe::text::default_template_for(cfg.model_type);
+  }
+  auto tmpl = moe::text::make_template(name);
+  std::ifstream in(a.dataset);
+  if (!in) moe::throw_input("--dataset {}: cannot open", a.dataset);
+  const bool tty = isatty(fileno(stdout));
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = a.dataset + ":" + std::to_string(n);
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) moe::throw_input("{}: not valid JSON", where);
+    moe::infer::ChatRow row = moe::infer::parse_chat_row(j, where);
+    std::vector<moe::text::Message> msgs = row.prompt;
+    if (!row.label.empty()) msgs.push_back({"assistant", row.label});
+    const bool has_system = !msgs.empty() && msgs[0].role == "system";
+    if (!has_system && !tmpl->default_system().empty()) msgs.insert(msgs.begin(), {"system", tmpl->default_system()});
+    auto r = tmpl->render(msgs, tok, /*add_generation_prompt=*/row.label.empty());
+    std::string shown;
+    for (size_t i = 0; i < r.ids.size();) {
+      size_t e = i;
+      while (e < r.ids.size() && r.loss_mask[e] == r.loss_mask[i]) ++e;
+      std::string span = tok.decode(std::vector<int32_t>(r.ids.begin() + long(i), r.ids.begin() + long(e)));
+      if (r.loss_mask[i]) span = tty ? "\033[32m" + span + "\033[0m" : "[[" + span + "]]";
+      shown += span;
+      i = e;
+    }
+    nlohmann::json out{{"ids", r.ids}, {"loss_mask", r.loss_mask}, {"text", tok.decode(r.ids)}};
+    std::puts(out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    std::puts(shown.c_str());
+  }
+}
+
+}  // namespace
+
 void add_tokenize_command(CLI::App& root) {
   struct Args {
-    std::string model, text, file;
+    std::string model, text, file, dataset, template_name, model_type;
     bool json_list = false, add_special_tokens = false, decode = false;
   };
   auto a = std::make_shared<Args>();
@@ -26,9 +75,15 @@ void add_tokenize_command(CLI::App& root) {
   c->add_option("--json_list", a->json_list, "--file holds a JSON list of strings (true|false)");
   c->add_option("--add_special_tokens", a->add_special_tokens, "Add the bos token if the tokenizer asks for it");
   c->add_option("--decode", a->decode, "Inputs are JSON id lists; print their text (true|false)");
+  c->add_option("--dataset", a->dataset, "Render each conversation of this .jsonl with --template and show the loss mask");
+  c->add_option("--template", a->template_name, "Chat template for --dataset (default: from config.json's model_type)");
   c->callback([a] {
-    if (a->text.empty() == a->file.empty()) moe::throw_input("give exactly one of --text or --file");
     auto tok = moe::text::Tokenizer::load(a->model);
+    if (!a->dataset.empty()) {
+      render_dataset(*a, *tok);
+      return;
+    }
+    if (a->text.empty() == a->file.empty()) moe::throw_input("give exactly one of --text, --file or --dataset");
     std::vector<std::string> inputs;
     if (!a->text.empty()) {
       inputs.push_back(a->text);

@@ -404,7 +404,7 @@ void BpeTokenizer::encode_text(std::string_view text, std::vector<int32_t>& out)
 }
 
 std::vector<int32_t> BpeTokenizer::encode(std::string_view raw, bool add_special_tokens) const {
-  const std::string text = sanitize_utf8(raw);  // regexes need valid UTF-8
+  const std::string text = require_utf8(raw);
   std::vector<int32_t> out;
   if (add_special_tokens && add_bos_) out.push_back(bos_);
   size_t start = 0, i = 0;

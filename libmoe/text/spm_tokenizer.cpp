@@ -34,7 +34,7 @@ class SpmTokenizer : public Tokenizer {
   }
 
   std::vector<int32_t> encode(std::string_view raw, bool add_special_tokens) const override {
-    const std::string text = sanitize_utf8(raw);
+    const std::string text = require_utf8(raw);
     std::vector<int32_t> out;
     if (add_special_tokens && add_bos_) out.push_back(bos_);
     size_t start = 0;

@@ -19,7 +19,8 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
 
   // Added/special tokens in `text` are matched as tokens (as HF does). With add_special_tokens,
-  // the bos token is prepended when tokenizer_config.json says add_bos_token.
+  // the bos token is prepended when tokenizer_config.json says add_bos_token. InputError if
+  // `text` is not valid UTF-8.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const = 0;
   // Invalid UTF-8 byte sequences become U+FFFD, as HF's decode does.
   virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const = 0;
@@ -55,5 +56,7 @@ class StreamDecoder {
 // Replaces invalid UTF-8 in `bytes` with U+FFFD; if `complete_prefix` is given, a trailing
 // incomplete (but so far valid) sequence is left out and its length stored there.
 std::string sanitize_utf8(std::string_view bytes, size_t* incomplete_tail = nullptr);
+// Returns `text` if it is valid UTF-8; otherwise InputError naming the byte offset.
+std::string require_utf8(std::string_view text);
 
 }  // namespace moe::text

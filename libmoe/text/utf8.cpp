@@ -1,3 +1,4 @@
+#include "core/error.h"
 #include "text/tokenizer.h"
 
 namespace moe::text {
@@ -52,6 +53,16 @@ std::string sanitize_utf8(std::string_view s, size_t* incomplete_tail) {
     }
   }
   return out;
+}
+
+std::string require_utf8(std::string_view text) {
+  std::string clean = sanitize_utf8(text);
+  if (clean.size() != text.size() || clean != text) {
+    size_t i = 0;
+    while (i < text.size() && i < clean.size() && text[i] == clean[i]) ++i;
+    throw_input("input text is not valid UTF-8 (first bad byte at offset {}); convert it to UTF-8 first", i);
+  }
+  return clean;
 }
 
 std::string StreamDecoder::push(int32_t id) {

@@ -29,7 +29,7 @@ with open(text, "rb") as f:
                           capture_output=True, check=True).stdout.decode().splitlines()]
 p = subprocess.run([MOECTL, "tokenize", "--model", os.path.join(WORK, "model"), "--file", text],
                    capture_output=True, text=True, check=True)
-mine = [json.loads(l)["ids"] for l in p.stdout.splitlines()]
+mine = [json.loads(l)["ids"] for l in p.stdout.split("\n") if l]
 assert len(ref) == len(mine) == len(lines), (len(ref), len(mine), len(lines))
 bad = [i for i in range(len(lines)) if ref[i] != mine[i]]
 print(f"spm bpe: {len(lines)} lines, {sum(map(len, ref))} tokens, {len(bad)} id mismatches")
@@ -45,7 +45,7 @@ ids_json = os.path.join(WORK, "ids.jsonl")
 open(ids_json, "w").write("\n".join(json.dumps(r) for r in ref) + "\n")
 p = subprocess.run([MOECTL, "tokenize", "--model", os.path.join(WORK, "model"), "--file", ids_json, "--decode", "true"],
                    capture_output=True, text=True, check=True)
-texts = [json.loads(l)["text"] for l in p.stdout.splitlines()]
+texts = [json.loads(l)["text"] for l in p.stdout.split("\n") if l]
 dec = [i for i in range(len(lines)) if texts[i] != ref_text[i]]
 print(f"spm bpe: moectl decode != spm_decode for {len(dec)} lines")
 for i in dec[:5]:

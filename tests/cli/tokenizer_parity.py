@@ -39,7 +39,7 @@ def check(name, tok_dir, js_extra, nfc_round_trip):
     ref_text = json.load(open(ref_text_path))
     p = subprocess.run([MOECTL, "tokenize", "--model", tok_dir, "--file", corpus_path, "--json_list", "true"],
                        capture_output=True, text=True, check=True)
-    mine = [json.loads(l)["ids"] for l in p.stdout.splitlines()]
+    mine = [json.loads(l)["ids"] for l in p.stdout.split("\n") if l]
     assert len(mine) == len(ref) == len(strings), (len(mine), len(ref))
     bad = [i for i in range(len(strings)) if mine[i] != ref[i]]
     print(f"{name}: {len(strings)} strings, {sum(map(len, ref))} tokens, {len(bad)} id mismatches")
@@ -51,7 +51,7 @@ def check(name, tok_dir, js_extra, nfc_round_trip):
             f.write(json.dumps(ids) + "\n")
     p = subprocess.run([MOECTL, "tokenize", "--model", tok_dir, "--file", ids_path, "--decode", "true"],
                        capture_output=True, text=True, check=True)
-    texts = [json.loads(l)["text"] for l in p.stdout.splitlines()]
+    texts = [json.loads(l)["text"] for l in p.stdout.split("\n") if l]
     dec = [i for i in range(len(strings)) if texts[i] != ref_text[i]]
     print(f"{name}: moectl decode != JS decode for {len(dec)} strings")
     for i in dec[:5]:
