@@ -486,11 +486,28 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& model_dir) {
   const fs::path dir(model_dir);
   const fs::path tj = dir / "tokenizer.json", tc = dir / "tokenizer_config.json";
   json cfg = fs::exists(tc) ? read_json(tc) : json::object();
-  if (!fs::exists(tj)) {
-    if (fs::exists(dir / "tokenizer.model")) return load_sentencepiece((dir / "tokenizer.model").string(), cfg);
+  std::unique_ptr<Tokenizer> tok;
+  if (fs::exists(tj)) {
+    tok = std::make_unique<BpeTokenizer>(read_json(tj), cfg, tj.string(), tc.string());
+  } else if (fs::exists(dir / "tokenizer.model")) {
+    tok = load_sentencepiece((dir / "tokenizer.model").string(), cfg);
+  } else {
     throw_input("{}: no tokenizer.json or tokenizer.model in the model directory", model_dir);
   }
-  return std::make_unique<BpeTokenizer>(read_json(tj), cfg, tj.string(), tc.string());
+  // Special ids the tokenizer files leave open come from generation_config.json, then config.json.
+  for (const char* f : {"generation_config.json", "config.json"}) {
+    if (!fs::exists(dir / f)) continue;
+    const json j = read_json(dir / f);
+    auto first_id = [&](const char* key) -> int32_t {
+      if (!j.contains(key)) return -1;
+      const json& v = j[key].is_array() && !j[key].empty() ? j[key][0] : j[key];
+      return v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < tok->vocab_size() ? v.get<int32_t>() : -1;
+    };
+    if (tok->bos_ < 0) tok->bos_ = first_id("bos_token_id");
+    if (tok->eos_ < 0) tok->eos_ = first_id("eos_token_id");
+    if (tok->pad_ < 0) tok->pad_ = first_id("pad_token_id");
+  }
+  return tok;
 }
 
 }  // namespace moe::text

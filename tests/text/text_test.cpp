@@ -139,3 +139,15 @@ TEST(ChatTemplate, Qwen3GenerationPromptHasEmptyThinkBlock) {
   auto raw = make_template("raw")->render({{"user", "hello"}}, *t, true);
   EXPECT_EQ(raw.ids, t->encode("hello"));
 }
+
+TEST(Bpe, SpecialIdsFallBackToGenerationConfig) {
+  TempDir d;
+  make_tok(d);
+  moe::testing::write_file(d.file("tokenizer_config.json"), "{}");
+  moe::testing::write_file(d.file("generation_config.json"), R"({"eos_token_id": [301, 300], "bos_token_id": 300})");
+  moe::testing::write_file(d.file("config.json"), R"({"eos_token_id": 5, "pad_token_id": 304})");
+  auto t = Tokenizer::load(d.path());
+  EXPECT_EQ(t->eos_id(), 301);
+  EXPECT_EQ(t->bos_id(), 300);
+  EXPECT_EQ(t->pad_id(), 304);
+}
