@@ -27,6 +27,11 @@ class Builder {
   RenderedChat r_;
 };
 
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\n\r"), e = s.find_last_not_of(" \t\n\r");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
 void check_roles(const std::vector<Message>& msgs) {
   for (size_t i = 0; i < msgs.size(); ++i) {
     const auto& r = msgs[i].role;
@@ -93,7 +98,7 @@ class Llama3 : public ChatTemplate {
     for (const auto& m : msgs) {
       const bool a = m.role == "assistant";
       b.text("<|start_header_id|>" + m.role + "<|end_header_id|>\n\n", false);
-      b.text(m.content, a);
+      b.text(trim(m.content), a);  // the official template trims each message
       b.text("<|eot_id|>", a);
     }
     if (gen) b.text("<|start_header_id|>assistant<|end_header_id|>\n\n", false);
@@ -124,7 +129,8 @@ class Inst : public ChatTemplate {
         std::string u = m.content;
         if (first && !system.empty())
           u = llama2_ ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + u : system + "\n\n" + u;
-        b.id(tok.bos_id(), false);
+        // Llama-2 opens every exchange with bos; Mistral only the conversation.
+        if (llama2_ || first) b.id(tok.bos_id(), false);
         b.text("[INST] " + u + " [/INST]", false);
         first = false;
       } else {

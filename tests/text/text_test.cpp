@@ -151,3 +151,36 @@ TEST(Bpe, SpecialIdsFallBackToGenerationConfig) {
   EXPECT_EQ(t->bos_id(), 300);
   EXPECT_EQ(t->pad_id(), 304);
 }
+
+// Llama-3, Llama-2 and Mistral formats, written out by hand from the families' published
+// templates (their Jinja sources ship in no package available here).
+TEST(ChatTemplate, InstAndLlama3Formats) {
+  TempDir d;
+  auto base = make_tok(d, R"(,
+      {"id": 305, "content": "<s>", "special": true, "lstrip": false, "rstrip": false, "single_word": false, "normalized": false},
+      {"id": 306, "content": "</s>", "special": true, "lstrip": false, "rstrip": false, "single_word": false, "normalized": false},
+      {"id": 307, "content": "<|begin_of_text|>", "special": true, "lstrip": false, "rstrip": false, "single_word": false, "normalized": false},
+      {"id": 308, "content": "<|eot_id|>", "special": true, "lstrip": false, "rstrip": false, "single_word": false, "normalized": false})");
+  (void)base;
+  moe::testing::write_file(d.file("tokenizer_config.json"), R"({"bos_token": "<s>", "eos_token": "</s>"})");
+  auto t = Tokenizer::load(d.path());
+  std::vector<Message> conv = {{"system", "S"}, {"user", "hi"}, {"assistant", "yo"}, {"user", "again"}};
+  EXPECT_EQ(t->decode(make_template("llama")->render(conv, *t, true).ids),
+            "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nhi [/INST] yo </s><s>[INST] again [/INST]");
+  EXPECT_EQ(t->decode(make_template("mistral")->render(conv, *t, true).ids),
+            "<s>[INST] S\n\nhi [/INST]yo</s>[INST] again [/INST]");
+  auto l3 = make_template("llama3")->render({{"user", " hi\n"}, {"assistant", "yo"}}, *t, false);
+  EXPECT_EQ(t->decode(l3.ids),
+            "<s><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+            "yo<|eot_id|>");
+  // the assistant reply and its end-of-turn token carry the loss, nothing else
+  std::vector<int32_t> masked;
+  for (size_t i = 0; i < l3.ids.size(); ++i)
+    if (l3.loss_mask[i]) masked.push_back(l3.ids[i]);
+  EXPECT_EQ(t->decode(masked), "yo<|eot_id|>");
+  auto m = make_template("mistral")->render(conv, *t, false);
+  masked.clear();
+  for (size_t i = 0; i < m.ids.size(); ++i)
+    if (m.loss_mask[i]) masked.push_back(m.ids[i]);
+  EXPECT_EQ(t->decode(masked), "yo</s>");
+}
