@@ -15,7 +15,8 @@ void attention_forward(const ModelConfig& c, const AttentionWeights& w, int laye
   namespace k = kernels::cpu;
   const int64_t nh = c.num_attention_heads, ng = c.num_query_groups, d = c.kv_channels, r = nh / ng;
   const int64_t rows = c.qkv_rows(), pos0 = cache.length();
-  std::vector<float> qkv(size_t(T * rows)), q(size_t(T * nh * d)), out(size_t(T * nh * d));
+  thread_local std::vector<float> qkv, q, out;  // reused across calls (see Transformer::forward)
+  qkv.resize(size_t(T * rows)), q.resize(size_t(T * nh * d)), out.resize(size_t(T * nh * d));
   k::linear(x_TD, T, w.qkv, w.qkv_bias.defined() && w.qkv_bias.numel() ? w.qkv_bias.f32() : nullptr, qkv.data());
 
   // Split the per-group rows [q (r heads); k; v] into q [T, nh, d] and the cache's k, v [S, ng, d].

@@ -35,11 +35,12 @@ void grouped_experts_forward(const MoeWeights& w, const TokenDispatcher& disp, c
 
 void moe_layer_forward(const ModelConfig& c, const MoeWeights& w, const float* x_TD, int64_t T, float* y_TD) {
   const int64_t D = c.hidden_size, E = c.num_experts, K = c.moe_router_topk;
-  std::vector<float> logits(size_t(T * E));
+  thread_local std::vector<float> logits, x_perm, y_perm;  // reused across calls
+  logits.resize(size_t(T * E));
   kernels::cpu::linear(x_TD, T, w.router, nullptr, logits.data());
   Routing routing = route_topk(logits.data(), T, E, K, c.moe_router_pre_softmax);
   TokenDispatcher disp(routing, E);
-  std::vector<float> x_perm(size_t(disp.rows() * D)), y_perm(size_t(disp.rows() * D));
+  x_perm.resize(size_t(disp.rows() * D)), y_perm.resize(size_t(disp.rows() * D));
   disp.permute(x_TD, D, x_perm.data());
   grouped_experts_forward(w, disp, x_perm.data(), D, y_perm.data());
   std::fill(y_TD, y_TD + T * D, 0.0f);

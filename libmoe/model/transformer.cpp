@@ -35,7 +35,9 @@ void Transformer::forward(std::span<const int32_t> ids, KvCache& cache, float* l
   cache.reserve(cache.length() + T);
   rope_.reserve(cache.length() + T);
 
-  std::vector<float> x(size_t(T * D)), h(size_t(T * D)), y(size_t(T * D)), scratch;
+  // Reused across calls: fresh multi-megabyte buffers per prefill cost page faults and zeroing.
+  thread_local std::vector<float> x, h, y, scratch;
+  x.resize(size_t(T * D)), h.resize(size_t(T * D)), y.resize(size_t(T * D));
   const size_t row_bytes = size_t(D) * dtype_size(embedding_.dtype());
   for (int64_t t = 0; t < T; ++t)
     convert_to_f32(static_cast<const char*>(embedding_.raw()) + size_t(ids[size_t(t)]) * row_bytes,

@@ -166,8 +166,12 @@ void run(DType dt, bool quick, double bw, double gemm) {
     // The first new token comes from the prefill's logits; decode ran one forward per later token.
     best_dec = std::max(best_dec, double(r.ids.size() - 1) / r.decode_seconds);
   }
-  // FLOPs per prefill token: 2 per active weight except the LM head (computed for one token).
-  const double flops_tok = 2.0 * (double(c.num_active_parameters()) - 2.0 * double(c.vocab_size) * c.hidden_size);
+  // FLOPs per prefill token: 2 per active weight except the embedding and the LM head (computed
+  // for one token only).
+  // Plus causal attention: Q·Kᵀ and P·V over the keys each query sees, (T+1)/2 on average.
+  const double attn_tok = 2.0 * 2.0 * (prompt_len + 1) / 2.0 * c.kv_channels * c.num_attention_heads * c.num_layers;
+  const double flops_tok =
+      2.0 * (double(c.num_active_parameters()) - 2.0 * double(c.vocab_size) * c.hidden_size) + attn_tok;
   const double bytes_tok = decode_bytes_per_token(c, dt);
   std::printf("prefill (%d tokens): %7.1f tokens/s = %6.1f GFLOP/s = %5.1f%% of sgemm (%0.1f GFLOP/s)\n", prompt_len, best_pre,
               best_pre * flops_tok / 1e9, 100 * best_pre * flops_tok / gemm, gemm / 1e9);

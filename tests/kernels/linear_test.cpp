@@ -73,7 +73,7 @@ TEST_P(LinearTest, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, LinearTest,
                          ::testing::Combine(::testing::Values(DType::F32, DType::BF16, DType::F16),
-                                            ::testing::Values(1, 3, 8, 9, 33), ::testing::Values(1, 17, 70),
+                                            ::testing::Values(1, 3, 8, 9, 33, 300), ::testing::Values(1, 17, 70),
                                             ::testing::Values(1, 31, 64, 200)));
 
 TEST(Gemv, Avx2AgreesWithScalar) {

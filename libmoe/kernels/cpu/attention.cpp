@@ -19,7 +19,8 @@ void attention_gemm(const AttentionShape& s, const float* q, const float* k, con
   const int64_t r = s.nh / s.ng, d = s.d, S = s.pos0 + s.T;
   sgemm_single_threaded();
   parallel_for(s.nh, [&](int64_t hb, int64_t he) {
-    std::vector<float> P(static_cast<size_t>(s.T * S));
+    thread_local std::vector<float> P;  // reused across calls
+    P.resize(static_cast<size_t>(s.T * S));
     for (int64_t h = hb; h < he; ++h) {
       const int64_t g = h / r;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(s.T), int(S), int(d), s.scale, q + h * d,

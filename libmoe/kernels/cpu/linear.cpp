@@ -85,8 +85,21 @@ void linear_rows(const float* x_TD, int64_t T, const Tensor& W_ND, int64_t n0, i
       for (int64_t sb = b; sb < e; sb += step) {
         const int64_t se = std::min(e, sb + step);
         const float* w = W_ND.dtype() == DType::F32 ? W_ND.data<float>() + sb * D : widen_rows(W_ND, sb, se, buf);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(se - sb), int(D), 1.0f, x_TD, int(D), w,
-                    int(D), accumulate ? 1.0f : 0.0f, y_TN + sb, int(N));
+        if (T > kTransposeMaxTokens) {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(se - sb), int(D), 1.0f, x_TD, int(D), w,
+                      int(D), accumulate ? 1.0f : 0.0f, y_TN + sb, int(N));
+          continue;
+        }
+        // Few tokens (e.g. one expert's share of a prefill): OpenBLAS is markedly faster on
+        // yᵀ = W · xᵀ (weights as the tall operand) than on y = x · Wᵀ; transpose back after.
+        thread_local std::vector<float> yt;
+        yt.resize(size_t((se - sb) * T));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(se - sb), int(T), int(D), 1.0f, w, int(D), x_TD, int(D),
+                    0.0f, yt.data(), int(T));
+        for (int64_t t = 0; t < T; ++t) {
+          float* y = y_TN + t * N + sb;
+          for (int64_t n = 0; n < se - sb; ++n) y[n] = (accumulate ? y[n] : 0.0f) + yt[size_t(n * T + t)];
+        }
       }
     }
   });

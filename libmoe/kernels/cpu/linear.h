@@ -24,5 +24,7 @@ void sgemm_single_threaded();
 
 // Below this many tokens linear() uses the GEMV path.
 constexpr int64_t kGemvMaxTokens = 8;
+// Up to this many tokens the sgemm path computes yᵀ = W · xᵀ (faster for few rows of x).
+constexpr int64_t kTransposeMaxTokens = 256;
 
 }  // namespace moe::kernels::cpu
