@@ -83,4 +83,4 @@ TEST_P(AttentionTest, CausalGqaMatchesNaive) {
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                          ::testing::Values(std::pair<int64_t, int64_t>{1, 0}, std::pair<int64_t, int64_t>{6, 0},
                                            std::pair<int64_t, int64_t>{1, 9}, std::pair<int64_t, int64_t>{20, 0},
-                                           std::pair<int64_t, int64_t>{33, 7}));
+                                           std::pair<int64_t, int64_t>{33, 7}, std::pair<int64_t, int64_t>{300, 5}));

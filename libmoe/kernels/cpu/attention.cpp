@@ -16,27 +16,33 @@ namespace {
 // Many query tokens (prefill): per head, scores = Q Kᵀ and out = P V as two sgemms over the
 // strided head slices, with the causal mask and softmax in between.
 void attention_gemm(const AttentionShape& s, const float* q, const float* k, const float* v, float* out) {
-  const int64_t r = s.nh / s.ng, d = s.d, S = s.pos0 + s.T;
+  const int64_t r = s.nh / s.ng, d = s.d;
   sgemm_single_threaded();
+  // Queries go in blocks of 128 so that a block only multiplies the keys it can see (the
+  // causal upper triangle beyond the block is never computed).
+  constexpr int64_t kBlock = 128;
   parallel_for(s.nh, [&](int64_t hb, int64_t he) {
     thread_local std::vector<float> P;  // reused across calls
-    P.resize(static_cast<size_t>(s.T * S));
     for (int64_t h = hb; h < he; ++h) {
       const int64_t g = h / r;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(s.T), int(S), int(d), s.scale, q + h * d,
-                  int(s.nh * d), k + g * d, int(s.ng * d), 0.0f, P.data(), int(S));
-      for (int64_t t = 0; t < s.T; ++t) {
-        float* p = P.data() + t * S;
-        const int64_t n = s.pos0 + t + 1;
-        const float m = *std::max_element(p, p + n);
-        double sum = 0;
-        for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - m));
-        const float inv = float(1.0 / sum);
-        for (int64_t j = 0; j < n; ++j) p[j] *= inv;
-        std::fill(p + n, p + S, 0.0f);
+      for (int64_t t0 = 0; t0 < s.T; t0 += kBlock) {
+        const int64_t tc = std::min(kBlock, s.T - t0), Sc = s.pos0 + t0 + tc;
+        P.resize(static_cast<size_t>(tc * Sc));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tc), int(Sc), int(d), s.scale,
+                    q + t0 * s.nh * d + h * d, int(s.nh * d), k + g * d, int(s.ng * d), 0.0f, P.data(), int(Sc));
+        for (int64_t t = 0; t < tc; ++t) {
+          float* p = P.data() + t * Sc;
+          const int64_t n = s.pos0 + t0 + t + 1;
+          const float m = *std::max_element(p, p + n);
+          double sum = 0;
+          for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - m));
+          const float inv = float(1.0 / sum);
+          for (int64_t j = 0; j < n; ++j) p[j] *= inv;
+          std::fill(p + n, p + Sc, 0.0f);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(tc), int(d), int(Sc), 1.0f, P.data(), int(Sc),
+                    v + g * d, int(s.ng * d), 0.0f, out + t0 * s.nh * d + h * d, int(s.nh * d));
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(s.T), int(d), int(S), 1.0f, P.data(), int(S),
-                  v + g * d, int(s.ng * d), 0.0f, out + h * d, int(s.nh * d));
     }
   });
 }
