@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace moe::model {
 
@@ -26,8 +27,10 @@ TokenDispatcher::TokenDispatcher(const Routing& r, int64_t E) : counts_E_(size_t
 }
 
 void TokenDispatcher::permute(const float* x_TD, int64_t D, float* x_perm) const {
-  for (size_t row = 0; row < token_of_row_.size(); ++row)
-    std::memcpy(x_perm + int64_t(row) * D, x_TD + token_of_row_[row] * D, size_t(D) * sizeof(float));
+  parallel_for(int64_t(token_of_row_.size()), [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row)
+      std::memcpy(x_perm + row * D, x_TD + token_of_row_[size_t(row)] * D, size_t(D) * sizeof(float));
+  });
 }
 
 void TokenDispatcher::unpermute_add(const float* y_perm, int64_t D, float* out_TD) const {

@@ -7,8 +7,25 @@
 
 namespace moe::kernels::cpu {
 
+// Row-wise ops split their rows over threads once there is enough work (prefill); a second
+// core left idle during them shows up as time spent waiting at the next barrier.
+namespace {
+template <class F>
+void rows(int64_t T, int64_t row_cost, F&& f) {
+  if (T * row_cost < (1 << 16)) {
+    f(int64_t(0), T);
+  } else {
+    parallel_for(T, f);
+  }
+}
+}  // namespace
+
 void rmsnorm(const float* x_TD, int64_t T, int64_t D, const float* w_D, float eps, float* out_TD) {
-  for (int64_t t = 0; t < T; ++t) {
+  rows(T, D, [&](int64_t tb, int64_t te) { rmsnorm_rows(x_TD, tb, te, D, w_D, eps, out_TD); });
+}
+
+void rmsnorm_rows(const float* x_TD, int64_t tb, int64_t te, int64_t D, const float* w_D, float eps, float* out_TD) {
+  for (int64_t t = tb; t < te; ++t) {
     const float* x = x_TD + t * D;
     double ss = 0;
     for (int64_t i = 0; i < D; ++i) ss += double(x[i]) * x[i];
@@ -19,12 +36,14 @@ void rmsnorm(const float* x_TD, int64_t T, int64_t D, const float* w_D, float ep
 }
 
 void swiglu(const float* gu_T2F, int64_t T, int64_t F, float* h_TF) {
-  for (int64_t t = 0; t < T; ++t) {
+  rows(T, 8 * F, [&](int64_t tb, int64_t te) {
+  for (int64_t t = tb; t < te; ++t) {
     const float* g = gu_T2F + t * 2 * F;
     const float* u = g + F;
     float* h = h_TF + t * F;
     for (int64_t f = 0; f < F; ++f) h[f] = g[f] / (1.0f + std::exp(-g[f])) * u[f];
   }
+  });
 }
 
 void softmax_rows(float* x_TN, int64_t T, int64_t n) {
@@ -41,7 +60,8 @@ void softmax_rows(float* x_TN, int64_t T, int64_t n) {
 void rope_apply(float* x_THd, int64_t T, int64_t H, int64_t d, const int32_t* pos_T, const float* cos_Pd2,
                 const float* sin_Pd2) {
   const int64_t half = d / 2;
-  for (int64_t t = 0; t < T; ++t) {
+  rows(T, H * d, [&](int64_t tb, int64_t te) {
+  for (int64_t t = tb; t < te; ++t) {
     const float* c = cos_Pd2 + int64_t(pos_T[t]) * half;
     const float* s = sin_Pd2 + int64_t(pos_T[t]) * half;
     for (int64_t h = 0; h < H; ++h) {
@@ -53,10 +73,13 @@ void rope_apply(float* x_THd, int64_t T, int64_t H, int64_t d, const int32_t* po
       }
     }
   }
+  });
 }
 
 void add_inplace(float* y, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+  rows(n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) y[i] += x[i];
+  });
 }
 
 }  // namespace moe::kernels::cpu

@@ -7,6 +7,8 @@ namespace moe::kernels::cpu {
 
 // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w. `out` may alias `x`.
 void rmsnorm(const float* x_TD, int64_t T, int64_t D, const float* w_D, float eps, float* out_TD);
+// The same on rows [tb, te) only, on the calling thread.
+void rmsnorm_rows(const float* x_TD, int64_t tb, int64_t te, int64_t D, const float* w_D, float eps, float* out_TD);
 
 // h[t, f] = silu(gu[t, f]) * gu[t, F + f]: fc1's output holds gate then up (Megatron layout).
 void swiglu(const float* gu_T2F, int64_t T, int64_t F, float* h_TF);
