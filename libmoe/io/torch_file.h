@@ -1,0 +1,38 @@
+// PyTorch's zip checkpoint format (torch.save since 1.6), written and read without Python:
+// archive/data.pkl (pickle protocol 2, see pickle.h), archive/data/<key> raw storages aligned
+// to 64 bytes, archive/byteorder, archive/version. Reading maps the file and hands out tensors
+// that borrow it. Used for Megatron's model_optim_rng.pt and HF pytorch_model.bin files.
+#pragma once
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/mapped_file.h"
+#include "io/pickle.h"
+
+namespace moe::io {
+
+// Writes `root` and the storages its tensors name (key -> contiguous tensor data) to `path`
+// via a temporary file renamed into place. Files over 4 GiB need zip64 and are refused.
+void write_torch_file(const std::string& path, const PyValue& root,
+                      const std::vector<std::pair<std::string, Tensor>>& storages);
+
+class TorchFile {
+ public:
+  // InputError naming `path` for a malformed zip, a compressed entry, a missing data.pkl or a
+  // pickle outside what checkpoints use.
+  static TorchFile open(const std::string& path);
+  const PyPtr& root() const { return root_; }
+  // The tensor a TensorRef describes, borrowing the mapped file. Contiguous tensors only.
+  Tensor tensor(const TensorRef& ref) const;
+
+ private:
+  std::shared_ptr<MappedFile> file_;
+  std::string prefix_;  // "archive/" or whatever top folder torch.save used
+  std::vector<std::pair<std::string, std::pair<size_t, size_t>>> entries_;  // name -> (offset, size)
+  PyPtr root_;
+  const std::pair<size_t, size_t>* entry(const std::string& name) const;
+};
+
+}  // namespace moe::io
