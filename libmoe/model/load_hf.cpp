@@ -1,18 +1,61 @@
 #include "model/load_hf.h"
 
 #include <filesystem>
+#include <functional>
+#include <memory>
 
 #include "core/log.h"
 #include "io/safetensors.h"
+#include "io/torch_bin_checkpoint.h"
 #include "model/hf_config.h"
 #include "model/weight_map.h"
 
 namespace moe::model {
 
+namespace {
+
+// The HF weight files of a directory, safetensors preferred, torch .bin otherwise.
+struct WeightFiles {
+  std::function<bool(const std::string&)> has;
+  std::function<Shape(const std::string&)> shape;
+  std::function<Tensor(const std::string&)> get;
+  std::function<std::string(const std::string&)> file_of;
+  size_t count = 0;
+};
+
+WeightFiles open_weights(const std::string& dir) {
+  WeightFiles w;
+  namespace fs = std::filesystem;
+  bool any_safetensors = false;
+  if (fs::is_directory(dir))
+    for (const auto& e : fs::directory_iterator(dir)) any_safetensors |= e.path().extension() == ".safetensors";
+  if (!any_safetensors && io::TorchBinCheckpoint::present(dir)) {
+    auto c = std::make_shared<io::TorchBinCheckpoint>(io::TorchBinCheckpoint::open_dir(dir));
+    w.has = [c](const std::string& n) { return c->has(n); };
+    w.shape = [c](const std::string& n) { return c->shape(n); };
+    w.get = [c](const std::string& n) { return c->get(n); };
+    w.file_of = [c](const std::string& n) { return c->file_of(n); };
+    w.count = c->names().size();
+    return w;
+  }
+  auto c = std::make_shared<io::SafetensorsCheckpoint>(io::SafetensorsCheckpoint::open_dir(dir));
+  w.has = [c](const std::string& n) { return c->has(n); };
+  w.shape = [c](const std::string& n) {
+    const auto& s = c->info(n).shape;
+    return Shape(s.begin(), s.end());
+  };
+  w.get = [c](const std::string& n) { return c->get(n); };
+  w.file_of = [c](const std::string& n) { return c->file_of(n); };
+  w.count = c->names().size();
+  return w;
+}
+
+}  // namespace
+
 LoadedModel load_hf_model(const std::string& dir) {
   LoadedModel m;
   m.config = load_hf_config(dir);
-  auto ckpt = io::SafetensorsCheckpoint::open_dir(dir);
+  const WeightFiles files = open_weights(dir);
   const std::string cfg_file = (std::filesystem::path(dir) / "config.json").string();
   const WeightMap map = WeightMap::for_config(m.config);
   size_t used = 0;
@@ -20,23 +63,22 @@ LoadedModel load_hf_model(const std::string& dir) {
     std::vector<Tensor> parts;
     for (size_t i = 0; i < rule.hf.size(); ++i) {
       const std::string& name = rule.hf[i];
-      if (!ckpt.has(name))
+      if (!files.has(name))
         throw_input("{}: tensor '{}' is missing, but {} (model_type '{}') needs it", dir, name, cfg_file,
                     m.config.model_type);
-      const auto& info = ckpt.info(name);
-      if (Shape(info.shape.begin(), info.shape.end()) != rule.hf_shapes[i])
-        throw_input("{}: tensor '{}' has shape {} but {} implies {}", ckpt.file_of(name), name,
-                    shape_str(Shape(info.shape.begin(), info.shape.end())), cfg_file, shape_str(rule.hf_shapes[i]));
-      parts.push_back(ckpt.get(name));
+      const Shape shape = files.shape(name);
+      if (shape != rule.hf_shapes[i])
+        throw_input("{}: tensor '{}' has shape {} but {} implies {}", files.file_of(name), name, shape_str(shape),
+                    cfg_file, shape_str(rule.hf_shapes[i]));
+      parts.push_back(files.get(name));
       ++used;
     }
     for (auto& p : parts)  // fuse in one dtype (checkpoints rarely mix them)
       if (p.dtype() != parts[0].dtype()) p = p.to(parts[0].dtype());
     m.state[rule.mcore] = map.to_mcore(rule, parts);
   }
-  if (used < ckpt.names().size())
-    log().info("{}: {} tensors not used by model_type '{}' were ignored", dir, ckpt.names().size() - used,
-               m.config.model_type);
+  if (used < files.count)
+    log().info("{}: {} tensors not used by model_type '{}' were ignored", dir, files.count - used, m.config.model_type);
   return m;
 }
 

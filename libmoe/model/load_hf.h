@@ -14,8 +14,9 @@ struct LoadedModel {
   StateDict state;  // canonical names; unfused tensors borrow the mapped safetensors (zero copy)
 };
 
-// InputError naming the file and tensor for a missing tensor or a shape that disagrees with
-// config.json.
+// Weights come from *.safetensors (single or indexed), else pytorch_model.bin (single or
+// indexed). InputError naming the file and tensor for a missing tensor or a shape that
+// disagrees with config.json.
 LoadedModel load_hf_model(const std::string& dir);
 
 // Writes `state` as HF safetensors (model.safetensors, or shards + index above max_shard_bytes)
