@@ -99,14 +99,29 @@ def qkv_bias(cfg):
 # random models
 
 def write_random_model(config_dir, out_dir, dtype="float32", seed=0, shards=1):
+    """Writes config.json (torch_dtype set to dtype), generation_config.json and random weights in
+    HF names to out_dir (replaced if present): model.safetensors, or `shards` files
+    model-0000N-of-0000M.safetensors with model.safetensors.index.json. Returns the config dict."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
     cfg = json.load(open(os.path.join(config_dir, "config.json")))
     cfg["torch_dtype"] = dtype
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
-    json.dump(cfg, open(os.path.join(out_dir, "config.json"), "w"), indent=2)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     gen = os.path.join(config_dir, "generation_config.json")
     if os.path.exists(gen):
         shutil.copy(gen, out_dir)
+    t = random_tensors(cfg, seed)
+    if dtype == "bfloat16":
+        t = {k: v.to(torch.bfloat16) for k, v in t.items()}
+    save_model_tensors(out_dir, t, shards)
+    return cfg
+
+
+def random_tensors(cfg, seed=0):
+    """Random float32 weights for cfg, keyed by the names transformers saves for its family."""
     g = torch.Generator().manual_seed(seed)
     H, V, d = cfg["hidden_size"], cfg["vocab_size"], head_dim(cfg)
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -162,8 +177,10 @@ def write_random_model(config_dir, out_dir, dtype="float32", seed=0, shards=1):
     t["model.norm.weight"] = norm(H)
     if not cfg.get("tie_word_embeddings", False):
         t["lm_head.weight"] = w(V, H)
-    if dtype == "bfloat16":
-        t = {k: v.to(torch.bfloat16) for k, v in t.items()}
+    return t
+
+
+def save_model_tensors(out_dir, t, shards=1):
     names = list(t)
     if shards <= 1:
         save_safetensors(os.path.join(out_dir, "model.safetensors"), t)
@@ -177,9 +194,8 @@ def write_random_model(config_dir, out_dir, dtype="float32", seed=0, shards=1):
             for k, v in part.items():
                 wm[k] = fn
                 total += v.numel() * v.element_size()
-        json.dump({"metadata": {"total_size": total}, "weight_map": wm},
-                  open(os.path.join(out_dir, "model.safetensors.index.json"), "w"), indent=2)
-    return cfg
+        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": wm}, f, indent=2)
 
 # ---------------------------------------------------------------------------------------------
 # reference forward (float32)
@@ -237,41 +253,59 @@ def mlp(x, g, u, dn):
 
 
 class Reference:
-    def __init__(self, model_dir):
-        self.cfg = json.load(open(os.path.join(model_dir, "config.json")))
-        self.t = load_safetensors_dir(model_dir)
+    """The HF forward in float32: Reference(model_dir), or Reference(cfg=dict, tensors={HF name: tensor})."""
 
-    def forward(self, ids):
-        c, t = self.cfg, self.t
-        T, H, d = len(ids), c["hidden_size"], head_dim(c)
-        nh, nkv, eps = c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
-        x = t["model.embed_tokens.weight"][torch.tensor(ids)]
-        inv, scale = rope_inv_freq(c)
+    def __init__(self, model_dir=None, cfg=None, tensors=None):
+        if model_dir is not None:
+            cfg = json.load(open(os.path.join(model_dir, "config.json")))
+            tensors = load_safetensors_dir(model_dir)
+        self.cfg = cfg
+        self.t = {k: v.float() for k, v in tensors.items()}
+
+    def rope(self, T):
+        """cos, sin [T, head_dim] for positions 0..T-1, attention scaling (yarn mscale) folded in."""
+        inv, scale = rope_inv_freq(self.cfg)
         ang = torch.arange(T, dtype=torch.float32)[:, None] * inv[None, :]
         emb = torch.cat((ang, ang), -1)
-        cos, sin = emb.cos() * scale, emb.sin() * scale
+        return emb.cos() * scale, emb.sin() * scale
+
+    def attention(self, h, p, cos, sin):
+        """Self-attention of layer prefix p on normed input h [T, H] -> [T, H] (o_proj applied)."""
+        c, t = self.cfg, self.t
+        T, d = h.shape[0], head_dim(c)
+        nh, nkv, eps = c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
+        q, k, v = (h @ t[p + f"self_attn.{n}_proj.weight"].T for n in "qkv")
+        if qkv_bias(c):
+            q, k, v = q + t[p + "self_attn.q_proj.bias"], k + t[p + "self_attn.k_proj.bias"], v + t[p + "self_attn.v_proj.bias"]
+        q, k, v = q.view(T, nh, d).transpose(0, 1), k.view(T, nkv, d).transpose(0, 1), v.view(T, nkv, d).transpose(0, 1)
+        if c["model_type"] in ("qwen3", "qwen3_moe"):  # per-head RMSNorm before RoPE
+            q, k = rms(q, t[p + "self_attn.q_norm.weight"], eps), rms(k, t[p + "self_attn.k_norm.weight"], eps)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        # repeat_kv: query head j reads kv head j // (nh // nkv)
+        k, v = k.repeat_interleave(nh // nkv, 0), v.repeat_interleave(nh // nkv, 0)
         mask = torch.full((T, T), float("-inf")).triu(1)
+        a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d) + mask, -1) @ v
+        return a.transpose(0, 1).reshape(T, nh * d) @ t[p + "self_attn.o_proj.weight"].T
+
+    def forward(self, ids):
+        """Logits [T, V] (float32) for a list of token ids."""
+        c, t = self.cfg, self.t
+        eps = c["rms_norm_eps"]
+        x = t["model.embed_tokens.weight"][torch.tensor(ids)]
+        cos, sin = self.rope(len(ids))
         for i in range(c["num_hidden_layers"]):
             p = f"model.layers.{i}."
-            h = rms(x, t[p + "input_layernorm.weight"], eps)
-            q, k, v = (h @ t[p + f"self_attn.{n}_proj.weight"].T for n in "qkv")
-            if qkv_bias(c):
-                q, k, v = q + t[p + "self_attn.q_proj.bias"], k + t[p + "self_attn.k_proj.bias"], v + t[p + "self_attn.v_proj.bias"]
-            q, k, v = q.view(T, nh, d).transpose(0, 1), k.view(T, nkv, d).transpose(0, 1), v.view(T, nkv, d).transpose(0, 1)
-            if c["model_type"] in ("qwen3", "qwen3_moe"):
-                q, k = rms(q, t[p + "self_attn.q_norm.weight"], eps), rms(k, t[p + "self_attn.k_norm.weight"], eps)
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-            k, v = k.repeat_interleave(nh // nkv, 0), v.repeat_interleave(nh // nkv, 0)
-            a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d) + mask, -1) @ v
-            x = x + a.transpose(0, 1).reshape(T, nh * d) @ t[p + "self_attn.o_proj.weight"].T
+            x = x + self.attention(rms(x, t[p + "input_layernorm.weight"], eps), p, cos, sin)
             h = rms(x, t[p + "post_attention_layernorm.weight"], eps)
             x = x + (self.moe(h, p) if sparse_layer(c, i) else
                      mlp(h, t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"], t[p + "mlp.down_proj.weight"]))
         x = rms(x, t["model.norm.weight"], eps)
-        head = t.get("lm_head.weight", t["model.embed_tokens.weight"])
+        head = t["model.embed_tokens.weight"] if c.get("tie_word_embeddings", False) else t["lm_head.weight"]
         return x @ head.T
 
-    def moe(self, h, p):
+    def route(self, h, p):
+        """Router of layer prefix p: softmax over all experts (fp32), top-k, renormalised when
+        norm_topk_prob (always for Mixtral). Returns weights [T, K] and expert ids [T, K]."""
         c, t = self.cfg, self.t
         mix = c["model_type"] == "mixtral"
         blk = p + ("block_sparse_moe." if mix else "mlp.")
@@ -279,6 +313,15 @@ class Reference:
         wts, sel = torch.topk(probs, c["num_experts_per_tok"], -1)
         if mix or c.get("norm_topk_prob", False):
             wts = wts / wts.sum(-1, keepdim=True)
+        return wts, sel
+
+    def moe(self, h, p):
+        """Sparse MoE block of layer prefix p on normed input h [T, H]: routed experts, token by
+        token, plus Qwen2-MoE's sigmoid-gated shared expert."""
+        c, t = self.cfg, self.t
+        mix = c["model_type"] == "mixtral"
+        blk = p + ("block_sparse_moe." if mix else "mlp.")
+        wts, sel = self.route(h, p)
         out = torch.zeros_like(h)
         for tok in range(h.shape[0]):
             for j in range(sel.shape[1]):
@@ -293,6 +336,8 @@ class Reference:
         return out
 
     def greedy(self, ids, n):
+        """n greedy tokens after ids, recomputing the whole sequence each step (no cache).
+        Returns (tokens, top-2 logit gap at each step)."""
         ids, out, gaps = list(ids), [], []
         for _ in range(n):
             logits = self.forward(ids)[-1]

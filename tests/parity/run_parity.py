@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Parity of moectl's CPU engine with the independent PyTorch reference (hf_model.py) for one
 family and checkpoint dtype: last-position logits within 1e-4 relative L2 error, and 32 greedy
 tokens identical (a divergence where the reference's top-2 logit gap is below 1e-4 is a near-tie
