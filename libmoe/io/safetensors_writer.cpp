@@ -1,8 +1,11 @@
+// safetensors writers: one file (streamed, renamed into place) and HF-style shards + index.
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
 
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -11,73 +14,168 @@ namespace moe::io {
 
 namespace fs = std::filesystem;
 
-void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  nlohmann::ordered_json h;
-  if (!metadata.empty()) h["__metadata__"] = metadata;
+namespace {
+
+void check_name(const std::string& where, const std::string& name) {
+  if (name.empty()) throw_input("{}: a tensor with an empty name cannot be written", where);
+  if (name == "__metadata__")
+    throw_input("{}: '__metadata__' is reserved by the safetensors format and cannot name a tensor", where);
+}
+
+// JSON string literal for `s`; InputError if `s` is not UTF-8 (JSON cannot hold it).
+std::string json_string(const std::string& where, const std::string& s) {
+  try {
+    return nlohmann::json(s).dump();
+  } catch (const nlohmann::json::exception&) {
+    throw_input("{}: name or metadata '{}' is not valid UTF-8 and cannot be stored in a safetensors header", where, s);
+  }
+}
+
+// The compact JSON header, as the reference writer emits it: __metadata__ first, then the
+// tensors in order with consecutive data offsets; padded with spaces to a multiple of 8.
+std::string build_header(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                         const std::map<std::string, std::string>& metadata) {
+  std::string h = "{";
+  if (!metadata.empty()) {
+    h += "\"__metadata__\":{";
+    bool first = true;
+    for (const auto& [k, v] : metadata) {
+      if (!first) h += ',';
+      first = false;
+      h += json_string(path, k) + ":" + json_string(path, v);
+    }
+    h += "}";
+  }
+  std::set<std::string> seen;
   uint64_t off = 0;
   for (const auto& [name, t] : tensors) {
-    h[name] = {{"dtype", std::string(dtype_name(t.dtype()))}, {"shape", t.shape()}, {"data_offsets", {off, off + t.nbytes()}}};
+    check_name(path, name);
+    if (!seen.insert(name).second) throw_input("{}: tensor '{}' is given twice; tensor names must be unique", path, name);
+    MOE_ASSERT(t.defined(), "tensor '{}' for {} has no data", name, path);
+    if (h.size() > 1) h += ',';
+    h += json_string(path, name);
+    h += ":{\"dtype\":\"";
+    h += dtype_name(t.dtype());
+    h += "\",\"shape\":[";
+    for (size_t i = 0; i < t.shape().size(); ++i) h += (i ? "," : "") + std::to_string(t.shape()[i]);
+    h += "],\"data_offsets\":[" + std::to_string(off) + "," + std::to_string(off + t.nbytes()) + "]}";
     off += t.nbytes();
   }
-  std::string header = h.dump();
-  header.append((8 - header.size() % 8) % 8, ' ');  // data starts 8-byte aligned, as HF writes it
+  h += "}";
+  h.append((8 - h.size() % 8) % 8, ' ');
+  return h;
+}
+
+}  // namespace
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  const std::string header = build_header(path, tensors, metadata);
   const std::string tmp = path + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw_input("{}: cannot create: {}", tmp, std::strerror(errno));
+  if (!f) throw_input("{}: cannot create: {} (check that the directory exists and is writable)", tmp, std::strerror(errno));
+  int err = 0;
+  auto put = [&](const void* p, size_t n) {
+    if (err == 0 && n > 0 && std::fwrite(p, 1, n, f) != n) err = errno ? errno : EIO;
+  };
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = (uint64_t(header.size()) >> (8 * i)) & 0xff;
-  bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(header.data(), 1, header.size(), f) == header.size();
-  for (const auto& [name, t] : tensors)
-    ok = ok && std::fwrite(t.raw(), 1, t.nbytes(), f) == t.nbytes();
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
+  put(len, 8);
+  put(header.data(), header.size());
+  for (const auto& [name, t] : tensors) put(t.raw(), t.nbytes());
+  if (std::fclose(f) != 0 && err == 0) err = errno ? errno : EIO;
+  if (err != 0) {
     std::remove(tmp.c_str());
-    throw_input("{}: write failed (disk full?): {}", path, std::strerror(errno));
+    throw_input("{}: write failed: {} (disk full?)", path, std::strerror(err));
   }
-  fs::rename(tmp, path);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    err = errno;
+    std::remove(tmp.c_str());
+    throw_input("{}: cannot rename {} into place: {}", path, tmp, std::strerror(err));
+  }
 }
 
 ShardedSafetensorsWriter::ShardedSafetensorsWriter(std::string dir, uint64_t max_shard_bytes)
-    : dir_(std::move(dir)), max_bytes_(max_shard_bytes) {}
+    : dir_(std::move(dir)), max_bytes_(max_shard_bytes) {
+  std::error_code ec;
+  fs::create_directories(dir_, ec);
+  if (ec || !fs::is_directory(dir_))
+    throw_input("{}: cannot create the output directory: {}", dir_, ec ? ec.message() : "a file of that name exists");
+}
+
+ShardedSafetensorsWriter::~ShardedSafetensorsWriter() {
+  std::error_code ec;  // partial files that finish() renamed are gone already; the rest go now
+  for (const auto& p : partial_files_) fs::remove(p, ec);
+}
 
 void ShardedSafetensorsWriter::add(const std::string& name, const Tensor& t) {
+  MOE_ASSERT(!finished_, "add('{}') after finish() on the writer for {}", name, dir_);
+  check_name(dir_, name);
+  if (!added_.insert(name).second)
+    throw_input("{}: tensor '{}' is added twice; tensor names must be unique", dir_, name);
+  MOE_ASSERT(t.defined(), "tensor '{}' for {} has no data", name, dir_);
   if (!pending_.empty() && shard_bytes_ + t.nbytes() > max_bytes_) flush_shard();
-  pending_.push_back({name, t});
+  pending_.emplace_back(name, t);
   shard_bytes_ += t.nbytes();
   total_bytes_ += t.nbytes();
 }
 
 void ShardedSafetensorsWriter::flush_shard() {
   if (pending_.empty()) return;
-  // Shard count is known only at the end: write under a provisional name, rename in finish().
-  const std::string tmp = (fs::path(dir_) / ("shard-" + std::to_string(shard_names_.size()) + ".partial")).string();
-  write_safetensors(tmp, pending_);
+  // M is known only at the end: write under a provisional hidden name, renamed in finish().
+  const std::string partial = (fs::path(dir_) / (".shard-" + std::to_string(partial_files_.size() + 1) + ".partial")).string();
+  partial_files_.push_back(partial);
+  write_safetensors(partial, pending_);
   std::vector<std::string> names;
+  names.reserve(pending_.size());
   for (const auto& p : pending_) names.push_back(p.first);
   shard_names_.push_back(std::move(names));
-  shard_tmp_files_.push_back(tmp);
   pending_.clear();
   shard_bytes_ = 0;
 }
 
 void ShardedSafetensorsWriter::finish() {
+  MOE_ASSERT(!finished_, "finish() called twice on the writer for {}", dir_);
+  finished_ = true;
   flush_shard();
-  const size_t m = shard_tmp_files_.size();
-  if (m == 1) {
-    fs::rename(shard_tmp_files_[0], fs::path(dir_) / "model.safetensors");
-    return;
+  const fs::path dir(dir_);
+  auto rename = [&](const std::string& from, const std::string& to) {
+    std::error_code ec;
+    fs::rename(from, dir / to, ec);
+    if (ec) throw_input("{}: cannot rename {} to {}: {}", dir_, from, to, ec.message());
+  };
+  const size_t m = partial_files_.size();
+  if (m == 0) {
+    write_safetensors((dir / "model.safetensors").string(), {});
+    files_ = {"model.safetensors"};
+  } else if (m == 1) {
+    rename(partial_files_[0], "model.safetensors");
+    files_ = {"model.safetensors"};
+  } else {
+    nlohmann::json weight_map = nlohmann::json::object();  // sorted by name, as HF writes it
+    for (size_t i = 0; i < m; ++i) {
+      char fname[64];
+      std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", i + 1, m);
+      rename(partial_files_[i], fname);
+      files_.push_back(fname);
+      for (const auto& n : shard_names_[i]) weight_map[n] = fname;
+    }
+    nlohmann::json idx = {{"metadata", {{"total_size", total_bytes_}}}, {"weight_map", std::move(weight_map)}};
+    write_file_atomic((dir / "model.safetensors.index.json").string(), idx.dump(2) + "\n");
+    files_.push_back("model.safetensors.index.json");
   }
-  nlohmann::ordered_json idx;
-  idx["metadata"] = {{"total_size", total_bytes_}};
-  idx["weight_map"] = nlohmann::ordered_json::object();
-  for (size_t i = 0; i < m; ++i) {
-    char fname[64];
-    std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", i + 1, m);
-    fs::rename(shard_tmp_files_[i], fs::path(dir_) / fname);
-    for (const auto& n : shard_names_[i]) idx["weight_map"][n] = fname;
+  // Weights files of an earlier save into the same directory would contradict this one.
+  static const std::regex shard_re("model-[0-9]{5}-of-[0-9]{5}\\.safetensors");
+  const std::set<std::string> keep(files_.begin(), files_.end());
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string f = e.path().filename().string();
+    if (keep.count(f)) continue;
+    if (f == "model.safetensors" || f == "model.safetensors.index.json" || std::regex_match(f, shard_re))
+      stale.push_back(e.path());
   }
-  write_file_atomic((fs::path(dir_) / "model.safetensors.index.json").string(), idx.dump(2) + "\n");
+  for (const auto& p : stale) fs::remove(p, ec);
 }
 
 }  // namespace moe::io
