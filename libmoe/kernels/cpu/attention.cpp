@@ -8,6 +8,7 @@
 
 #include "core/parallel.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/cpu/vexp.h"
 
 namespace moe::kernels::cpu {
 
@@ -34,9 +35,7 @@ void attention_gemm(const AttentionShape& s, const float* q, const float* k, con
           float* p = P.data() + t * Sc;
           const int64_t n = s.pos0 + t0 + t + 1;
           const float m = *std::max_element(p, p + n);
-          double sum = 0;
-          for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - m));
-          const float inv = float(1.0 / sum);
+          const float inv = float(1.0 / exp_shift_sum(p, n, m));
           for (int64_t j = 0; j < n; ++j) p[j] *= inv;
           std::fill(p + n, p + Sc, 0.0f);
         }

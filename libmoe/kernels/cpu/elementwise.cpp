@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/parallel.h"
+#include "kernels/cpu/vexp.h"
 
 namespace moe::kernels::cpu {
 
@@ -41,7 +42,7 @@ void swiglu(const float* gu_T2F, int64_t T, int64_t F, float* h_TF) {
     const float* g = gu_T2F + t * 2 * F;
     const float* u = g + F;
     float* h = h_TF + t * F;
-    for (int64_t f = 0; f < F; ++f) h[f] = g[f] / (1.0f + std::exp(-g[f])) * u[f];
+    silu_mul(g, u, h, F);
   }
   });
 }
