@@ -19,5 +19,7 @@ struct GemvArgs {
 
 void gemv_rows_scalar(const GemvArgs& a, int64_t n0, int64_t n1);
 void gemv_rows_avx2(const GemvArgs& a, int64_t n0, int64_t n1);
+// bf16 -> f32 for the sgemm path's widened weight blocks.
+void widen_bf16_avx2(const uint16_t* src, float* dst, int64_t n);
 
 }  // namespace moe::kernels::cpu

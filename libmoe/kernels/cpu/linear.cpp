@@ -50,7 +50,10 @@ const float* widen_rows(const Tensor& W, int64_t n0, int64_t n1, std::vector<flo
   int64_t D = W.dim(1);
   buf.resize(size_t((n1 - n0) * D));
   const char* src = static_cast<const char*>(W.raw()) + size_t(n0 * D) * dtype_size(W.dtype());
-  convert_to_f32(src, W.dtype(), buf.data(), size_t((n1 - n0) * D));
+  if (W.dtype() == DType::BF16 && cpu_has_avx2_fma_f16c())
+    widen_bf16_avx2(reinterpret_cast<const uint16_t*>(src), buf.data(), (n1 - n0) * D);
+  else
+    convert_to_f32(src, W.dtype(), buf.data(), size_t((n1 - n0) * D));
   return buf.data();
 }
 
