@@ -7,4 +7,5 @@ namespace moectl {
 void add_infer_command(CLI::App& root);
 void add_tokenize_command(CLI::App& root);
 void add_init_command(CLI::App& root);
+void add_export_command(CLI::App& root);
 }  // namespace moectl

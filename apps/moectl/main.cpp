@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   moectl::add_infer_command(app);
   moectl::add_tokenize_command(app);
   moectl::add_init_command(app);
+  moectl::add_export_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

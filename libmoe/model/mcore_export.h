@@ -1,0 +1,24 @@
+// Conversion between a Hugging Face model directory and Megatron-Core's legacy `torch`
+// checkpoint layout (reference/megatron-format.md section 1), as `swift export --to_mcore /
+// --to_hf` does. Streams one tensor at a time from mapped inputs. This first slice writes the
+// single-rank layout (TP = PP = EP = 1: iter_0000001/mp_rank_00/model_optim_rng.pt); sharded
+// layouts go through ShardSpec next.
+#pragma once
+#include <string>
+
+#include "core/dtype.h"
+
+namespace moe::model {
+
+struct ExportOptions {
+  DType dtype = DType::BF16;
+  int make_vocab_size_divisible_by = 128;  // Megatron pads the vocabulary to a multiple of this
+  bool overwrite = false;
+};
+
+// HF dir -> Megatron dir (tracker file written last; the whole directory renamed into place).
+void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt);
+// Megatron dir (as written above, with its config.json) -> HF dir.
+void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt);
+
+}  // namespace moe::model

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""`moectl export` round trips: HF -> Megatron (legacy torch layout, single rank) -> HF is
+bit-identical (same tensor names, dtypes and bytes) for every family, tied and untied, bf16 and
+fp32, and across a bf16 -> fp32 -> bf16 dtype change; torch.load reads the Megatron file with
+Megatron's keys, padded vocabulary and per-group fused QKV; bad input exits 2 with one line.
+Usage: export_test.py MOECTL SRC_DIR WORK_DIR"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+
+MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
+sys.path.insert(0, os.path.join(SRC, "tests", "parity"))
+import hf_model  # noqa: E402
+
+shutil.rmtree(WORK, ignore_errors=True)
+os.makedirs(WORK)
+failures = []
+
+
+def run(args, rc=0):
+    p = subprocess.run([MOECTL] + args, capture_output=True, text=True)
+    assert p.returncode == rc, f"moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr}"
+    return p
+
+
+def raw_tensors(d):
+    """name -> (dtype, shape, bytes) of every tensor in an HF dir's safetensors files."""
+    out = {}
+    for fn in sorted(os.listdir(d)):
+        if fn.endswith(".safetensors"):
+            raw = open(os.path.join(d, fn), "rb").read()
+            n = int.from_bytes(raw[:8], "little")
+            h = json.loads(raw[8:8 + n])
+            for k, v in h.items():
+                if k != "__metadata__":
+                    b, e = v["data_offsets"]
+                    out[k] = (v["dtype"], v["shape"], raw[8 + n + b:8 + n + e])
+    return out
+
+
+def case(family, dtype, via=None):
+    name = f"{family}_{dtype}" + (f"_via_{via}" if via else "")
+    try:
+        base = os.path.join(WORK, name)
+        hf_model.write_random_model(os.path.join(SRC, "configs", "tiny", family), base + "_hf", dtype, seed=5)
+        mid = via or dtype
+        run(["export", "--model", base + "_hf", "--to_mcore", "true", "--torch_dtype", mid, "--output_dir", base + "_mc"])
+        run(["export", "--mcore_model", base + "_mc", "--to_hf", "true", "--torch_dtype", dtype, "--output_dir",
+             base + "_back"])
+        a, b = raw_tensors(base + "_hf"), raw_tensors(base + "_back")
+        assert sorted(a) == sorted(b), f"tensor names differ: {sorted(set(a) ^ set(b))[:5]}"
+        diff = [k for k in a if a[k] != b[k]]
+        assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:3]}"
+        # What Megatron sees.
+        cfg = json.load(open(os.path.join(base + "_hf", "config.json")))
+        ck = torch.load(os.path.join(base + "_mc", "iter_0000001", "mp_rank_00", "model_optim_rng.pt"))
+        assert open(os.path.join(base + "_mc", "latest_checkpointed_iteration.txt")).read() == "1"
+        assert ck["iteration"] == 1 and ck["checkpoint_version"] == 3.0
+        args, m = ck["args"], ck["model"]
+        assert args.tensor_model_parallel_size == 1 and args.padded_vocab_size % 128 == 0
+        emb = m["embedding.word_embeddings.weight"]
+        assert emb.shape[0] == args.padded_vocab_size and emb.dtype == getattr(torch, mid)
+        assert float(emb[cfg["vocab_size"]:].abs().sum()) == 0.0, "padding rows must be zero"
+        assert ("output_layer.weight" in m) == (not cfg.get("tie_word_embeddings", False))
+        hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        nh, ng = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+        qkv = m["decoder.layers.0.self_attention.linear_qkv.weight"].float()
+        t = hf_model.load_safetensors_dir(base + "_hf")
+        q, k, v = (t[f"model.layers.0.self_attn.{x}_proj.weight"] for x in "qkv")
+        r = nh // ng
+        want = torch.cat([q.view(ng, r * hd, -1), k.view(ng, hd, -1), v.view(ng, hd, -1)], 1).reshape(-1, q.shape[1])
+        assert torch.equal(qkv, want.to(getattr(torch, mid)).float()), "QKV not fused per query group"
+        assert "decoder.layers.0.self_attention.linear_qkv._extra_state" in m
+        print(f"ok   {name}: {len(a)} HF tensors bit-identical after the round trip; {len(m)} Megatron keys")
+    except AssertionError as e:
+        failures.append(name)
+        print(f"FAIL {name}: {e}")
+
+
+for fam in ["qwen3_moe", "qwen2_moe", "mixtral", "qwen2", "qwen3", "llama"]:
+    case(fam, "bfloat16")
+case("qwen3_moe", "float32")
+case("qwen2_moe", "bfloat16", via="float32")
+
+# Bad input.
+try:
+    p = run(["export", "--mcore_model", os.path.join(WORK, "nope"), "--to_hf", "true", "--output_dir",
+             os.path.join(WORK, "x")], rc=2)
+    assert len(p.stderr.strip().splitlines()) == 1 and "latest_checkpointed_iteration.txt" in p.stderr, p.stderr
+    p = run(["export", "--model", os.path.join(WORK, "qwen2_bfloat16_hf"), "--to_mcore", "true", "--output_dir",
+             os.path.join(WORK, "qwen2_bfloat16_mc")], rc=2)
+    assert "--overwrite" in p.stderr, p.stderr
+    p = run(["export", "--model", os.path.join(WORK, "qwen2_bfloat16_hf"), "--to_mcore", "true",
+             "--tensor_model_parallel_size", "2", "--output_dir", os.path.join(WORK, "tp2")], rc=2)
+    assert not os.path.exists(os.path.join(WORK, "tp2")), "a refused export left a directory"
+    print("ok   bad input: one-line errors, exit 2, nothing written")
+except AssertionError as e:
+    failures.append("bad input")
+    print(f"FAIL bad input: {e}")
+print("PASS" if not failures else f"{len(failures)} failed")
+sys.exit(1 if failures else 0)
