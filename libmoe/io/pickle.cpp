@@ -7,6 +7,12 @@
 
 namespace moe::io {
 
+TensorRef contiguous_ref(const std::string& key, const Tensor& t) {
+  TensorRef r{key, t.dtype(), t.numel(), 0, t.shape(), std::vector<int64_t>(t.shape().size(), 1)};
+  for (size_t k = t.shape().size(); k-- > 1;) r.stride[k - 1] = r.stride[k] * t.shape()[k];
+  return r;
+}
+
 PyPtr PyValue::get(std::string_view key) const {
   for (const auto& [k, v] : entries)
     if (k && k->kind == kStr && k->s == key) return v;

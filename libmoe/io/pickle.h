@@ -28,6 +28,9 @@ struct TensorRef {
   std::vector<int64_t> stride;
 };
 
+// A contiguous, whole-storage TensorRef for tensor `t` stored under `key`.
+TensorRef contiguous_ref(const std::string& key, const Tensor& t);
+
 struct PyValue {
   enum Kind { kNone, kBool, kInt, kFloat, kStr, kBytes, kList, kTuple, kDict, kOrderedDict, kNamespace, kTensor };
   Kind kind = kNone;

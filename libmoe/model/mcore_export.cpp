@@ -1,5 +1,6 @@
 #include "model/mcore_export.h"
 
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -119,9 +120,7 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
       std::memcpy(p.raw(), t.raw(), t.nbytes());
       t = p;
     }
-    io::TensorRef r{std::to_string(storages.size()), t.dtype(), t.numel(), 0, t.shape(), {}};
-    r.stride.assign(t.shape().size(), 1);
-    for (size_t k = t.shape().size(); k-- > 1;) r.stride[k - 1] = r.stride[k] * t.shape()[k];
+    const io::TensorRef r = io::contiguous_ref(std::to_string(storages.size()), t);
     model->set(name, io::PyValue::tensor_ref(r));
     storages.push_back({r.storage_key, t});
   };

@@ -29,10 +29,7 @@ PyPtr sample_root(std::vector<std::pair<std::string, Tensor>>* storages) {
                                  std::tuple{"decoder.b.weight", DType::BF16, Shape{4}},
                                  std::tuple{"decoder.c.weight", DType::F16, Shape{1, 2, 2}}}) {
     Tensor t = iota(shape, dt);
-    TensorRef r{std::to_string(key), dt, t.numel(), 0, shape, {}};
-    int64_t stride = 1;
-    r.stride.assign(shape.size(), 1);
-    for (size_t i = shape.size(); i-- > 0;) r.stride[i] = stride, stride *= shape[i];
+    const TensorRef r = contiguous_ref(std::to_string(key), t);
     storages->push_back({std::to_string(key++), t});
     model->set(name, PyValue::tensor_ref(r));
   }

@@ -50,10 +50,7 @@ void save_bin(const ModelConfig& c, const StateDict& state, const std::string& d
     std::vector<std::pair<std::string, Tensor>> storages;
     for (size_t i = size_t(s); i < hf.size(); i += size_t(shards)) {
       const auto& [name, t] = hf[i];
-      io::TensorRef r{std::to_string(storages.size()), t.dtype(), t.numel(), 0, t.shape(), {}};
-      int64_t stride = 1;
-      r.stride.assign(t.shape().size(), 1);
-      for (size_t k = t.shape().size(); k-- > 0;) r.stride[k] = stride, stride *= t.shape()[k];
+      const io::TensorRef r = io::contiguous_ref(std::to_string(storages.size()), t);
       root->set(name, io::PyValue::tensor_ref(r));
       storages.push_back({r.storage_key, t});
       wm[name] = file;
