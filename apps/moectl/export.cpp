@@ -22,20 +22,18 @@ void add_export_command(CLI::App& root) {
   c->add_option("--output_dir", a->output_dir, "Where the converted model is written")->required();
   c->add_option("--torch_dtype", a->dtype, "bfloat16 | float16 | float32");
   c->add_option("--overwrite", a->overwrite, "Replace an existing non-empty output directory (true|false)");
-  c->add_option("--tensor_model_parallel_size", a->tp, "Tensor-parallel ranks to shard for (1 for now)");
-  c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline stages to shard for (1 for now)");
-  c->add_option("--expert_model_parallel_size", a->ep, "Expert-parallel ranks to shard for (1 for now)");
+  c->add_option("--tensor_model_parallel_size", a->tp, "Tensor-parallel ranks to shard for (--to_mcore)");
+  c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline stages to shard for (--to_mcore)");
+  c->add_option("--expert_model_parallel_size", a->ep, "Expert-parallel ranks to shard for (--to_mcore)");
   c->add_option("--verbose", a->verbose, "Progress logs (true|false)");
   c->callback([a] {
     if (a->verbose) moe::set_log_level(spdlog::level::info);
     if (a->to_mcore == a->to_hf) moe::throw_input("give exactly one of --to_mcore true or --to_hf true");
-    if (a->tp != 1 || a->pp != 1 || a->ep != 1)
-      moe::throw_input("--tensor/pipeline/expert_model_parallel_size other than 1: sharded Megatron layouts are not "
-                       "written yet (export with 1 and reshard when loading)");
     moe::model::ExportOptions opt;
     if (!moe::parse_torch_dtype(a->dtype, &opt.dtype))
       moe::throw_input("--torch_dtype '{}': expected bfloat16, float16 or float32", a->dtype);
     opt.overwrite = a->overwrite;
+    opt.layout = {a->tp, a->pp, a->ep};
     if (a->to_mcore) {
       if (a->model.empty()) moe::throw_input("--to_mcore true needs --model HF_DIR");
       moe::model::export_hf_to_mcore(a->model, a->output_dir, opt);

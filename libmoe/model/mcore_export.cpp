@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -18,10 +19,6 @@ namespace moe::model {
 namespace fs = std::filesystem;
 
 namespace {
-
-const char* kRankFile = "mp_rank_00/model_optim_rng.pt";
-
-int64_t padded_vocab(int64_t v, int multiple) { return (v + multiple - 1) / multiple * multiple; }
 
 bool is_vocab_tensor(const std::string& name) { return name == names::kEmbedding || name == names::kOutput; }
 
@@ -56,7 +53,7 @@ void copy_side_files(const fs::path& from, const fs::path& to, DType dtype) {
 }
 
 // Megatron's argument namespace for this model (what Megatron-LM reads back from a checkpoint).
-io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt) {
+io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt, const ShardSpec& spec) {
   using io::PyValue;
   auto a = PyValue::container(PyValue::kNamespace);
   auto i = [&](const char* k, int64_t v) { a->set(k, PyValue::integer(v)); };
@@ -65,15 +62,17 @@ io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt) {
   i("num_layers", c.num_layers), i("hidden_size", c.hidden_size), i("ffn_hidden_size", c.ffn_hidden_size);
   i("num_attention_heads", c.num_attention_heads), i("num_query_groups", c.num_query_groups);
   b("group_query_attention", c.num_query_groups != c.num_attention_heads), i("kv_channels", c.kv_channels);
-  i("padded_vocab_size", padded_vocab(c.vocab_size, opt.make_vocab_size_divisible_by));
+  i("padded_vocab_size", spec.padded_vocab());
   i("make_vocab_size_divisible_by", opt.make_vocab_size_divisible_by);
   i("max_position_embeddings", c.max_position_embeddings), f("rotary_base", c.rotary_base);
   f("norm_epsilon", c.norm_epsilon), a->set("normalization", PyValue::str("RMSNorm"));
   a->set("position_embedding_type", PyValue::str("rope")), b("swiglu", true), b("add_bias_linear", false);
   b("add_qkv_bias", c.add_qkv_bias), b("qk_layernorm", c.qk_layernorm);
   b("untie_embeddings_and_output_weights", c.untie_embeddings_and_output_weights);
-  i("tensor_model_parallel_size", 1), i("pipeline_model_parallel_size", 1), i("expert_model_parallel_size", 1);
-  i("expert_tensor_parallel_size", 1), i("virtual_pipeline_model_parallel_size", 0);
+  const ParallelLayout& p = spec.layout();
+  i("tensor_model_parallel_size", p.tp), i("pipeline_model_parallel_size", p.pp), i("expert_model_parallel_size", p.ep);
+  i("expert_tensor_parallel_size", p.tp);
+  b("sequence_parallel", p.tp > 1 && p.ep > 1);  // Megatron requires it when TP and EP are both on
   a->set("num_experts", c.num_experts ? PyValue::integer(c.num_experts) : PyValue::none());
   i("moe_router_topk", c.moe_router_topk), i("moe_ffn_hidden_size", c.moe_ffn_hidden_size);
   b("moe_router_pre_softmax", c.moe_router_pre_softmax), b("moe_grouped_gemm", true);
@@ -108,51 +107,75 @@ std::vector<std::string> extra_states(const ModelConfig& c, int layer) {
 void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt) {
   LoadedModel m = load_hf_model(hf_dir);
   const ModelConfig& c = m.config;
+  const ShardSpec spec(c, opt.layout, opt.make_vocab_size_divisible_by);
+  const ParallelLayout& p = opt.layout;
   const fs::path tmp = begin_output(out_dir, opt.overwrite);
-  const int64_t Vp = padded_vocab(c.vocab_size, opt.make_vocab_size_divisible_by);
+  const int64_t Vp = spec.padded_vocab();
 
-  auto model = io::PyValue::container(io::PyValue::kOrderedDict);
-  std::vector<std::pair<std::string, Tensor>> storages;
-  auto add = [&](const std::string& name, Tensor t) {
+  struct Rank {
+    int tp, pp, ep;
+    io::PyPtr model = io::PyValue::container(io::PyValue::kOrderedDict);
+    std::vector<std::pair<std::string, Tensor>> storages;
+  };
+  std::vector<Rank> ranks;
+  for (int pp = 0; pp < p.pp; ++pp)
+    for (int ep = 0; ep < p.ep; ++ep)
+      for (int tp = 0; tp < p.tp; ++tp) ranks.push_back({tp, pp, ep});
+  auto full_tensor = [&](const std::string& name, Tensor t) {
     if (t.dtype() != opt.dtype) t = t.to(opt.dtype);
-    if (is_vocab_tensor(name) && Vp != t.dim(0)) {  // pad with zero rows, as Megatron's vocab padding
-      Tensor p({Vp, t.dim(1)}, opt.dtype);
-      std::memcpy(p.raw(), t.raw(), t.nbytes());
-      t = p;
+    if (is_vocab_tensor(name) && Vp != t.dim(0)) {  // zero rows up to Megatron's padded vocabulary
+      Tensor padded({Vp, t.dim(1)}, opt.dtype);
+      std::memcpy(padded.raw(), t.raw(), t.nbytes());
+      t = padded;
     }
-    const io::TensorRef r = io::contiguous_ref(std::to_string(storages.size()), t);
-    model->set(name, io::PyValue::tensor_ref(r));
-    storages.push_back({r.storage_key, t});
+    return t;
+  };
+  auto distribute = [&](const std::string& name, const Tensor& full) {
+    for (auto& r : ranks)
+      for (auto& piece : spec.shard(name, full, r.tp, r.pp, r.ep)) {
+        r.model->set(piece.name, io::PyValue::tensor_ref(io::contiguous_ref(std::to_string(r.storages.size()), piece.tensor)));
+        r.storages.push_back({std::to_string(r.storages.size()), piece.tensor});
+      }
   };
   const WeightMap map = WeightMap::for_config(c);
-  int layer = -1;
-  for (const auto& rule : map.rules()) {
-    // Emit each layer's _extra_state entries after its tensors (key order does not matter to torch).
-    const auto pos = rule.mcore.find("decoder.layers.");
-    const int this_layer = pos == 0 ? std::stoi(rule.mcore.substr(15)) : -1;
-    if (this_layer != layer && layer >= 0)
-      for (const auto& e : extra_states(c, layer)) model->set(e, io::PyValue::none());
-    layer = this_layer;
-    add(rule.mcore, m.state.at(rule.mcore));
-  }
-  if (c.untie_embeddings_and_output_weights) model->set("output_layer._extra_state", io::PyValue::none());
+  for (const auto& rule : map.rules()) distribute(rule.mcore, full_tensor(rule.mcore, m.state.at(rule.mcore)));
+  // With tied embeddings and several stages, Megatron's last stage keeps its own copy of the
+  // word embeddings as output_layer.weight.
+  if (!c.untie_embeddings_and_output_weights && p.pp > 1)
+    distribute(names::kOutput, full_tensor(names::kEmbedding, m.state.at(names::kEmbedding)));
 
-  auto root = io::PyValue::container(io::PyValue::kDict);
-  root->set("args", megatron_args(c, opt));
-  root->set("checkpoint_version", io::PyValue::floating(3.0));
-  root->set("iteration", io::PyValue::integer(1));
-  root->set("model", model);
-  fs::create_directories(tmp / "iter_0000001" / "mp_rank_00");
-  io::write_torch_file((tmp / "iter_0000001" / kRankFile).string(), *root, storages);
+  const int per_stage = c.num_layers / p.pp;
+  const auto args = megatron_args(c, opt, spec);
+  for (auto& r : ranks) {
+    for (int l = 0; l < per_stage; ++l) {
+      const int global = r.pp * per_stage + l;
+      for (auto e : extra_states(c, global)) {
+        e.replace(0, names::layer(global).size(), names::layer(l));  // layer numbers are local to the stage
+        r.model->set(e, io::PyValue::none());
+      }
+    }
+    if (r.pp == p.pp - 1 && (c.untie_embeddings_and_output_weights || p.pp > 1))
+      r.model->set("output_layer._extra_state", io::PyValue::none());
+    auto root = io::PyValue::container(io::PyValue::kDict);
+    root->set("args", args);
+    root->set("checkpoint_version", io::PyValue::floating(3.0));
+    root->set("iteration", io::PyValue::integer(1));
+    root->set("model", r.model);
+    const fs::path rank_dir = tmp / "iter_0000001" / spec.rank_dir(r.tp, r.pp, r.ep);
+    fs::create_directories(rank_dir);
+    io::write_torch_file((rank_dir / "model_optim_rng.pt").string(), *root, r.storages);
+    r.storages.clear();  // free this rank's slices before the next file
+  }
   copy_side_files(hf_dir, tmp, opt.dtype);
-  nlohmann::json args{{"model_type", c.model_type}, {"torch_dtype", torch_dtype_name(opt.dtype)},
-                      {"tensor_model_parallel_size", 1}, {"pipeline_model_parallel_size", 1},
-                      {"expert_model_parallel_size", 1}, {"padded_vocab_size", Vp},
-                      {"make_vocab_size_divisible_by", opt.make_vocab_size_divisible_by}, {"train_type", "full"}};
-  write_file_atomic((tmp / "args.json").string(), args.dump(2) + "\n");
+  nlohmann::json aj{{"model_type", c.model_type}, {"torch_dtype", torch_dtype_name(opt.dtype)},
+                    {"tensor_model_parallel_size", p.tp}, {"pipeline_model_parallel_size", p.pp},
+                    {"expert_model_parallel_size", p.ep}, {"expert_tensor_parallel_size", p.tp},
+                    {"padded_vocab_size", Vp}, {"make_vocab_size_divisible_by", opt.make_vocab_size_divisible_by},
+                    {"train_type", "full"}};
+  write_file_atomic((tmp / "args.json").string(), aj.dump(2) + "\n");
   write_file_atomic((tmp / "latest_checkpointed_iteration.txt").string(), "1");  // last: marks it complete
   finish_output(tmp, out_dir);
-  log().info("wrote {} tensors to {}", storages.size(), out_dir);
+  log().info("wrote {} rank files to {}", ranks.size(), out_dir);
 }
 
 void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt) {
@@ -171,32 +194,46 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
   }
   char iter_name[32];
   std::snprintf(iter_name, sizeof iter_name, "iter_%07lld", static_cast<long long>(iteration));
-  const fs::path rank = dir / iter_name / kRankFile;
-  if (!fs::exists(rank))
-    throw_input("{}: missing; only the single-rank layout (mp_rank_00) is read so far", rank.string());
   const ModelConfig c = load_hf_config(mcore_dir);
-  auto f = io::TorchFile::open(rank.string());
-  auto model = f.root()->get("model");
-  if (!model) throw_input("{}: no 'model' entry", rank.string());
-  StateDict state;
-  for (const auto& [k, v] : model->entries)
-    if (k->kind == io::PyValue::kStr && v->kind == io::PyValue::kTensor) state[k->s] = f.tensor(v->tensor);
+  // The layout comes from moectl's args.json, else from the first rank file's Megatron args.
+  ParallelLayout layout;
+  int divisible_by = opt.make_vocab_size_divisible_by;
+  const fs::path args_json = dir / "args.json";
+  if (fs::exists(args_json)) {
+    auto aj = nlohmann::json::parse(read_text_file(args_json.string()), nullptr, false);
+    if (aj.is_discarded() || !aj.is_object()) throw_input("{}: not a valid JSON object", args_json.string());
+    layout.tp = aj.value("tensor_model_parallel_size", 1), layout.pp = aj.value("pipeline_model_parallel_size", 1);
+    layout.ep = aj.value("expert_model_parallel_size", 1);
+    divisible_by = aj.value("make_vocab_size_divisible_by", divisible_by);
+  }
+  const ShardSpec spec(c, layout, divisible_by);
+  std::map<std::string, std::pair<std::shared_ptr<io::TorchFile>, io::PyPtr>> files;  // rank dir -> (file, model)
+  auto get = [&](int tp, int pp, int ep, const std::string& local) {
+    const std::string rd = spec.rank_dir(tp, pp, ep);
+    auto it = files.find(rd);
+    if (it == files.end()) {
+      const fs::path rank = dir / iter_name / rd / "model_optim_rng.pt";
+      if (!fs::exists(rank)) throw_input("{}: missing (args.json says TP={} PP={} EP={})", rank.string(), layout.tp,
+                                         layout.pp, layout.ep);
+      auto f = std::make_shared<io::TorchFile>(io::TorchFile::open(rank.string()));
+      auto model = f->root()->get("model");
+      if (!model) throw_input("{}: no 'model' entry", rank.string());
+      it = files.emplace(rd, std::make_pair(f, model)).first;
+    }
+    auto v = it->second.second->get(local);
+    if (!v || v->kind != io::PyValue::kTensor)
+      throw_input("{}: tensor '{}' is missing", (dir / iter_name / rd / "model_optim_rng.pt").string(), local);
+    return it->second.first->tensor(v->tensor);
+  };
   const fs::path tmp = begin_output(out_dir, opt.overwrite);
   const WeightMap map = WeightMap::for_config(c);
   StateDict hf_state;
   for (const auto& rule : map.rules()) {
-    auto found = state.find(rule.mcore);
-    if (found == state.end()) throw_input("{}: tensor '{}' is missing", rank.string(), rule.mcore);
-    Tensor t = found->second;
-    if (is_vocab_tensor(rule.mcore)) {
-      if (t.dim(0) < c.vocab_size)
-        throw_input("{}: '{}' has {} rows, fewer than vocab_size {}", rank.string(), rule.mcore, t.dim(0), c.vocab_size);
-      t = t.slice_rows(0, c.vocab_size);  // drop Megatron's padding rows
-    }
-    if (t.shape() != rule.shape)
-      throw_input("{}: tensor '{}' has shape {} but config.json implies {}", rank.string(), rule.mcore,
-                  shape_str(t.shape()), shape_str(rule.shape));
-    hf_state[rule.mcore] = t.dtype() == opt.dtype ? t : t.to(opt.dtype);
+    Shape shape = rule.shape;
+    if (is_vocab_tensor(rule.mcore)) shape[0] = spec.padded_vocab();
+    Tensor t = spec.merge(rule.mcore, shape, opt.dtype, get);
+    if (is_vocab_tensor(rule.mcore)) t = t.slice_rows(0, c.vocab_size);  // drop Megatron's padding rows
+    hf_state[rule.mcore] = t;
   }
   save_hf_weights(c, hf_state, tmp.string());
   copy_side_files(dir, tmp, opt.dtype);

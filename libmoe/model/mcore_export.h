@@ -1,12 +1,12 @@
 // Conversion between a Hugging Face model directory and Megatron-Core's legacy `torch`
 // checkpoint layout (reference/megatron-format.md section 1), as `swift export --to_mcore /
-// --to_hf` does. Streams one tensor at a time from mapped inputs. This first slice writes the
-// single-rank layout (TP = PP = EP = 1: iter_0000001/mp_rank_00/model_optim_rng.pt); sharded
-// layouts go through ShardSpec next.
+// --to_hf` does: iter_0000001/mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt per rank, split by
+// ShardSpec, and merged back from any such layout.
 #pragma once
 #include <string>
 
 #include "core/dtype.h"
+#include "model/shard_spec.h"
 
 namespace moe::model {
 
@@ -14,6 +14,7 @@ struct ExportOptions {
   DType dtype = DType::BF16;
   int make_vocab_size_divisible_by = 128;  // Megatron pads the vocabulary to a multiple of this
   bool overwrite = false;
+  ParallelLayout layout;  // ranks to shard for (--to_mcore); read back from args.json (--to_hf)
 };
 
 // HF dir -> Megatron dir (tracker file written last; the whole directory renamed into place).

@@ -42,13 +42,50 @@ def raw_tensors(d):
     return out
 
 
-def case(family, dtype, via=None):
-    name = f"{family}_{dtype}" + (f"_via_{via}" if via else "")
+def check_rank_contents(base, tp, pp, ep):
+    """Rank (tp 1, pp 2, ep 1) holds what Megatron expects: stage-local layer numbers, expert-local
+    indices (global expert = ep_rank * local_experts + j), [gate_t; up_t] fc1 slices, proj columns."""
+    cfg = json.load(open(os.path.join(base + "_hf", "config.json")))
+    t = hf_model.load_safetensors_dir(base + "_hf")
+    m = torch.load(os.path.join(base + "_mc", "iter_0000001", "mp_rank_01_002_001", "model_optim_rng.pt"))["model"]
+    per_stage = cfg["num_hidden_layers"] // pp
+    layers = {int(k.split(".")[2]) for k in m if k.startswith("decoder.layers.")}
+    assert layers == set(range(per_stage)), layers
+    g = 2 * per_stage  # global layer of local layer 0 on stage 2 (layer 1 of qwen2_moe is dense)
+    nle = cfg["num_experts"] // ep
+    F = cfg["moe_intermediate_size"] // tp
+    for j in range(nle):
+        e = 1 * nle + j
+        hp = f"model.layers.{g}.mlp.experts.{e}."
+        gate, up = t[hp + "gate_proj.weight"], t[hp + "up_proj.weight"]
+        want = torch.cat([gate[F:2 * F], up[F:2 * F]]).to(torch.bfloat16)
+        got = m[f"decoder.layers.0.mlp.experts.linear_fc1.weight{j}"]
+        assert torch.equal(got, want), f"expert {e} fc1 slice"
+        assert torch.equal(m[f"decoder.layers.0.mlp.experts.linear_fc2.weight{j}"],
+                           t[hp + "down_proj.weight"][:, F:2 * F].to(torch.bfloat16)), f"expert {e} fc2 slice"
+    assert f"decoder.layers.0.mlp.experts.linear_fc1.weight{nle}" not in m
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    nh, ng = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    q, k, v = (t[f"model.layers.{g}.self_attn.{x}_proj.weight"] for x in "qkv")
+    fused = torch.cat([q.view(ng, nh // ng * hd, -1), k.view(ng, hd, -1), v.view(ng, hd, -1)], 1).reshape(-1, q.shape[1])
+    half = fused.shape[0] // tp  # TP rank 1 holds the second half of the query groups, whole
+    assert torch.equal(m["decoder.layers.0.self_attention.linear_qkv.weight"], fused[half:].to(torch.bfloat16))
+    o = t[f"model.layers.{g}.self_attn.o_proj.weight"]
+    cols = o.shape[1] // tp
+    assert torch.equal(m["decoder.layers.0.self_attention.linear_proj.weight"], o[:, cols:].to(torch.bfloat16))
+    assert "embedding.word_embeddings.weight" not in m and "decoder.final_layernorm.weight" in m  # last stage
+
+
+def case(family, dtype, via=None, layout=(1, 1, 1)):
+    tp, pp, ep = layout
+    name = f"{family}_{dtype}" + (f"_via_{via}" if via else "") + (f"_tp{tp}pp{pp}ep{ep}" if layout != (1, 1, 1) else "")
     try:
         base = os.path.join(WORK, name)
         hf_model.write_random_model(os.path.join(SRC, "configs", "tiny", family), base + "_hf", dtype, seed=5)
         mid = via or dtype
-        run(["export", "--model", base + "_hf", "--to_mcore", "true", "--torch_dtype", mid, "--output_dir", base + "_mc"])
+        run(["export", "--model", base + "_hf", "--to_mcore", "true", "--torch_dtype", mid, "--output_dir", base + "_mc",
+             "--tensor_model_parallel_size", str(tp), "--pipeline_model_parallel_size", str(pp),
+             "--expert_model_parallel_size", str(ep)])
         run(["export", "--mcore_model", base + "_mc", "--to_hf", "true", "--torch_dtype", dtype, "--output_dir",
              base + "_back"])
         a, b = raw_tensors(base + "_hf"), raw_tensors(base + "_back")
@@ -57,11 +94,19 @@ def case(family, dtype, via=None):
         assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:3]}"
         # What Megatron sees.
         cfg = json.load(open(os.path.join(base + "_hf", "config.json")))
-        ck = torch.load(os.path.join(base + "_mc", "iter_0000001", "mp_rank_00", "model_optim_rng.pt"))
+        rank0 = "mp_rank_00" + ("_000" if pp > 1 else "") + ("_000" if ep > 1 else "")
+        ck = torch.load(os.path.join(base + "_mc", "iter_0000001", rank0, "model_optim_rng.pt"))
+        ranks = sorted(os.listdir(os.path.join(base + "_mc", "iter_0000001")))
+        assert len(ranks) == tp * pp * ep, ranks
+        if layout != (1, 1, 1):
+            if layout == (2, 3, 2) and family == "qwen2_moe":
+                check_rank_contents(base, tp, pp, ep)
+            print(f"ok   {name}: {len(a)} HF tensors bit-identical after the round trip through ranks {ranks}")
+            return
         assert open(os.path.join(base + "_mc", "latest_checkpointed_iteration.txt")).read() == "1"
         assert ck["iteration"] == 1 and ck["checkpoint_version"] == 3.0
         args, m = ck["args"], ck["model"]
-        assert args.tensor_model_parallel_size == 1 and args.padded_vocab_size % 128 == 0
+        assert args.tensor_model_parallel_size == tp and args.padded_vocab_size % (128 * tp) == 0
         emb = m["embedding.word_embeddings.weight"]
         assert emb.shape[0] == args.padded_vocab_size and emb.dtype == getattr(torch, mid)
         assert float(emb[cfg["vocab_size"]:].abs().sum()) == 0.0, "padding rows must be zero"
@@ -85,6 +130,12 @@ for fam in ["qwen3_moe", "qwen2_moe", "mixtral", "qwen2", "qwen3", "llama"]:
     case(fam, "bfloat16")
 case("qwen3_moe", "float32")
 case("qwen2_moe", "bfloat16", via="float32")
+# Sharded layouts (rank files split by ShardSpec, merged back).
+for lay in [(2, 1, 1), (1, 3, 1), (1, 1, 2), (2, 3, 2)]:
+    case("qwen2_moe", "bfloat16", layout=lay)
+    case("mixtral", "bfloat16", layout=lay)
+case("qwen3", "bfloat16", layout=(2, 3, 1))  # tied embeddings across stages
+case("llama", "float32", layout=(2, 3, 1))
 
 # Bad input.
 try:
@@ -95,7 +146,8 @@ try:
              os.path.join(WORK, "qwen2_bfloat16_mc")], rc=2)
     assert "--overwrite" in p.stderr, p.stderr
     p = run(["export", "--model", os.path.join(WORK, "qwen2_bfloat16_hf"), "--to_mcore", "true",
-             "--tensor_model_parallel_size", "2", "--output_dir", os.path.join(WORK, "tp2")], rc=2)
+             "--tensor_model_parallel_size", "3", "--output_dir", os.path.join(WORK, "tp2")], rc=2)
+    assert "--tensor_model_parallel_size 3" in p.stderr, p.stderr
     assert not os.path.exists(os.path.join(WORK, "tp2")), "a refused export left a directory"
     print("ok   bad input: one-line errors, exit 2, nothing written")
 except AssertionError as e:

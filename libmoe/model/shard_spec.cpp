@@ -1,0 +1,119 @@
+#include "model/shard_spec.h"
+
+#include <cstdio>
+
+#include "core/error.h"
+#include "model/state_dict.h"
+
+namespace moe::model {
+
+ShardSpec::ShardSpec(const ModelConfig& c, ParallelLayout p, int divisible_by) : c_(c), p_(p) {
+  if (p.tp < 1 || p.pp < 1 || p.ep < 1) throw_input("parallel sizes must be >= 1");
+  if (c.num_query_groups % p.tp)
+    throw_input("--tensor_model_parallel_size {} must divide num_key_value_heads {}", p.tp, c.num_query_groups);
+  if (c.num_layers % p.pp)
+    throw_input("--pipeline_model_parallel_size {} must divide num_hidden_layers {}", p.pp, c.num_layers);
+  if (p.ep > 1 && (c.num_experts == 0 || c.num_experts % p.ep))
+    throw_input("--expert_model_parallel_size {} must divide the number of experts {}", p.ep, c.num_experts);
+  auto check_ffn = [&](int64_t f, const char* what) {
+    if (f % p.tp) throw_input("--tensor_model_parallel_size {} must divide {} {}", p.tp, what, f);
+  };
+  if (c.ffn_hidden_size) check_ffn(c.ffn_hidden_size, "intermediate_size");
+  if (c.num_experts) check_ffn(c.moe_ffn_hidden_size, "moe_intermediate_size");
+  if (c.moe_shared_expert_intermediate_size) check_ffn(c.moe_shared_expert_intermediate_size, "shared_expert_intermediate_size");
+  const int64_t m = int64_t(divisible_by) * p.tp;  // Megatron pads to a multiple of divisible_by x TP
+  padded_vocab_ = (c.vocab_size + m - 1) / m * m;
+}
+
+std::string ShardSpec::rank_dir(int tp, int pp, int ep) const {
+  char buf[64];
+  int n = std::snprintf(buf, sizeof buf, "mp_rank_%02d", tp);
+  if (p_.pp > 1) n += std::snprintf(buf + n, sizeof buf - size_t(n), "_%03d", pp);
+  if (p_.ep > 1) std::snprintf(buf + n, sizeof buf - size_t(n), "_%03d", ep);
+  return buf;
+}
+
+ShardSpec::Where ShardSpec::where(const std::string& name) const {
+  Where w;
+  if (name == names::kEmbedding) {
+    w.first_stage = true, w.split = Split::kRows;
+    return w;
+  }
+  if (name == names::kOutput) {
+    w.last_stage = true, w.split = Split::kRows;
+    return w;
+  }
+  if (name == names::kFinalNorm) {
+    w.last_stage = true;
+    return w;
+  }
+  MOE_ASSERT(name.rfind("decoder.layers.", 0) == 0, "unknown canonical tensor {}", name);
+  w.layer = std::stoi(name.substr(15));
+  const std::string rest = name.substr(name.find('.', 15) + 1);
+  for (const char* fc : {"mlp.experts.linear_fc1.weight", "mlp.experts.linear_fc2.weight"})
+    if (rest.rfind(fc, 0) == 0) w.expert = std::stoi(rest.substr(std::string(fc).size()));
+  if (rest == names::kQkv || rest == names::kQkvBias) w.split = Split::kRows;  // whole query groups
+  // fc2 / fc1 of the dense MLP, the shared experts and each expert (".weight{e}" included).
+  else if (rest == names::kProj || rest.find("linear_fc2.weight") != std::string::npos) w.split = Split::kCols;
+  else if (rest.find("linear_fc1.weight") != std::string::npos) w.split = Split::kGatedRows;
+  return w;  // norms, router, shared-expert gate: replicated
+}
+
+bool ShardSpec::holds(const Where& w, int pp, int ep) const {
+  const int per_stage = c_.num_layers / p_.pp;
+  if (w.first_stage && pp != 0) return false;
+  if (w.last_stage && pp != p_.pp - 1) return false;
+  if (w.layer >= 0 && w.layer / per_stage != pp) return false;
+  if (w.expert >= 0 && w.expert / (c_.num_experts / p_.ep) != ep) return false;
+  return true;
+}
+
+std::string ShardSpec::local_name(const std::string& name, const Where& w) const {
+  if (w.layer < 0) return name;
+  const int per_stage = c_.num_layers / p_.pp;
+  std::string rest = name.substr(name.find('.', 15) + 1);
+  if (w.expert >= 0) {
+    const int nle = c_.num_experts / p_.ep;
+    rest = rest.substr(0, rest.size() - std::to_string(w.expert).size()) + std::to_string(w.expert % nle);
+  }
+  return names::layer(w.layer - (w.layer / per_stage) * per_stage) + rest;
+}
+
+std::vector<ShardSpec::Piece> ShardSpec::shard(const std::string& name, const Tensor& full, int tp, int pp,
+                                               int ep) const {
+  const Where w = where(name);
+  if (!holds(w, pp, ep)) return {};
+  const std::string local = local_name(name, w);
+  const size_t es = dtype_size(full.dtype());
+  const int64_t rows = full.dim(0), cols = full.ndim() > 1 ? full.dim(1) : 1;
+  const char* src = static_cast<const char*>(full.raw());
+  switch (w.split) {
+    case Split::kReplicated: return {{local, full}};
+    case Split::kRows: {
+      Shape s = full.shape();
+      s[0] = rows / p_.tp;
+      Tensor t(s, full.dtype());
+      std::memcpy(t.raw(), src + size_t(tp * s[0] * cols) * es, t.nbytes());
+      return {{local, t}};
+    }
+    case Split::kCols: {
+      const int64_t cc = cols / p_.tp;
+      Tensor t({rows, cc}, full.dtype());
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(static_cast<char*>(t.raw()) + size_t(r * cc) * es, src + size_t(r * cols + tp * cc) * es,
+                    size_t(cc) * es);
+      return {{local, t}};
+    }
+    case Split::kGatedRows: {
+      const int64_t F = rows / 2, f = F / p_.tp;
+      Tensor t({2 * f, cols}, full.dtype());
+      const size_t chunk = size_t(f * cols) * es;
+      std::memcpy(t.raw(), src + size_t(tp * f * cols) * es, chunk);
+      std::memcpy(static_cast<char*>(t.raw()) + chunk, src + size_t((F + tp * f) * cols) * es, chunk);
+      return {{local, t}};
+    }
+  }
+  return {};
+}
+
+}  // namespace moe::model
