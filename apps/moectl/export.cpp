@@ -3,14 +3,50 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include <cctype>
+#include <cstdio>
+
+#include "model/convert_precision.h"
 #include "model/mcore_export.h"
 
 namespace moectl {
 
+namespace {
+
+// "5GB", "500MB", "1.5GiB", "1000000" -> bytes (decimal units as in transformers' max_shard_size).
+uint64_t parse_size(const std::string& s) {
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &pos);
+  } catch (...) {
+    moe::throw_input("--max_shard_size '{}': expected a size such as 5GB or 500MB", s);
+  }
+  std::string unit = s.substr(pos);
+  for (auto& ch : unit) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+  const double mult = unit.empty() || unit == "B" ? 1 : unit == "KB" ? 1e3 : unit == "MB" ? 1e6 : unit == "GB" ? 1e9
+                      : unit == "KIB" ? 1024.0 : unit == "MIB" ? 1048576.0 : unit == "GIB" ? 1073741824.0 : -1;
+  if (mult < 0 || !(v > 0)) moe::throw_input("--max_shard_size '{}': expected a size such as 5GB or 500MB", s);
+  return uint64_t(v * mult);
+}
+
+// Runs both models on the same 16 tokens (fp32 compute) and fails above tolerance.
+void report_precision(const moe::model::LoadedModel& src, const moe::model::LoadedModel& dst) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 16; ++i) ids.push_back(int32_t((i * 2654435761u + 17) % uint32_t(src.config.vocab_size)));
+  const auto r = moe::model::compare_models(src, dst, ids);
+  std::printf("test_convert_precision: %d tokens, max_abs_diff %.3g, mean_abs_diff %.3g, relative L2 %.3g, "
+              "argmax mismatches %d\n", r.tokens, r.max_abs_diff, r.mean_abs_diff, r.rel_l2, r.argmax_mismatches);
+  if (r.mean_abs_diff > 0.1)  // swift's bar for a sound conversion
+    moe::throw_internal("converted model disagrees with its source: mean_abs_diff {:.3g} > 0.1", r.mean_abs_diff);
+}
+
+}  // namespace
+
 void add_export_command(CLI::App& root) {
   struct Args {
-    std::string model, mcore_model, output_dir, dtype = "bfloat16";
-    bool to_mcore = false, to_hf = false, overwrite = false, verbose = false;
+    std::string model, mcore_model, output_dir, dtype = "bfloat16", max_shard_size = "5GB";
+    bool to_mcore = false, to_hf = false, overwrite = false, verbose = false, test_precision = false;
     int tp = 1, pp = 1, ep = 1;
   };
   auto a = std::make_shared<Args>();
@@ -26,6 +62,9 @@ void add_export_command(CLI::App& root) {
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline stages to shard for (--to_mcore)");
   c->add_option("--expert_model_parallel_size", a->ep, "Expert-parallel ranks to shard for (--to_mcore)");
   c->add_option("--verbose", a->verbose, "Progress logs (true|false)");
+  c->add_option("--max_shard_size", a->max_shard_size, "Largest HF safetensors shard (--to_hf), e.g. 5GB, 500MB");
+  c->add_option("--test_convert_precision", a->test_precision,
+                "Run the source and the converted model on the same tokens and compare logits (true|false)");
   c->callback([a] {
     if (a->verbose) moe::set_log_level(spdlog::level::info);
     if (a->to_mcore == a->to_hf) moe::throw_input("give exactly one of --to_mcore true or --to_hf true");
@@ -34,12 +73,18 @@ void add_export_command(CLI::App& root) {
       moe::throw_input("--torch_dtype '{}': expected bfloat16, float16 or float32", a->dtype);
     opt.overwrite = a->overwrite;
     opt.layout = {a->tp, a->pp, a->ep};
+    opt.max_shard_bytes = parse_size(a->max_shard_size);
     if (a->to_mcore) {
       if (a->model.empty()) moe::throw_input("--to_mcore true needs --model HF_DIR");
       moe::model::export_hf_to_mcore(a->model, a->output_dir, opt);
+      if (a->test_precision)
+        report_precision(moe::model::load_hf_model(a->model), moe::model::load_mcore_model(a->output_dir, moe::DType::F32));
     } else {
       if (a->mcore_model.empty()) moe::throw_input("--to_hf true needs --mcore_model DIR");
       moe::model::export_mcore_to_hf(a->mcore_model, a->output_dir, opt);
+      if (a->test_precision)
+        report_precision(moe::model::load_mcore_model(a->mcore_model, moe::DType::F32),
+                         moe::model::load_hf_model(a->output_dir));
     }
   });
 }

@@ -178,7 +178,8 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   log().info("wrote {} rank files to {}", ranks.size(), out_dir);
 }
 
-void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt) {
+LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype) {
+  const int default_divisible_by = ExportOptions{}.make_vocab_size_divisible_by;
   const fs::path dir(mcore_dir);
   const fs::path tracker = dir / "latest_checkpointed_iteration.txt";
   if (!fs::exists(tracker))
@@ -195,9 +196,9 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
   char iter_name[32];
   std::snprintf(iter_name, sizeof iter_name, "iter_%07lld", static_cast<long long>(iteration));
   const ModelConfig c = load_hf_config(mcore_dir);
-  // The layout comes from moectl's args.json, else from the first rank file's Megatron args.
+  // The layout comes from moectl's args.json (a single rank without it).
   ParallelLayout layout;
-  int divisible_by = opt.make_vocab_size_divisible_by;
+  int divisible_by = default_divisible_by;
   const fs::path args_json = dir / "args.json";
   if (fs::exists(args_json)) {
     auto aj = nlohmann::json::parse(read_text_file(args_json.string()), nullptr, false);
@@ -225,17 +226,24 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
       throw_input("{}: tensor '{}' is missing", (dir / iter_name / rd / "model_optim_rng.pt").string(), local);
     return it->second.first->tensor(v->tensor);
   };
-  const fs::path tmp = begin_output(out_dir, opt.overwrite);
   const WeightMap map = WeightMap::for_config(c);
-  StateDict hf_state;
+  LoadedModel m;
+  m.config = c;
   for (const auto& rule : map.rules()) {
     Shape shape = rule.shape;
     if (is_vocab_tensor(rule.mcore)) shape[0] = spec.padded_vocab();
-    Tensor t = spec.merge(rule.mcore, shape, opt.dtype, get);
+    Tensor t = spec.merge(rule.mcore, shape, dtype, get);
     if (is_vocab_tensor(rule.mcore)) t = t.slice_rows(0, c.vocab_size);  // drop Megatron's padding rows
-    hf_state[rule.mcore] = t;
+    m.state[rule.mcore] = t;
   }
-  save_hf_weights(c, hf_state, tmp.string());
+  return m;
+}
+
+void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt) {
+  const LoadedModel m = load_mcore_model(mcore_dir, opt.dtype);
+  const fs::path tmp = begin_output(out_dir, opt.overwrite);
+  save_hf_weights(m.config, m.state, tmp.string(), opt.max_shard_bytes);
+  const fs::path dir(mcore_dir);
   copy_side_files(dir, tmp, opt.dtype);
   finish_output(tmp, out_dir);
 }

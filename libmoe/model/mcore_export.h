@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/dtype.h"
+#include "model/load_hf.h"
 #include "model/shard_spec.h"
 
 namespace moe::model {
@@ -15,10 +16,13 @@ struct ExportOptions {
   int make_vocab_size_divisible_by = 128;  // Megatron pads the vocabulary to a multiple of this
   bool overwrite = false;
   ParallelLayout layout;  // ranks to shard for (--to_mcore); read back from args.json (--to_hf)
+  uint64_t max_shard_bytes = uint64_t(5) << 30;  // HF side: --max_shard_size
 };
 
 // HF dir -> Megatron dir (tracker file written last; the whole directory renamed into place).
 void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt);
+// The canonical state of a Megatron dir (any layout written above), merged, in `dtype`.
+LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype);
 // Megatron dir (as written above, with its config.json) -> HF dir.
 void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt);
 

@@ -137,6 +137,26 @@ for lay in [(2, 1, 1), (1, 3, 1), (1, 1, 2), (2, 3, 2)]:
 case("qwen3", "bfloat16", layout=(2, 3, 1))  # tied embeddings across stages
 case("llama", "float32", layout=(2, 3, 1))
 
+# --test_convert_precision and --max_shard_size.
+try:
+    src = os.path.join(WORK, "qwen2_moe_bfloat16_tp2pp3ep2")
+    p = run(["export", "--model", src + "_hf", "--to_mcore", "true", "--output_dir", os.path.join(WORK, "prec_mc"),
+             "--expert_model_parallel_size", "2", "--test_convert_precision", "true"])
+    line = [l for l in p.stdout.splitlines() if l.startswith("test_convert_precision")][0]
+    assert "argmax mismatches 0" in line and float(line.split("mean_abs_diff ")[1].split(",")[0]) < 1e-4, line
+    p = run(["export", "--mcore_model", os.path.join(WORK, "prec_mc"), "--to_hf", "true", "--output_dir",
+             os.path.join(WORK, "prec_hf"), "--max_shard_size", "100KB", "--test_convert_precision", "true"])
+    back = [l for l in p.stdout.splitlines() if l.startswith("test_convert_precision")][0]
+    assert "argmax mismatches 0" in back and float(back.split("mean_abs_diff ")[1].split(",")[0]) < 1e-4, back
+    shards = [f for f in os.listdir(os.path.join(WORK, "prec_hf")) if f.endswith(".safetensors")]
+    idx = json.load(open(os.path.join(WORK, "prec_hf", "model.safetensors.index.json")))
+    assert len(shards) > 1 and set(idx["weight_map"].values()) == set(shards), shards
+    assert raw_tensors(os.path.join(WORK, "prec_hf")) == raw_tensors(src + "_hf")
+    print(f"ok   --test_convert_precision ({line.split(': ', 1)[1]}); --max_shard_size 100KB -> {len(shards)} shards")
+except AssertionError as e:
+    failures.append("precision/shards")
+    print(f"FAIL precision/shards: {e}")
+
 # Bad input.
 try:
     p = run(["export", "--mcore_model", os.path.join(WORK, "nope"), "--to_hf", "true", "--output_dir",
