@@ -7,9 +7,9 @@
 
 namespace moe::io {
 
-TensorRef contiguous_ref(const std::string& key, const Tensor& t) {
-  TensorRef r{key, t.dtype(), t.numel(), 0, t.shape(), std::vector<int64_t>(t.shape().size(), 1)};
-  for (size_t k = t.shape().size(); k-- > 1;) r.stride[k - 1] = r.stride[k] * t.shape()[k];
+TensorRef contiguous_ref(const std::string& key, DType dtype, const Shape& shape) {
+  TensorRef r{key, dtype, shape_numel(shape), 0, shape, std::vector<int64_t>(shape.size(), 1)};
+  for (size_t k = shape.size(); k-- > 1;) r.stride[k - 1] = r.stride[k] * shape[k];
   return r;
 }
 

@@ -29,7 +29,8 @@ struct TensorRef {
 };
 
 // A contiguous, whole-storage TensorRef for tensor `t` stored under `key`.
-TensorRef contiguous_ref(const std::string& key, const Tensor& t);
+TensorRef contiguous_ref(const std::string& key, DType dtype, const Shape& shape);
+inline TensorRef contiguous_ref(const std::string& key, const Tensor& t) { return contiguous_ref(key, t.dtype(), t.shape()); }
 
 struct PyValue {
   enum Kind { kNone, kBool, kInt, kFloat, kStr, kBytes, kList, kTuple, kDict, kOrderedDict, kNamespace, kTensor };

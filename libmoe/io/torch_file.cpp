@@ -102,15 +102,33 @@ uint32_t get32(const unsigned char* p) { return get16(p) | get16(p + 2) << 16; }
 
 }  // namespace
 
+struct TorchFileWriter::Impl {
+  explicit Impl(const std::string& path) : zip(path) {}
+  ZipWriter zip;
+};
+
+TorchFileWriter::TorchFileWriter(const std::string& path, const PyValue& root) : impl_(std::make_unique<Impl>(path)) {
+  const std::string pkl = pickle_dumps(root);
+  impl_->zip.add("archive/data.pkl", pkl.data(), pkl.size());
+  impl_->zip.add("archive/byteorder", "little", 6);
+}
+
+TorchFileWriter::~TorchFileWriter() = default;
+
+void TorchFileWriter::add_storage(const std::string& key, const Tensor& t) {
+  impl_->zip.add("archive/data/" + key, t.raw(), t.nbytes());
+}
+
+void TorchFileWriter::finish() {
+  impl_->zip.add("archive/version", "3\n", 2);
+  impl_->zip.finish();
+}
+
 void write_torch_file(const std::string& path, const PyValue& root,
                       const std::vector<std::pair<std::string, Tensor>>& storages) {
-  ZipWriter z(path);
-  const std::string pkl = pickle_dumps(root);
-  z.add("archive/data.pkl", pkl.data(), pkl.size());
-  z.add("archive/byteorder", "little", 6);
-  for (const auto& [key, t] : storages) z.add("archive/data/" + key, t.raw(), t.nbytes());
-  z.add("archive/version", "3\n", 2);
-  z.finish();
+  TorchFileWriter w(path, root);
+  for (const auto& [key, t] : storages) w.add_storage(key, t);
+  w.finish();
 }
 
 TorchFile TorchFile::open(const std::string& path) {

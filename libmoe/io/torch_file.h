@@ -13,8 +13,25 @@
 
 namespace moe::io {
 
-// Writes `root` and the storages its tensors name (key -> contiguous tensor data) to `path`
-// via a temporary file renamed into place. Files over 4 GiB need zip64 and are refused.
+// Streams a torch.save-compatible file: data.pkl first (it only names storages), then each
+// storage as it is produced, so a whole rank never has to sit in memory. Written to
+// `path`.tmp and renamed by finish(); a writer destroyed before finish() leaves nothing.
+// Files over 4 GiB need zip64 and are refused.
+class TorchFileWriter {
+ public:
+  TorchFileWriter(const std::string& path, const PyValue& root);
+  ~TorchFileWriter();
+  TorchFileWriter(const TorchFileWriter&) = delete;
+  TorchFileWriter& operator=(const TorchFileWriter&) = delete;
+  void add_storage(const std::string& key, const Tensor& t);
+  void finish();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The same in one call, for storages already in memory.
 void write_torch_file(const std::string& path, const PyValue& root,
                       const std::vector<std::pair<std::string, Tensor>>& storages);
 

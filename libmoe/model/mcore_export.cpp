@@ -112,15 +112,6 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   const fs::path tmp = begin_output(out_dir, opt.overwrite);
   const int64_t Vp = spec.padded_vocab();
 
-  struct Rank {
-    int tp, pp, ep;
-    io::PyPtr model = io::PyValue::container(io::PyValue::kOrderedDict);
-    std::vector<std::pair<std::string, Tensor>> storages;
-  };
-  std::vector<Rank> ranks;
-  for (int pp = 0; pp < p.pp; ++pp)
-    for (int ep = 0; ep < p.ep; ++ep)
-      for (int tp = 0; tp < p.tp; ++tp) ranks.push_back({tp, pp, ep});
   auto full_tensor = [&](const std::string& name, Tensor t) {
     if (t.dtype() != opt.dtype) t = t.to(opt.dtype);
     if (is_vocab_tensor(name) && Vp != t.dim(0)) {  // zero rows up to Megatron's padded vocabulary
@@ -130,42 +121,62 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
     }
     return t;
   };
-  auto distribute = [&](const std::string& name, const Tensor& full) {
-    for (auto& r : ranks)
-      for (auto& piece : spec.shard(name, full, r.tp, r.pp, r.ep)) {
-        r.model->set(piece.name, io::PyValue::tensor_ref(io::contiguous_ref(std::to_string(r.storages.size()), piece.tensor)));
-        r.storages.push_back({std::to_string(r.storages.size()), piece.tensor});
-      }
-  };
+  // (canonical name, where its data comes from): every rule, plus, with tied embeddings over
+  // several stages, the last stage's own copy of the word embeddings as output_layer.weight.
   const WeightMap map = WeightMap::for_config(c);
-  for (const auto& rule : map.rules()) distribute(rule.mcore, full_tensor(rule.mcore, m.state.at(rule.mcore)));
-  // With tied embeddings and several stages, Megatron's last stage keeps its own copy of the
-  // word embeddings as output_layer.weight.
-  if (!c.untie_embeddings_and_output_weights && p.pp > 1)
-    distribute(names::kOutput, full_tensor(names::kEmbedding, m.state.at(names::kEmbedding)));
+  std::vector<std::pair<std::string, std::string>> sources;
+  for (const auto& rule : map.rules()) sources.push_back({rule.mcore, rule.mcore});
+  if (!c.untie_embeddings_and_output_weights && p.pp > 1) sources.push_back({names::kOutput, names::kEmbedding});
+  auto full_shape = [&](const std::string& src) {
+    Shape s = m.state.at(src).shape();
+    if (is_vocab_tensor(src)) s[0] = Vp;
+    return s;
+  };
 
   const int per_stage = c.num_layers / p.pp;
   const auto args = megatron_args(c, opt, spec);
-  for (auto& r : ranks) {
-    for (int l = 0; l < per_stage; ++l) {
-      const int global = r.pp * per_stage + l;
-      for (auto e : extra_states(c, global)) {
-        e.replace(0, names::layer(global).size(), names::layer(l));  // layer numbers are local to the stage
-        r.model->set(e, io::PyValue::none());
+  int files = 0;
+  // One rank file at a time, one tensor at a time: the pickle names every storage up front
+  // (shapes only), then each slice is cut from the mapped input, written and dropped.
+  for (int pp = 0; pp < p.pp; ++pp)
+    for (int ep = 0; ep < p.ep; ++ep)
+      for (int tp = 0; tp < p.tp; ++tp) {
+        auto model = io::PyValue::container(io::PyValue::kOrderedDict);
+        std::vector<std::pair<std::string, std::string>> held;  // (canonical, source) in storage order
+        for (const auto& [name, src] : sources) {
+          std::string local;
+          Shape shape;
+          if (!spec.local_part(name, full_shape(src), tp, pp, ep, &local, &shape)) continue;
+          const std::string key = std::to_string(held.size());
+          model->set(local, io::PyValue::tensor_ref(io::contiguous_ref(key, opt.dtype, shape)));
+          held.push_back({name, src});
+        }
+        for (int l = 0; l < per_stage; ++l) {
+          const int global = pp * per_stage + l;
+          for (auto e : extra_states(c, global)) {
+            e.replace(0, names::layer(global).size(), names::layer(l));  // layer numbers are local to the stage
+            model->set(e, io::PyValue::none());
+          }
+        }
+        if (pp == p.pp - 1 && (c.untie_embeddings_and_output_weights || p.pp > 1))
+          model->set("output_layer._extra_state", io::PyValue::none());
+        auto root = io::PyValue::container(io::PyValue::kDict);
+        root->set("args", args);
+        root->set("checkpoint_version", io::PyValue::floating(3.0));
+        root->set("iteration", io::PyValue::integer(1));
+        root->set("model", model);
+        const fs::path rank_dir = tmp / "iter_0000001" / spec.rank_dir(tp, pp, ep);
+        fs::create_directories(rank_dir);
+        io::TorchFileWriter w((rank_dir / "model_optim_rng.pt").string(), *root);
+        for (size_t i = 0; i < held.size(); ++i) {
+          const auto& [name, src] = held[i];
+          const auto pieces = spec.shard(name, full_tensor(src, m.state.at(src)), tp, pp, ep);
+          MOE_ASSERT(pieces.size() == 1, "{} expected one piece", name);
+          w.add_storage(std::to_string(i), pieces[0].tensor);
+        }
+        w.finish();
+        ++files;
       }
-    }
-    if (r.pp == p.pp - 1 && (c.untie_embeddings_and_output_weights || p.pp > 1))
-      r.model->set("output_layer._extra_state", io::PyValue::none());
-    auto root = io::PyValue::container(io::PyValue::kDict);
-    root->set("args", args);
-    root->set("checkpoint_version", io::PyValue::floating(3.0));
-    root->set("iteration", io::PyValue::integer(1));
-    root->set("model", r.model);
-    const fs::path rank_dir = tmp / "iter_0000001" / spec.rank_dir(r.tp, r.pp, r.ep);
-    fs::create_directories(rank_dir);
-    io::write_torch_file((rank_dir / "model_optim_rng.pt").string(), *root, r.storages);
-    r.storages.clear();  // free this rank's slices before the next file
-  }
   copy_side_files(hf_dir, tmp, opt.dtype);
   nlohmann::json aj{{"model_type", c.model_type}, {"torch_dtype", torch_dtype_name(opt.dtype)},
                     {"tensor_model_parallel_size", p.tp}, {"pipeline_model_parallel_size", p.pp},
@@ -175,7 +186,7 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   write_file_atomic((tmp / "args.json").string(), aj.dump(2) + "\n");
   write_file_atomic((tmp / "latest_checkpointed_iteration.txt").string(), "1");  // last: marks it complete
   finish_output(tmp, out_dir);
-  log().info("wrote {} rank files to {}", ranks.size(), out_dir);
+  log().info("wrote {} rank files to {}", files, out_dir);
 }
 
 LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype) {

@@ -79,6 +79,17 @@ std::string ShardSpec::local_name(const std::string& name, const Where& w) const
   return names::layer(w.layer - (w.layer / per_stage) * per_stage) + rest;
 }
 
+bool ShardSpec::local_part(const std::string& name, const Shape& full, int /*tp*/, int pp, int ep, std::string* local,
+                           Shape* shape) const {
+  const Where w = where(name);
+  if (!holds(w, pp, ep)) return false;
+  *local = local_name(name, w);
+  *shape = full;
+  if (w.split == Split::kRows || w.split == Split::kGatedRows) (*shape)[0] /= p_.tp;
+  if (w.split == Split::kCols) (*shape)[1] /= p_.tp;
+  return true;
+}
+
 std::vector<ShardSpec::Piece> ShardSpec::shard(const std::string& name, const Tensor& full, int tp, int pp,
                                                int ep) const {
   const Where w = where(name);

@@ -32,6 +32,9 @@ class ShardSpec {
   // The part of canonical tensor `name` (full shape, vocab already padded) that rank
   // (tp, pp, ep) holds; empty if it holds none of it.
   std::vector<Piece> shard(const std::string& name, const Tensor& full, int tp, int pp, int ep) const;
+  // Without data: the rank-local name and shape of that part, or false if the rank holds none.
+  bool local_part(const std::string& name, const Shape& full_shape, int tp, int pp, int ep, std::string* local,
+                  Shape* shape) const;
   // Reassembles canonical tensor `name` of shape `shape` from the ranks that hold it; `get`
   // returns a rank's tensor by local name (InputError if missing).
   template <class Get>
