@@ -3,8 +3,12 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include <unistd.h>
+
 #include <cctype>
+#include <chrono>
 #include <cstdio>
+#include <string>
 
 #include "model/convert_precision.h"
 #include "model/mcore_export.h"
@@ -28,6 +32,19 @@ uint64_t parse_size(const std::string& s) {
                       : unit == "KIB" ? 1024.0 : unit == "MIB" ? 1048576.0 : unit == "GIB" ? 1073741824.0 : -1;
   if (mult < 0 || !(v > 0)) moe::throw_input("--max_shard_size '{}': expected a size such as 5GB or 500MB", s);
   return uint64_t(v * mult);
+}
+
+// A one-line progress bar on stderr (only on a terminal): bytes, tensors, rate, ETA.
+void draw_progress(uint64_t done, uint64_t total, int tensors, int tensors_total) {
+  static const auto start = std::chrono::steady_clock::now();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double frac = total ? double(done) / double(total) : 1.0, rate = s > 0 ? double(done) / s : 0;
+  const int width = 30, fill = int(frac * width);
+  std::fprintf(stderr, "\r[%s%s] %5.1f%% %.1f/%.1f MB %d/%d tensors %.1f MB/s ETA %.0fs ",
+               std::string(size_t(fill), '#').c_str(), std::string(size_t(width - fill), '.').c_str(), 100 * frac,
+               double(done) / 1e6, double(total) / 1e6, tensors, tensors_total, rate / 1e6,
+               rate > 0 ? double(total - done) / rate : 0.0);
+  if (done >= total) std::fprintf(stderr, "\n");
 }
 
 // Runs both models on the same 16 tokens (fp32 compute) and fails above tolerance.
@@ -74,6 +91,7 @@ void add_export_command(CLI::App& root) {
     opt.overwrite = a->overwrite;
     opt.layout = {a->tp, a->pp, a->ep};
     opt.max_shard_bytes = parse_size(a->max_shard_size);
+    if (isatty(fileno(stderr))) opt.progress = draw_progress;
     if (a->to_mcore) {
       if (a->model.empty()) moe::throw_input("--to_mcore true needs --model HF_DIR");
       moe::model::export_hf_to_mcore(a->model, a->output_dir, opt);

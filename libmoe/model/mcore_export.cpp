@@ -136,6 +136,18 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   const int per_stage = c.num_layers / p.pp;
   const auto args = megatron_args(c, opt, spec);
   int files = 0;
+  // Totals for the progress callback: every slice of every rank.
+  uint64_t bytes_total = 0, bytes_done = 0;
+  int tensors_total = 0, tensors_done = 0;
+  for (int pp = 0; pp < p.pp; ++pp)
+    for (int ep = 0; ep < p.ep; ++ep)
+      for (int tp = 0; tp < p.tp; ++tp)
+        for (const auto& [name, src] : sources) {
+          std::string local;
+          Shape shape;
+          if (!spec.local_part(name, full_shape(src), tp, pp, ep, &local, &shape)) continue;
+          bytes_total += uint64_t(shape_numel(shape)) * dtype_size(opt.dtype), ++tensors_total;
+        }
   // One rank file at a time, one tensor at a time: the pickle names every storage up front
   // (shapes only), then each slice is cut from the mapped input, written and dropped.
   for (int pp = 0; pp < p.pp; ++pp)
@@ -173,6 +185,8 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
           const auto pieces = spec.shard(name, full_tensor(src, m.state.at(src)), tp, pp, ep);
           MOE_ASSERT(pieces.size() == 1, "{} expected one piece", name);
           w.add_storage(std::to_string(i), pieces[0].tensor);
+          bytes_done += pieces[0].tensor.nbytes(), ++tensors_done;
+          if (opt.progress) opt.progress(bytes_done, bytes_total, tensors_done, tensors_total);
         }
         w.finish();
         ++files;
@@ -252,6 +266,11 @@ LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype) {
 
 void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt) {
   const LoadedModel m = load_mcore_model(mcore_dir, opt.dtype);
+  if (opt.progress) {  // merged in memory above; report the write as one step per tensor
+    uint64_t total = 0;
+    for (const auto& [n, t] : m.state) total += t.nbytes();
+    opt.progress(total, total, int(m.state.size()), int(m.state.size()));
+  }
   const fs::path tmp = begin_output(out_dir, opt.overwrite);
   save_hf_weights(m.config, m.state, tmp.string(), opt.max_shard_bytes);
   const fs::path dir(mcore_dir);

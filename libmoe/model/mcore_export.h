@@ -3,6 +3,8 @@
 // --to_hf` does: iter_0000001/mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt per rank, split by
 // ShardSpec, and merged back from any such layout.
 #pragma once
+#include <cstdint>
+#include <functional>
 #include <string>
 
 #include "core/dtype.h"
@@ -17,6 +19,8 @@ struct ExportOptions {
   bool overwrite = false;
   ParallelLayout layout;  // ranks to shard for (--to_mcore); read back from args.json (--to_hf)
   uint64_t max_shard_bytes = uint64_t(5) << 30;  // HF side: --max_shard_size
+  // Called after each tensor written (bytes and tensors done / total), e.g. to draw a bar.
+  std::function<void(uint64_t bytes_done, uint64_t bytes_total, int tensors_done, int tensors_total)> progress;
 };
 
 // HF dir -> Megatron dir (tracker file written last; the whole directory renamed into place).
