@@ -64,7 +64,7 @@ void add_export_command(CLI::App& root) {
   struct Args {
     std::string model, mcore_model, output_dir, dtype = "bfloat16", max_shard_size = "5GB";
     bool to_mcore = false, to_hf = false, overwrite = false, verbose = false, test_precision = false;
-    int tp = 1, pp = 1, ep = 1;
+    int tp = 1, pp = 1, ep = 1, etp = -1;
   };
   auto a = std::make_shared<Args>();
   CLI::App* c = root.add_subcommand("export", "Convert between Hugging Face and Megatron checkpoint formats");
@@ -78,6 +78,7 @@ void add_export_command(CLI::App& root) {
   c->add_option("--tensor_model_parallel_size", a->tp, "Tensor-parallel ranks to shard for (--to_mcore)");
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline stages to shard for (--to_mcore)");
   c->add_option("--expert_model_parallel_size", a->ep, "Expert-parallel ranks to shard for (--to_mcore)");
+  c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor-parallel size (default and only value: TP)");
   c->add_option("--verbose", a->verbose, "Progress logs (true|false)");
   c->add_option("--max_shard_size", a->max_shard_size, "Largest HF safetensors shard (--to_hf), e.g. 5GB, 500MB");
   c->add_option("--test_convert_precision", a->test_precision,
@@ -89,6 +90,9 @@ void add_export_command(CLI::App& root) {
     if (!moe::parse_torch_dtype(a->dtype, &opt.dtype))
       moe::throw_input("--torch_dtype '{}': expected bfloat16, float16 or float32", a->dtype);
     opt.overwrite = a->overwrite;
+    if (a->etp != -1 && a->etp != a->tp)
+      moe::throw_input("--expert_tensor_parallel_size {} differs from --tensor_model_parallel_size {}: the legacy torch "
+                       "layout cannot express that grid (leave it unset)", a->etp, a->tp);
     opt.layout = {a->tp, a->pp, a->ep};
     opt.max_shard_bytes = parse_size(a->max_shard_size);
     if (isatty(fileno(stderr))) opt.progress = draw_progress;

@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -30,9 +31,15 @@ uint32_t crc32(const void* data, size_t n, uint32_t crc = 0) {
 void put16(std::string& s, uint32_t v) { s += char(v & 0xff), s += char((v >> 8) & 0xff); }
 void put32(std::string& s, uint32_t v) { put16(s, v & 0xffff), put16(s, v >> 16); }
 
+void put64(std::string& s, uint64_t v) { put32(s, uint32_t(v & 0xffffffffu)), put32(s, uint32_t(v >> 32)); }
+
+// Stored-entry zip writer. Sizes or offsets past 4 GiB use zip64 records, as torch.save does
+// (MOE_FORCE_ZIP64=1 forces them, so tests can cover that path with small files).
 class ZipWriter {
  public:
   explicit ZipWriter(const std::string& path) : path_(path), tmp_(path + ".tmp") {
+    const char* force = std::getenv("MOE_FORCE_ZIP64");
+    force64_ = force && std::string(force) == "1";
     f_ = std::fopen(tmp_.c_str(), "wb");
     if (!f_) throw_input("{}: cannot create", tmp_);
   }
@@ -42,19 +49,20 @@ class ZipWriter {
   // A stored (uncompressed) entry whose data starts at a multiple of 64 bytes, padded with an
   // extra field as torch.save does, so that readers can map storages in place.
   void add(const std::string& name, const void* data, size_t size) {
-    if (off_ + size + name.size() + 200 > 0xffffffffull)
-      throw_input("{}: a checkpoint file over 4 GiB needs zip64, which moectl does not write yet; use more "
-                  "parallel ranks or a smaller model", path_);
     const uint32_t crc = crc32(data, size);
-    const size_t after_name = off_ + 30 + name.size();
-    const size_t pad = (64 - (after_name + 4) % 64) % 64;
+    const bool big = force64_ || size >= 0xffffffffull;
+    std::string extra;
+    if (big) put16(extra, 0x0001), put16(extra, 16), put64(extra, size), put64(extra, size);
+    const size_t after = off_ + 30 + name.size() + extra.size() + 4;
+    const size_t pad = (64 - after % 64) % 64;
+    put16(extra, 0x4246), put16(extra, uint32_t(pad));  // "FB" padding field
+    extra.append(pad, 'Z');
     std::string h;
-    put32(h, 0x04034b50), put16(h, 20), put16(h, 0), put16(h, 0), put16(h, 0), put16(h, 0);
-    put32(h, crc), put32(h, uint32_t(size)), put32(h, uint32_t(size));
-    put16(h, uint32_t(name.size())), put16(h, uint32_t(4 + pad));
+    put32(h, 0x04034b50), put16(h, big ? 45 : 20), put16(h, 0), put16(h, 0), put16(h, 0), put16(h, 0);
+    put32(h, crc), put32(h, big ? 0xffffffffu : uint32_t(size)), put32(h, big ? 0xffffffffu : uint32_t(size));
+    put16(h, uint32_t(name.size())), put16(h, uint32_t(extra.size()));
     h += name;
-    put16(h, 0x4246), put16(h, uint32_t(pad));  // "FB" padding field
-    h.append(pad, 'Z');
+    h += extra;
     central_.push_back({name, crc, size, off_});
     write(h.data(), h.size());
     write(data, size);
@@ -63,18 +71,36 @@ class ZipWriter {
     const size_t cd_off = off_;
     std::string cd;
     for (const auto& e : central_) {
-      put32(cd, 0x02014b50), put16(cd, 20), put16(cd, 20), put16(cd, 0), put16(cd, 0), put16(cd, 0), put16(cd, 0);
-      put32(cd, e.crc), put32(cd, uint32_t(e.size)), put32(cd, uint32_t(e.size));
-      put16(cd, uint32_t(e.name.size())), put16(cd, 0), put16(cd, 0), put16(cd, 0), put16(cd, 0), put32(cd, 0);
-      put32(cd, uint32_t(e.offset));
+      const bool big_size = force64_ || e.size >= 0xffffffffull, big_off = force64_ || e.offset >= 0xffffffffull;
+      std::string extra;
+      if (big_size || big_off) {
+        put16(extra, 0x0001), put16(extra, uint32_t((big_size ? 16 : 0) + (big_off ? 8 : 0)));
+        if (big_size) put64(extra, e.size), put64(extra, e.size);
+        if (big_off) put64(extra, e.offset);
+      }
+      put32(cd, 0x02014b50), put16(cd, 45), put16(cd, extra.empty() ? 20 : 45), put16(cd, 0), put16(cd, 0);
+      put16(cd, 0), put16(cd, 0), put32(cd, e.crc);
+      put32(cd, big_size ? 0xffffffffu : uint32_t(e.size)), put32(cd, big_size ? 0xffffffffu : uint32_t(e.size));
+      put16(cd, uint32_t(e.name.size())), put16(cd, uint32_t(extra.size())), put16(cd, 0), put16(cd, 0), put16(cd, 0);
+      put32(cd, 0), put32(cd, big_off ? 0xffffffffu : uint32_t(e.offset));
       cd += e.name;
+      cd += extra;
     }
-    std::string eocd;
-    put32(eocd, 0x06054b50), put16(eocd, 0), put16(eocd, 0);
-    put16(eocd, uint32_t(central_.size())), put16(eocd, uint32_t(central_.size()));
-    put32(eocd, uint32_t(cd.size())), put32(eocd, uint32_t(cd_off)), put16(eocd, 0);
+    const bool big = force64_ || cd_off + cd.size() >= 0xffffffffull || central_.size() >= 0xffff;
+    std::string tail;
+    if (big) {
+      const size_t z64 = cd_off + cd.size();
+      put32(tail, 0x06064b50), put64(tail, 44), put16(tail, 45), put16(tail, 45), put32(tail, 0), put32(tail, 0);
+      put64(tail, central_.size()), put64(tail, central_.size()), put64(tail, cd.size()), put64(tail, cd_off);
+      put32(tail, 0x07064b50), put32(tail, 0), put64(tail, z64), put32(tail, 1);
+    }
+    put32(tail, 0x06054b50), put16(tail, 0), put16(tail, 0);
+    const uint32_t n16 = big ? 0xffffu : uint32_t(central_.size());
+    put16(tail, n16), put16(tail, n16);
+    put32(tail, big ? 0xffffffffu : uint32_t(cd.size())), put32(tail, big ? 0xffffffffu : uint32_t(cd_off));
+    put16(tail, 0);
     write(cd.data(), cd.size());
-    write(eocd.data(), eocd.size());
+    write(tail.data(), tail.size());
     const bool ok = std::fclose(f_) == 0;
     f_ = nullptr;
     if (!ok) throw_input("{}: write failed (disk full?)", tmp_);
@@ -94,11 +120,13 @@ class ZipWriter {
   std::string path_, tmp_;
   std::FILE* f_ = nullptr;
   size_t off_ = 0;
+  bool force64_ = false;
   std::vector<Entry> central_;
 };
 
 uint32_t get16(const unsigned char* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8; }
 uint32_t get32(const unsigned char* p) { return get16(p) | get16(p + 2) << 16; }
+uint64_t get64(const unsigned char* p) { return uint64_t(get32(p)) | uint64_t(get32(p + 4)) << 32; }
 
 }  // namespace
 
@@ -143,22 +171,44 @@ TorchFile TorchFile::open(const std::string& path) {
     if (eocd == 0 || n - eocd > 22 + 65535) bad("no end-of-central-directory record (truncated file?)");
     --eocd;
   }
-  const uint32_t count = get16(d + eocd + 10), cd_size = get32(d + eocd + 12), cd_off = get32(d + eocd + 16);
-  if (cd_off == 0xffffffffu || count == 0xffff) bad("zip64 archives are not supported yet");
-  if (size_t(cd_off) + cd_size > eocd) bad("central directory outside the file");
-  size_t p = cd_off;
-  for (uint32_t i = 0; i < count; ++i) {
-    if (p + 46 > size_t(cd_off) + cd_size || get32(d + p) != 0x02014b50) bad("corrupt central directory");
-    const uint32_t method = get16(d + p + 10), size = get32(d + p + 20), csize = get32(d + p + 24);
+  uint64_t count = get16(d + eocd + 10), cd_size = get32(d + eocd + 12), cd_off = get32(d + eocd + 16);
+  if (cd_off == 0xffffffffu || count == 0xffff || cd_size == 0xffffffffu) {  // zip64: follow the locator
+    if (eocd < 20 || get32(d + eocd - 20) != 0x07064b50) bad("zip64 locator missing");
+    const uint64_t z = get64(d + eocd - 20 + 8);
+    if (z + 56 > eocd || get32(d + z) != 0x06064b50) bad("corrupt zip64 end-of-central-directory record");
+    count = get64(d + z + 32), cd_size = get64(d + z + 40), cd_off = get64(d + z + 48);
+  }
+  if (cd_off + cd_size > eocd || cd_off > eocd) bad("central directory outside the file");
+  size_t p = size_t(cd_off);
+  for (uint64_t i = 0; i < count; ++i) {
+    if (p + 46 > cd_off + cd_size || get32(d + p) != 0x02014b50) bad("corrupt central directory");
+    const uint32_t method = get16(d + p + 10);
+    uint64_t csize = get32(d + p + 20), size = get32(d + p + 24);
     const uint32_t name_len = get16(d + p + 28), extra_len = get16(d + p + 30), comment_len = get16(d + p + 32);
-    const uint32_t local = get32(d + p + 42);
-    if (p + 46 + name_len > n) bad("corrupt central directory");
+    uint64_t local = get32(d + p + 42);
+    if (p + 46 + name_len + extra_len > n) bad("corrupt central directory");
     std::string name(reinterpret_cast<const char*>(d + p + 46), name_len);
-    if (method != 0 || csize != size) throw_input("{}: entry '{}' is compressed; torch checkpoints store entries uncompressed", path, name);
-    if (size_t(local) + 30 > n || get32(d + local) != 0x04034b50) bad("corrupt local header");
-    const size_t data = size_t(local) + 30 + get16(d + local + 26) + get16(d + local + 28);
+    // zip64 extra field: the 0xffffffff fields, in order, as 64-bit values
+    for (size_t x = p + 46 + name_len; x + 4 <= p + 46 + name_len + extra_len;) {
+      const uint32_t id = get16(d + x), len = get16(d + x + 2);
+      if (x + 4 + len > p + 46 + name_len + extra_len) bad("corrupt extra field");
+      if (id == 0x0001) {
+        size_t q = x + 4;
+        auto next = [&](uint64_t* v) {
+          if (*v != 0xffffffffu) return;
+          if (q + 8 > x + 4 + len) bad("short zip64 extra field");
+          *v = get64(d + q), q += 8;
+        };
+        next(&size), next(&csize), next(&local);
+      }
+      x += 4 + len;
+    }
+    if (method != 0 || csize != size)
+      throw_input("{}: entry '{}' is compressed; torch checkpoints store entries uncompressed", path, name);
+    if (local + 30 > n || get32(d + local) != 0x04034b50) bad("corrupt local header");
+    const uint64_t data = local + 30 + get16(d + local + 26) + get16(d + local + 28);
     if (data + size > n) bad("entry data runs past the end of the file");
-    t.entries_.push_back({name, {data, size}});
+    t.entries_.push_back({name, {size_t(data), size_t(size)}});
     p += 46 + name_len + extra_len + comment_len;
   }
   for (const auto& [name, loc] : t.entries_) {

@@ -16,7 +16,7 @@ namespace moe::io {
 // Streams a torch.save-compatible file: data.pkl first (it only names storages), then each
 // storage as it is produced, so a whole rank never has to sit in memory. Written to
 // `path`.tmp and renamed by finish(); a writer destroyed before finish() leaves nothing.
-// Files over 4 GiB need zip64 and are refused.
+// Entries or files past 4 GiB get zip64 records, as torch.save writes them.
 class TorchFileWriter {
  public:
   TorchFileWriter(const std::string& path, const PyValue& root);

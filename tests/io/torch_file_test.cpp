@@ -161,3 +161,27 @@ TEST(TorchFile, RestrictedUnpicklerRefusesCode) {
   moe::testing::write_file(d.file("x.pt"), "PK not really a zip");
   EXPECT_NE(input_error([&] { TorchFile::open(d.file("x.pt")); }).find("x.pt"), std::string::npos);
 }
+
+// Files past 4 GiB need zip64 records; MOE_FORCE_ZIP64 makes the writer use them on a small
+// file so both readers can be checked on that path.
+TEST(TorchFile, Zip64RecordsReadByTorchAndUs) {
+  TempDir d;
+  std::vector<std::pair<std::string, Tensor>> storages;
+  auto root = sample_root(&storages);
+  setenv("MOE_FORCE_ZIP64", "1", 1);
+  write_torch_file(d.file("z.pt"), *root, storages);
+  unsetenv("MOE_FORCE_ZIP64");
+  auto f = TorchFile::open(d.file("z.pt"));
+  auto model = f.root()->get("model");
+  Tensor t = f.tensor(model->entries[0].second->tensor);
+  EXPECT_EQ(std::memcmp(t.raw(), storages[0].second.raw(), t.nbytes()), 0);
+  if (!have_torch()) GTEST_SKIP() << "/usr/bin/python3 with torch not available";
+  const std::string py =
+      "import torch, sys, zipfile\n"
+      "z = zipfile.ZipFile(sys.argv[1])\n"
+      "assert z.testzip() is None\n"
+      "c = torch.load(sys.argv[1])\n"
+      "assert c['model']['decoder.a.weight'].tolist() == [[-1.5, -0.5, 0.5], [1.5, 2.5, 3.5]]\n";
+  moe::testing::write_file(d.file("check.py"), py);
+  EXPECT_EQ(std::system(("/usr/bin/python3 " + d.file("check.py") + " " + d.file("z.pt")).c_str()), 0);
+}
