@@ -14,7 +14,7 @@
 #include "infer/chat_rows.h"
 #include "infer/chat_session.h"
 #include "infer/generation_defaults.h"
-#include "model/load_hf.h"
+#include "model/mcore_export.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
 
@@ -132,7 +132,7 @@ void run_interactive(const InferArgs& a, moe::infer::ChatSession& chat, const mo
 void add_infer_command(CLI::App& root) {
   auto a = std::make_shared<InferArgs>();
   CLI::App* c = root.add_subcommand("infer", "Chat with a model (interactive) or answer a dataset (--val_dataset)");
-  c->add_option("--model", a->model, "Hugging Face model directory")->required();
+  c->add_option("--model", a->model, "Hugging Face model directory, or a Megatron one written by export")->required();
   c->add_option("--stream", a->stream, "Print tokens as they are generated (true|false)");
   c->add_option("--temperature", a->temperature, "Sampling temperature; 0 = greedy (default: generation_config.json)");
   c->add_option("--top_k", a->top_k, "Keep the k most likely tokens; 0 = off");
@@ -149,7 +149,7 @@ void add_infer_command(CLI::App& root) {
   c->add_option("--verbose", a->verbose, "Print speed on stdout and progress logs (true|false)");
   c->callback([a] {
     if (a->verbose) moe::set_log_level(spdlog::level::info);
-    auto loaded = moe::model::load_hf_model(a->model);
+    auto loaded = moe::model::load_model(a->model);
     const std::string model_type = loaded.config.model_type;
     moe::model::Transformer model(std::move(loaded.config), std::move(loaded.state));
     auto tok = moe::text::Tokenizer::load(a->model);

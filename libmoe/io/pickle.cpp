@@ -254,6 +254,9 @@ class Reader {
           auto obj = top("BUILD");
           if (obj->kind == PyValue::kNamespace && state->kind == PyValue::kDict) {
             obj->entries = state->entries;
+          } else if (obj->kind == PyValue::kBytes && state->kind == PyValue::kTuple && !state->items.empty() &&
+                     state->items[0]->kind == PyValue::kBytes) {  // BytesIO state: (value, position, dict)
+            obj->s = state->items[0]->s;
           } else if (state->kind != PyValue::kNone && !(obj->kind == PyValue::kTensor)) {
             fail("BUILD on an object that takes no state");
           }
@@ -264,8 +267,7 @@ class Reader {
           if (pid->kind != PyValue::kTuple || pid->items.size() != 5 || pid->items[0]->s != "storage")
             fail("persistent id is not a ('storage', ...) tuple");
           TensorRef t;
-          if (!storage_dtype(pid->items[1]->s, &t.dtype))
-            fail("storage type '" + pid->items[1]->s + "' is not supported (F32, BF16, F16 only)");
+          if (!storage_dtype(pid->items[1]->s, &t.dtype)) t.unsupported_storage = pid->items[1]->s;
           t.storage_key = pid->items[2]->s;
           t.storage_numel = pid->items[4]->i;
           push(PyValue::tensor_ref(t));
@@ -320,9 +322,14 @@ class Reader {
     memo_[key] = stack_.back();
   }
   void global(const std::string& name) {
+    // Storage classes of every dtype are allowed: a checkpoint may hold e.g. TransformerEngine's
+    // empty uint8 `_extra_state` tensors next to the weights; only F32/BF16/F16 become Tensors.
     static const char* allowed[] = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "argparse.Namespace",
                                     "_codecs.encode", "torch.FloatStorage", "torch.BFloat16Storage",
-                                    "torch.HalfStorage"};
+                                    "torch.HalfStorage", "torch.DoubleStorage", "torch.ByteStorage",
+                                    "torch.CharStorage", "torch.ShortStorage", "torch.IntStorage", "torch.LongStorage",
+                                    "torch.BoolStorage", "_io.BytesIO", "__builtin__.bytes",
+                                    "builtins.bytes"};
     for (const char* a : allowed)
       if (name == a) {
         Item it{PyValue::str(name), name, false};
@@ -336,6 +343,10 @@ class Reader {
     const auto& a = args.items;
     if (fn == "collections.OrderedDict" && a.empty()) return PyValue::container(PyValue::kOrderedDict);
     if (fn == "argparse.Namespace" && a.empty()) return PyValue::container(PyValue::kNamespace);
+    // TransformerEngine 1.x extra state: BytesIO(bytes) (its content arrives by BUILD).
+    if (fn == "_io.BytesIO" && a.size() == 1 && a[0]->kind == PyValue::kBytes) return a[0];
+    if ((fn == "_io.BytesIO" || fn == "__builtin__.bytes" || fn == "builtins.bytes") && a.empty())
+      return PyValue::container(PyValue::kBytes);
     if (fn == "_codecs.encode" && a.size() == 2 && a[0]->kind == PyValue::kStr) {
       auto b = PyValue::container(PyValue::kBytes);  // latin-1: each code point is one byte
       const std::string& s = a[0]->s;

@@ -26,6 +26,7 @@ struct TensorRef {
   int64_t offset = 0;  // elements
   Shape shape;
   std::vector<int64_t> stride;
+  std::string unsupported_storage;  // e.g. "torch.ByteStorage": readable as a value, not as a Tensor
 };
 
 // A contiguous, whole-storage TensorRef for tensor `t` stored under `key`.

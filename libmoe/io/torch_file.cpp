@@ -229,6 +229,9 @@ const std::pair<size_t, size_t>* TorchFile::entry(const std::string& name) const
 }
 
 Tensor TorchFile::tensor(const TensorRef& r) const {
+  if (!r.unsupported_storage.empty())
+    throw_input("{}: tensor on storage '{}' is a {}; moectl computes in F32, BF16 and F16 only", file_->path(),
+                r.storage_key, r.unsupported_storage);
   const auto* e = entry(prefix_ + "data/" + r.storage_key);
   if (!e) throw_input("{}: storage '{}' named by data.pkl is missing", file_->path(), r.storage_key);
   const size_t es = dtype_size(r.dtype);

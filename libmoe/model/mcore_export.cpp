@@ -264,6 +264,11 @@ LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype) {
   return m;
 }
 
+LoadedModel load_model(const std::string& dir) {
+  if (!fs::exists(fs::path(dir) / "latest_checkpointed_iteration.txt")) return load_hf_model(dir);
+  return load_mcore_model(dir, load_hf_config(dir).params_dtype);
+}
+
 void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt) {
   const LoadedModel m = load_mcore_model(mcore_dir, opt.dtype);
   if (opt.progress) {  // merged in memory above; report the write as one step per tensor

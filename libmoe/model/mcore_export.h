@@ -27,6 +27,9 @@ struct ExportOptions {
 void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt);
 // The canonical state of a Megatron dir (any layout written above), merged, in `dtype`.
 LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype);
+// An HF directory, or a Megatron one (recognised by its latest_checkpointed_iteration.txt;
+// weights kept in config.json's torch_dtype).
+LoadedModel load_model(const std::string& dir);
 // Megatron dir (as written above, with its config.json) -> HF dir.
 void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt);
 
