@@ -76,12 +76,12 @@ def check_rank_contents(base, tp, pp, ep):
     assert "embedding.word_embeddings.weight" not in m and "decoder.final_layernorm.weight" in m  # last stage
 
 
-def case(family, dtype, via=None, layout=(1, 1, 1)):
+def case(family, dtype, via=None, layout=(1, 1, 1), config_dir=None):
     tp, pp, ep = layout
     name = f"{family}_{dtype}" + (f"_via_{via}" if via else "") + (f"_tp{tp}pp{pp}ep{ep}" if layout != (1, 1, 1) else "")
     try:
         base = os.path.join(WORK, name)
-        hf_model.write_random_model(os.path.join(SRC, "configs", "tiny", family), base + "_hf", dtype, seed=5)
+        hf_model.write_random_model(config_dir or os.path.join(SRC, "configs", "tiny", family), base + "_hf", dtype, seed=5)
         mid = via or dtype
         run(["export", "--model", base + "_hf", "--to_mcore", "true", "--torch_dtype", mid, "--output_dir", base + "_mc",
              "--tensor_model_parallel_size", str(tp), "--pipeline_model_parallel_size", str(pp),
@@ -135,6 +135,15 @@ for lay in [(2, 1, 1), (1, 3, 1), (1, 1, 2), (2, 3, 2)]:
     case("qwen2_moe", "bfloat16", layout=lay)
     case("mixtral", "bfloat16", layout=lay)
 case("qwen3", "bfloat16", layout=(2, 3, 1))  # tied embeddings across stages
+# PP2 and TP2xEP2xPP2 literally, on a 4-layer variant of the tiny qwen2_moe config.
+four = os.path.join(WORK, "configs", "qwen2_moe4")
+os.makedirs(four)
+cfg4 = json.load(open(os.path.join(SRC, "configs", "tiny", "qwen2_moe", "config.json")))
+cfg4["num_hidden_layers"] = 4
+json.dump(cfg4, open(os.path.join(four, "config.json"), "w"))
+shutil.copy(os.path.join(SRC, "configs", "tiny", "qwen2_moe", "generation_config.json"), four)
+for lay in [(1, 2, 1), (2, 2, 2)]:
+    case("qwen2_moe4", "bfloat16", layout=lay, config_dir=four)
 case("llama", "float32", layout=(2, 3, 1))
 
 # --test_convert_precision and --max_shard_size.
@@ -187,6 +196,14 @@ except (AssertionError, subprocess.CalledProcessError) as e:
     failures.append("torch-written / forward parity")
     print(f"FAIL torch-written / forward parity: {e}")
 
+def evil(path):
+    """Replace a rank file by a pickle that would run os.system if anything executed it."""
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02cos\nsystem\nX\x05\x00\x00\x00touchR.")
+        z.writestr("archive/version", "3\n")
+
+
 # Bad input.
 try:
     p = run(["export", "--mcore_model", os.path.join(WORK, "nope"), "--to_hf", "true", "--output_dir",
@@ -199,7 +216,56 @@ try:
              "--tensor_model_parallel_size", "3", "--output_dir", os.path.join(WORK, "tp2")], rc=2)
     assert "--tensor_model_parallel_size 3" in p.stderr, p.stderr
     assert not os.path.exists(os.path.join(WORK, "tp2")), "a refused export left a directory"
+    good = os.path.join(WORK, "qwen2_moe_bfloat16_tp2pp1ep1_mc")
+
+    def broken(tag, mutate, needle):
+        d = os.path.join(WORK, "broken_" + tag)
+        shutil.copytree(good, d)
+        mutate(d)
+        p = run(["export", "--mcore_model", d, "--to_hf", "true", "--output_dir", d + "_out"], rc=2)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (tag, p.stderr)
+        assert not os.path.exists(d + "_out"), f"{tag}: output left behind"
+
+    rank = lambda d: os.path.join(d, "iter_0000001", "mp_rank_01", "model_optim_rng.pt")
+    broken("truncated", lambda d: open(rank(d), "r+b").truncate(os.path.getsize(rank(d)) // 2), "mp_rank_01")
+    broken("iteration", lambda d: open(os.path.join(d, "latest_checkpointed_iteration.txt"), "w").write("7"),
+           "iter_0000007")
+    broken("tracker_text", lambda d: open(os.path.join(d, "latest_checkpointed_iteration.txt"), "w").write("soon"),
+           "expected an iteration number")
+    broken("missing_rank", lambda d: os.remove(rank(d)), "mp_rank_01")
+
+    def wrong_shape(d):
+        ck = torch.load(rank(d))
+        k = "decoder.layers.0.self_attention.linear_proj.weight"
+        ck["model"][k] = ck["model"][k][:, :-1].clone()
+        torch.save(ck, rank(d))
+    broken("shape", wrong_shape, "linear_proj.weight")
+
+    broken("evil_pickle", lambda d: evil(rank(d)), "os.system")
     print("ok   bad input: one-line errors, exit 2, nothing written")
+    # Killed at random points, an export leaves its output either absent or complete.
+    import random
+    import signal
+    import time
+    rnd = random.Random(3)
+    src = os.path.join(WORK, "mixtral_bfloat16_tp2pp3ep2_hf")
+    outcomes = {"absent": 0, "complete": 0}
+    for i in range(12):
+        out = os.path.join(WORK, f"killed_{i}")
+        proc = subprocess.Popen([MOECTL, "export", "--model", src, "--to_mcore", "true", "--output_dir", out,
+                                 "--tensor_model_parallel_size", "2", "--expert_model_parallel_size", "2"])
+        time.sleep(rnd.uniform(0.0, 0.06))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if os.path.exists(out):
+            assert open(os.path.join(out, "latest_checkpointed_iteration.txt")).read() == "1", out
+            run(["export", "--mcore_model", out, "--to_hf", "true", "--output_dir", out + "_hf"])
+            assert raw_tensors(out + "_hf") == raw_tensors(src), f"{out} looks complete but is not"
+            outcomes["complete"] += 1
+        else:
+            outcomes["absent"] += 1
+    print(f"ok   export killed at 12 random points: {outcomes} (never a partial directory under the final name)")
 except AssertionError as e:
     failures.append("bad input")
     print(f"FAIL bad input: {e}")
