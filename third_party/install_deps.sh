@@ -9,7 +9,7 @@ PKGS=(
   build-essential cmake ninja-build ccache pkg-config
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
-  libopenblas-dev libpcre2-dev libutf8proc-dev
+  libopenblas-dev libpcre2-dev libutf8proc-dev zlib1g-dev
   libopenmpi-dev openmpi-bin
   libsentencepiece-dev sentencepiece
   python3 python3-numpy python3-torch

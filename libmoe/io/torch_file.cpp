@@ -1,6 +1,8 @@
 #include "io/torch_file.h"
 
-#include <array>
+#include <zlib.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -12,20 +14,15 @@ namespace moe::io {
 
 namespace {
 
-uint32_t crc32(const void* data, size_t n, uint32_t crc = 0) {
-  static const std::array<uint32_t, 256> table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
-    }
-    return t;
-  }();
-  crc = ~crc;
-  auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-  return ~crc;
+uint32_t crc32(const void* data, size_t n) {  // zlib's, in chunks that fit its uInt length
+  uLong crc = ::crc32(0L, Z_NULL, 0);
+  auto* p = static_cast<const Bytef*>(data);
+  for (size_t done = 0; done < n;) {
+    const uInt chunk = uInt(std::min<size_t>(n - done, size_t(1) << 30));
+    crc = ::crc32(crc, p + done, chunk);
+    done += chunk;
+  }
+  return uint32_t(crc);
 }
 
 void put16(std::string& s, uint32_t v) { s += char(v & 0xff), s += char((v >> 8) & 0xff); }

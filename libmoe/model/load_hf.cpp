@@ -52,33 +52,47 @@ WeightFiles open_weights(const std::string& dir) {
 
 }  // namespace
 
+struct HfWeights::Files : WeightFiles {};
+
+HfWeights::HfWeights(const std::string& dir, const ModelConfig& c) : files_(std::make_shared<Files>()) {
+  static_cast<WeightFiles&>(*files_) = open_weights(dir);
+  const std::string cfg_file = (std::filesystem::path(dir) / "config.json").string();
+  const WeightMap map = WeightMap::for_config(c);
+  size_t used = 0;
+  for (const auto& rule : map.rules())
+    for (size_t i = 0; i < rule.hf.size(); ++i) {
+      const std::string& name = rule.hf[i];
+      if (!files_->has(name))
+        throw_input("{}: tensor '{}' is missing, but {} (model_type '{}') needs it", dir, name, cfg_file, c.model_type);
+      const Shape shape = files_->shape(name);
+      if (shape != rule.hf_shapes[i])
+        throw_input("{}: tensor '{}' has shape {} but {} implies {}", files_->file_of(name), name, shape_str(shape),
+                    cfg_file, shape_str(rule.hf_shapes[i]));
+      ++used;
+    }
+  unused_ = files_->count - std::min(files_->count, used);
+  map_ = std::make_shared<WeightMap>(map);
+}
+
+HfWeights::~HfWeights() = default;
+
+Tensor HfWeights::canonical(const WeightRule& rule) const {
+  std::vector<Tensor> parts;
+  for (const auto& name : rule.hf) parts.push_back(files_->get(name));
+  for (auto& p : parts)  // fuse in one dtype (checkpoints rarely mix them)
+    if (p.dtype() != parts[0].dtype()) p = p.to(parts[0].dtype());
+  return map_->to_mcore(rule, parts);
+}
+
 LoadedModel load_hf_model(const std::string& dir) {
   LoadedModel m;
   m.config = load_hf_config(dir);
-  const WeightFiles files = open_weights(dir);
-  const std::string cfg_file = (std::filesystem::path(dir) / "config.json").string();
+  const HfWeights weights(dir, m.config);
   const WeightMap map = WeightMap::for_config(m.config);
-  size_t used = 0;
-  for (const auto& rule : map.rules()) {
-    std::vector<Tensor> parts;
-    for (size_t i = 0; i < rule.hf.size(); ++i) {
-      const std::string& name = rule.hf[i];
-      if (!files.has(name))
-        throw_input("{}: tensor '{}' is missing, but {} (model_type '{}') needs it", dir, name, cfg_file,
-                    m.config.model_type);
-      const Shape shape = files.shape(name);
-      if (shape != rule.hf_shapes[i])
-        throw_input("{}: tensor '{}' has shape {} but {} implies {}", files.file_of(name), name, shape_str(shape),
-                    cfg_file, shape_str(rule.hf_shapes[i]));
-      parts.push_back(files.get(name));
-      ++used;
-    }
-    for (auto& p : parts)  // fuse in one dtype (checkpoints rarely mix them)
-      if (p.dtype() != parts[0].dtype()) p = p.to(parts[0].dtype());
-    m.state[rule.mcore] = map.to_mcore(rule, parts);
-  }
-  if (used < files.count)
-    log().info("{}: {} tensors not used by model_type '{}' were ignored", dir, files.count - used, m.config.model_type);
+  for (const auto& rule : map.rules()) m.state[rule.mcore] = weights.canonical(rule);
+  if (weights.unused_tensors())
+    log().info("{}: {} tensors not used by model_type '{}' were ignored", dir, weights.unused_tensors(),
+               m.config.model_type);
   return m;
 }
 

@@ -105,8 +105,10 @@ std::vector<std::string> extra_states(const ModelConfig& c, int layer) {
 }  // namespace
 
 void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt) {
-  LoadedModel m = load_hf_model(hf_dir);
-  const ModelConfig& c = m.config;
+  const ModelConfig c = load_hf_config(hf_dir);
+  // Canonical tensors are built one at a time from the mapped HF files: memory stays around
+  // one tensor (and its slice), whatever the model size.
+  const HfWeights weights(hf_dir, c);
   const ShardSpec spec(c, opt.layout, opt.make_vocab_size_divisible_by);
   const ParallelLayout& p = opt.layout;
   const fs::path tmp = begin_output(out_dir, opt.overwrite);
@@ -124,11 +126,12 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   // (canonical name, where its data comes from): every rule, plus, with tied embeddings over
   // several stages, the last stage's own copy of the word embeddings as output_layer.weight.
   const WeightMap map = WeightMap::for_config(c);
+  std::map<std::string, const WeightRule*> rule_of;
   std::vector<std::pair<std::string, std::string>> sources;
-  for (const auto& rule : map.rules()) sources.push_back({rule.mcore, rule.mcore});
+  for (const auto& rule : map.rules()) sources.push_back({rule.mcore, rule.mcore}), rule_of[rule.mcore] = &rule;
   if (!c.untie_embeddings_and_output_weights && p.pp > 1) sources.push_back({names::kOutput, names::kEmbedding});
   auto full_shape = [&](const std::string& src) {
-    Shape s = m.state.at(src).shape();
+    Shape s = rule_of.at(src)->shape;
     if (is_vocab_tensor(src)) s[0] = Vp;
     return s;
   };
@@ -182,7 +185,7 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
         io::TorchFileWriter w((rank_dir / "model_optim_rng.pt").string(), *root);
         for (size_t i = 0; i < held.size(); ++i) {
           const auto& [name, src] = held[i];
-          const auto pieces = spec.shard(name, full_tensor(src, m.state.at(src)), tp, pp, ep);
+          const auto pieces = spec.shard(name, full_tensor(src, weights.canonical(*rule_of.at(src))), tp, pp, ep);
           MOE_ASSERT(pieces.size() == 1, "{} expected one piece", name);
           w.add_storage(std::to_string(i), pieces[0].tensor);
           bytes_done += pieces[0].tensor.nbytes(), ++tensors_done;

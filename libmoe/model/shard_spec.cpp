@@ -98,6 +98,7 @@ std::vector<ShardSpec::Piece> ShardSpec::shard(const std::string& name, const Te
   const size_t es = dtype_size(full.dtype());
   const int64_t rows = full.dim(0), cols = full.ndim() > 1 ? full.dim(1) : 1;
   const char* src = static_cast<const char*>(full.raw());
+  if (w.split == Split::kReplicated || p_.tp == 1) return {{local, full}};  // no copy needed
   switch (w.split) {
     case Split::kReplicated: return {{local, full}};
     case Split::kRows: {
