@@ -46,7 +46,6 @@ class Tensor {
   Tensor slice_rows(int64_t begin, int64_t end) const;
   // A new tensor holding a copy converted to `dtype`.
   Tensor to(DType dtype) const;
-  Tensor clone() const { return to(dtype_); }
 
  private:
   void check_dtype(DType want) const;

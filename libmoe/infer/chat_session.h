@@ -25,7 +25,6 @@ class ChatSession {
   GenerationResult turn(const std::string& user, const GenerationConfig& cfg,
                         const std::function<void(const std::string&)>& on_text, std::string* reply);
   void clear() { history_.clear(); }
-  const std::vector<text::Message>& history() const { return history_; }
   // Ids that end a reply: the template's stop tokens, the tokenizer's eos and the model's eos ids.
   const std::vector<int32_t>& stop_ids() const { return stop_ids_; }
 

@@ -19,11 +19,6 @@ void rows(int64_t T, int64_t row_cost, F&& f) {
     parallel_for(T, f);
   }
 }
-}  // namespace
-
-void rmsnorm(const float* x_TD, int64_t T, int64_t D, const float* w_D, float eps, float* out_TD) {
-  rows(T, D, [&](int64_t tb, int64_t te) { rmsnorm_rows(x_TD, tb, te, D, w_D, eps, out_TD); });
-}
 
 void rmsnorm_rows(const float* x_TD, int64_t tb, int64_t te, int64_t D, const float* w_D, float eps, float* out_TD) {
   for (int64_t t = tb; t < te; ++t) {
@@ -36,6 +31,12 @@ void rmsnorm_rows(const float* x_TD, int64_t tb, int64_t te, int64_t D, const fl
   }
 }
 
+}  // namespace
+
+void rmsnorm(const float* x_TD, int64_t T, int64_t D, const float* w_D, float eps, float* out_TD) {
+  rows(T, D, [&](int64_t tb, int64_t te) { rmsnorm_rows(x_TD, tb, te, D, w_D, eps, out_TD); });
+}
+
 void swiglu(const float* gu_T2F, int64_t T, int64_t F, float* h_TF) {
   rows(T, 8 * F, [&](int64_t tb, int64_t te) {
   for (int64_t t = tb; t < te; ++t) {
@@ -45,17 +46,6 @@ void swiglu(const float* gu_T2F, int64_t T, int64_t F, float* h_TF) {
     silu_mul(g, u, h, F);
   }
   });
-}
-
-void softmax_rows(float* x_TN, int64_t T, int64_t n) {
-  for (int64_t t = 0; t < T; ++t) {
-    float* x = x_TN + t * n;
-    float m = *std::max_element(x, x + n);
-    double s = 0;
-    for (int64_t i = 0; i < n; ++i) s += (x[i] = std::exp(x[i] - m));
-    float inv = float(1.0 / s);
-    for (int64_t i = 0; i < n; ++i) x[i] *= inv;
-  }
 }
 
 void rope_apply(float* x_THd, int64_t T, int64_t H, int64_t d, const int32_t* pos_T, const float* cos_Pd2,

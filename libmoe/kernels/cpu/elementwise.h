@@ -1,4 +1,4 @@
-// Row-wise CPU ops of the transformer forward pass (fp32): RMSNorm, SwiGLU, softmax, rotary
+// Row-wise CPU ops of the transformer forward pass (fp32): RMSNorm, SwiGLU, rotary
 // embedding, residual adds. Shapes are in the names (legend in DESIGN.md section 6).
 #pragma once
 #include <cstdint>
@@ -7,14 +7,9 @@ namespace moe::kernels::cpu {
 
 // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w. `out` may alias `x`.
 void rmsnorm(const float* x_TD, int64_t T, int64_t D, const float* w_D, float eps, float* out_TD);
-// The same on rows [tb, te) only, on the calling thread.
-void rmsnorm_rows(const float* x_TD, int64_t tb, int64_t te, int64_t D, const float* w_D, float eps, float* out_TD);
 
 // h[t, f] = silu(gu[t, f]) * gu[t, F + f]: fc1's output holds gate then up (Megatron layout).
 void swiglu(const float* gu_T2F, int64_t T, int64_t F, float* h_TF);
-
-// In-place softmax over each row of length n.
-void softmax_rows(float* x_TN, int64_t T, int64_t n);
 
 // Rotary embedding, non-interleaved (HF rotate_half): for each token t and head h, pairs
 // (i, i + d/2) rotate by the angle of position pos[t]. cos/sin tables are [max_pos, d/2].
