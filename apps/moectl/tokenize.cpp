@@ -27,7 +27,7 @@ void render_dataset(const Args& a, const moe::text::Tokenizer& tok) {
   std::string name = a.template_name;
   if (name.empty()) {
     auto cfg = moe::model::load_hf_config(a.model);
-    name = moe::text::default_template_for(cfg.model_type);
+    name = moe::text::default_template_for(cfg.model_type, &tok);
   }
   auto tmpl = moe::text::make_template(name);
   std::ifstream in(a.dataset);

@@ -1,15 +1,18 @@
-// Byte-level BPE from tokenizer.json (Qwen2/Qwen3, Llama-3, GPT-2 style).
+// BPE from tokenizer.json: byte-level (Qwen2/Qwen3, Llama-3, GPT-2) and SentencePiece-style
+// (Llama-2, Mistral: "▁" for spaces, <0xNN> byte fallback).
 #include <utf8proc.h>
 
 #include <array>
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <queue>
 #include <unordered_map>
 
 #include "core/error.h"
 #include "core/mapped_file.h"
-#include "text/regex.h"
+#include "text/added_tokens.h"
+#include "text/pre_tokenizer.h"
 #include "text/spm_tokenizer.h"
 #include "text/tokenizer.h"
 
@@ -19,9 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-const char* kGpt2Regex =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 void append_utf8(std::string& s, uint32_t cp) {
   if (cp < 0x80) {
@@ -43,12 +43,6 @@ std::string nfc(std::string_view s) {
   std::free(out);
   return r;
 }
-
-struct AddedToken {
-  std::string content;
-  int32_t id;
-  bool special, lstrip, rstrip, single_word;
-};
 
 // One normalizer step, applied in order to each text segment between added tokens.
 struct NormStep {
@@ -72,13 +66,6 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
   return out.append(s, pos, std::string::npos);
 }
 
-struct Split {
-  std::unique_ptr<Regex> re;
-  bool remove_matches;  // behavior Removed (else Isolated)
-};
-
-bool is_word_byte(unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; }
-
 class BpeTokenizer : public Tokenizer {
  public:
   BpeTokenizer(const json& j, const json& cfg, const std::string& src, const std::string& cfg_src);
@@ -97,17 +84,19 @@ class BpeTokenizer : public Tokenizer {
 
  private:
   void parse_normalizer(const json& n, const std::string& src);
-  void parse_pre_tokenizer(const json& p, const std::string& src);
   void parse_decoder(const json& d, const std::string& src);
+  std::string normalize(std::string_view text) const;
   std::vector<int32_t> initial_symbols(std::string_view piece) const;
-  void encode_text(std::string_view text, std::vector<int32_t>& out) const;
+  void merge(std::vector<int32_t>& syms) const;
+  void encode_normalized(std::string norm, std::vector<int32_t>& out) const;
   void bpe(std::string_view piece, std::vector<int32_t>& out) const;
   int32_t special_id(const json& cfg, const char* key) const;
 
   std::unordered_map<std::string, int32_t> vocab_;  // vocab and added tokens
   std::vector<std::string> id_to_token_;
   std::vector<uint8_t> special_, added_;
-  std::vector<AddedToken> added_tokens_;  // longest first
+  std::vector<AddedToken> added_tokens_;
+  AddedTokenMatcher raw_matcher_, norm_matcher_;  // normalized=false / normalized=true tokens
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (a, b) -> (rank, merged id)
   std::array<int32_t, 256> byte_token_{};
   std::array<std::string, 256> byte_char_;         // byte -> its GPT-2 unicode stand-in (UTF-8)
@@ -120,8 +109,8 @@ class BpeTokenizer : public Tokenizer {
   std::array<int32_t, 256> fallback_token_{};       // <0xNN> ids (SentencePiece-style)
   std::vector<std::pair<std::string, std::string>> decode_replace_;  // decoder Replace steps
   int strip_start_ = 0;                              // decoder Strip: leading spaces removed
-  bool ignore_merges_ = false, add_prefix_space_ = false;
-  std::vector<Split> splits_;
+  bool ignore_merges_ = false;
+  PreTokenizer pre_;
   mutable std::mutex cache_mu_;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
 };
@@ -157,16 +146,21 @@ BpeTokenizer::BpeTokenizer(const json& j, const json& cfg, const std::string& sr
     for (const auto& a : j["added_tokens"]) {
       if (!a.is_object() || !a.contains("id") || !a.contains("content") || !a["content"].is_string())
         throw_input("{}: each added_tokens entry needs 'id' and 'content'", src);
-      AddedToken t{a["content"].get<std::string>(), a["id"].get<int32_t>(), a.value("special", false),
-                   a.value("lstrip", false), a.value("rstrip", false), a.value("single_word", false)};
-      if (t.content.empty() || t.id < 0) throw_input("{}: added token with empty content or negative id", src);
+      if (!a["id"].is_number_integer() || a["id"].get<int64_t>() < 0 || a["id"].get<int64_t>() > (1 << 24))
+        throw_input("{}: added token '{}' needs a small non-negative integer id", src, a["content"].get<std::string>());
+      AddedToken t;
+      t.content = a["content"].get<std::string>();
+      t.id = a["id"].get<int32_t>();
+      t.special = a.value("special", false);
+      t.lstrip = a.value("lstrip", false), t.rstrip = a.value("rstrip", false);
+      t.single_word = a.value("single_word", false);
+      t.normalized = a.value("normalized", !t.special);  // HF's default
+      if (t.content.empty()) throw_input("{}: added token {} has empty content", src, t.id);
       vocab_[t.content] = t.id;
       max_id = std::max(max_id, t.id);
       added_tokens_.push_back(t);
     }
   }
-  std::sort(added_tokens_.begin(), added_tokens_.end(),
-            [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
   id_to_token_.resize(size_t(max_id + 1));
   special_.assign(size_t(max_id + 1), 0);
   added_.assign(size_t(max_id + 1), 0);
@@ -195,8 +189,14 @@ BpeTokenizer::BpeTokenizer(const json& j, const json& cfg, const std::string& sr
     ++rank;
   }
   parse_normalizer(j.value("normalizer", json()), src);
-  parse_pre_tokenizer(j.value("pre_tokenizer", json()), src);
+  byte_level_ = pre_.parse(j.value("pre_tokenizer", json()), src);
   parse_decoder(j.value("decoder", json()), src);
+  // As HF: tokens with normalized=false are cut from the raw text, the others from the
+  // normalized text, matching their normalized content.
+  for (const AddedToken& t : added_tokens_) {
+    if (t.normalized) norm_matcher_.add(&t, normalize(t.content));
+    else raw_matcher_.add(&t, t.content);
+  }
   if (byte_level_) {
     for (int b = 0; b < 256; ++b) {
       auto it = vocab_.find(byte_char_[size_t(b)]);
@@ -244,42 +244,6 @@ void BpeTokenizer::parse_normalizer(const json& n, const std::string& src) {
   }
 }
 
-void BpeTokenizer::parse_pre_tokenizer(const json& p, const std::string& src) {
-  if (p.is_null()) return;
-  const std::string t = p.value("type", "");
-  if (t == "Sequence") {
-    for (const auto& x : p.value("pretokenizers", json::array())) parse_pre_tokenizer(x, src);
-  } else if (t == "Split") {
-    const json& pat = p.value("pattern", json());
-    std::string re;
-    if (pat.contains("Regex")) {
-      re = pat["Regex"].get<std::string>();
-    } else if (pat.contains("String")) {  // a literal: escape it
-      for (char c : pat["String"].get<std::string>()) {
-        if (std::string("\\^$.|?*+()[]{}").find(c) != std::string::npos) re += '\\';
-        re += c;
-      }
-    } else {
-      throw_input("{}: Split pre-tokenizer needs a Regex or String pattern", src);
-    }
-    const std::string behavior = p.value("behavior", "Isolated");
-    if (behavior != "Isolated" && behavior != "Removed")
-      throw_input("{}: Split behavior '{}' is not supported (supported: Isolated, Removed)", src, behavior);
-    if (p.value("invert", false)) throw_input("{}: Split with invert=true is not supported", src);
-    splits_.push_back({std::make_unique<Regex>(re, src + ": Split pattern"), behavior == "Removed"});
-  } else if (t == "Digits") {
-    // HF's Digits splits on ASCII digits: each alone, or runs of them.
-    const char* re = p.value("individual_digits", false) ? "[0-9]" : "[0-9]+";
-    splits_.push_back({std::make_unique<Regex>(re, src + ": Digits"), false});
-  } else if (t == "ByteLevel") {
-    byte_level_ = true;
-    add_prefix_space_ = p.value("add_prefix_space", false);
-    if (p.value("use_regex", true)) splits_.push_back({std::make_unique<Regex>(kGpt2Regex, "ByteLevel"), false});
-  } else {
-    throw_input("{}: pre_tokenizer '{}' is not supported (supported: Sequence, Split, Digits, ByteLevel)", src, t);
-  }
-}
-
 void BpeTokenizer::parse_decoder(const json& d, const std::string& src) {
   if (d.is_null()) return;
   const std::string t = d.value("type", "");
@@ -304,7 +268,9 @@ void BpeTokenizer::parse_decoder(const json& d, const std::string& src) {
 }
 
 void BpeTokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const {
-  {
+  // Long pieces are rare and would only crowd the cache out.
+  const bool cacheable = piece.size() <= 256;
+  if (cacheable) {
     std::lock_guard<std::mutex> lock(cache_mu_);
     auto it = cache_.find(std::string(piece));
     if (it != cache_.end()) {
@@ -313,8 +279,7 @@ void BpeTokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const 
     }
   }
   std::vector<int32_t> syms;
-  syms.reserve(piece.size());
-  if (ignore_merges_) {
+  if (ignore_merges_) {  // a piece that is itself a token is kept whole
     std::string mapped;
     if (byte_level_) {
       for (unsigned char c : piece) mapped += byte_char_[c];
@@ -326,24 +291,56 @@ void BpeTokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const 
   }
   if (syms.empty()) {
     syms = initial_symbols(piece);
-    // Repeatedly merge the adjacent pair of lowest rank (leftmost on ties).
-    while (syms.size() > 1) {
-      int32_t best_rank = INT32_MAX, best_id = -1;
-      size_t best_i = 0;
-      for (size_t i = 0; i + 1 < syms.size(); ++i) {
-        auto it = merges_.find(uint64_t(uint32_t(syms[i])) << 32 | uint32_t(syms[i + 1]));
-        if (it != merges_.end() && it->second.first < best_rank)
-          best_rank = it->second.first, best_id = it->second.second, best_i = i;
-      }
-      if (best_id < 0) break;
-      syms[best_i] = best_id;
-      syms.erase(syms.begin() + std::ptrdiff_t(best_i) + 1);
-    }
+    merge(syms);
   }
   out.insert(out.end(), syms.begin(), syms.end());
+  if (!cacheable) return;
   std::lock_guard<std::mutex> lock(cache_mu_);
   if (cache_.size() > 200000) cache_.clear();
   cache_.emplace(std::string(piece), std::move(syms));
+}
+
+// Applies merges lowest rank first (leftmost among equals) until none applies, in
+// O(n log n): a heap of candidate pairs over a linked list of symbols, as HF's word.rs does.
+// Rescanning all pairs after each merge would be quadratic, minutes for a 100 KB word.
+void BpeTokenizer::merge(std::vector<int32_t>& syms) const {
+  if (syms.size() < 2) return;
+  const int n = int(syms.size());
+  std::vector<int> prev(static_cast<size_t>(n)), next(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) prev[size_t(i)] = i - 1, next[size_t(i)] = i + 1 < n ? i + 1 : -1;
+  struct Cand {
+    int32_t rank, pos, id;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+  auto lookup = [&](int i) -> const std::pair<int32_t, int32_t>* {
+    const int j = next[size_t(i)];
+    if (j < 0) return nullptr;
+    auto it = merges_.find(uint64_t(uint32_t(syms[size_t(i)])) << 32 | uint32_t(syms[size_t(j)]));
+    return it == merges_.end() ? nullptr : &it->second;
+  };
+  auto push = [&](int i) {
+    if (const auto* m = lookup(i)) heap.push({m->first, i, m->second});
+  };
+  for (int i = 0; i + 1 < n; ++i) push(i);
+  std::vector<uint8_t> dead(size_t(n), 0);
+  while (!heap.empty()) {
+    const Cand c = heap.top();
+    heap.pop();
+    if (dead[size_t(c.pos)]) continue;
+    const auto* m = lookup(c.pos);
+    if (!m || m->first != c.rank) continue;  // stale: a neighbour changed since it was queued
+    const int j = next[size_t(c.pos)];
+    syms[size_t(c.pos)] = c.id;
+    dead[size_t(j)] = 1;
+    next[size_t(c.pos)] = next[size_t(j)];
+    if (next[size_t(j)] >= 0) prev[size_t(next[size_t(j)])] = c.pos;
+    if (prev[size_t(c.pos)] >= 0) push(prev[size_t(c.pos)]);
+    push(c.pos);
+  }
+  size_t w = 0;
+  for (int i = 0; i >= 0; i = next[size_t(i)]) syms[w++] = syms[size_t(i)];
+  syms.resize(w);
 }
 
 std::vector<int32_t> BpeTokenizer::initial_symbols(std::string_view piece) const {
@@ -373,70 +370,46 @@ std::vector<int32_t> BpeTokenizer::initial_symbols(std::string_view piece) const
   return syms;
 }
 
-void BpeTokenizer::encode_text(std::string_view text, std::vector<int32_t>& out) const {
-  if (text.empty()) return;
+std::string BpeTokenizer::normalize(std::string_view text) const {
   std::string norm(text);
   for (const auto& st : norm_) {
     switch (st.kind) {
       case NormStep::kNfc: norm = nfc(norm); break;
       case NormStep::kNfkc: norm = nfkc(norm); break;
-      case NormStep::kPrepend: norm = st.a + norm; break;
+      case NormStep::kPrepend: if (!norm.empty()) norm = st.a + norm; break;  // HF prepends to non-empty text only
       case NormStep::kReplace: norm = replace_all(std::move(norm), st.a, st.b); break;
     }
   }
-  if (norm.empty()) return;
-  if (add_prefix_space_ && norm[0] != ' ') norm.insert(norm.begin(), ' ');
-  std::vector<std::pair<size_t, size_t>> pieces = {{0, norm.size()}};
-  for (const auto& sp : splits_) {
-    std::vector<std::pair<size_t, size_t>> next;
-    for (auto [b, e] : pieces) {
-      size_t pos = b;
-      for (auto [mb, me] : sp.re->find_all(std::string_view(norm).substr(b, e - b))) {
-        if (b + mb > pos) next.push_back({pos, b + mb});
-        if (!sp.remove_matches) next.push_back({b + mb, b + me});
-        pos = b + me;
-      }
-      if (pos < e) next.push_back({pos, e});
-    }
-    pieces.swap(next);
-  }
-  for (auto [b, e] : pieces) bpe(std::string_view(norm).substr(b, e - b), out);
+  return norm;
+}
+
+void BpeTokenizer::encode_normalized(std::string norm, std::vector<int32_t>& out) const {
+  for (auto [b, e] : pre_.run(norm)) bpe(std::string_view(norm).substr(b, e - b), out);
 }
 
 std::vector<int32_t> BpeTokenizer::encode(std::string_view raw, bool add_special_tokens) const {
   const std::string text = require_utf8(raw);
   std::vector<int32_t> out;
   if (add_special_tokens && add_bos_) out.push_back(bos_);
-  size_t start = 0, i = 0;
-  while (i < text.size()) {
-    const AddedToken* hit = nullptr;
-    if (!added_tokens_.empty()) {
-      for (const auto& t : added_tokens_) {
-        if (text.compare(i, t.content.size(), t.content) != 0) continue;
-        if (t.single_word) {
-          const bool before = i > 0 && is_word_byte(static_cast<unsigned char>(text[i - 1]));
-          const size_t e = i + t.content.size();
-          const bool after = e < text.size() && is_word_byte(static_cast<unsigned char>(text[e]));
-          if (before || after) continue;
-        }
-        hit = &t;
-        break;
-      }
-    }
-    if (!hit) {
-      ++i;
+  std::vector<TextSegment> segs, sub;
+  raw_matcher_.split(text, segs);
+  for (const TextSegment& s : segs) {
+    if (s.id >= 0) {
+      out.push_back(s.id);
       continue;
     }
-    size_t seg_end = i, next = i + hit->content.size();
-    if (hit->lstrip)
-      while (seg_end > start && std::isspace(static_cast<unsigned char>(text[seg_end - 1]))) --seg_end;
-    if (hit->rstrip)
-      while (next < text.size() && std::isspace(static_cast<unsigned char>(text[next]))) ++next;
-    encode_text(std::string_view(text).substr(start, seg_end - start), out);
-    out.push_back(hit->id);
-    start = i = next;
+    std::string norm = normalize(std::string_view(text).substr(s.begin, s.end - s.begin));
+    if (norm_matcher_.empty()) {
+      encode_normalized(std::move(norm), out);
+      continue;
+    }
+    sub.clear();
+    norm_matcher_.split(norm, sub);
+    for (const TextSegment& t : sub) {
+      if (t.id >= 0) out.push_back(t.id);
+      else encode_normalized(norm.substr(t.begin, t.end - t.begin), out);
+    }
   }
-  encode_text(std::string_view(text).substr(start), out);
   return out;
 }
 

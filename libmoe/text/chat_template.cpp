@@ -181,11 +181,14 @@ std::unique_ptr<ChatTemplate> make_template(const std::string& name) {
   throw_input("--template '{}' is not known (known: {})", name, list);
 }
 
-std::string default_template_for(const std::string& model_type) {
+std::string default_template_for(const std::string& model_type, const Tokenizer* tok) {
   if (model_type == "qwen3" || model_type == "qwen3_moe") return "qwen3";
   if (model_type == "qwen2" || model_type == "qwen2_moe") return "qwen";
-  if (model_type == "mixtral") return "mistral";
-  if (model_type == "llama") return "llama3";
+  if (model_type == "mixtral" || model_type == "mistral") return "mistral";
+  if (model_type == "llama") {
+    const bool llama3 = !tok || (tok->token_id("<|start_header_id|>") >= 0 && tok->token_id("<|eot_id|>") >= 0);
+    return llama3 ? "llama3" : "llama";
+  }
   return "raw";
 }
 

@@ -34,6 +34,9 @@ class ChatTemplate {
 // InputError listing the known names for an unknown one.
 std::unique_ptr<ChatTemplate> make_template(const std::string& name);
 const std::vector<std::string>& template_names();
-std::string default_template_for(const std::string& model_type);
+// The template a model_type was trained with: qwen3/qwen3_moe -> qwen3, qwen2/qwen2_moe -> qwen,
+// mixtral/mistral -> mistral, llama -> llama3 when `tok` has Llama-3's header tokens (or is not
+// given), else llama (Llama-2); anything else -> raw.
+std::string default_template_for(const std::string& model_type, const Tokenizer* tok = nullptr);
 
 }  // namespace moe::text

@@ -5,7 +5,8 @@
 
 Fixed cases first (empty string, single spaces, whitespace runs, CRLF, digit runs of every length
 1..40, contractions in every case, special tokens inside text, combining marks NFC does and does
-not compose, emoji ZWJ/skin-tone/flag sequences, code, URLs, many scripts, 200+ char words), then
+not compose, emoji ZWJ/skin-tone/flag sequences, code, URLs, many scripts, 200+ char words, words of
+10,000+ characters), then
 random mixtures of all of those pools up to --n. Deliberately avoids U+0085 and U+FEFF, the two
 characters on which JavaScript's \\s and Rust regex's \\s (Unicode White_Space) disagree, so the
 JS reference and Hugging Face tokenizers agree on every string here. `import corpus;
@@ -90,6 +91,24 @@ def long_words(r):
             "Pneumonoultramicroscopicsilicovolcanoconiosis" * 5, "hello" + "o" * 300 + "!"]
 
 
+def very_long_words():
+    """Single pre-tokenizer pieces of 10,000-30,000 characters: BPE must merge them in
+    O(n log n) and still agree with the reference."""
+    r = random.Random(7)
+    return ["a" * 30000, "ab" * 10000, "".join(r.choice("abcdefghij") for _ in range(20000)),
+            "".join(r.choice("混合专家模型路由训练推理") for _ in range(10000)),
+            "".join(r.choice(["e\u0301", "a", "\u00e9", "n\u0303"]) for _ in range(10000))]
+
+
+def very_long_words():
+    """Single pre-tokenizer pieces of 10,000-30,000 characters: BPE must merge them in
+    O(n log n) and still agree with the reference."""
+    r = random.Random(7)
+    return ["a" * 30000, "ab" * 10000, "".join(r.choice("abcdefghij") for _ in range(20000)),
+            "".join(r.choice("混合专家模型路由训练推理") for _ in range(10000)),
+            "".join(r.choice(["e\u0301", "a", "\u00e9", "n\u0303"]) for _ in range(10000))]
+
+
 def make(n=1200, seed=1):
     r = random.Random(seed)
     out = ["", " ", "  ", "a", "A", "\n", "\r\n", "\t", "0", "00", "3.14159", "1,000,000", "2026-11-22",
@@ -97,7 +116,7 @@ def make(n=1200, seed=1):
     out += ["".join(r.choice("0123456789") for _ in range(k)) for k in range(1, 41)]
     out += ["x" + "7" * k + "y" for k in range(1, 12)] + ["%d" % (10 ** k) for k in range(0, 19)]
     out += ENGLISH + CONTRACTIONS + SCRIPTS + EMOJI + CODE + CHAT + SPECIAL + COMBINING + WS + PUNCT + URLS
-    out += long_words(r)
+    out += long_words(r) + very_long_words()
     out += [w + " " + c for w in ["I", "WE", "we", "You"] for c in ["'LL", "'RE", "'re", "'Ll"]]
     pools = [ENGLISH, WORDS, CONTRACTIONS, SCRIPTS, EMOJI, CODE, SPECIAL, CHAT, COMBINING, WS, PUNCT, URLS]
     seps = ["", " ", " ", "", "\n", ", ", ". ", "  ", "\t", "\r\n", "\n\n"]

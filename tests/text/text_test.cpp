@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "testutil.h"
+#include "text/byte_vocab.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
 
@@ -15,20 +16,7 @@ using moe::testing::TempDir;
 
 namespace {
 
-// GPT-2 byte map: printable ASCII maps to itself, space to "Ġ" (U+0120), "\n" to "Ċ" (U+010A).
-std::string byte_vocab() {
-  std::string v;
-  int n = 0;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-    uint32_t cp = printable ? uint32_t(b) : uint32_t(256 + n++);
-    std::string u;
-    if (cp < 0x80) u += char(cp);
-    else u += char(0xc0 | (cp >> 6)), u += char(0x80 | (cp & 0x3f));
-    v += nlohmann::json(u).dump() + ": " + std::to_string(b) + ", ";
-  }
-  return v;
-}
+using moe::testing::byte_vocab;
 
 std::unique_ptr<Tokenizer> make_tok(TempDir& d, const std::string& extra_added = "") {
   // merges: "h e" -> he (256), "l l" -> ll (257), "he ll" -> hell (258), "Ġ w" -> Ġw (259)
