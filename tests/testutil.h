@@ -1,10 +1,15 @@
 // Helpers shared by the C++ tests: a scratch directory removed at the end of the test, and
 // small file writers. Tests make every input they need; nothing is downloaded.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <random>
 #include <string>
+
+#include "core/error.h"
 
 namespace moe::testing {
 
@@ -28,6 +33,17 @@ class TempDir {
 
 inline void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// Runs `fn`, which must throw moe::InputError; returns its message (the test fails otherwise).
+inline std::string input_error(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected an InputError";
+  return "";
 }
 
 }  // namespace moe::testing

@@ -18,6 +18,7 @@
 
 using namespace moe;
 using namespace moe::io;
+using moe::testing::input_error;
 using moe::testing::TempDir;
 namespace fs = std::filesystem;
 
@@ -46,16 +47,6 @@ std::string raw_file(const std::string& header_json, const std::string& data) {
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-std::string input_error(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an InputError";
-  return "";
 }
 
 #define EXPECT_CONTAINS(hay, needle) EXPECT_NE((hay).find(needle), std::string::npos) << "message: " << (hay)

@@ -10,6 +10,7 @@
 
 using namespace moe;
 using namespace moe::io;
+using moe::testing::input_error;
 using moe::testing::TempDir;
 
 namespace {
@@ -51,16 +52,6 @@ PyPtr sample_root(std::vector<std::pair<std::string, Tensor>>* storages) {
   root->set("iteration", PyValue::integer(7));
   root->set("model", model);
   return root;
-}
-
-std::string input_error(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an InputError";
-  return "";
 }
 
 }  // namespace
