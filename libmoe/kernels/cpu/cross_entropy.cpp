@@ -1,0 +1,44 @@
+#include "kernels/cpu/cross_entropy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/parallel.h"
+
+namespace moe::kernels::cpu {
+
+CrossEntropySums cross_entropy_forward_backward(float* logits_TV, int64_t T, int64_t V, const int32_t* labels_T,
+                                                float grad_scale) {
+  std::vector<double> loss_T(static_cast<size_t>(T), 0.0);
+  std::vector<uint8_t> hit_T(static_cast<size_t>(T), 0);
+  parallel_for(T, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      float* x = logits_TV + t * V;
+      const int32_t label = labels_T[t];
+      if (label < 0) {
+        std::fill(x, x + V, 0.0f);
+        continue;
+      }
+      const int64_t arg = std::max_element(x, x + V) - x;
+      const float m = x[arg];
+      double s = 0;
+      for (int64_t i = 0; i < V; ++i) s += std::exp(double(x[i] - m));
+      const double lse = double(m) + std::log(s);
+      loss_T[size_t(t)] = lse - double(x[label]);
+      hit_T[size_t(t)] = arg == label;
+      for (int64_t i = 0; i < V; ++i) x[i] = grad_scale * float(std::exp(double(x[i]) - lse));
+      x[label] -= grad_scale;
+    }
+  });
+  CrossEntropySums r;
+  for (int64_t t = 0; t < T; ++t) {
+    if (labels_T[t] < 0) continue;
+    r.loss += loss_T[size_t(t)];
+    r.count += 1;
+    r.correct += hit_T[size_t(t)];
+  }
+  return r;
+}
+
+}  // namespace moe::kernels::cpu

@@ -1,0 +1,50 @@
+// TopKRouter for training (Megatron-Core semantics): routing with optional token dropping at
+// an expert capacity, the load-balancing losses (switch `aux_loss`, per-sequence
+// `seq_aux_loss`), the router z-loss, an aux-loss-free expert bias that shifts only the
+// selection, and the backward from the combine weights and those losses to the router logits.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/router.h"
+
+namespace moe::model {
+
+struct MoeTrainOptions {
+  std::string load_balancing_type = "aux_loss";  // aux_loss | seq_aux_loss | none
+  double aux_loss_coeff = 0.0;                   // --moe_aux_loss_coeff (swift's default 0)
+  double z_loss_coeff = 0.0;                     // --moe_z_loss_coeff
+  double capacity_factor = 0.0;                  // --moe_expert_capacity_factor; <= 0: dropless
+  bool pad_expert_input_to_capacity = false;     // --moe_pad_expert_input_to_capacity
+  std::string token_drop_policy = "probs";       // probs | position
+  bool enable_expert_bias = false;               // --moe_router_enable_expert_bias
+  double bias_update_rate = 1e-3;                // --moe_router_bias_update_rate
+};
+
+struct RouterSaved {
+  std::vector<float> probs_TE;  // softmax over all experts (for the losses and pre-softmax weights)
+  Routing selected;             // the top-k choice before any dropping
+  Routing routing;              // what runs: dropped (token, slot) pairs have expert -1, weight 0
+  std::vector<int64_t> tokens_per_expert;  // after dropping
+  int64_t capacity = 0;                    // 0 when dropless
+  double aux_loss = 0, z_loss = 0;         // this layer's losses, coefficients applied
+};
+
+// logits_TE: router logits. cu_seqlens splits the tokens into sequences (seq_aux_loss).
+// expert_bias_E may be null.
+void router_train_forward(const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E, int64_t K,
+                          bool pre_softmax, std::span<const int32_t> cu_seqlens, const float* expert_bias_E,
+                          RouterSaved& saved);
+
+// dlogits_TE (overwritten) from d(combine weight)_TK plus the losses' gradients, each loss
+// scaled by loss_scale (the step's weighting of this micro-batch's auxiliary losses).
+void router_train_backward(const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E, int64_t K,
+                           bool pre_softmax, std::span<const int32_t> cu_seqlens, const RouterSaved& saved,
+                           const float* dweight_TK, float loss_scale, float* dlogits_TE);
+
+// Aux-loss-free balancing: bias_e += rate * sign(mean load - load_e), after the optimizer step.
+void update_expert_bias(float* bias_E, std::span<const int64_t> tokens_per_expert, double rate);
+
+}  // namespace moe::model
