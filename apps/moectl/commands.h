@@ -8,4 +8,6 @@ void add_infer_command(CLI::App& root);
 void add_tokenize_command(CLI::App& root);
 void add_init_command(CLI::App& root);
 void add_export_command(CLI::App& root);
+void add_pt_command(CLI::App& root);
+void add_sft_command(CLI::App& root);
 }  // namespace moectl

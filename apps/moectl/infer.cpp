@@ -11,7 +11,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "infer/chat_rows.h"
+#include "text/chat_rows.h"
 #include "infer/chat_session.h"
 #include "infer/generation_defaults.h"
 #include "model/mcore_export.h"
@@ -63,14 +63,14 @@ void run_batch(const InferArgs& a, moe::infer::ChatSession& chat, const moe::inf
   std::ifstream in(a.val_dataset);
   if (!in) moe::throw_input("--val_dataset {}: cannot open", a.val_dataset);
   // Parse every row first, so a bad row fails before any generation work.
-  std::vector<moe::infer::ChatRow> rows;
+  std::vector<moe::text::ChatRow> rows;
   std::string line;
   for (int n = 1; std::getline(in, line); ++n) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string where = a.val_dataset + ":" + std::to_string(n);
     auto j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded()) moe::throw_input("{}: not valid JSON", where);
-    rows.push_back(moe::infer::parse_chat_row(j, where));
+    rows.push_back(moe::text::parse_chat_row(j, where));
   }
   const std::string tmp = a.result_path + ".tmp";
   {

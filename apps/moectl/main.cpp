@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   moectl::add_tokenize_command(app);
   moectl::add_init_command(app);
   moectl::add_export_command(app);
+  moectl::add_pt_command(app);
+  moectl::add_sft_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

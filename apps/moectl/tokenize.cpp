@@ -11,7 +11,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
-#include "infer/chat_rows.h"
+#include "text/chat_rows.h"
 #include "model/hf_config.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
@@ -39,7 +39,7 @@ void render_dataset(const Args& a, const moe::text::Tokenizer& tok) {
     const std::string where = a.dataset + ":" + std::to_string(n);
     auto j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded()) moe::throw_input("{}: not valid JSON", where);
-    moe::infer::ChatRow row = moe::infer::parse_chat_row(j, where);
+    moe::text::ChatRow row = moe::text::parse_chat_row(j, where);
     std::vector<moe::text::Message> msgs = row.prompt;
     if (!row.label.empty()) msgs.push_back({"assistant", row.label});
     const bool has_system = !msgs.empty() && msgs[0].role == "system";

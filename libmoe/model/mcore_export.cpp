@@ -39,6 +39,8 @@ void finish_output(const fs::path& tmp, const std::string& out_dir) {
   fs::rename(tmp, out_dir);
 }
 
+}  // namespace
+
 // config.json (with torch_dtype set), generation_config.json and tokenizer files travel along.
 void copy_side_files(const fs::path& from, const fs::path& to, DType dtype) {
   for (const auto& e : fs::directory_iterator(from)) {
@@ -83,7 +85,7 @@ io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt, const Sh
 }
 
 // The `_extra_state` entries a TransformerEngine-spec GPTModel has (None: no FP8 state).
-std::vector<std::string> extra_states(const ModelConfig& c, int layer) {
+std::vector<std::string> te_extra_states(const ModelConfig& c, int layer) {
   const std::string L = names::layer(layer);
   std::vector<std::string> e = {L + "self_attention.core_attention._extra_state",
                                 L + "self_attention.linear_proj._extra_state",
@@ -101,8 +103,6 @@ std::vector<std::string> extra_states(const ModelConfig& c, int layer) {
   }
   return e;
 }
-
-}  // namespace
 
 void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt) {
   const ModelConfig c = load_hf_config(hf_dir);
@@ -168,7 +168,7 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
         }
         for (int l = 0; l < per_stage; ++l) {
           const int global = pp * per_stage + l;
-          for (auto e : extra_states(c, global)) {
+          for (auto e : te_extra_states(c, global)) {
             e.replace(0, names::layer(global).size(), names::layer(l));  // layer numbers are local to the stage
             model->set(e, io::PyValue::none());
           }

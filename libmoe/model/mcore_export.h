@@ -4,10 +4,13 @@
 // ShardSpec, and merged back from any such layout.
 #pragma once
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
+#include "io/pickle.h"
 #include "model/load_hf.h"
 #include "model/shard_spec.h"
 
@@ -32,5 +35,13 @@ LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype);
 LoadedModel load_model(const std::string& dir);
 // Megatron dir (as written above, with its config.json) -> HF dir.
 void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt);
+
+// Pieces shared with the trainer's checkpoints (libmoe/train/checkpoint.h):
+// Megatron's argument namespace for this model and layout (what Megatron-LM reads back);
+io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt, const ShardSpec& spec);
+// the `_extra_state` entries of layer `layer` in a TransformerEngine-spec GPTModel;
+std::vector<std::string> te_extra_states(const ModelConfig& c, int layer);
+// config.json (torch_dtype set to `dtype`), generation_config.json and tokenizer files.
+void copy_side_files(const std::filesystem::path& from, const std::filesystem::path& to, DType dtype);
 
 }  // namespace moe::model

@@ -1,0 +1,188 @@
+// `moectl pt` and `moectl sft`: training on one process with Megatron-SWIFT's flags (3.x names
+// as in its quick start, 4.x names as aliases): load or initialise the model, build the
+// dataset, run the loop in libmoe/train, save Megatron checkpoints (+ HF safetensors).
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/mapped_file.h"
+#include "model/hf_config.h"
+#include "model/init_weights.h"
+#include "model/mcore_export.h"
+#include "text/chat_template.h"
+#include "train/metrics.h"
+#include "train/trainer.h"
+
+namespace moectl {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TrainArgs {
+  bool pretrain = false;
+  std::string model, load, save, system, tem, torch_dtype;
+  bool system_given = false, finetune = true, add_version = true, packing = false, save_safetensors = true;
+  bool no_save_optim = false, no_save_rng = false, no_load_optim = false, no_load_rng = false;
+  double init_method_std = 0.02;
+  std::vector<std::string> dataset, val_dataset, model_name, model_author;
+  double split_dataset_ratio = 0;
+  int max_length = 2048;
+  std::string truncation_strategy = "delete";
+  moe::train::TrainerConfig t;
+  moe::model::TrainOptions m;
+};
+
+moe::DType dtype_from(const std::string& s, moe::DType fallback) {
+  if (s.empty()) return fallback;
+  if (s == "bfloat16") return moe::DType::BF16;
+  if (s == "float16") return moe::DType::F16;
+  if (s == "float32") return moe::DType::F32;
+  moe::throw_input("--torch_dtype '{}' is not one of bfloat16, float16, float32", s);
+}
+
+void run(const TrainArgs& a) {
+  namespace model = moe::model;
+  if (a.model.empty() && a.load.empty())
+    moe::throw_input("pass --model HF_DIR (or a dir with only config.json + tokenizer) or --load MCORE_DIR");
+  const std::string src = a.load.empty() ? a.model : a.load;
+  if (!fs::exists(fs::path(src) / "config.json"))
+    moe::throw_input("{}: no config.json (pass an HF model dir or a Megatron dir written by moectl)", src);
+  // Weights: a Megatron or HF checkpoint, or random init when the dir has only config + tokenizer.
+  model::LoadedModel lm;
+  const bool has_weights = fs::exists(fs::path(src) / "latest_checkpointed_iteration.txt") ||
+                           fs::exists(fs::path(src) / "model.safetensors") ||
+                           fs::exists(fs::path(src) / "model.safetensors.index.json") ||
+                           fs::exists(fs::path(src) / "pytorch_model.bin") ||
+                           fs::exists(fs::path(src) / "pytorch_model.bin.index.json");
+  if (has_weights) {
+    lm = model::load_model(src);
+  } else {
+    lm.config = model::load_hf_config(src);
+    lm.state = model::init_random_state(lm.config, a.t.seed, moe::DType::F32, a.init_method_std);
+    moe::log().info("{} has no weights: initialised randomly (std {}, seed {})", src, a.init_method_std, a.t.seed);
+  }
+  auto tok = moe::text::Tokenizer::load(src);
+  auto tmpl = moe::text::make_template(a.tem.empty() ? moe::text::default_template_for(lm.config.model_type, tok.get())
+                                                     : a.tem);
+  moe::train::DatasetOptions d;
+  d.specs = a.dataset, d.val_specs = a.val_dataset, d.split_dataset_ratio = a.split_dataset_ratio;
+  d.system_given = a.system_given, d.system = a.system, d.model_name = a.model_name, d.model_author = a.model_author;
+  d.max_length = a.max_length, d.truncation_strategy = a.truncation_strategy, d.seed = a.t.seed;
+  d.pretrain = a.pretrain;
+  const auto data = moe::train::load_datasets(d, *tok, *tmpl);
+  moe::log().info("dataset: {} training and {} validation sequences from {} rows", data.train.size(), data.val.size(),
+                  data.rows_read);
+
+  moe::train::TrainerConfig t = a.t;
+  t.max_length = a.max_length, t.packing = a.packing;
+  const std::string save_root = a.save.empty() ? "megatron_output/" + fs::path(src).filename().string() : a.save;
+  t.out_dir = moe::train::make_output_dir(save_root, a.add_version);
+  t.ckpt.dtype = dtype_from(a.torch_dtype, lm.config.params_dtype);
+  t.ckpt.save_optim = !a.no_save_optim, t.ckpt.save_rng = !a.no_save_rng, t.ckpt.save_safetensors = a.save_safetensors;
+  t.ckpt.source_dir = src;
+  t.load_optim = !a.no_load_optim, t.load_rng = !a.no_load_rng;
+  if (!a.load.empty() && !a.finetune) {
+    if (!fs::exists(fs::path(a.load) / "latest_checkpointed_iteration.txt"))
+      moe::throw_input("--finetune false resumes a Megatron checkpoint, but {} has no latest_checkpointed_iteration.txt",
+                       a.load);
+    t.resume_dir = a.load;
+  }
+  nlohmann::json args = {{"command", a.pretrain ? "pt" : "sft"}, {"model", a.model}, {"load", a.load},
+                         {"model_type", lm.config.model_type}, {"dataset", a.dataset}, {"template", tmpl->name()},
+                         {"train_iters", t.train_iters}, {"max_epochs", t.max_epochs},
+                         {"micro_batch_size", t.micro_batch_size}, {"global_batch_size", t.global_batch_size},
+                         {"lr", t.lr.lr}, {"min_lr", t.lr.min_lr}, {"lr_decay_style", t.lr.style},
+                         {"max_length", a.max_length}, {"packing", a.packing}, {"seed", t.seed},
+                         {"torch_dtype", moe::torch_dtype_name(t.ckpt.dtype)},
+                         {"tensor_model_parallel_size", 1}, {"pipeline_model_parallel_size", 1},
+                         {"expert_model_parallel_size", 1}, {"expert_tensor_parallel_size", 1},
+                         {"make_vocab_size_divisible_by", 128}, {"train_type", "full"}};
+  moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
+  moe::log().info("output_dir: {}", t.out_dir);
+  model::TrainModel tm(lm.config, lm.state, a.m);
+  lm.state.clear();  // the trainer holds its own fp32 copy
+  const auto r = moe::train::run_training(t, tm, data);
+  std::printf("trained %lld iterations (%lld skipped), last loss %.6f; checkpoint: %s\n",
+              static_cast<long long>(r.iterations), static_cast<long long>(r.skipped), r.last_loss,
+              r.last_checkpoint.c_str());
+}
+
+void add_command(CLI::App& root, bool pretrain) {
+  auto a = std::make_shared<TrainArgs>();
+  a->pretrain = pretrain;
+  auto* c = root.add_subcommand(pretrain ? "pt" : "sft",
+                                pretrain ? "Pre-train (loss on every token) on one process"
+                                         : "Supervised fine-tuning (loss on assistant turns) on one process");
+  auto& t = a->t;
+  auto& m = a->m;
+  c->add_option("--model", a->model, "HF model dir, or a dir with only config.json + tokenizer (random init)");
+  c->add_option("--load,--mcore_model", a->load, "Megatron checkpoint dir (from moectl export or a previous run)");
+  c->add_option("--finetune", a->finetune, "true: weights only from --load, iteration 0; false: resume exactly");
+  c->add_option("--init_method_std", a->init_method_std, "Std of the random init without weights");
+  c->add_option("--dataset", a->dataset, "Local .jsonl/.json files, PATH#N, self-cognition[#N], dummy#N")->required();
+  c->add_option("--val_dataset", a->val_dataset, "Validation datasets");
+  c->add_option("--split_dataset_ratio", a->split_dataset_ratio, "Fraction of --dataset held out for evaluation");
+  c->add_option("--system", a->system, "System prompt (overrides the template's default)")
+      ->each([a](const std::string&) { a->system_given = true; });
+  c->add_option("--template", a->tem, "Chat template (default: the model type's)");
+  c->add_option("--model_name", a->model_name, "self-cognition: the model's name (Chinese then English, or one)");
+  c->add_option("--model_author", a->model_author, "self-cognition: the author (Chinese then English, or one)");
+  c->add_option("--max_length", a->max_length, "Longest sequence in tokens");
+  c->add_option("--truncation_strategy", a->truncation_strategy, "delete | left | right");
+  c->add_option("--packing", a->packing, "Pack samples into rows of --max_length (attention stays per sample)");
+  c->add_option("--train_iters", t.train_iters, "Optimizer steps (default: from --max_epochs)");
+  c->add_option("--max_epochs,--num_train_epochs", t.max_epochs, "Epochs when --train_iters is not given");
+  c->add_option("--micro_batch_size", t.micro_batch_size, "Rows per micro-batch");
+  c->add_option("--global_batch_size", t.global_batch_size, "Rows per optimizer step (micro x accumulation)");
+  c->add_option("--lr", t.lr.lr, "Peak learning rate");
+  c->add_option("--min_lr", t.lr.min_lr, "Final learning rate");
+  c->add_option("--lr_warmup_iters", t.lr.warmup_iters, "Linear warmup steps");
+  c->add_option("--lr_warmup_fraction", t.lr.warmup_fraction, "Warmup as a fraction of the decay steps");
+  c->add_option("--lr_decay_iters", t.lr.decay_iters, "Decay steps (default: train_iters)");
+  c->add_option("--lr_decay_style", t.lr.style, "cosine | linear | constant | inverse-square-root");
+  c->add_option("--optimizer", t.optim.type, "adam | sgd");
+  c->add_option("--weight_decay", t.optim.weight_decay, "Decoupled weight decay (not on norms and biases)");
+  c->add_option("--adam_beta1", t.optim.beta1, "Adam beta1");
+  c->add_option("--adam_beta2", t.optim.beta2, "Adam beta2");
+  c->add_option("--adam_eps", t.optim.eps, "Adam epsilon");
+  c->add_option("--sgd_momentum", t.optim.sgd_momentum, "SGD momentum");
+  c->add_option("--clip_grad", t.clip_grad, "Clip gradients to this global L2 norm (0: off)");
+  c->add_option("--save,--output_dir", a->save, "Output root (a vN-YYYYMMDD-HHMMSS run dir is made inside)");
+  c->add_option("--save_interval,--save_steps", t.save_interval, "Checkpoint every N steps (and at the end)");
+  c->add_option("--eval_interval,--eval_steps", t.eval_interval, "Evaluate every N steps (and at the end)");
+  c->add_option("--eval_iters", t.eval_iters, "Global batches per evaluation (-1: the whole validation set)");
+  c->add_option("--log_interval,--logging_steps", t.log_interval, "Log every N steps");
+  c->add_option("--no_save_optim", a->no_save_optim, "Leave the optimizer state out of checkpoints");
+  c->add_option("--no_save_rng", a->no_save_rng, "Leave the data position out of checkpoints");
+  c->add_option("--no_load_optim", a->no_load_optim, "Resume without the saved optimizer state");
+  c->add_option("--no_load_rng", a->no_load_rng, "Resume without the saved data position");
+  c->add_option("--add_version", a->add_version, "Make a vN-YYYYMMDD-HHMMSS dir under --save");
+  c->add_option("--save_safetensors", a->save_safetensors, "Also write HF safetensors (checkpoint-N/) for infer");
+  c->add_option("--torch_dtype", a->torch_dtype, "Saved weights: bfloat16 | float16 | float32 (default: the model's)");
+  c->add_option("--seed", t.seed, "Seed for data order, sampling and init");
+  c->add_option("--recompute_granularity", m.recompute.granularity, "none | selective | full");
+  c->add_option("--recompute_method", m.recompute.method, "full: uniform | block");
+  c->add_option("--recompute_num_layers", m.recompute.num_layers, "full: layers per chunk (uniform) or recomputed (block)");
+  c->add_option("--recompute_modules", m.recompute.modules, "selective: core_attn moe_act layernorm mlp moe");
+  c->add_option("--moe_aux_loss_coeff", m.moe.aux_loss_coeff, "Load-balancing loss coefficient");
+  c->add_option("--moe_router_load_balancing_type", m.moe.load_balancing_type, "aux_loss | seq_aux_loss | none");
+  c->add_option("--moe_z_loss_coeff", m.moe.z_loss_coeff, "Router z-loss coefficient");
+  c->add_option("--moe_expert_capacity_factor", m.moe.capacity_factor, "Drop tokens over this capacity (default: dropless)");
+  c->add_option("--moe_pad_expert_input_to_capacity", m.moe.pad_expert_input_to_capacity, "Pad experts to capacity");
+  c->add_option("--moe_token_drop_policy", m.moe.token_drop_policy, "probs | position");
+  c->add_option("--moe_router_enable_expert_bias", m.moe.enable_expert_bias, "Aux-loss-free balancing bias");
+  c->add_option("--moe_router_bias_update_rate", m.moe.bias_update_rate, "Expert bias step");
+  c->callback([a] { run(*a); });
+}
+
+}  // namespace
+
+void add_pt_command(CLI::App& root) { add_command(root, true); }
+void add_sft_command(CLI::App& root) { add_command(root, false); }
+
+}  // namespace moectl

@@ -1,0 +1,47 @@
+// Training checkpoints in Megatron-LM's `torch` format for the single-process layout:
+// DIR/iter_NNNNNNN/mp_rank_00/model_optim_rng.pt with `args`, `checkpoint_version`,
+// `iteration`, `model` (canonical names, vocabulary padded, TE `_extra_state` entries) and
+// optionally `optimizer` (torch's state_dict layout plus fp32 master weights),
+// `opt_param_scheduler` and `rng_state` (with moectl's data position), then the tracker file,
+// written last. With save_safetensors, DIR/checkpoint-N/ is also a complete HF directory.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "core/dtype.h"
+#include "model/train_model.h"
+#include "train/data_loader.h"
+#include "train/lr_schedule.h"
+#include "train/optimizer.h"
+
+namespace moe::train {
+
+struct CheckpointOptions {
+  DType dtype = DType::BF16;  // model weights as saved (fp32 masters go with the optimizer)
+  bool save_optim = true, save_rng = true, save_safetensors = true;
+  std::string source_dir;  // config.json and tokenizer files come from here
+};
+
+struct TrainProgress {
+  int64_t iteration = 0;       // optimizer steps done
+  int64_t consumed_samples = 0;
+  int64_t skipped_iters = 0;
+  LoaderPosition data;
+};
+
+// Writes iteration `p.iteration` into `dir` (which holds args.json). Returns the path of the
+// HF copy when one was written, else "".
+std::string save_checkpoint(const std::string& dir, const model::TrainModel& model, const Optimizer& opt,
+                            const LrScheduleConfig& lr, const TrainProgress& p, const CheckpointOptions& o);
+
+// What a Megatron dir's latest checkpoint adds to its weights for resuming: progress, and the
+// optimizer state and fp32 masters (copied into `model` and `opt`) when present and wanted.
+struct ResumeState {
+  TrainProgress progress;
+  bool had_optimizer = false, had_rng = false;
+};
+ResumeState load_training_state(const std::string& dir, model::TrainModel& model, Optimizer& opt, bool load_optim,
+                                bool load_rng);
+
+}  // namespace moe::train

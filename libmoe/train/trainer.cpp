@@ -1,0 +1,188 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/mapped_file.h"
+#include "train/data_loader.h"
+#include "train/metrics.h"
+#include "train/svg_plot.h"
+
+namespace moe::train {
+
+namespace fs = std::filesystem;
+
+int64_t iterations_for_epochs(int64_t rows, int mbs, int gbs, int epochs) {
+  return (rows / mbs) * mbs * epochs / gbs;
+}
+
+namespace {
+
+std::vector<ParamRef> param_refs(model::TrainModel& m) {
+  std::vector<ParamRef> refs;
+  for (auto& [name, t] : m.params())
+    refs.push_back({name, t.f32(), m.grads().at(name).f32(), size_t(t.numel()), decays(name)});
+  return refs;
+}
+
+model::MicroBatchView view(const MicroBatch& mb) { return {mb.tokens, mb.labels, mb.position_ids, mb.cu_seqlens}; }
+
+struct History {
+  Series loss, lr, grad_norm, eval_loss;
+  std::vector<std::vector<double>> expert_load;  // [layer][expert], summed over the run
+};
+
+void write_plots(const std::string& out, const History& h) {
+  const fs::path img = fs::path(out) / "images";
+  fs::create_directories(img);
+  write_file_atomic((img / "train_loss.svg").string(), svg_line_plot("train loss", h.loss));
+  write_file_atomic((img / "learning_rate.svg").string(), svg_line_plot("learning rate", h.lr));
+  write_file_atomic((img / "grad_norm.svg").string(), svg_line_plot("grad norm", h.grad_norm));
+  write_file_atomic((img / "eval_loss.svg").string(), svg_line_plot("eval loss", h.eval_loss));
+  write_file_atomic((img / "expert_load.svg").string(), svg_heatmap("tokens per expert", h.expert_load));
+}
+
+}  // namespace
+
+TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, const Datasets& data) {
+  const auto& mc = model.config();
+  if (cfg.global_batch_size % cfg.micro_batch_size != 0)
+    throw_input("--global_batch_size {} must be a multiple of --micro_batch_size {}", cfg.global_batch_size,
+                cfg.micro_batch_size);
+  const int accum = cfg.global_batch_size / cfg.micro_batch_size;  // DP = 1 on one process
+  DataLoader loader(data.train, cfg.micro_batch_size, cfg.packing, cfg.max_length, cfg.seed);
+  int64_t train_iters = cfg.train_iters;
+  if (train_iters <= 0) {
+    train_iters = iterations_for_epochs(loader.rows_per_epoch(), cfg.micro_batch_size, cfg.global_batch_size,
+                                        cfg.max_epochs);
+    if (train_iters <= 0)
+      throw_input("{} training rows make no global batch of {} over {} epoch(s); lower --global_batch_size or set "
+                  "--train_iters", loader.rows_per_epoch(), cfg.global_batch_size, cfg.max_epochs);
+  }
+  LrScheduleConfig lrc = cfg.lr;
+  LrSchedule sched(lrc, train_iters);
+  lrc.decay_iters = sched.decay_iters(), lrc.warmup_iters = sched.warmup_iters();
+  Optimizer opt(cfg.optim);
+  TrainProgress prog;
+  if (!cfg.resume_dir.empty()) {
+    auto rs = load_training_state(cfg.resume_dir, model, opt, cfg.load_optim, cfg.load_rng);
+    prog = rs.progress;
+    if (rs.had_rng) loader.restore(prog.data);
+    log().info("resuming at iteration {} (optimizer state {}, data position {})", prog.iteration,
+               rs.had_optimizer ? "restored" : "fresh", rs.had_rng ? "restored" : "from the start");
+  }
+  const auto params = param_refs(model);
+  const JsonlLog jl((fs::path(cfg.out_dir) / "logging.jsonl").string());
+  History hist;
+  hist.expert_load.assign(size_t(mc.num_layers), std::vector<double>(size_t(std::max(mc.num_experts, 0)), 0.0));
+  TrainResult res;
+  res.best_eval_loss = std::numeric_limits<double>::infinity();
+  const double flops_per_token = 6.0 * double(mc.num_active_parameters());
+  const auto t_start = std::chrono::steady_clock::now();
+  const int64_t first_iter = prog.iteration;
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(); };
+
+  auto evaluate = [&](int64_t iter) {
+    if (data.val.empty()) return;
+    DataLoader ev(data.val, cfg.micro_batch_size, false, cfg.max_length, cfg.seed, false);
+    const int64_t batches = cfg.eval_iters > 0 ? int64_t(cfg.eval_iters) * accum
+                                               : std::max<int64_t>(1, ev.rows_per_epoch() / cfg.micro_batch_size);
+    model::StepStats st;
+    for (int64_t b = 0; b < batches; ++b) st.add(model.evaluate(view(ev.next())));
+    const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
+    jl.write({{"eval_loss", loss}, {"eval_acc", double(st.correct) / double(std::max<int64_t>(st.loss_tokens, 1))},
+              {"iteration", std::to_string(iter) + "/" + std::to_string(train_iters)}});
+    log().info("eval at iteration {}: loss {:.6f}", iter, loss);
+    hist.eval_loss.push_back({double(iter), loss});
+    if (loss < res.best_eval_loss) res.best_eval_loss = loss, res.best_checkpoint = cfg.out_dir;
+  };
+  auto save = [&](int64_t iter) {
+    if (!cfg.save) return;
+    prog.iteration = iter, prog.data = loader.position();
+    save_checkpoint(cfg.out_dir, model, opt, lrc, prog, cfg.ckpt);
+    res.last_checkpoint = cfg.out_dir;
+    write_plots(cfg.out_dir, hist);
+  };
+
+  // Window sums for the log line.
+  double win_loss = 0, win_aux = 0, win_z = 0, win_time = 0;
+  int64_t win_tokens = 0, win_correct = 0, win_steps = 0, win_train_tokens = 0;
+  for (int64_t iter = prog.iteration + 1; iter <= train_iters; ++iter) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<MicroBatch> mbs;
+    int64_t loss_tokens = 0;
+    for (int a = 0; a < accum; ++a) {
+      mbs.push_back(loader.next());
+      loss_tokens += mbs.back().loss_tokens();
+    }
+    model.zero_grad();
+    model::StepStats st;
+    const float loss_scale = 1.0f / float(std::max<int64_t>(loss_tokens, 1));
+    for (const auto& mb : mbs) {
+      st.add(model.forward_backward(view(mb), loss_scale, 1.0f / float(accum)));
+      win_train_tokens += int64_t(mb.tokens.size());
+    }
+    const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
+    const double grad_norm = clip_grad_norm(params, cfg.clip_grad);
+    const double lr = sched.lr_at(iter - 1);  // Megatron: the schedule steps after the update
+    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+      ++prog.skipped_iters;
+      log().warn("iteration {}: loss {} / grad norm {} not finite, step skipped", iter, loss, grad_norm);
+    } else {
+      opt.step(params, float(lr));
+      model.update_expert_bias(st.tokens_per_expert);
+    }
+    prog.consumed_samples += cfg.global_batch_size;
+    for (int l = 0; l < mc.num_layers; ++l)
+      for (int e = 0; e < mc.num_experts; ++e)
+        hist.expert_load[size_t(l)][size_t(e)] += double(st.tokens_per_expert[size_t(l * mc.num_experts + e)]);
+    win_time += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    win_loss += st.lm_loss_sum, win_tokens += st.loss_tokens, win_correct += st.correct;
+    win_aux += st.aux_loss / accum, win_z += st.z_loss / accum, ++win_steps;
+    hist.loss.push_back({double(iter), loss}), hist.lr.push_back({double(iter), lr});
+    hist.grad_norm.push_back({double(iter), grad_norm});
+    res.last_loss = loss;
+
+    if (iter == first_iter + 1 || iter % cfg.log_interval == 0 || iter == train_iters) {
+      const double per_it = win_time / double(win_steps);
+      const double tok_s = double(win_train_tokens) / std::max(win_time, 1e-9);
+      nlohmann::json line = {{"loss", win_loss / double(std::max<int64_t>(win_tokens, 1))},
+                             {"acc", double(win_correct) / double(std::max<int64_t>(win_tokens, 1))},
+                             {"grad_norm", grad_norm},
+                             {"learning_rate", lr}};
+      if (mc.num_experts > 0) {
+        line["load_balancing_loss"] = win_aux / double(win_steps);
+        line["z_loss"] = win_z / double(win_steps);
+      }
+      line["skipped_iters"] = prog.skipped_iters;
+      line["tokens_per_s"] = tok_s;
+      line["tflops"] = tok_s * flops_per_token / 1e12;
+      line["iteration"] = std::to_string(iter) + "/" + std::to_string(train_iters);
+      line["elapsed_time"] = format_duration(elapsed());
+      line["remaining_time"] = format_duration(per_it * double(train_iters - iter));
+      line["memory(GiB)"] = peak_rss_gib();
+      line["train_speed(s/it)"] = per_it;
+      jl.write(line);
+      log().info("{}", line.dump());
+      win_loss = win_aux = win_z = win_time = 0, win_tokens = win_correct = win_steps = win_train_tokens = 0;
+    }
+    if (cfg.eval_interval > 0 && iter % cfg.eval_interval == 0 && iter != train_iters) evaluate(iter);
+    if (cfg.save_interval > 0 && iter % cfg.save_interval == 0 && iter != train_iters) save(iter);
+  }
+  res.iterations = train_iters, res.skipped = prog.skipped_iters;
+  evaluate(train_iters);
+  save(train_iters);
+  write_plots(cfg.out_dir, hist);
+  nlohmann::json fin = {{"last_model_checkpoint", res.last_checkpoint.empty() ? nullptr : nlohmann::json(res.last_checkpoint)},
+                        {"best_model_checkpoint", res.best_checkpoint.empty() ? nullptr : nlohmann::json(res.best_checkpoint)},
+                        {"best_metric", std::isfinite(res.best_eval_loss) ? nlohmann::json(res.best_eval_loss) : nullptr},
+                        {"global_step", train_iters},
+                        {"memory(GiB)", peak_rss_gib()}};
+  jl.write(fin);
+  return res;
+}
+
+}  // namespace moe::train

@@ -1,0 +1,50 @@
+// The training loop of `moectl pt` / `moectl sft` on one process: micro-batches accumulated
+// into global batches, loss normalised over the global batch's label tokens (Megatron's
+// per-token loss), auxiliary MoE losses averaged over micro-batches, gradient clipping, a
+// step skipped and counted when the loss or gradient norm is not finite, LR schedule,
+// logging, evaluation, checkpoints and plots.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "model/train_model.h"
+#include "train/checkpoint.h"
+#include "train/dataset.h"
+#include "train/lr_schedule.h"
+#include "train/optimizer.h"
+
+namespace moe::train {
+
+struct TrainerConfig {
+  int64_t train_iters = 0;  // 0: from max_epochs
+  int max_epochs = 1;
+  int micro_batch_size = 1, global_batch_size = 16;
+  bool packing = false;
+  int max_length = 2048;
+  uint64_t seed = 42;
+  LrScheduleConfig lr;
+  OptimizerConfig optim;
+  double clip_grad = 1.0;
+  int log_interval = 5, eval_interval = 500, eval_iters = -1, save_interval = 500;
+  std::string out_dir;  // the versioned run directory
+  CheckpointOptions ckpt;
+  bool save = true;
+  // Resuming (--load without --finetune): continue from this Megatron dir's state.
+  std::string resume_dir;
+  bool load_optim = true, load_rng = true;
+};
+
+struct TrainResult {
+  int64_t iterations = 0, skipped = 0;
+  double last_loss = 0, best_eval_loss = 0;
+  std::string last_checkpoint, best_checkpoint;
+};
+
+// Runs the loop; `model` starts from the loaded or initialised weights.
+TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, const Datasets& data);
+
+// Megatron-SWIFT's iteration count for --max_epochs: whole global batches over the epochs.
+int64_t iterations_for_epochs(int64_t rows_per_epoch, int micro_batch_size, int global_batch_size, int epochs);
+
+}  // namespace moe::train
