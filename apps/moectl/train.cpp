@@ -80,6 +80,13 @@ void run(const TrainArgs& a) {
 
   moe::train::TrainerConfig t = a.t;
   t.max_length = a.max_length, t.packing = a.packing;
+  // Everything that can be refused is checked before the run dir exists.
+  moe::model::validate_train_options(a.m, lm.config);
+  if (t.train_iters > 0 || t.lr.decay_iters > 0) moe::train::LrSchedule(t.lr, std::max<int64_t>(t.train_iters, 1));
+  moe::train::Optimizer check_optimizer(t.optim);
+  if (t.micro_batch_size < 1 || t.global_batch_size % t.micro_batch_size != 0)
+    moe::throw_input("--global_batch_size {} must be a multiple of --micro_batch_size {}", t.global_batch_size,
+                     t.micro_batch_size);
   const std::string save_root = a.save.empty() ? "megatron_output/" + fs::path(src).filename().string() : a.save;
   t.out_dir = moe::train::make_output_dir(save_root, a.add_version);
   t.ckpt.dtype = dtype_from(a.torch_dtype, lm.config.params_dtype);

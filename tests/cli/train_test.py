@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""`moectl sft` / `moectl pt` end to end on the tiny MoE model (one process, CPU):
+- the Megatron-SWIFT quick start: HF -> mcore -> sft on self-cognition -> the run dir holds
+  args.json, logging.jsonl with swift's keys, images/*.svg, a Megatron checkpoint torch.load reads
+  with the optimizer state, and an HF copy infer reads; the loss falls;
+- resuming (--finetune false) from iteration 10 ends bit-identical to an uninterrupted run;
+- pt from a config-only dir (random init) with packing on a text dataset;
+- bad input: one-line errors, exit 2, no run dir written.
+Usage: train_test.py MOECTL SRC_DIR WORK_DIR"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import torch
+
+MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
+shutil.rmtree(WORK, ignore_errors=True)
+os.makedirs(WORK)
+failures = []
+
+
+def check(ok, what):
+    if not ok:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def run(args, rc=0):
+    p = subprocess.run([MOECTL] + args, capture_output=True, text=True, cwd=WORK)
+    assert p.returncode == rc, f"moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr[-3000:]}"
+    return p
+
+
+def run_dir(root):
+    dirs = sorted(glob.glob(os.path.join(root, "v*-*")))
+    assert len(dirs) == 1, f"{root}: expected one run dir, found {dirs}"
+    return dirs[0]
+
+
+hf, mcore = os.path.join(WORK, "hf"), os.path.join(WORK, "mcore")
+run(["init", "--config", os.path.join(SRC, "configs", "tiny-moe"), "--output_dir", hf])
+run(["export", "--model", hf, "--to_mcore", "true", "--output_dir", mcore])
+
+# --- the quick start: sft on self-cognition from the Megatron dir
+common = ["--dataset", "self-cognition#160", "--model_name", "小黄", "Xiao Huang", "--model_author", "魔搭", "ModelScope",
+          "--micro_batch_size", "2", "--global_batch_size", "8", "--lr", "1e-3", "--lr_warmup_iters", "2",
+          "--max_length", "256", "--log_interval", "5", "--moe_aux_loss_coeff", "0.01"]
+run(["sft", "--load", mcore, "--train_iters", "20", "--save", "quick", "--split_dataset_ratio", "0.05"] + common)
+d = run_dir(os.path.join(WORK, "quick"))
+for f in ["args.json", "logging.jsonl", "latest_checkpointed_iteration.txt", "config.json", "tokenizer.json",
+          "iter_0000020/mp_rank_00/model_optim_rng.pt", "checkpoint-20/model.safetensors", "checkpoint-20/config.json"]:
+    check(os.path.exists(os.path.join(d, f)), f"run dir lacks {f}")
+lines = [json.loads(l) for l in open(os.path.join(d, "logging.jsonl"))]
+train = [l for l in lines if "loss" in l]
+check([l["iteration"] for l in train] == ["1/20", "5/20", "10/20", "15/20", "20/20"], f"log iterations {train}")
+for k in ["loss", "acc", "grad_norm", "learning_rate", "load_balancing_loss", "elapsed_time", "remaining_time",
+          "memory(GiB)", "train_speed(s/it)", "tokens_per_s"]:
+    check(k in train[0], f"logging.jsonl lacks {k}")
+check(train[-1]["loss"] < train[0]["loss"] - 1.0, f"loss did not fall: {train[0]['loss']} -> {train[-1]['loss']}")
+check(train[0]["load_balancing_loss"] > 0, "aux loss not reported")
+check(any("eval_loss" in l for l in lines), "no eval line")
+check("last_model_checkpoint" in lines[-1], "no final summary line")
+for svg in ["train_loss", "learning_rate", "grad_norm", "eval_loss", "expert_load"]:
+    try:
+        ET.parse(os.path.join(d, "images", svg + ".svg"))
+    except Exception as e:  # noqa: BLE001
+        check(False, f"images/{svg}.svg: {e}")
+ck = torch.load(os.path.join(d, "iter_0000020/mp_rank_00/model_optim_rng.pt"))
+check(ck["iteration"] == 20, "iteration key")
+check("decoder.layers.0.mlp.router.weight" in ck["model"], "canonical names in model")
+check(ck["model"]["embedding.word_embeddings.weight"].shape[0] % 128 == 0, "vocab padded")
+opt = ck["optimizer"]
+check(len(opt["param_names"]) == len(opt["fp32_from_fp16_params"]), "optimizer masters per parameter")
+check(all("exp_avg" in s and "exp_avg_sq" in s for s in opt["optimizer"]["state"].values()), "adam state")
+# The trained model answers with its new identity (greedy), from the HF copy and after export.
+ans = subprocess.run([MOECTL, "infer", "--model", os.path.join(d, "checkpoint-20"), "--max_new_tokens", "24",
+                      "--temperature", "0"], input="who are you?\n", capture_output=True, text=True).stdout
+check("ModelScope" in ans or "Xiao Huang" in ans, f"fine-tuned answer lacks the new identity: {ans!r}")
+hf2 = os.path.join(WORK, "hf2")
+run(["export", "--mcore_model", d, "--to_hf", "true", "--output_dir", hf2])
+check(os.path.exists(os.path.join(hf2, "model.safetensors")), "export --to_hf of the trained run")
+
+# --- exact resume: 10 + 10 iterations == 20 iterations
+sched = ["--lr_decay_iters", "20", "--save_interval", "10", "--torch_dtype", "float32"] + common
+run(["sft", "--load", mcore, "--train_iters", "20", "--save", "full"] + sched)
+run(["sft", "--load", mcore, "--train_iters", "10", "--save", "half"] + sched)
+run(["sft", "--load", run_dir(os.path.join(WORK, "half")), "--finetune", "false", "--train_iters", "20",
+     "--save", "resumed"] + sched)
+a = torch.load(os.path.join(run_dir(os.path.join(WORK, "full")), "iter_0000020/mp_rank_00/model_optim_rng.pt"))
+b = torch.load(os.path.join(run_dir(os.path.join(WORK, "resumed")), "iter_0000020/mp_rank_00/model_optim_rng.pt"))
+same = all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"] if torch.is_tensor(a["model"][k]))
+check(same, "resumed run differs from the uninterrupted one")
+la = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "full")), "logging.jsonl"))]
+lb = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "resumed")), "logging.jsonl"))]
+check([l for l in la if l.get("iteration") == "20/20" and "loss" in l][0]["loss"] ==
+      [l for l in lb if l.get("iteration") == "20/20" and "loss" in l][0]["loss"], "loss at 20 differs after resume")
+
+# --- pt from a config-only dir (random init), packed text rows
+cfg_only = os.path.join(WORK, "cfg")
+os.makedirs(cfg_only)
+for f in ["config.json", "tokenizer.json", "tokenizer_config.json"]:
+    if os.path.exists(os.path.join(SRC, "configs", "tiny-moe", f)):
+        shutil.copy(os.path.join(SRC, "configs", "tiny-moe", f), cfg_only)
+corpus = os.path.join(WORK, "corpus.jsonl")
+with open(corpus, "w") as f:
+    for i in range(40):
+        f.write(json.dumps({"text": f"The number {i} follows {i - 1} and comes before {i + 1}."}) + "\n")
+run(["pt", "--model", cfg_only, "--dataset", corpus, "--packing", "true", "--max_length", "128", "--train_iters", "6",
+     "--global_batch_size", "4", "--lr", "1e-3", "--save", "pt", "--save_safetensors", "false", "--log_interval", "1"])
+pl = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "pt")), "logging.jsonl")) if '"loss"' in l]
+check(len(pl) == 6 and pl[-1]["loss"] < pl[0]["loss"], f"pt loss {[l['loss'] for l in pl]}")
+
+# --- bad input: one line, exit 2, nothing written
+for args, want in [
+    (["sft", "--load", mcore, "--dataset", "AI-ModelScope/alpaca-gpt4-data-en", "--save", "bad"], "local files"),
+    (["sft", "--load", mcore, "--dataset", "missing.jsonl", "--save", "bad"], "missing.jsonl"),
+    (["sft", "--load", mcore, "--dataset", "self-cognition", "--lr_decay_style", "step", "--save", "bad"],
+     "--lr_decay_style"),
+    (["sft", "--load", mcore, "--dataset", "self-cognition", "--global_batch_size", "3", "--micro_batch_size", "2",
+      "--save", "bad"], "--global_batch_size"),
+    (["sft", "--model", os.path.join(WORK, "nowhere"), "--dataset", "self-cognition", "--save", "bad"], "config.json"),
+]:
+    p = run(args, rc=2)
+    err = p.stderr.strip().splitlines()
+    check(len(err) >= 1 and want in err[-1], f"{args}: stderr {p.stderr!r}")
+bad_jsonl = os.path.join(WORK, "bad.jsonl")
+open(bad_jsonl, "w").write('{"query": "hi", "response": "yo"}\n{oops\n')
+p = run(["sft", "--load", mcore, "--dataset", bad_jsonl, "--save", "bad"], rc=2)
+check("bad.jsonl:2" in p.stderr, f"bad line not named: {p.stderr!r}")
+check(not os.path.exists(os.path.join(WORK, "bad")), "a failed start left an output dir behind")
+
+if failures:
+    sys.exit(f"{len(failures)} failure(s)")
+print("train tests passed")
