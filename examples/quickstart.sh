@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the embedded tiny model: install dependencies, build moectl, initialise the
-# tiny Qwen3-MoE model from configs/tiny-moe, convert it to Megatron's format and back, and chat
-# with the result (a batch of questions, then a short scripted interactive session). Idempotent; run from anywhere as root on Debian 12.
+# The main job on the embedded tiny model, as Megatron-SWIFT's quick start: install
+# dependencies, build moectl, initialise the tiny Qwen3-MoE model from configs/tiny-moe, convert
+# it to Megatron's format, fine-tune its self-cognition there, convert back to HF and chat with
+# the result (a batch of questions, then a short scripted interactive session). Idempotent; run
+# from anywhere as root on Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./third_party/install_deps.sh
@@ -11,13 +13,23 @@ MOECTL=build/apps/moectl/moectl
 OUT=${OUT:-out/quickstart}
 mkdir -p "$OUT"
 
-# HF-format weights for the tiny model (random until training lands; `moectl pt` will train it).
+# HF-format weights for the tiny model (random: the quick start teaches it who it is).
 $MOECTL init --config configs/tiny-moe --output_dir "$OUT/tiny-moe" --overwrite true
 
-# HF -> Megatron and back, as `swift export --to_mcore true` / `--to_hf true` (training on the
-# Megatron side, `moectl sft`, lands next).
+# HF -> Megatron, as `swift export --to_mcore true`.
 $MOECTL export --model "$OUT/tiny-moe" --to_mcore true --torch_dtype bfloat16 --output_dir "$OUT/tiny-moe-mcore" --overwrite true
-$MOECTL export --mcore_model "$OUT/tiny-moe-mcore" --to_hf true --torch_dtype bfloat16 --output_dir "$OUT/tiny-moe-hf" --overwrite true
+
+# Self-cognition fine-tuning on the Megatron side, as `megatron sft --load ... --dataset
+# swift/self-cognition#500 --model_name ... --model_author ...` (one CPU process here).
+rm -rf "$OUT/tiny-moe-sft"
+$MOECTL sft --load "$OUT/tiny-moe-mcore" --dataset 'self-cognition#400' \
+  --model_name 小黄 'Xiao Huang' --model_author 魔搭 ModelScope \
+  --max_epochs 3 --micro_batch_size 2 --global_batch_size 8 --lr 1e-3 --min_lr 1e-4 --lr_warmup_fraction 0.05 \
+  --max_length 512 --log_interval 10 --save "$OUT/tiny-moe-sft" --add_version false --save_safetensors false
+echo "training log: $OUT/tiny-moe-sft/logging.jsonl, plots: $OUT/tiny-moe-sft/images/"
+
+# Megatron -> HF, as `swift export --mcore_model ... --to_hf true`.
+$MOECTL export --mcore_model "$OUT/tiny-moe-sft" --to_hf true --torch_dtype bfloat16 --output_dir "$OUT/tiny-moe-hf" --overwrite true
 
 # Batch inference, as `swift infer --val_dataset ... --result_path ...`.
 $MOECTL infer --model "$OUT/tiny-moe-hf" --val_dataset examples/chat_questions.jsonl \
