@@ -54,11 +54,27 @@ void run(const TrainArgs& a) {
     moe::throw_input("{}: no config.json (pass an HF model dir or a Megatron dir written by moectl)", src);
   // Weights: a Megatron or HF checkpoint, or random init when the dir has only config + tokenizer.
   model::LoadedModel lm;
+  // The run directory's parent must be writable before any work is done.
+  const std::string save_root = a.save.empty() ? "megatron_output/" + fs::path(src).filename().string() : a.save;
+  {
+    std::error_code ec;
+    const bool existed = fs::exists(save_root);
+    fs::create_directories(save_root, ec);
+    const fs::path probe = fs::path(save_root) / ".moectl_write_test";
+    FILE* f = ec ? nullptr : std::fopen(probe.c_str(), "w");
+    if (!f) moe::throw_input("--save {}: cannot create or write to it (choose a writable directory)", save_root);
+    std::fclose(f);
+    fs::remove(probe);
+    if (!existed) fs::remove_all(save_root, ec);  // made again when the run starts
+  }
   const bool has_weights = fs::exists(fs::path(src) / "latest_checkpointed_iteration.txt") ||
                            fs::exists(fs::path(src) / "model.safetensors") ||
                            fs::exists(fs::path(src) / "model.safetensors.index.json") ||
                            fs::exists(fs::path(src) / "pytorch_model.bin") ||
                            fs::exists(fs::path(src) / "pytorch_model.bin.index.json");
+  if (!a.load.empty() && !has_weights)
+    moe::throw_input("--load {}: no checkpoint there (no latest_checkpointed_iteration.txt or safetensors); to train "
+                     "from random init pass the config dir as --model", a.load);
   if (has_weights) {
     lm = model::load_model(src);
   } else {
@@ -82,12 +98,11 @@ void run(const TrainArgs& a) {
   t.max_length = a.max_length, t.packing = a.packing;
   // Everything that can be refused is checked before the run dir exists.
   moe::model::validate_train_options(a.m, lm.config);
-  if (t.train_iters > 0 || t.lr.decay_iters > 0) moe::train::LrSchedule(t.lr, std::max<int64_t>(t.train_iters, 1));
+  moe::train::LrSchedule(t.lr, t.train_iters > 0 ? t.train_iters : int64_t(1) << 40);  // epochs: length not known yet
   moe::train::Optimizer check_optimizer(t.optim);
   if (t.micro_batch_size < 1 || t.global_batch_size % t.micro_batch_size != 0)
     moe::throw_input("--global_batch_size {} must be a multiple of --micro_batch_size {}", t.global_batch_size,
                      t.micro_batch_size);
-  const std::string save_root = a.save.empty() ? "megatron_output/" + fs::path(src).filename().string() : a.save;
   t.out_dir = moe::train::make_output_dir(save_root, a.add_version);
   t.ckpt.dtype = dtype_from(a.torch_dtype, lm.config.params_dtype);
   t.ckpt.save_optim = !a.no_save_optim, t.ckpt.save_rng = !a.no_save_rng, t.ckpt.save_safetensors = a.save_safetensors;

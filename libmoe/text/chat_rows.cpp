@@ -26,6 +26,13 @@ std::vector<Message> parse_conversation(const nlohmann::json& row, const std::st
         throw_input("{}: message role '{}' is not one of system, user, assistant", where, role);
       c.push_back({role, str_field(msg, "content", where)});
     }
+    for (size_t i = 0; i < c.size(); ++i) {
+      if (c[i].role == "system" && i > 0)
+        throw_input("{}: message {} is a system message; only the first message may be one", where, i + 1);
+      if (i > 0 && c[i].role != "system" && c[i].role == c[i - 1].role)
+        throw_input("{}: message {} ('{}') follows another '{}' message; user and assistant turns must alternate",
+                    where, i + 1, c[i].role, c[i].role);
+    }
     if (!system.empty() && c.front().role != "system") c.insert(c.begin(), {"system", system});
   } else if (row.contains("query")) {
     if (!system.empty()) c.push_back({"system", system});

@@ -85,7 +85,8 @@ run(["export", "--mcore_model", d, "--to_hf", "true", "--output_dir", hf2])
 check(os.path.exists(os.path.join(hf2, "model.safetensors")), "export --to_hf of the trained run")
 
 # --- exact resume: 10 + 10 iterations == 20 iterations
-sched = ["--lr_decay_iters", "20", "--save_interval", "10", "--torch_dtype", "float32"] + common
+every_step = [("1" if prev == "--log_interval" else a) for prev, a in zip([""] + common, common)]
+sched = ["--lr_decay_iters", "20", "--save_interval", "10", "--torch_dtype", "float32", "--clip_grad", "0.5"] + every_step
 run(["sft", "--load", mcore, "--train_iters", "20", "--save", "full"] + sched)
 run(["sft", "--load", mcore, "--train_iters", "10", "--save", "half"] + sched)
 run(["sft", "--load", run_dir(os.path.join(WORK, "half")), "--finetune", "false", "--train_iters", "20",
@@ -96,8 +97,8 @@ same = all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"] if torc
 check(same, "resumed run differs from the uninterrupted one")
 la = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "full")), "logging.jsonl"))]
 lb = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "resumed")), "logging.jsonl"))]
-check([l for l in la if l.get("iteration") == "20/20" and "loss" in l][0]["loss"] ==
-      [l for l in lb if l.get("iteration") == "20/20" and "loss" in l][0]["loss"], "loss at 20 differs after resume")
+last10 = lambda ls: [(l["iteration"], l["loss"], l["grad_norm"]) for l in ls if "loss" in l][-10:]
+check(last10(la) == last10(lb) and len(last10(la)) == 10, f"iterations 11-20 differ after resume:\n{last10(la)}\n{last10(lb)}")
 
 # --- pt from a config-only dir (random init), packed text rows
 cfg_only = os.path.join(WORK, "cfg")
@@ -115,6 +116,13 @@ pl = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "pt"))
 check(len(pl) == 6 and pl[-1]["loss"] < pl[0]["loss"], f"pt loss {[l['loss'] for l in pl]}")
 
 # --- bad input: one line, exit 2, nothing written
+def file_with(lines):
+    path = os.path.join(WORK, f"rows{len(os.listdir(WORK))}.jsonl")
+    open(path, "w").write("\n".join(lines) + "\n")
+    return path
+
+
+
 for args, want in [
     (["sft", "--load", mcore, "--dataset", "AI-ModelScope/alpaca-gpt4-data-en", "--save", "bad"], "local files"),
     (["sft", "--load", mcore, "--dataset", "missing.jsonl", "--save", "bad"], "missing.jsonl"),
@@ -131,6 +139,19 @@ bad_jsonl = os.path.join(WORK, "bad.jsonl")
 open(bad_jsonl, "w").write('{"query": "hi", "response": "yo"}\n{oops\n')
 p = run(["sft", "--load", mcore, "--dataset", bad_jsonl, "--save", "bad"], rc=2)
 check("bad.jsonl:2" in p.stderr, f"bad line not named: {p.stderr!r}")
+for args, want in [
+    (["--dataset", file_with(['{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}'])],
+     "alternate"),
+    (["--dataset", file_with(['{"question": "q"}'])], "a row needs"),
+    (["--dataset", file_with(['{"messages": [{"role": "user", "content": "only a question"}]}'])], "no trainable rows"),
+]:
+    p = run(["sft", "--load", mcore, "--save", "bad"] + args, rc=2)
+    check(want in p.stderr.strip().splitlines()[-1], f"{args}: stderr {p.stderr!r}")
+for args, want in [(["--load", mcore, "--dataset", "self-cognition", "--save", "/dev/null/sub"], "--save")]:
+    p = run(["sft"] + args, rc=2)
+    check(want in p.stderr.strip().splitlines()[-1], f"{args}: stderr {p.stderr!r}")
+p = run(["sft", "--load", cfg_only, "--dataset", "self-cognition", "--save", "bad"], rc=2)
+check("no checkpoint" in p.stderr, f"--load without weights: {p.stderr!r}")
 check(not os.path.exists(os.path.join(WORK, "bad")), "a failed start left an output dir behind")
 
 if failures:
