@@ -115,6 +115,23 @@ run(["pt", "--model", cfg_only, "--dataset", corpus, "--packing", "true", "--max
 pl = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "pt")), "logging.jsonl")) if '"loss"' in l]
 check(len(pl) == 6 and pl[-1]["loss"] < pl[0]["loss"], f"pt loss {[l['loss'] for l in pl]}")
 
+# --- InternEvo's MoE pre-training target, scaled down: a 4-expert top-2 model on dummy data
+# gets below loss 0.325 before step 100.
+ie = os.path.join(WORK, "ie")
+os.makedirs(ie)
+cfg = json.load(open(os.path.join(SRC, "configs", "tiny-moe", "config.json")))
+cfg.update(num_experts=4, num_experts_per_tok=2)
+json.dump(cfg, open(os.path.join(ie, "config.json"), "w"))
+for f in ["tokenizer.json", "tokenizer_config.json"]:
+    shutil.copy(os.path.join(SRC, "configs", "tiny-moe", f), ie)
+run(["pt", "--model", ie, "--dataset", "dummy#16", "--max_length", "64", "--train_iters", "60", "--global_batch_size",
+     "16", "--micro_batch_size", "4", "--lr", "3e-3", "--min_lr", "3e-4", "--lr_warmup_iters", "5", "--save", "ie_out",
+     "--save_safetensors", "false", "--no_save_optim", "true", "--log_interval", "10"])
+il = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "ie_out")), "logging.jsonl")) if '"loss"' in l]
+print("dummy pre-training:", [(l["iteration"], l["loss"], round(l["tokens_per_s"]), l["tflops"]) for l in il])
+check(min(l["loss"] for l in il) < 0.325, f"dummy pre-training loss stays above 0.325: {[l['loss'] for l in il]}")
+check(all(l["tokens_per_s"] > 0 and l["tflops"] > 0 for l in il), "tokens/s and TFLOP/s logged")
+
 # --- bad input: one line, exit 2, nothing written
 def file_with(lines):
     path = os.path.join(WORK, f"rows{len(os.listdir(WORK))}.jsonl")
