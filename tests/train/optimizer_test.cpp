@@ -70,6 +70,55 @@ void check_against_torch(const std::string& type) {
 TEST(Optimizer, AdamWMatchesTorch) { check_against_torch("adam"); }
 TEST(Optimizer, SgdMomentumMatchesTorch) { check_against_torch("sgd"); }
 
+// 10 AdamW steps with clipping at 1.0 and a warmup + cosine schedule, one decayed and one
+// non-decayed parameter, against torch.optim.AdamW with torch's clip_grad_norm_ and the schedule
+// written again in Python from Megatron's formula.
+TEST(Optimizer, AdamWWithClippingAndScheduleMatchesTorch) {
+  if (!have_torch()) GTEST_SKIP() << "/usr/bin/python3 with torch not available";
+  const int steps = 10, n = 8;
+  std::vector<float> w(n), b(n), gw(n), gb(n);
+  for (int i = 0; i < n; ++i) w[size_t(i)] = std::cos(float(i)), b[size_t(i)] = 0.1f * float(i);
+  auto grad = [](int s, int i, int which) { return (which ? 0.3f : 2.0f) * std::sin(float(s * 13 + i * 3 + which)); };
+  LrScheduleConfig lc;
+  lc.lr = 1e-2, lc.min_lr = 1e-3, lc.warmup_iters = 3, lc.style = "cosine";
+  LrSchedule sched(lc, steps);
+  Optimizer opt(OptimizerConfig{});
+  ParamRef refs[] = {{"w", w.data(), gw.data(), size_t(n), true}, {"b.bias", b.data(), gb.data(), size_t(n), false}};
+  for (int s = 0; s < steps; ++s) {
+    for (int i = 0; i < n; ++i) gw[size_t(i)] = grad(s, i, 0), gb[size_t(i)] = grad(s, i, 1);
+    clip_grad_norm(refs, 1.0);
+    opt.step(refs, float(sched.lr_at(s + 1)));
+  }
+  std::ostringstream py;
+  py << "import math, torch\nn=" << n << "\n"
+     << "w=torch.nn.Parameter(torch.tensor([math.cos(i) for i in range(n)],dtype=torch.float32))\n"
+     << "b=torch.nn.Parameter(torch.tensor([0.1*i for i in range(n)],dtype=torch.float32))\n"
+     << "o=torch.optim.AdamW([{'params':[w],'weight_decay':0.1},{'params':[b],'weight_decay':0.0}],lr=1e-2,"
+        "betas=(0.9,0.95),eps=1e-8)\n"
+     << "def lr(s):\n  if s<=3: return 1e-2*s/3\n  r=(s-3)/(10-3)\n  return 1e-3+0.5*(math.cos(math.pi*r)+1)*(1e-2-1e-3)\n"
+     << "for s in range(10):\n"
+     << "  w.grad=torch.tensor([2.0*math.sin(s*13+i*3) for i in range(n)],dtype=torch.float32)\n"
+     << "  b.grad=torch.tensor([0.3*math.sin(s*13+i*3+1) for i in range(n)],dtype=torch.float32)\n"
+     << "  torch.nn.utils.clip_grad_norm_([w,b],1.0)\n"
+     << "  for g in o.param_groups: g['lr']=lr(s+1)\n"
+     << "  o.step()\n"
+     << "print(' '.join('%.9g'%v for v in w.tolist()+b.tolist()))\n";
+  testing::TempDir dir;
+  testing::write_file(dir.file("ref.py"), py.str());
+  FILE* f = popen(("/usr/bin/python3 " + dir.file("ref.py")).c_str(), "r");
+  std::vector<double> want;
+  double v;
+  while (f && std::fscanf(f, "%lf", &v) == 1) want.push_back(v);
+  if (f) pclose(f);
+  ASSERT_EQ(want.size(), size_t(2 * n));
+  double num = 0, den = 0;
+  for (int i = 0; i < n; ++i) {
+    num += std::pow(w[size_t(i)] - want[size_t(i)], 2) + std::pow(b[size_t(i)] - want[size_t(n + i)], 2);
+    den += std::pow(want[size_t(i)], 2) + std::pow(want[size_t(n + i)], 2);
+  }
+  EXPECT_LT(std::sqrt(num / den), 1e-5);
+}
+
 TEST(Optimizer, NoDecayForNormsAndBiases) {
   EXPECT_FALSE(decays("decoder.layers.0.self_attention.linear_qkv.layer_norm_weight"));
   EXPECT_FALSE(decays("decoder.final_layernorm.weight"));
