@@ -5,12 +5,33 @@
 #include <numeric>
 #include <random>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
+#include "core/log.h"
 
 namespace moe::train {
 
 int64_t MicroBatch::loss_tokens() const {
   return std::count_if(labels.begin(), labels.end(), [](int32_t l) { return l >= 0; });
+}
+
+nlohmann::json to_json(const LoaderPosition& p) {
+  return {{"epoch", p.epoch}, {"index", p.index}, {"seed", p.seed}};
+}
+
+LoaderPosition loader_position_from_json(const nlohmann::json& j) {
+  auto get = [&](const char* k) {
+    const bool ok = j.is_object() && j.contains(k) &&
+                    (j[k].is_number_unsigned() || (j[k].is_number_integer() && j[k].get<int64_t>() >= 0));
+    if (!ok)
+      throw_input("data position: field '{}' must be a non-negative integer", k);
+    return j[k].get<uint64_t>();
+  };
+  LoaderPosition p;
+  p.epoch = int64_t(get("epoch")), p.index = int64_t(get("index"));
+  if (j.is_object() && j.contains("seed")) p.seed = get("seed");
+  return p;
 }
 
 namespace {
@@ -45,7 +66,11 @@ DataLoader::DataLoader(const std::vector<Sample>& samples, int mbs, bool packing
     : samples_(samples), mbs_(mbs), seed_(seed), shuffle_(shuffle) {
   if (mbs < 1) throw_input("--micro_batch_size must be >= 1, got {}", mbs);
   MOE_ASSERT(!samples.empty(), "data loader over no samples");
+  pos_.seed = seed;
   if (packing) {
+    for (const auto& s : samples)
+      MOE_ASSERT(!s.tokens.empty() && s.tokens.size() <= size_t(max_length) && s.labels.size() == s.tokens.size(),
+                 "packing a sample of {} tokens into rows of {}", s.tokens.size(), max_length);
     rows_ = pack(samples, max_length);
   } else {
     for (size_t i = 0; i < samples.size(); ++i) rows_.push_back({int32_t(i)});
@@ -63,13 +88,26 @@ void DataLoader::order_epoch() {
 }
 
 void DataLoader::restore(LoaderPosition p) {
+  if (p.seed != 0 && p.seed != seed_)
+    log().warn("the saved data position was taken with seed {}, this run uses seed {}: the data order differs", p.seed,
+               seed_);
   pos_ = p;
+  pos_.seed = seed_;
+  if (pos_.epoch < 0) pos_.epoch = 0;
+  if (pos_.index < 0) pos_.index = 0;
   if (pos_.index > int64_t(rows_.size())) pos_.index = int64_t(rows_.size());
   order_epoch();
 }
 
 MicroBatch DataLoader::next() {
   MicroBatch mb;
+  next(mb);
+  return mb;
+}
+
+void DataLoader::next(MicroBatch& mb) {
+  mb.tokens.clear(), mb.labels.clear(), mb.position_ids.clear(), mb.cu_seqlens.clear();
+  mb.rows = 0;
   mb.cu_seqlens.push_back(0);
   for (int r = 0; r < mbs_; ++r) {
     if (pos_.index >= int64_t(rows_.size())) {
@@ -85,7 +123,6 @@ MicroBatch DataLoader::next() {
     }
     ++pos_.index, ++mb.rows;
   }
-  return mb;
 }
 
 }  // namespace moe::train

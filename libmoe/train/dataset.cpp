@@ -1,6 +1,7 @@
 #include "train/dataset.h"
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <numeric>
 #include <random>
@@ -19,53 +20,57 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using Conversation = std::vector<text::Message>;
+using text::Conversation;
 
-struct Spec {
-  std::string name;  // path, "self-cognition" or "dummy"
-  int64_t n = -1;    // #N, -1 = all rows
+struct Row {
+  Conversation conv;
+  std::string where;  // file:line, for errors
 };
 
-Spec parse_spec(const std::string& s) {
-  if (fs::exists(s)) return {s, -1};  // a path wins even if it contains '#'
-  Spec spec{s, -1};
-  if (auto h = s.rfind('#'); h != std::string::npos) {
-    const std::string num = s.substr(h + 1);
-    if (num.empty() || !std::all_of(num.begin(), num.end(), ::isdigit))
-      throw_input("--dataset '{}': the part after '#' must be a row count", s);
-    spec.name = s.substr(0, h), spec.n = std::stoll(num);
-  }
-  if (spec.name == "swift/self-cognition" || spec.name == "modelscope/self-cognition") spec.name = "self-cognition";
-  return spec;
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 void substitute(std::string& s, const std::string& key, const std::string& value) {
   for (size_t p = s.find(key); p != std::string::npos; p = s.find(key, p + value.size())) s.replace(p, key.size(), value);
 }
 
-// Rows of a .jsonl (one object per line) or .json (an array of objects) text.
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& x : v) out += (out.empty() ? "" : " / ") + x;
+  return out;
+}
+
+// Rows of a .jsonl (one object per line) or .json text. A .json file is one array of rows, or
+// JSON lines under a .json name (HF datasets reads both). Each row gets "__where" for errors.
 std::vector<nlohmann::json> parse_rows(const std::string& text, const std::string& file) {
   std::vector<nlohmann::json> rows;
-  const bool array = file.size() >= 5 && file.compare(file.size() - 5, 5, ".json") == 0;
-  if (array) {
+  if (ends_with(file, ".json")) {
     auto j = nlohmann::json::parse(text, nullptr, false);
-    if (j.is_discarded() || !j.is_array()) throw_input("{}: a .json dataset must be one JSON array of rows", file);
-    for (auto& r : j) rows.push_back(std::move(r));
-    return rows;
+    if (!j.is_discarded()) {
+      if (!j.is_array()) throw_input("{}: a .json dataset must be one JSON array of rows (or JSON lines)", file);
+      for (size_t i = 0; i < j.size(); ++i) {
+        if (j[i].is_object()) j[i]["__where"] = file + "[" + std::to_string(i) + "]";
+        rows.push_back(std::move(j[i]));
+      }
+      return rows;
+    }
   }
   std::istringstream in(text);
   std::string line;
   for (int ln = 1; std::getline(in, line); ++ln) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded()) throw_input("{}:{}: not valid JSON", file, ln);
+    if (j.is_discarded()) throw_input("{}:{}: not valid JSON (each line must be one JSON object)", file, ln);
+    if (!j.is_object()) throw_input("{}:{}: each line must be a JSON object", file, ln);
     j["__where"] = file + ":" + std::to_string(ln);
     rows.push_back(std::move(j));
   }
   return rows;
 }
 
-// #N: fewer rows sample without replacement; more repeat the whole set, then sample the rest.
+// #N: fewer rows sample without replacement; more repeat the whole set N / size times, then
+// sample the remaining N % size without replacement (swift's rule).
 std::vector<size_t> sample_indices(size_t size, int64_t n, std::mt19937_64& rng) {
   std::vector<size_t> all(size);
   std::iota(all.begin(), all.end(), size_t(0));
@@ -77,17 +82,41 @@ std::vector<size_t> sample_indices(size_t size, int64_t n, std::mt19937_64& rng)
   return out;
 }
 
-std::vector<Conversation> load_spec(const std::string& raw, const DatasetOptions& o, std::mt19937_64& rng,
-                                    const text::Tokenizer& tok, std::vector<Sample>* dummies) {
-  const Spec spec = parse_spec(raw);
-  std::vector<nlohmann::json> rows;
-  std::string file = spec.name;
+[[noreturn]] void missing_dataset(const std::string& name) {
+  std::string prefix = name.substr(0, 4);
+  for (auto& ch : prefix) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  const bool hub = prefix == "ms::" || prefix == "hf::" ||
+                   (name.find('/') != std::string::npos && !ends_with(name, ".jsonl") && !ends_with(name, ".json") &&
+                    name.front() != '.' && name.front() != '/');
+  if (hub)
+    throw_input("--dataset '{}' is not a local file, and moectl reads local files only (no hub downloads): download "
+                "it first (e.g. `modelscope download --dataset {} --local_dir data/`) and pass the .jsonl/.json file",
+                name, name);
+  throw_input("--dataset '{}': no such file (moectl reads local .jsonl/.json files, self-cognition or dummy#N)", name);
+}
+
+// self-cognition's {{NAME}}/{{AUTHOR}}: zh rows take element 0, others element 1; one value serves both.
+void fill_self_cognition(nlohmann::json& row, const DatasetOptions& o) {
+  const bool zh = row.value("tag", "") == "zh";
+  auto pick = [&](const std::vector<std::string>& v) { return v[zh || v.size() == 1 ? 0 : 1]; };
+  for (const char* k : {"query", "response"}) {
+    if (!row.contains(k) || !row[k].is_string()) continue;
+    std::string s = row[k].get<std::string>();
+    if (!o.model_name.empty()) substitute(s, "{{NAME}}", pick(o.model_name));
+    if (!o.model_author.empty()) substitute(s, "{{AUTHOR}}", pick(o.model_author));
+    row[k] = s;
+  }
+}
+
+std::vector<Row> load_spec(const std::string& raw, const DatasetOptions& o, std::mt19937_64& rng,
+                           const text::Tokenizer& tok, std::vector<Sample>* dummies) {
+  const DatasetSpec spec = parse_dataset_spec(raw);
   if (spec.name == "dummy") {
     if (spec.n <= 0) throw_input("--dataset dummy needs a row count, e.g. dummy#1000");
     std::uniform_int_distribution<int32_t> id(0, tok.vocab_size() - 1);
     for (int64_t r = 0; r < spec.n; ++r) {
       Sample s;
-      s.tokens.resize(size_t(o.max_length));
+      s.tokens.resize(static_cast<size_t>(o.max_length));
       for (auto& t : s.tokens) t = id(rng);
       s.labels.assign(s.tokens.begin() + 1, s.tokens.end());
       s.labels.push_back(-100);
@@ -95,63 +124,75 @@ std::vector<Conversation> load_spec(const std::string& raw, const DatasetOptions
     }
     return {};
   }
-  if (spec.name == "self-cognition") {
-    rows = parse_rows(self_cognition_jsonl(), "self-cognition.jsonl");
+  std::vector<nlohmann::json> rows;
+  std::string file = spec.name;
+  const bool self_cognition = spec.name == "self-cognition";
+  if (self_cognition) {
+    file = "self-cognition.jsonl";
+    rows = parse_rows(self_cognition_jsonl(), file);
+    if (o.model_name.empty() || o.model_author.empty())
+      log().warn("--dataset self-cognition without --model_name and --model_author: the {{{{NAME}}}} and "
+                 "{{{{AUTHOR}}}} placeholders stay literal");
+    else
+      log().info("self-cognition: name {}, author {}", join(o.model_name), join(o.model_author));
   } else {
-    if (!fs::exists(spec.name)) {
-      if (spec.name.find('/') != std::string::npos && spec.name.find('.') == std::string::npos)
-        throw_input("--dataset '{}' looks like a hub id; moectl reads local files only: download it (e.g. "
-                    "`modelscope download --dataset {} --local_dir DIR`) and pass DIR's .jsonl file",
-                    spec.name, spec.name);
-      throw_input("--dataset '{}': no such file (moectl reads local .jsonl/.json files, or self-cognition, dummy#N)",
-                  spec.name);
-    }
+    if (!fs::is_regular_file(spec.name)) missing_dataset(spec.name);
     rows = parse_rows(read_text_file(spec.name), spec.name);
   }
   if (rows.empty()) throw_input("--dataset '{}' has no rows", raw);
-  std::vector<Conversation> out;
+  std::vector<Row> out;
   for (size_t i : sample_indices(rows.size(), spec.n, rng)) {
     nlohmann::json row = rows[i];
-    const std::string where = row.contains("__where") ? row["__where"].get<std::string>() : file;
-    row.erase("__where");
-    if (spec.name == "self-cognition") {
-      const bool zh = row.value("tag", "") == "zh";
-      auto pick = [&](const std::vector<std::string>& v) { return v.empty() ? "" : v[zh || v.size() == 1 ? 0 : 1]; };
-      for (const char* k : {"query", "response"}) {
-        std::string s = row.value(k, "");
-        if (!o.model_name.empty()) substitute(s, "{{NAME}}", pick(o.model_name));
-        if (!o.model_author.empty()) substitute(s, "{{AUTHOR}}", pick(o.model_author));
-        row[k] = s;
-      }
+    std::string where = file;
+    if (row.is_object() && row.contains("__where")) {
+      where = row["__where"].get<std::string>();
+      row.erase("__where");
     }
-    out.push_back(text::parse_conversation(row, where));
+    if (self_cognition) fill_self_cognition(row, o);
+    out.push_back({text::parse_conversation_row(row, where), where});
   }
   return out;
 }
 
-// Token ids and labels of one conversation; nullopt-like empty sample if it has no loss token.
-Sample tokenize(const Conversation& conv, const DatasetOptions& o, const text::Tokenizer& tok,
-                const text::ChatTemplate& tmpl) {
-  Conversation c = conv;
-  // System precedence: the row's own > --system > the template's default.
-  if (!o.pretrain && (c.empty() || c.front().role != "system")) {
-    const std::string sys = o.system_given ? o.system : tmpl.default_system();
-    if (!sys.empty()) c.insert(c.begin(), {"system", sys});
-  }
+// Token ids and labels of one conversation (labels all -100 when nothing is trained).
+Sample tokenize(Row row, const DatasetOptions& o, const text::Tokenizer& tok, const text::ChatTemplate& tmpl) {
+  auto& msgs = row.conv.messages;
+  auto& loss = row.conv.loss;
   std::vector<int32_t> ids;
   std::vector<uint8_t> mask;
-  if (o.pretrain && c.size() == 1 && c[0].role == "assistant") {
+  if (o.pretrain && msgs.size() == 1 && msgs[0].role == "assistant") {
     // Generation template: [bos] text <eos>, every token trained.
     if (tok.bos_id() >= 0) ids.push_back(tok.bos_id());
-    auto body = tok.encode(c[0].content);
+    const auto body = tok.encode(msgs[0].content);
     ids.insert(ids.end(), body.begin(), body.end());
     if (tok.eos_id() >= 0) ids.push_back(tok.eos_id());
-    mask.assign(ids.size(), 1);
+    mask.assign(ids.size(), loss[0] == 0 ? 0 : 1);
   } else {
-    auto r = tmpl.render(c, tok, false);
+    // System precedence: the row's own > --system > the template's default (sft only; pt
+    // trains on the text as given).
+    if (!o.pretrain && (msgs.empty() || msgs.front().role != "system")) {
+      const std::string sys = o.system_given ? o.system : tmpl.default_system();
+      if (!sys.empty()) msgs.insert(msgs.begin(), {"system", sys}), loss.insert(loss.begin(), int8_t(-1));
+    }
+    // A reply with no question (a text row in sft) gets an empty user turn, as swift does.
+    const size_t first = !msgs.empty() && msgs[0].role == "system" ? 1 : 0;
+    if (first < msgs.size() && msgs[first].role == "assistant") {
+      msgs.insert(msgs.begin() + long(first), {"user", ""});
+      loss.insert(loss.begin() + long(first), int8_t(-1));
+    }
+    auto r = tmpl.render(msgs, tok, false);
     ids = std::move(r.ids);
-    mask = o.pretrain ? std::vector<uint8_t>(ids.size(), 1) : std::move(r.loss_mask);
+    mask = std::move(r.loss_mask);
+    if (o.pretrain) {
+      // Every token, except replies the row marks "loss": false.
+      std::vector<uint8_t> kept = mask;
+      text::apply_loss_overrides(row.conv, kept, row.where);
+      for (size_t t = 0; t < mask.size(); ++t) mask[t] = mask[t] && !kept[t] ? 0 : 1;
+    } else {
+      text::apply_loss_overrides(row.conv, mask, row.where);
+    }
   }
+  // The target of position t is token t + 1; the first token is never a target.
   Sample s;
   s.tokens = ids;
   s.labels.assign(ids.size(), -100);
@@ -179,14 +220,17 @@ std::vector<Sample> build(const std::vector<std::string>& specs, const DatasetOp
   std::vector<Sample> out;
   for (const auto& spec : specs) {
     std::vector<Sample> dummies;
-    for (const auto& conv : load_spec(spec, o, rng, tok, &dummies)) {
+    for (auto& row : load_spec(spec, o, rng, tok, &dummies)) {
       ++d.rows_read;
-      Sample s = tokenize(conv, o, tok, tmpl);
+      Sample s = tokenize(std::move(row), o, tok, tmpl);
       if (!truncate(s, o)) {
         ++d.dropped_too_long;
         continue;
       }
-      if (std::none_of(s.labels.begin(), s.labels.end(), [](int32_t l) { return l >= 0; })) continue;
+      if (std::none_of(s.labels.begin(), s.labels.end(), [](int32_t l) { return l >= 0; })) {
+        ++d.dropped_no_loss;
+        continue;
+      }
       out.push_back(std::move(s));
     }
     d.rows_read += int64_t(dummies.size());
@@ -196,6 +240,21 @@ std::vector<Sample> build(const std::vector<std::string>& specs, const DatasetOp
 }
 
 }  // namespace
+
+DatasetSpec parse_dataset_spec(const std::string& s) {
+  if (fs::exists(s)) return {s, -1};  // a path wins even if it contains '#'
+  DatasetSpec spec{s, -1};
+  if (auto h = s.rfind('#'); h != std::string::npos) {
+    const std::string num = s.substr(h + 1);
+    if (num.empty() || num.size() > 15 || !std::all_of(num.begin(), num.end(), ::isdigit) || std::stoll(num) == 0)
+      throw_input("--dataset '{}': the part after '#' must be a positive row count", s);
+    spec.name = s.substr(0, h), spec.n = std::stoll(num);
+  }
+  if (spec.name == "swift/self-cognition" || spec.name == "modelscope/self-cognition" ||
+      spec.name == "ms::swift/self-cognition" || spec.name == "hf::modelscope/self-cognition")
+    spec.name = "self-cognition";
+  return spec;
+}
 
 Datasets load_datasets(const DatasetOptions& o, const text::Tokenizer& tok, const text::ChatTemplate& tmpl) {
   if (o.specs.empty()) throw_input("--dataset is required (a .jsonl file, self-cognition#N or dummy#N)");
@@ -219,6 +278,9 @@ Datasets load_datasets(const DatasetOptions& o, const text::Tokenizer& tok, cons
   if (d.dropped_too_long > 0)
     log().warn("dropped {} of {} rows longer than --max_length {} (--truncation_strategy delete)", d.dropped_too_long,
                d.rows_read, o.max_length);
+  if (d.dropped_no_loss > 0)
+    log().warn("dropped {} of {} rows with no token to train on (no assistant reply, or every reply \"loss\": false)",
+               d.dropped_no_loss, d.rows_read);
   if (d.train.empty()) throw_input("--dataset: no trainable rows left (all too long or without assistant turns)");
   return d;
 }

@@ -33,10 +33,22 @@ struct DatasetOptions {
 
 struct Datasets {
   std::vector<Sample> train, val;
-  int64_t rows_read = 0, dropped_too_long = 0;
+  int64_t rows_read = 0;
+  int64_t dropped_too_long = 0;  // --truncation_strategy delete
+  int64_t dropped_no_loss = 0;   // nothing left to train on (no assistant reply, or all masked)
 };
 
-// InputError naming the spec, file:line or field for anything unreadable.
+// One --dataset entry as swift's DatasetSyntax reads it: an existing path is taken whole;
+// otherwise '#N' is split off the right. Aliases of the built-in sets are normalised
+// ("swift/self-cognition" -> "self-cognition"). InputError for a '#' not followed by a positive count.
+struct DatasetSpec {
+  std::string name;  // a path, "self-cognition" or "dummy"
+  int64_t n = -1;    // #N, -1 = every row once
+};
+DatasetSpec parse_dataset_spec(const std::string& spec);
+
+// InputError naming the spec, file:line (file[i] in a .json array) and field for anything
+// unreadable, a hub id (moectl reads local files), or nothing left to train on.
 Datasets load_datasets(const DatasetOptions& o, const text::Tokenizer& tok, const text::ChatTemplate& tmpl);
 
 // The built-in self-cognition rows (examples/self_cognition.jsonl, compiled in).
