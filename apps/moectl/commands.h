@@ -10,4 +10,5 @@ void add_init_command(CLI::App& root);
 void add_export_command(CLI::App& root);
 void add_pt_command(CLI::App& root);
 void add_sft_command(CLI::App& root);
+void add_plan_command(CLI::App& root);
 }  // namespace moectl

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   moectl::add_export_command(app);
   moectl::add_pt_command(app);
   moectl::add_sft_command(app);
+  moectl::add_plan_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

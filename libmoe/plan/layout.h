@@ -1,0 +1,53 @@
+// Layout: one candidate way to train a model on a cluster (parallel sizes, micro-batch,
+// recompute), TrainingOptions: what the user fixed about the run. Layouts have a text form
+// used by --explain/--why_not:  tp2,pp4,vpp1,ep8,etp1,cp1,dp4,mbs1,recompute=full
+// (any subset, in any order; missing keys default: sizes 1, etp = tp, dp from the world size).
+#pragma once
+#include <optional>
+#include <string>
+
+namespace moe::plan {
+
+enum class Recompute { kNone, kSelective, kFull };
+const char* to_string(Recompute r);
+// "none" | "selective" | "full"; false for anything else.
+bool parse_recompute(const std::string& s, Recompute* out);
+
+struct Layout {
+  int tp = 1, pp = 1, vpp = 1, ep = 1, etp = 1, cp = 1, dp = 1;
+  int micro_batch_size = 1;
+  Recompute recompute = Recompute::kNone;
+  bool sequence_parallel = false;  // on whenever tp > 1 unless the user turned it off
+  int world() const { return tp * pp * cp * dp; }
+  // Expert data-parallel size: the ranks of one PP stage that hold the same experts.
+  int edp() const { return tp * cp * dp / (ep * etp); }
+  bool operator==(const Layout&) const = default;
+};
+
+// tp2,pp4,vpp1,ep8,etp1,cp1,dp4,mbs1,recompute=full (canonical order, every key).
+std::string to_string(const Layout& l);
+// Parses the text form. `world` (if > 0) derives dp when it is not given; `default_mbs` and
+// `default_recompute` fill those keys. InputError naming `flag` and the bad key.
+Layout parse_layout(const std::string& text, const std::string& flag, int world, int default_mbs,
+                    Recompute default_recompute);
+
+enum class Precision { kBf16, kFp8, kFp32 };
+
+struct TrainingOptions {
+  int64_t seq_length = 4096;
+  int64_t global_batch_size = 1024;
+  bool use_distributed_optimizer = true;
+  Precision precision = Precision::kBf16;
+  bool dispatcher_alltoall = true;       // false = allgather dispatcher
+  double moe_expert_capacity_factor = 0;  // 0 = dropless
+  // Dropless routing: the most-loaded EP rank gets more than the mean number of tokens; this
+  // factor scales every token-proportional expert term in memory (capacity factor if set).
+  double moe_imbalance_factor = 1.1;
+  bool allow_sequence_parallel = true;
+  int make_vocab_size_divisible_by = 128;
+  double expert_tokens_factor() const {
+    return moe_expert_capacity_factor > 0 ? moe_expert_capacity_factor : moe_imbalance_factor;
+  }
+};
+
+}  // namespace moe::plan
