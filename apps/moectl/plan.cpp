@@ -123,7 +123,9 @@ TrainingOptions training_from_args(const PlanArgs& a, const Cluster& c) {
   t.precision = fp8 ? Precision::kFp8 : a.bf16 ? Precision::kBf16 : Precision::kFp32;
   if (a.dispatcher != "alltoall" && a.dispatcher != "allgather" && a.dispatcher != "flex")
     moe::throw_input("--moe_token_dispatcher_type '{}': expected alltoall, allgather or flex", a.dispatcher);
-  t.dispatcher_alltoall = a.dispatcher != "allgather";
+  t.dispatcher = a.dispatcher == "allgather" ? Dispatcher::kAllGather
+                 : a.dispatcher == "flex"    ? Dispatcher::kFlex
+                                             : Dispatcher::kAllToAll;
   if (a.capacity_factor) {
     if (!(*a.capacity_factor > 0)) moe::throw_input("--moe_expert_capacity_factor {}: must be > 0", *a.capacity_factor);
     t.moe_expert_capacity_factor = *a.capacity_factor;
@@ -381,7 +383,7 @@ void add_plan_command(CLI::App& root) {
   c->add_option("--use_distributed_optimizer", a->dist_opt, "Shard fp32 master weights and Adam over DP (true|false)");
   c->add_option("--bf16", a->bf16, "BF16 mixed precision (true); false = fp32 training");
   c->add_option("--fp8", a->fp8, "FP8 GEMMs: e4m3 | hybrid (default off)");
-  c->add_option("--moe_token_dispatcher_type", a->dispatcher, "alltoall | allgather");
+  c->add_option("--moe_token_dispatcher_type", a->dispatcher, "alltoall | allgather | flex (DeepEP)");
   c->add_option("--moe_expert_capacity_factor", a->capacity_factor, "Token-dropping capacity factor (default: dropless)");
   c->add_option("--moe_imbalance_factor", a->imbalance,
                 "Dropless routing: most-loaded expert rank's tokens over the mean, for memory (default 1.1)");

@@ -32,13 +32,16 @@ Layout parse_layout(const std::string& text, const std::string& flag, int world,
                     Recompute default_recompute);
 
 enum class Precision { kBf16, kFp8, kFp32 };
+// alltoall: NCCL all-to-all over EP; allgather: every rank gathers the EP x ETP group's tokens;
+// flex: DeepEP, which sends a token once per remote node and forwards it over NVLink there.
+enum class Dispatcher { kAllToAll, kAllGather, kFlex };
 
 struct TrainingOptions {
   int64_t seq_length = 4096;
   int64_t global_batch_size = 1024;
   bool use_distributed_optimizer = true;
   Precision precision = Precision::kBf16;
-  bool dispatcher_alltoall = true;       // false = allgather dispatcher
+  Dispatcher dispatcher = Dispatcher::kAllToAll;
   double moe_expert_capacity_factor = 0;  // 0 = dropless
   // Dropless routing: the most-loaded EP rank gets more than the mean number of tokens; this
   // factor scales every token-proportional expert term in memory (capacity factor if set).

@@ -104,7 +104,7 @@ std::string over_memory_sentence(const MemoryEstimate& e, const Cluster& c) {
   const std::string what = dominant_component(s, &dom);
   return fmt::format("needs {:.1f} GiB per GPU on pipeline stage {} (weights {:.1f}, gradients {:.1f}, optimizer "
                      "{:.1f}, activations {:.1f}, other {:.1f}) but the {} has {:.1f} GiB: {:.1f} GiB over; {} "
-                     "dominate ({:.1f} GiB)",
+                     "dominates ({:.1f} GiB)",
                      gib(s.total()), s.stage, gib(s.weights), gib(s.gradients), gib(s.optimizer), gib(s.activations),
                      gib(s.other), c.gpu.name.empty() ? "GPU" : c.gpu.name, c.gpu.memory_gib,
                      gib(s.total()) - c.gpu.memory_gib, what, gib(dom));

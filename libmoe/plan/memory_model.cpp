@@ -117,7 +117,7 @@ StageMemory stage_memory(const ModelShape& m, const Layout& l, const TrainingOpt
     // Dispatch send + receive buffers of one MoE layer (the allgather dispatcher gathers the
     // whole EP group's tokens).
     const double te = ts * m.moe_router_topk * l.etp * t.expert_tokens_factor();
-    r.act_dispatcher = t.dispatcher_alltoall ? 2 * 2 * te * h : 2 * ts * l.ep * l.etp * h + 2 * te * h;
+    r.act_dispatcher = t.dispatcher != Dispatcher::kAllGather ? 2 * 2 * te * h : 2 * ts * l.ep * l.etp * h + 2 * te * h;
   }
   if (last) r.act_logits = kLogitBytes * tc * V / l.tp + 2 * 2 * ts * h;  // + final norm in/out
   r.activations = r.act_layers + r.act_working + r.act_dispatcher + r.act_logits;

@@ -97,14 +97,23 @@ TimeEstimate estimate_time(const ModelShape& m, const Layout& l, const TrainingO
   double ep_layer = 0;
   if (m.is_moe()) {
     const double K = m.moe_router_topk;
-    if (t.dispatcher_alltoall) {
+    if (t.dispatcher == Dispatcher::kAllToAll) {
       // dispatch + combine, forward and backward: each GPU sends its routed token copies.
       ep_layer = 4 * link.all_to_all(ts * K * h * a * (l.ep - 1) / std::max(1, l.ep), ep_g);
-      if (l.etp > 1) ep_layer += link.ring(4.0 * (l.etp - 1) / l.etp * ts * K * l.etp * h * a, etp_g);
+    } else if (t.dispatcher == Dispatcher::kFlex) {
+      // DeepEP: a token crosses the network once per distinct remote node among its top-k
+      // experts (uniform routing), then fans out over NVLink.
+      const double nodes = double(l.ep) / ep_g.per_node;
+      const double remote_nodes = nodes > 1 ? (nodes - 1) * (1 - std::pow(1 - 1 / nodes, K)) : 0;
+      const double nvlink = ts * K * h * a * (l.ep - 1) / std::max(1, l.ep) / (link.intra * 1e9);
+      const double network = ts * h * a * remote_nodes / (link.inter * 1e9);
+      ep_layer = l.ep > 1 ? 4 * std::max(nvlink, network) / kAllToAllEfficiency : 0;
     } else {
       const GroupSpan all = group_span(l.ep * l.etp, 1, G);
       ep_layer = link.ring(4.0 * (l.ep * l.etp - 1) * ts * h * a, all);
     }
+    if (t.dispatcher != Dispatcher::kAllGather && l.etp > 1)
+      ep_layer += link.ring(4.0 * (l.etp - 1) / l.etp * ts * K * l.etp * h * a, etp_g);
   }
 
   TimeEstimate r;
