@@ -114,6 +114,13 @@ bool fits(const MemoryEstimate& e, const Cluster& c) { return e.peak().total() <
 
 }  // namespace
 
+double ranking_key(const Candidate& c) {
+  const Layout& l = c.layout;
+  const double simpler = 1e-3 * std::min(l.cp - 1, 15) + 1e-4 * std::min(l.vpp - 1, 40) +
+                         1e-5 * std::min(l.micro_batch_size - 1, 100);
+  return c.time.step_s * (1 + simpler);
+}
+
 Candidate evaluate(const ModelShape& m, const Layout& l, const TrainingOptions& t, const Cluster& c) {
   Candidate r;
   r.layout = l;
@@ -207,14 +214,9 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
     throw_input("no valid layout on {} GPUs with the fixed sizes: {} (change or drop the fixed "
                 "--*_parallel_size / --micro_batch_size flags)", W, why);
   }
-  // Near-ties go to the simpler layout (less CP, fewer virtual stages, smaller micro-batch).
-  auto key = [](const Candidate& c) {
-    const Layout& l = c.layout;
-    return c.time.step_s * (1 + 1e-3 * (l.cp - 1) + 1e-4 * (l.vpp - 1) + 1e-5 * (l.micro_batch_size - 1));
-  };
   // Sort keys, then move each candidate once (they are large).
   std::vector<std::pair<double, size_t>> order(r.fitting.size());
-  for (size_t i = 0; i < r.fitting.size(); ++i) order[i] = {key(r.fitting[i]), i};
+  for (size_t i = 0; i < r.fitting.size(); ++i) order[i] = {ranking_key(r.fitting[i]), i};
   std::sort(order.begin(), order.end());
   std::vector<Candidate> sorted;
   sorted.reserve(order.size());
