@@ -14,7 +14,7 @@ using testing::example_model;
 
 Layout L(const std::string& s, int world) { return parse_layout(s, "--why_not", world, 1, Recompute::kNone); }
 
-TEST(LayoutText, ParsesDefaultsAndRoundTrips) {
+TEST(plan_layout_text, ParsesDefaultsAndRoundTrips) {
   Layout l = L("tp2,pp4,ep8,recompute=full", 64);
   EXPECT_EQ(l.tp, 2);
   EXPECT_EQ(l.pp, 4);
@@ -32,7 +32,7 @@ TEST(LayoutText, ParsesDefaultsAndRoundTrips) {
             std::string::npos);
 }
 
-TEST(LayoutRules, MegatronConstraints) {
+TEST(plan_layout_rules, MegatronConstraints) {
   const ModelShape m = example_model("Qwen3-30B-A3B");  // 48 layers, 32 heads / 4 groups, 128 experts
   const Cluster c = cluster("H100-SXM-80G", 2);
   const TrainingOptions t;
@@ -55,7 +55,7 @@ TEST(LayoutRules, MegatronConstraints) {
   EXPECT_NE(invalid_reason(m, L("cp4", 16), odd, c).find("2 x cp"), std::string::npos);
 }
 
-TEST(LayoutSearch, EveryLayoutIsValidRankedAndFixedSizesRestrict) {
+TEST(plan_layout_search, EveryLayoutIsValidRankedAndFixedSizesRestrict) {
   const ModelShape m = example_model("Qwen3-30B-A3B");
   const Cluster c = cluster("H100-SXM-80G", 2);
   TrainingOptions t;
@@ -87,7 +87,7 @@ TEST(LayoutSearch, EveryLayoutIsValidRankedAndFixedSizesRestrict) {
   EXPECT_LT(only.enumerated, r.enumerated);
 }
 
-TEST(LayoutSearch, FixedSizeThatDividesNothingIsAnInputError) {
+TEST(plan_layout_search, FixedSizeThatDividesNothingIsAnInputError) {
   const ModelShape m = example_model("Qwen3-30B-A3B");
   const Cluster c = cluster("H100-SXM-80G", 1);
   FixedSizes f;
@@ -100,7 +100,7 @@ TEST(LayoutSearch, FixedSizeThatDividesNothingIsAnInputError) {
             std::string::npos);
 }
 
-TEST(LayoutSearch, UnknownGpuPresetListsTheKnownOnes) {
+TEST(plan_layout_search, UnknownGpuPresetListsTheKnownOnes) {
   const std::string msg = moe::testing::input_error(
       [] { find_gpu_preset("B300-999G", {testing::source_dir() + "/configs/gpus"}); });
   EXPECT_NE(msg.find("unknown GPU preset"), std::string::npos);
@@ -110,7 +110,7 @@ TEST(LayoutSearch, UnknownGpuPresetListsTheKnownOnes) {
 
 // Mixtral-8x22B (56 layers, hidden 6144, 8 experts) in bf16 with Adam on 8 x 80 GB at PP4 TP1
 // EP2 DP2 does not fit: the planner says by how much, that the optimizer dominates, and what fits.
-TEST(LayoutSearch, Mixtral8x22bOnEightGpusIsRejectedWithAReasonAndASuggestion) {
+TEST(plan_layout_search, Mixtral8x22bOnEightGpusIsRejectedWithAReasonAndASuggestion) {
   const ModelShape m = example_model("Mixtral-8x22B");
   Cluster c = cluster("H100-SXM-80G", 1);
   c.gpu.memory_gib = 80;

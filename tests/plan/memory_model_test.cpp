@@ -30,7 +30,7 @@ TrainingOptions small_training() {
   return t;  // bf16, distributed optimizer, dropless with imbalance 1.1
 }
 
-TEST(MemoryModel, ParameterCountsByHand) {
+TEST(plan_memory_model, ParameterCountsByHand) {
   const ModelShape m = small_moe();
   EXPECT_EQ(m.attention_params(), 64 * (64 + 2 * 32) + 64 * 64);  // qkv + proj = 12288
   EXPECT_EQ(m.expert_params(), 3 * 64 * 32);                      // gate, up, down
@@ -40,7 +40,7 @@ TEST(MemoryModel, ParameterCountsByHand) {
   EXPECT_EQ(m.num_parameters(), 2 * 1000 * 64 + 64 + 2 * (12288 + 128 + 4 * 6144 + 256));
 }
 
-TEST(MemoryModel, WeightsGradientsOptimizerByHand) {
+TEST(plan_memory_model, WeightsGradientsOptimizerByHand) {
   const ModelShape m = small_moe();
   Layout l{.tp = 1, .pp = 1, .vpp = 1, .ep = 2, .etp = 1, .cp = 1, .dp = 2};
   const MemoryEstimate e = estimate_memory(m, l, small_training());
@@ -57,7 +57,7 @@ TEST(MemoryModel, WeightsGradientsOptimizerByHand) {
   EXPECT_DOUBLE_EQ(estimate_memory(m, l, plain).first.optimizer, 12 * (dense + experts));
 }
 
-TEST(MemoryModel, ActivationsByHand) {
+TEST(plan_memory_model, ActivationsByHand) {
   const ModelShape m = small_moe();
   Layout l{.tp = 1, .pp = 1, .vpp = 1, .ep = 2, .etp = 1, .cp = 1, .dp = 2};
   const TrainingOptions t = small_training();
@@ -86,7 +86,7 @@ TEST(MemoryModel, ActivationsByHand) {
   EXPECT_NEAR(e.first.other, 0.75 * kGiB + 2 * 0.25 * kGiB + 0.08 * e.first.activations, 1e-3);
 }
 
-TEST(MemoryModel, SequenceAndContextParallelDivideActivations) {
+TEST(plan_memory_model, SequenceAndContextParallelDivideActivations) {
   const ModelShape m = small_moe();
   const TrainingOptions t = small_training();
   Layout base{.tp = 1, .pp = 1, .vpp = 1, .ep = 1, .etp = 1, .cp = 1, .dp = 1};
@@ -101,7 +101,7 @@ TEST(MemoryModel, SequenceAndContextParallelDivideActivations) {
   EXPECT_DOUBLE_EQ(layer_activations(m, cp, t, true, Recompute::kNone).total(), a.total() / 2);
 }
 
-TEST(MemoryModel, PipelineInFlightCounts) {
+TEST(plan_memory_model, PipelineInFlightCounts) {
   const ModelShape m = small_moe(4);
   TrainingOptions t = small_training();  // gbs 4, mbs 1, dp 1 -> 4 micro-batches
   Layout l{.tp = 1, .pp = 2, .vpp = 1, .ep = 1, .etp = 1, .cp = 1, .dp = 1};
@@ -119,7 +119,7 @@ TEST(MemoryModel, PipelineInFlightCounts) {
   EXPECT_DOUBLE_EQ(estimate_memory(m, l, t).first.layer_microbatches, 2);
 }
 
-TEST(MemoryModel, FullRecomputeKeepsLayerInputsAndOneWorkingLayer) {
+TEST(plan_memory_model, FullRecomputeKeepsLayerInputsAndOneWorkingLayer) {
   const ModelShape m = small_moe();
   const TrainingOptions t = small_training();
   Layout l{.tp = 1, .pp = 1, .vpp = 1, .ep = 2, .etp = 1, .cp = 1, .dp = 2};
@@ -129,7 +129,7 @@ TEST(MemoryModel, FullRecomputeKeepsLayerInputsAndOneWorkingLayer) {
   EXPECT_NEAR(e.first.act_working, layer_activations(m, l, t, true, Recompute::kNone).total(), 1e-6);
 }
 
-TEST(PipelineSplit, EvenAndUneven) {
+TEST(plan_pipeline_split, EvenAndUneven) {
   PipelineSplit s;
   ASSERT_TRUE(split_pipeline(32, 4, 2, &s));
   EXPECT_TRUE(s.even());

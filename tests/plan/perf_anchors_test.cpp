@@ -46,7 +46,7 @@ void print_memory_table(const std::vector<MemoryRow>& rows) {
   std::fflush(stdout);
 }
 
-TEST(PerfAnchors, MemoryPerGpuWithin15Percent) {
+TEST(plan_perf_anchors, MemoryPerGpuWithin15Percent) {
   std::vector<MemoryRow> rows;
   {  // Megatron CI golden, H100: torch max-allocated of the last rank (world 8).
     const ModelShape m = megatron_7b();
@@ -130,7 +130,7 @@ void print_speed_table(const std::vector<SpeedRow>& rows) {
   std::fflush(stdout);
 }
 
-TEST(PerfAnchors, PublishedBestLayoutsRankNearTheTop) {
+TEST(plan_perf_anchors, PublishedBestLayoutsRankNearTheTop) {
   std::vector<SpeedRow> rows;
   TrainingOptions t;
   t.seq_length = 4096;
@@ -170,7 +170,7 @@ TEST(PerfAnchors, PublishedBestLayoutsRankNearTheTop) {
 // Megatron-Turing NLG 530B on 2,240 A100 (arXiv 2205.05198): sequence parallel + selective
 // recompute reached 54.2% MFU against 42.1% with full recompute; the planner must order them
 // the same way, by about that margin.
-TEST(PerfAnchors, SelectiveRecomputeBeatsFullAsPublished) {
+TEST(plan_perf_anchors, SelectiveRecomputeBeatsFullAsPublished) {
   ModelShape m;
   m.num_layers = 105;
   m.hidden_size = 20480;

@@ -11,7 +11,7 @@ namespace {
 using testing::cluster;
 using testing::example_model;
 
-TEST(TimeModel, MegatronFlopsPerTokenMatchThePublishedSplit) {
+TEST(plan_time_model, MegatronFlopsPerTokenMatchThePublishedSplit) {
   // GFLOP/token (fwd+bwd) at seq 4096, from a line-by-line port of num_floating_point_operations.
   const ModelShape q30 = example_model("Qwen3-30B-A3B");
   const auto f30 = q30.flops_per_token(4096, q30.padded_vocab(1));
@@ -26,7 +26,7 @@ TEST(TimeModel, MegatronFlopsPerTokenMatchThePublishedSplit) {
   EXPECT_NEAR(mix.flops_per_token(4096, mix.padded_vocab(1)).total() / 1e9, 79.71, 0.02);
 }
 
-TEST(TimeModel, GroupSpansFollowTheRankOrder) {
+TEST(plan_time_model, GroupSpansFollowTheRankOrder) {
   EXPECT_FALSE(group_span(8, 1, 8).crosses_nodes());  // TP8 inside a node
   const GroupSpan across = group_span(8, 8, 8);        // stride of a node: every member elsewhere
   EXPECT_TRUE(across.crosses_nodes());
@@ -38,7 +38,7 @@ TEST(TimeModel, GroupSpansFollowTheRankOrder) {
   EXPECT_EQ(group_span(4, 2, 8).per_node, 4);  // CP4 after TP2: still one node
 }
 
-TEST(TimeModel, BubbleAndInterleaving) {
+TEST(plan_time_model, BubbleAndInterleaving) {
   const ModelShape m = example_model("Mixtral-8x7B");
   const Cluster c = cluster("H100-SXM-80G", 8);
   TrainingOptions t;
@@ -53,7 +53,7 @@ TEST(TimeModel, BubbleAndInterleaving) {
   EXPECT_LT(b.step_s, a.step_s);  // interleaving shrinks the bubble (+10% in Narayanan et al.)
 }
 
-TEST(TimeModel, SlowerLinksAndCrossNodeGroupsCostTime) {
+TEST(plan_time_model, SlowerLinksAndCrossNodeGroupsCostTime) {
   const ModelShape m = example_model("Qwen3-30B-A3B");
   Cluster c = cluster("H100-SXM-80G", 2);
   TrainingOptions t;
@@ -74,7 +74,7 @@ TEST(TimeModel, SlowerLinksAndCrossNodeGroupsCostTime) {
   EXPECT_NEAR(in_node.tokens_per_s_per_gpu * in_node.step_s * c.world(), 256.0 * 4096, 1e-3);
 }
 
-TEST(TimeModel, FullRecomputeAddsAForwardPass) {
+TEST(plan_time_model, FullRecomputeAddsAForwardPass) {
   const ModelShape m = example_model("Qwen3-30B-A3B");
   const Cluster c = cluster("H100-SXM-80G", 1);
   TrainingOptions t;
