@@ -144,7 +144,8 @@ std::vector<Message> parse_conversation(const json& row, const std::string& wher
 }
 
 ChatRow parse_chat_row(const json& row, const std::string& where) {
-  if (row.is_object() && row.contains("text") && !first_key(row, {"messages", "conversations", "conversation", "query", "instruction"}))
+  if (row.is_object() && row.contains("text") &&
+      !first_key(row, {"messages", "conversations", "conversation", "query", "instruction"}))
     throw_input("{}: a 'text' row has no prompt to answer; use 'messages' or 'query'", where);
   ChatRow r;
   r.prompt = parse_conversation(row, where);
