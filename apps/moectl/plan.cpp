@@ -231,8 +231,8 @@ void print_table(const std::vector<const Candidate*>& rows) {
 
 void print_explain(const Candidate& c, const ModelShape& m, const TrainingOptions& t, const Cluster& cl) {
   const Layout& l = c.layout;
-  std::printf("layout %s on %d x %s (%d nodes x %d)\n", to_string(l).c_str(), cl.world(), cl.gpu.name.c_str(),
-              cl.nnodes, cl.nproc_per_node);
+  std::printf("layout %s on %d x %s (%d node%s x %d)\n", to_string(l).c_str(), cl.world(), cl.gpu.name.c_str(),
+              cl.nnodes, cl.nnodes == 1 ? "" : "s", cl.nproc_per_node);
   std::printf("  sequence parallel %s, expert-DP %d, %lld micro-batches per step, seq %lld, global batch %lld\n",
               l.sequence_parallel ? "on" : "off", l.edp(), (long long)num_microbatches(l, t),
               (long long)t.seq_length, (long long)t.global_batch_size);
@@ -316,7 +316,7 @@ void run_plan(const PlanArgs& a, bool gpu_given) {
 
   const auto t0 = std::chrono::steady_clock::now();
   const size_t keep = a.top > 0 ? size_t(a.top) : 1000000;
-  SearchResult r = search_layouts(m, t, c, f, keep);
+  SearchResult r = search_layouts(m, t, c, f, keep, keep);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::vector<const Candidate*> rows;
   if (f.all_parallel_fixed()) {
@@ -333,16 +333,16 @@ void run_plan(const PlanArgs& a, bool gpu_given) {
     std::printf("%s\n", out.dump(2).c_str());
     return;
   }
-  std::printf("model: %d layers, hidden %d, %s%.2fB parameters; %d x %s (%d nodes x %d), %.1f GiB each\n",
+  std::printf("model: %d layers, hidden %d, %s%.2fB parameters; %d x %s (%d node%s x %d), %.1f GiB each\n",
               m.num_layers, m.hidden_size,
               m.is_moe() ? fmt::format("{} experts top-{}, ", m.num_experts, m.moe_router_topk).c_str() : "",
-              double(m.num_parameters()) / 1e9, c.world(), c.gpu.name.c_str(), c.nnodes, c.nproc_per_node,
-              c.gpu.memory_gib);
-  std::printf("training: seq %lld, global batch %lld, %s, %s optimizer; searched %lld valid layouts in %.3f s: %zu fit\n",
+              double(m.num_parameters()) / 1e9, c.world(), c.gpu.name.c_str(), c.nnodes, c.nnodes == 1 ? "" : "s",
+              c.nproc_per_node, c.gpu.memory_gib);
+  std::printf("training: seq %lld, global batch %lld, %s, %s optimizer; searched %lld valid layouts in %.3f s: %lld fit\n",
               (long long)t.seq_length, (long long)t.global_batch_size,
               t.precision == Precision::kFp8 ? "fp8" : t.precision == Precision::kBf16 ? "bf16" : "fp32",
               t.use_distributed_optimizer ? "distributed" : "replicated", (long long)r.enumerated, secs,
-              r.fitting.size());
+              (long long)r.fitting_count);
   print_table(rows);
   if (best_fits) {
     std::printf("\nbest: %s\nflags: %s\n", to_string(rows[0]->layout).c_str(),

@@ -132,7 +132,7 @@ Candidate evaluate(const ModelShape& m, const Layout& l, const TrainingOptions& 
 }
 
 SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const Cluster& c, const FixedSizes& f,
-                            size_t max_excluded) {
+                            size_t max_excluded, size_t max_fitting) {
   const int W = c.world();
   if (W <= 0) throw_input("the cluster has {} GPUs: give --nnodes and --nproc_per_node of at least 1", W);
   auto allowed = [](const std::optional<int>& fixed, int v) { return !fixed || *fixed == v; };
@@ -178,7 +178,15 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
                   cand.fits = fits(cand.memory, c);
                   if (cand.fits) {
                     cand.time = estimate_time(m, l, t, c, cand.memory);
+                    ++r.fitting_count;
                     r.fitting.push_back(std::move(cand));
+                    if (max_fitting < SIZE_MAX / 8 && r.fitting.size() > 4 * max_fitting + 64) {
+                      std::nth_element(r.fitting.begin(), r.fitting.begin() + long(max_fitting), r.fitting.end(),
+                                       [](const Candidate& a, const Candidate& b) {
+                                         return ranking_key(a) < ranking_key(b);
+                                       });
+                      r.fitting.resize(max_fitting);
+                    }
                   } else if (max_excluded > 0) {
                     r.excluded.push_back(std::move(cand));
                     if (r.excluded.size() > 4 * max_excluded + 64) {
@@ -222,6 +230,7 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
   sorted.reserve(order.size());
   for (const auto& [k, i] : order) sorted.push_back(std::move(r.fitting[i]));
   r.fitting = std::move(sorted);
+  if (r.fitting.size() > max_fitting) r.fitting.resize(max_fitting);
   std::sort(r.excluded.begin(), r.excluded.end(),
             [](const Candidate& a, const Candidate& b) { return a.peak_gib() < b.peak_gib(); });
   if (r.excluded.size() > max_excluded) r.excluded.resize(max_excluded);
@@ -244,7 +253,7 @@ std::string why_not(const ModelShape& m, const Layout& l, const TrainingOptions&
     while (rank < here.fitting.size() && here.fitting[rank].time.step_s < cand.time.step_s) ++rank;
     out = fmt::format("{} is valid and fits ({:.1f} of {:.1f} GiB per GPU); it ranks {} of {} by step time "
                       "({:.3f} s vs {:.3f} s for the fastest, {}).\n",
-                      name, cand.peak_gib(), c.gpu.memory_gib, rank + 1, here.fitting.size(), cand.time.step_s,
+                      name, cand.peak_gib(), c.gpu.memory_gib, rank + 1, here.fitting_count, cand.time.step_s,
                       here.fitting.empty() ? cand.time.step_s : here.fitting[0].time.step_s,
                       here.fitting.empty() ? name : to_string(here.fitting[0].layout));
     return out;

@@ -3,6 +3,7 @@
 // those over the GPU's memory are excluded with the reason, the rest ranked by step time.
 // Also answers "why not this layout" with suggestions of what does fit.
 #pragma once
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,12 +47,14 @@ struct SearchResult {
   std::vector<Candidate> fitting;   // fastest first
   std::vector<Candidate> excluded;  // over memory, least over first
   int64_t enumerated = 0;           // valid layouts considered
+  int64_t fitting_count = 0;        // of which fit (fitting may hold fewer)
 };
 
 // InputError when a fixed size cannot be part of any valid layout (naming the flag and why).
-// `max_excluded` bounds how many over-memory layouts are kept (they are cheap to drop).
+// `max_excluded` bounds how many over-memory layouts are kept (least over first) and
+// `max_fitting` how many fitting ones (fastest first); `fitting_count` counts them all.
 SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const Cluster& c, const FixedSizes& fixed,
-                            size_t max_excluded = 1000);
+                            size_t max_excluded = 1000, size_t max_fitting = SIZE_MAX);
 
 // A multi-line explanation of why `l` is not chosen: the rule it breaks, or how far over
 // memory it is and which component dominates, with what would fit instead (other options,

@@ -47,8 +47,10 @@ TimeEstimate estimate_time(const ModelShape& m, const Layout& l, const TrainingO
                   etp_g = group_span(l.etp, 1, G), ep_g = group_span(l.ep, l.etp, G),
                   edp_g = group_span(l.edp(), l.etp * l.ep, G);
   const bool fp8 = t.precision == Precision::kFp8;
-  const double gemm_peak = fp8 ? g.fp8_tflops * 1e12 * kFp8GemmEfficiency : g.bf16_tflops * 1e12 * kGemmEfficiency;
-  const double attn_rate = g.bf16_tflops * 1e12 * kAttentionEfficiency;
+  // fp32 training runs its GEMMs as TF32, half the BF16 tensor-core rate.
+  const double tensor_peak = g.bf16_tflops * 1e12 * (t.precision == Precision::kFp32 ? 0.5 : 1.0);
+  const double gemm_peak = fp8 ? g.fp8_tflops * 1e12 * kFp8GemmEfficiency : tensor_peak * kGemmEfficiency;
+  const double attn_rate = tensor_peak * kAttentionEfficiency;
   const double hbm = g.hbm_gbps * 1e9 * kHbmEfficiency;
   const double a = t.precision == Precision::kFp32 ? 4 : 2;
 
