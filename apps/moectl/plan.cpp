@@ -150,12 +150,11 @@ FixedSizes fixed_from_args(const PlanArgs& a, const ModelShape& m, const Cluster
   check(a.tp, "--tensor_model_parallel_size", W, "the number of GPUs");
   check(a.pp, "--pipeline_model_parallel_size", W, "the number of GPUs");
   check(a.cp, "--context_parallel_size", W, "the number of GPUs");
-  check(a.pp, "--pipeline_model_parallel_size", m.num_layers, "the layers:");
   check(a.ep, "--expert_model_parallel_size", W, "the number of GPUs");
   if (a.ep && *a.ep > 1 && !m.is_moe()) moe::throw_input("--expert_model_parallel_size {}: the model has no experts", *a.ep);
-  if (m.is_moe()) check(a.ep, "--expert_model_parallel_size", m.num_experts, "the experts:");
+  if (m.is_moe()) check(a.ep, "--expert_model_parallel_size", m.num_experts, "the number of experts");
   check(a.etp, "--expert_tensor_parallel_size", W, "the number of GPUs");
-  check(a.vpp, "--virtual_pipeline_model_parallel_size", m.num_layers, "the layers:");
+  check(a.vpp, "--virtual_pipeline_model_parallel_size", 0, "");
   check(a.mbs, "--micro_batch_size", int(std::min<int64_t>(a.global_batch_size, 1 << 30)), "--global_batch_size");
   f.tp = a.tp;
   f.pp = a.pp;

@@ -208,6 +208,12 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
     Layout probe;
     probe.tp = f.tp.value_or(1);
     probe.pp = f.pp.value_or(1);
+    if (!f.pp && f.vpp.value_or(1) > 1)  // interleaving needs a pipeline: probe with the smallest one
+      for (int d : divisors(W))
+        if (d > 1) {
+          probe.pp = d;
+          break;
+        }
     probe.cp = f.cp.value_or(1);
     probe.vpp = f.vpp.value_or(1);
     probe.ep = f.ep.value_or(1);
