@@ -1,7 +1,8 @@
 // Optimizers over fp32 parameters (AdamW with decoupled weight decay, as torch.optim.AdamW and
-// Megatron; SGD with momentum) and gradient clipping by the global L2 norm. State is kept per
-// parameter name so checkpoints can save and restore it.
+// Megatron; SGD with momentum, as torch.optim.SGD) and gradient clipping by the global L2 norm.
+// Used by the trainer; state is kept per parameter name so checkpoints can save and restore it.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <span>
@@ -10,6 +11,8 @@
 
 namespace moe::train {
 
+// One parameter as the optimizer sees it. The caller owns `data` and `grad` (numel floats each)
+// and keeps them alive and in place across steps; the optimizer owns its state.
 struct ParamRef {
   std::string name;
   float* data;
@@ -18,34 +21,62 @@ struct ParamRef {
   bool decay;  // weight decay applies (not to norms and biases)
 };
 
-// False for norm weights and biases: Megatron exempts them from weight decay.
+// False for norm weights and biases (names containing "norm", ending in ".bias"/"_bias"):
+// Megatron exempts them from weight decay. With the shape's rank, 1-D tensors are exempt too.
 bool decays(const std::string& canonical_name);
+bool decays(const std::string& canonical_name, size_t ndim);
 
 struct OptimizerConfig {
   std::string type = "adam";  // adam (AdamW) | sgd
   float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f, sgd_momentum = 0.0f;
 };
 
+// A view of one state buffer, for checkpoint I/O: Megatron / torch key `key` ("exp_avg",
+// "exp_avg_sq" or "momentum_buffer") of parameter `param`. Valid until reset() or destruction.
+struct StateRef {
+  std::string param, key;
+  std::vector<float>* data;
+};
+
 class Optimizer {
  public:
+  // InputError naming the flag for an unknown --optimizer or betas/eps/decay out of range.
   explicit Optimizer(OptimizerConfig cfg);
   const OptimizerConfig& config() const { return cfg_; }
-  // One update of every parameter at learning rate lr.
-  void step(std::span<const ParamRef> params, float lr);
+
+  // One update of every parameter at learning rate lr (double, as Megatron's scheduler hands
+  // it to torch). State is created zeroed on first sight of a name; a restored state whose size
+  // differs from the parameter's is an InternalError (a checkpoint/model mismatch).
+  void step(std::span<const ParamRef> params, double lr);
+
+  // Optimizer steps taken (torch's per-parameter "step"; Adam's bias correction uses it).
   int64_t steps() const { return steps_; }
-  // Per-parameter state: "exp_avg"/"exp_avg_sq" (adam) or "momentum_buffer" (sgd), by name.
-  std::map<std::string, std::map<std::string, std::vector<float>>>& state() { return state_; }
   void set_steps(int64_t n) { steps_ = n; }
+
+  // The state keys this optimizer keeps per parameter, in torch's state_dict order.
+  std::vector<std::string> state_keys() const;
+  // Creates (zeroed) any missing state of `params` and returns a view of every buffer, in
+  // params order then state_keys() order: for loading a checkpoint before the first step.
+  std::vector<StateRef> state_refs(std::span<const ParamRef> params);
+  // Per-parameter state by name: state()[param][key].
+  std::map<std::string, std::map<std::string, std::vector<float>>>& state() { return state_; }
+  const std::map<std::string, std::map<std::string, std::vector<float>>>& state() const { return state_; }
+  // Forgets all state and the step count (a fresh optimizer with the same config).
+  void reset();
 
  private:
   OptimizerConfig cfg_;
   int64_t steps_ = 0;
   std::map<std::string, std::map<std::string, std::vector<float>>> state_;
+  std::vector<float*> slots_;  // per-parameter state pointers, reused: no allocation per step
 };
 
-// The global L2 norm of all gradients (before clipping); when max_norm > 0 and the norm
-// exceeds it, every gradient is scaled by max_norm / norm. A non-finite norm is returned as
-// is, gradients untouched (the caller skips the step).
+// The global L2 norm of all gradients before clipping, accumulated in double in a fixed order
+// (bitwise the same for any thread count, so resumed runs repeat exactly). When max_norm > 0
+// and max_norm / (norm + 1e-6) < 1 (Megatron's and torch's rule), every gradient is scaled by
+// that factor. A non-finite norm (some gradient is NaN/Inf) is returned with the gradients
+// untouched: the caller skips the step and counts it (see grad_norm_ok).
 double clip_grad_norm(std::span<const ParamRef> params, double max_norm);
+inline bool grad_norm_ok(double norm) { return std::isfinite(norm); }
 
 }  // namespace moe::train
