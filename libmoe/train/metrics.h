@@ -1,25 +1,44 @@
-// What a training run reports: the versioned output directory (SAVE/vN-YYYYMMDD-HHMMSS),
-// logging.jsonl lines with swift's keys, durations as swift prints them, and peak memory.
+// What a training run reports, as Megatron-SWIFT does: the versioned output directory
+// (SAVE/vN-YYYYMMDD-HHMMSS), logging.jsonl lines with swift's keys, durations as swift prints
+// them, peak memory, and a progress-bar formatter the app draws on a terminal.
 #pragma once
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 namespace moe::train {
 
-// SAVE/vN-YYYYMMDD-HHMMSS with N = 1 + the largest existing vN- prefix (v0 first); SAVE itself
-// when add_version is false. Created.
+// SAVE/vN-YYYYMMDD-HHMMSS (local time) with N = 1 + the largest existing `v(\d+)-` prefix in
+// SAVE (v0 first); SAVE itself when add_version is false. Creates it; InputError naming --save
+// when it cannot be created.
 std::string make_output_dir(const std::string& save, bool add_version);
+// The N make_output_dir would pick for `save` (0 when it is missing or holds no vN- entry).
+int next_version(const std::string& save);
 
-// "1d 2h 3m 4s" (leading zero units left out), as swift's remaining_time.
+// "1d 2h 3m 4s" (leading zero units left out, "0s" for nothing), swift's elapsed/remaining_time.
 std::string format_duration(double seconds);
+// "i/total", swift's iteration field.
+std::string iteration_field(int64_t iteration, int64_t total);
 
-// Peak resident memory of this process in GiB.
+// Peak resident memory of this process in GiB (getrusage's ru_maxrss).
 double peak_rss_gib();
 
-// Appends one JSON object per line to OUT/logging.jsonl, flushed each time; floats rounded to
-// 8 significant digits.
+// `value` rounded to 8 significant digits (the nearest double to that decimal), as swift rounds
+// logged floats; non-finite values pass through.
+double round8(double value);
+
+// The eval line of logging.jsonl: every key of `metrics` prefixed "eval_" (loss -> eval_loss),
+// plus "iteration". Keys already starting with "eval_" are kept.
+nlohmann::json eval_line(const nlohmann::json& metrics, int64_t iteration, int64_t total);
+// The final line: last/best checkpoint (null when none) and best_metric (null when not finite).
+nlohmann::json summary_line(const std::string& last_checkpoint, const std::string& best_checkpoint,
+                            double best_metric);
+
+// Appends one JSON object per line to a file (OUT/logging.jsonl), flushed and closed each time
+// so a killed run keeps every line; floats rounded by round8, NaN/Inf written as null (valid
+// JSON, unlike Python's NaN). InputError naming the file when it cannot be appended to.
 class JsonlLog {
  public:
   explicit JsonlLog(std::string path) : path_(std::move(path)) {}
@@ -28,6 +47,34 @@ class JsonlLog {
 
  private:
   std::string path_;
+};
+
+// tqdm-style progress text: "Train:  45%|#########           | 45/100 [00:12<00:15, 0.27s/it] <postfix>".
+// Elapsed/remaining as [H:]MM:SS; remaining and rate left out until one step is done.
+std::string format_progress(const std::string& desc, int64_t done, int64_t total, double elapsed_s,
+                            const std::string& postfix = "", int width = 20);
+
+// Draws format_progress on a terminal, redrawing one line in place; on anything else (a pipe, a
+// log file) draws nothing, and the caller's plain log lines are the record. The app owns it: the
+// library itself prints only through the logger.
+class ProgressBar {
+ public:
+  // `out` defaults to stderr; `force_tty` overrides the isatty check (tests).
+  ProgressBar(std::string desc, int64_t total, std::FILE* out = nullptr, int force_tty = -1);
+  ~ProgressBar();
+  bool enabled() const { return tty_; }
+  void update(int64_t done, double elapsed_s, const std::string& postfix = "");
+  // Clears the bar so a log line can be printed, then the next update redraws it.
+  void clear();
+  // Ends the bar's line (keeps the last state on screen).
+  void finish();
+
+ private:
+  std::string desc_;
+  int64_t total_;
+  std::FILE* out_;
+  bool tty_, drawn_ = false;
+  size_t last_len_ = 0;
 };
 
 }  // namespace moe::train
