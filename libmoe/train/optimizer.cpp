@@ -43,16 +43,12 @@ Optimizer::Optimizer(OptimizerConfig cfg) : cfg_(std::move(cfg)) {
   if (!(cfg_.eps >= 0)) throw_input("--adam_eps must be >= 0, got {}", cfg_.eps);
   if (!(cfg_.weight_decay >= 0)) throw_input("--weight_decay must be >= 0, got {}", cfg_.weight_decay);
   if (!(cfg_.sgd_momentum >= 0)) throw_input("--sgd_momentum must be >= 0, got {}", cfg_.sgd_momentum);
-}
-
-std::vector<std::string> Optimizer::state_keys() const {
-  if (cfg_.type == "adam") return {"exp_avg", "exp_avg_sq"};
-  if (cfg_.sgd_momentum > 0) return {"momentum_buffer"};
-  return {};
+  if (cfg_.type == "adam") keys_ = {"exp_avg", "exp_avg_sq"};
+  else if (cfg_.sgd_momentum > 0) keys_ = {"momentum_buffer"};
 }
 
 std::vector<StateRef> Optimizer::state_refs(std::span<const ParamRef> params) {
-  const auto keys = state_keys();
+  const auto& keys = keys_;
   std::vector<StateRef> refs;
   for (const ParamRef& p : params)
     for (const auto& k : keys) {
@@ -72,7 +68,7 @@ void Optimizer::reset() {
 
 void Optimizer::step(std::span<const ParamRef> params, double lr) {
   // Resolve state buffers once (allocating on first sight), then update block by block.
-  const auto keys = state_keys();
+  const auto& keys = keys_;
   slots_.assign(params.size() * 2, nullptr);
   for (size_t i = 0; i < params.size(); ++i) {
     auto& st = state_[params[i].name];

@@ -54,7 +54,7 @@ class Optimizer {
   void set_steps(int64_t n) { steps_ = n; }
 
   // The state keys this optimizer keeps per parameter, in torch's state_dict order.
-  std::vector<std::string> state_keys() const;
+  const std::vector<std::string>& state_keys() const { return keys_; }
   // Creates (zeroed) any missing state of `params` and returns a view of every buffer, in
   // params order then state_keys() order: for loading a checkpoint before the first step.
   std::vector<StateRef> state_refs(std::span<const ParamRef> params);
@@ -66,6 +66,7 @@ class Optimizer {
 
  private:
   OptimizerConfig cfg_;
+  std::vector<std::string> keys_;
   int64_t steps_ = 0;
   std::map<std::string, std::map<std::string, std::vector<float>>> state_;
   std::vector<float*> slots_;  // per-parameter state pointers, reused: no allocation per step
