@@ -3,15 +3,17 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/log.h"
-#include <unistd.h>
 
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include "model/convert_precision.h"
 #include "model/mcore_export.h"
+#include "train/metrics.h"
 
 namespace moectl {
 
@@ -34,17 +36,32 @@ uint64_t parse_size(const std::string& s) {
   return uint64_t(v * mult);
 }
 
-// A one-line progress bar on stderr (only on a terminal): bytes, tensors, rate, ETA.
-void draw_progress(uint64_t done, uint64_t total, int tensors, int tensors_total) {
-  static const auto start = std::chrono::steady_clock::now();
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double frac = total ? double(done) / double(total) : 1.0, rate = s > 0 ? double(done) / s : 0;
-  const int width = 30, fill = int(frac * width);
-  std::fprintf(stderr, "\r[%s%s] %5.1f%% %.1f/%.1f MB %d/%d tensors %.1f MB/s ETA %.0fs ",
-               std::string(size_t(fill), '#').c_str(), std::string(size_t(width - fill), '.').c_str(), 100 * frac,
-               double(done) / 1e6, double(total) / 1e6, tensors, tensors_total, rate / 1e6,
-               rate > 0 ? double(total - done) / rate : 0.0);
-  if (done >= total) std::fprintf(stderr, "\n");
+// Progress of an export: on a terminal, train's tqdm-style bar over tensors with bytes, rate and
+// ETA after it; otherwise a plain line at every tenth of the bytes and at the end.
+std::function<void(uint64_t, uint64_t, int, int)> export_progress(const std::string& desc) {
+  struct State {
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    std::unique_ptr<moe::train::ProgressBar> bar;
+    int next_tenth = 1;
+  };
+  auto st = std::make_shared<State>();
+  return [st, desc](uint64_t done, uint64_t total, int tensors, int tensors_total) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - st->start).count();
+    const double rate = s > 0 ? double(done) / s : 0;
+    char info[128];
+    std::snprintf(info, sizeof info, "%.2f/%.2f GB, %.0f MB/s, ETA %.0fs", double(done) / 1e9, double(total) / 1e9,
+                  rate / 1e6, rate > 0 ? double(total - done) / rate : 0.0);
+    if (!st->bar) st->bar = std::make_unique<moe::train::ProgressBar>(desc, tensors_total);
+    if (st->bar->enabled()) {
+      st->bar->update(tensors, s, info);
+      if (done >= total) st->bar->finish();
+      return;
+    }
+    if (done < total && double(done) < double(total) * st->next_tenth / 10) return;
+    while (st->next_tenth <= 10 && double(done) >= double(total) * st->next_tenth / 10) ++st->next_tenth;
+    std::fprintf(stderr, "%s: %3.0f%%, %d/%d tensors, %s\n", desc.c_str(),
+                 total ? 100.0 * double(done) / double(total) : 100.0, tensors, tensors_total, info);
+  };
 }
 
 // Runs both models on the same 16 tokens (fp32 compute) and fails above tolerance.
@@ -78,7 +95,7 @@ void add_export_command(CLI::App& root) {
   c->add_option("--tensor_model_parallel_size", a->tp, "Tensor-parallel ranks to shard for (--to_mcore)");
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline stages to shard for (--to_mcore)");
   c->add_option("--expert_model_parallel_size", a->ep, "Expert-parallel ranks to shard for (--to_mcore)");
-  c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor-parallel size (default and only value: TP)");
+  c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor-parallel size: expert weights split over it instead of TP (default TP; must divide TP)");
   c->add_option("--verbose", a->verbose, "Progress logs (true|false)");
   c->add_option("--max_shard_size", a->max_shard_size, "Largest HF safetensors shard (--to_hf), e.g. 5GB, 500MB");
   c->add_option("--test_convert_precision", a->test_precision,
@@ -90,12 +107,12 @@ void add_export_command(CLI::App& root) {
     if (!moe::parse_torch_dtype(a->dtype, &opt.dtype))
       moe::throw_input("--torch_dtype '{}': expected bfloat16, float16 or float32", a->dtype);
     opt.overwrite = a->overwrite;
-    if (a->etp != -1 && a->etp != a->tp)
-      moe::throw_input("--expert_tensor_parallel_size {} differs from --tensor_model_parallel_size {}: the legacy torch "
-                       "layout cannot express that grid (leave it unset)", a->etp, a->tp);
-    opt.layout = {a->tp, a->pp, a->ep};
+    if (a->etp == 0 || a->etp < -1)
+      moe::throw_input("--expert_tensor_parallel_size {}: expected a size >= 1 that divides --tensor_model_parallel_size",
+                       a->etp);
+    opt.layout = {a->tp, a->pp, a->ep, a->etp == -1 ? a->tp : a->etp};
     opt.max_shard_bytes = parse_size(a->max_shard_size);
-    if (isatty(fileno(stderr))) opt.progress = draw_progress;
+    opt.progress = export_progress(a->to_mcore ? "to_mcore" : "to_hf");
     if (a->to_mcore) {
       if (a->model.empty()) moe::throw_input("--to_mcore true needs --model HF_DIR");
       moe::model::export_hf_to_mcore(a->model, a->output_dir, opt);

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -38,8 +39,66 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   return f;
 }
 
+void MappedFile::advise_sequential() const {
+  if (data_) madvise(const_cast<unsigned char*>(data_), size_, MADV_SEQUENTIAL);
+}
+
+void MappedFile::drop_pages(size_t offset, size_t n) const {
+  if (!data_ || offset >= size_) return;
+  n = std::min(n, size_ - offset);
+  // Whole pages: a page shared with a neighbouring tensor is simply faulted back if used again.
+  static const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  const size_t begin = offset / page * page, end = std::min(size_, (offset + n + page - 1) / page * page);
+  if (end > begin) madvise(const_cast<unsigned char*>(data_) + begin, end - begin, MADV_DONTNEED);
+}
+
 MappedFile::~MappedFile() {
   if (data_) munmap(const_cast<unsigned char*>(data_), size_);
+}
+
+OutputFile::OutputFile(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw_input("{}: cannot create: {} (check that the directory is writable)", path, std::strerror(errno));
+}
+
+OutputFile::~OutputFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void OutputFile::write_at(uint64_t offset, const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd_, p, std::min<size_t>(n, size_t(1) << 30), off_t(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) throw_input("{}: write failed: {} (disk full?)", path_, std::strerror(w < 0 ? errno : EIO));
+    p += w, offset += uint64_t(w), n -= size_t(w);
+  }
+}
+
+void OutputFile::copy_at(uint64_t offset, const MappedFile& src, uint64_t src_offset, size_t n) {
+  MOE_ASSERT(src_offset + n <= src.size(), "copy_at past the end of {}", src.path());
+  if (const int in = ::open(src.path().c_str(), O_RDONLY | O_CLOEXEC); in >= 0) {
+    loff_t from = loff_t(src_offset), to = loff_t(offset);
+    while (n > 0) {
+      const ssize_t c = ::copy_file_range(in, &from, fd_, &to, n, 0);
+      if (c < 0 && errno == EINTR) continue;
+      if (c <= 0) break;  // not supported here: the rest goes through the mapping
+      n -= size_t(c);
+    }
+    ::close(in);
+    src_offset = uint64_t(from), offset = uint64_t(to);
+  }
+  if (n > 0) {
+    write_at(offset, src.data() + src_offset, n);
+    src.drop_pages(src_offset, n);
+  }
+}
+
+void OutputFile::close() {
+  if (fd_ < 0) return;
+  const int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) throw_input("{}: write failed: {} (disk full?)", path_, std::strerror(errno));
 }
 
 std::string read_text_file(const std::string& path) {

@@ -69,6 +69,8 @@ class SafetensorsFile {
   // is not aligned to its element size (files whose writer did not pad) is copied into an
   // owned, aligned tensor, so kernels never see a misaligned pointer.
   Tensor get(const std::string& name) const;
+  // The mapping, for streaming copies (MappedFile::drop_pages once a tensor has been used).
+  const MappedFile& mapped() const { return *file_; }
 
  private:
   SafetensorsFile() = default;
@@ -97,6 +99,8 @@ class SafetensorsCheckpoint {
   const TensorInfo& info(const std::string& name) const;
   Tensor get(const std::string& name) const;
   const std::string& file_of(const std::string& name) const;  // path of the file holding it
+  // The mapped file holding it (its bytes at info(name).begin).
+  const MappedFile& mapped_file_of(const std::string& name) const { return file(name).mapped(); }
 
  private:
   const SafetensorsFile& file(const std::string& name) const;
@@ -113,6 +117,33 @@ class SafetensorsCheckpoint {
 // InputError on an empty, duplicate or "__metadata__" tensor name, or an I/O failure.
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+
+// A tensor to be written, described without its data (streaming writers plan files from these).
+struct TensorDesc {
+  std::string name;
+  DType dtype = DType::F32;
+  Shape shape;
+  uint64_t nbytes() const { return uint64_t(shape_numel(shape)) * dtype_size(dtype); }
+};
+
+// The bytes write_safetensors puts before the data section (u64 length + padded JSON header)
+// for these tensors, laid out in order: tensor i's data starts at the returned size plus the
+// sizes of the tensors before it. Names are checked as write_safetensors checks them.
+std::string safetensors_header_bytes(const std::string& path, const std::vector<TensorDesc>& tensors,
+                                     const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+
+// save_pretrained's sharding (as ShardedSafetensorsWriter does it), planned from sizes alone:
+// tensors fill a shard in order until the next would pass max_shard_bytes.
+struct SafetensorsShardPlan {
+  std::vector<std::string> files;            // model.safetensors, or model-0000N-of-0000M.safetensors
+  std::vector<std::vector<size_t>> members;  // per file, indices into the planned list, in order
+  uint64_t total_bytes = 0;
+};
+SafetensorsShardPlan plan_safetensors_shards(const std::vector<uint64_t>& nbytes, uint64_t max_shard_bytes);
+// model.safetensors.index.json for shards given as (file name, tensor names): metadata.total_size
+// and a sorted weight_map, as transformers writes it.
+std::string safetensors_index_json(const std::vector<std::pair<std::string, std::vector<std::string>>>& shards,
+                                   uint64_t total_bytes);
 
 // Writes a model's tensors into `dir` the way transformers' save_pretrained does: shards of
 // at most `max_shard_bytes` of tensor data (a tensor larger than that gets a shard of its

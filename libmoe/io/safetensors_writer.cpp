@@ -33,7 +33,7 @@ std::string json_string(const std::string& where, const std::string& s) {
 
 // The compact JSON header, as the reference writer emits it: __metadata__ first, then the
 // tensors in order with consecutive data offsets; padded with spaces to a multiple of 8.
-std::string build_header(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+std::string build_header(const std::string& path, const std::vector<TensorDesc>& tensors,
                          const std::map<std::string, std::string>& metadata) {
   std::string h = "{";
   if (!metadata.empty()) {
@@ -48,16 +48,16 @@ std::string build_header(const std::string& path, const std::vector<std::pair<st
   }
   std::set<std::string> seen;
   uint64_t off = 0;
-  for (const auto& [name, t] : tensors) {
-    check_name(path, name);
-    if (!seen.insert(name).second) throw_input("{}: tensor '{}' is given twice; tensor names must be unique", path, name);
-    MOE_ASSERT(t.defined(), "tensor '{}' for {} has no data", name, path);
+  for (const auto& t : tensors) {
+    check_name(path, t.name);
+    if (!seen.insert(t.name).second)
+      throw_input("{}: tensor '{}' is given twice; tensor names must be unique", path, t.name);
     if (h.size() > 1) h += ',';
-    h += json_string(path, name);
+    h += json_string(path, t.name);
     h += ":{\"dtype\":\"";
-    h += dtype_name(t.dtype());
+    h += dtype_name(t.dtype);
     h += "\",\"shape\":[";
-    for (size_t i = 0; i < t.shape().size(); ++i) h += (i ? "," : "") + std::to_string(t.shape()[i]);
+    for (size_t i = 0; i < t.shape.size(); ++i) h += (i ? "," : "") + std::to_string(t.shape[i]);
     h += "],\"data_offsets\":[" + std::to_string(off) + "," + std::to_string(off + t.nbytes()) + "]}";
     off += t.nbytes();
   }
@@ -66,7 +66,55 @@ std::string build_header(const std::string& path, const std::vector<std::pair<st
   return h;
 }
 
+std::string build_header(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                         const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorDesc> d;
+  d.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) {
+    check_name(path, name);
+    MOE_ASSERT(t.defined(), "tensor '{}' for {} has no data", name, path);
+    d.push_back({name, t.dtype(), t.shape()});
+  }
+  return build_header(path, d, metadata);
+}
+
 }  // namespace
+
+std::string safetensors_header_bytes(const std::string& path, const std::vector<TensorDesc>& tensors,
+                                     const std::map<std::string, std::string>& metadata) {
+  const std::string header = build_header(path, tensors, metadata);
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[size_t(i)] = char((uint64_t(header.size()) >> (8 * i)) & 0xff);
+  return out + header;
+}
+
+SafetensorsShardPlan plan_safetensors_shards(const std::vector<uint64_t>& nbytes, uint64_t max_shard_bytes) {
+  SafetensorsShardPlan p;
+  uint64_t shard = 0;
+  for (size_t i = 0; i < nbytes.size(); ++i) {
+    if (p.members.empty() || (!p.members.back().empty() && shard + nbytes[i] > max_shard_bytes))
+      p.members.emplace_back(), shard = 0;
+    p.members.back().push_back(i);
+    shard += nbytes[i], p.total_bytes += nbytes[i];
+  }
+  if (p.members.empty()) p.members.emplace_back();
+  const size_t m = p.members.size();
+  for (size_t i = 0; i < m; ++i) {
+    char fname[64];
+    std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", i + 1, m);
+    p.files.push_back(m == 1 ? "model.safetensors" : fname);
+  }
+  return p;
+}
+
+std::string safetensors_index_json(const std::vector<std::pair<std::string, std::vector<std::string>>>& shards,
+                                   uint64_t total_bytes) {
+  nlohmann::json weight_map = nlohmann::json::object();  // sorted by name, as HF writes it
+  for (const auto& [file, names] : shards)
+    for (const auto& n : names) weight_map[n] = file;
+  nlohmann::json idx = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", std::move(weight_map)}};
+  return idx.dump(2) + "\n";
+}
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata) {
@@ -152,16 +200,15 @@ void ShardedSafetensorsWriter::finish() {
     rename(partial_files_[0], "model.safetensors");
     files_ = {"model.safetensors"};
   } else {
-    nlohmann::json weight_map = nlohmann::json::object();  // sorted by name, as HF writes it
+    std::vector<std::pair<std::string, std::vector<std::string>>> shards;
     for (size_t i = 0; i < m; ++i) {
       char fname[64];
       std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", i + 1, m);
       rename(partial_files_[i], fname);
       files_.push_back(fname);
-      for (const auto& n : shard_names_[i]) weight_map[n] = fname;
+      shards.push_back({fname, shard_names_[i]});
     }
-    nlohmann::json idx = {{"metadata", {{"total_size", total_bytes_}}}, {"weight_map", std::move(weight_map)}};
-    write_file_atomic((dir / "model.safetensors.index.json").string(), idx.dump(2) + "\n");
+    write_file_atomic((dir / "model.safetensors.index.json").string(), safetensors_index_json(shards, total_bytes_));
     files_.push_back("model.safetensors.index.json");
   }
   // Weights files of an earlier save into the same directory would contradict this one.

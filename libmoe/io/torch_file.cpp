@@ -37,16 +37,28 @@ class ZipWriter {
   explicit ZipWriter(const std::string& path) : path_(path), tmp_(path + ".tmp") {
     const char* force = std::getenv("MOE_FORCE_ZIP64");
     force64_ = force && std::string(force) == "1";
-    f_ = std::fopen(tmp_.c_str(), "wb");
-    if (!f_) throw_input("{}: cannot create", tmp_);
+    f_ = std::make_unique<OutputFile>(tmp_);
   }
   ~ZipWriter() {
-    if (f_) std::fclose(f_), std::remove(tmp_.c_str());
+    if (f_) f_.reset(), std::remove(tmp_.c_str());
   }
   // A stored (uncompressed) entry whose data starts at a multiple of 64 bytes, padded with an
   // extra field as torch.save does, so that readers can map storages in place.
   void add(const std::string& name, const void* data, size_t size) {
-    const uint32_t crc = crc32(data, size);
+    header(name, crc32(data, size), size);
+    write(data, size);
+  }
+  // The same for bytes that lie in a mapped file: checksummed through the mapping (whose pages
+  // are then dropped) and copied file to file by the kernel.
+  void add_from(const std::string& name, const MappedFile& src, uint64_t offset, size_t size) {
+    const uint32_t crc = crc32(src.data() + offset, size);
+    src.drop_pages(offset, size);
+    header(name, crc, size);
+    f_->copy_at(off_, src, offset, size);
+    off_ += size;
+  }
+  // The local header of an entry of `size` bytes whose data follows at once.
+  void header(const std::string& name, uint32_t crc, size_t size) {
     const bool big = force64_ || size >= 0xffffffffull;
     std::string extra;
     if (big) put16(extra, 0x0001), put16(extra, 16), put64(extra, size), put64(extra, size);
@@ -62,7 +74,6 @@ class ZipWriter {
     h += extra;
     central_.push_back({name, crc, size, off_});
     write(h.data(), h.size());
-    write(data, size);
   }
   void finish() {
     const size_t cd_off = off_;
@@ -98,9 +109,8 @@ class ZipWriter {
     put16(tail, 0);
     write(cd.data(), cd.size());
     write(tail.data(), tail.size());
-    const bool ok = std::fclose(f_) == 0;
-    f_ = nullptr;
-    if (!ok) throw_input("{}: write failed (disk full?)", tmp_);
+    f_->close();
+    f_.reset();
     std::filesystem::rename(tmp_, path_);
   }
 
@@ -111,11 +121,11 @@ class ZipWriter {
     size_t size, offset;
   };
   void write(const void* p, size_t n) {
-    if (n && std::fwrite(p, 1, n, f_) != n) throw_input("{}: write failed (disk full?)", tmp_);
+    f_->write_at(off_, p, n);
     off_ += n;
   }
   std::string path_, tmp_;
-  std::FILE* f_ = nullptr;
+  std::unique_ptr<OutputFile> f_;
   size_t off_ = 0;
   bool force64_ = false;
   std::vector<Entry> central_;
@@ -142,6 +152,10 @@ TorchFileWriter::~TorchFileWriter() = default;
 
 void TorchFileWriter::add_storage(const std::string& key, const Tensor& t) {
   impl_->zip.add("archive/data/" + key, t.raw(), t.nbytes());
+}
+
+void TorchFileWriter::add_storage_from(const std::string& key, const MappedFile& src, uint64_t offset, size_t n) {
+  impl_->zip.add_from("archive/data/" + key, src, offset, n);
 }
 
 void TorchFileWriter::finish() {
@@ -226,6 +240,11 @@ const std::pair<size_t, size_t>* TorchFile::entry(const std::string& name) const
 }
 
 Tensor TorchFile::tensor(const TensorRef& r) const {
+  const unsigned char* p = file_->data() + locate(r).first;
+  return Tensor::borrow(r.shape, r.dtype, p, std::shared_ptr<const void>(file_, p));
+}
+
+std::pair<size_t, size_t> TorchFile::locate(const TensorRef& r) const {
   if (!r.unsupported_storage.empty())
     throw_input("{}: tensor on storage '{}' is a {}; moectl computes in F32, BF16 and F16 only", file_->path(),
                 r.storage_key, r.unsupported_storage);
@@ -244,8 +263,7 @@ Tensor TorchFile::tensor(const TensorRef& r) const {
   }
   if (r.offset < 0 || r.offset + shape_numel(r.shape) > r.storage_numel)
     throw_input("{}: tensor view runs past storage '{}'", file_->path(), r.storage_key);
-  const unsigned char* p = file_->data() + e->first + size_t(r.offset) * es;
-  return Tensor::borrow(r.shape, r.dtype, p, std::shared_ptr<const void>(file_, p));
+  return {e->first + size_t(r.offset) * es, size_t(shape_numel(r.shape)) * es};
 }
 
 }  // namespace moe::io

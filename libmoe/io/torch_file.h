@@ -24,6 +24,9 @@ class TorchFileWriter {
   TorchFileWriter(const TorchFileWriter&) = delete;
   TorchFileWriter& operator=(const TorchFileWriter&) = delete;
   void add_storage(const std::string& key, const Tensor& t);
+  // A storage whose bytes are `n` bytes at `offset` of a mapped file: copied file to file by
+  // the kernel (the checksum reads them through the mapping, whose pages are then dropped).
+  void add_storage_from(const std::string& key, const MappedFile& src, uint64_t offset, size_t n);
   void finish();
 
  private:
@@ -43,6 +46,10 @@ class TorchFile {
   const PyPtr& root() const { return root_; }
   // The tensor a TensorRef describes, borrowing the mapped file. Contiguous tensors only.
   Tensor tensor(const TensorRef& ref) const;
+  // Where that tensor's bytes lie in the file: (offset, size), checked as tensor() checks them.
+  std::pair<size_t, size_t> locate(const TensorRef& ref) const;
+  // The mapping (for copies file to file, and MappedFile::drop_pages once a tensor is used).
+  const MappedFile& mapped() const { return *file_; }
 
  private:
   std::shared_ptr<MappedFile> file_;

@@ -20,6 +20,8 @@ struct WeightFiles {
   std::function<Shape(const std::string&)> shape;
   std::function<Tensor(const std::string&)> get;
   std::function<std::string(const std::string&)> file_of;
+  // Safetensors only: the mapped file holding a tensor, and its byte range there.
+  std::function<const MappedFile*(const std::string&, uint64_t*, uint64_t*)> mapped;
   size_t count = 0;
 };
 
@@ -46,6 +48,11 @@ WeightFiles open_weights(const std::string& dir) {
   };
   w.get = [c](const std::string& n) { return c->get(n); };
   w.file_of = [c](const std::string& n) { return c->file_of(n); };
+  w.mapped = [c](const std::string& n, uint64_t* begin, uint64_t* end) {
+    const auto& i = c->info(n);
+    *begin = i.begin, *end = i.end;
+    return &c->mapped_file_of(n);
+  };
   w.count = c->names().size();
   return w;
 }
@@ -82,6 +89,28 @@ Tensor HfWeights::canonical(const WeightRule& rule) const {
   for (auto& p : parts)  // fuse in one dtype (checkpoints rarely mix them)
     if (p.dtype() != parts[0].dtype()) p = p.to(parts[0].dtype());
   return map_->to_mcore(rule, parts);
+}
+
+void HfWeights::release(const WeightRule& rule) const {
+  if (!files_->mapped) return;
+  for (const auto& name : rule.hf) {
+    uint64_t b = 0, e = 0;
+    files_->mapped(name, &b, &e)->drop_pages(b, e - b);
+  }
+}
+
+bool HfWeights::stored_in(const WeightRule& rule, const Tensor& t, const MappedFile** file, uint64_t* offset) const {
+  if (!files_->mapped) return false;
+  const auto* p = static_cast<const unsigned char*>(t.raw());
+  for (const auto& name : rule.hf) {
+    uint64_t b = 0, e = 0;
+    const MappedFile* f = files_->mapped(name, &b, &e);
+    if (p >= f->data() + b && p + t.nbytes() <= f->data() + e) {
+      *file = f, *offset = uint64_t(p - f->data());
+      return true;
+    }
+  }
+  return false;
 }
 
 LoadedModel load_hf_model(const std::string& dir) {

@@ -2,9 +2,11 @@
 // writing a canonical state back as an HF directory. Every tensor name and shape the config
 // implies is checked before any weight is used.
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <string>
 
+#include "core/mapped_file.h"
 #include "model/model_config.h"
 #include "model/state_dict.h"
 
@@ -21,6 +23,13 @@ class HfWeights {
   HfWeights(const std::string& dir, const ModelConfig& c);
   ~HfWeights();
   Tensor canonical(const WeightRule& rule) const;
+  // Streaming: lets go of the mapped pages the rule's HF tensors were read from (they stay in
+  // the page cache), so reading a whole model does not grow the resident set to its size.
+  void release(const WeightRule& rule) const;
+  // Where `t` (from canonical(rule), or a slice of it) lies when its bytes are stored in one of
+  // the rule's mapped safetensors files: sets the file and offset and returns true (false for
+  // copies and .bin checkpoints).
+  bool stored_in(const WeightRule& rule, const Tensor& t, const MappedFile** file, uint64_t* offset) const;
   size_t unused_tensors() const { return unused_; }
 
  private:

@@ -1,13 +1,18 @@
 #include "model/mcore_export.h"
 
+#include <atomic>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
+#include "io/safetensors.h"
 #include "io/torch_file.h"
 #include "model/hf_config.h"
 #include "model/load_hf.h"
@@ -73,7 +78,7 @@ io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt, const Sh
   b("untie_embeddings_and_output_weights", c.untie_embeddings_and_output_weights);
   const ParallelLayout& p = spec.layout();
   i("tensor_model_parallel_size", p.tp), i("pipeline_model_parallel_size", p.pp), i("expert_model_parallel_size", p.ep);
-  i("expert_tensor_parallel_size", p.tp);
+  i("expert_tensor_parallel_size", p.etp);
   b("sequence_parallel", p.tp > 1 && p.ep > 1);  // Megatron requires it when TP and EP are both on
   a->set("num_experts", c.num_experts ? PyValue::integer(c.num_experts) : PyValue::none());
   i("moe_router_topk", c.moe_router_topk), i("moe_ffn_hidden_size", c.moe_ffn_hidden_size);
@@ -110,7 +115,7 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   // one tensor (and its slice), whatever the model size.
   const HfWeights weights(hf_dir, c);
   const ShardSpec spec(c, opt.layout, opt.make_vocab_size_divisible_by);
-  const ParallelLayout& p = opt.layout;
+  const ParallelLayout& p = spec.layout();  // etp resolved
   const fs::path tmp = begin_output(out_dir, opt.overwrite);
   const int64_t Vp = spec.padded_vocab();
 
@@ -142,62 +147,66 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   // Totals for the progress callback: every slice of every rank.
   uint64_t bytes_total = 0, bytes_done = 0;
   int tensors_total = 0, tensors_done = 0;
-  for (int pp = 0; pp < p.pp; ++pp)
-    for (int ep = 0; ep < p.ep; ++ep)
-      for (int tp = 0; tp < p.tp; ++tp)
-        for (const auto& [name, src] : sources) {
-          std::string local;
-          Shape shape;
-          if (!spec.local_part(name, full_shape(src), tp, pp, ep, &local, &shape)) continue;
-          bytes_total += uint64_t(shape_numel(shape)) * dtype_size(opt.dtype), ++tensors_total;
-        }
+  const auto rank_files = spec.rank_files();
+  for (const auto& [tp, pp, ep] : rank_files)
+    for (const auto& [name, src] : sources) {
+      std::string local;
+      Shape shape;
+      if (!spec.local_part(name, full_shape(src), tp, pp, ep, &local, &shape)) continue;
+      bytes_total += uint64_t(shape_numel(shape)) * dtype_size(opt.dtype), ++tensors_total;
+    }
   // One rank file at a time, one tensor at a time: the pickle names every storage up front
   // (shapes only), then each slice is cut from the mapped input, written and dropped.
-  for (int pp = 0; pp < p.pp; ++pp)
-    for (int ep = 0; ep < p.ep; ++ep)
-      for (int tp = 0; tp < p.tp; ++tp) {
-        auto model = io::PyValue::container(io::PyValue::kOrderedDict);
-        std::vector<std::pair<std::string, std::string>> held;  // (canonical, source) in storage order
-        for (const auto& [name, src] : sources) {
-          std::string local;
-          Shape shape;
-          if (!spec.local_part(name, full_shape(src), tp, pp, ep, &local, &shape)) continue;
-          const std::string key = std::to_string(held.size());
-          model->set(local, io::PyValue::tensor_ref(io::contiguous_ref(key, opt.dtype, shape)));
-          held.push_back({name, src});
-        }
-        for (int l = 0; l < per_stage; ++l) {
-          const int global = pp * per_stage + l;
-          for (auto e : te_extra_states(c, global)) {
-            e.replace(0, names::layer(global).size(), names::layer(l));  // layer numbers are local to the stage
-            model->set(e, io::PyValue::none());
-          }
-        }
-        if (pp == p.pp - 1 && (c.untie_embeddings_and_output_weights || p.pp > 1))
-          model->set("output_layer._extra_state", io::PyValue::none());
-        auto root = io::PyValue::container(io::PyValue::kDict);
-        root->set("args", args);
-        root->set("checkpoint_version", io::PyValue::floating(3.0));
-        root->set("iteration", io::PyValue::integer(1));
-        root->set("model", model);
-        const fs::path rank_dir = tmp / "iter_0000001" / spec.rank_dir(tp, pp, ep);
-        fs::create_directories(rank_dir);
-        io::TorchFileWriter w((rank_dir / "model_optim_rng.pt").string(), *root);
-        for (size_t i = 0; i < held.size(); ++i) {
-          const auto& [name, src] = held[i];
-          const auto pieces = spec.shard(name, full_tensor(src, weights.canonical(*rule_of.at(src))), tp, pp, ep);
-          MOE_ASSERT(pieces.size() == 1, "{} expected one piece", name);
-          w.add_storage(std::to_string(i), pieces[0].tensor);
-          bytes_done += pieces[0].tensor.nbytes(), ++tensors_done;
-          if (opt.progress) opt.progress(bytes_done, bytes_total, tensors_done, tensors_total);
-        }
-        w.finish();
-        ++files;
+  for (const auto& [tp, pp, ep] : rank_files) {
+    auto model = io::PyValue::container(io::PyValue::kOrderedDict);
+    std::vector<std::pair<std::string, std::string>> held;  // (canonical, source) in storage order
+    for (const auto& [name, src] : sources) {
+      std::string local;
+      Shape shape;
+      if (!spec.local_part(name, full_shape(src), tp, pp, ep, &local, &shape)) continue;
+      const std::string key = std::to_string(held.size());
+      model->set(local, io::PyValue::tensor_ref(io::contiguous_ref(key, opt.dtype, shape)));
+      held.push_back({name, src});
+    }
+    for (int l = 0; l < per_stage; ++l) {
+      const int global = pp * per_stage + l;
+      for (auto e : te_extra_states(c, global)) {
+        e.replace(0, names::layer(global).size(), names::layer(l));  // layer numbers are local to the stage
+        model->set(e, io::PyValue::none());
       }
+    }
+    if (pp == p.pp - 1 && (c.untie_embeddings_and_output_weights || p.pp > 1))
+      model->set("output_layer._extra_state", io::PyValue::none());
+    auto root = io::PyValue::container(io::PyValue::kDict);
+    root->set("args", args);
+    root->set("checkpoint_version", io::PyValue::floating(3.0));
+    root->set("iteration", io::PyValue::integer(1));
+    root->set("model", model);
+    const fs::path rank_dir = tmp / "iter_0000001" / spec.rank_dir(tp, pp, ep);
+    fs::create_directories(rank_dir);
+    io::TorchFileWriter w((rank_dir / "model_optim_rng.pt").string(), *root);
+    for (size_t i = 0; i < held.size(); ++i) {
+      const auto& [name, src] = held[i];
+      const WeightRule& rule = *rule_of.at(src);
+      const auto pieces = spec.shard(name, full_tensor(src, weights.canonical(rule)), tp, pp, ep);
+      MOE_ASSERT(pieces.size() == 1, "{} expected one piece", name);
+      const MappedFile* in = nullptr;
+      uint64_t at = 0;
+      if (weights.stored_in(rule, pieces[0].tensor, &in, &at))  // bytes as stored: copied file to file
+        w.add_storage_from(std::to_string(i), *in, at, pieces[0].tensor.nbytes());
+      else
+        w.add_storage(std::to_string(i), pieces[0].tensor);
+      weights.release(rule);
+      bytes_done += pieces[0].tensor.nbytes(), ++tensors_done;
+      if (opt.progress) opt.progress(bytes_done, bytes_total, tensors_done, tensors_total);
+    }
+    w.finish();
+    ++files;
+  }
   copy_side_files(hf_dir, tmp, opt.dtype);
   nlohmann::json aj{{"model_type", c.model_type}, {"torch_dtype", torch_dtype_name(opt.dtype)},
                     {"tensor_model_parallel_size", p.tp}, {"pipeline_model_parallel_size", p.pp},
-                    {"expert_model_parallel_size", p.ep}, {"expert_tensor_parallel_size", p.tp},
+                    {"expert_model_parallel_size", p.ep}, {"expert_tensor_parallel_size", p.etp},
                     {"padded_vocab_size", Vp}, {"make_vocab_size_divisible_by", opt.make_vocab_size_divisible_by},
                     {"train_type", "full"}};
   write_file_atomic((tmp / "args.json").string(), aj.dump(2) + "\n");
@@ -206,61 +215,122 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   log().info("wrote {} rank files to {}", files, out_dir);
 }
 
-LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype) {
-  const int default_divisible_by = ExportOptions{}.make_vocab_size_divisible_by;
-  const fs::path dir(mcore_dir);
-  const fs::path tracker = dir / "latest_checkpointed_iteration.txt";
-  if (!fs::exists(tracker))
-    throw_input("{}: no latest_checkpointed_iteration.txt (not a Megatron checkpoint directory, or an unfinished one)",
-                mcore_dir);
-  std::string it = read_text_file(tracker.string());
-  while (!it.empty() && std::isspace(static_cast<unsigned char>(it.back()))) it.pop_back();
-  int64_t iteration = 0;
-  try {
-    iteration = std::stoll(it);
-  } catch (...) {
-    throw_input("{}: expected an iteration number, got '{}'", tracker.string(), it);
-  }
-  char iter_name[32];
-  std::snprintf(iter_name, sizeof iter_name, "iter_%07lld", static_cast<long long>(iteration));
-  const ModelConfig c = load_hf_config(mcore_dir);
-  // The layout comes from moectl's args.json (a single rank without it).
-  ParallelLayout layout;
-  int divisible_by = default_divisible_by;
-  const fs::path args_json = dir / "args.json";
-  if (fs::exists(args_json)) {
-    auto aj = nlohmann::json::parse(read_text_file(args_json.string()), nullptr, false);
-    if (aj.is_discarded() || !aj.is_object()) throw_input("{}: not a valid JSON object", args_json.string());
-    layout.tp = aj.value("tensor_model_parallel_size", 1), layout.pp = aj.value("pipeline_model_parallel_size", 1);
-    layout.ep = aj.value("expert_model_parallel_size", 1);
-    divisible_by = aj.value("make_vocab_size_divisible_by", divisible_by);
-  }
-  const ShardSpec spec(c, layout, divisible_by);
-  std::map<std::string, std::pair<std::shared_ptr<io::TorchFile>, io::PyPtr>> files;  // rank dir -> (file, model)
-  auto get = [&](int tp, int pp, int ep, const std::string& local) {
-    const std::string rd = spec.rank_dir(tp, pp, ep);
-    auto it = files.find(rd);
-    if (it == files.end()) {
-      const fs::path rank = dir / iter_name / rd / "model_optim_rng.pt";
-      if (!fs::exists(rank)) throw_input("{}: missing (args.json says TP={} PP={} EP={})", rank.string(), layout.tp,
-                                         layout.pp, layout.ep);
-      auto f = std::make_shared<io::TorchFile>(io::TorchFile::open(rank.string()));
-      auto model = f->root()->get("model");
-      if (!model) throw_input("{}: no 'model' entry", rank.string());
-      it = files.emplace(rd, std::make_pair(f, model)).first;
+namespace {
+
+// A Megatron directory opened for reading: tracker, config.json, the layout from moectl's
+// args.json (a single rank without it) and its rank files, each mapped on first use. After
+// open_all(), lookups only read, so several threads may share it.
+class McoreReader {
+ public:
+  explicit McoreReader(const std::string& mcore_dir) : dir_(mcore_dir) {
+    const fs::path tracker = dir_ / "latest_checkpointed_iteration.txt";
+    if (!fs::exists(tracker))
+      throw_input("{}: no latest_checkpointed_iteration.txt (not a Megatron checkpoint directory, or an unfinished "
+                  "one)",
+                  mcore_dir);
+    std::string it = read_text_file(tracker.string());
+    while (!it.empty() && std::isspace(static_cast<unsigned char>(it.back()))) it.pop_back();
+    int64_t iteration = 0;
+    try {
+      iteration = std::stoll(it);
+    } catch (...) {
+      throw_input("{}: expected an iteration number, got '{}'", tracker.string(), it);
     }
-    auto v = it->second.second->get(local);
-    if (!v || v->kind != io::PyValue::kTensor)
-      throw_input("{}: tensor '{}' is missing", (dir / iter_name / rd / "model_optim_rng.pt").string(), local);
-    return it->second.first->tensor(v->tensor);
+    char iter_name[32];
+    std::snprintf(iter_name, sizeof iter_name, "iter_%07lld", static_cast<long long>(iteration));
+    iter_dir_ = dir_ / iter_name;
+    config_ = load_hf_config(mcore_dir);
+    ParallelLayout layout;
+    int divisible_by = ExportOptions{}.make_vocab_size_divisible_by;
+    const fs::path args_json = dir_ / "args.json";
+    if (fs::exists(args_json)) {
+      auto aj = nlohmann::json::parse(read_text_file(args_json.string()), nullptr, false);
+      if (aj.is_discarded() || !aj.is_object()) throw_input("{}: not a valid JSON object", args_json.string());
+      try {
+        layout.tp = aj.value("tensor_model_parallel_size", 1), layout.pp = aj.value("pipeline_model_parallel_size", 1);
+        layout.ep = aj.value("expert_model_parallel_size", 1);
+        layout.etp = aj.value("expert_tensor_parallel_size", layout.tp);  // Megatron's default: TP
+        divisible_by = aj.value("make_vocab_size_divisible_by", divisible_by);
+      } catch (const nlohmann::json::exception&) {
+        throw_input("{}: the parallel sizes must be integers", args_json.string());
+      }
+    }
+    spec_ = std::make_unique<ShardSpec>(config_, layout, divisible_by);
+  }
+  const ModelConfig& config() const { return config_; }
+  const ShardSpec& spec() const { return *spec_; }
+
+  struct Rank {
+    std::shared_ptr<io::TorchFile> file;
+    io::PyPtr model;
+    std::string path;
   };
+  // Opens every rank file of the layout (InputError naming a missing or unreadable one).
+  void open_all() {
+    for (const auto& r : spec_->rank_files()) rank(r.tp, r.pp, r.ep);
+  }
+  const Rank& rank(int tp, int pp, int ep) {
+    const std::string rd = spec_->rank_dir(tp, pp, ep);
+    if (auto it = ranks_.find(rd); it != ranks_.end()) return it->second;
+    const fs::path path = iter_dir_ / rd / "model_optim_rng.pt";
+    const ParallelLayout& l = spec_->layout();
+    if (!fs::exists(path))
+      throw_input("{}: missing (args.json says TP={} PP={} EP={} ETP={})", path.string(), l.tp, l.pp, l.ep, l.etp);
+    Rank r;
+    r.path = path.string();
+    r.file = std::make_shared<io::TorchFile>(io::TorchFile::open(r.path));
+    r.model = r.file->root()->get("model");
+    if (!r.model) throw_input("{}: no 'model' entry", r.path);
+    return ranks_.emplace(rd, std::move(r)).first->second;
+  }
+  const io::TensorRef& ref(const Rank& r, const std::string& local) const {
+    auto v = r.model->get(local);
+    if (!v || v->kind != io::PyValue::kTensor) throw_input("{}: tensor '{}' is missing", r.path, local);
+    return v->tensor;
+  }
+  // The canonical shape of a rule's tensor as stored (vocabulary padded).
+  Shape stored_shape(const WeightRule& rule) const {
+    Shape s = rule.shape;
+    if (is_vocab_tensor(rule.mcore)) s[0] = spec_->padded_vocab();
+    return s;
+  }
+  // Every piece of `rule` is present, with the shape the layout implies, inside its file.
+  void check(const WeightRule& rule) {
+    const Shape full = stored_shape(rule);
+    spec_->for_each_piece(rule.mcore, [&](int tp, int pp, int ep, const std::string& local) {
+      const Rank& r = rank(tp, pp, ep);
+      const io::TensorRef& t = ref(r, local);
+      std::string name;
+      Shape want;
+      spec_->local_part(rule.mcore, full, tp, pp, ep, &name, &want);
+      if (t.shape != want)
+        throw_input("{}: tensor '{}' has shape {} but config.json and args.json (TP={} ETP={}) imply {}", r.path, local,
+                    shape_str(t.shape), spec_->layout().tp, spec_->layout().etp, shape_str(want));
+      r.file->locate(t);
+    });
+  }
+
+ private:
+  fs::path dir_, iter_dir_;
+  ModelConfig config_;
+  std::unique_ptr<ShardSpec> spec_;
+  std::map<std::string, Rank> ranks_;  // rank dir -> opened file
+};
+
+}  // namespace
+
+LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype) {
+  McoreReader r(mcore_dir);
+  const ModelConfig& c = r.config();
   const WeightMap map = WeightMap::for_config(c);
   LoadedModel m;
   m.config = c;
+  auto get = [&](int tp, int pp, int ep, const std::string& local) {
+    const auto& rk = r.rank(tp, pp, ep);
+    return rk.file->tensor(r.ref(rk, local));
+  };
   for (const auto& rule : map.rules()) {
-    Shape shape = rule.shape;
-    if (is_vocab_tensor(rule.mcore)) shape[0] = spec.padded_vocab();
-    Tensor t = spec.merge(rule.mcore, shape, dtype, get);
+    Tensor t = r.spec().merge(rule.mcore, r.stored_shape(rule), dtype, get);
     if (is_vocab_tensor(rule.mcore)) t = t.slice_rows(0, c.vocab_size);  // drop Megatron's padding rows
     m.state[rule.mcore] = t;
   }
@@ -272,18 +342,110 @@ LoadedModel load_model(const std::string& dir) {
   return load_mcore_model(dir, load_hf_config(dir).params_dtype);
 }
 
+// Streams: the HF shards are planned from shapes alone (the names, order and bytes that
+// save_hf_weights writes), then each canonical tensor is merged from its rank files, split into
+// its HF tensors and written at its planned offset, by two workers taking rules in turn. Bytes
+// stored whole in the output dtype are copied file to file by the kernel; the rest pass through
+// one merged tensor per worker, so memory stays around two tensors whatever the model size.
 void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt) {
-  const LoadedModel m = load_mcore_model(mcore_dir, opt.dtype);
-  if (opt.progress) {  // merged in memory above; report the write as one step per tensor
-    uint64_t total = 0;
-    for (const auto& [n, t] : m.state) total += t.nbytes();
-    opt.progress(total, total, int(m.state.size()), int(m.state.size()));
+  McoreReader r(mcore_dir);
+  const ModelConfig& c = r.config();
+  const ShardSpec& spec = r.spec();
+  const WeightMap map = WeightMap::for_config(c);
+  const auto& rules = map.rules();
+  r.open_all();
+  for (const auto& rule : rules) r.check(rule);  // every piece, before anything is written
+
+  std::vector<io::TensorDesc> descs;
+  std::vector<uint64_t> sizes;
+  std::vector<size_t> first_desc;  // rule -> index of its first HF tensor
+  for (const auto& rule : rules) {
+    first_desc.push_back(descs.size());
+    for (size_t i = 0; i < rule.hf.size(); ++i) {
+      descs.push_back({rule.hf[i], opt.dtype, rule.hf_shapes[i]});
+      sizes.push_back(descs.back().nbytes());
+    }
   }
+  const io::SafetensorsShardPlan plan = io::plan_safetensors_shards(sizes, opt.max_shard_bytes);
   const fs::path tmp = begin_output(out_dir, opt.overwrite);
-  save_hf_weights(m.config, m.state, tmp.string(), opt.max_shard_bytes);
-  const fs::path dir(mcore_dir);
-  copy_side_files(dir, tmp, opt.dtype);
+  std::vector<std::unique_ptr<OutputFile>> outs;
+  std::vector<std::pair<size_t, uint64_t>> at(descs.size());  // HF tensor -> (output file, offset)
+  std::vector<std::pair<std::string, std::vector<std::string>>> index;
+  for (size_t f = 0; f < plan.files.size(); ++f) {
+    std::vector<io::TensorDesc> in_file;
+    for (size_t d : plan.members[f]) in_file.push_back(descs[d]);
+    const fs::path path = tmp / plan.files[f];
+    const std::string header = io::safetensors_header_bytes(path.string(), in_file);
+    outs.push_back(std::make_unique<OutputFile>(path.string()));
+    outs.back()->write_at(0, header.data(), header.size());
+    uint64_t off = header.size();
+    index.push_back({plan.files[f], {}});
+    for (size_t d : plan.members[f]) at[d] = {f, off}, off += sizes[d], index.back().second.push_back(descs[d].name);
+  }
+
+  std::mutex mu;
+  uint64_t bytes_done = 0;
+  int tensors_done = 0;
+  std::atomic<size_t> next{0};
+  std::exception_ptr failure;
+  auto work = [&] {
+    try {
+      for (size_t k; (k = next.fetch_add(1)) < rules.size();) {
+        const WeightRule& rule = rules[k];
+        struct Piece {
+          const io::TorchFile* file;
+          std::pair<size_t, size_t> range;  // offset, size
+        };
+        std::vector<Piece> pieces;
+        auto get = [&](int tp, int pp, int ep, const std::string& local) {
+          const auto& rk = r.rank(tp, pp, ep);
+          const io::TensorRef& ref = r.ref(rk, local);
+          pieces.push_back({rk.file.get(), rk.file->locate(ref)});
+          return rk.file->tensor(ref);
+        };
+        Tensor m = spec.merge(rule.mcore, r.stored_shape(rule), opt.dtype, get);
+        if (is_vocab_tensor(rule.mcore)) m = m.slice_rows(0, c.vocab_size);  // drop Megatron's padding rows
+        const std::vector<Tensor> hf = map.to_hf(rule, m);
+        uint64_t bytes = 0;
+        for (size_t i = 0; i < hf.size(); ++i) {
+          const size_t d = first_desc[k] + i;
+          MOE_ASSERT(hf[i].nbytes() == sizes[d], "{}: {} bytes, planned {}", rule.hf[i], hf[i].nbytes(), sizes[d]);
+          const auto* p = static_cast<const unsigned char*>(hf[i].raw());
+          const Piece* stored = nullptr;  // the rank file it lies in, when these are its stored bytes
+          for (const auto& pc : pieces) {
+            const unsigned char* b = pc.file->mapped().data() + pc.range.first;
+            if (p >= b && p + sizes[d] <= b + pc.range.second) stored = &pc;
+          }
+          OutputFile& out = *outs[at[d].first];
+          if (stored)
+            out.copy_at(at[d].second, stored->file->mapped(), uint64_t(p - stored->file->mapped().data()), sizes[d]);
+          else
+            out.write_at(at[d].second, p, sizes[d]);
+          bytes += sizes[d];
+        }
+        for (const auto& pc : pieces) pc.file->mapped().drop_pages(pc.range.first, pc.range.second);
+        if (opt.progress) {
+          std::lock_guard<std::mutex> lock(mu);
+          bytes_done += bytes, tensors_done += int(hf.size());
+          opt.progress(bytes_done, plan.total_bytes, tensors_done, int(descs.size()));
+        }
+      }
+    } catch (...) {
+      next = rules.size();  // the other worker stops at its next tensor
+      std::lock_guard<std::mutex> lock(mu);
+      if (!failure) failure = std::current_exception();
+    }
+  };
+  std::thread helper(work);
+  work();
+  helper.join();
+  if (failure) std::rethrow_exception(failure);
+  for (auto& o : outs) o->close();
+  if (plan.files.size() > 1)
+    write_file_atomic((tmp / "model.safetensors.index.json").string(), io::safetensors_index_json(index, plan.total_bytes));
+  copy_side_files(fs::path(mcore_dir), tmp, opt.dtype);
   finish_output(tmp, out_dir);
+  log().info("wrote {} tensors in {} files to {}", descs.size(), plan.files.size(), out_dir);
 }
 
 }  // namespace moe::model

@@ -1,6 +1,9 @@
 #include "model/shard_spec.h"
 
 #include <cstdio>
+#include <numeric>
+#include <set>
+#include <tuple>
 
 #include "core/error.h"
 #include "model/state_dict.h"
@@ -8,7 +11,15 @@
 namespace moe::model {
 
 ShardSpec::ShardSpec(const ModelConfig& c, ParallelLayout p, int divisible_by) : c_(c), p_(p) {
-  if (p.tp < 1 || p.pp < 1 || p.ep < 1) throw_input("parallel sizes must be >= 1");
+  if (p.tp < 1 || p.pp < 1 || p.ep < 1 || p.etp < 0)
+    throw_input("--tensor_model_parallel_size, --pipeline_model_parallel_size, --expert_model_parallel_size and "
+                "--expert_tensor_parallel_size must be >= 1");
+  if (p.etp == 0) p_.etp = p.etp = p.tp;  // Megatron: expert_tensor_parallel_size defaults to TP
+  if (p.tp % p.etp)
+    throw_input("--expert_tensor_parallel_size {} must divide --tensor_model_parallel_size {}: the legacy torch "
+                "checkpoint names files by TP and EP rank only, so more expert tensor-parallel ranks than TP ranks "
+                "would write the same file (use a smaller ETP)",
+                p.etp, p.tp);
   if (c.num_query_groups % p.tp)
     throw_input("--tensor_model_parallel_size {} must divide num_key_value_heads {}", p.tp, c.num_query_groups);
   if (c.num_layers % p.pp)
@@ -19,7 +30,8 @@ ShardSpec::ShardSpec(const ModelConfig& c, ParallelLayout p, int divisible_by) :
     if (f % p.tp) throw_input("--tensor_model_parallel_size {} must divide {} {}", p.tp, what, f);
   };
   if (c.ffn_hidden_size) check_ffn(c.ffn_hidden_size, "intermediate_size");
-  if (c.num_experts) check_ffn(c.moe_ffn_hidden_size, "moe_intermediate_size");
+  if (c.num_experts && c.moe_ffn_hidden_size % p.etp)
+    throw_input("--expert_tensor_parallel_size {} must divide moe_intermediate_size {}", p.etp, c.moe_ffn_hidden_size);
   if (c.moe_shared_expert_intermediate_size) check_ffn(c.moe_shared_expert_intermediate_size, "shared_expert_intermediate_size");
   const int64_t m = int64_t(divisible_by) * p.tp;  // Megatron pads to a multiple of divisible_by x TP
   padded_vocab_ = (c.vocab_size + m - 1) / m * m;
@@ -31,6 +43,18 @@ std::string ShardSpec::rank_dir(int tp, int pp, int ep) const {
   if (p_.pp > 1) n += std::snprintf(buf + n, sizeof buf - size_t(n), "_%03d", pp);
   if (p_.ep > 1) std::snprintf(buf + n, sizeof buf - size_t(n), "_%03d", ep);
   return buf;
+}
+
+std::vector<ShardSpec::RankFile> ShardSpec::rank_files() const {
+  // Process i of a stage: TP rank i % TP, EP rank (i / ETP) % EP; the pattern repeats every
+  // lcm(TP, ETP x EP) processes, whatever the data-parallel size.
+  const int period = std::lcm(p_.tp, p_.etp * p_.ep);
+  std::set<std::tuple<int, int, int>> seen;  // (pp, ep, tp): the order files are written in
+  for (int pp = 0; pp < p_.pp; ++pp)
+    for (int i = 0; i < period; ++i) seen.insert({pp, (i / p_.etp) % p_.ep, i % p_.tp});
+  std::vector<RankFile> out;
+  for (const auto& [pp, ep, tp] : seen) out.push_back({tp, pp, ep});
+  return out;
 }
 
 ShardSpec::Where ShardSpec::where(const std::string& name) const {
@@ -85,8 +109,9 @@ bool ShardSpec::local_part(const std::string& name, const Shape& full, int /*tp*
   if (!holds(w, pp, ep)) return false;
   *local = local_name(name, w);
   *shape = full;
-  if (w.split == Split::kRows || w.split == Split::kGatedRows) (*shape)[0] /= p_.tp;
-  if (w.split == Split::kCols) (*shape)[1] /= p_.tp;
+  const int n = split_ways(w);
+  if (w.split == Split::kRows || w.split == Split::kGatedRows) (*shape)[0] /= n;
+  if (w.split == Split::kCols) (*shape)[1] /= n;
   return true;
 }
 
@@ -98,18 +123,20 @@ std::vector<ShardSpec::Piece> ShardSpec::shard(const std::string& name, const Te
   const size_t es = dtype_size(full.dtype());
   const int64_t rows = full.dim(0), cols = full.ndim() > 1 ? full.dim(1) : 1;
   const char* src = static_cast<const char*>(full.raw());
-  if (w.split == Split::kReplicated || p_.tp == 1) return {{local, full}};  // no copy needed
+  const int n = split_ways(w);
+  if (n == 1) return {{local, full}};  // no copy needed
+  tp = piece_of(w, tp);
   switch (w.split) {
     case Split::kReplicated: return {{local, full}};
     case Split::kRows: {
       Shape s = full.shape();
-      s[0] = rows / p_.tp;
+      s[0] = rows / n;
       Tensor t(s, full.dtype());
       std::memcpy(t.raw(), src + size_t(tp * s[0] * cols) * es, t.nbytes());
       return {{local, t}};
     }
     case Split::kCols: {
-      const int64_t cc = cols / p_.tp;
+      const int64_t cc = cols / n;
       Tensor t({rows, cc}, full.dtype());
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(static_cast<char*>(t.raw()) + size_t(r * cc) * es, src + size_t(r * cols + tp * cc) * es,
@@ -117,7 +144,7 @@ std::vector<ShardSpec::Piece> ShardSpec::shard(const std::string& name, const Te
       return {{local, t}};
     }
     case Split::kGatedRows: {
-      const int64_t F = rows / 2, f = F / p_.tp;
+      const int64_t F = rows / 2, f = F / n;
       Tensor t({2 * f, cols}, full.dtype());
       const size_t chunk = size_t(f * cols) * es;
       std::memcpy(t.raw(), src + size_t(tp * f * cols) * es, chunk);

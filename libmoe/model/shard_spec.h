@@ -1,8 +1,9 @@
 // ShardSpec: the one place that says how each canonical tensor splits over tensor (TP),
 // pipeline (PP) and expert (EP) parallel ranks, and what it is called on the rank that holds
 // it (layer numbers local to the stage, experts local to the EP rank). Checkpoint writing and
-// merging use it; the engine and the planner will too. Expert tensors split by ETP = TP, the
-// Megatron default and the only grid the legacy format can express.
+// merging use it; the engine and the planner will too. Expert tensors split over the expert
+// tensor-parallel size ETP (default TP, as in Megatron); the legacy format names files by
+// (TP rank, PP rank, EP rank) only, so it can hold ETP that divides TP (see rank_files()).
 #pragma once
 #include <string>
 #include <vector>
@@ -14,42 +15,62 @@ namespace moe::model {
 
 struct ParallelLayout {
   int tp = 1, pp = 1, ep = 1;
+  int etp = 0;  // expert tensor-parallel size; 0 means "same as tp" (Megatron's default)
 };
 
 class ShardSpec {
  public:
   // InputError naming the flag when the model does not divide over the layout.
   ShardSpec(const ModelConfig& c, ParallelLayout layout, int make_vocab_size_divisible_by);
+  // With etp resolved (never 0).
   const ParallelLayout& layout() const { return p_; }
   int64_t padded_vocab() const { return padded_vocab_; }
   // Megatron's per-rank directory: mp_rank_TT[_PPP][_EEE].
   std::string rank_dir(int tp, int pp, int ep) const;
 
+  // The rank files of the layout, ordered by (pp, ep, tp). Megatron ranks a stage's processes
+  // with TP fastest for dense layers and ETP, then EP, fastest for experts (RankGenerator order
+  // tp-cp-ep-dp-pp), and process i writes mp_rank_{i % TP}[_PPP]_{(i / ETP) % EP}: with
+  // ETP == TP that is every (tp, ep) pair; with ETP < TP only the pairs some process has (e.g.
+  // TP2 ETP1 EP2: (0,0) and (1,1)). File (tp, ep) holds expert tensor-parallel rank tp % ETP of
+  // EP rank ep's experts.
+  struct RankFile {
+    int tp, pp, ep;
+  };
+  std::vector<RankFile> rank_files() const;
+
   struct Piece {
     std::string name;  // the rank-local name
     Tensor tensor;     // this rank's slice (a copy unless the tensor is replicated)
   };
-  // The part of canonical tensor `name` (full shape, vocab already padded) that rank
+  // The part of canonical tensor `name` (full shape, vocab already padded) that rank file
   // (tp, pp, ep) holds; empty if it holds none of it.
   std::vector<Piece> shard(const std::string& name, const Tensor& full, int tp, int pp, int ep) const;
   // Without data: the rank-local name and shape of that part, or false if the rank holds none.
   bool local_part(const std::string& name, const Shape& full_shape, int tp, int pp, int ep, std::string* local,
                   Shape* shape) const;
-  // Reassembles canonical tensor `name` of shape `shape` from the ranks that hold it; `get`
-  // returns a rank's tensor by local name (InputError if missing).
+  // Reassembles canonical tensor `name` of shape `shape` from the rank files that hold it;
+  // `get(tp, pp, ep, local)` returns a rank's tensor by local name (InputError if missing).
+  // When one piece is the whole tensor in `dtype`, that piece itself is returned (no copy).
   template <class Get>
   Tensor merge(const std::string& name, const Shape& shape, DType dtype, Get&& get) const;
+  // The rank files merge() reads for `name`, in piece order: visit(tp, pp, ep, local name).
+  template <class Visit>
+  void for_each_piece(const std::string& name, Visit&& visit) const;
 
  private:
   enum class Split { kReplicated, kRows, kCols, kGatedRows };
   struct Where {
     int layer = -1;   // global layer, -1 if not a layer tensor
-    int expert = -1;  // global expert, -1 if not an expert tensor
+    int expert = -1;  // global expert, -1 if not an expert tensor (split over ETP, not TP)
     Split split = Split::kReplicated;
     bool first_stage = false, last_stage = false;  // embedding / final norm, output layer
   };
   Where where(const std::string& name) const;
   bool holds(const Where& w, int pp, int ep) const;
+  // Pieces the tensor splits into (TP, ETP or 1), and which piece rank file `tp` holds.
+  int split_ways(const Where& w) const { return w.split == Split::kReplicated ? 1 : w.expert >= 0 ? p_.etp : p_.tp; }
+  int piece_of(const Where& w, int tp) const { return w.split == Split::kReplicated ? 0 : tp % split_ways(w); }
   std::string local_name(const std::string& name, const Where& w) const;
   ModelConfig c_;
   ParallelLayout p_;

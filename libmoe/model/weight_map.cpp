@@ -105,16 +105,15 @@ Tensor WeightMap::to_mcore(const WeightRule& r, const std::vector<Tensor>& hf) c
 
 std::vector<Tensor> WeightMap::to_hf(const WeightRule& r, const Tensor& m) const {
   if (r.fuse == Fuse::kCopy) return {m};
+  if (r.fuse == Fuse::kGateUp) {  // [gate; up]: two row ranges, returned as views (no copy)
+    const int64_t F = r.hf_shapes[0][0];
+    return {m.slice_rows(0, F), m.slice_rows(F, m.dim(0))};
+  }
   std::vector<Tensor> out;
   for (const auto& s : r.hf_shapes) out.emplace_back(s, m.dtype());
   const size_t es = dtype_size(m.dtype());
   const size_t row = size_t(r.shape.size() == 2 ? r.shape[1] : 1) * es;
   const char* src = static_cast<const char*>(m.raw());
-  if (r.fuse == Fuse::kGateUp) {
-    std::memcpy(out[0].raw(), src, out[0].nbytes());
-    std::memcpy(out[1].raw(), src + out[0].nbytes(), out[1].nbytes());
-    return out;
-  }
   const int64_t d = cfg_.kv_channels, ratio = cfg_.query_groups_ratio();
   char* q = static_cast<char*>(out[0].raw());
   char* k = static_cast<char*>(out[1].raw());

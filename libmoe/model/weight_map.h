@@ -35,7 +35,8 @@ class WeightMap {
   // HF tensors (ordered as rule.hf, shapes already checked) -> the canonical tensor.
   // kCopy returns the input itself (no copy, may borrow a mapped file).
   Tensor to_mcore(const WeightRule& rule, const std::vector<Tensor>& hf) const;
-  // The inverse: canonical tensor -> HF tensors in rule.hf order.
+  // The inverse: canonical tensor -> HF tensors in rule.hf order. kCopy and kGateUp return
+  // views of `mcore` (sharing its storage); kQkv returns new tensors.
   std::vector<Tensor> to_hf(const WeightRule& rule, const Tensor& mcore) const;
 
  private:

@@ -5,6 +5,7 @@ fp32, and across a bf16 -> fp32 -> bf16 dtype change; torch.load reads the Megat
 Megatron's keys, padded vocabulary and per-group fused QKV; bad input exits 2 with one line.
 Usage: export_test.py MOECTL SRC_DIR WORK_DIR"""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -76,16 +77,80 @@ def check_rank_contents(base, tp, pp, ep):
     assert "embedding.word_embeddings.weight" not in m and "decoder.final_layernorm.weight" in m  # last stage
 
 
-def case(family, dtype, via=None, layout=(1, 1, 1), config_dir=None):
+def expected_rank_files(tp, pp, ep, etp):
+    """Megatron's legacy save (RankGenerator order tp-cp-ep-dp-pp): process i of a stage has TP
+    rank i % TP and EP rank (i // ETP) % EP; one file per distinct (tp, ep), over one period."""
+    period = tp * etp * ep // math.gcd(tp, etp * ep)
+    pairs = sorted({(i % tp, (i // etp) % ep) for i in range(period)})
+    out = {}
+    for p in range(pp):
+        for t, e in pairs:
+            out["mp_rank_%02d" % t + ("_%03d" % p if pp > 1 else "") + ("_%03d" % e if ep > 1 else "")] = (t, p, e)
+    return out
+
+
+def check_etp_rank_keys(base, tp, ep, etp):
+    """Per rank file, the key set and every shape are Megatron-Core's for qwen2_moe with expert
+    weights split over ETP (not TP), dense and shared-expert weights over TP; the expert slices
+    are the HF tensors cut by ETP rank tp % ETP."""
+    cfg = json.load(open(os.path.join(base + "_hf", "config.json")))
+    t = hf_model.load_safetensors_dir(base + "_hf")
+    H, F, Fs, E = cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["shared_expert_intermediate_size"], cfg["num_experts"]
+    nh, ng = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim") or H // nh
+    Vp = -(-cfg["vocab_size"] // (128 * tp)) * (128 * tp)
+    nle, f = E // ep, F // etp
+    files = expected_rank_files(tp, 1, ep, etp)
+    got_files = sorted(os.listdir(os.path.join(base + "_mc", "iter_0000001")))
+    assert got_files == sorted(files), (got_files, sorted(files))
+    for rd, (r, _, e) in files.items():
+        m = torch.load(os.path.join(base + "_mc", "iter_0000001", rd, "model_optim_rng.pt"))
+        assert m["args"].expert_tensor_parallel_size == etp and m["args"].tensor_model_parallel_size == tp
+        shapes = {k: list(v.shape) for k, v in m["model"].items() if isinstance(v, torch.Tensor)}
+        want = {"embedding.word_embeddings.weight": [Vp // tp, H], "decoder.final_layernorm.weight": [H]}
+        if not cfg.get("tie_word_embeddings", False):
+            want["output_layer.weight"] = [Vp // tp, H]
+        for l in range(cfg["num_hidden_layers"]):
+            p = f"decoder.layers.{l}."
+            want[p + "self_attention.linear_qkv.layer_norm_weight"] = [H]
+            want[p + "self_attention.linear_qkv.weight"] = [(nh + 2 * ng) * hd // tp, H]
+            want[p + "self_attention.linear_qkv.bias"] = [(nh + 2 * ng) * hd // tp]
+            want[p + "self_attention.linear_proj.weight"] = [H, nh * hd // tp]
+            if l in cfg["mlp_only_layers"]:
+                want[p + "mlp.linear_fc1.layer_norm_weight"] = [H]
+                want[p + "mlp.linear_fc1.weight"] = [2 * cfg["intermediate_size"] // tp, H]
+                want[p + "mlp.linear_fc2.weight"] = [H, cfg["intermediate_size"] // tp]
+                continue
+            want[p + "pre_mlp_layernorm.weight"] = [H]
+            want[p + "mlp.router.weight"] = [E, H]
+            want[p + "mlp.shared_experts.linear_fc1.weight"] = [2 * Fs // tp, H]
+            want[p + "mlp.shared_experts.linear_fc2.weight"] = [H, Fs // tp]
+            want[p + "mlp.shared_experts.gate_weight"] = [1, H]
+            for j in range(nle):
+                want[p + f"mlp.experts.linear_fc1.weight{j}"] = [2 * f, H]
+                want[p + f"mlp.experts.linear_fc2.weight{j}"] = [H, f]
+                s = r % etp  # this file's expert tensor-parallel rank
+                hp = f"model.layers.{l}.mlp.experts.{e * nle + j}."
+                gate, up = t[hp + "gate_proj.weight"], t[hp + "up_proj.weight"]
+                assert torch.equal(m["model"][p + f"mlp.experts.linear_fc1.weight{j}"],
+                                   torch.cat([gate[s * f:(s + 1) * f], up[s * f:(s + 1) * f]]).to(torch.bfloat16)), rd
+                assert torch.equal(m["model"][p + f"mlp.experts.linear_fc2.weight{j}"],
+                                   t[hp + "down_proj.weight"][:, s * f:(s + 1) * f].to(torch.bfloat16)), rd
+        diff = sorted(set(shapes) ^ set(want)) or [(k, shapes[k], want[k]) for k in want if shapes[k] != want[k]]
+        assert not diff, (rd, diff[:4])
+
+
+def case(family, dtype, via=None, layout=(1, 1, 1), config_dir=None, etp=None):
     tp, pp, ep = layout
     name = f"{family}_{dtype}" + (f"_via_{via}" if via else "") + (f"_tp{tp}pp{pp}ep{ep}" if layout != (1, 1, 1) else "")
+    name += f"etp{etp}" if etp else ""
     try:
         base = os.path.join(WORK, name)
         hf_model.write_random_model(config_dir or os.path.join(SRC, "configs", "tiny", family), base + "_hf", dtype, seed=5)
         mid = via or dtype
         run(["export", "--model", base + "_hf", "--to_mcore", "true", "--torch_dtype", mid, "--output_dir", base + "_mc",
              "--tensor_model_parallel_size", str(tp), "--pipeline_model_parallel_size", str(pp),
-             "--expert_model_parallel_size", str(ep)])
+             "--expert_model_parallel_size", str(ep)] + (["--expert_tensor_parallel_size", str(etp)] if etp else []))
         run(["export", "--mcore_model", base + "_mc", "--to_hf", "true", "--torch_dtype", dtype, "--output_dir",
              base + "_back"])
         a, b = raw_tensors(base + "_hf"), raw_tensors(base + "_back")
@@ -97,10 +162,13 @@ def case(family, dtype, via=None, layout=(1, 1, 1), config_dir=None):
         rank0 = "mp_rank_00" + ("_000" if pp > 1 else "") + ("_000" if ep > 1 else "")
         ck = torch.load(os.path.join(base + "_mc", "iter_0000001", rank0, "model_optim_rng.pt"))
         ranks = sorted(os.listdir(os.path.join(base + "_mc", "iter_0000001")))
-        assert len(ranks) == tp * pp * ep, ranks
+        assert ranks == sorted(expected_rank_files(tp, pp, ep, etp or tp)), ranks
+        assert json.load(open(os.path.join(base + "_mc", "args.json")))["expert_tensor_parallel_size"] == (etp or tp)
         if layout != (1, 1, 1):
-            if layout == (2, 3, 2) and family == "qwen2_moe":
+            if layout == (2, 3, 2) and family == "qwen2_moe" and not etp:
                 check_rank_contents(base, tp, pp, ep)
+            if etp and family == "qwen2_moe" and pp == 1:
+                check_etp_rank_keys(base, tp, ep, etp)
             print(f"ok   {name}: {len(a)} HF tensors bit-identical after the round trip through ranks {ranks}")
             return
         assert open(os.path.join(base + "_mc", "latest_checkpointed_iteration.txt")).read() == "1"
@@ -135,6 +203,11 @@ for lay in [(2, 1, 1), (1, 3, 1), (1, 1, 2), (2, 3, 2)]:
     case("qwen2_moe", "bfloat16", layout=lay)
     case("mixtral", "bfloat16", layout=lay)
 case("qwen3", "bfloat16", layout=(2, 3, 1))  # tied embeddings across stages
+# Expert tensor parallelism other than TP: experts whole (ETP1) while attention splits over TP2.
+case("qwen2_moe", "bfloat16", layout=(2, 1, 2), etp=1)
+case("mixtral", "bfloat16", layout=(2, 1, 2), etp=1)
+case("qwen2_moe", "bfloat16", layout=(2, 1, 4), etp=1)  # files (0,0) (1,1) (0,2) (1,3)
+case("qwen2_moe", "bfloat16", layout=(2, 3, 1), etp=1)
 # PP2 and TP2xEP2xPP2 literally, on a 4-layer variant of the tiny qwen2_moe config.
 four = os.path.join(WORK, "configs", "qwen2_moe4")
 os.makedirs(four)
@@ -216,6 +289,10 @@ try:
              "--tensor_model_parallel_size", "3", "--output_dir", os.path.join(WORK, "tp2")], rc=2)
     assert "--tensor_model_parallel_size 3" in p.stderr, p.stderr
     assert not os.path.exists(os.path.join(WORK, "tp2")), "a refused export left a directory"
+    p = run(["export", "--model", os.path.join(WORK, "qwen2_moe_bfloat16_hf"), "--to_mcore", "true",
+             "--tensor_model_parallel_size", "1", "--expert_tensor_parallel_size", "2", "--output_dir",
+             os.path.join(WORK, "etp2")], rc=2)
+    assert len(p.stderr.strip().splitlines()) == 1 and "--expert_tensor_parallel_size 2" in p.stderr, p.stderr
     good = os.path.join(WORK, "qwen2_moe_bfloat16_tp2pp1ep1_mc")
 
     def broken(tag, mutate, needle):
