@@ -36,7 +36,17 @@ enum class Precision { kBf16, kFp8, kFp32 };
 // flex: DeepEP, which sends a token once per remote node and forwards it over NVLink there.
 enum class Dispatcher { kAllToAll, kAllGather, kFlex };
 
+// What trains: Megatron-Core on GPUs (the default: flash attention, bf16/fp8/fp32, allowances
+// for the CUDA context, NCCL and the caching allocator), or moectl's own CPU engine
+// (libmoe/model/train_model.cpp) on one process: fp32 weights, grads and Adam states, the
+// tensors its modules keep for the backward, an LM head chunked over tokens, and a measured
+// process baseline (binary, OpenBLAS buffers, tokenizer, data) as the only `other`.
+enum class Engine { kMegatron, kMoectlCpu };
+
 struct TrainingOptions {
+  Engine engine = Engine::kMegatron;
+  double cpu_process_bytes = 0;  // kMoectlCpu: RSS of the process before the model exists
+  int cpu_threads = 1;           // kMoectlCpu: worker threads (each keeps attention workspaces)
   int64_t seq_length = 4096;
   int64_t global_batch_size = 1024;
   bool use_distributed_optimizer = true;

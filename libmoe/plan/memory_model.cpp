@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/error.h"
+#include "plan/moectl_cpu_memory.h"
 #include "plan/pipeline_split.h"
 
 namespace moe::plan {
@@ -12,6 +14,8 @@ int64_t num_microbatches(const Layout& l, const TrainingOptions& t) {
 
 LayerActivations layer_activations(const ModelShape& m, const Layout& l, const TrainingOptions& t, bool moe_layer,
                                    Recompute r) {
+  if (t.engine == Engine::kMoectlCpu)
+    return moectl_cpu_layer_activations(m, double(l.micro_batch_size) * double(t.seq_length), moe_layer, r);
   const double b = 2;  // bf16 activations (fp32 training keeps 4)
   const double a = t.precision == Precision::kFp32 ? 4 : b;
   const double h = m.hidden_size, d = m.kv_channels, nq = m.num_attention_heads, ng = m.num_query_groups;
@@ -63,11 +67,29 @@ int process_groups(const Layout& l) {
   return n;
 }
 
+// moectl's CPU engine on one process: every layer's kept activations for the one micro-batch in
+// flight plus the working set of the last layer's backward; the process baseline is `other`.
+void moectl_cpu_activations(const ModelShape& m, const Layout& l, const TrainingOptions& t, StageMemory& r) {
+  const int moe_layers = m.num_moe_layers(), dense_layers = m.num_layers - moe_layers;
+  r.layer_microbatches = m.num_layers;
+  r.act_layers = moe_layers * layer_activations(m, l, t, true, l.recompute).total() +
+                 dense_layers * layer_activations(m, l, t, false, l.recompute).total();
+  const MoectlCpuWorking w = moectl_cpu_working(m, l, t);
+  r.act_working = w.step_buffers + w.backward + w.recompute + w.attention_workspace;
+  r.act_logits = w.head_chunk;
+  r.act_dispatcher = 0;  // the permuted rows are counted in the layers (x_perm, y_perm)
+  r.activations = r.act_layers + r.act_working + r.act_logits;
+  r.cuda_context = r.nccl = r.fragmentation = 0;
+  r.other = t.cpu_process_bytes;
+}
+
 StageMemory stage_memory(const ModelShape& m, const Layout& l, const TrainingOptions& t, int stage) {
   const StageLayers s = stage_layers(m, l, stage);
   const bool first = stage == 0, last = stage == l.pp - 1;
   const int dense_layers = s.layers - s.moe_layers;
-  const double h = m.hidden_size, V = double(m.padded_vocab(l.tp, t.make_vocab_size_divisible_by));
+  const double h = m.hidden_size;
+  const double V = t.engine == Engine::kMoectlCpu ? double(m.vocab_size)  // moectl's engine does not pad
+                                                 : double(m.padded_vocab(l.tp, t.make_vocab_size_divisible_by));
   StageMemory r;
   r.stage = stage;
   double dense = double(s.layers) * double(m.attention_params()) / l.tp +
@@ -91,6 +113,11 @@ StageMemory stage_memory(const ModelShape& m, const Layout& l, const TrainingOpt
   r.weights = wbytes * (dense + experts);
   r.gradients = 4 * (dense + experts);
   r.optimizer = state * (dense / d_dense + experts / d_expert);
+
+  if (t.engine == Engine::kMoectlCpu) {
+    moectl_cpu_activations(m, l, t, r);
+    return r;
+  }
 
   // In-flight activations (1F1B): stage i holds min(pp - i, m) micro-batches; interleaved
   // holds 2(pp-1-i) + (vpp-1)pp + 1 model chunks (Megatron's warm-up count + 1).
@@ -132,6 +159,12 @@ StageMemory stage_memory(const ModelShape& m, const Layout& l, const TrainingOpt
 }  // namespace
 
 MemoryEstimate estimate_memory(const ModelShape& m, const Layout& l, const TrainingOptions& t) {
+  if (t.engine == Engine::kMoectlCpu) {
+    if (l.world() != 1 || l.ep != 1 || l.etp != 1 || l.vpp != 1)
+      throw_input("layout {}: moectl's CPU engine trains on one process (every parallel size 1)", to_string(l));
+    if (t.precision != Precision::kFp32)
+      throw_input("moectl's CPU engine trains in fp32 (pass --bf16 false)");
+  }
   MemoryEstimate e;
   e.first = stage_memory(m, l, t, 0);
   // With uneven stages the second stage can hold more layers than the first.

@@ -1,8 +1,11 @@
 // Memory model against values computed by hand for a small MoE config (every term written out).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "plan/memory_model.h"
 #include "plan/pipeline_split.h"
+#include "testutil.h"
 
 namespace moe::plan {
 namespace {
@@ -84,6 +87,58 @@ TEST(plan_memory_model, ActivationsByHand) {
   EXPECT_NEAR(e.first.activations, 2 * layer + 2 * 2 * te * h + 10 * T * 1024 + 2 * 2 * T * h, 1e-6);
   // Two process groups of size > 1 (DP, EP); fragmentation 8% of activations.
   EXPECT_NEAR(e.first.other, 0.75 * kGiB + 2 * 0.25 * kGiB + 0.08 * e.first.activations, 1e-3);
+}
+
+// moectl's own CPU engine keeps fp32 tensors (train_model.cpp and its modules): per layer x_in,
+// h1, x_mid, h2, attention's qkv plus the q/k/v split out of it, out and lse, the router's logits
+// and probabilities, two routings, the dispatcher's row maps, x_perm, each expert's fc1 output and
+// SwiGLU, y_perm; the working set is the last layer's backward, the step's residual and final-norm
+// buffers, one LM-head chunk and each thread's attention [L, L] workspaces.
+TEST(plan_memory_model, MoectlCpuEngineByHand) {
+  const ModelShape m = small_moe();
+  Layout l;  // one process
+  TrainingOptions t = small_training();
+  t.engine = Engine::kMoectlCpu, t.precision = Precision::kFp32, t.use_distributed_optimizer = false;
+  t.global_batch_size = 1, t.cpu_threads = 1, t.cpu_process_bytes = 1e8;
+  const double T = 128, h = 64, R = T * 2;  // every (token, slot) pair is a dispatcher row
+  const LayerActivations x = layer_activations(m, l, t, true, Recompute::kNone);
+  EXPECT_DOUBLE_EQ(x.attn_norm_in, 4 * T * h);
+  EXPECT_DOUBLE_EQ(x.attn_qkv, 2 * 4 * T * (4 + 2 * 2) * 16);
+  EXPECT_DOUBLE_EQ(x.attn_out, 4 * T * 64 + 4 * T * 4);
+  EXPECT_DOUBLE_EQ(x.router, 2 * 4 * T * 4 + 2 * 8 * T * 2 + 8 * 4 + 16 * 4 + 20 * R);
+  EXPECT_DOUBLE_EQ(x.expert_fc1_in, 4 * R * h);
+  EXPECT_DOUBLE_EQ(x.expert_fc1_out, 4 * R * 64);
+  EXPECT_DOUBLE_EQ(x.expert_act_out, 4 * R * 32);
+  EXPECT_DOUBLE_EQ(x.combine, 4 * R * h);
+  const double layer = 4 * 32768 + 131072 + 34816 + 13408 + 3 * 65536 + 32768;
+  EXPECT_DOUBLE_EQ(x.total(), layer);
+  // Selective (layernorm + moe_act): h1, h2 and the experts' SwiGLU outputs go.
+  EXPECT_DOUBLE_EQ(layer_activations(m, l, t, true, Recompute::kSelective).total(), layer - 2 * 32768 - 32768);
+  EXPECT_DOUBLE_EQ(layer_activations(m, l, t, true, Recompute::kFull).total(), 4 * T * h);
+
+  const MemoryEstimate e = estimate_memory(m, l, t);
+  const double dense = 2 * 12288 + 2 * 128 + 2 * 256 + 2 * 1000 * 64 + 64;  // vocabulary not padded
+  const double experts = 2 * 4 * 6144;
+  EXPECT_DOUBLE_EQ(e.first.weights, 4 * (dense + experts));
+  EXPECT_DOUBLE_EQ(e.first.gradients, 4 * (dense + experts));
+  EXPECT_DOUBLE_EQ(e.first.optimizer, 8 * (dense + experts));  // Adam moments, no separate master
+  EXPECT_DOUBLE_EQ(e.first.act_layers, 2 * layer);
+  const double step = 4 * 4 * T * h + 8 * T;                               // x, x_next, hf, dhf, label rows
+  const double head = 4 * T * 1000 + 2 * 4 * T * h + 4 * T;                // logits, hc, dhc, labels of a chunk
+  const double attn_bwd = 4 * T * (2 * 64 + 2 * 32 + 128);                 // dout, dq, dk, dv, dqkv
+  const double moe_bwd = 2 * 4 * R * h + 4 * T * 2 + 64 * 4 * 32 * 3;      // dy_perm, dx_perm, dweight, one expert
+  const double backward = 3 * 4 * T * h + std::max(attn_bwd, moe_bwd);     // h1, h2 copies, dh + the larger
+  EXPECT_DOUBLE_EQ(e.first.act_logits, head);
+  EXPECT_DOUBLE_EQ(e.first.act_working, step + backward + 3 * 4 * T * T);  // + P, P, dP of one thread
+  EXPECT_DOUBLE_EQ(e.first.other, 1e8);  // the process baseline, nothing for CUDA/NCCL/fragmentation
+  // Full recompute: inputs only, plus one layer rebuilt whole for its backward.
+  l.recompute = Recompute::kFull;
+  const MemoryEstimate f = estimate_memory(m, l, t);
+  EXPECT_DOUBLE_EQ(f.first.act_layers, 2 * 4 * T * h);
+  EXPECT_DOUBLE_EQ(f.first.act_working, step + backward + 3 * 4 * T * T + layer - 4 * T * h);
+  // More than one process is not this engine.
+  l.dp = 2;
+  EXPECT_NE(moe::testing::input_error([&] { estimate_memory(m, l, t); }).find("one process"), std::string::npos);
 }
 
 TEST(plan_memory_model, SequenceAndContextParallelDivideActivations) {
