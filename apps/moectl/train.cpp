@@ -1,12 +1,16 @@
 // `moectl pt` and `moectl sft`: training on one process with Megatron-SWIFT's flags (3.x names
 // as in its quick start, 4.x names as aliases): load or initialise the model, build the
 // dataset, run the loop in libmoe/train, save Megatron checkpoints (+ HF safetensors).
+#include <unistd.h>
+
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "commands.h"
+#include "core/allocator.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
@@ -128,7 +132,24 @@ void run(const TrainArgs& a) {
   moe::log().info("output_dir: {}", t.out_dir);
   model::TrainModel tm(lm.config, lm.state, a.m);
   lm.state.clear();  // the trainer holds its own fp32 copy
+  moe::keep_freed_memory();  // the step's buffers come back from the heap, not from new pages
+  // On a terminal: a progress bar with the log lines printed above it (other info messages,
+  // which would break the bar's line, are held back); elsewhere plain log lines.
+  std::unique_ptr<moe::train::ProgressBar> bar;
+  const auto level = moe::log().level();
+  if (isatty(fileno(stderr))) {
+    t.on_iteration = [&bar, level](const moe::train::IterationReport& r) {
+      if (!bar) {
+        bar = std::make_unique<moe::train::ProgressBar>("Train", r.total);
+        if (level >= spdlog::level::info) moe::set_log_level(spdlog::level::warn);
+      }
+      bar->clear();
+      for (const auto& l : r.lines) std::fprintf(stderr, "%s\n", l.dump().c_str());
+      bar->update(r.iteration, r.elapsed_s, fmt::format("loss={:.4g}, lr={:.3g}", r.loss, r.lr));
+    };
+  }
   const auto r = moe::train::run_training(t, tm, data);
+  if (bar) bar->finish(), moe::set_log_level(level);
   std::printf("trained %lld iterations (%lld skipped), last loss %.6f; checkpoint: %s\n",
               static_cast<long long>(r.iterations), static_cast<long long>(r.skipped), r.last_loss,
               r.last_checkpoint.c_str());

@@ -114,6 +114,7 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     auto r = PyValue::container(PyValue::kDict);
     r->set("moectl_data_epoch", PyValue::integer(p.data.epoch));
     r->set("moectl_data_index", PyValue::integer(p.data.index));
+    r->set("moectl_data_seed", PyValue::integer(int64_t(p.data.seed)));
     r->set("moectl_consumed_samples", PyValue::integer(p.consumed_samples));
     r->set("moectl_skipped_iters", PyValue::integer(p.skipped_iters));
     auto list = PyValue::container(PyValue::kList);
@@ -188,7 +189,7 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
   if (auto r = root.get("rng_state"); r && load_rng && r->kind == PyValue::kList && !r->items.empty()) {
     const auto& d = *r->items[0];
     auto geti = [&](const char* k) { auto v = d.get(k); return v && v->kind == PyValue::kInt ? v->i : int64_t(0); };
-    rs.progress.data = {geti("moectl_data_epoch"), geti("moectl_data_index")};
+    rs.progress.data = {geti("moectl_data_epoch"), geti("moectl_data_index"), uint64_t(geti("moectl_data_seed"))};
     rs.progress.consumed_samples = geti("moectl_consumed_samples");
     rs.progress.skipped_iters = geti("moectl_skipped_iters");
     rs.had_rng = true;

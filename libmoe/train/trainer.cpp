@@ -30,21 +30,6 @@ std::vector<ParamRef> param_refs(model::TrainModel& m) {
 
 model::MicroBatchView view(const MicroBatch& mb) { return {mb.tokens, mb.labels, mb.position_ids, mb.cu_seqlens}; }
 
-struct History {
-  Series loss, lr, grad_norm, eval_loss;
-  std::vector<std::vector<double>> expert_load;  // [layer][expert], summed over the run
-};
-
-void write_plots(const std::string& out, const History& h) {
-  const fs::path img = fs::path(out) / "images";
-  fs::create_directories(img);
-  write_file_atomic((img / "train_loss.svg").string(), svg_line_plot("train loss", h.loss));
-  write_file_atomic((img / "learning_rate.svg").string(), svg_line_plot("learning rate", h.lr));
-  write_file_atomic((img / "grad_norm.svg").string(), svg_line_plot("grad norm", h.grad_norm));
-  write_file_atomic((img / "eval_loss.svg").string(), svg_line_plot("eval loss", h.eval_loss));
-  write_file_atomic((img / "expert_load.svg").string(), svg_heatmap("tokens per expert", h.expert_load));
-}
-
 }  // namespace
 
 TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, const Datasets& data) {
@@ -76,7 +61,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   }
   const auto params = param_refs(model);
   const JsonlLog jl((fs::path(cfg.out_dir) / "logging.jsonl").string());
-  History hist;
+  PlotHistory hist;
   hist.expert_load.assign(size_t(mc.num_layers), std::vector<double>(size_t(std::max(mc.num_experts, 0)), 0.0));
   TrainResult res;
   res.best_eval_loss = std::numeric_limits<double>::infinity();
@@ -85,6 +70,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   const int64_t first_iter = prog.iteration;
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(); };
 
+  IterationReport report;
   auto evaluate = [&](int64_t iter) {
     if (data.val.empty()) return;
     DataLoader ev(data.val, cfg.micro_batch_size, false, cfg.max_length, cfg.seed, false);
@@ -93,9 +79,9 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     model::StepStats st;
     for (int64_t b = 0; b < batches; ++b) st.add(model.evaluate(view(ev.next())));
     const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
-    jl.write({{"eval_loss", loss}, {"eval_acc", double(st.correct) / double(std::max<int64_t>(st.loss_tokens, 1))},
-              {"iteration", std::to_string(iter) + "/" + std::to_string(train_iters)}});
-    log().info("eval at iteration {}: loss {:.6f}", iter, loss);
+    const double acc = double(st.correct) / double(std::max<int64_t>(st.loss_tokens, 1));
+    report.lines.push_back(eval_line({{"loss", loss}, {"acc", acc}}, iter, train_iters));
+    jl.write(report.lines.back());
     hist.eval_loss.push_back({double(iter), loss});
     if (loss < res.best_eval_loss) res.best_eval_loss = loss, res.best_checkpoint = cfg.out_dir;
   };
@@ -104,19 +90,29 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     prog.iteration = iter, prog.data = loader.position();
     save_checkpoint(cfg.out_dir, model, opt, lrc, prog, cfg.ckpt);
     res.last_checkpoint = cfg.out_dir;
-    write_plots(cfg.out_dir, hist);
+    write_training_plots(cfg.out_dir, hist);
+  };
+  // Lines go to the app's callback (its progress bar) or to the log.
+  auto flush_report = [&](int64_t iter, double loss, double lr) {
+    report.iteration = iter, report.total = train_iters, report.elapsed_s = elapsed();
+    report.loss = loss, report.lr = lr;
+    if (cfg.on_iteration) cfg.on_iteration(report);
+    else
+      for (const auto& l : report.lines) log().info("{}", l.dump());
+    report.lines.clear();
   };
 
   // Window sums for the log line.
   double win_loss = 0, win_aux = 0, win_z = 0, win_time = 0;
   int64_t win_tokens = 0, win_correct = 0, win_steps = 0, win_train_tokens = 0;
+  // A global batch's micro-batches, their buffers reused from step to step.
+  std::vector<MicroBatch> mbs(static_cast<size_t>(accum));
   for (int64_t iter = prog.iteration + 1; iter <= train_iters; ++iter) {
     const auto t0 = std::chrono::steady_clock::now();
-    std::vector<MicroBatch> mbs;
     int64_t loss_tokens = 0;
-    for (int a = 0; a < accum; ++a) {
-      mbs.push_back(loader.next());
-      loss_tokens += mbs.back().loss_tokens();
+    for (auto& mb : mbs) {
+      loader.next(mb);
+      loss_tokens += mb.loss_tokens();
     }
     model.zero_grad();
     model::StepStats st;
@@ -160,27 +156,29 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       line["skipped_iters"] = prog.skipped_iters;
       line["tokens_per_s"] = tok_s;
       line["tflops"] = tok_s * flops_per_token / 1e12;
-      line["iteration"] = std::to_string(iter) + "/" + std::to_string(train_iters);
+      line["iteration"] = iteration_field(iter, train_iters);
       line["elapsed_time"] = format_duration(elapsed());
       line["remaining_time"] = format_duration(per_it * double(train_iters - iter));
       line["memory(GiB)"] = peak_rss_gib();
       line["train_speed(s/it)"] = per_it;
       jl.write(line);
-      log().info("{}", line.dump());
+      report.lines.push_back(std::move(line));
       win_loss = win_aux = win_z = win_time = 0, win_tokens = win_correct = win_steps = win_train_tokens = 0;
     }
-    if (cfg.eval_interval > 0 && iter % cfg.eval_interval == 0 && iter != train_iters) evaluate(iter);
+    if (iter == train_iters || (cfg.eval_interval > 0 && iter % cfg.eval_interval == 0)) evaluate(iter);
     if (cfg.save_interval > 0 && iter % cfg.save_interval == 0 && iter != train_iters) save(iter);
+    flush_report(iter, loss, lr);
   }
   res.iterations = train_iters, res.skipped = prog.skipped_iters;
-  evaluate(train_iters);
+  if (first_iter >= train_iters) {  // resumed with nothing left to train: still evaluate
+    evaluate(train_iters);
+    flush_report(train_iters, res.last_loss, sched.lr_at(train_iters - 1));
+  }
   save(train_iters);
-  write_plots(cfg.out_dir, hist);
-  nlohmann::json fin = {{"last_model_checkpoint", res.last_checkpoint.empty() ? nullptr : nlohmann::json(res.last_checkpoint)},
-                        {"best_model_checkpoint", res.best_checkpoint.empty() ? nullptr : nlohmann::json(res.best_checkpoint)},
-                        {"best_metric", std::isfinite(res.best_eval_loss) ? nlohmann::json(res.best_eval_loss) : nullptr},
-                        {"global_step", train_iters},
-                        {"memory(GiB)", peak_rss_gib()}};
+  write_training_plots(cfg.out_dir, hist);
+  nlohmann::json fin = summary_line(res.last_checkpoint, res.best_checkpoint, res.best_eval_loss);
+  fin["global_step"] = train_iters;
+  fin["memory(GiB)"] = peak_rss_gib();
   jl.write(fin);
   return res;
 }

@@ -7,6 +7,9 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "model/train_model.h"
 #include "train/checkpoint.h"
@@ -15,6 +18,14 @@
 #include "train/optimizer.h"
 
 namespace moe::train {
+
+// What the loop reports after each iteration, for the app's progress bar.
+struct IterationReport {
+  int64_t iteration = 0, total = 0;
+  double elapsed_s = 0, loss = 0, lr = 0;
+  // The logging.jsonl lines this iteration wrote (train and/or eval); empty on most iterations.
+  std::vector<nlohmann::json> lines;
+};
 
 struct TrainerConfig {
   int64_t train_iters = 0;  // 0: from max_epochs
@@ -33,6 +44,9 @@ struct TrainerConfig {
   // Resuming (--load without --finetune): continue from this Megatron dir's state.
   std::string resume_dir;
   bool load_optim = true, load_rng = true;
+  // When set, called after every iteration and the caller shows the lines (a progress bar on a
+  // terminal); otherwise each line goes to the log.
+  std::function<void(const IterationReport&)> on_iteration;
 };
 
 struct TrainResult {

@@ -10,6 +10,7 @@ Usage: train_test.py MOECTL SRC_DIR WORK_DIR"""
 import glob
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,29 @@ run(["pt", "--model", cfg_only, "--dataset", corpus, "--packing", "true", "--max
      "--global_batch_size", "4", "--lr", "1e-3", "--save", "pt", "--save_safetensors", "false", "--log_interval", "1"])
 pl = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "pt")), "logging.jsonl")) if '"loss"' in l]
 check(len(pl) == 6 and pl[-1]["loss"] < pl[0]["loss"], f"pt loss {[l['loss'] for l in pl]}")
+
+# --- on a terminal: a progress bar redrawn in place, the log lines printed above it
+master, slave = pty.openpty()
+p = subprocess.Popen([MOECTL, "pt", "--model", cfg_only, "--dataset", corpus, "--max_length", "64", "--train_iters", "4",
+                      "--global_batch_size", "2", "--save", "pt_tty", "--save_safetensors", "false",
+                      "--log_interval", "2"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+                     cwd=WORK)
+os.close(slave)
+tty = b""
+while True:
+    try:
+        chunk = os.read(master, 65536)
+    except OSError:  # EIO once the child has closed its end
+        break
+    if not chunk:
+        break
+    tty += chunk
+os.close(master)
+check(p.wait() == 0, "pt on a terminal failed")
+tty = tty.decode("utf-8", "replace")
+check("Train: 100%|" in tty and "4/4 [" in tty and "\r" in tty, f"no progress bar on a terminal: {tty[-800:]!r}")
+check('"iteration":"2/4"' in tty and '"iteration":"4/4"' in tty, f"log lines not shown above the bar: {tty[-800:]!r}")
+check("saved checkpoint" not in tty, "info messages broke the bar's line")
 
 # --- InternEvo's MoE pre-training target, scaled down: a 4-expert top-2 model on dummy data
 # gets below loss 0.325 before step 100.
