@@ -21,13 +21,13 @@
 #include "infer/generator.h"
 #include "model/transformer.h"
 #include "model/weight_map.h"
+#include "bench_util.h"
 
 using namespace moe;
-using Clock = std::chrono::steady_clock;
+using namespace moe::bench;
 
 namespace {
 
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 __attribute__((target("avx2"))) double sum_avx2(const float* p, size_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -76,18 +76,6 @@ double read_bandwidth(size_t bytes) {
   return best;
 }
 
-double sgemm_rate(int n) {
-  openblas_set_num_threads(num_threads());  // the ceiling: OpenBLAS on every core
-  std::vector<float> a(size_t(n) * n, 0.5f), b(size_t(n) * n, 0.25f), c(size_t(n) * n);
-  double best = 0;
-  for (int rep = 0; rep < 4; ++rep) {
-    auto t0 = Clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-    best = std::max(best, 2.0 * n * n * double(n) / since(t0));
-  }
-  if (c[0] != 0.5f * 0.25f * float(n)) std::printf("sgemm check failed\n");
-  return best;
-}
 
 model::ModelConfig bench_config(bool quick) {
   model::ModelConfig c;
@@ -107,25 +95,6 @@ model::ModelConfig bench_config(bool quick) {
   return c;
 }
 
-// Random weights without the cost of Box-Muller for 300 M values: uniform, scaled.
-model::StateDict random_state(const model::ModelConfig& c, DType dt) {
-  model::StateDict s;
-  uint64_t seed = 1;
-  const model::WeightMap map = model::WeightMap::for_config(c);
-  for (const auto& rule : map.rules()) {
-    Tensor t(rule.shape, DType::F32);
-    float* p = t.f32();
-    const bool norm = rule.shape.size() == 1;
-    const float scale = norm ? 0.0f : 0.05f;
-    const uint64_t base = ++seed * 0x9e3779b97f4a7c15ull;
-    parallel_for(t.numel(), [&](int64_t b, int64_t e) {
-      Rng rng(base + uint64_t(b));
-      for (int64_t i = b; i < e; ++i) p[i] = (norm ? 1.0f : 0.0f) + scale * float(rng.uniform() * 2 - 1);
-    });
-    s[rule.mcore] = dt == DType::F32 ? t : t.to(dt);
-  }
-  return s;
-}
 
 // Bytes decode reads per token: everything but the unselected experts and the embedding table
 // (one row), with the LM head in full.
