@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/cpu/vexp.h"
 #include "kernels/cpu/linear.h"
 
 namespace moe::kernels::cpu {
@@ -37,18 +38,16 @@ void probabilities(const VarlenAttention& a, int64_t L, const float* qh, const f
               0.0f, P, int(L));
   for (int64_t i = 0; i < L; ++i) {
     float* p = P + i * L;
-    float lse;
     if (lse_in) {
-      lse = lse_in[i * a.nh];
+      exp_shift_sum(p, i + 1, lse_in[i * a.nh]);  // p <- exp(p - lse)
     } else {
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j <= i; ++j) m = std::max(m, p[j]);
-      double s = 0;
-      for (int64_t j = 0; j <= i; ++j) s += std::exp(double(p[j] - m));
-      lse = m + float(std::log(s));
-      lse_out[i * a.nh] = lse;
+      const double s = exp_shift_sum(p, i + 1, m);  // p <- exp(p - m), vectorised
+      lse_out[i * a.nh] = m + float(std::log(s));
+      const float inv = float(1.0 / s);
+      for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
     }
-    for (int64_t j = 0; j <= i; ++j) p[j] = std::exp(p[j] - lse);
     std::fill(p + i + 1, p + L, 0.0f);
   }
 }

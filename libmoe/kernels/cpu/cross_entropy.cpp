@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/cpu/vexp.h"
 
 namespace moe::kernels::cpu {
 
@@ -21,13 +22,13 @@ CrossEntropySums cross_entropy_forward_backward(float* logits_TV, int64_t T, int
         continue;
       }
       const int64_t arg = std::max_element(x, x + V) - x;
-      const float m = x[arg];
-      double s = 0;
-      for (int64_t i = 0; i < V; ++i) s += std::exp(double(x[i] - m));
-      const double lse = double(m) + std::log(s);
-      loss_T[size_t(t)] = lse - double(x[label]);
+      const float m = x[arg], x_label = x[label];
+      // x <- exp(x - m) in place (vectorised; the sum in double), then softmax = x / s.
+      const double s = exp_shift_sum(x, V, m);
+      loss_T[size_t(t)] = double(m) + std::log(s) - double(x_label);
       hit_T[size_t(t)] = arg == label;
-      for (int64_t i = 0; i < V; ++i) x[i] = grad_scale * float(std::exp(double(x[i]) - lse));
+      const float k = float(double(grad_scale) / s);
+      for (int64_t i = 0; i < V; ++i) x[i] *= k;
       x[label] -= grad_scale;
     }
   });
