@@ -25,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/allocator.h"
 #include "core/log.h"
 #include "core/parallel.h"
 #include "kernels/cpu/gemm.h"
@@ -99,6 +100,7 @@ int run_child(const std::string& dir, const std::string& recompute, int mbs, int
     model::StateDict state = model::init_random_state(cfg, 42, DType::F32, 0.02);
     model::TrainModel tm(cfg, state, o);
     state.clear();  // as moectl pt: the trainer holds its own fp32 copy
+    keep_freed_memory();  // as moectl pt: freed step buffers stay in the heap
     train::run_training(t, tm, data);
   }
   // The trainer's peak-memory field on the last iteration's line.
