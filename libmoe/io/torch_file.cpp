@@ -51,9 +51,14 @@ class ZipWriter {
   // The same for bytes that lie in a mapped file: checksummed through the mapping (whose pages
   // are then dropped) and copied file to file by the kernel.
   void add_from(const std::string& name, const MappedFile& src, uint64_t offset, size_t size) {
-    const uint32_t crc = crc32(src.data() + offset, size);
-    src.drop_pages(offset, size);
-    header(name, crc, size);
+    uLong crc = ::crc32(0L, Z_NULL, 0);
+    for (size_t done = 0; done < size;) {  // a chunk at a time, so only a chunk is ever resident
+      const size_t n = std::min<size_t>(size - done, size_t(32) << 20);
+      crc = crc32_combine(crc, crc32(src.data() + offset + done, n), z_off_t(n));
+      src.drop_pages(offset + done, n);
+      done += n;
+    }
+    header(name, uint32_t(crc), size);
     f_->copy_at(off_, src, offset, size);
     off_ += size;
   }

@@ -267,7 +267,10 @@ class McoreReader {
   };
   // Opens every rank file of the layout (InputError naming a missing or unreadable one).
   void open_all() {
-    for (const auto& r : spec_->rank_files()) rank(r.tp, r.pp, r.ep);
+    for (const auto& r : spec_->rank_files()) {
+      const Rank& rk = rank(r.tp, r.pp, r.ep);
+      rk.file->mapped().drop_pages(0, rk.file->mapped().size());  // what reading the zip directory touched
+    }
   }
   const Rank& rank(int tp, int pp, int ep) {
     const std::string rd = spec_->rank_dir(tp, pp, ep);
