@@ -63,6 +63,8 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   const JsonlLog jl((fs::path(cfg.out_dir) / "logging.jsonl").string());
   PlotHistory hist;
   hist.expert_load.assign(size_t(mc.num_layers), std::vector<double>(size_t(std::max(mc.num_experts, 0)), 0.0));
+  const size_t iters_left = size_t(std::max<int64_t>(train_iters - prog.iteration, 0));  // no growth in the loop
+  hist.loss.reserve(iters_left), hist.lr.reserve(iters_left), hist.grad_norm.reserve(iters_left);
   TrainResult res;
   res.best_eval_loss = std::numeric_limits<double>::infinity();
   const double flops_per_token = 6.0 * double(mc.num_active_parameters());
@@ -150,7 +152,9 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
                              {"grad_norm", grad_norm},
                              {"learning_rate", lr}};
       if (mc.num_experts > 0) {
-        line["load_balancing_loss"] = win_aux / double(win_steps);
+        // swift's key names the balancing type (seq_load_balancing_loss for seq_aux_loss).
+        const bool per_seq = model.options().moe.load_balancing_type == "seq_aux_loss";
+        line[per_seq ? "seq_load_balancing_loss" : "load_balancing_loss"] = win_aux / double(win_steps);
         line["z_loss"] = win_z / double(win_steps);
       }
       line["skipped_iters"] = prog.skipped_iters;
