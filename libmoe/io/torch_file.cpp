@@ -1,12 +1,17 @@
 #include "io/torch_file.h"
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
+#include <exception>
 #include <filesystem>
+#include <thread>
 
 #include "core/error.h"
 
@@ -14,15 +19,46 @@ namespace moe::io {
 
 namespace {
 
-uint32_t crc32(const void* data, size_t n) {  // zlib's, in chunks that fit its uInt length
-  uLong crc = ::crc32(0L, Z_NULL, 0);
-  auto* p = static_cast<const Bytef*>(data);
+// zlib's CRC-32 of n more bytes, in pieces that fit its uInt length.
+uint32_t crc32_update(uint32_t crc, const unsigned char* p, size_t n) {
+  uLong c = crc;
   for (size_t done = 0; done < n;) {
     const uInt chunk = uInt(std::min<size_t>(n - done, size_t(1) << 30));
-    crc = ::crc32(crc, p + done, chunk);
+    c = ::crc32(c, p + done, chunk);
     done += chunk;
   }
-  return uint32_t(crc);
+  return uint32_t(c);
+}
+
+constexpr size_t kCopyChunk = size_t(1) << 20;  // pread/pwrite buffer per thread
+
+// The CRC-32 of `size` bytes computed as two contiguous halves, the second on a helper thread
+// (std::thread, so no pool spins between entries on a busy machine): part(at, n, crc) returns
+// `crc` extended by bytes [at, at + n), and the halves are joined with zlib's crc32_combine.
+// Entries under 2 MiB stay on the calling thread. An error thrown by a part is rethrown here.
+template <class Part>
+uint32_t parallel_crc32(size_t size, Part&& part) {
+  if (size < (size_t(2) << 20) || std::thread::hardware_concurrency() < 2) return part(0, size, 0u);
+  const size_t half = (size / 2 + 4095) / 4096 * 4096;  // page aligned, so reads and writes are too
+  uint32_t second = 0;
+  std::exception_ptr error;
+  std::thread helper([&] {
+    try {
+      second = part(half, size - half, 0u);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  uint32_t first = 0;
+  try {
+    first = part(0, half, 0u);
+  } catch (...) {
+    helper.join();
+    throw;
+  }
+  helper.join();
+  if (error) std::rethrow_exception(error);
+  return uint32_t(crc32_combine(first, second, z_off_t(size - half)));
 }
 
 void put16(std::string& s, uint32_t v) { s += char(v & 0xff), s += char((v >> 8) & 0xff); }
@@ -45,29 +81,68 @@ class ZipWriter {
   // A stored (uncompressed) entry whose data starts at a multiple of 64 bytes, padded with an
   // extra field as torch.save does, so that readers can map storages in place.
   void add(const std::string& name, const void* data, size_t size) {
-    header(name, crc32(data, size), size);
+    const auto* p = static_cast<const unsigned char*>(data);
+    header(name, parallel_crc32(size, [&](size_t at, size_t n, uint32_t crc) { return crc32_update(crc, p + at, n); }),
+           size);
     write(data, size);
   }
-  // The same for bytes that lie in a mapped file: checksummed through the mapping (whose pages
-  // are then dropped) and copied file to file by the kernel.
-  void add_from(const std::string& name, const MappedFile& src, uint64_t offset, size_t size) {
-    uLong crc = ::crc32(0L, Z_NULL, 0);
-    for (size_t done = 0; done < size;) {  // a chunk at a time, so only a chunk is ever resident
-      const size_t n = std::min<size_t>(size - done, size_t(32) << 20);
-      crc = crc32_combine(crc, crc32(src.data() + offset + done, n), z_off_t(n));
-      src.drop_pages(offset + done, n);
-      done += n;
+  // The same for bytes that lie in files, the entry's data being `runs` one after another: read
+  // once, with pread into a small buffer per thread (never through the mapping, so no page of
+  // a source joins this process's resident set), checksummed and written at the data's place;
+  // the header, whose length does not depend on the checksum, goes in front afterwards. Two
+  // threads each read, checksum and write one half.
+  void add_from(const std::string& name, const std::vector<TorchFileWriter::FileBytes>& runs) {
+    size_t size = 0;
+    std::vector<int> fds;
+    struct Closer {
+      std::vector<int>& fds;
+      ~Closer() {
+        for (int fd : fds) ::close(fd);
+      }
+    } closer{fds};
+    std::vector<int> fd_of;  // run -> its file's descriptor (one per file)
+    std::vector<const MappedFile*> opened;
+    for (const auto& r : runs) {
+      MOE_ASSERT(r.offset + r.size <= r.file->size(), "storage bytes past the end of {}", r.file->path());
+      const size_t k = size_t(std::find(opened.begin(), opened.end(), r.file) - opened.begin());
+      if (k == opened.size()) {
+        const int fd = ::open(r.file->path().c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) throw_input("{}: cannot open: {}", r.file->path(), std::strerror(errno));
+        fds.push_back(fd), opened.push_back(r.file);
+      }
+      fd_of.push_back(fds[k]);
+      posix_fadvise(fds[k], off_t(r.offset), off_t(r.size), POSIX_FADV_SEQUENTIAL);
+      size += r.size;
     }
-    header(name, uint32_t(crc), size);
-    f_->copy_at(off_, src, offset, size);
+    const size_t data_at = off_ + local_header(name, 0, size, off_).size();
+    const uint32_t crc = parallel_crc32(size, [&](size_t at, size_t n, uint32_t c) {
+      static thread_local std::unique_ptr<unsigned char[]> buf;
+      if (!buf) buf = std::make_unique<unsigned char[]>(kCopyChunk);
+      if (n == 0) return c;
+      size_t run = 0, run_at = 0;  // the run holding byte `at` of the entry, and where it starts
+      for (size_t done = 0; done < n;) {
+        while (at + done >= run_at + runs[run].size) run_at += runs[run++].size;
+        const size_t want = std::min({n - done, kCopyChunk, run_at + runs[run].size - (at + done)});
+        const ssize_t r = ::pread(fd_of[run], buf.get(), want, off_t(runs[run].offset + (at + done - run_at)));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+          throw_input("{}: read failed: {}", runs[run].file->path(), r < 0 ? std::strerror(errno) : "file shrank");
+        c = crc32_update(c, buf.get(), size_t(r));
+        f_->write_at(data_at + at + done, buf.get(), size_t(r));
+        done += size_t(r);
+      }
+      return c;
+    });
+    header(name, crc, size);
+    MOE_ASSERT(off_ == data_at, "zip header of {} ends at {}, planned {}", name, off_, data_at);
     off_ += size;
   }
-  // The local header of an entry of `size` bytes whose data follows at once.
-  void header(const std::string& name, uint32_t crc, size_t size) {
+  // The local header of an entry of `size` bytes whose data follows at once, written at `at`.
+  std::string local_header(const std::string& name, uint32_t crc, size_t size, size_t at) const {
     const bool big = force64_ || size >= 0xffffffffull;
     std::string extra;
     if (big) put16(extra, 0x0001), put16(extra, 16), put64(extra, size), put64(extra, size);
-    const size_t after = off_ + 30 + name.size() + extra.size() + 4;
+    const size_t after = at + 30 + name.size() + extra.size() + 4;
     const size_t pad = (64 - after % 64) % 64;
     put16(extra, 0x4246), put16(extra, uint32_t(pad));  // "FB" padding field
     extra.append(pad, 'Z');
@@ -77,6 +152,11 @@ class ZipWriter {
     put16(h, uint32_t(name.size())), put16(h, uint32_t(extra.size()));
     h += name;
     h += extra;
+    return h;
+  }
+  // Writes that header at the current offset.
+  void header(const std::string& name, uint32_t crc, size_t size) {
+    const std::string h = local_header(name, crc, size, off_);
     central_.push_back({name, crc, size, off_});
     write(h.data(), h.size());
   }
@@ -160,7 +240,11 @@ void TorchFileWriter::add_storage(const std::string& key, const Tensor& t) {
 }
 
 void TorchFileWriter::add_storage_from(const std::string& key, const MappedFile& src, uint64_t offset, size_t n) {
-  impl_->zip.add_from("archive/data/" + key, src, offset, n);
+  impl_->zip.add_from("archive/data/" + key, {FileBytes{&src, offset, n}});
+}
+
+void TorchFileWriter::add_storage_from(const std::string& key, const std::vector<FileBytes>& runs) {
+  impl_->zip.add_from("archive/data/" + key, runs);
 }
 
 void TorchFileWriter::finish() {
@@ -175,45 +259,75 @@ void write_torch_file(const std::string& path, const PyValue& root,
   w.finish();
 }
 
+// The zip directory, the local headers and data.pkl are read with pread, never through the
+// mapping: a page the process touches in a mapped file joins its resident set together with
+// the rest of its page-cache folio (up to megabytes on a warm cache), and touching one local
+// header per storage would thus map most of a large checkpoint. Only tensor() reads the mapping.
 TorchFile TorchFile::open(const std::string& path) {
   TorchFile t;
   t.file_ = MappedFile::open(path);
-  const unsigned char* d = t.file_->data();
   const size_t n = t.file_->size();
   auto bad = [&](const char* what) { throw_input("{}: not a readable torch checkpoint: {}", path, what); };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_input("{}: cannot open: {}", path, std::strerror(errno));
+  struct Fd {
+    int fd;
+    ~Fd() { ::close(fd); }
+  } closer{fd};
+  // Bytes [off, off + len) of the file (callers check the range lies inside it).
+  auto read_at = [&](uint64_t off, uint64_t len) {
+    std::string buf(size_t(len), '\0');
+    for (size_t done = 0; done < len;) {
+      const ssize_t r = ::pread(fd, buf.data() + done, size_t(len) - done, off_t(off + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) throw_input("{}: read failed: {}", path, std::strerror(errno));
+      if (r == 0) bad("file shrank while being read");
+      done += size_t(r);
+    }
+    return buf;
+  };
+  auto u = [](const std::string& s) { return reinterpret_cast<const unsigned char*>(s.data()); };
   if (n < 22) bad("too short for a zip archive");
+  // The end record lies in the last 22 + 65535 bytes (its comment), the zip64 locator 20 before.
+  const size_t tail_at = n - std::min<size_t>(n, 22 + 65535 + 20);
+  const std::string tail = read_at(tail_at, n - tail_at);
+  const unsigned char* d = u(tail) - tail_at;  // d + x is file offset x, for x >= tail_at
   size_t eocd = n - 22;
   while (get32(d + eocd) != 0x06054b50) {
-    if (eocd == 0 || n - eocd > 22 + 65535) bad("no end-of-central-directory record (truncated file?)");
+    if (eocd == tail_at || n - eocd > 22 + 65535) bad("no end-of-central-directory record (truncated file?)");
     --eocd;
   }
   uint64_t count = get16(d + eocd + 10), cd_size = get32(d + eocd + 12), cd_off = get32(d + eocd + 16);
   if (cd_off == 0xffffffffu || count == 0xffff || cd_size == 0xffffffffu) {  // zip64: follow the locator
-    if (eocd < 20 || get32(d + eocd - 20) != 0x07064b50) bad("zip64 locator missing");
+    if (eocd < tail_at + 20 || get32(d + eocd - 20) != 0x07064b50) bad("zip64 locator missing");
     const uint64_t z = get64(d + eocd - 20 + 8);
-    if (z + 56 > eocd || get32(d + z) != 0x06064b50) bad("corrupt zip64 end-of-central-directory record");
-    count = get64(d + z + 32), cd_size = get64(d + z + 40), cd_off = get64(d + z + 48);
+    if (z + 56 > eocd) bad("corrupt zip64 end-of-central-directory record");
+    const std::string rec = read_at(z, 56);
+    if (get32(u(rec)) != 0x06064b50) bad("corrupt zip64 end-of-central-directory record");
+    count = get64(u(rec) + 32), cd_size = get64(u(rec) + 40), cd_off = get64(u(rec) + 48);
   }
-  if (cd_off + cd_size > eocd || cd_off > eocd) bad("central directory outside the file");
-  size_t p = size_t(cd_off);
+  if (cd_size > eocd || cd_off > eocd - cd_size) bad("central directory outside the file");
+  const std::string cd = read_at(cd_off, cd_size);
+  const unsigned char* c = u(cd);
+  size_t p = 0;
   for (uint64_t i = 0; i < count; ++i) {
-    if (p + 46 > cd_off + cd_size || get32(d + p) != 0x02014b50) bad("corrupt central directory");
-    const uint32_t method = get16(d + p + 10);
-    uint64_t csize = get32(d + p + 20), size = get32(d + p + 24);
-    const uint32_t name_len = get16(d + p + 28), extra_len = get16(d + p + 30), comment_len = get16(d + p + 32);
-    uint64_t local = get32(d + p + 42);
-    if (p + 46 + name_len + extra_len > n) bad("corrupt central directory");
-    std::string name(reinterpret_cast<const char*>(d + p + 46), name_len);
+    if (p + 46 > cd_size || get32(c + p) != 0x02014b50) bad("corrupt central directory");
+    const uint32_t method = get16(c + p + 10);
+    uint64_t csize = get32(c + p + 20), size = get32(c + p + 24);
+    const uint32_t name_len = get16(c + p + 28), extra_len = get16(c + p + 30), comment_len = get16(c + p + 32);
+    uint64_t local = get32(c + p + 42);
+    if (p + 46 + name_len + extra_len > cd_size) bad("corrupt central directory");
+    std::string name(reinterpret_cast<const char*>(c + p + 46), name_len);
     // zip64 extra field: the 0xffffffff fields, in order, as 64-bit values
     for (size_t x = p + 46 + name_len; x + 4 <= p + 46 + name_len + extra_len;) {
-      const uint32_t id = get16(d + x), len = get16(d + x + 2);
+      const uint32_t id = get16(c + x), len = get16(c + x + 2);
       if (x + 4 + len > p + 46 + name_len + extra_len) bad("corrupt extra field");
       if (id == 0x0001) {
         size_t q = x + 4;
         auto next = [&](uint64_t* v) {
           if (*v != 0xffffffffu) return;
           if (q + 8 > x + 4 + len) bad("short zip64 extra field");
-          *v = get64(d + q), q += 8;
+          *v = get64(c + q), q += 8;
         };
         next(&size), next(&csize), next(&local);
       }
@@ -221,17 +335,18 @@ TorchFile TorchFile::open(const std::string& path) {
     }
     if (method != 0 || csize != size)
       throw_input("{}: entry '{}' is compressed; torch checkpoints store entries uncompressed", path, name);
-    if (local + 30 > n || get32(d + local) != 0x04034b50) bad("corrupt local header");
-    const uint64_t data = local + 30 + get16(d + local + 26) + get16(d + local + 28);
-    if (data + size > n) bad("entry data runs past the end of the file");
+    if (local + 30 > n || local + 30 < local) bad("corrupt local header");
+    const std::string lh = read_at(local, 30);
+    if (get32(u(lh)) != 0x04034b50) bad("corrupt local header");
+    const uint64_t data = local + 30 + get16(u(lh) + 26) + get16(u(lh) + 28);
+    if (data + size > n || data + size < data) bad("entry data runs past the end of the file");
     t.entries_.push_back({name, {size_t(data), size_t(size)}});
     p += 46 + name_len + extra_len + comment_len;
   }
   for (const auto& [name, loc] : t.entries_) {
     if (name.size() >= 8 && name.compare(name.size() - 8, 8, "data.pkl") == 0) {
       t.prefix_ = name.substr(0, name.size() - 8);
-      t.root_ = pickle_loads(std::string_view(reinterpret_cast<const char*>(d + loc.first), loc.second),
-                             path + ": " + name);
+      t.root_ = pickle_loads(read_at(loc.first, loc.second), path + ": " + name);
     }
   }
   if (!t.root_) bad("no data.pkl inside");

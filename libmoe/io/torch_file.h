@@ -24,9 +24,18 @@ class TorchFileWriter {
   TorchFileWriter(const TorchFileWriter&) = delete;
   TorchFileWriter& operator=(const TorchFileWriter&) = delete;
   void add_storage(const std::string& key, const Tensor& t);
-  // A storage whose bytes are `n` bytes at `offset` of a mapped file: copied file to file by
-  // the kernel (the checksum reads them through the mapping, whose pages are then dropped).
+  // A storage whose bytes are `n` bytes at `offset` of a mapped file: read with pread (never
+  // through the mapping, so RSS does not grow), checksummed and written in one pass, two
+  // threads each taking half of a large storage.
   void add_storage_from(const std::string& key, const MappedFile& src, uint64_t offset, size_t n);
+  // The same for a storage made of byte ranges of files one after another (a fused tensor
+  // whose parts are stored as they are: gate then up, or QKV rows per query group).
+  struct FileBytes {
+    const MappedFile* file;
+    uint64_t offset;
+    size_t size;
+  };
+  void add_storage_from(const std::string& key, const std::vector<FileBytes>& runs);
   void finish();
 
  private:
