@@ -113,6 +113,18 @@ bool HfWeights::stored_in(const WeightRule& rule, const Tensor& t, const MappedF
   return false;
 }
 
+bool HfWeights::stored_parts(const WeightRule& rule, DType dtype, std::vector<StoredPart>* parts) const {
+  parts->clear();
+  if (!files_->mapped) return false;
+  for (const auto& name : rule.hf) {
+    if (files_->get(name).dtype() != dtype) return false;  // a borrowed view: no byte is read
+    uint64_t b = 0, e = 0;
+    const MappedFile* f = files_->mapped(name, &b, &e);
+    parts->push_back({f, b, e - b});
+  }
+  return true;
+}
+
 LoadedModel load_hf_model(const std::string& dir) {
   LoadedModel m;
   m.config = load_hf_config(dir);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/mapped_file.h"
 #include "model/model_config.h"
@@ -30,6 +31,13 @@ class HfWeights {
   // the rule's mapped safetensors files: sets the file and offset and returns true (false for
   // copies and .bin checkpoints).
   bool stored_in(const WeightRule& rule, const Tensor& t, const MappedFile** file, uint64_t* offset) const;
+  // The byte ranges (file, offset, size) of the rule's HF tensors, in rule.hf order, when every
+  // one lies in a mapped safetensors file stored in `dtype` (false otherwise). Reads no weight.
+  struct StoredPart {
+    const MappedFile* file;
+    uint64_t offset, size;
+  };
+  bool stored_parts(const WeightRule& rule, DType dtype, std::vector<StoredPart>* parts) const;
   size_t unused_tensors() const { return unused_; }
 
  private:

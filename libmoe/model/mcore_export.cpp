@@ -159,14 +159,18 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   // (shapes only), then each slice is cut from the mapped input, written and dropped.
   for (const auto& [tp, pp, ep] : rank_files) {
     auto model = io::PyValue::container(io::PyValue::kOrderedDict);
-    std::vector<std::pair<std::string, std::string>> held;  // (canonical, source) in storage order
+    struct Held {
+      std::string name, src;  // canonical name, and the rule its data comes from
+      bool whole;             // this rank holds the whole canonical tensor, unpadded
+    };
+    std::vector<Held> held;  // in storage order
     for (const auto& [name, src] : sources) {
       std::string local;
       Shape shape;
       if (!spec.local_part(name, full_shape(src), tp, pp, ep, &local, &shape)) continue;
       const std::string key = std::to_string(held.size());
       model->set(local, io::PyValue::tensor_ref(io::contiguous_ref(key, opt.dtype, shape)));
-      held.push_back({name, src});
+      held.push_back({name, src, shape == rule_of.at(src)->shape});
     }
     for (int l = 0; l < per_stage; ++l) {
       const int global = pp * per_stage + l;
@@ -185,9 +189,28 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
     const fs::path rank_dir = tmp / "iter_0000001" / spec.rank_dir(tp, pp, ep);
     fs::create_directories(rank_dir);
     io::TorchFileWriter w((rank_dir / "model_optim_rng.pt").string(), *root);
+    std::vector<HfWeights::StoredPart> parts;
     for (size_t i = 0; i < held.size(); ++i) {
-      const auto& [name, src] = held[i];
+      const auto& [name, src, whole] = held[i];
       const WeightRule& rule = *rule_of.at(src);
+      // A fused tensor this rank holds whole, from parts stored in the output dtype: its bytes
+      // are runs of the stored parts' bytes (WeightMap::mcore_runs), copied file to file
+      // without assembling it in memory.
+      if (whole && rule.fuse != Fuse::kCopy && weights.stored_parts(rule, opt.dtype, &parts)) {
+        std::vector<io::TorchFileWriter::FileBytes> runs;
+        uint64_t bytes = 0;
+        for (const auto& r : map.mcore_runs(rule, dtype_size(opt.dtype))) {
+          MOE_ASSERT(r.offset + r.size <= parts[r.part].size, "{}: run past its part", name);
+          runs.push_back({parts[r.part].file, parts[r.part].offset + r.offset, r.size});
+          bytes += r.size;
+        }
+        MOE_ASSERT(bytes == uint64_t(shape_numel(rule.shape)) * dtype_size(opt.dtype), "{}: runs cover {} bytes", name,
+                   bytes);
+        w.add_storage_from(std::to_string(i), runs);
+        bytes_done += bytes, ++tensors_done;
+        if (opt.progress) opt.progress(bytes_done, bytes_total, tensors_done, tensors_total);
+        continue;
+      }
       const auto pieces = spec.shard(name, full_tensor(src, weights.canonical(rule)), tp, pp, ep);
       MOE_ASSERT(pieces.size() == 1, "{} expected one piece", name);
       const MappedFile* in = nullptr;

@@ -82,25 +82,28 @@ Tensor WeightMap::to_mcore(const WeightRule& r, const std::vector<Tensor>& hf) c
   const DType dt = hf[0].dtype();
   for (const auto& t : hf) MOE_ASSERT(t.dtype() == dt, "mixed dtypes fusing {}", r.mcore);
   Tensor out(r.shape, dt);
-  const size_t es = dtype_size(dt);
-  const size_t row = size_t(r.shape.size() == 2 ? r.shape[1] : 1) * es;  // bytes per output row
   char* dst = static_cast<char*>(out.raw());
-  if (r.fuse == Fuse::kGateUp) {
-    std::memcpy(dst, hf[0].raw(), hf[0].nbytes());
-    std::memcpy(dst + hf[0].nbytes(), hf[1].raw(), hf[1].nbytes());
-    return out;
-  }
-  // QKV: for each query group g: r*d rows of q, d rows of k, d rows of v.
-  const int64_t d = cfg_.kv_channels, ratio = cfg_.query_groups_ratio();
-  const char* q = static_cast<const char*>(hf[0].raw());
-  const char* k = static_cast<const char*>(hf[1].raw());
-  const char* v = static_cast<const char*>(hf[2].raw());
-  for (int64_t g = 0; g < cfg_.num_query_groups; ++g) {
-    std::memcpy(dst, q + g * ratio * d * row, ratio * d * row), dst += ratio * d * row;
-    std::memcpy(dst, k + g * d * row, d * row), dst += d * row;
-    std::memcpy(dst, v + g * d * row, d * row), dst += d * row;
+  for (const auto& run : mcore_runs(r, dtype_size(dt))) {
+    std::memcpy(dst, static_cast<const char*>(hf[run.part].raw()) + run.offset, run.size);
+    dst += run.size;
   }
   return out;
+}
+
+std::vector<WeightMap::ByteRun> WeightMap::mcore_runs(const WeightRule& r, size_t es) const {
+  auto bytes = [&](const Shape& s) { return size_t(shape_numel(s)) * es; };
+  if (r.fuse == Fuse::kCopy) return {{0, 0, bytes(r.hf_shapes[0])}};
+  if (r.fuse == Fuse::kGateUp) return {{0, 0, bytes(r.hf_shapes[0])}, {1, 0, bytes(r.hf_shapes[1])}};
+  // QKV: for each query group g: r*d rows of q, d rows of k, d rows of v.
+  const size_t row = size_t(r.shape.size() == 2 ? r.shape[1] : 1) * es;  // bytes per output row
+  const size_t d = size_t(cfg_.kv_channels), ratio = size_t(cfg_.query_groups_ratio());
+  std::vector<ByteRun> runs;
+  for (size_t g = 0; g < size_t(cfg_.num_query_groups); ++g) {
+    runs.push_back({0, g * ratio * d * row, ratio * d * row});
+    runs.push_back({1, g * d * row, d * row});
+    runs.push_back({2, g * d * row, d * row});
+  }
+  return runs;
 }
 
 std::vector<Tensor> WeightMap::to_hf(const WeightRule& r, const Tensor& m) const {

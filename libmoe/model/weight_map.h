@@ -38,6 +38,15 @@ class WeightMap {
   // The inverse: canonical tensor -> HF tensors in rule.hf order. kCopy and kGateUp return
   // views of `mcore` (sharing its storage); kQkv returns new tensors.
   std::vector<Tensor> to_hf(const WeightRule& rule, const Tensor& mcore) const;
+  // What to_mcore copies for a fused rule: the canonical tensor's bytes as runs of its HF
+  // tensors' bytes (elements of `elem_size` bytes), in canonical order. Export uses it to copy
+  // fused tensors file to file without assembling them in memory.
+  struct ByteRun {
+    size_t part;    // index into rule.hf
+    size_t offset;  // bytes into that HF tensor
+    size_t size;
+  };
+  std::vector<ByteRun> mcore_runs(const WeightRule& rule, size_t elem_size) const;
 
  private:
   explicit WeightMap(const ModelConfig& c) : cfg_(c) {}
