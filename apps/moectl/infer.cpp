@@ -24,6 +24,7 @@ namespace {
 
 struct InferArgs {
   std::string model, system, template_name, val_dataset, result_path;
+  bool system_given = false;  // --system '' means no system prompt, not the template's
   bool stream = true, logprobs = false, verbose = false;
   std::optional<float> temperature, top_p, repetition_penalty;
   std::optional<int> top_k;
@@ -139,7 +140,8 @@ void add_infer_command(CLI::App& root) {
   c->add_option("--top_p", a->top_p, "Nucleus sampling mass; 1 = off");
   c->add_option("--repetition_penalty", a->repetition_penalty, "HF-style repetition penalty; 1 = off");
   c->add_option("--max_new_tokens", a->max_new_tokens, "Most tokens to generate per answer")->check(CLI::PositiveNumber);
-  c->add_option("--system", a->system, "System prompt (default: the template's)");
+  c->add_option("--system", a->system, "System prompt (default: the template's; '' for none)")
+      ->each([a](const std::string&) { a->system_given = true; });
   c->add_option("--seed", a->seed, "Random seed for sampling");
   c->add_option("--template", a->template_name, "Chat template (default from model_type; raw = plain completion)");
   c->add_option("--val_dataset", a->val_dataset, "Answer every row of this .jsonl (messages or query/response)");
@@ -153,8 +155,8 @@ void add_infer_command(CLI::App& root) {
     const std::string model_type = loaded.config.model_type;
     moe::model::Transformer model(std::move(loaded.config), std::move(loaded.state));
     auto tok = moe::text::Tokenizer::load(a->model);
-    auto tmpl = moe::text::make_template(a->template_name.empty() ? moe::text::default_template_for(model_type)
-                                                                  : a->template_name);
+    const std::string tname = a->template_name.empty() ? moe::text::default_template_for(model_type) : a->template_name;
+    auto tmpl = a->system_given ? moe::text::make_template(tname, a->system) : moe::text::make_template(tname);
     moe::infer::GenerationConfig cfg;
     cfg.sampling = moe::infer::load_sampling_defaults(a->model);
     if (a->temperature) cfg.sampling.temperature = *a->temperature;

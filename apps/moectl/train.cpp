@@ -87,8 +87,9 @@ void run(const TrainArgs& a) {
     moe::log().info("{} has no weights: initialised randomly (std {}, seed {})", src, a.init_method_std, a.t.seed);
   }
   auto tok = moe::text::Tokenizer::load(src);
-  auto tmpl = moe::text::make_template(a.tem.empty() ? moe::text::default_template_for(lm.config.model_type, tok.get())
-                                                     : a.tem);
+  const std::string tname = a.tem.empty() ? moe::text::default_template_for(lm.config.model_type, tok.get()) : a.tem;
+  // --system replaces the template's default (--system '' leaves conversations without one).
+  auto tmpl = a.system_given ? moe::text::make_template(tname, a.system) : moe::text::make_template(tname);
   moe::train::DatasetOptions d;
   d.specs = a.dataset, d.val_specs = a.val_dataset, d.split_dataset_ratio = a.split_dataset_ratio;
   d.system_given = a.system_given, d.system = a.system, d.model_name = a.model_name, d.model_author = a.model_author;
@@ -170,7 +171,7 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--dataset", a->dataset, "Local .jsonl/.json files, PATH#N, self-cognition[#N], dummy#N")->required();
   c->add_option("--val_dataset", a->val_dataset, "Validation datasets");
   c->add_option("--split_dataset_ratio", a->split_dataset_ratio, "Fraction of --dataset held out for evaluation");
-  c->add_option("--system", a->system, "System prompt (overrides the template's default)")
+  c->add_option("--system", a->system, "System prompt (overrides the template's default; '' for none)")
       ->each([a](const std::string&) { a->system_given = true; });
   c->add_option("--template", a->tem, "Chat template (default: the model type's)");
   c->add_option("--model_name", a->model_name, "self-cognition: the model's name (Chinese then English, or one)");

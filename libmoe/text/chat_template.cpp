@@ -181,6 +181,11 @@ std::unique_ptr<ChatTemplate> make_template(const std::string& name) {
   throw_input("--template '{}' is not known (known: {})", name, list);
 }
 
+std::unique_ptr<ChatTemplate> make_template(const std::string& name, const std::string& system) {
+  if (name == "qwen" || name == "chatml" || name == "qwen3") return std::make_unique<ChatMl>(name, system, name == "qwen3");
+  return make_template(name);  // no default system: the caller's system message is rendered as given
+}
+
 std::string default_template_for(const std::string& model_type, const Tokenizer* tok) {
   if (model_type == "qwen3" || model_type == "qwen3_moe") return "qwen3";
   if (model_type == "qwen2" || model_type == "qwen2_moe") return "qwen";

@@ -33,6 +33,9 @@ class ChatTemplate {
 
 // InputError listing the known names for an unknown one.
 std::unique_ptr<ChatTemplate> make_template(const std::string& name);
+// The same template with its default system prompt replaced by `system` (swift's --system); ""
+// renders conversations without a system message with no system block at all.
+std::unique_ptr<ChatTemplate> make_template(const std::string& name, const std::string& system);
 const std::vector<std::string>& template_names();
 // The template a model_type was trained with: qwen3/qwen3_moe -> qwen3, qwen2/qwen2_moe -> qwen,
 // mixtral/mistral -> mistral, llama -> llama3 when `tok` has Llama-3's header tokens (or is not

@@ -116,6 +116,20 @@ TEST(ChatTemplate, ChatMlRendersAndMasksAssistantOnly) {
   EXPECT_EQ(tmpl->stop_ids(*t), (std::vector<int32_t>{301}));
 }
 
+TEST(ChatTemplate, SystemOverrideReplacesTheDefaultAndEmptyMeansNone) {
+  TempDir d;
+  auto t = make_tok(d);
+  const std::vector<Message> msgs = {{"user", "he"}};
+  EXPECT_EQ(t->decode(make_template("qwen", "")->render(msgs, *t, true).ids),
+            "<|im_start|>user\nhe<|im_end|>\n<|im_start|>assistant\n");
+  auto other = make_template("qwen", "be brief");
+  EXPECT_EQ(other->default_system(), "be brief");
+  EXPECT_EQ(t->decode(other->render(msgs, *t, false).ids),
+            "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhe<|im_end|>\n");
+  EXPECT_EQ(make_template("llama3", "")->name(), "llama3");  // templates without a default are unchanged
+  EXPECT_THROW(make_template("nope", ""), InputError);
+}
+
 TEST(ChatTemplate, Qwen3GenerationPromptHasEmptyThinkBlock) {
   TempDir d;
   auto t = make_tok(d);
