@@ -30,7 +30,7 @@ uint32_t crc32_update(uint32_t crc, const unsigned char* p, size_t n) {
   return uint32_t(c);
 }
 
-constexpr size_t kCopyChunk = size_t(1) << 20;  // pread/pwrite buffer per thread
+constexpr size_t kCopyChunk = size_t(1) << 20;  // pread buffer of a checksumming thread
 
 // The CRC-32 of `size` bytes computed as two contiguous halves, the second on a helper thread
 // (std::thread, so no pool spins between entries on a busy machine): part(at, n, crc) returns
@@ -86,11 +86,10 @@ class ZipWriter {
            size);
     write(data, size);
   }
-  // The same for bytes that lie in files, the entry's data being `runs` one after another: read
-  // once, with pread into a small buffer per thread (never through the mapping, so no page of
-  // a source joins this process's resident set), checksummed and written at the data's place;
-  // the header, whose length does not depend on the checksum, goes in front afterwards. Two
-  // threads each read, checksum and write one half.
+  // The same for bytes that lie in files, the entry's data being `runs` one after another:
+  // copied to the data's place by the kernel and checksummed with pread (never through the
+  // mapping, so no page of a source joins this process's resident set); the header, whose
+  // length does not depend on the checksum, goes in front afterwards.
   void add_from(const std::string& name, const std::vector<TorchFileWriter::FileBytes>& runs) {
     size_t size = 0;
     std::vector<int> fds;
@@ -115,24 +114,51 @@ class ZipWriter {
       size += r.size;
     }
     const size_t data_at = off_ + local_header(name, 0, size, off_).size();
-    const uint32_t crc = parallel_crc32(size, [&](size_t at, size_t n, uint32_t c) {
+    // The kernel copies the runs file to file (copy_file_range, as cp does) while this thread
+    // reads them once more with pread to checksum them: the two overlap, and the checksum
+    // read costs a copy into a small buffer, not into the output's page cache.
+    auto copy = [&] {
+      size_t at = data_at;
+      for (const auto& r : runs) f_->copy_at(at, *r.file, r.offset, r.size), at += r.size;
+    };
+    auto checksum = [&] {
       static thread_local std::unique_ptr<unsigned char[]> buf;
       if (!buf) buf = std::make_unique<unsigned char[]>(kCopyChunk);
-      if (n == 0) return c;
-      size_t run = 0, run_at = 0;  // the run holding byte `at` of the entry, and where it starts
-      for (size_t done = 0; done < n;) {
-        while (at + done >= run_at + runs[run].size) run_at += runs[run++].size;
-        const size_t want = std::min({n - done, kCopyChunk, run_at + runs[run].size - (at + done)});
-        const ssize_t r = ::pread(fd_of[run], buf.get(), want, off_t(runs[run].offset + (at + done - run_at)));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0)
-          throw_input("{}: read failed: {}", runs[run].file->path(), r < 0 ? std::strerror(errno) : "file shrank");
-        c = crc32_update(c, buf.get(), size_t(r));
-        f_->write_at(data_at + at + done, buf.get(), size_t(r));
-        done += size_t(r);
-      }
+      uint32_t c = 0;
+      for (size_t k = 0; k < runs.size(); ++k)
+        for (size_t done = 0; done < runs[k].size;) {
+          const size_t want = std::min(runs[k].size - done, kCopyChunk);
+          const ssize_t r = ::pread(fd_of[k], buf.get(), want, off_t(runs[k].offset + done));
+          if (r < 0 && errno == EINTR) continue;
+          if (r <= 0)
+            throw_input("{}: read failed: {}", runs[k].file->path(), r < 0 ? std::strerror(errno) : "file shrank");
+          c = crc32_update(c, buf.get(), size_t(r));
+          done += size_t(r);
+        }
       return c;
-    });
+    };
+    uint32_t crc = 0;
+    if (size < (size_t(1) << 20) || std::thread::hardware_concurrency() < 2) {
+      copy();
+      crc = checksum();
+    } else {
+      std::exception_ptr error;
+      std::thread copier([&] {
+        try {
+          copy();
+        } catch (...) {
+          error = std::current_exception();
+        }
+      });
+      try {
+        crc = checksum();
+      } catch (...) {
+        copier.join();
+        throw;
+      }
+      copier.join();
+      if (error) std::rethrow_exception(error);
+    }
     header(name, crc, size);
     MOE_ASSERT(off_ == data_at, "zip header of {} ends at {}, planned {}", name, off_, data_at);
     off_ += size;
