@@ -79,6 +79,9 @@ void OutputFile::copy_at(uint64_t offset, const MappedFile& src, uint64_t src_of
   MOE_ASSERT(src_offset + n <= src.size(), "copy_at past the end of {}", src.path());
   if (const int in = ::open(src.path().c_str(), O_RDONLY | O_CLOEXEC); in >= 0) {
     loff_t from = loff_t(src_offset), to = loff_t(offset);
+    // A fresh descriptor starts with a small read-ahead window; asking for the whole range up
+    // front lets a cold file be read in large requests, as cp's single long copy is.
+    posix_fadvise(in, off_t(src_offset), off_t(n), POSIX_FADV_WILLNEED);
     while (n > 0) {
       const ssize_t c = ::copy_file_range(in, &from, fd_, &to, n, 0);
       if (c < 0 && errno == EINTR) continue;
