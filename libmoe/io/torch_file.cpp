@@ -14,21 +14,11 @@
 #include <thread>
 
 #include "core/error.h"
+#include "io/crc32.h"
 
 namespace moe::io {
 
 namespace {
-
-// zlib's CRC-32 of n more bytes, in pieces that fit its uInt length.
-uint32_t crc32_update(uint32_t crc, const unsigned char* p, size_t n) {
-  uLong c = crc;
-  for (size_t done = 0; done < n;) {
-    const uInt chunk = uInt(std::min<size_t>(n - done, size_t(1) << 30));
-    c = ::crc32(c, p + done, chunk);
-    done += chunk;
-  }
-  return uint32_t(c);
-}
 
 constexpr size_t kCopyChunk = size_t(1) << 20;  // pread buffer of a checksumming thread
 
@@ -59,6 +49,22 @@ uint32_t parallel_crc32(size_t size, Part&& part) {
   helper.join();
   if (error) std::rethrow_exception(error);
   return uint32_t(crc32_combine(first, second, z_off_t(size - half)));
+}
+
+// `crc` extended by bytes [offset, offset + n) of the file open as `fd`, read with pread into a
+// small per-thread buffer (never through a mapping, so no page joins the resident set).
+uint32_t pread_crc32(int fd, const std::string& path, uint64_t offset, size_t n, uint32_t crc) {
+  static thread_local std::unique_ptr<unsigned char[]> buf;
+  if (!buf) buf = std::make_unique<unsigned char[]>(kCopyChunk);
+  for (size_t done = 0; done < n;) {
+    const size_t want = std::min(n - done, kCopyChunk);
+    const ssize_t r = ::pread(fd, buf.get(), want, off_t(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) throw_input("{}: read failed: {}", path, r < 0 ? std::strerror(errno) : "file shrank");
+    crc = crc32_update(crc, buf.get(), size_t(r));
+    done += size_t(r);
+  }
+  return crc;
 }
 
 void put16(std::string& s, uint32_t v) { s += char(v & 0xff), s += char((v >> 8) & 0xff); }
@@ -122,19 +128,8 @@ class ZipWriter {
       for (const auto& r : runs) f_->copy_at(at, *r.file, r.offset, r.size), at += r.size;
     };
     auto checksum = [&] {
-      static thread_local std::unique_ptr<unsigned char[]> buf;
-      if (!buf) buf = std::make_unique<unsigned char[]>(kCopyChunk);
       uint32_t c = 0;
-      for (size_t k = 0; k < runs.size(); ++k)
-        for (size_t done = 0; done < runs[k].size;) {
-          const size_t want = std::min(runs[k].size - done, kCopyChunk);
-          const ssize_t r = ::pread(fd_of[k], buf.get(), want, off_t(runs[k].offset + done));
-          if (r < 0 && errno == EINTR) continue;
-          if (r <= 0)
-            throw_input("{}: read failed: {}", runs[k].file->path(), r < 0 ? std::strerror(errno) : "file shrank");
-          c = crc32_update(c, buf.get(), size_t(r));
-          done += size_t(r);
-        }
+      for (size_t k = 0; k < runs.size(); ++k) c = pread_crc32(fd_of[k], runs[k].file->path(), runs[k].offset, runs[k].size, c);
       return c;
     };
     uint32_t crc = 0;
@@ -242,6 +237,10 @@ class ZipWriter {
   std::vector<Entry> central_;
 };
 
+[[noreturn]] void checksum_mismatch(const std::string& path, const std::string& entry) {
+  throw_input("{}: entry '{}': checksum mismatch (file corrupted)", path, entry);
+}
+
 uint32_t get16(const unsigned char* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8; }
 uint32_t get32(const unsigned char* p) { return get16(p) | get16(p + 2) << 16; }
 uint64_t get64(const unsigned char* p) { return uint64_t(get32(p)) | uint64_t(get32(p + 4)) << 32; }
@@ -339,6 +338,7 @@ TorchFile TorchFile::open(const std::string& path) {
   for (uint64_t i = 0; i < count; ++i) {
     if (p + 46 > cd_size || get32(c + p) != 0x02014b50) bad("corrupt central directory");
     const uint32_t method = get16(c + p + 10);
+    const uint32_t crc = get32(c + p + 16);
     uint64_t csize = get32(c + p + 20), size = get32(c + p + 24);
     const uint32_t name_len = get16(c + p + 28), extra_len = get16(c + p + 30), comment_len = get16(c + p + 32);
     uint64_t local = get32(c + p + 42);
@@ -366,27 +366,60 @@ TorchFile TorchFile::open(const std::string& path) {
     if (get32(u(lh)) != 0x04034b50) bad("corrupt local header");
     const uint64_t data = local + 30 + get16(u(lh) + 26) + get16(u(lh) + 28);
     if (data + size > n || data + size < data) bad("entry data runs past the end of the file");
-    t.entries_.push_back({name, {size_t(data), size_t(size)}});
+    t.entries_.push_back({name, size_t(data), size_t(size), crc});
     p += 46 + name_len + extra_len + comment_len;
   }
-  for (const auto& [name, loc] : t.entries_) {
-    if (name.size() >= 8 && name.compare(name.size() - 8, 8, "data.pkl") == 0) {
-      t.prefix_ = name.substr(0, name.size() - 8);
-      t.root_ = pickle_loads(read_at(loc.first, loc.second), path + ": " + name);
+  t.verified_ = std::shared_ptr<std::atomic<bool>[]>(new std::atomic<bool>[t.entries_.size()]());
+  for (size_t i = 0; i < t.entries_.size(); ++i) {
+    const Entry& e = t.entries_[i];
+    if (e.name.size() >= 8 && e.name.compare(e.name.size() - 8, 8, "data.pkl") == 0) {
+      t.prefix_ = e.name.substr(0, e.name.size() - 8);
+      const std::string pkl = read_at(e.offset, e.size);
+      // checked before unpickling, so a flipped bit is named as such, not as a strange pickle
+      if (crc32_update(0, pkl.data(), pkl.size()) != e.crc) checksum_mismatch(path, e.name);
+      t.verified_[i] = true;
+      t.root_ = pickle_loads(pkl, path + ": " + e.name);
     }
   }
   if (!t.root_) bad("no data.pkl inside");
   return t;
 }
 
-const std::pair<size_t, size_t>* TorchFile::entry(const std::string& name) const {
+const TorchFile::Entry* TorchFile::entry(const std::string& name) const {
   for (const auto& e : entries_)
-    if (e.first == name) return &e.second;
+    if (e.name == name) return &e;
   return nullptr;
 }
 
+const TorchFile::Entry& TorchFile::storage_entry(const TensorRef& r) const {
+  const auto* e = entry(prefix_ + "data/" + r.storage_key);
+  if (!e) throw_input("{}: storage '{}' named by data.pkl is missing", file_->path(), r.storage_key);
+  return *e;
+}
+
+void TorchFile::verify(const TensorRef& r) const {
+  const Entry& e = storage_entry(r);
+  std::atomic<bool>& done = verified_[size_t(&e - entries_.data())];
+  if (done.load(std::memory_order_acquire)) return;
+  // Two threads asking for the same storage at once both compute it: harmless, and rare.
+  const std::string& path = file_->path();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_input("{}: cannot open: {}", path, std::strerror(errno));
+  struct Fd {
+    int fd;
+    ~Fd() { ::close(fd); }
+  } closer{fd};
+  posix_fadvise(fd, off_t(e.offset), off_t(e.size), POSIX_FADV_SEQUENTIAL);
+  const uint32_t crc =
+      parallel_crc32(e.size, [&](size_t at, size_t n, uint32_t c) { return pread_crc32(fd, path, e.offset + at, n, c); });
+  if (crc != e.crc) checksum_mismatch(path, e.name);
+  done.store(true, std::memory_order_release);
+}
+
 Tensor TorchFile::tensor(const TensorRef& r) const {
-  const unsigned char* p = file_->data() + locate(r).first;
+  const size_t at = locate(r).first;
+  verify(r);
+  const unsigned char* p = file_->data() + at;
   return Tensor::borrow(r.shape, r.dtype, p, std::shared_ptr<const void>(file_, p));
 }
 
@@ -394,11 +427,10 @@ std::pair<size_t, size_t> TorchFile::locate(const TensorRef& r) const {
   if (!r.unsupported_storage.empty())
     throw_input("{}: tensor on storage '{}' is a {}; moectl computes in F32, BF16 and F16 only", file_->path(),
                 r.storage_key, r.unsupported_storage);
-  const auto* e = entry(prefix_ + "data/" + r.storage_key);
-  if (!e) throw_input("{}: storage '{}' named by data.pkl is missing", file_->path(), r.storage_key);
+  const Entry* e = &storage_entry(r);
   const size_t es = dtype_size(r.dtype);
-  if (e->second != size_t(r.storage_numel) * es)
-    throw_input("{}: storage '{}' holds {} bytes, data.pkl says {} elements", file_->path(), r.storage_key, e->second,
+  if (e->size != size_t(r.storage_numel) * es)
+    throw_input("{}: storage '{}' holds {} bytes, data.pkl says {} elements", file_->path(), r.storage_key, e->size,
                 r.storage_numel);
   int64_t expect = 1;
   for (size_t i = r.shape.size(); i-- > 0;) {
@@ -409,7 +441,7 @@ std::pair<size_t, size_t> TorchFile::locate(const TensorRef& r) const {
   }
   if (r.offset < 0 || r.offset + shape_numel(r.shape) > r.storage_numel)
     throw_input("{}: tensor view runs past storage '{}'", file_->path(), r.storage_key);
-  return {e->first + size_t(r.offset) * es, size_t(shape_numel(r.shape)) * es};
+  return {e->offset + size_t(r.offset) * es, size_t(shape_numel(r.shape)) * es};
 }
 
 }  // namespace moe::io

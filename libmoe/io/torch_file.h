@@ -2,7 +2,10 @@
 // archive/data.pkl (pickle protocol 2, see pickle.h), archive/data/<key> raw storages aligned
 // to 64 bytes, archive/byteorder, archive/version. Reading maps the file and hands out tensors
 // that borrow it. Used for Megatron's model_optim_rng.pt and HF pytorch_model.bin files.
+// Every entry read is checked against its zip CRC-32, so a flipped bit is refused, not used.
 #pragma once
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -49,23 +52,38 @@ void write_torch_file(const std::string& path, const PyValue& root,
 
 class TorchFile {
  public:
-  // InputError naming `path` for a malformed zip, a compressed entry, a missing data.pkl or a
-  // pickle outside what checkpoints use.
+  // InputError naming `path` for a malformed zip, a compressed entry, a missing data.pkl, a
+  // data.pkl whose CRC-32 does not match or a pickle outside what checkpoints use.
   static TorchFile open(const std::string& path);
   const PyPtr& root() const { return root_; }
   // The tensor a TensorRef describes, borrowing the mapped file. Contiguous tensors only.
+  // The first call for a storage checks the whole storage entry's CRC-32 (read with pread, on
+  // two threads when large, so the mapping gains no pages) and throws InputError naming the
+  // file and the entry on a mismatch; later calls for it cost nothing. Thread-safe.
   Tensor tensor(const TensorRef& ref) const;
-  // Where that tensor's bytes lie in the file: (offset, size), checked as tensor() checks them.
+  // Where that tensor's bytes lie in the file: (offset, size), checked as tensor() checks them
+  // but not checksummed (a layout check of every piece must not read the data): callers that
+  // copy those bytes get them through tensor() first, or call verify().
   std::pair<size_t, size_t> locate(const TensorRef& ref) const;
+  // The CRC-32 check tensor() does for the storage `ref` lies on.
+  void verify(const TensorRef& ref) const;
   // The mapping (for copies file to file, and MappedFile::drop_pages once a tensor is used).
   const MappedFile& mapped() const { return *file_; }
 
  private:
   std::shared_ptr<MappedFile> file_;
   std::string prefix_;  // "archive/" or whatever top folder torch.save used
-  std::vector<std::pair<std::string, std::pair<size_t, size_t>>> entries_;  // name -> (offset, size)
+  struct Entry {
+    std::string name;
+    size_t offset, size;  // of the data
+    uint32_t crc;         // from the central directory
+  };
+  std::vector<Entry> entries_;
+  // entry -> its data matched its CRC once; shared by copies of this TorchFile
+  std::shared_ptr<std::atomic<bool>[]> verified_;
   PyPtr root_;
-  const std::pair<size_t, size_t>* entry(const std::string& name) const;
+  const Entry* entry(const std::string& name) const;
+  const Entry& storage_entry(const TensorRef& ref) const;
 };
 
 }  // namespace moe::io
