@@ -20,7 +20,10 @@ namespace moectl {
 namespace {
 
 // "5GB", "500MB", "1.5GiB", "1000000" -> bytes (decimal units as in transformers' max_shard_size).
+// Checked as a double before it becomes an integer: 20000000000GB once wrapped to a few bytes
+// and gave one shard per tensor.
 uint64_t parse_size(const std::string& s) {
+  constexpr double kMax = 1e15;  // 1 PB: far past any shard, far below 2^64
   size_t pos = 0;
   double v = 0;
   try {
@@ -33,19 +36,23 @@ uint64_t parse_size(const std::string& s) {
   const double mult = unit.empty() || unit == "B" ? 1 : unit == "KB" ? 1e3 : unit == "MB" ? 1e6 : unit == "GB" ? 1e9
                       : unit == "KIB" ? 1024.0 : unit == "MIB" ? 1048576.0 : unit == "GIB" ? 1073741824.0 : -1;
   if (mult < 0 || !(v > 0)) moe::throw_input("--max_shard_size '{}': expected a size such as 5GB or 500MB", s);
-  return uint64_t(v * mult);
+  const double bytes = v * mult;
+  if (!(bytes >= 1 && bytes <= kMax))
+    moe::throw_input("--max_shard_size '{}': expected a size from 1 byte to 1000000GB (1 PB), such as 5GB or 500MB", s);
+  return uint64_t(bytes);
 }
 
 // Progress of an export: on a terminal, train's tqdm-style bar over tensors with bytes, rate and
-// ETA after it; otherwise a plain line at every tenth of the bytes and at the end.
-std::function<void(uint64_t, uint64_t, int, int)> export_progress(const std::string& desc) {
+// ETA after it; otherwise (a log file, a pipe) one summary line at the end, with a line at
+// every tenth of the bytes before it under --verbose true.
+std::function<void(uint64_t, uint64_t, int, int)> export_progress(const std::string& desc, bool verbose) {
   struct State {
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
     std::unique_ptr<moe::train::ProgressBar> bar;
     int next_tenth = 1;
   };
   auto st = std::make_shared<State>();
-  return [st, desc](uint64_t done, uint64_t total, int tensors, int tensors_total) {
+  return [st, desc, verbose](uint64_t done, uint64_t total, int tensors, int tensors_total) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - st->start).count();
     const double rate = s > 0 ? double(done) / s : 0;
     char info[128];
@@ -57,8 +64,13 @@ std::function<void(uint64_t, uint64_t, int, int)> export_progress(const std::str
       if (done >= total) st->bar->finish();
       return;
     }
-    if (done < total && double(done) < double(total) * st->next_tenth / 10) return;
+    if (done < total && (!verbose || double(done) < double(total) * st->next_tenth / 10)) return;
     while (st->next_tenth <= 10 && double(done) >= double(total) * st->next_tenth / 10) ++st->next_tenth;
+    if (done >= total) {
+      std::fprintf(stderr, "%s: done, %d tensors, %.2f GB in %.1fs (%.0f MB/s)\n", desc.c_str(), tensors_total,
+                   double(total) / 1e9, s, rate / 1e6);
+      return;
+    }
     std::fprintf(stderr, "%s: %3.0f%%, %d/%d tensors, %s\n", desc.c_str(),
                  total ? 100.0 * double(done) / double(total) : 100.0, tensors, tensors_total, info);
   };
@@ -112,7 +124,7 @@ void add_export_command(CLI::App& root) {
                        a->etp);
     opt.layout = {a->tp, a->pp, a->ep, a->etp == -1 ? a->tp : a->etp};
     opt.max_shard_bytes = parse_size(a->max_shard_size);
-    opt.progress = export_progress(a->to_mcore ? "to_mcore" : "to_hf");
+    opt.progress = export_progress(a->to_mcore ? "to_mcore" : "to_hf", a->verbose);
     if (a->to_mcore) {
       if (a->model.empty()) moe::throw_input("--to_mcore true needs --model HF_DIR");
       moe::model::export_hf_to_mcore(a->model, a->output_dir, opt);

@@ -1,13 +1,56 @@
 // moectl: one binary, swift-style subcommands. Errors from the library arrive here as
 // moe::Error and are printed as one line; exit 2 for bad input, 1 for internal failures.
+// Command-line mistakes get the same treatment: one `moectl: error: ...` line, exit 2.
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "commands.h"
 #include "core/error.h"
 
+namespace {
+
+std::string command_list(CLI::App& app) {
+  std::string s;
+  for (const CLI::App* c : app.get_subcommands([](CLI::App*) { return true; }))
+    s += (s.empty() ? "" : ", ") + c->get_name();
+  return s;
+}
+
+int usage_error(const std::string& line) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "moectl: error: %s\n", line.c_str());
+  return 2;
+}
+
+// One line for a CLI11 parse error, naming the command the user was running and where its
+// help is, in place of CLI11's wording (written for its own test suite more than for users).
+std::string parse_error_line(CLI::App& app, const CLI::ParseError& e) {
+  const auto parsed = app.get_subcommands();
+  const std::string cmd = parsed.empty() ? "moectl" : "moectl " + parsed.back()->get_name();
+  const std::string see = " (see " + cmd + " --help)";
+  if (dynamic_cast<const CLI::ExtrasError*>(&e)) {
+    const auto rest = app.remaining(true);
+    for (const auto& r : rest)
+      if (r.size() > 1 && r[0] == '-') return "unknown flag " + r + " for '" + cmd + "'" + see;
+    return "unexpected argument '" + (rest.empty() ? std::string("?") : rest.front()) + "' for '" + cmd + "'" + see;
+  }
+  if (parsed.empty() && dynamic_cast<const CLI::RequiredError*>(&e))
+    return "a command is required: " + command_list(app) + " (see moectl --help)";
+  std::string msg = e.what();
+  for (auto& ch : msg)
+    if (ch == '\n' || ch == '\r') ch = ' ';
+  return msg + see;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"moectl: Mixture-of-Experts models in native code (export, pt, sft, infer, plan)"};
+  // swift's argparse semantics: a flag given twice keeps its last value. Set before the
+  // subcommands exist, which copy these defaults; list options (--dataset a b) keep every value
+  // whatever the policy, as their expected count is unbounded.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.require_subcommand(1);
   app.set_version_flag("--version", "moectl 0.1.0");
   moectl::add_infer_command(app);
@@ -17,11 +60,18 @@ int main(int argc, char** argv) {
   moectl::add_pt_command(app);
   moectl::add_sft_command(app);
   moectl::add_plan_command(app);
+  // CLI11 reads an unknown command as a stray argument and only says a subcommand is required.
+  if (argc >= 2 && argv[1][0] != '-') {
+    const std::string name = argv[1];
+    bool known = false;
+    for (const CLI::App* c : app.get_subcommands([](CLI::App*) { return true; })) known |= c->check_name(name);
+    if (!known) return usage_error("unknown command '" + name + "'; the commands are " + command_list(app));
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    return usage_error(parse_error_line(app, e));
   } catch (const moe::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "moectl: error: %s\n", e.what());
