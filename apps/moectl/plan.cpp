@@ -27,7 +27,9 @@ using namespace moe::plan;
 
 struct PlanArgs {
   std::string model, gpu = "H100-SXM-80G", gpu_presets, explain, why_not, fp8, recompute, dispatcher = "alltoall";
-  int nnodes = 1, nproc_per_node = 8, top = 10, make_vocab_divisible = 128;
+  // int64 so that a value past int is range-checked here, not wrapped or refused by the parser.
+  int64_t nnodes = 1, nproc_per_node = 8;
+  int top = 10, make_vocab_divisible = 128;
   std::optional<double> gpu_memory_gib, gpu_tflops, intra_node_gbps, inter_node_gbps, hbm_gbps, capacity_factor;
   double imbalance = 1.1;
   int64_t seq_length = 4096, global_batch_size = 1024;
@@ -85,9 +87,16 @@ std::vector<std::string> preset_dirs(const PlanArgs& a) {
 Cluster cluster_from_args(const PlanArgs& a, bool gpu_given) {
   if (a.nnodes < 1) moe::throw_input("--nnodes {}: the cluster needs at least 1 node", a.nnodes);
   if (a.nproc_per_node < 1) moe::throw_input("--nproc_per_node {}: the cluster needs at least 1 GPU per node", a.nproc_per_node);
+  if (a.nproc_per_node > kMaxGpusPerNode)
+    moe::throw_input("--nproc_per_node {}: at most {} GPUs per node (one NVLink domain)", a.nproc_per_node,
+                     kMaxGpusPerNode);
+  // Both are at least 1, so this division tests nnodes x nproc_per_node <= kMaxGpus without overflow.
+  if (a.nnodes > kMaxGpus / a.nproc_per_node)
+    moe::throw_input("--nnodes {} x --nproc_per_node {}: plans are made for at most {} GPUs", a.nnodes,
+                     a.nproc_per_node, kMaxGpus);
   Cluster c;
-  c.nnodes = a.nnodes;
-  c.nproc_per_node = a.nproc_per_node;
+  c.nnodes = int(a.nnodes);
+  c.nproc_per_node = int(a.nproc_per_node);
   const bool all_explicit = a.gpu_memory_gib && a.gpu_tflops && a.intra_node_gbps && a.inter_node_gbps;
   if (gpu_given || !all_explicit) {
     c.gpu = find_gpu_preset(a.gpu, preset_dirs(a));
@@ -110,8 +119,13 @@ Cluster cluster_from_args(const PlanArgs& a, bool gpu_given) {
 
 TrainingOptions training_from_args(const PlanArgs& a, const Cluster& c) {
   TrainingOptions t;
-  if (a.seq_length < 1) moe::throw_input("--seq_length {}: must be >= 1", a.seq_length);
-  if (a.global_batch_size < 1) moe::throw_input("--global_batch_size {}: must be >= 1", a.global_batch_size);
+  // Far above real runs (1M-token contexts, batches of tens of thousands), and their product stays
+  // exact in int64 and double.
+  constexpr int64_t kMaxSeq = int64_t(1) << 24, kMaxBatch = int64_t(1) << 24;
+  if (a.seq_length < 1 || a.seq_length > kMaxSeq)
+    moe::throw_input("--seq_length {}: must be from 1 to {}", a.seq_length, kMaxSeq);
+  if (a.global_batch_size < 1 || a.global_batch_size > kMaxBatch)
+    moe::throw_input("--global_batch_size {}: must be from 1 to {}", a.global_batch_size, kMaxBatch);
   t.seq_length = a.seq_length;
   t.global_batch_size = a.global_batch_size;
   t.use_distributed_optimizer = a.dist_opt;
@@ -133,7 +147,8 @@ TrainingOptions training_from_args(const PlanArgs& a, const Cluster& c) {
   if (!(a.imbalance >= 1)) moe::throw_input("--moe_imbalance_factor {}: must be >= 1", a.imbalance);
   t.moe_imbalance_factor = a.imbalance;
   t.allow_sequence_parallel = a.sequence_parallel;
-  if (a.make_vocab_divisible < 1) moe::throw_input("--make_vocab_size_divisible_by must be >= 1");
+  if (a.make_vocab_divisible < 1 || a.make_vocab_divisible > 65536)
+    moe::throw_input("--make_vocab_size_divisible_by {}: must be from 1 to 65536", a.make_vocab_divisible);
   t.make_vocab_size_divisible_by = a.make_vocab_divisible;
   return t;
 }

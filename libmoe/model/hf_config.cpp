@@ -1,5 +1,7 @@
 #include "model/hf_config.h"
 
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -30,7 +32,11 @@ class Fields {
     if (!has(k)) throw_input("{}: missing field '{}' (an integer)", src_, k);
     return as_int(j_[k], k);
   }
-  int64_t integer(const char* k, int64_t def) const { return has(k) ? as_int(j_[k], k) : def; }
+  // An integer in [lo, hi], checked before the caller narrows or multiplies it.
+  int64_t integer_in(const char* k, int64_t lo, int64_t hi) const { return in_range(integer(k), k, lo, hi); }
+  int64_t integer_in(const char* k, int64_t lo, int64_t hi, int64_t def) const {
+    return has(k) ? in_range(integer(k), k, lo, hi) : def;
+  }
   double number(const char* k, double def) const {
     if (!has(k)) return def;
     if (!j_[k].is_number()) throw_input("{}: field '{}' must be a number, got {}", src_, k, j_[k].dump());
@@ -46,19 +52,30 @@ class Fields {
     if (!j_[k].is_string()) throw_input("{}: field '{}' must be a string, got {}", src_, k, j_[k].dump());
     return j_[k].get<std::string>();
   }
-  std::vector<int> int_list(const char* k) const {
+  std::vector<int> int_list(const char* k, int64_t lo, int64_t hi) const {
     std::vector<int> out;
     if (!has(k)) return out;
-    if (j_[k].is_number_integer()) return {int(as_int(j_[k], k))};
+    if (j_[k].is_number()) return {int(in_range(as_int(j_[k], k), k, lo, hi))};
     if (!j_[k].is_array()) throw_input("{}: field '{}' must be an integer or a list of integers", src_, k);
-    for (const auto& v : j_[k]) out.push_back(int(as_int(v, k)));
+    for (const auto& v : j_[k]) out.push_back(int(in_range(as_int(v, k), k, lo, hi)));
     return out;
   }
 
  private:
+  int64_t in_range(int64_t v, const char* k, int64_t lo, int64_t hi) const {
+    if (v < lo || v > hi) throw_input("{}: field '{}' must be an integer from {} to {}, got {}", src_, k, lo, hi, v);
+    return v;
+  }
   int64_t as_int(const json& v, const char* k) const {
+    // JSON integers above INT64_MAX arrive as unsigned and would wrap in get<int64_t>().
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
+      throw_input("{}: field '{}' is {}, too large for any size", src_, k, v.dump());
     if (v.is_number_integer()) return v.get<int64_t>();
-    if (v.is_number_float() && v.get<double>() == double(int64_t(v.get<double>()))) return int64_t(v.get<double>());
+    if (v.is_number_float()) {
+      // Only whole numbers inside int64's range convert: casting any other double is undefined.
+      const double d = v.get<double>();
+      if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.2e18) return int64_t(d);
+    }
     throw_input("{}: field '{}' must be an integer, got {}", src_, k, v.dump());
   }
   const json& j_;
@@ -88,7 +105,7 @@ RopeScaling parse_rope_scaling(const Fields& f) {
   r.type = type;
   r.factor = s.number("factor", 0.0);
   if (!(r.factor > 0)) throw_input("{}.factor must be a positive number for rope_type '{}'", src, type);
-  r.original_max_position_embeddings = s.integer("original_max_position_embeddings", 0);
+  r.original_max_position_embeddings = s.integer_in("original_max_position_embeddings", 0, SizeLimits::kPositions, 0);
   if (type == "llama3") {
     r.low_freq_factor = s.number("low_freq_factor", 1.0);
     r.high_freq_factor = s.number("high_freq_factor", 4.0);
@@ -136,15 +153,15 @@ ModelConfig load_hf_config(const std::string& path) {
   if (qwen && f.boolean("use_sliding_window", false))
     throw_input("{}: use_sliding_window=true is not supported (set it to false)", src);
 
-  c.num_layers = int(f.integer("num_hidden_layers"));
-  c.hidden_size = int(f.integer("hidden_size"));
-  c.num_attention_heads = int(f.integer("num_attention_heads"));
-  c.num_query_groups = int(f.integer("num_key_value_heads", c.num_attention_heads));
-  if (c.num_attention_heads <= 0) throw_input("{}: 'num_attention_heads' must be positive", src);
+  using L = SizeLimits;
+  c.num_layers = int(f.integer_in("num_hidden_layers", 1, L::kLayers));
+  c.hidden_size = int(f.integer_in("hidden_size", 1, L::kHidden));
+  c.num_attention_heads = int(f.integer_in("num_attention_heads", 1, L::kHeads));
+  c.num_query_groups = int(f.integer_in("num_key_value_heads", 1, L::kHeads, c.num_attention_heads));
   int64_t default_head_dim = mt == "qwen3" ? 128 : c.hidden_size / c.num_attention_heads;
-  c.kv_channels = int(f.integer("head_dim", default_head_dim));
-  c.vocab_size = f.integer("vocab_size");
-  c.max_position_embeddings = f.integer("max_position_embeddings", 32768);
+  c.kv_channels = int(f.integer_in("head_dim", 1, L::kHeadDim, default_head_dim));
+  c.vocab_size = f.integer_in("vocab_size", 1, L::kVocab);
+  c.max_position_embeddings = f.integer_in("max_position_embeddings", 1, L::kPositions, 32768);
   c.norm_epsilon = f.number("rms_norm_eps", qwen ? 1e-6 : 1e-5);
   double theta_default = mt == "mixtral" ? 1e6 : 10000.0;
   c.rotary_base = f.number("rope_theta", theta_default);
@@ -159,7 +176,7 @@ ModelConfig load_hf_config(const std::string& path) {
   // HF Qwen2 / Qwen2-MoE always build q/k/v with bias; the others follow attention_bias.
   c.add_qkv_bias = (mt == "qwen2" || mt == "qwen2_moe") ? true : f.boolean("attention_bias", false);
   if (mt == "mixtral" && f.has("sliding_window")) {
-    int64_t w = f.integer("sliding_window");
+    const int64_t w = f.integer("sliding_window");
     if (w < c.max_position_embeddings)
       throw_input("{}: sliding_window {} is smaller than max_position_embeddings {}; sliding-window attention is not "
                   "supported (set sliding_window to null)", src, w, c.max_position_embeddings);
@@ -171,45 +188,43 @@ ModelConfig load_hf_config(const std::string& path) {
 
   c.moe_layer_pattern.assign(size_t(std::max(c.num_layers, 0)), false);
   if (mt == "mixtral") {
-    c.num_experts = int(f.integer("num_local_experts", 8));
-    c.moe_router_topk = int(f.integer("num_experts_per_tok", 2));
-    c.moe_ffn_hidden_size = int(f.integer("intermediate_size"));
+    c.num_experts = int(f.integer_in("num_local_experts", 1, L::kExperts, 8));
+    c.moe_router_topk = int(f.integer_in("num_experts_per_tok", 1, L::kExperts, 2));
+    c.moe_ffn_hidden_size = int(f.integer_in("intermediate_size", 1, L::kFfn));
     c.moe_router_pre_softmax = false;  // Mixtral always renormalises the top-k weights
     c.moe_layer_pattern.assign(c.moe_layer_pattern.size(), true);
   } else if (mt == "qwen2_moe" || mt == "qwen3_moe") {
     bool q2 = mt == "qwen2_moe";
-    c.num_experts = int(f.integer("num_experts", q2 ? 60 : 128));
-    c.moe_router_topk = int(f.integer("num_experts_per_tok", q2 ? 4 : 8));
-    c.moe_ffn_hidden_size = int(f.integer("moe_intermediate_size", q2 ? 1408 : 768));
+    // num_experts 0 is a dense model; a negative count is an error (QA #15), not "dense".
+    c.num_experts = int(f.integer_in("num_experts", 0, L::kExperts, q2 ? 60 : 128));
+    c.moe_router_topk = int(f.integer_in("num_experts_per_tok", 0, L::kExperts, q2 ? 4 : 8));
+    c.moe_ffn_hidden_size = int(f.integer_in("moe_intermediate_size", 0, L::kFfn, q2 ? 1408 : 768));
     c.moe_router_pre_softmax = !f.boolean("norm_topk_prob", false);
-    c.ffn_hidden_size = int(f.integer("intermediate_size", 0));
+    c.ffn_hidden_size = int(f.integer_in("intermediate_size", 0, L::kFfn, 0));
     if (q2) {
-      c.moe_shared_expert_intermediate_size = int(f.integer("shared_expert_intermediate_size", 5632));
+      c.moe_shared_expert_intermediate_size = int(f.integer_in("shared_expert_intermediate_size", 0, L::kFfn, 5632));
       c.moe_shared_expert_gate = c.moe_shared_expert_intermediate_size > 0;
     }
-    int64_t step = f.integer("decoder_sparse_step", 1);
-    if (step <= 0) throw_input("{}: 'decoder_sparse_step' must be >= 1, got {}", src, step);
-    std::vector<int> dense_layers = f.int_list("mlp_only_layers");
-    for (int l : dense_layers)
-      if (l < 0 || l >= c.num_layers)
-        throw_input("{}: 'mlp_only_layers' names layer {} but the model has {} layers", src, l, c.num_layers);
-    for (int l = 0; l < c.num_layers; ++l) {
-      bool dense = std::find(dense_layers.begin(), dense_layers.end(), l) != dense_layers.end();
-      c.moe_layer_pattern[size_t(l)] = !dense && c.num_experts > 0 && (l + 1) % step == 0;
-    }
+    const int64_t step = f.integer_in("decoder_sparse_step", 1, L::kLayers, 1);
+    std::vector<bool> dense(size_t(c.num_layers), false);
+    for (int l : f.int_list("mlp_only_layers", 0, c.num_layers - 1)) dense[size_t(l)] = true;
+    for (int l = 0; l < c.num_layers; ++l)
+      c.moe_layer_pattern[size_t(l)] = !dense[size_t(l)] && c.num_experts > 0 && (l + 1) % step == 0;
   } else {
-    c.ffn_hidden_size = int(f.integer("intermediate_size"));
+    c.ffn_hidden_size = int(f.integer_in("intermediate_size", 1, L::kFfn));
   }
 
   // Special token ids: generation_config.json wins over config.json, as in HF generate().
-  c.bos_token_id = int(f.integer("bos_token_id", -1));
-  c.eos_token_ids = f.int_list("eos_token_id");
+  // Token ids index the embedding: each must be a row of it.
+  const int64_t max_id = c.vocab_size - 1;
+  c.bos_token_id = int(f.integer_in("bos_token_id", 0, max_id, -1));
+  c.eos_token_ids = f.int_list("eos_token_id", 0, max_id);
   fs::path gen = cfg_path.parent_path() / "generation_config.json";
   if (fs::exists(gen)) {
     json g = parse_json_file(gen.string());
     Fields gf(g, gen.string());
-    if (gf.has("bos_token_id")) c.bos_token_id = int(gf.integer("bos_token_id"));
-    if (gf.has("eos_token_id")) c.eos_token_ids = gf.int_list("eos_token_id");
+    if (gf.has("bos_token_id")) c.bos_token_id = int(gf.integer_in("bos_token_id", 0, max_id));
+    if (gf.has("eos_token_id")) c.eos_token_ids = gf.int_list("eos_token_id", 0, max_id);
   }
   validate_config(c, src);
   return c;

@@ -1,7 +1,12 @@
 #include "model/init_weights.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "model/weight_map.h"
 
@@ -17,9 +22,36 @@ uint64_t name_hash(const std::string& s) {
   for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
   return h;
 }
+// Bytes this process can hold: physical memory, or less under an address-space limit (ulimit -v).
+double usable_memory_bytes() {
+  double bytes = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  struct rlimit r {};
+  if (getrlimit(RLIMIT_AS, &r) == 0 && r.rlim_cur != RLIM_INFINITY) bytes = std::min(bytes, double(r.rlim_cur));
+  return bytes;
+}
 }  // namespace
 
+void check_init_fits_in_memory(const ModelConfig& c, DType dtype) {
+  // The whole state is held in `dtype`, plus one float32 tensor while it is filled.
+  const WeightMap map = WeightMap::for_config(c);
+  double largest = 0;
+  for (const auto& rule : map.rules()) {
+    double n = 1;
+    for (int64_t d : rule.shape) n *= double(d);
+    largest = std::max(largest, n);
+  }
+  const double params = approx_num_parameters(c);
+  const double need = params * double(dtype_size(dtype)) + (dtype == DType::F32 ? 0.0 : 4 * largest);
+  const double have = usable_memory_bytes();
+  if (need > have)
+    throw_input("config (model_type '{}', num_hidden_layers {}, hidden_size {}, vocab_size {}): {:.3g} parameters "
+                "need {:.1f} GiB to initialise in {}, more than the {:.1f} GiB of memory this process may use "
+                "(choose smaller sizes)", c.model_type, c.num_layers, c.hidden_size, c.vocab_size, params,
+                need / double(1 << 30), torch_dtype_name(dtype), have / double(1 << 30));
+}
+
 StateDict init_random_state(const ModelConfig& c, uint64_t seed, DType dtype, double std) {
+  check_init_fits_in_memory(c, dtype);
   StateDict s;
   const double out_std = std / std::sqrt(2.0 * c.num_layers);
   const WeightMap map = WeightMap::for_config(c);

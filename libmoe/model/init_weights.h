@@ -9,6 +9,11 @@
 
 namespace moe::model {
 
+// InputError, before anything is allocated, when the state in `dtype` does not fit in this
+// machine's physical memory (or the process's address-space limit).
 StateDict init_random_state(const ModelConfig& c, uint64_t seed, DType dtype, double std = 0.02);
+
+// The check init_random_state starts with.
+void check_init_fits_in_memory(const ModelConfig& c, DType dtype);
 
 }  // namespace moe::model

@@ -1,5 +1,6 @@
 #include "model/load_hf.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -22,7 +23,7 @@ struct WeightFiles {
   std::function<std::string(const std::string&)> file_of;
   // Safetensors only: the mapped file holding a tensor, and its byte range there.
   std::function<const MappedFile*(const std::string&, uint64_t*, uint64_t*)> mapped;
-  size_t count = 0;
+  std::vector<std::string> names;
 };
 
 WeightFiles open_weights(const std::string& dir) {
@@ -37,7 +38,7 @@ WeightFiles open_weights(const std::string& dir) {
     w.shape = [c](const std::string& n) { return c->shape(n); };
     w.get = [c](const std::string& n) { return c->get(n); };
     w.file_of = [c](const std::string& n) { return c->file_of(n); };
-    w.count = c->names().size();
+    w.names = c->names();
     return w;
   }
   auto c = std::make_shared<io::SafetensorsCheckpoint>(io::SafetensorsCheckpoint::open_dir(dir));
@@ -53,8 +54,36 @@ WeightFiles open_weights(const std::string& dir) {
     *begin = i.begin, *end = i.end;
     return &c->mapped_file_of(n);
   };
-  w.count = c->names().size();
+  w.names = c->names();
   return w;
+}
+
+// One past the largest N in names holding `marker` + "N." (e.g. "model.layers." or ".experts."),
+// 0 when none does.
+int64_t count_indexed(const std::vector<std::string>& names, const std::string& marker) {
+  int64_t count = 0;
+  for (const auto& n : names)
+    for (size_t at = n.find(marker); at != std::string::npos; at = n.find(marker, at + 1)) {
+      size_t i = at + marker.size(), end = i;
+      while (end < n.size() && end - i < 9 && n[end] >= '0' && n[end] <= '9') ++end;
+      if (end > i && end < n.size() && n[end] == '.') count = std::max(count, int64_t(std::stoll(n.substr(i, end - i))) + 1);
+    }
+  return count;
+}
+
+// The layer and expert counts the tensor names imply, checked against config.json before the
+// WeightMap (one entry per layer and expert) is built: a corrupt count such as
+// num_hidden_layers 1000000000 is refused in one line instead of enumerating names for it.
+void check_counts_against_names(const std::string& dir, const std::vector<std::string>& names, const ModelConfig& c,
+                                const std::string& cfg_file) {
+  const int64_t layers = count_indexed(names, "model.layers.");
+  if (layers > 0 && layers != c.num_layers)
+    throw_input("{}: num_hidden_layers is {} but the weights in {} hold {} layers (model.layers.0 to "
+                "model.layers.{}); fix config.json or the weights", cfg_file, c.num_layers, dir, layers, layers - 1);
+  const int64_t experts = count_indexed(names, ".experts.");
+  if (c.num_experts > 0 && experts > 0 && experts != c.num_experts)
+    throw_input("{}: the config has {} experts but the weights in {} hold {} per layer (experts.0 to experts.{}); fix "
+                "config.json or the weights", cfg_file, c.num_experts, dir, experts, experts - 1);
 }
 
 }  // namespace
@@ -64,6 +93,7 @@ struct HfWeights::Files : WeightFiles {};
 HfWeights::HfWeights(const std::string& dir, const ModelConfig& c) : files_(std::make_shared<Files>()) {
   static_cast<WeightFiles&>(*files_) = open_weights(dir);
   const std::string cfg_file = (std::filesystem::path(dir) / "config.json").string();
+  check_counts_against_names(dir, files_->names, c, cfg_file);
   const WeightMap map = WeightMap::for_config(c);
   size_t used = 0;
   for (const auto& rule : map.rules())
@@ -77,7 +107,7 @@ HfWeights::HfWeights(const std::string& dir, const ModelConfig& c) : files_(std:
                     cfg_file, shape_str(rule.hf_shapes[i]));
       ++used;
     }
-  unused_ = files_->count - std::min(files_->count, used);
+  unused_ = files_->names.size() - std::min(files_->names.size(), used);
   map_ = std::make_shared<WeightMap>(map);
 }
 

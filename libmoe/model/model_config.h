@@ -61,7 +61,28 @@ struct ModelConfig {
   int64_t num_active_parameters() const;
 };
 
-// Checks internal consistency; InputError naming `source` (e.g. ".../config.json") and the field.
+// The largest value each size may take. They are far above any real model (Llama-3-405B has
+// hidden 16384, 126 layers, vocab 128256) and exist so that a corrupt config is refused in one
+// line before a size is narrowed to int, multiplied or used to allocate: every product of two
+// bounds fits in int64, and the parameter bound keeps the totals (and their bytes) in int64.
+struct SizeLimits {
+  static constexpr int64_t kLayers = int64_t(1) << 14;         // num_hidden_layers
+  static constexpr int64_t kHidden = int64_t(1) << 20;         // hidden_size
+  static constexpr int64_t kFfn = int64_t(1) << 22;            // intermediate sizes
+  static constexpr int64_t kHeads = int64_t(1) << 14;          // attention and key/value heads
+  static constexpr int64_t kHeadDim = int64_t(1) << 14;        // head_dim
+  static constexpr int64_t kVocab = int64_t(1) << 24;          // vocab_size
+  static constexpr int64_t kExperts = int64_t(1) << 16;        // num_experts
+  static constexpr int64_t kPositions = int64_t(1) << 30;      // max_position_embeddings
+  static constexpr double kParameters = 1e14;                  // total parameters
+};
+
+// Checks every size against SizeLimits and the internal consistency; InputError naming
+// `source` (e.g. ".../config.json"), the field and the valid range.
 void validate_config(const ModelConfig& c, const std::string& source);
+
+// num_parameters() in floating point: defined for any field values, so a config can be
+// refused for its size before the exact (int64) count is taken.
+double approx_num_parameters(const ModelConfig& c);
 
 }  // namespace moe::model

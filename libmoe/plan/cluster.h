@@ -2,6 +2,7 @@
 // HBM and link bandwidths) and which link a process group crosses given Megatron's rank
 // order. GPU presets are JSON files in configs/gpus/ (one per GPU, with their sources).
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,11 @@ GpuSpec load_gpu_spec_file(const std::string& path);
 GpuSpec find_gpu_preset(const std::string& name, const std::vector<std::string>& dirs);
 // Preset names (file stems) found in the first of `dirs` that exists.
 std::vector<std::string> list_gpu_presets(const std::vector<std::string>& dirs);
+
+// The largest cluster a plan is made for: above the largest built (about 100k GPUs), and small
+// enough that the GPU count and every product of parallel sizes fit in int.
+inline constexpr int64_t kMaxGpus = int64_t(1) << 17;
+inline constexpr int64_t kMaxGpusPerNode = 1024;  // an NVLink domain; GB200 NVL72 has 72
 
 struct Cluster {
   int nnodes = 1, nproc_per_node = 8;

@@ -11,11 +11,16 @@ namespace moe::plan {
 
 namespace {
 
+// Ascending; O(sqrt n), so a large GPU count costs nothing to factor.
 std::vector<int> divisors(int n) {
-  std::vector<int> d;
-  for (int i = 1; i <= n; ++i)
-    if (n % i == 0) d.push_back(i);
-  return d;
+  std::vector<int> low, high;
+  for (int i = 1; int64_t(i) * i <= n; ++i)
+    if (n % i == 0) {
+      low.push_back(i);
+      if (i != n / i) high.push_back(n / i);
+    }
+  low.insert(low.end(), high.rbegin(), high.rend());
+  return low;
 }
 
 double gib(double bytes) { return bytes / kGiB; }
@@ -145,16 +150,49 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
   auto note = [&](const Layout& l) {
     if (first_reason.empty()) first_reason = invalid_reason(m, l, t, c);
   };
+  // Every rule of check_layout that depends only on the sizes chosen so far is tested as soon as
+  // they are chosen, so a branch no completion of which is valid costs one test, not the product
+  // of the inner loops (highly composite GPU counts have tens of thousands of tp x cp x pp).
+  const bool any_dense = m.num_moe_layers() < m.num_layers;
+  auto tp_ok = [&](int tp) {
+    return m.num_attention_heads % tp == 0 && m.num_query_groups % tp == 0 &&
+           (!any_dense || m.ffn_hidden_size % tp == 0) && m.moe_shared_expert_intermediate_size % tp == 0;
+  };
+  auto cp_ok = [&](int tp, int cp) {
+    if (cp > 1 && t.seq_length % (2 * cp) != 0) return false;
+    return !(tp > 1 && t.allow_sequence_parallel) || (t.seq_length / cp) % tp == 0;
+  };
+  // Interleaving beyond this many virtual stages per rank is only searched when fixed: the
+  // bubble gain is gone long before, and a 10000-layer model must not multiply the search.
+  constexpr int kMaxSearchedVpp = 64;
+  // Layouts evaluated before the search gives up, so that any input answers in under 2 s (about
+  // 1 us each on a loaded core). Qwen3-235B-A22B on 131072 GPUs, the largest real case, takes 1.02M.
+  constexpr int64_t kMaxEvaluated = 1500000;
+  int64_t evaluated = 0;
   for (int tp : divisors(W)) {
     if (!allowed(f.tp, tp)) continue;
+    if (!tp_ok(tp)) {
+      note(Layout{tp, 1, 1, 1, tp, 1, W / tp, 1, Recompute::kNone, tp > 1 && t.allow_sequence_parallel});
+      continue;
+    }
     for (int cp : divisors(W / tp)) {
       if (!allowed(f.cp, cp)) continue;
+      if (!cp_ok(tp, cp)) {
+        note(Layout{tp, 1, 1, 1, 1, cp, W / (tp * cp), 1, Recompute::kNone, tp > 1 && t.allow_sequence_parallel});
+        continue;
+      }
       for (int pp : divisors(W / (tp * cp))) {
         if (!allowed(f.pp, pp)) continue;
+        if (pp > m.num_layers) break;  // divisors ascend: every larger pp has an empty stage
         const int dp = W / (tp * cp * pp);
         if (!allowed(f.dp, dp)) continue;
         for (int mbs : mbs_list) {
-          for (int vpp = 1; vpp <= (pp > 1 ? m.num_layers / pp : 1); ++vpp) {
+          if (t.global_batch_size % (int64_t(mbs) * dp) != 0) {
+            note(Layout{tp, pp, 1, 1, 1, cp, dp, mbs, Recompute::kNone, tp > 1 && t.allow_sequence_parallel});
+            continue;
+          }
+          const int max_vpp = pp > 1 ? (f.vpp ? std::min(*f.vpp, m.num_layers / pp) : std::min(kMaxSearchedVpp, m.num_layers / pp)) : 1;
+          for (int vpp = 1; vpp <= max_vpp; ++vpp) {
             if (!allowed(f.vpp, vpp)) continue;
             PipelineSplit split;
             if (!split_pipeline(m.num_layers, pp, vpp, &split)) continue;
@@ -169,6 +207,12 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
                   note(l);
                   continue;
                 }
+                evaluated += int64_t(rc_list.size());
+                if (evaluated > kMaxEvaluated)
+                  throw_input("the search over {} GPUs passed {} layouts without finishing: fix some sizes "
+                              "(--tensor_model_parallel_size, --pipeline_model_parallel_size, "
+                              "--expert_model_parallel_size, --micro_batch_size, --recompute_granularity) to narrow it",
+                              W, kMaxEvaluated);
                 for (Recompute rc : rc_list) {
                   l.recompute = rc;
                   ++r.enumerated;

@@ -2,7 +2,8 @@
 """`moectl plan` end to end: every example config plans; --json has exactly the issue's shape,
 ranked best first, every layout valid under the printed sizes; with every parallel size fixed it
 is exactly that layout; --explain / --why_not; the Mixtral-8x22B PP4 TP1 EP2 DP2 rejection on
-8 x 80 GB; bad input exits 2 with one line; a full Qwen3-235B-A22B search on 1024 GPUs takes < 2 s.
+8 x 80 GB; bad input exits 2 with one line; a full Qwen3-235B-A22B search on 1024 GPUs takes < 2 s;
+sizes that cannot exist (QA #5, #12, #13, #15) exit 2 with one line and the largest clusters plan in < 2 s.
 Usage: plan_test.py MOECTL SRC_DIR WORK_DIR"""
 import json
 import os
@@ -108,6 +109,52 @@ p = run(["--model", os.path.join(CFG, "Qwen3-30B-A3B"), "--gpu", "B300-999G"], r
 check("H100-SXM-80G" in p.stderr, "unknown --gpu does not list the presets: " + p.stderr)
 p = run(["--model", os.path.join(WORK, "partial.json")], rc=2)
 check("num_hidden_layers" in p.stderr, "missing field not named: " + p.stderr)
+
+# QA #5, #12, #13, #15: sizes that cannot exist are refused in one line, fast; huge clusters are
+# either refused or searched in bounded time (divisors only, a cap on the GPU count).
+def one_line_error(args, must_have, within=2.0):
+    t0 = time.monotonic()
+    p = run(args, rc=2)
+    secs = time.monotonic() - t0
+    lines = p.stderr.strip().splitlines()
+    check(len(lines) == 1 and lines[0].startswith("moectl: error:") and must_have in p.stderr,
+          f"{args}: stderr {p.stderr!r} (wanted one line with {must_have!r})")
+    check(secs < within, f"{args}: took {secs:.2f} s (limit {within} s)")
+    return p
+
+
+QWEN30 = os.path.join(CFG, "Qwen3-30B-A3B")
+one_line_error(["--model", QWEN30, "--nproc_per_node", "1000000000"], "--nproc_per_node 1000000000")  # QA12
+one_line_error(["--model", QWEN30, "--nproc_per_node", "10000000"], "at most 1024 GPUs per node")  # QA12
+p = one_line_error(["--model", QWEN30, "--nnodes", "1000000000"], "at most 131072 GPUs")  # QA13
+check("-589934592" not in p.stderr, "QA13: the GPU count wrapped: " + p.stderr)
+p = one_line_error(["--model", QWEN30, "--nnodes", "65536", "--nproc_per_node", "65536"], "--nproc_per_node 65536")
+check(" 0 GPUs" not in p.stderr, "QA13: 65536 x 65536 wrapped to 0: " + p.stderr)
+one_line_error(["--model", QWEN30, "--nnodes", "17000", "--nproc_per_node", "8"], "at most 131072 GPUs")
+one_line_error(["--model", QWEN30, "--nnodes", "99999999999999999999"], "--nnodes")  # past int64: CLI11 refuses
+one_line_error(["--model", QWEN30, "--seq_length", "4611686018427387904"], "--seq_length")
+one_line_error(["--model", QWEN30, "--global_batch_size", "4611686018427387904"], "--global_batch_size")
+one_line_error(["--num_layers", "4", "--hidden_size", "4294967424", "--num_attention_heads", "4", "--vocab_size", "64",
+                "--ffn_hidden_size", "64"], "--hidden_size")
+# The largest clusters accepted, at highly composite and power-of-two GPU counts, plan in < 2 s.
+for nnodes, per_node, gbs in [(13860, 8, 887040), (128, 1024, 1048576), (1, 1024, 1024), (5040, 1, 5040)]:
+    t0 = time.monotonic()
+    p = subprocess.run([MOECTL, "plan", "--model", os.path.join(CFG, "Qwen3-235B-A22B"), "--nnodes", str(nnodes),
+                        "--nproc_per_node", str(per_node), "--global_batch_size", str(gbs), "--top", "3"],
+                       capture_output=True, text=True, cwd=WORK)
+    secs = time.monotonic() - t0
+    print(f"QA12: {nnodes} x {per_node} GPUs: rc {p.returncode}, {secs:.2f} s")
+    check(p.returncode in (0, 2) and len(p.stderr.strip().splitlines()) <= 1, f"{nnodes}x{per_node}: {p.stderr!r}")
+    check(secs < 2.0, f"QA12: plan on {nnodes} x {per_node} GPUs took {secs:.2f} s (limit 2 s)")
+# Config sizes (QA #5 a billion layers, QA #13 2^32 + 128 hidden, QA #15 -8 experts).
+base = json.load(open(os.path.join(QWEN30, "config.json")))
+for field, value, want in [("num_hidden_layers", 1000000000, "from 1 to 16384, got 1000000000"),
+                           ("hidden_size", 4294967424, "from 1 to 1048576, got 4294967424"),
+                           ("num_experts", -8, "from 0 to 65536, got -8")]:
+    bad_cfg = dict(base, **{field: value})
+    path = os.path.join(WORK, f"bad_{field}.json")
+    json.dump(bad_cfg, open(path, "w"))
+    one_line_error(["--model", path], f"'{field}' must be an integer {want}")
 
 # Speed: a full search for Qwen3-235B-A22B on 1024 GPUs.
 t0 = time.monotonic()

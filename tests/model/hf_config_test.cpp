@@ -1,5 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
+#include <nlohmann/json.hpp>
+
 #include "model/hf_config.h"
 #include "model/weight_map.h"
 #include "testutil.h"
@@ -100,4 +104,77 @@ TEST(WeightMap, QkvFusionPerGroupAndInverse) {
   auto back = map.to_hf(*rule, fused);
   EXPECT_EQ(std::vector<float>(back[0].f32(), back[0].f32() + 4), std::vector<float>(q.f32(), q.f32() + 4));
   EXPECT_EQ(std::vector<float>(back[2].f32(), back[2].f32() + 2), std::vector<float>(v.f32(), v.f32() + 2));
+}
+
+namespace {
+// kQwen3Moe with `field` set to the raw JSON text `value`.
+std::string with_field(const std::string& field, const std::string& value) {
+  auto j = nlohmann::json::parse(kQwen3Moe);
+  j[field] = nlohmann::json::parse(value);
+  return j.dump();
+}
+
+std::string error_for(const std::string& config_json) {
+  TempDir d;
+  moe::testing::write_file(d.file("config.json"), config_json);
+  return expect_input_error(d.path());
+}
+}  // namespace
+
+// QA #5: a billion layers was accepted, and infer/export/plan/init then ate all memory.
+TEST(HfConfig, QA05_HugeLayerCountRefusedWithTheRange) {
+  const std::string msg = error_for(with_field("num_hidden_layers", "1000000000"));
+  EXPECT_NE(msg.find("'num_hidden_layers' must be an integer from 1 to 16384, got 1000000000"), std::string::npos)
+      << msg;
+}
+
+// QA #5: every size in range, but their product is not a model that can exist.
+TEST(HfConfig, QA05_AbsurdParameterCountRefused) {
+  auto j = nlohmann::json::parse(kQwen3Moe);
+  j["num_hidden_layers"] = 16384;
+  j["hidden_size"] = 1 << 20;
+  j["moe_intermediate_size"] = 1 << 22;
+  j["mlp_only_layers"] = nlohmann::json::array();
+  const std::string msg = error_for(j.dump());
+  EXPECT_NE(msg.find("parameters, over the limit"), std::string::npos) << msg;
+}
+
+// QA #13: 4294967424 = 2^32 + 128 was narrowed to int and ran as hidden 128.
+TEST(HfConfig, QA13_SizesAreRangeCheckedBeforeNarrowing) {
+  std::string msg = error_for(with_field("hidden_size", "4294967424"));
+  EXPECT_NE(msg.find("'hidden_size' must be an integer from 1 to 1048576, got 4294967424"), std::string::npos) << msg;
+  msg = error_for(with_field("num_attention_heads", "4294967300"));  // 2^32 + 4 would run as 4 heads
+  EXPECT_NE(msg.find("'num_attention_heads'"), std::string::npos) << msg;
+  msg = error_for(with_field("mlp_only_layers", "[4294967297]"));  // would run as layer 1
+  EXPECT_NE(msg.find("'mlp_only_layers' must be an integer from 0 to 2, got 4294967297"), std::string::npos) << msg;
+  msg = error_for(with_field("eos_token_id", "[4294967298]"));
+  EXPECT_NE(msg.find("'eos_token_id' must be an integer from 0 to 299"), std::string::npos) << msg;
+  // Above INT64_MAX: nlohmann holds it unsigned, and get<int64_t>() wrapped it to -1.
+  msg = error_for(with_field("head_dim", "18446744073709551615"));
+  EXPECT_NE(msg.find("'head_dim' is 18446744073709551615, too large"), std::string::npos) << msg;
+  // Floats: only whole numbers inside int64 are integers (casting 1e300 is undefined behaviour).
+  for (const char* v : {"1e300", "-1e300", "128.5", "\"128\""}) {
+    msg = error_for(with_field("hidden_size", v));
+    EXPECT_NE(msg.find("'hidden_size' must be an integer"), std::string::npos) << v << ": " << msg;
+  }
+  TempDir d;
+  moe::testing::write_file(d.file("config.json"), with_field("hidden_size", "64.0"));
+  EXPECT_EQ(load_hf_config(d.path()).hidden_size, 64);
+}
+
+// QA #15: a negative expert count was read as "no experts" and the model ran dense.
+TEST(HfConfig, QA15_NegativeExpertCountRefused) {
+  const std::string msg = error_for(with_field("num_experts", "-8"));
+  EXPECT_NE(msg.find("'num_experts' must be an integer from 0 to 65536, got -8"), std::string::npos) << msg;
+  EXPECT_NE(error_for(with_field("decoder_sparse_step", "-1")).find("'decoder_sparse_step'"), std::string::npos);
+  EXPECT_NE(error_for(with_field("intermediate_size", "-1")).find("'intermediate_size'"), std::string::npos);
+}
+
+// The bounds leave every real model alone: the example configs load with their true sizes.
+TEST(HfConfig, LimitsAcceptTheExampleConfigs) {
+  const char* src = std::getenv("MOE_SOURCE_DIR");
+  if (!src) GTEST_SKIP() << "MOE_SOURCE_DIR is not set (ctest sets it)";
+  const std::string dir = std::string(src) + "/configs/";
+  EXPECT_NEAR(double(load_hf_config(dir + "Qwen3-235B-A22B").num_parameters()), 235e9, 1e9);
+  EXPECT_NEAR(double(load_hf_config(dir + "Mixtral-8x22B").num_parameters()), 141e9, 1e9);
 }

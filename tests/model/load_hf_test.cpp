@@ -82,3 +82,37 @@ TEST(LoadHf, SafetensorsAndTorchBinGiveTheSameModel) {
     EXPECT_NE(std::string(e.what()).find("pytorch_model-00002-of-00003.bin"), std::string::npos) << e.what();
   }
 }
+
+// QA #5: a config whose counts disagree with the weights is refused from the tensor names,
+// before the per-layer, per-expert names of the config are built or anything is read.
+TEST(LoadHf, QA05_ConfigCountsCheckedAgainstTheWeightNames) {
+  TempDir d;
+  moe::testing::write_file(d.file("config.json"), kConfig);
+  const ModelConfig cfg = load_hf_config(d.path());
+  save_hf_weights(cfg, init_random_state(cfg, 3, DType::BF16), d.path());
+  auto expect_error = [&](const char* field, int value, const std::string& want) {
+    auto j = nlohmann::json::parse(kConfig);
+    j[field] = value;
+    moe::testing::write_file(d.file("config.json"), j.dump());
+    const std::string msg = moe::testing::input_error([&] { load_hf_model(d.path()); });
+    EXPECT_NE(msg.find(want), std::string::npos) << msg;
+  };
+  expect_error("num_hidden_layers", 16000, "num_hidden_layers is 16000 but the weights in " + d.path() +
+                                               " hold 2 layers (model.layers.0 to model.layers.1)");
+  expect_error("num_experts", 60000, "the config has 60000 experts but the weights in " + d.path() + " hold 4");
+}
+
+// init refuses, before allocating, a model larger than the memory the process may use.
+TEST(InitWeights, QA05_ModelLargerThanMemoryRefused) {
+  TempDir d;
+  auto j = nlohmann::json::parse(kConfig);
+  j["vocab_size"] = 1 << 24;
+  j["hidden_size"] = 1 << 16;  // 2 x 2^40 embedding parameters: 4 TiB in bf16
+  j["num_attention_heads"] = 64;
+  j["num_key_value_heads"] = 64;
+  moe::testing::write_file(d.file("config.json"), j.dump());
+  const ModelConfig cfg = load_hf_config(d.path());
+  const std::string msg = moe::testing::input_error([&] { init_random_state(cfg, 1, DType::BF16); });
+  EXPECT_NE(msg.find("more than the"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("GiB of memory this process may use"), std::string::npos) << msg;
+}

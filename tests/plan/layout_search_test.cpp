@@ -87,6 +87,51 @@ TEST(plan_layout_search, EveryLayoutIsValidRankedAndFixedSizesRestrict) {
   EXPECT_LT(only.enumerated, r.enumerated);
 }
 
+// The pruned search (rules tested as soon as their sizes are chosen) finds exactly the layouts a
+// brute-force pass over every combination accepts.
+TEST(plan_layout_search, PrunedSearchEnumeratesEveryValidLayout) {
+  for (const char* name : {"Qwen3-30B-A3B", "Mixtral-8x7B", "Qwen2-57B-A14B"}) {
+    const ModelShape m = example_model(name);
+    const Cluster c = cluster("H100-SXM-80G", 2);
+    TrainingOptions t;
+    t.global_batch_size = 256;
+    FixedSizes f;
+    f.micro_batch_size = 2;
+    const int W = c.world();
+    int64_t valid = 0;
+    for (int tp = 1; tp <= W; ++tp)
+      for (int cp = 1; cp <= W; ++cp)
+        for (int pp = 1; pp <= W; ++pp) {
+          if (W % (tp * cp * pp) != 0) continue;
+          const int dp = W / (tp * cp * pp);
+          for (int vpp = 1; vpp <= 64; ++vpp)  // the search's cap on vpp
+            for (int ep = 1; ep <= W; ++ep)
+              for (int etp = 1; etp <= W; ++etp) {
+                Layout l{tp, pp, vpp, ep, etp, cp, dp, 2, Recompute::kNone, tp > 1 && t.allow_sequence_parallel};
+                if (invalid_reason(m, l, t, c).empty()) ++valid;
+              }
+        }
+    EXPECT_GT(valid, 0) << name;
+    EXPECT_EQ(search_layouts(m, t, c, f, 0).enumerated, 3 * valid) << name;  // x 3 recompute modes
+  }
+}
+
+// QA #12: the search on the largest cluster plan accepts, at a highly composite GPU count (144
+// divisors), finishes; before, divisors were found by trial division up to the count, per loop.
+TEST(plan_layout_search, QA12_LargestClustersFinish) {
+  const ModelShape m = example_model("Qwen3-235B-A22B");
+  // 110880 and 131072 GPUs, with a global batch that their data-parallel sizes can divide
+  for (auto [nnodes, per_node, batch] : {std::tuple{13860, 8, 887040}, {128, 1024, 1 << 20}}) {
+    const Cluster c = cluster("H100-SXM-80G", nnodes, per_node);
+    ASSERT_LE(c.world(), kMaxGpus);
+    TrainingOptions t;
+    t.global_batch_size = batch;
+    const SearchResult r = search_layouts(m, t, c, FixedSizes{}, 10, 10);
+    EXPECT_GT(r.enumerated, 0);
+    for (const auto& x : r.fitting) EXPECT_EQ(x.layout.world(), c.world());
+  }
+}
+
 TEST(plan_layout_search, FixedSizeThatDividesNothingIsAnInputError) {
   const ModelShape m = example_model("Qwen3-30B-A3B");
   const Cluster c = cluster("H100-SXM-80G", 1);
