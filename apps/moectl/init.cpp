@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
+#include "core/output_dir.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
 #include "model/load_hf.h"
@@ -36,13 +37,10 @@ void add_init_command(CLI::App& root) {
       moe::throw_input("--torch_dtype '{}': expected bfloat16, float16 or float32", a->dtype);
     const fs::path src = fs::is_directory(a->config) ? fs::path(a->config) : fs::path(a->config).parent_path();
     auto cfg = moe::model::load_hf_config(a->config);
-    const fs::path out(a->output_dir);
-    if (fs::exists(out) && !fs::is_empty(out) && !a->overwrite)
-      moe::throw_input("--output_dir {} exists and is not empty (pass --overwrite true to replace it)", a->output_dir);
-    // Build everything in a sibling temporary directory and rename it into place at the end.
-    const fs::path tmp = out.string() + ".tmp";
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
+    // Checked and staged beside the target before any work; a failure leaves no temporary.
+    moe::StagedDir staged("--output_dir", moe::resolve_output_dir("--output_dir", a->output_dir, {src.string()}),
+                          a->overwrite);
+    const fs::path tmp = staged.path();
     for (const auto& entry : fs::directory_iterator(src)) {
       const std::string name = entry.path().filename().string();
       if (entry.is_regular_file() && entry.path().extension() != ".safetensors" &&
@@ -55,8 +53,7 @@ void add_init_command(CLI::App& root) {
     moe::write_file_atomic((tmp / "config.json").string(), cfg_json.dump(2) + "\n");
     auto state = moe::model::init_random_state(cfg, a->seed, dtype);
     moe::model::save_hf_weights(cfg, state, tmp.string());
-    fs::remove_all(out);
-    fs::rename(tmp, out);
+    staged.commit();
     moe::log().info("wrote {} ({:.1f} M parameters) to {}", cfg.model_type, double(cfg.num_parameters()) / 1e6,
                     a->output_dir);
   });

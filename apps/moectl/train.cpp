@@ -3,6 +3,7 @@
 // dataset, run the loop in libmoe/train, save Megatron checkpoints (+ HF safetensors).
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -14,11 +15,13 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
+#include "core/output_dir.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
 #include "model/mcore_export.h"
 #include "text/chat_template.h"
 #include "train/metrics.h"
+#include "train/run_dir.h"
 #include "train/trainer.h"
 
 namespace moectl {
@@ -31,6 +34,8 @@ struct TrainArgs {
   bool pretrain = false;
   std::string model, load, save, system, tem, torch_dtype;
   bool system_given = false, finetune = true, add_version = true, packing = false, save_safetensors = true;
+  bool overwrite_output_dir = false;
+  int64_t seed = 42;
   bool no_save_optim = false, no_save_rng = false, no_load_optim = false, no_load_rng = false;
   double init_method_std = 0.02;
   std::vector<std::string> dataset, val_dataset, model_name, model_author;
@@ -49,28 +54,76 @@ moe::DType dtype_from(const std::string& s, moe::DType fallback) {
   moe::throw_input("--torch_dtype '{}' is not one of bfloat16, float16, float32", s);
 }
 
-void run(const TrainArgs& a) {
+// Every number a flag gives, checked once before any work: one line naming the flag and the
+// range (QA #3, #4, #10, #15). The optimizer, schedule and MoE options check their own below.
+void validate_flags(const TrainArgs& a, const CLI::App& c) {
+  const auto& t = a.t;
+  auto positive = [](const char* flag, int64_t v) {
+    if (v < 1) moe::throw_input("{} must be >= 1, got {}", flag, v);
+  };
+  if (c.count("--train_iters")) positive("--train_iters", t.train_iters);
+  positive("--max_epochs", t.max_epochs);
+  positive("--micro_batch_size", t.micro_batch_size);
+  positive("--global_batch_size", t.global_batch_size);
+  if (t.global_batch_size % t.micro_batch_size != 0)
+    moe::throw_input("--global_batch_size {} must be a multiple of --micro_batch_size {}", t.global_batch_size,
+                     t.micro_batch_size);
+  positive("--log_interval", t.log_interval);
+  positive("--max_length", a.max_length);
+  if (t.save_interval < 0) moe::throw_input("--save_interval must be >= 1 (0: only at the end), got {}", t.save_interval);
+  if (t.eval_interval < 0) moe::throw_input("--eval_interval must be >= 1 (0: only at the end), got {}", t.eval_interval);
+  if (t.eval_iters < 1 && t.eval_iters != -1)
+    moe::throw_input("--eval_iters must be >= 1 (-1: the whole validation set), got {}", t.eval_iters);
+  if (!(t.clip_grad >= 0 && std::isfinite(t.clip_grad)))
+    moe::throw_input("--clip_grad must be a finite number >= 0 (0: off), got {}", t.clip_grad);
+  if (!(a.init_method_std > 0 && std::isfinite(a.init_method_std)))
+    moe::throw_input("--init_method_std must be a finite number > 0, got {}", a.init_method_std);
+  if (!(a.split_dataset_ratio >= 0 && a.split_dataset_ratio < 1))
+    moe::throw_input("--split_dataset_ratio must be in [0, 1), got {}", a.split_dataset_ratio);
+  if (a.seed < 0) moe::throw_input("--seed must be >= 0, got {}", a.seed);
+  if (c.count("--moe_expert_capacity_factor") && !(a.m.moe.capacity_factor > 0))
+    moe::throw_input("--moe_expert_capacity_factor must be a finite number > 0 (leave it out for dropless), got {}",
+                     a.m.moe.capacity_factor);
+  if (!a.model.empty() && !a.load.empty())
+    moe::throw_input("--model {} and --load {} both name the weights: pass --load MCORE_DIR for a Megatron "
+                     "checkpoint or --model HF_DIR, not both", a.model, a.load);
+  if (c.count("--finetune") && !a.finetune && a.load.empty())
+    moe::throw_input("--finetune false resumes a checkpoint and needs --load MCORE_DIR");
+}
+
+// `dir` given to --load/--model: a run's output root (holding vN-... runs) gets a hint.
+void check_source(const std::string& flag, const std::string& dir) {
+  if (fs::exists(fs::path(dir) / "config.json")) return;
+  if (!fs::is_directory(dir)) moe::throw_input("{} {}: no such directory", flag, dir);
+  std::string newest;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_directory() && fs::exists(e.path() / "config.json") && e.path().filename().string() > newest)
+      newest = e.path().filename().string();
+  if (!newest.empty())
+    moe::throw_input("{} {}: no config.json; it holds runs: pass one of them, e.g. {} {}", flag, dir, flag,
+                     (fs::path(dir) / newest).string());
+  moe::throw_input("{} {}: no config.json (pass an HF model dir or a Megatron dir written by moectl)", flag, dir);
+}
+
+void run(const TrainArgs& a, const CLI::App& cli) {
   namespace model = moe::model;
+  validate_flags(a, cli);
   if (a.model.empty() && a.load.empty())
     moe::throw_input("pass --model HF_DIR (or a dir with only config.json + tokenizer) or --load MCORE_DIR");
   const std::string src = a.load.empty() ? a.model : a.load;
-  if (!fs::exists(fs::path(src) / "config.json"))
-    moe::throw_input("{}: no config.json (pass an HF model dir or a Megatron dir written by moectl)", src);
+  check_source(a.load.empty() ? "--model" : "--load", src);
+  const bool resuming = !a.load.empty() && !a.finetune;
   // Weights: a Megatron or HF checkpoint, or random init when the dir has only config + tokenizer.
   model::LoadedModel lm;
-  // The run directory's parent must be writable before any work is done.
+  // Where the run writes is checked before any work; the dir itself is made once all input is read.
   const std::string save_root = a.save.empty() ? "megatron_output/" + fs::path(src).filename().string() : a.save;
-  {
-    std::error_code ec;
-    const bool existed = fs::exists(save_root);
-    fs::create_directories(save_root, ec);
-    const fs::path probe = fs::path(save_root) / ".moectl_write_test";
-    FILE* f = ec ? nullptr : std::fopen(probe.c_str(), "w");
-    if (!f) moe::throw_input("--save {}: cannot create or write to it (choose a writable directory)", save_root);
-    std::fclose(f);
-    fs::remove(probe);
-    if (!existed) fs::remove_all(save_root, ec);  // made again when the run starts
-  }
+  moe::train::RunDirOptions rdo;
+  rdo.add_version = a.add_version, rdo.resuming = resuming, rdo.overwrite = a.overwrite_output_dir;
+  // Megatron resumes with --load and --save naming one dir; otherwise no input is written into.
+  const bool same_dir = !a.load.empty() && !a.add_version &&
+                        moe::normal_path(a.load) == moe::normal_path(save_root);
+  if (!same_dir) rdo.inputs = {src};
+  moe::train::RunDir::check(save_root, rdo);
   const bool has_weights = fs::exists(fs::path(src) / "latest_checkpointed_iteration.txt") ||
                            fs::exists(fs::path(src) / "model.safetensors") ||
                            fs::exists(fs::path(src) / "model.safetensors.index.json") ||
@@ -105,20 +158,16 @@ void run(const TrainArgs& a) {
   moe::model::validate_train_options(a.m, lm.config);
   moe::train::LrSchedule(t.lr, t.train_iters > 0 ? t.train_iters : int64_t(1) << 40);  // epochs: length not known yet
   moe::train::Optimizer check_optimizer(t.optim);
-  if (t.micro_batch_size < 1 || t.global_batch_size % t.micro_batch_size != 0)
-    moe::throw_input("--global_batch_size {} must be a multiple of --micro_batch_size {}", t.global_batch_size,
-                     t.micro_batch_size);
-  t.out_dir = moe::train::make_output_dir(save_root, a.add_version);
+  if (resuming && !fs::exists(fs::path(a.load) / "latest_checkpointed_iteration.txt"))
+    moe::throw_input("--finetune false resumes a Megatron checkpoint, but {} has no latest_checkpointed_iteration.txt",
+                     a.load);
+  const moe::train::RunDir run_dir(save_root, rdo);
+  t.out_dir = run_dir.path();
   t.ckpt.dtype = dtype_from(a.torch_dtype, lm.config.params_dtype);
   t.ckpt.save_optim = !a.no_save_optim, t.ckpt.save_rng = !a.no_save_rng, t.ckpt.save_safetensors = a.save_safetensors;
   t.ckpt.source_dir = src;
   t.load_optim = !a.no_load_optim, t.load_rng = !a.no_load_rng;
-  if (!a.load.empty() && !a.finetune) {
-    if (!fs::exists(fs::path(a.load) / "latest_checkpointed_iteration.txt"))
-      moe::throw_input("--finetune false resumes a Megatron checkpoint, but {} has no latest_checkpointed_iteration.txt",
-                       a.load);
-    t.resume_dir = a.load;
-  }
+  if (resuming) t.resume_dir = a.load;
   nlohmann::json args = {{"command", a.pretrain ? "pt" : "sft"}, {"model", a.model}, {"load", a.load},
                          {"model_type", lm.config.model_type}, {"dataset", a.dataset}, {"template", tmpl->name()},
                          {"train_iters", t.train_iters}, {"max_epochs", t.max_epochs},
@@ -206,9 +255,11 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--no_load_optim", a->no_load_optim, "Resume without the saved optimizer state");
   c->add_option("--no_load_rng", a->no_load_rng, "Resume without the saved data position");
   c->add_option("--add_version", a->add_version, "Make a vN-YYYYMMDD-HHMMSS dir under --save");
+  c->add_option("--overwrite_output_dir", a->overwrite_output_dir,
+                "With --add_version false: replace the checkpoints and logs of an earlier run in --save");
   c->add_option("--save_safetensors", a->save_safetensors, "Also write HF safetensors (checkpoint-N/) for infer");
   c->add_option("--torch_dtype", a->torch_dtype, "Saved weights: bfloat16 | float16 | float32 (default: the model's)");
-  c->add_option("--seed", t.seed, "Seed for data order, sampling and init");
+  c->add_option("--seed", a->seed, "Seed for data order, sampling and init");
   c->add_option("--recompute_granularity", m.recompute.granularity, "none | selective | full");
   c->add_option("--recompute_method", m.recompute.method, "full: uniform | block");
   c->add_option("--recompute_num_layers", m.recompute.num_layers, "full: layers per chunk (uniform) or recomputed (block)");
@@ -221,7 +272,10 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--moe_token_drop_policy", m.moe.token_drop_policy, "probs | position");
   c->add_option("--moe_router_enable_expert_bias", m.moe.enable_expert_bias, "Aux-loss-free balancing bias");
   c->add_option("--moe_router_bias_update_rate", m.moe.bias_update_rate, "Expert bias step");
-  c->callback([a] { run(*a); });
+  c->callback([a, c] {
+    a->t.seed = uint64_t(a->seed);
+    run(*a, *c);
+  });
 }
 
 }  // namespace

@@ -116,4 +116,17 @@ void convert_from_f32(const float* src, void* dst, DType t, size_t n) {
   }
 }
 
+size_t count_non_finite(const void* data, DType type, size_t n) {
+  size_t bad = 0;
+  if (type == DType::F32) {
+    const auto* u = static_cast<const uint32_t*>(data);
+    for (size_t i = 0; i < n; ++i) bad += (u[i] & 0x7F800000u) == 0x7F800000u;
+  } else {
+    const uint16_t exp = type == DType::BF16 ? 0x7F80 : 0x7C00;
+    const auto* u = static_cast<const uint16_t*>(data);
+    for (size_t i = 0; i < n; ++i) bad += (u[i] & exp) == exp;
+  }
+  return bad;
+}
+
 }  // namespace moe

@@ -37,6 +37,8 @@ uint16_t f32_to_f16(float f);
 
 // Bulk conversions (vectorised where the CPU allows).
 void convert_to_f32(const void* src, DType src_type, float* dst, size_t n);
+// How many of the n values at `data` are NaN or infinite (an all-ones exponent in any dtype).
+size_t count_non_finite(const void* data, DType type, size_t n);
 void convert_from_f32(const float* src, void* dst, DType dst_type, size_t n);
 
 }  // namespace moe

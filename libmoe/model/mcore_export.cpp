@@ -5,6 +5,7 @@
 #include <exception>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -12,6 +13,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
+#include "core/output_dir.h"
 #include "io/safetensors.h"
 #include "io/torch_file.h"
 #include "model/hf_config.h"
@@ -27,21 +29,10 @@ namespace {
 
 bool is_vocab_tensor(const std::string& name) { return name == names::kEmbedding || name == names::kOutput; }
 
-// Output directory handling shared by both directions: refuse a non-empty target unless
-// --overwrite, build in "<out>.tmp", rename at the end.
-fs::path begin_output(const std::string& out_dir, bool overwrite) {
-  const fs::path out(out_dir);
-  if (fs::exists(out) && !fs::is_empty(out) && !overwrite)
-    throw_input("--output_dir {} exists and is not empty (pass --overwrite true to replace it)", out_dir);
-  const fs::path tmp = out.string() + ".tmp";
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  return tmp;
-}
-
-void finish_output(const fs::path& tmp, const std::string& out_dir) {
-  fs::remove_all(out_dir);
-  fs::rename(tmp, out_dir);
+// Output directory handling shared by both directions (core/output_dir.h): the target is
+// checked against the input before any work, built beside it and swapped in at the end.
+std::unique_ptr<StagedDir> begin_output(const std::string& in_dir, const std::string& out_dir, bool overwrite) {
+  return std::make_unique<StagedDir>("--output_dir", resolve_output_dir("--output_dir", out_dir, {in_dir}), overwrite);
 }
 
 }  // namespace
@@ -110,13 +101,15 @@ std::vector<std::string> te_extra_states(const ModelConfig& c, int layer) {
 }
 
 void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt) {
+  resolve_output_dir("--output_dir", out_dir, {hf_dir});  // refused before anything is read
   const ModelConfig c = load_hf_config(hf_dir);
   // Canonical tensors are built one at a time from the mapped HF files: memory stays around
   // one tensor (and its slice), whatever the model size.
   const HfWeights weights(hf_dir, c);
   const ShardSpec spec(c, opt.layout, opt.make_vocab_size_divisible_by);
   const ParallelLayout& p = spec.layout();  // etp resolved
-  const fs::path tmp = begin_output(out_dir, opt.overwrite);
+  const auto staged = begin_output(hf_dir, out_dir, opt.overwrite);
+  const fs::path tmp = staged->path();
   const int64_t Vp = spec.padded_vocab();
 
   auto full_tensor = [&](const std::string& name, Tensor t) {
@@ -234,8 +227,21 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
                     {"train_type", "full"}};
   write_file_atomic((tmp / "args.json").string(), aj.dump(2) + "\n");
   write_file_atomic((tmp / "latest_checkpointed_iteration.txt").string(), "1");  // last: marks it complete
-  finish_output(tmp, out_dir);
+  staged->commit();
   log().info("wrote {} rank files to {}", files, out_dir);
+}
+
+int64_t read_checkpoint_tracker(const std::string& mcore_dir) {
+  const fs::path tracker = fs::path(mcore_dir) / "latest_checkpointed_iteration.txt";
+  if (!fs::exists(tracker))
+    throw_input("{}: no latest_checkpointed_iteration.txt (not a Megatron checkpoint directory, or an unfinished one)",
+                mcore_dir);
+  std::string it = read_text_file(tracker.string());
+  while (!it.empty() && std::isspace(static_cast<unsigned char>(it.back()))) it.pop_back();
+  // Digits only: "1/../x" once read as iteration 1 (QA #20).
+  const bool digits = !it.empty() && it.size() <= 12 && it.find_first_not_of("0123456789") == std::string::npos;
+  if (!digits) throw_input("{}: expected an iteration number, got '{}'", tracker.string(), it.substr(0, 40));
+  return std::stoll(it);
 }
 
 namespace {
@@ -246,19 +252,7 @@ namespace {
 class McoreReader {
  public:
   explicit McoreReader(const std::string& mcore_dir) : dir_(mcore_dir) {
-    const fs::path tracker = dir_ / "latest_checkpointed_iteration.txt";
-    if (!fs::exists(tracker))
-      throw_input("{}: no latest_checkpointed_iteration.txt (not a Megatron checkpoint directory, or an unfinished "
-                  "one)",
-                  mcore_dir);
-    std::string it = read_text_file(tracker.string());
-    while (!it.empty() && std::isspace(static_cast<unsigned char>(it.back()))) it.pop_back();
-    int64_t iteration = 0;
-    try {
-      iteration = std::stoll(it);
-    } catch (...) {
-      throw_input("{}: expected an iteration number, got '{}'", tracker.string(), it);
-    }
+    const int64_t iteration = read_checkpoint_tracker(mcore_dir);
     char iter_name[32];
     std::snprintf(iter_name, sizeof iter_name, "iter_%07lld", static_cast<long long>(iteration));
     iter_dir_ = dir_ / iter_name;
@@ -374,6 +368,7 @@ LoadedModel load_model(const std::string& dir) {
 // stored whole in the output dtype are copied file to file by the kernel; the rest pass through
 // one merged tensor per worker, so memory stays around two tensors whatever the model size.
 void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt) {
+  resolve_output_dir("--output_dir", out_dir, {mcore_dir});  // refused before anything is read
   McoreReader r(mcore_dir);
   const ModelConfig& c = r.config();
   const ShardSpec& spec = r.spec();
@@ -393,7 +388,8 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
     }
   }
   const io::SafetensorsShardPlan plan = io::plan_safetensors_shards(sizes, opt.max_shard_bytes);
-  const fs::path tmp = begin_output(out_dir, opt.overwrite);
+  const auto staged = begin_output(mcore_dir, out_dir, opt.overwrite);
+  const fs::path tmp = staged->path();
   std::vector<std::unique_ptr<OutputFile>> outs;
   std::vector<std::pair<size_t, uint64_t>> at(descs.size());  // HF tensor -> (output file, offset)
   std::vector<std::pair<std::string, std::vector<std::string>>> index;
@@ -470,7 +466,7 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
   if (plan.files.size() > 1)
     write_file_atomic((tmp / "model.safetensors.index.json").string(), io::safetensors_index_json(index, plan.total_bytes));
   copy_side_files(fs::path(mcore_dir), tmp, opt.dtype);
-  finish_output(tmp, out_dir);
+  staged->commit();
   log().info("wrote {} tensors in {} files to {}", descs.size(), plan.files.size(), out_dir);
 }
 

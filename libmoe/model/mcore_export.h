@@ -41,7 +41,12 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
 io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt, const ShardSpec& spec);
 // the `_extra_state` entries of layer `layer` in a TransformerEngine-spec GPTModel;
 std::vector<std::string> te_extra_states(const ModelConfig& c, int layer);
+// The iteration named by DIR/latest_checkpointed_iteration.txt; InputError naming the file when
+// it is missing or not a plain number.
+int64_t read_checkpoint_tracker(const std::string& mcore_dir);
+
 // config.json (torch_dtype set to `dtype`), generation_config.json and tokenizer files.
+
 void copy_side_files(const std::filesystem::path& from, const std::filesystem::path& to, DType dtype);
 
 }  // namespace moe::model

@@ -1,6 +1,7 @@
 #include "model/train_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -61,8 +62,14 @@ void validate_train_options(const TrainOptions& o, const ModelConfig& c) {
       m.load_balancing_type != "none")
     throw_input("--moe_router_load_balancing_type '{}' is not one of aux_loss, seq_aux_loss, none",
                 m.load_balancing_type);
-  if (m.aux_loss_coeff < 0) throw_input("--moe_aux_loss_coeff must be >= 0, got {}", m.aux_loss_coeff);
-  if (m.z_loss_coeff < 0) throw_input("--moe_z_loss_coeff must be >= 0, got {}", m.z_loss_coeff);
+  if (!(m.aux_loss_coeff >= 0 && std::isfinite(m.aux_loss_coeff)))
+    throw_input("--moe_aux_loss_coeff must be a finite number >= 0, got {}", m.aux_loss_coeff);
+  if (!(m.z_loss_coeff >= 0 && std::isfinite(m.z_loss_coeff)))
+    throw_input("--moe_z_loss_coeff must be a finite number >= 0, got {}", m.z_loss_coeff);
+  if (!(m.capacity_factor >= 0 && std::isfinite(m.capacity_factor)))  // 0: dropless (the flag not given)
+    throw_input("--moe_expert_capacity_factor must be a finite number > 0, got {}", m.capacity_factor);
+  if (!(m.bias_update_rate >= 0 && std::isfinite(m.bias_update_rate)))
+    throw_input("--moe_router_bias_update_rate must be a finite number >= 0, got {}", m.bias_update_rate);
   if (m.token_drop_policy != "probs" && m.token_drop_policy != "position")
     throw_input("--moe_token_drop_policy '{}' is not one of probs, position", m.token_drop_policy);
   if (m.pad_expert_input_to_capacity && m.capacity_factor <= 0)

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
+#include "core/output_dir.h"
 #include "io/torch_file.h"
 #include "model/load_hf.h"
 #include "model/mcore_export.h"
@@ -31,6 +32,16 @@ Tensor borrow_f32(const std::vector<float>& v, const Shape& s) {
   return Tensor::borrow(s, DType::F32, v.data(), nullptr);
 }
 
+// A checkpoint never holds a NaN or an infinity (QA #10): the trainer skips steps that would
+// make one, so what remains is a weight beyond the saved dtype's range.
+void check_finite(const Tensor& t, const std::string& name, int64_t iteration) {
+  if (count_non_finite(t.raw(), t.dtype(), size_t(t.numel())) == 0) return;
+  if (t.dtype() != DType::F32)
+    throw_input("iteration {}: '{}' has values beyond {}'s range; no checkpoint written: pass --torch_dtype float32 "
+                "(or bfloat16) or lower --lr", iteration, name, torch_dtype_name(t.dtype()));
+  throw_internal("iteration {}: '{}' holds non-finite values; no checkpoint written", iteration, name);
+}
+
 }  // namespace
 
 std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, const Optimizer& opt,
@@ -40,9 +51,10 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
   eo.dtype = o.dtype;
   const model::ShardSpec spec(c, eo.layout, eo.make_vocab_size_divisible_by);
   const int64_t Vp = spec.padded_vocab();
-  const fs::path final_dir = fs::path(dir) / iter_dir_name(p.iteration);
-  const fs::path tmp = final_dir.string() + ".tmp";
-  fs::remove_all(tmp);
+  // Each iteration dir is built beside its name and swapped in whole (core/output_dir.h); a
+  // failure (a value float16 cannot hold, a full disk) leaves no partial dir behind.
+  StagedDir iter_dir("--save", fs::path(dir) / iter_dir_name(p.iteration), true);
+  const fs::path tmp = iter_dir.path();
   fs::create_directories(tmp / "mp_rank_00");
 
   std::vector<std::pair<std::string, Tensor>> storages;
@@ -54,7 +66,9 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
   auto model_dict = PyValue::container(PyValue::kOrderedDict);
   const auto& params = m.params();
   for (const auto& [name, t] : params) {
+    check_finite(t, name, p.iteration);
     Tensor w = t.to(o.dtype);
+    check_finite(w, name, p.iteration);
     if (is_vocab(name) && Vp != w.dim(0)) {
       Tensor padded({Vp, w.dim(1)}, o.dtype);
       std::memcpy(padded.raw(), w.raw(), w.nbytes());
@@ -82,7 +96,11 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     for (const auto& [name, t] : params) {
       auto entry = PyValue::container(PyValue::kDict);
       if (auto it = state.find(name); it != state.end())
-        for (const auto& [k, v] : it->second) entry->set(k, add(borrow_f32(v, t.shape())));
+        for (const auto& [k, v] : it->second) {
+          Tensor sv = borrow_f32(v, t.shape());
+          check_finite(sv, name + " " + k, p.iteration);
+          entry->set(k, add(sv));
+        }
       entry->set("step", PyValue::integer(opt.steps()));
       st->entries.push_back({PyValue::integer(i), entry});
       names->items.push_back(PyValue::str(name)), index->items.push_back(PyValue::integer(i));
@@ -122,25 +140,22 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     root->set("rng_state", list);
   }
   io::write_torch_file((tmp / "mp_rank_00" / "model_optim_rng.pt").string(), *root, storages);
-  fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
+  iter_dir.commit();
   if (!fs::exists(fs::path(dir) / "config.json")) model::copy_side_files(o.source_dir, dir, o.dtype);
-  write_file_atomic((fs::path(dir) / "latest_checkpointed_iteration.txt").string(), std::to_string(p.iteration));
 
+  // The HF copy is complete before the tracker names this iteration: a kill while it is written
+  // leaves the previous iteration as the latest, and a resume saves this one again whole (QA #18).
   std::string hf;
   if (o.save_safetensors) {
-    const fs::path hf_dir = fs::path(dir) / ("checkpoint-" + std::to_string(p.iteration));
-    const fs::path hf_tmp = hf_dir.string() + ".tmp";
-    fs::remove_all(hf_tmp);
-    fs::create_directories(hf_tmp);
+    StagedDir hf_dir("--save", fs::path(dir) / ("checkpoint-" + std::to_string(p.iteration)), true);
     model::StateDict out;
     for (const auto& [name, t] : params) out[name] = t.to(o.dtype);
-    model::save_hf_weights(c, out, hf_tmp.string());
-    model::copy_side_files(o.source_dir, hf_tmp, o.dtype);
-    fs::remove_all(hf_dir);
-    fs::rename(hf_tmp, hf_dir);
-    hf = hf_dir.string();
+    model::save_hf_weights(c, out, hf_dir.path().string());
+    model::copy_side_files(o.source_dir, hf_dir.path(), o.dtype);
+    hf_dir.commit();
+    hf = hf_dir.target().string();
   }
+  write_file_atomic((fs::path(dir) / "latest_checkpointed_iteration.txt").string(), std::to_string(p.iteration));
   log().info("saved checkpoint iteration {} to {}", p.iteration, dir);
   return hf;
 }
@@ -148,8 +163,7 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
 ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Optimizer& opt, bool load_optim,
                                 bool load_rng) {
   ResumeState rs;
-  std::string it = read_text_file((fs::path(dir) / "latest_checkpointed_iteration.txt").string());
-  const int64_t iteration = std::stoll(it);
+  const int64_t iteration = model::read_checkpoint_tracker(dir);
   const fs::path file = fs::path(dir) / iter_dir_name(iteration) / "mp_rank_00" / "model_optim_rng.pt";
   if (!fs::exists(file))
     throw_input("{}: missing; --load resumes from single-process checkpoints written by moectl pt/sft", file.string());

@@ -47,7 +47,8 @@ std::vector<nlohmann::json> parse_rows(const std::string& text, const std::strin
   std::vector<nlohmann::json> rows;
   if (ends_with(file, ".json")) {
     auto j = nlohmann::json::parse(text, nullptr, false);
-    if (!j.is_discarded()) {
+    // One object is JSON lines with a single line (QA #20 refused it), read below.
+    if (!j.is_discarded() && !j.is_object()) {
       if (!j.is_array()) throw_input("{}: a .json dataset must be one JSON array of rows (or JSON lines)", file);
       for (size_t i = 0; i < j.size(); ++i) {
         if (j[i].is_object()) j[i]["__where"] = file + "[" + std::to_string(i) + "]";
@@ -131,8 +132,8 @@ std::vector<Row> load_spec(const std::string& raw, const DatasetOptions& o, std:
     file = "self-cognition.jsonl";
     rows = parse_rows(self_cognition_jsonl(), file);
     if (o.model_name.empty() || o.model_author.empty())
-      log().warn("--dataset self-cognition without --model_name and --model_author: the {{{{NAME}}}} and "
-                 "{{{{AUTHOR}}}} placeholders stay literal");
+      log().warn("{}", "--dataset self-cognition without --model_name and --model_author: the {{NAME}} and "
+                       "{{AUTHOR}} placeholders stay literal");
     else
       log().info("self-cognition: name {}, author {}", join(o.model_name), join(o.model_author));
   } else {

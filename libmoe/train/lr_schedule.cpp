@@ -12,7 +12,8 @@ LrSchedule::LrSchedule(LrScheduleConfig cfg, int64_t train_iters) : cfg_(std::mo
   const std::string& s = cfg_.style;
   if (s != "cosine" && s != "linear" && s != "constant" && s != "inverse-square-root")
     throw_input("--lr_decay_style '{}' is not one of cosine, linear, constant, inverse-square-root", s);
-  if (!(cfg_.lr > 0)) throw_input("--lr must be > 0, got {}", cfg_.lr);
+  // Megatron accepts 0 <= --min_lr <= --lr, a zero rate included (loss without updates).
+  if (!(std::isfinite(cfg_.lr) && cfg_.lr >= 0)) throw_input("--lr must be a finite number >= 0, got {}", cfg_.lr);
   if (!(cfg_.min_lr >= 0 && cfg_.min_lr <= cfg_.lr))
     throw_input("--min_lr {} must be in [0, --lr {}]", cfg_.min_lr, cfg_.lr);
   if (!(cfg_.warmup_init >= 0 && cfg_.warmup_init <= cfg_.lr))

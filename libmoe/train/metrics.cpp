@@ -17,39 +17,6 @@ namespace moe::train {
 
 namespace fs = std::filesystem;
 
-int next_version(const std::string& save) {
-  int next = 0;
-  std::error_code ec;
-  if (!fs::is_directory(save, ec)) return 0;
-  for (const auto& e : fs::directory_iterator(save, ec)) {
-    // swift's re.match(r'v(\d+)-', name): digits after a leading 'v', then a dash.
-    const std::string n = e.path().filename().string();
-    size_t i = 1;
-    while (i < n.size() && n[i] >= '0' && n[i] <= '9') ++i;
-    if (n.size() < 3 || n[0] != 'v' || i == 1 || i >= n.size() || n[i] != '-' || i > 10) continue;
-    next = std::max(next, std::atoi(n.substr(1, i - 1).c_str()) + 1);
-  }
-  return next;
-}
-
-std::string make_output_dir(const std::string& save, bool add_version) {
-  fs::path dir = save;
-  if (add_version) {
-    const std::time_t now = std::time(nullptr);
-    std::tm tm{};
-    localtime_r(&now, &tm);
-    char stamp[32];
-    std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
-    dir /= fmt::format("v{}-{}", next_version(save), stamp);
-  }
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec || !fs::is_directory(dir))
-    throw_input("--save {}: cannot create {} ({}); pick a writable directory", save, dir.string(),
-                ec ? ec.message() : "not a directory");
-  return dir.string();
-}
-
 std::string format_duration(double s) {
   const int64_t t = std::isfinite(s) ? int64_t(std::max(0.0, s)) : 0;  // swift truncates
   const int64_t d = t / 86400, h = t / 3600 % 24, m = t / 60 % 60, sec = t % 60;

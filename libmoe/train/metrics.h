@@ -1,5 +1,4 @@
-// What a training run reports, as Megatron-SWIFT does: the versioned output directory
-// (SAVE/vN-YYYYMMDD-HHMMSS), logging.jsonl lines with swift's keys, durations as swift prints
+// What a training run reports, as Megatron-SWIFT does: logging.jsonl lines with swift's keys, durations as swift prints
 // them, peak memory, and a progress-bar formatter the app draws on a terminal.
 #pragma once
 #include <cstdint>
@@ -9,13 +8,6 @@
 #include <nlohmann/json.hpp>
 
 namespace moe::train {
-
-// SAVE/vN-YYYYMMDD-HHMMSS (local time) with N = 1 + the largest existing `v(\d+)-` prefix in
-// SAVE (v0 first); SAVE itself when add_version is false. Creates it; InputError naming --save
-// when it cannot be created.
-std::string make_output_dir(const std::string& save, bool add_version);
-// The N make_output_dir would pick for `save` (0 when it is missing or holds no vN- entry).
-int next_version(const std::string& save);
 
 // "1d 2h 3m 4s" (leading zero units left out, "0s" for nothing), swift's elapsed/remaining_time.
 std::string format_duration(double seconds);

@@ -1,6 +1,8 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -40,9 +42,12 @@ Optimizer::Optimizer(OptimizerConfig cfg) : cfg_(std::move(cfg)) {
   if (cfg_.type != "adam" && cfg_.type != "sgd") throw_input("--optimizer '{}' is not one of adam, sgd", cfg_.type);
   if (!(cfg_.beta1 >= 0 && cfg_.beta1 < 1)) throw_input("--adam_beta1 must be in [0, 1), got {}", cfg_.beta1);
   if (!(cfg_.beta2 >= 0 && cfg_.beta2 < 1)) throw_input("--adam_beta2 must be in [0, 1), got {}", cfg_.beta2);
-  if (!(cfg_.eps >= 0)) throw_input("--adam_eps must be >= 0, got {}", cfg_.eps);
-  if (!(cfg_.weight_decay >= 0)) throw_input("--weight_decay must be >= 0, got {}", cfg_.weight_decay);
-  if (!(cfg_.sgd_momentum >= 0)) throw_input("--sgd_momentum must be >= 0, got {}", cfg_.sgd_momentum);
+  // eps 0 divides 0 by 0 for every parameter without gradient (QA #10: NaN checkpoints).
+  if (!(cfg_.eps > 0 && std::isfinite(cfg_.eps))) throw_input("--adam_eps must be a finite number > 0, got {}", cfg_.eps);
+  if (!(cfg_.weight_decay >= 0 && std::isfinite(cfg_.weight_decay)))
+    throw_input("--weight_decay must be a finite number >= 0, got {}", cfg_.weight_decay);
+  if (!(cfg_.sgd_momentum >= 0 && cfg_.sgd_momentum < 1))
+    throw_input("--sgd_momentum must be in [0, 1), got {}", cfg_.sgd_momentum);
   if (cfg_.type == "adam") keys_ = {"exp_avg", "exp_avg_sq"};
   else if (cfg_.sgd_momentum > 0) keys_ = {"momentum_buffer"};
 }
@@ -64,10 +69,11 @@ std::vector<StateRef> Optimizer::state_refs(std::span<const ParamRef> params) {
 void Optimizer::reset() {
   state_.clear();
   steps_ = 0;
+  w_max_ = s_max_ = -1;
 }
 
-void Optimizer::step(std::span<const ParamRef> params, double lr) {
-  // Resolve state buffers once (allocating on first sight), then update block by block.
+void Optimizer::bind_state(std::span<const ParamRef> params) {
+  // Resolve state buffers once (allocating on first sight).
   const auto& keys = keys_;
   slots_.assign(params.size() * 2, nullptr);
   for (size_t i = 0; i < params.size(); ++i) {
@@ -80,14 +86,54 @@ void Optimizer::step(std::span<const ParamRef> params, double lr) {
       slots_[2 * i + k] = v.data();
     }
   }
-  ++steps_;
+}
+
+namespace {
+
+// Per-block maxima, reduced in a fixed order after the parallel loop.
+struct BlockMax {
+  float w = 0, s = 0;
+};
+
+float abs_max(float acc, float x) { return std::isnan(x) || std::isnan(acc) ? NAN : std::max(acc, std::fabs(x)); }
+
+}  // namespace
+
+void Optimizer::measure_maxima(std::span<const ParamRef> params) {
+  const auto& blocks = blocks_of(params);
+  std::vector<BlockMax> mx(blocks.size());
+  const bool has_state = !keys_.empty();
+  parallel_for(int64_t(blocks.size()), [&](int64_t lo, int64_t hi) {
+    for (int64_t bi = lo; bi < hi; ++bi) {
+      const Block& bk = blocks[size_t(bi)];
+      const float* w = params[bk.param].data;
+      const float* m = has_state ? slots_[2 * bk.param] : nullptr;
+      BlockMax r;
+      for (size_t i = bk.begin; i < bk.end; ++i) {
+        r.w = abs_max(r.w, w[i]);
+        if (m) r.s = abs_max(r.s, m[i]);
+      }
+      mx[size_t(bi)] = r;
+    }
+  });
+  w_max_ = s_max_ = 0;
+  for (const auto& r : mx) w_max_ = abs_max(float(w_max_), r.w), s_max_ = abs_max(float(s_max_), r.s);
+}
+
+template <bool kWrite>
+void Optimizer::update(std::span<const ParamRef> params, double lr, double* w_max, double* s_max) {
   const auto& blocks = blocks_of(params);
   const int64_t nb = int64_t(blocks.size());
+  thread_local std::vector<BlockMax> maxima;  // reused across steps
+  std::vector<BlockMax>& mx = maxima;         // the caller's: workers must not name their own
+  mx.assign(blocks.size(), BlockMax{});
+  const int64_t step = kWrite ? steps_ : steps_ + 1;  // the step being taken
   // Scalars are formed in double and rounded to float once, as torch does with Python floats
   // applied to fp32 tensors; the element-wise order follows torch's single-tensor AdamW / SGD.
+  // The maxima cost two compares per element in a loop bound by memory traffic.
   if (cfg_.type == "adam") {
-    const double bc1 = 1.0 - std::pow(double(cfg_.beta1), double(steps_));
-    const double bc2 = 1.0 - std::pow(double(cfg_.beta2), double(steps_));
+    const double bc1 = 1.0 - std::pow(double(cfg_.beta1), double(step));
+    const double bc2 = 1.0 - std::pow(double(cfg_.beta2), double(step));
     const float b1 = cfg_.beta1, a1 = float(1.0 - double(cfg_.beta1));
     const float b2 = cfg_.beta2, a2 = float(1.0 - double(cfg_.beta2));
     const float bc2_sqrt = float(std::sqrt(bc2)), eps = cfg_.eps, neg_step = float(-lr / bc1);
@@ -101,13 +147,20 @@ void Optimizer::step(std::span<const ParamRef> params, double lr) {
         float* __restrict w = p.data;
         const float* __restrict g = p.grad;
         const float keep = p.decay ? keep_decay : 1.0f;
+        float wm = 0, sm = 0, vm = 0;
         for (size_t i = bk.begin; i < bk.end; ++i) {
-          w[i] = w[i] * keep;
-          m[i] = m[i] * b1 + a1 * g[i];
-          v[i] = v[i] * b2 + a2 * g[i] * g[i];
-          const float denom = std::sqrt(v[i]) / bc2_sqrt + eps;
-          w[i] = w[i] + neg_step * (m[i] / denom);
+          float wi = w[i] * keep;
+          const float mi = m[i] * b1 + a1 * g[i];
+          const float vi = v[i] * b2 + a2 * g[i] * g[i];
+          const float denom = std::sqrt(vi) / bc2_sqrt + eps;
+          wi = wi + neg_step * (mi / denom);
+          if constexpr (kWrite) w[i] = wi, m[i] = mi, v[i] = vi;
+          // max() drops NaN; the sums below keep it, so a NaN anywhere reaches the result.
+          wm = std::max(wm, std::fabs(wi)), sm = std::max(sm, std::fabs(mi)), vm = std::max(vm, vi);
+          if constexpr (!kWrite) wm += 0.0f * wi, sm += 0.0f * mi, vm += 0.0f * vi;
         }
+        // An overflowing second moment (|g| > 1e19) is as fatal to the saved state as a NaN.
+        mx[size_t(bi)] = {wm, vm <= std::numeric_limits<float>::max() ? sm : INFINITY};
       }
     });
   } else {
@@ -123,14 +176,65 @@ void Optimizer::step(std::span<const ParamRef> params, double lr) {
         float* __restrict w = p.data;
         const float* __restrict g = p.grad;
         const float pwd = p.decay ? wd : 0.0f;
+        float wm = 0, sm = 0;
         for (size_t i = bk.begin; i < bk.end; ++i) {
           float d = pwd != 0 ? g[i] + pwd * w[i] : g[i];
-          if (use_mom) d = buf[i] = buf[i] * mom + d;
-          w[i] = w[i] + neg_lr * d;
+          if (use_mom) {
+            d = buf[i] * mom + d;
+            if constexpr (kWrite) buf[i] = d;
+            sm = std::max(sm, std::fabs(d));
+            if constexpr (!kWrite) sm += 0.0f * d;
+          }
+          const float wi = w[i] + neg_lr * d;
+          if constexpr (kWrite) w[i] = wi;
+          wm = std::max(wm, std::fabs(wi));
+          if constexpr (!kWrite) wm += 0.0f * wi;
         }
+        mx[size_t(bi)] = {wm, sm};
       }
     });
   }
+  double w = 0, s = 0;
+  for (const auto& r : mx) {
+    if (!std::isfinite(r.w) || !std::isfinite(r.s)) {
+      *w_max = *s_max = std::numeric_limits<double>::infinity();
+      return;
+    }
+    w = std::max(w, double(r.w)), s = std::max(s, double(r.s));
+  }
+  *w_max = w, *s_max = s;
+}
+
+bool Optimizer::step(std::span<const ParamRef> params, double lr, double grad_norm) {
+  bind_state(params);
+  if (w_max_ < 0) measure_maxima(params);
+  // A bound on every new |w| from last step's exact maxima and the gradient bound: when it is
+  // far below float's range, no value can overflow (and inputs are finite), so the step is
+  // applied directly. Otherwise (a huge --lr, a tiny --adam_eps, an exploding gradient) the step
+  // is computed once without writing and applied only if every value stays finite.
+  constexpr double kSafe = 1e30;
+  const double G = grad_norm, n = double(steps_ + 1);
+  double bound = std::numeric_limits<double>::infinity();
+  if (std::isfinite(lr) && std::isfinite(G) && G < 1e15 && std::isfinite(w_max_) && std::isfinite(s_max_)) {
+    if (cfg_.type == "adam") {
+      const double m_next = double(cfg_.beta1) * s_max_ + (1.0 - double(cfg_.beta1)) * G;
+      const double bc1 = 1.0 - std::pow(double(cfg_.beta1), n);
+      bound = w_max_ * std::max(1.0, std::fabs(1.0 - lr * double(cfg_.weight_decay))) +
+              std::fabs(lr) / bc1 * m_next / double(cfg_.eps);
+    } else {
+      const double d = G + double(cfg_.weight_decay) * w_max_ + double(cfg_.sgd_momentum) * s_max_;
+      bound = w_max_ + std::fabs(lr) * d;
+    }
+  }
+  double w_new = 0, s_new = 0;
+  if (!(bound < kSafe)) {
+    update<false>(params, lr, &w_new, &s_new);
+    if (!std::isfinite(w_new) || !std::isfinite(s_new)) return false;
+  }
+  ++steps_;
+  update<true>(params, lr, &w_new, &s_new);
+  w_max_ = w_new, s_max_ = s_new;
+  return true;
 }
 
 double clip_grad_norm(std::span<const ParamRef> params, double max_norm) {

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <span>
 #include <string>
@@ -45,9 +46,15 @@ class Optimizer {
   const OptimizerConfig& config() const { return cfg_; }
 
   // One update of every parameter at learning rate lr (double, as Megatron's scheduler hands
-  // it to torch). State is created zeroed on first sight of a name; a restored state whose size
-  // differs from the parameter's is an InternalError (a checkpoint/model mismatch).
-  void step(std::span<const ParamRef> params, double lr);
+  // it to torch), unless it would make a weight or a state value non-finite: then nothing
+  // changes and false is returned (the caller counts a skipped iteration). `grad_norm` bounds
+  // the gradients' magnitudes (the clipped global L2 norm); with it, a bound on the update,
+  // kept from the previous step's exact maxima, proves most steps safe at no cost, and only a
+  // step the bound cannot clear is first computed without writing. State is created zeroed on
+  // first sight of a name; a restored state whose size differs from the parameter's is an
+  // InternalError (a checkpoint/model mismatch).
+  bool step(std::span<const ParamRef> params, double lr,
+            double grad_norm = std::numeric_limits<double>::infinity());
 
   // Optimizer steps taken (torch's per-parameter "step"; Adam's bias correction uses it).
   int64_t steps() const { return steps_; }
@@ -70,6 +77,15 @@ class Optimizer {
   int64_t steps_ = 0;
   std::map<std::string, std::map<std::string, std::vector<float>>> state_;
   std::vector<float*> slots_;  // per-parameter state pointers, reused: no allocation per step
+  // Largest |weight| and |first state| after the last step (exact); negative: not known yet.
+  double w_max_ = -1, s_max_ = -1;
+
+  void bind_state(std::span<const ParamRef> params);
+  void measure_maxima(std::span<const ParamRef> params);
+  // One pass over every element: when kWrite the update is applied; either way the largest new
+  // |w| and |state| are returned in *w_max, *s_max (non-finite if any new value is).
+  template <bool kWrite>
+  void update(std::span<const ParamRef> params, double lr, double* w_max, double* s_max);
 };
 
 // The global L2 norm of all gradients before clipping, accumulated in double in a fixed order

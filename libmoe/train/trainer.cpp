@@ -126,11 +126,15 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
     const double grad_norm = clip_grad_norm(params, cfg.clip_grad);
     const double lr = sched.lr_at(iter - 1);  // Megatron: the schedule steps after the update
+    // The gradients' bound after clipping: every element is at most the global L2 norm.
+    const double grad_bound = cfg.clip_grad > 0 ? std::min(grad_norm, cfg.clip_grad) : grad_norm;
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
       ++prog.skipped_iters;
       log().warn("iteration {}: loss {} / grad norm {} not finite, step skipped", iter, loss, grad_norm);
+    } else if (!opt.step(params, float(lr), grad_bound)) {
+      ++prog.skipped_iters;
+      log().warn("iteration {}: the update at lr {} would make weights non-finite, step skipped", iter, lr);
     } else {
-      opt.step(params, float(lr));
       model.update_expert_bias(st.tokens_per_expert);
     }
     prog.consumed_samples += cfg.global_batch_size;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <numbers>
 
 #include "testutil.h"
@@ -105,13 +106,25 @@ TEST(LrSchedule, BadSettingsNameTheFlag) {
   EXPECT_NE(err(c).find("--lr_warmup_fraction"), std::string::npos);
   c = {}, c.style = "step";
   EXPECT_NE(err(c).find("--lr_decay_style"), std::string::npos);
-  c = {}, c.lr = 0;
+  c = {}, c.lr = -1e-4;
+  EXPECT_NE(err(c).find("--lr "), std::string::npos);
+  c = {}, c.lr = std::numeric_limits<double>::infinity();
+  EXPECT_NE(err(c).find("--lr "), std::string::npos);
+  c = {}, c.lr = std::nan("");
   EXPECT_NE(err(c).find("--lr "), std::string::npos);
   c = {}, c.warmup_init = 1.0;
   EXPECT_NE(err(c).find("--lr_warmup_init"), std::string::npos);
   EXPECT_NE(err({}, 0).find("--lr_decay_iters"), std::string::npos);
   c = {}, c.decay_iters = -1;
   EXPECT_NE(err(c).find("--lr_decay_iters"), std::string::npos);
+}
+
+// Megatron accepts --lr 0 (with --min_lr 0): loss measured without changing the weights.
+TEST(LrSchedule, ZeroLearningRateIsAccepted) {
+  LrScheduleConfig c;
+  c.lr = 0, c.min_lr = 0, c.warmup_iters = 2;
+  LrSchedule s(c, 10);
+  for (int64_t i = 0; i < 12; ++i) EXPECT_EQ(s.lr_at(i), 0.0) << i;
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// The run's reporting: versioned output dirs as swift numbers them, logging.jsonl lines (keys,
+// The run's reporting: logging.jsonl lines (keys,
 // 8-digit rounding, NaN as null, eval prefix, summary), swift's duration format, the progress
 // text and bar, peak RSS.
 #include <gtest/gtest.h>
@@ -17,41 +17,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-TEST(Metrics, OutputDirStartsAtV0WithATimestamp) {
-  testing::TempDir t;
-  const std::string save = t.file("out");  // missing: created
-  const std::string d = make_output_dir(save, true);
-  EXPECT_TRUE(fs::is_directory(d));
-  EXPECT_EQ(fs::path(d).parent_path(), fs::path(save));
-  EXPECT_TRUE(std::regex_match(fs::path(d).filename().string(), std::regex("v0-20[0-9]{6}-[0-9]{6}")))
-      << fs::path(d).filename();
-  EXPECT_EQ(next_version(save), 1);
-}
-
-TEST(Metrics, OutputDirVersionIsOnePastTheLargestVPrefix) {
-  testing::TempDir t;
-  for (const char* n : {"v0-20240101-000000", "v3-x", "v12-20250101-101010", "v99", "xv50-a", "v-1", "vv7-a"})
-    fs::create_directories(t.file(n));
-  testing::write_file(t.file("v20-notes.txt"), "");  // swift lists files too
-  EXPECT_EQ(next_version(t.path()), 21);
-  const std::string d = make_output_dir(t.path(), true);
-  EXPECT_EQ(fs::path(d).filename().string().substr(0, 4), "v21-");
-}
-
-TEST(Metrics, OutputDirWithoutVersionIsSaveItself) {
-  testing::TempDir t;
-  const std::string save = t.file("plain/nested");
-  EXPECT_EQ(make_output_dir(save, false), save);
-  EXPECT_TRUE(fs::is_directory(save));
-}
-
-TEST(Metrics, UncreatableOutputDirNamesSave) {
-  testing::TempDir t;
-  testing::write_file(t.file("afile"), "x");
-  const std::string msg = testing::input_error([&] { make_output_dir(t.file("afile/sub"), true); });
-  EXPECT_NE(msg.find("--save"), std::string::npos) << msg;
-}
 
 TEST(Metrics, DurationsAsSwiftPrintsThem) {
   EXPECT_EQ(format_duration(0), "0s");

@@ -304,3 +304,49 @@ TEST(ClipGradNorm, DoubleAccumulationOverManyBlocks) {
 
 }  // namespace
 }  // namespace moe::train
+
+namespace moe::train {
+namespace {
+
+// QA #10: a step whose update would make a weight (or a moment) non-finite changes nothing and
+// reports false; the next sane step goes on from the untouched state.
+TEST(Optimizer, QA10_OverflowingStepIsSkippedAndChangesNothing) {
+  for (const char* type : {"adam", "sgd"}) {
+    OptimizerConfig c;
+    c.type = type, c.sgd_momentum = 0.5f;
+    Optimizer opt(c);
+    std::vector<float> w = {1.0f, -2.0f, 3.0f}, g = {0.5f, 0.25f, -1.0f};
+    ParamRef p{"w", w.data(), g.data(), w.size(), true};
+    ASSERT_TRUE(opt.step({&p, 1}, 1e-3, 2.0));
+    const auto w1 = w;
+    const auto state1 = opt.state();
+    EXPECT_FALSE(opt.step({&p, 1}, 1e39, 2.0)) << type;
+    EXPECT_EQ(w, w1) << type;
+    EXPECT_EQ(opt.state(), state1) << type;
+    EXPECT_EQ(opt.steps(), 1) << type;
+    g = {1e20f, 0.0f, 0.0f};  // (1 - beta2) g^2 overflows the second moment
+    if (std::string(type) == "adam") {
+      EXPECT_FALSE(opt.step({&p, 1}, 1e-3)) << type;
+    }
+    g = {0.5f, 0.25f, -1.0f};
+    EXPECT_TRUE(opt.step({&p, 1}, 1e-3, 2.0)) << type;
+    for (float x : w) EXPECT_TRUE(std::isfinite(x));
+  }
+}
+
+// The bound is only a shortcut: with or without the gradient bound the weights are the same bits.
+TEST(Optimizer, GradientBoundDoesNotChangeTheUpdate) {
+  std::vector<float> wa(1000), wb, g(1000);
+  for (size_t i = 0; i < wa.size(); ++i) wa[i] = float(std::sin(double(i))), g[i] = float(std::cos(3.0 * double(i)));
+  wb = wa;
+  Optimizer a({}), b({});
+  ParamRef pa{"w", wa.data(), g.data(), wa.size(), true}, pb{"w", wb.data(), g.data(), wb.size(), true};
+  for (int s = 0; s < 5; ++s) {
+    ASSERT_TRUE(a.step({&pa, 1}, 1e-2, 40.0));
+    ASSERT_TRUE(b.step({&pb, 1}, 1e-2));
+  }
+  EXPECT_EQ(wa, wb);
+}
+
+}  // namespace
+}  // namespace moe::train
