@@ -33,16 +33,19 @@ double usable_memory_bytes() {
 
 void check_init_fits_in_memory(const ModelConfig& c, DType dtype) {
   // The whole state is held in `dtype`, plus one float32 tensor while it is filled.
-  const WeightMap map = WeightMap::for_config(c);
-  double largest = 0;
-  for (const auto& rule : map.rules()) {
-    double n = 1;
-    for (int64_t d : rule.shape) n *= double(d);
-    largest = std::max(largest, n);
-  }
   const double params = approx_num_parameters(c);
-  const double need = params * double(dtype_size(dtype)) + (dtype == DType::F32 ? 0.0 : 4 * largest);
   const double have = usable_memory_bytes();
+  double need = params * double(dtype_size(dtype));
+  if (need <= have && dtype != DType::F32) {  // the names are only listed for a model that may fit
+    double largest = 0;
+    const WeightMap map = WeightMap::for_config(c);
+    for (const auto& rule : map.rules()) {
+      double n = 1;
+      for (int64_t d : rule.shape) n *= double(d);
+      largest = std::max(largest, n);
+    }
+    need += 4 * largest;
+  }
   if (need > have)
     throw_input("config (model_type '{}', num_hidden_layers {}, hidden_size {}, vocab_size {}): {:.3g} parameters "
                 "need {:.1f} GiB to initialise in {}, more than the {:.1f} GiB of memory this process may use "

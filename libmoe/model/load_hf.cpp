@@ -5,6 +5,8 @@
 #include <functional>
 #include <memory>
 
+#include <fmt/format.h>
+
 #include "core/log.h"
 #include "io/safetensors.h"
 #include "io/torch_bin_checkpoint.h"
@@ -73,17 +75,23 @@ int64_t count_indexed(const std::vector<std::string>& names, const std::string& 
 
 // The layer and expert counts the tensor names imply, checked against config.json before the
 // WeightMap (one entry per layer and expert) is built: a corrupt count such as
-// num_hidden_layers 1000000000 is refused in one line instead of enumerating names for it.
+// num_hidden_layers 16000 is refused in one line instead of listing names for it. Weights
+// holding more than the config asks for stay allowed (they are ignored, as HF does).
 void check_counts_against_names(const std::string& dir, const std::vector<std::string>& names, const ModelConfig& c,
                                 const std::string& cfg_file) {
+  auto held = [](int64_t n, const char* what) {
+    return n == 0 ? fmt::format("no {}N tensors", what) : fmt::format("{} ({}0 to {}{})", n, what, what, n - 1);
+  };
   const int64_t layers = count_indexed(names, "model.layers.");
-  if (layers > 0 && layers != c.num_layers)
-    throw_input("{}: num_hidden_layers is {} but the weights in {} hold {} layers (model.layers.0 to "
-                "model.layers.{}); fix config.json or the weights", cfg_file, c.num_layers, dir, layers, layers - 1);
+  if (layers < c.num_layers)
+    throw_input("{}: num_hidden_layers is {} but the weights in {} hold {} layers; fix config.json or the weights",
+                cfg_file, c.num_layers, dir, held(layers, "model.layers."));
+  bool any_moe = false;
+  for (int l = 0; l < c.num_layers; ++l) any_moe |= c.is_moe_layer(l);
   const int64_t experts = count_indexed(names, ".experts.");
-  if (c.num_experts > 0 && experts > 0 && experts != c.num_experts)
-    throw_input("{}: the config has {} experts but the weights in {} hold {} per layer (experts.0 to experts.{}); fix "
-                "config.json or the weights", cfg_file, c.num_experts, dir, experts, experts - 1);
+  if (any_moe && experts < c.num_experts)
+    throw_input("{}: the config has {} experts but the weights in {} hold {} per layer; fix config.json or the "
+                "weights", cfg_file, c.num_experts, dir, held(experts, "experts."));
 }
 
 }  // namespace

@@ -95,6 +95,11 @@ void validate_config(const ModelConfig& c, const std::string& src) {
     throw_input("{}: rope_scaling (llama3) needs original_max_position_embeddings > 0 and high_freq_factor > "
                 "low_freq_factor", src);
   in_range(r.original_max_position_embeddings, "rope_scaling.original_max_position_embeddings", 0, L::kPositions);
+  int64_t moe_layers = 0;
+  for (int l = 0; l < c.num_layers; ++l) moe_layers += c.is_moe_layer(l) ? 1 : 0;
+  if (moe_layers * c.num_experts > L::kExpertInstances)
+    throw_input("{}: {} MoE layers x {} experts = {} expert instances, over the limit of {} (check num_hidden_layers "
+                "and num_experts)", src, moe_layers, c.num_experts, moe_layers * c.num_experts, L::kExpertInstances);
   // Each size may be in range and the product still absurd (and past int64 in the exact count).
   const double params = approx_num_parameters(c);
   if (params > L::kParameters)

@@ -73,6 +73,8 @@ struct SizeLimits {
   static constexpr int64_t kHeadDim = int64_t(1) << 14;        // head_dim
   static constexpr int64_t kVocab = int64_t(1) << 24;          // vocab_size
   static constexpr int64_t kExperts = int64_t(1) << 16;        // num_experts
+  // MoE layers x experts: one set of tensors (and names) each; DeepSeek-V3 has 58 x 256 = 14848.
+  static constexpr int64_t kExpertInstances = int64_t(1) << 18;
   static constexpr int64_t kPositions = int64_t(1) << 30;      // max_position_embeddings
   static constexpr double kParameters = 1e14;                  // total parameters
 };

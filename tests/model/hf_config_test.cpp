@@ -135,8 +135,16 @@ TEST(HfConfig, QA05_AbsurdParameterCountRefused) {
   j["hidden_size"] = 1 << 20;
   j["moe_intermediate_size"] = 1 << 22;
   j["mlp_only_layers"] = nlohmann::json::array();
-  const std::string msg = error_for(j.dump());
+  std::string msg = error_for(j.dump());
   EXPECT_NE(msg.find("parameters, over the limit"), std::string::npos) << msg;
+  // Few parameters, but one set of tensor names per expert of every layer: 2^30 of them.
+  j = nlohmann::json::parse(kQwen3Moe);
+  j["num_hidden_layers"] = 16384;
+  j["num_experts"] = 65536;
+  j["mlp_only_layers"] = nlohmann::json::array();
+  msg = error_for(j.dump());
+  EXPECT_NE(msg.find("16384 MoE layers x 65536 experts = 1073741824 expert instances, over the limit of 262144"),
+            std::string::npos) << msg;
 }
 
 // QA #13: 4294967424 = 2^32 + 128 was narrowed to int and ran as hidden 128.
