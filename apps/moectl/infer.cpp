@@ -1,6 +1,11 @@
 // `moectl infer`: chat with a model (interactive REPL, streamed) or answer a dataset in
 // batch (--val_dataset -> --result_path), with swift's flags.
+#include <unistd.h>
+
+#include <chrono>
+#include <climits>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -26,11 +31,79 @@ struct InferArgs {
   std::string model, system, template_name, val_dataset, result_path;
   bool system_given = false;  // --system '' means no system prompt, not the template's
   bool stream = true, logprobs = false, verbose = false;
-  std::optional<float> temperature, top_p, repetition_penalty;
-  std::optional<int> top_k;
-  int max_new_tokens = 512, top_logprobs = 0;
+  // Wide types, so an out-of-range value reaches our range check rather than wrapping.
+  std::optional<double> temperature, top_p, repetition_penalty, top_k;
+  int64_t max_new_tokens = 512, top_logprobs = 0;
   uint64_t seed = 42;
 };
+
+namespace fs = std::filesystem;
+
+// Every numeric flag, checked before the model loads: one line naming the flag and its range.
+void validate_flags(const InferArgs& a) {
+  auto check = [](const char* name, const std::optional<double>& v) {
+    if (!v) return;
+    const std::string why = moe::infer::sampling_value_problem(name, *v);
+    if (!why.empty()) moe::throw_input("--{} {}: {}", name, *v, why);
+  };
+  check("temperature", a.temperature);
+  check("top_k", a.top_k);
+  check("top_p", a.top_p);
+  check("repetition_penalty", a.repetition_penalty);
+  if (a.max_new_tokens < 1 || a.max_new_tokens > INT_MAX)
+    moe::throw_input("--max_new_tokens {}: must be a whole number from 1 to {}", a.max_new_tokens, INT_MAX);
+  if (a.top_logprobs < 0 || a.top_logprobs > 20)
+    moe::throw_input("--top_logprobs {}: must be from 0 to 20 (as OpenAI's API)", a.top_logprobs);
+  if (a.top_logprobs > 0 && !a.logprobs) moe::throw_input("--top_logprobs needs --logprobs true");
+}
+
+// Checked before the model loads, so a bad path costs nothing: the answers go to a sibling
+// .tmp and are renamed over it at the end, which needs a file name in a writable directory.
+void check_result_path(const std::string& path) {
+  const fs::path p(path);
+  if (!p.has_filename() || fs::is_directory(p))
+    moe::throw_input("--result_path {}: is a directory; give a file in it, e.g. {}", path,
+                     (p / "result.jsonl").lexically_normal().string());
+  const fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+  if (!fs::is_directory(dir)) moe::throw_input("--result_path {}: directory {} does not exist; create it first", path, dir.string());
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    moe::throw_input("--result_path {}: directory {} is not writable; choose another path", path, dir.string());
+  if (fs::exists(p) && !fs::is_regular_file(p))
+    moe::throw_input("--result_path {}: exists and is not a regular file; choose another path", path);
+}
+
+// swift's default when --val_dataset comes without --result_path (InferArguments._get_result_path):
+// <model dir>/infer_result/<YYYYMMDD-HHMMSS>.jsonl for a checkpoint written by a run (it holds
+// args.json), else result/<model dir name>/infer_result/<...>.jsonl under the working directory.
+std::string default_result_path(const std::string& model) {
+  const fs::path m = fs::path(model).lexically_normal();
+  const fs::path name = m.has_filename() ? m.filename() : m.parent_path().filename();
+  const fs::path root = fs::exists(m / "args.json") ? m : fs::path("result") / name;
+  const fs::path dir = fs::absolute(root / "infer_result");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) moe::throw_input("cannot create {} for the results ({}); pass --result_path", dir.string(), ec.message());
+  const std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
+  return (dir / (std::string(stamp) + ".jsonl")).string();
+}
+
+// Removes a half-written file unless the run got as far as renaming it into place.
+struct RemoveUnlessKept {
+  std::string path;
+  bool keep = false;
+  ~RemoveUnlessKept() {
+    std::error_code ec;
+    if (!keep) fs::remove(path, ec);
+  }
+};
+
+nlohmann::json messages_json(const std::vector<moe::text::Message>& msgs) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& m : msgs) out.push_back({{"role", m.role}, {"content", m.content}});
+  return out;
+}
 
 void print_speed(const moe::infer::GenerationResult& r, bool verbose) {
   const double pre = r.prefill_seconds > 0 ? double(r.prefilled_tokens) / r.prefill_seconds : 0;
@@ -60,7 +133,6 @@ nlohmann::json logprobs_json(const moe::infer::GenerationResult& r, const moe::t
 
 void run_batch(const InferArgs& a, moe::infer::ChatSession& chat, const moe::infer::GenerationConfig& cfg,
                const moe::text::Tokenizer& tok) {
-  if (a.result_path.empty()) moe::throw_input("--val_dataset needs --result_path OUT.jsonl for the answers");
   std::ifstream in(a.val_dataset);
   if (!in) moe::throw_input("--val_dataset {}: cannot open", a.val_dataset);
   // Parse every row first, so a bad row fails before any generation work.
@@ -73,38 +145,70 @@ void run_batch(const InferArgs& a, moe::infer::ChatSession& chat, const moe::inf
     if (j.is_discarded()) moe::throw_input("{}: not valid JSON", where);
     rows.push_back(moe::text::parse_chat_row(j, where));
   }
-  const std::string tmp = a.result_path + ".tmp";
+  RemoveUnlessKept tmp{a.result_path + ".tmp"};
+  size_t failed = 0;
   {
-    std::ofstream out(tmp, std::ios::trunc);
-    if (!out) moe::throw_input("--result_path {}: cannot create", a.result_path);
-    for (const auto& row : rows) {
+    std::ofstream out(tmp.path, std::ios::trunc);
+    if (!out) moe::throw_input("--result_path {}: cannot create {}", a.result_path, tmp.path);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const auto& row = rows[i];
       std::string reply;
-      auto res = chat.complete(row.prompt, cfg, {}, &reply);
-      nlohmann::json msgs = nlohmann::json::array();
-      for (const auto& m : row.prompt) msgs.push_back({{"role", m.role}, {"content", m.content}});
-      nlohmann::json o{{"response", reply},
-                       {"labels", row.label},
-                       {"messages", msgs},
-                       {"prompt_tokens", res.prompt_tokens},
-                       {"completion_tokens", res.ids.size()},
-                       {"finish_reason", res.finish_reason}};
-      if (a.logprobs) o["logprobs"] = logprobs_json(res, tok);
+      nlohmann::json o{{"labels", row.label}, {"messages", messages_json(row.prompt)}};
+      try {
+        auto res = chat.complete(row.prompt, cfg, {}, &reply);
+        o["response"] = reply;
+        o["prompt_tokens"] = res.prompt_tokens;
+        o["completion_tokens"] = res.ids.size();
+        o["finish_reason"] = res.finish_reason;
+        if (a.logprobs) o["logprobs"] = logprobs_json(res, tok);
+        if (a.verbose) print_speed(res, false);
+      } catch (const moe::infer::RequestError& e) {
+        // One row that cannot be answered (e.g. longer than the context) gets an error entry
+        // in its place, so the result file still lines up with the dataset.
+        ++failed;
+        o["response"] = nullptr;
+        o["finish_reason"] = "error";
+        o["error"] = e.what();
+        moe::log().warn("{} row {}: {}", a.val_dataset, i + 1, e.what());
+      }
       out << o.dump() << "\n";
-      if (a.verbose) print_speed(res, false);
     }
+    out.flush();
+    if (!out) moe::throw_input("--result_path {}: writing {} failed (disk full?)", a.result_path, tmp.path);
   }
-  std::filesystem::rename(tmp, a.result_path);
-  moe::log().info("wrote {} answers to {}", rows.size(), a.result_path);
+  std::error_code ec;
+  fs::rename(tmp.path, a.result_path, ec);
+  if (ec) moe::throw_input("--result_path {}: cannot rename {} onto it ({})", a.result_path, tmp.path, ec.message());
+  tmp.keep = true;
+  if (failed > 0) moe::log().warn("{} of {} rows could not be answered: see their \"error\" entries", failed, rows.size());
+  std::fprintf(stderr, "The inference results have been saved to result_path: `%s`.\n", a.result_path.c_str());
+}
+
+// A line of the REPL without its CRLF '\r' and surrounding blanks, for commands and emptiness.
+std::string trimmed(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r") - b + 1);
 }
 
 void run_interactive(const InferArgs& a, moe::infer::ChatSession& chat, const moe::infer::GenerationConfig& cfg) {
+  // swift appends one line per turn to --result_path in the REPL too; each is flushed, so an
+  // interrupted session keeps its turns and there is no .tmp to leave behind.
+  std::ofstream results;
+  if (!a.result_path.empty()) {
+    results.open(a.result_path, std::ios::app);
+    if (!results) moe::throw_input("--result_path {}: cannot open for appending", a.result_path);
+  }
   std::string line;
   while (true) {
     std::printf("<<< ");
     std::fflush(stdout);
     if (!std::getline(std::cin, line)) break;
-    if (line == "exit" || line == "quit") break;
-    if (line == "clear") {
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF input
+    const std::string cmd = trimmed(line);
+    if (cmd.empty()) continue;  // an empty line is not a question
+    if (cmd == "exit" || cmd == "quit") break;
+    if (cmd == "clear") {
       chat.clear();
       continue;
     }
@@ -116,7 +220,7 @@ void run_interactive(const InferArgs& a, moe::infer::ChatSession& chat, const mo
     moe::infer::GenerationResult res;
     try {
       res = chat.turn(line, cfg, a.stream ? on_text : std::function<void(const std::string&)>{}, &reply);
-    } catch (const moe::InputError& e) {  // a bad line (e.g. not UTF-8) should not end the session
+    } catch (const moe::infer::RequestError& e) {  // this turn only: the conversation goes on
       std::fprintf(stderr, "moectl: error: %s\n", e.what());
       continue;
     }
@@ -124,8 +228,15 @@ void run_interactive(const InferArgs& a, moe::infer::ChatSession& chat, const mo
     std::printf("\n");
     std::fflush(stdout);
     print_speed(res, a.verbose);
+    if (results.is_open()) {
+      results << nlohmann::json{{"response", reply}, {"messages", messages_json(chat.history())}}.dump() << "\n";
+      results.flush();
+      if (!results) moe::throw_input("--result_path {}: writing failed (disk full?)", a.result_path);
+    }
   }
   std::printf("\n");
+  if (results.is_open())
+    std::fprintf(stderr, "The inference results have been saved to result_path: `%s`.\n", a.result_path.c_str());
 }
 
 }  // namespace
@@ -139,18 +250,23 @@ void add_infer_command(CLI::App& root) {
   c->add_option("--top_k", a->top_k, "Keep the k most likely tokens; 0 = off");
   c->add_option("--top_p", a->top_p, "Nucleus sampling mass; 1 = off");
   c->add_option("--repetition_penalty", a->repetition_penalty, "HF-style repetition penalty; 1 = off");
-  c->add_option("--max_new_tokens", a->max_new_tokens, "Most tokens to generate per answer")->check(CLI::PositiveNumber);
+  c->add_option("--max_new_tokens", a->max_new_tokens, "Most tokens to generate per answer (clipped to the context)");
   c->add_option("--system", a->system, "System prompt (default: the template's; '' for none)")
       ->each([a](const std::string&) { a->system_given = true; });
   c->add_option("--seed", a->seed, "Random seed for sampling");
   c->add_option("--template", a->template_name, "Chat template (default from model_type; raw = plain completion)");
   c->add_option("--val_dataset", a->val_dataset, "Answer every row of this .jsonl (messages or query/response)");
-  c->add_option("--result_path", a->result_path, "Where batch answers go (.jsonl)");
+  c->add_option("--result_path", a->result_path,
+                "Answers as JSON lines: replaced in batch mode (default infer_result/<time>.jsonl), appended per turn "
+                "in the REPL");
   c->add_option("--logprobs", a->logprobs, "Add per-token logprobs to the result file (true|false)");
-  c->add_option("--top_logprobs", a->top_logprobs, "Alternatives per token with --logprobs")->check(CLI::NonNegativeNumber);
+  c->add_option("--top_logprobs", a->top_logprobs, "Alternatives per token with --logprobs (0-20)");
   c->add_option("--verbose", a->verbose, "Print speed on stdout and progress logs (true|false)");
   c->callback([a] {
     if (a->verbose) moe::set_log_level(spdlog::level::info);
+    validate_flags(*a);
+    if (!a->result_path.empty()) check_result_path(a->result_path);
+    else if (!a->val_dataset.empty()) a->result_path = default_result_path(a->model);
     auto loaded = moe::model::load_model(a->model);
     const std::string model_type = loaded.config.model_type;
     moe::model::Transformer model(std::move(loaded.config), std::move(loaded.state));
@@ -159,18 +275,21 @@ void add_infer_command(CLI::App& root) {
     auto tmpl = a->system_given ? moe::text::make_template(tname, a->system) : moe::text::make_template(tname);
     moe::infer::GenerationConfig cfg;
     cfg.sampling = moe::infer::load_sampling_defaults(a->model);
-    if (a->temperature) cfg.sampling.temperature = *a->temperature;
-    if (a->top_k) cfg.sampling.top_k = *a->top_k;
-    if (a->top_p) cfg.sampling.top_p = *a->top_p;
-    if (a->repetition_penalty) cfg.sampling.repetition_penalty = *a->repetition_penalty;
+    if (a->temperature) cfg.sampling.temperature = float(*a->temperature);
+    if (a->top_k) cfg.sampling.top_k = int(*a->top_k);
+    if (a->top_p) cfg.sampling.top_p = float(*a->top_p);
+    if (a->repetition_penalty) cfg.sampling.repetition_penalty = float(*a->repetition_penalty);
     cfg.sampling.seed = a->seed;
-    cfg.max_new_tokens = a->max_new_tokens;
+    cfg.max_new_tokens = int(a->max_new_tokens);
     cfg.logprobs = a->logprobs;
-    cfg.top_logprobs = a->top_logprobs;
-    if (a->top_logprobs > 0 && !a->logprobs) moe::throw_input("--top_logprobs needs --logprobs true");
+    cfg.top_logprobs = int(a->top_logprobs);
     moe::infer::ChatSession chat(model, *tok, *tmpl, a->system);
-    if (!a->val_dataset.empty()) run_batch(*a, chat, cfg, *tok);
-    else run_interactive(*a, chat, cfg);
+    try {
+      if (!a->val_dataset.empty()) run_batch(*a, chat, cfg, *tok);
+      else run_interactive(*a, chat, cfg);
+    } catch (const moe::infer::NonFiniteLogits& e) {
+      moe::throw_input("--model {}: {}", a->model, e.what());
+    }
   });
 }
 

@@ -106,9 +106,16 @@ void add_tokenize_command(CLI::App& root) {
         if (ids.is_discarded() || !ids.is_array())
           moe::throw_input("input {}: --decode expects a JSON list of ids", i + 1);
         std::vector<int32_t> v;
+        const int64_t vocab = tok->vocab_size();
         for (const auto& x : ids) {
           if (!x.is_number_integer()) moe::throw_input("input {}: ids must be integers", i + 1);
-          v.push_back(x.get<int32_t>());
+          // Checked before narrowing, so 2^32 is not read as 0; HF's decode raises on these too.
+          const bool in_range = x.is_number_unsigned() ? x.get<uint64_t>() < uint64_t(vocab)
+                                                       : x.get<int64_t>() >= 0 && x.get<int64_t>() < vocab;
+          if (!in_range)
+            moe::throw_input("input {}: id {} is out of range; the tokenizer's vocab has {} ids (0 to {})", i + 1,
+                             x.dump(), vocab, vocab - 1);
+          v.push_back(int32_t(x.get<int64_t>()));
         }
         out["text"] = tok->decode(v);
       } else {

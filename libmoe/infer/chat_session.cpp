@@ -42,9 +42,22 @@ GenerationResult ChatSession::complete(const std::vector<text::Message>& message
 
 GenerationResult ChatSession::turn(const std::string& user, const GenerationConfig& cfg,
                                    const std::function<void(const std::string&)>& on_text, std::string* reply) {
+  // Checked here, on the line itself, so the offset is into the line and a bad line never
+  // enters the history (where it would fail every later turn).
+  try {
+    text::require_utf8(user);
+  } catch (const InputError& e) {
+    throw RequestError(e.what());
+  }
   history_.push_back({"user", user});
   std::string answer;
-  auto res = complete(history_, cfg, on_text, &answer);
+  GenerationResult res;
+  try {
+    res = complete(history_, cfg, on_text, &answer);
+  } catch (...) {
+    history_.pop_back();  // a refused turn leaves the conversation as it was
+    throw;
+  }
   history_.push_back({"assistant", answer});
   if (reply) *reply = std::move(answer);
   return res;

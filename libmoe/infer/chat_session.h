@@ -21,10 +21,13 @@ class ChatSession {
   // Generates a reply to `messages` (the whole conversation, ending with a user turn).
   GenerationResult complete(const std::vector<text::Message>& messages, GenerationConfig cfg,
                             const std::function<void(const std::string&)>& on_text, std::string* reply);
-  // Adds a user turn, answers it and appends both turns to the history.
+  // Adds a user turn, answers it and appends both turns to the history. A RequestError (the
+  // line is not UTF-8, the conversation no longer fits the context) leaves the history unchanged.
   GenerationResult turn(const std::string& user, const GenerationConfig& cfg,
                         const std::function<void(const std::string&)>& on_text, std::string* reply);
   void clear() { history_.clear(); }
+  // The user and assistant turns so far (no system prompt).
+  const std::vector<text::Message>& history() const { return history_; }
   // Ids that end a reply: the template's stop tokens, the tokenizer's eos and the model's eos ids.
   const std::vector<int32_t>& stop_ids() const { return stop_ids_; }
 

@@ -5,10 +5,26 @@
 #include <functional>
 #include <vector>
 
+#include "core/error.h"
 #include "infer/sampler.h"
 #include "model/transformer.h"
 
 namespace moe::infer {
+
+// One request cannot be served (a prompt beyond the context, a line that is not UTF-8), but the
+// model and the session are fine: a REPL reports it and reads the next line, a batch writes an
+// error entry for that row and goes on. Every other InputError ends the run.
+class RequestError : public InputError {
+ public:
+  using InputError::InputError;
+};
+
+// The model's logits hold NaN or +inf (non-finite weights): every later request would print
+// garbage too, so this ends the run.
+class NonFiniteLogits : public InputError {
+ public:
+  using InputError::InputError;
+};
 
 struct GenerationConfig {
   int max_new_tokens = 512;
@@ -38,6 +54,9 @@ class Generator {
 
   // Generates a continuation of `prompt` (the whole context). `on_token` is called for each
   // generated id (stop ids excluded); returning false stops generation early.
+  // RequestError, before any model work, when the prompt leaves no room in the model's context
+  // (max_position_embeddings); max_new_tokens is clipped to the room left, with a warning, as
+  // swift does. NonFiniteLogits when a forward pass yields NaN or +inf logits.
   GenerationResult generate(const std::vector<int32_t>& prompt, const GenerationConfig& cfg,
                             const std::function<bool(int32_t)>& on_token = {});
   void reset() { cache_.clear(), cached_.clear(); }

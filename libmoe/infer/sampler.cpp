@@ -6,6 +6,19 @@
 
 namespace moe::infer {
 
+std::string sampling_value_problem(std::string_view name, double value) {
+  // Checked as the float the sampler will hold, so 1e39 is refused as the inf it becomes.
+  const double v = name == "top_k" ? value : double(float(value));
+  if (name == "temperature")
+    return std::isfinite(v) && v >= 0 ? "" : "must be a finite number >= 0 (0 = greedy)";
+  if (name == "top_p") return std::isfinite(v) && v > 0 && v <= 1 ? "" : "must be > 0 and <= 1 (1 = off)";
+  if (name == "repetition_penalty")
+    return std::isfinite(v) && v > 0 ? "" : "must be a finite number > 0 (1 = off)";
+  if (name == "top_k")
+    return v >= 0 && v <= 2147483647.0 && v == std::floor(v) ? "" : "must be a whole number >= 0 (0 = off)";
+  return "is not a sampling parameter";
+}
+
 int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> history) {
   const int64_t V = int64_t(logits.size());
   if (p_.repetition_penalty != 1.0f) {

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 #include <span>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -17,6 +19,12 @@ struct SamplingParams {
   float repetition_penalty = 1.0f;
   uint64_t seed = 42;
 };
+
+// Why `value` is not valid for the sampling field `name` (temperature, top_k, top_p,
+// repetition_penalty) under HF generate()'s rules with swift's "temperature 0 = greedy" and
+// "top_k 0 = off", e.g. "must be > 0 and <= 1"; "" when it is valid. Callers name the flag or
+// the file, so the value is checked once, before any model is loaded.
+std::string sampling_value_problem(std::string_view name, double value);
 
 class Sampler {
  public:
