@@ -56,9 +56,7 @@ class Guarded {
  public:
   static constexpr size_t kGuard = 16;
   static constexpr unsigned char kPattern = 0x5b;
-  explicit Guarded(size_t n, T fill = T{}) : n_(n), buf_(n + 2 * kGuard) {
-    std::memset(buf_.data(), kPattern, kGuard * sizeof(T));
-    std::memset(buf_.data() + kGuard + n, kPattern, kGuard * sizeof(T));
+  explicit Guarded(size_t n, T fill = T{}) : n_(n), buf_(n + 2 * kGuard, sentinel()) {
     for (size_t i = 0; i < n; ++i) buf_[kGuard + i] = fill;
   }
   Guarded(const std::vector<T>& v) : Guarded(v.size()) { std::copy(v.begin(), v.end(), data()); }
@@ -76,6 +74,11 @@ class Guarded {
   }
 
  private:
+  static T sentinel() {
+    T v;
+    std::memset(static_cast<void*>(&v), kPattern, sizeof(T));
+    return v;
+  }
   size_t n_;
   std::vector<T> buf_;
 };
