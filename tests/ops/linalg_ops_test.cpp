@@ -1,0 +1,250 @@
+// GEMMs, dense projections (f32/bf16/f16 weights), causal attention over a cache, packed varlen
+// attention with its backward, and cross-entropy with an ignore label, against double
+// references; linear_f32 also against its CUDA twin.
+#include <algorithm>
+#include <cmath>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_varlen.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/linear.h"
+#include "ops/harness.h"
+#ifdef MOE_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
+
+using namespace moe;
+using namespace moe::ops_test;
+namespace k = moe::kernels::cpu;
+
+namespace {
+std::string mnk(int64_t M, int64_t N, int64_t K) {
+  return "[" + std::to_string(M) + "," + std::to_string(N) + "," + std::to_string(K) + "]";
+}
+const std::vector<std::tuple<int64_t, int64_t, int64_t>> kGemmShapes = {{1, 1, 1}, {3, 17, 5}, {17, 3, 127}, {130, 67, 33}};
+}  // namespace
+
+TEST(Gemm, AllThreeLayouts) {
+  Rng rng(51);
+  for (int layout = 0; layout < 3; ++layout) {
+    const char* name = layout == 0 ? "gemm_nt" : layout == 1 ? "gemm_nn" : "gemm_tn";
+    OpRow row(name, "fwd", Backend::Cpu);
+    for (auto [M, N, K] : kGemmShapes)
+      for (bool acc : {false, true}) {
+        auto A = randn(size_t(M * K), rng), B = randn(size_t(N * K), rng), C0 = randn(size_t(M * N), rng);
+        // A(m, kk) and B(kk, n) as each layout stores them.
+        auto a = [&](int64_t m, int64_t kk) { return double(layout == 2 ? A[size_t(kk * M + m)] : A[size_t(m * K + kk)]); };
+        auto b = [&](int64_t kk, int64_t n) { return double(layout == 0 ? B[size_t(n * K + kk)] : B[size_t(kk * N + n)]); };
+        std::vector<double> want(static_cast<size_t>(M * N));
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n) {
+            double s = acc ? C0[size_t(m * N + n)] : 0.0;
+            for (int64_t kk = 0; kk < K; ++kk) s += a(m, kk) * b(kk, n);
+            want[size_t(m * N + n)] = s;
+          }
+        Guarded<float> C = acc ? Guarded<float>(C0) : Guarded<float>(size_t(M * N), qnan());
+        if (layout == 0) k::gemm_nt(M, N, K, A.data(), B.data(), C.data(), acc);
+        else if (layout == 1) k::gemm_nn(M, N, K, A.data(), B.data(), C.data(), acc);
+        else k::gemm_tn(M, N, K, A.data(), B.data(), C.data(), acc);
+        expect_close(std::string(name) + mnk(M, N, K) + (acc ? " acc" : ""), C, want, kTolF32Reduce);
+      }
+    no_cuda_twin(name, "fwd");
+  }
+}
+
+namespace {
+// Weights as stored in `dt` and the exact f32 values they hold.
+Tensor weight(int64_t N, int64_t D, DType dt, Rng& rng, std::vector<float>* values) {
+  *values = randn(size_t(N * D), rng, 0.2);
+  Tensor w({N, D}, dt);
+  convert_from_f32(values->data(), w.raw(), dt, values->size());
+  convert_to_f32(w.raw(), dt, values->data(), values->size());
+  return w;
+}
+std::vector<double> linear_ref(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>* bias,
+                               int64_t T, int64_t N, int64_t D) {
+  std::vector<double> y(static_cast<size_t>(T * N));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = bias ? (*bias)[size_t(n)] : 0.0;
+      for (int64_t i = 0; i < D; ++i) s += double(x[size_t(t * D + i)]) * w[size_t(n * D + i)];
+      y[size_t(t * N + n)] = s;
+    }
+  return y;
+}
+// Token counts that reach the GEMV, transposed-sgemm and sgemm paths.
+const std::vector<std::tuple<int64_t, int64_t, int64_t>> kLinearShapes = {{1, 1, 1}, {3, 17, 33}, {17, 127, 64}, {300, 65, 48}};
+}  // namespace
+
+TEST(Linear, EveryWeightDtype) {
+  Rng rng(52);
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    const std::string name = "linear_" + std::string(dt == DType::F32 ? "f32" : dt == DType::BF16 ? "bf16" : "f16");
+    OpRow row(name, "fwd", Backend::Cpu);
+    for (auto [T, N, D] : kLinearShapes)
+      for (bool with_bias : {false, true}) {
+        std::vector<float> wv;
+        Tensor w = weight(N, D, dt, rng, &wv);
+        auto x = randn(size_t(T * D), rng), bias = randn(size_t(N), rng);
+        Guarded<float> y(size_t(T * N), qnan());
+        k::linear(x.data(), T, w, with_bias ? bias.data() : nullptr, y.data());
+        expect_close(name + mnk(T, N, D), y, linear_ref(x, wv, with_bias ? &bias : nullptr, T, N, D), kTolF32Reduce);
+      }
+    if (dt != DType::F32) no_cuda_twin(name, "fwd");
+  }
+}
+
+TEST(LinearCuda, F32) {
+  OpRow row("linear_f32", "fwd", Backend::Cuda);
+  if (std::string why; !cuda_ready(&why)) {
+    row.skip(why);
+    GTEST_SKIP() << why;
+  }
+#ifdef MOE_HAVE_CUDA
+  Rng rng(53);
+  for (auto [T, N, D] : kLinearShapes) {
+    std::vector<float> wv;
+    weight(N, D, DType::F32, rng, &wv);
+    auto x = randn(size_t(T * D), rng);
+    kernels::cuda::DeviceBuffer dx(x.size() * 4), dw(wv.size() * 4), dy(size_t(T * N) * 4);
+    dx.upload(x.data(), x.size() * 4), dw.upload(wv.data(), wv.size() * 4);
+    kernels::cuda::linear_f32(dx.as<float>(), T, dw.as<float>(), N, D, dy.as<float>());
+    kernels::cuda::synchronize();
+    std::vector<float> y(static_cast<size_t>(T * N));
+    dy.download(y.data(), y.size() * 4);
+    // cuBLAS may use TF32 on recent GPUs: a looser bound than the CPU's.
+    expect_close("cuda linear_f32" + mnk(T, N, D), y, linear_ref(x, wv, nullptr, T, N, D), 1e-6);
+  }
+#endif
+}
+
+namespace {
+// Causal GQA attention in double: query row t (position pos0 + t) over keys 0 .. pos0 + t of
+// its sequence [s0, s1) (the cache case is one sequence starting at 0).
+void attention_ref(const std::vector<double>& q, const std::vector<double>& kk, const std::vector<double>& v,
+                   int64_t nh, int64_t ng, int64_t d, double scale, int64_t t, int64_t key0, int64_t key_end,
+                   int64_t q_row, double* out) {
+  for (int64_t h = 0; h < nh; ++h) {
+    const int64_t g = h / (nh / ng);
+    std::vector<double> p;
+    double m = -1e300;
+    for (int64_t j = key0; j < key_end; ++j) {
+      double s = 0;
+      for (int64_t c = 0; c < d; ++c) s += q[size_t((q_row * nh + h) * d + c)] * kk[size_t((j * ng + g) * d + c)];
+      p.push_back(s * scale), m = std::max(m, s * scale);
+    }
+    double sum = 0;
+    for (auto& x : p) sum += (x = std::exp(x - m));
+    for (int64_t c = 0; c < d; ++c) {
+      double o = 0;
+      for (int64_t j = key0; j < key_end; ++j) o += p[size_t(j - key0)] / sum * v[size_t((j * ng + g) * d + c)];
+      out[(q_row * nh + h) * d + c] = o;
+    }
+  }
+  (void)t;
+}
+std::vector<double> varlen_ref(const std::vector<double>& q, const std::vector<double>& kk, const std::vector<double>& v,
+                               int64_t T, int64_t nh, int64_t ng, int64_t d, double scale, const std::vector<int32_t>& cu) {
+  std::vector<double> out(static_cast<size_t>(T * nh * d));
+  for (size_t s = 0; s + 1 < cu.size(); ++s)
+    for (int64_t t = cu[s]; t < cu[s + 1]; ++t) attention_ref(q, kk, v, nh, ng, d, scale, t, cu[s], t + 1, t, out.data());
+  return out;
+}
+}  // namespace
+
+TEST(Attention, CausalOverCache) {
+  OpRow row("causal_attention", "fwd", Backend::Cpu);
+  Rng rng(54);
+  for (auto [T, pos0, nh, ng, d] : std::vector<std::array<int64_t, 5>>{{1, 0, 1, 1, 1}, {1, 17, 4, 2, 8}, {3, 5, 6, 3, 16}, {40, 0, 4, 1, 32}, {70, 9, 4, 2, 8}}) {
+    const int64_t S = pos0 + T;
+    auto q = randn(size_t(T * nh * d), rng), kk = randn(size_t(S * ng * d), rng), v = randn(size_t(S * ng * d), rng);
+    const double scale = 1 / std::sqrt(double(d));
+    Guarded<float> out(size_t(T * nh * d), qnan());
+    k::AttentionShape s{T, pos0, nh, ng, d, float(scale)};
+    k::causal_attention(s, q.data(), kk.data(), v.data(), out.data());
+    std::vector<double> want(static_cast<size_t>(T * nh * d));
+    const auto qd = widen(q), kd = widen(kk), vd = widen(v);
+    for (int64_t t = 0; t < T; ++t) attention_ref(qd, kd, vd, nh, ng, d, scale, t, 0, pos0 + t + 1, t, want.data());
+    expect_close("causal_attention T=" + std::to_string(T) + " pos0=" + std::to_string(pos0), out, want, kTolF32Reduce);
+  }
+  no_cuda_twin("causal_attention", "fwd");
+}
+
+TEST(Attention, VarlenForwardAndBackward) {
+  Rng rng(55);
+  struct Case {
+    int64_t nh, ng, d;
+    std::vector<int32_t> cu;
+  };
+  for (const Case& c : std::vector<Case>{{1, 1, 1, {0, 1}}, {4, 2, 8, {0, 3, 4, 9}}, {3, 3, 5, {0, 7}}, {6, 2, 16, {0, 17, 40, 41, 64}}}) {
+    const int64_t T = c.cu.back(), nh = c.nh, ng = c.ng, d = c.d;
+    const double scale = 1 / std::sqrt(double(d));
+    k::VarlenAttention a{nh, ng, d, float(scale), c.cu.data(), int64_t(c.cu.size()) - 1};
+    auto q = randn(size_t(T * nh * d), rng), kk = randn(size_t(T * ng * d), rng), v = randn(size_t(T * ng * d), rng);
+    Guarded<float> out(size_t(T * nh * d), qnan()), lse(size_t(T * nh), qnan());
+    const std::string what = "attention_varlen T=" + std::to_string(T) + " nh=" + std::to_string(nh);
+    {
+      OpRow row("attention_varlen", "fwd", Backend::Cpu);
+      k::attention_varlen_forward(a, q.data(), kk.data(), v.data(), out.data(), lse.data());
+      expect_close(what, out, varlen_ref(widen(q), widen(kk), widen(v), T, nh, ng, d, scale, c.cu), kTolF32Reduce);
+      EXPECT_TRUE(lse.intact()) << what;
+    }
+    if (T > 20) continue;
+    OpRow row("attention_varlen", "bwd (fd)", Backend::Cpu);
+    auto dout = randn(size_t(T * nh * d), rng);
+    Guarded<float> dq(q.size(), qnan()), dk(kk.size(), qnan()), dv(v.size(), qnan());
+    k::attention_varlen_backward(a, q.data(), kk.data(), v.data(), out.data(), lse.data(), dout.data(), dq.data(),
+                                 dk.data(), dv.data());
+    EXPECT_TRUE(dq.intact() && dk.intact() && dv.intact()) << what;
+    const auto r = widen(dout), qd = widen(q), kd = widen(kk), vd = widen(v);
+    expect_fd(what + " dq", [&](const std::vector<double>& x) { return dotv(r, varlen_ref(x, kd, vd, T, nh, ng, d, scale, c.cu)); }, qd, dq.vec());
+    expect_fd(what + " dk", [&](const std::vector<double>& x) { return dotv(r, varlen_ref(qd, x, vd, T, nh, ng, d, scale, c.cu)); }, kd, dk.vec());
+    expect_fd(what + " dv", [&](const std::vector<double>& x) { return dotv(r, varlen_ref(qd, kd, x, T, nh, ng, d, scale, c.cu)); }, vd, dv.vec());
+  }
+  no_cuda_twin("attention_varlen", "fwd");
+  no_cuda_twin("attention_varlen", "bwd (fd)");
+}
+
+TEST(CrossEntropy, LossAndGradientWithIgnoreLabel) {
+  Rng rng(56);
+  for (auto [T, V] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 17}, {17, 127}, {9, 1000}}) {
+    auto logits = randn(size_t(T * V), rng, 3.0);
+    std::vector<int32_t> labels(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) labels[size_t(t)] = t % 3 == 2 ? -100 : int32_t(rng.next() % uint64_t(V));
+    const float scale = 0.25f;
+    auto loss_ref = [&](const std::vector<double>& l, int64_t* count, int64_t* correct) {
+      double s = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        if (labels[size_t(t)] < 0) continue;
+        const double* x = l.data() + t * V;
+        const double m = *std::max_element(x, x + V);
+        double z = 0;
+        for (int64_t i = 0; i < V; ++i) z += std::exp(x[i] - m);
+        s += m + std::log(z) - x[labels[size_t(t)]];
+        if (count) ++*count, *correct += std::max_element(x, x + V) - x == labels[size_t(t)];
+      }
+      return s;
+    };
+    Guarded<float> g(logits);
+    k::CrossEntropySums sums;
+    {
+      OpRow row("cross_entropy", "fwd", Backend::Cpu);
+      sums = k::cross_entropy_forward_backward(g.data(), T, V, labels.data(), scale);
+      int64_t count = 0, correct = 0;
+      const double want = loss_ref(widen(logits), &count, &correct);
+      EXPECT_NEAR(sums.loss, want, 1e-6 * (1 + std::fabs(want))) << "T=" << T << " V=" << V;
+      EXPECT_EQ(sums.count, count);
+      EXPECT_EQ(sums.correct, correct);
+    }
+    OpRow row("cross_entropy", "bwd (fd)", Backend::Cpu);
+    EXPECT_TRUE(g.intact());
+    if (V > 200) continue;
+    expect_fd("cross_entropy T=" + std::to_string(T) + " V=" + std::to_string(V),
+              [&](const std::vector<double>& l) { return scale * loss_ref(l, nullptr, nullptr); }, widen(logits), g.vec());
+  }
+  no_cuda_twin("cross_entropy", "fwd");
+  no_cuda_twin("cross_entropy", "bwd (fd)");
+}
