@@ -91,7 +91,7 @@ void report_precision(const moe::model::LoadedModel& src, const moe::model::Load
 
 void add_export_command(CLI::App& root) {
   struct Args {
-    std::string model, mcore_model, output_dir, dtype = "bfloat16", max_shard_size = "5GB";
+    std::string model, mcore_model, output_dir, dtype, max_shard_size = "5GB";
     bool to_mcore = false, to_hf = false, overwrite = false, verbose = false, test_precision = false;
     int tp = 1, pp = 1, ep = 1, etp = -1;
   };
@@ -102,7 +102,7 @@ void add_export_command(CLI::App& root) {
   c->add_option("--to_mcore", a->to_mcore, "HF -> Megatron (true|false)");
   c->add_option("--to_hf", a->to_hf, "Megatron -> HF (true|false)");
   c->add_option("--output_dir", a->output_dir, "Where the converted model is written")->required();
-  c->add_option("--torch_dtype", a->dtype, "bfloat16 | float16 | float32");
+  c->add_option("--torch_dtype", a->dtype, "bfloat16 | float16 | float32 (default: the source's dtype)");
   c->add_option("--overwrite", a->overwrite, "Replace an existing non-empty output directory (true|false)");
   c->add_option("--tensor_model_parallel_size", a->tp, "Tensor-parallel ranks to shard for (--to_mcore)");
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline stages to shard for (--to_mcore)");
@@ -116,8 +116,12 @@ void add_export_command(CLI::App& root) {
     if (a->verbose) moe::set_log_level(spdlog::level::info);
     if (a->to_mcore == a->to_hf) moe::throw_input("give exactly one of --to_mcore true or --to_hf true");
     moe::model::ExportOptions opt;
-    if (!moe::parse_torch_dtype(a->dtype, &opt.dtype))
-      moe::throw_input("--torch_dtype '{}': expected bfloat16, float16 or float32", a->dtype);
+    if (!a->dtype.empty()) {  // unset: the source's own dtype, as swift keeps it (issue 12)
+      moe::DType dt;
+      if (!moe::parse_torch_dtype(a->dtype, &dt))
+        moe::throw_input("--torch_dtype '{}': expected bfloat16, float16 or float32", a->dtype);
+      opt.dtype = dt;
+    }
     opt.overwrite = a->overwrite;
     if (a->etp == 0 || a->etp < -1)
       moe::throw_input("--expert_tensor_parallel_size {}: expected a size >= 1 that divides --tensor_model_parallel_size",

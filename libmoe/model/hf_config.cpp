@@ -187,6 +187,7 @@ ModelConfig load_hf_config(const std::string& path) {
     throw_input("{}: torch_dtype '{}' is not supported (expected float32, bfloat16 or float16)", src, dtype);
 
   c.moe_layer_pattern.assign(size_t(std::max(c.num_layers, 0)), false);
+  c.moe_router_enable_expert_bias = f.boolean("moe_router_enable_expert_bias", false);
   if (mt == "mixtral") {
     c.num_experts = int(f.integer_in("num_local_experts", 1, L::kExperts, 8));
     c.moe_router_topk = int(f.integer_in("num_experts_per_tok", 1, L::kExperts, 2));

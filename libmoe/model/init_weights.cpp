@@ -66,14 +66,14 @@ StateDict init_random_state(const ModelConfig& c, uint64_t seed, DType dtype, do
                       ends_with(n, "final_layernorm.weight");
     if (norm) {
       std::fill(p, p + t.numel(), 1.0f);
-    } else if (!ends_with(n, ".bias")) {
+    } else if (!ends_with(n, ".bias") && !rule.buffer) {  // biases and the expert bias start at zero
       // Each tensor gets its own stream, so adding a tensor does not change the others.
       Rng rng(seed ^ name_hash(n));
       const bool scaled = ends_with(n, "linear_proj.weight") || n.find("linear_fc2.weight") != std::string::npos;
       const double sd = scaled ? out_std : std;
       for (int64_t i = 0; i < t.numel(); ++i) p[i] = float(rng.normal() * sd);
     }
-    s[n] = dtype == DType::F32 ? t : t.to(dtype);
+    s[n] = dtype == DType::F32 || rule.buffer ? t : t.to(dtype);
   }
   return s;
 }

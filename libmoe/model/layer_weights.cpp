@@ -30,6 +30,7 @@ LayerWeights layer_weights(const ModelConfig& c, const StateDict& s, int i) {
   if (w.is_moe) {
     w.pre_mlp_norm = f32_param(s, L + names::kPreMlpNorm);
     w.moe.router = f32_param(s, L + names::kRouter);
+    if (c.moe_router_enable_expert_bias) w.moe.expert_bias = f32_param(s, L + names::kExpertBias);
     for (int e = 0; e < c.num_experts; ++e) {
       w.moe.fc1_E.push_back(get(s, L + names::expert_fc1(e)));
       w.moe.fc2_E.push_back(get(s, L + names::expert_fc2(e)));

@@ -18,6 +18,7 @@ struct AttentionWeights {
 
 struct MoeWeights {
   Tensor router;                        // [E, H] f32
+  Tensor expert_bias;                   // [E] f32, optional: shifts the selection only
   std::vector<Tensor> fc1_E, fc2_E;     // per expert [2Fe, H], [H, Fe]
   Tensor shared_fc1, shared_fc2;        // optional
   Tensor shared_gate;                   // [1, H] f32, optional

@@ -38,7 +38,7 @@ std::unique_ptr<StagedDir> begin_output(const std::string& in_dir, const std::st
 }  // namespace
 
 // config.json (with torch_dtype set), generation_config.json and tokenizer files travel along.
-void copy_side_files(const fs::path& from, const fs::path& to, DType dtype) {
+void copy_side_files(const fs::path& from, const fs::path& to, DType dtype, const ModelConfig& c) {
   for (const auto& e : fs::directory_iterator(from)) {
     const std::string n = e.path().filename().string();
     const bool side = n == "generation_config.json" || n.rfind("tokenizer", 0) == 0 || n == "special_tokens_map.json" ||
@@ -47,6 +47,7 @@ void copy_side_files(const fs::path& from, const fs::path& to, DType dtype) {
   }
   auto cfg = nlohmann::json::parse(read_text_file((from / "config.json").string()));
   cfg["torch_dtype"] = std::string(torch_dtype_name(dtype));
+  if (c.moe_router_enable_expert_bias) cfg["moe_router_enable_expert_bias"] = true;
   write_file_atomic((to / "config.json").string(), cfg.dump(2) + "\n");
 }
 
@@ -74,8 +75,9 @@ io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt, const Sh
   a->set("num_experts", c.num_experts ? PyValue::integer(c.num_experts) : PyValue::none());
   i("moe_router_topk", c.moe_router_topk), i("moe_ffn_hidden_size", c.moe_ffn_hidden_size);
   b("moe_router_pre_softmax", c.moe_router_pre_softmax), b("moe_grouped_gemm", true);
+  b("moe_router_enable_expert_bias", c.moe_router_enable_expert_bias);
   i("moe_shared_expert_intermediate_size", c.moe_shared_expert_intermediate_size);
-  b("bf16", opt.dtype == DType::BF16), b("fp16", opt.dtype == DType::F16);
+  b("bf16", opt.dtype == DType::BF16), b("fp16", opt.dtype == DType::F16);  // unset: fp32
   a->set("ckpt_format", PyValue::str("torch"));
   return a;
 }
@@ -100,9 +102,11 @@ std::vector<std::string> te_extra_states(const ModelConfig& c, int layer) {
   return e;
 }
 
-void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt) {
+void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt_in) {
   resolve_output_dir("--output_dir", out_dir, {hf_dir});  // refused before anything is read
   const ModelConfig c = load_hf_config(hf_dir);
+  ExportOptions opt = opt_in;
+  opt.dtype = opt.dtype.value_or(c.params_dtype);
   // Canonical tensors are built one at a time from the mapped HF files: memory stays around
   // one tensor (and its slice), whatever the model size.
   const HfWeights weights(hf_dir, c);
@@ -112,10 +116,15 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   const fs::path tmp = staged->path();
   const int64_t Vp = spec.padded_vocab();
 
+  const WeightMap map = WeightMap::for_config(c);
+  std::map<std::string, const WeightRule*> rule_of;
+  for (const auto& rule : map.rules()) rule_of[rule.mcore] = &rule;
+  // Buffers (the expert bias) stay fp32 in every checkpoint dtype.
+  auto dtype_of = [&](const std::string& src) { return rule_of.at(src)->buffer ? DType::F32 : *opt.dtype; };
   auto full_tensor = [&](const std::string& name, Tensor t) {
-    if (t.dtype() != opt.dtype) t = t.to(opt.dtype);
+    if (t.dtype() != dtype_of(name)) t = t.to(dtype_of(name));
     if (is_vocab_tensor(name) && Vp != t.dim(0)) {  // zero rows up to Megatron's padded vocabulary
-      Tensor padded({Vp, t.dim(1)}, opt.dtype);
+      Tensor padded({Vp, t.dim(1)}, *opt.dtype);
       std::memcpy(padded.raw(), t.raw(), t.nbytes());
       t = padded;
     }
@@ -123,10 +132,8 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   };
   // (canonical name, where its data comes from): every rule, plus, with tied embeddings over
   // several stages, the last stage's own copy of the word embeddings as output_layer.weight.
-  const WeightMap map = WeightMap::for_config(c);
-  std::map<std::string, const WeightRule*> rule_of;
   std::vector<std::pair<std::string, std::string>> sources;
-  for (const auto& rule : map.rules()) sources.push_back({rule.mcore, rule.mcore}), rule_of[rule.mcore] = &rule;
+  for (const auto& rule : map.rules()) sources.push_back({rule.mcore, rule.mcore});
   if (!c.untie_embeddings_and_output_weights && p.pp > 1) sources.push_back({names::kOutput, names::kEmbedding});
   auto full_shape = [&](const std::string& src) {
     Shape s = rule_of.at(src)->shape;
@@ -146,7 +153,7 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
       std::string local;
       Shape shape;
       if (!spec.local_part(name, full_shape(src), tp, pp, ep, &local, &shape)) continue;
-      bytes_total += uint64_t(shape_numel(shape)) * dtype_size(opt.dtype), ++tensors_total;
+      bytes_total += uint64_t(shape_numel(shape)) * dtype_size(dtype_of(src)), ++tensors_total;
     }
   // One rank file at a time, one tensor at a time: the pickle names every storage up front
   // (shapes only), then each slice is cut from the mapped input, written and dropped.
@@ -162,7 +169,7 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
       Shape shape;
       if (!spec.local_part(name, full_shape(src), tp, pp, ep, &local, &shape)) continue;
       const std::string key = std::to_string(held.size());
-      model->set(local, io::PyValue::tensor_ref(io::contiguous_ref(key, opt.dtype, shape)));
+      model->set(local, io::PyValue::tensor_ref(io::contiguous_ref(key, dtype_of(src), shape)));
       held.push_back({name, src, shape == rule_of.at(src)->shape});
     }
     for (int l = 0; l < per_stage; ++l) {
@@ -189,15 +196,15 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
       // A fused tensor this rank holds whole, from parts stored in the output dtype: its bytes
       // are runs of the stored parts' bytes (WeightMap::mcore_runs), copied file to file
       // without assembling it in memory.
-      if (whole && rule.fuse != Fuse::kCopy && weights.stored_parts(rule, opt.dtype, &parts)) {
+      if (whole && rule.fuse != Fuse::kCopy && weights.stored_parts(rule, *opt.dtype, &parts)) {
         std::vector<io::TorchFileWriter::FileBytes> runs;
         uint64_t bytes = 0;
-        for (const auto& r : map.mcore_runs(rule, dtype_size(opt.dtype))) {
+        for (const auto& r : map.mcore_runs(rule, dtype_size(*opt.dtype))) {
           MOE_ASSERT(r.offset + r.size <= parts[r.part].size, "{}: run past its part", name);
           runs.push_back({parts[r.part].file, parts[r.part].offset + r.offset, r.size});
           bytes += r.size;
         }
-        MOE_ASSERT(bytes == uint64_t(shape_numel(rule.shape)) * dtype_size(opt.dtype), "{}: runs cover {} bytes", name,
+        MOE_ASSERT(bytes == uint64_t(shape_numel(rule.shape)) * dtype_size(*opt.dtype), "{}: runs cover {} bytes", name,
                    bytes);
         w.add_storage_from(std::to_string(i), runs);
         bytes_done += bytes, ++tensors_done;
@@ -219,8 +226,8 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
     w.finish();
     ++files;
   }
-  copy_side_files(hf_dir, tmp, opt.dtype);
-  nlohmann::json aj{{"model_type", c.model_type}, {"torch_dtype", torch_dtype_name(opt.dtype)},
+  copy_side_files(hf_dir, tmp, *opt.dtype, c);
+  nlohmann::json aj{{"model_type", c.model_type}, {"torch_dtype", torch_dtype_name(*opt.dtype)},
                     {"tensor_model_parallel_size", p.tp}, {"pipeline_model_parallel_size", p.pp},
                     {"expert_model_parallel_size", p.ep}, {"expert_tensor_parallel_size", p.etp},
                     {"padded_vocab_size", Vp}, {"make_vocab_size_divisible_by", opt.make_vocab_size_divisible_by},
@@ -350,7 +357,7 @@ LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype) {
     return rk.file->tensor(r.ref(rk, local));
   };
   for (const auto& rule : map.rules()) {
-    Tensor t = r.spec().merge(rule.mcore, r.stored_shape(rule), dtype, get);
+    Tensor t = r.spec().merge(rule.mcore, r.stored_shape(rule), rule.buffer ? DType::F32 : dtype, get);
     if (is_vocab_tensor(rule.mcore)) t = t.slice_rows(0, c.vocab_size);  // drop Megatron's padding rows
     m.state[rule.mcore] = t;
   }
@@ -367,10 +374,12 @@ LoadedModel load_model(const std::string& dir) {
 // its HF tensors and written at its planned offset, by two workers taking rules in turn. Bytes
 // stored whole in the output dtype are copied file to file by the kernel; the rest pass through
 // one merged tensor per worker, so memory stays around two tensors whatever the model size.
-void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt) {
+void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir, const ExportOptions& opt_in) {
   resolve_output_dir("--output_dir", out_dir, {mcore_dir});  // refused before anything is read
   McoreReader r(mcore_dir);
   const ModelConfig& c = r.config();
+  ExportOptions opt = opt_in;
+  opt.dtype = opt.dtype.value_or(c.params_dtype);
   const ShardSpec& spec = r.spec();
   const WeightMap map = WeightMap::for_config(c);
   const auto& rules = map.rules();
@@ -383,7 +392,7 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
   for (const auto& rule : rules) {
     first_desc.push_back(descs.size());
     for (size_t i = 0; i < rule.hf.size(); ++i) {
-      descs.push_back({rule.hf[i], opt.dtype, rule.hf_shapes[i]});
+      descs.push_back({rule.hf[i], rule.buffer ? DType::F32 : *opt.dtype, rule.hf_shapes[i]});
       sizes.push_back(descs.back().nbytes());
     }
   }
@@ -425,7 +434,7 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
           pieces.push_back({rk.file.get(), rk.file->locate(ref)});
           return rk.file->tensor(ref);
         };
-        Tensor m = spec.merge(rule.mcore, r.stored_shape(rule), opt.dtype, get);
+        Tensor m = spec.merge(rule.mcore, r.stored_shape(rule), rule.buffer ? DType::F32 : *opt.dtype, get);
         if (is_vocab_tensor(rule.mcore)) m = m.slice_rows(0, c.vocab_size);  // drop Megatron's padding rows
         const std::vector<Tensor> hf = map.to_hf(rule, m);
         uint64_t bytes = 0;
@@ -465,7 +474,7 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
   for (auto& o : outs) o->close();
   if (plan.files.size() > 1)
     write_file_atomic((tmp / "model.safetensors.index.json").string(), io::safetensors_index_json(index, plan.total_bytes));
-  copy_side_files(fs::path(mcore_dir), tmp, opt.dtype);
+  copy_side_files(fs::path(mcore_dir), tmp, *opt.dtype, c);
   staged->commit();
   log().info("wrote {} tensors in {} files to {}", descs.size(), plan.files.size(), out_dir);
 }

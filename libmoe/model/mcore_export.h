@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,7 +18,8 @@
 namespace moe::model {
 
 struct ExportOptions {
-  DType dtype = DType::BF16;
+  // Weights as written; unset: the source's own (config.json's torch_dtype), as swift does.
+  std::optional<DType> dtype;
   int make_vocab_size_divisible_by = 128;  // Megatron pads the vocabulary to a multiple of this
   bool overwrite = false;
   ParallelLayout layout;  // ranks to shard for (--to_mcore); read back from args.json (--to_hf)
@@ -47,6 +49,7 @@ int64_t read_checkpoint_tracker(const std::string& mcore_dir);
 
 // config.json (torch_dtype set to `dtype`), generation_config.json and tokenizer files.
 
-void copy_side_files(const std::filesystem::path& from, const std::filesystem::path& to, DType dtype);
+void copy_side_files(const std::filesystem::path& from, const std::filesystem::path& to, DType dtype,
+                     const ModelConfig& c);
 
 }  // namespace moe::model

@@ -45,6 +45,10 @@ struct ModelConfig {
   // Megatron semantics: true = softmax over all experts, top-k, no renormalisation
   // (HF norm_topk_prob=false); false = top-k logits then softmax (renormalised top-k).
   bool moe_router_pre_softmax = false;
+  // Aux-loss-free balancing: a per-expert bias (decoder.layers.N.mlp.router.expert_bias) shifts
+  // the top-k selection, not the weights. config.json's moe_router_enable_expert_bias says the
+  // checkpoint holds it (moectl writes it when trained with --moe_router_enable_expert_bias).
+  bool moe_router_enable_expert_bias = false;
   int moe_shared_expert_intermediate_size = 0;  // 0 = no shared expert
   bool moe_shared_expert_gate = false;          // Qwen2-MoE: sigmoid(x . gate_weight) scales it
   std::vector<bool> moe_layer_pattern;          // per layer: true = MoE MLP, false = dense MLP

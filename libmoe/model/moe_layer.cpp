@@ -38,7 +38,15 @@ void moe_layer_forward(const ModelConfig& c, const MoeWeights& w, const float* x
   thread_local std::vector<float> logits, x_perm, y_perm;  // reused across calls
   logits.resize(size_t(T * E));
   kernels::cpu::linear(x_TD, T, w.router, nullptr, logits.data());
-  Routing routing = route_topk(logits.data(), T, E, K, c.moe_router_pre_softmax);
+  Routing routing;
+  if (w.expert_bias.defined() && w.expert_bias.numel() == E) {
+    thread_local std::vector<float> probs;
+    probs.resize(size_t(T * E));
+    softmax_rows(logits.data(), T, E, probs.data(), nullptr);
+    routing = route_topk_biased(logits.data(), probs.data(), T, E, K, c.moe_router_pre_softmax, w.expert_bias.f32());
+  } else {
+    routing = route_topk(logits.data(), T, E, K, c.moe_router_pre_softmax);
+  }
   TokenDispatcher disp(routing, E);
   x_perm.resize(size_t(disp.rows() * D)), y_perm.resize(size_t(disp.rows() * D));
   disp.permute(x_TD, D, x_perm.data());

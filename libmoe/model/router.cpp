@@ -33,4 +33,33 @@ Routing route_topk(const float* logits_TE, int64_t T, int64_t E, int64_t K, bool
   return r;
 }
 
+void softmax_rows(const float* x, int64_t T, int64_t E, float* p, double* lse_T) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* l = x + t * E;
+    const float m = *std::max_element(l, l + E);
+    double s = 0;
+    for (int64_t e = 0; e < E; ++e) s += std::exp(double(l[e] - m));
+    for (int64_t e = 0; e < E; ++e) p[t * E + e] = float(std::exp(double(l[e] - m)) / s);
+    if (lse_T) lse_T[t] = double(m) + std::log(s);
+  }
+}
+
+Routing route_topk_biased(const float* logits, const float* probs, int64_t T, int64_t E, int64_t K, bool pre_softmax,
+                          const float* bias) {
+  std::vector<float> biased(static_cast<size_t>(T * E));
+  const float* score = pre_softmax ? probs : logits;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e) biased[size_t(t * E + e)] = score[t * E + e] + bias[e];
+  Routing r = route_topk(biased.data(), T, E, K, true);
+  for (int64_t t = 0; t < T; ++t) {
+    double z = 0;
+    for (int64_t k = 0; k < K; ++k) z += std::exp(double(logits[t * E + r.expert_TK[size_t(t * K + k)]]));
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t e = r.expert_TK[size_t(t * K + k)];
+      r.weight_TK[size_t(t * K + k)] = pre_softmax ? probs[t * E + e] : float(std::exp(double(logits[t * E + e])) / z);
+    }
+  }
+  return r;
+}
+
 }  // namespace moe::model

@@ -17,4 +17,13 @@ struct Routing {
 // Ties pick the lower expert id, as torch.topk does on CPU.
 Routing route_topk(const float* logits_TE, int64_t T, int64_t E, int64_t K, bool pre_softmax);
 
+// Row-wise softmax in double, rounded to float; lse_T (optional) gets each row's log-sum-exp.
+void softmax_rows(const float* x_TE, int64_t T, int64_t E, float* p_TE, double* lse_T);
+
+// Routing with the aux-loss-free expert bias: the top-k by score + bias_E (score = probs_TE when
+// pre_softmax, else the logits), combine weights from the unbiased scores. Training and
+// inference both route through this, so they choose the same experts.
+Routing route_topk_biased(const float* logits_TE, const float* probs_TE, int64_t T, int64_t E, int64_t K,
+                          bool pre_softmax, const float* bias_E);
+
 }  // namespace moe::model

@@ -10,17 +10,6 @@ namespace moe::model {
 
 namespace {
 
-void softmax_rows(const float* x, int64_t T, int64_t E, float* p, double* lse_T) {
-  for (int64_t t = 0; t < T; ++t) {
-    const float* l = x + t * E;
-    const float m = *std::max_element(l, l + E);
-    double s = 0;
-    for (int64_t e = 0; e < E; ++e) s += std::exp(double(l[e] - m));
-    for (int64_t e = 0; e < E; ++e) p[t * E + e] = float(std::exp(double(l[e] - m)) / s);
-    if (lse_T) lse_T[t] = double(m) + std::log(s);
-  }
-}
-
 // Megatron's capacity: ceil(tokens * topk / experts * factor).
 int64_t expert_capacity(int64_t T, int64_t E, int64_t K, double factor) {
   return int64_t(std::ceil(double(T * K) / double(E) * factor));
@@ -50,26 +39,8 @@ void router_train_forward(const MoeTrainOptions& o, const float* logits, int64_t
   s.probs_TE.resize(size_t(T * E));
   std::vector<double> lse(static_cast<size_t>(T));
   softmax_rows(logits, T, E, s.probs_TE.data(), lse.data());
-  if (bias) {
-    // Selection by score + bias; the weights stay those of the unbiased scores.
-    std::vector<float> biased(static_cast<size_t>(T * E));
-    const float* score = pre_softmax ? s.probs_TE.data() : logits;
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t e = 0; e < E; ++e) biased[size_t(t * E + e)] = score[t * E + e] + bias[e];
-    Routing sel = route_topk(biased.data(), T, E, K, true);
-    s.routing = sel;
-    for (int64_t t = 0; t < T; ++t) {
-      double z = 0;
-      for (int64_t k = 0; k < K; ++k) z += std::exp(double(logits[t * E + sel.expert_TK[size_t(t * K + k)]]));
-      for (int64_t k = 0; k < K; ++k) {
-        const int32_t e = sel.expert_TK[size_t(t * K + k)];
-        s.routing.weight_TK[size_t(t * K + k)] =
-            pre_softmax ? s.probs_TE[size_t(t * E + e)] : float(std::exp(double(logits[t * E + e])) / z);
-      }
-    }
-  } else {
-    s.routing = route_topk(logits, T, E, K, pre_softmax);
-  }
+  s.routing = bias ? route_topk_biased(logits, s.probs_TE.data(), T, E, K, pre_softmax, bias)
+                  : route_topk(logits, T, E, K, pre_softmax);
   s.selected = s.routing;
   s.capacity = 0;
   if (o.capacity_factor > 0) {

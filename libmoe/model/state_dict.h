@@ -27,6 +27,7 @@ inline const std::string kDenseNorm = "mlp.linear_fc1.layer_norm_weight";  // de
 inline const std::string kDenseFc1 = "mlp.linear_fc1.weight";
 inline const std::string kDenseFc2 = "mlp.linear_fc2.weight";
 inline const std::string kRouter = "mlp.router.weight";
+inline const std::string kExpertBias = "mlp.router.expert_bias";  // a buffer (fp32), not a parameter
 inline std::string expert_fc1(int e) { return "mlp.experts.linear_fc1.weight" + std::to_string(e); }
 inline std::string expert_fc2(int e) { return "mlp.experts.linear_fc2.weight" + std::to_string(e); }
 inline const std::string kSharedFc1 = "mlp.shared_experts.linear_fc1.weight";

@@ -79,9 +79,24 @@ void validate_train_options(const TrainOptions& o, const ModelConfig& c) {
 TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions options)
     : cfg_(std::move(config)), opt_(std::move(options)), rope_(cfg_) {
   validate_train_options(opt_, cfg_);
+  // Training with the bias gives the model one (saved with it); a model that has one routes with
+  // it whether or not this run updates it.
+  if (opt_.moe.enable_expert_bias && cfg_.num_experts > 0) cfg_.moe_router_enable_expert_bias = true;
   const WeightMap map = WeightMap::for_config(cfg_);
   for (const auto& rule : map.rules()) {
     auto it = params.find(rule.mcore);
+    if (rule.buffer) {  // not trained by the optimizer; zeros when the checkpoint has none yet
+      Tensor b(rule.shape, DType::F32);
+      if (it != params.end()) {
+        if (it->second.shape() != rule.shape)
+          throw_input("tensor '{}' has shape {} but the config implies {}", rule.mcore, shape_str(it->second.shape()),
+                      shape_str(rule.shape));
+        Tensor src = it->second.dtype() == DType::F32 ? it->second : it->second.to(DType::F32);
+        std::memcpy(b.raw(), src.raw(), b.nbytes());
+      }
+      buffers_.emplace(rule.mcore, std::move(b));
+      continue;
+    }
     if (it == params.end()) throw_input("model state lacks tensor '{}' required by the config", rule.mcore);
     if (it->second.shape() != rule.shape)
       throw_input("tensor '{}' has shape {} but the config implies {}", rule.mcore, shape_str(it->second.shape()),
@@ -93,11 +108,14 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
     params_.emplace(rule.mcore, std::move(p));
     grads_.emplace(rule.mcore, Tensor(rule.shape, DType::F32));
   }
+  StateDict with_buffers = params_;
+  with_buffers.insert(buffers_.begin(), buffers_.end());
+  ModelConfig no_buffers = cfg_;  // gradients exist for parameters only
+  no_buffers.moe_router_enable_expert_bias = false;
   for (int i = 0; i < cfg_.num_layers; ++i) {
-    w_.push_back(layer_weights(cfg_, params_, i));
-    g_.push_back(layer_weights(cfg_, grads_, i));
+    w_.push_back(layer_weights(cfg_, with_buffers, i));
+    g_.push_back(layer_weights(no_buffers, grads_, i));
   }
-  expert_bias_.assign(size_t(cfg_.num_layers), std::vector<float>(static_cast<size_t>(cfg_.num_experts), 0.0f));
   embedding_ = params_.at(names::kEmbedding), d_embedding_ = grads_.at(names::kEmbedding);
   final_norm_ = params_.at(names::kFinalNorm), d_final_norm_ = grads_.at(names::kFinalNorm);
   const bool untied = cfg_.untie_embeddings_and_output_weights;
@@ -124,13 +142,17 @@ void TrainModel::zero_grad() {
   for (auto& [name, g] : grads_) std::memset(g.raw(), 0, g.nbytes());
 }
 
+float* TrainModel::expert_bias(int layer) {
+  Tensor& b = w_[size_t(layer)].moe.expert_bias;
+  return b.defined() && b.numel() > 0 ? b.f32() : nullptr;
+}
+
 void TrainModel::update_expert_bias(const std::vector<int64_t>& tpe) {
   if (!opt_.moe.enable_expert_bias) return;
   const size_t E = size_t(cfg_.num_experts);
   for (int i = 0; i < cfg_.num_layers; ++i)
     if (cfg_.is_moe_layer(i))
-      model::update_expert_bias(expert_bias_[size_t(i)].data(), std::span(tpe).subspan(size_t(i) * E, E),
-                                opt_.moe.bias_update_rate);
+      model::update_expert_bias(expert_bias(i), std::span(tpe).subspan(size_t(i) * E, E), opt_.moe.bias_update_rate);
 }
 
 void TrainModel::layer_forward(int i, const MicroBatchView& mb, const float* x_in, float* x_out, LayerActs& a,
@@ -153,8 +175,7 @@ void TrainModel::layer_forward(int i, const MicroBatchView& mb, const float* x_i
   k::rmsnorm(x_out, T, D, w.pre_mlp_norm.f32(), eps, h.data());
   const bool act = has_module(r, "moe_act");
   if (w.is_moe) {
-    moe_layer_train_forward(cfg_, opt_.moe, w.moe, opt_.moe.enable_expert_bias ? expert_bias_[size_t(i)].data() : nullptr,
-                            h.data(), T, mb.cu_seqlens, act, a.moe, y.data());
+    moe_layer_train_forward(cfg_, opt_.moe, w.moe, expert_bias(i), h.data(), T, mb.cu_seqlens, act, a.moe, y.data());
   } else {
     swiglu_mlp_train_forward(h.data(), T, D, cfg_.ffn_hidden_size, w.mlp.fc1.f32(), w.mlp.fc2.f32(), a.mlp, y.data(),
                              false, act);
@@ -185,7 +206,7 @@ void TrainModel::layer_backward(int i, const MicroBatchView& mb, LayerActs& a, f
     k::rmsnorm(a.x_mid.data(), T, D, w.pre_mlp_norm.f32(), eps, h2.data());
   }
   const bool act = has_module(opt_.recompute, "moe_act");
-  const float* bias = opt_.moe.enable_expert_bias ? expert_bias_[size_t(i)].data() : nullptr;
+  const float* bias = expert_bias(i);
   if (!a.mlp_kept) {  // selective mlp/moe recompute: rerun the branch's forward now
     std::vector<float> y(static_cast<size_t>(T * D));
     if (w.is_moe) moe_layer_train_forward(cfg_, opt_.moe, w.moe, bias, h2.data(), T, mb.cu_seqlens, act, a.moe, y.data());

@@ -59,8 +59,9 @@ class TrainModel {
   StateDict& params() { return params_; }
   const StateDict& params() const { return params_; }
   StateDict& grads() { return grads_; }
-  // Aux-loss-free expert bias per MoE layer ([E], zeros unless enabled); saved with checkpoints.
-  std::vector<std::vector<float>>& expert_bias() { return expert_bias_; }
+  // Tensors the model uses but the optimizer does not train, by canonical name: the MoE
+  // layers' aux-loss-free expert bias ([E] fp32) when the config has it. Saved with checkpoints.
+  const StateDict& buffers() const { return buffers_; }
 
   // Forward and backward of one micro-batch; gradients accumulate into grads(). The objective's
   // gradient is loss_scale * d(sum of token losses) + aux_scale * d(auxiliary losses).
@@ -76,13 +77,14 @@ class TrainModel {
   StepStats run(const MicroBatchView& mb, bool backward, float loss_scale, float aux_scale);
   void layer_forward(int i, const MicroBatchView& mb, const float* x_in, float* x_out, LayerActs& a, bool keep);
   void layer_backward(int i, const MicroBatchView& mb, LayerActs& a, float* dx, float aux_scale);
+  float* expert_bias(int layer);  // null without one
 
   ModelConfig cfg_;
   TrainOptions opt_;
   RopeTable rope_;
   StateDict params_, grads_;
   std::vector<LayerWeights> w_, g_;
-  std::vector<std::vector<float>> expert_bias_;
+  StateDict buffers_;
   Tensor embedding_, final_norm_, output_, d_embedding_, d_final_norm_, d_output_;
   std::vector<std::pair<int, int>> chunks_;  // [begin, end) layer chunks
   std::vector<bool> chunk_recomputed_;

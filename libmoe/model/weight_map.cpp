@@ -52,6 +52,9 @@ WeightMap WeightMap::for_config(const ModelConfig& c) {
       const std::string hb = hl + moe.block;
       copy(L + names::kPreMlpNorm, {H}, hl + "post_attention_layernorm.weight");
       copy(L + names::kRouter, {c.num_experts, H}, hl + moe.router);
+      if (c.moe_router_enable_expert_bias)  // HF spelling as DeepSeek-V3's selection-only bias
+        R.push_back({L + names::kExpertBias, {c.num_experts}, {hb + "gate.e_score_correction_bias"},
+                     {{c.num_experts}}, Fuse::kCopy, true});
       const int64_t Fe = c.moe_ffn_hidden_size;
       for (int e = 0; e < c.num_experts; ++e) {
         const std::string he = hb + "experts." + std::to_string(e) + ".";

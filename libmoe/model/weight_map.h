@@ -22,6 +22,9 @@ struct WeightRule {
   std::vector<std::string> hf;       // HF names, in fusion order
   std::vector<Shape> hf_shapes;      // their shapes
   Fuse fuse = Fuse::kCopy;
+  // A buffer the optimizer does not train (the router's expert bias): kept in fp32 whatever the
+  // checkpoint dtype, as Megatron keeps it.
+  bool buffer = false;
 };
 
 class WeightMap {

@@ -76,6 +76,10 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     }
     model_dict->set(name, add(w));
   }
+  for (const auto& [name, b] : m.buffers()) {  // the expert bias, fp32 as Megatron keeps it
+    check_finite(b, name, p.iteration);
+    model_dict->set(name, add(b));
+  }
   for (int l = 0; l < c.num_layers; ++l)
     for (const auto& e : model::te_extra_states(c, l)) model_dict->set(e, PyValue::none());
   if (c.untie_embeddings_and_output_weights) model_dict->set("output_layer._extra_state", PyValue::none());
@@ -141,7 +145,7 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
   }
   io::write_torch_file((tmp / "mp_rank_00" / "model_optim_rng.pt").string(), *root, storages);
   iter_dir.commit();
-  if (!fs::exists(fs::path(dir) / "config.json")) model::copy_side_files(o.source_dir, dir, o.dtype);
+  if (!fs::exists(fs::path(dir) / "config.json")) model::copy_side_files(o.source_dir, dir, o.dtype, c);
 
   // The HF copy is complete before the tracker names this iteration: a kill while it is written
   // leaves the previous iteration as the latest, and a resume saves this one again whole (QA #18).
@@ -150,8 +154,9 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     StagedDir hf_dir("--save", fs::path(dir) / ("checkpoint-" + std::to_string(p.iteration)), true);
     model::StateDict out;
     for (const auto& [name, t] : params) out[name] = t.to(o.dtype);
+    for (const auto& [name, b] : m.buffers()) out[name] = b;
     model::save_hf_weights(c, out, hf_dir.path().string());
-    model::copy_side_files(o.source_dir, hf_dir.path(), o.dtype);
+    model::copy_side_files(o.source_dir, hf_dir.path(), o.dtype, c);
     hf_dir.commit();
     hf = hf_dir.target().string();
   }

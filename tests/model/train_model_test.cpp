@@ -4,11 +4,13 @@
 // tests/parity/train_parity.py.)
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 
 #include "model/hf_config.h"
 #include "model/init_weights.h"
 #include "model/train_model.h"
+#include "model/transformer.h"
 #include "testutil.h"
 
 namespace moe::model {
@@ -95,6 +97,58 @@ TEST(TrainModel, PaddingToCapacityKeepsTheResult) {
   EXPECT_NEAR(la, lb, 1e-9 * std::abs(la));
   for (const auto& [name, t] : ga)
     for (int64_t i = 0; i < t.numel(); ++i) ASSERT_NEAR(t.f32()[i], gb.at(name).f32()[i], 1e-6f) << name;
+}
+
+}  // namespace
+}  // namespace moe::model
+
+namespace moe::model {
+namespace {
+
+// Issue 12: the aux-loss-free expert bias routes inference as it routes training. A bias large
+// enough to change the selection makes a bias-blind inference disagree with training's loss.
+TEST(TrainModel, ExpertBiasRoutesInferenceAsTraining) {
+  for (const char* family : {"qwen3_moe", "mixtral"}) {
+    ModelConfig c = tiny(family);
+    c.moe_router_enable_expert_bias = true;
+    StateDict init = init_random_state(c, 5, DType::F32, 0.05);
+    for (int i = 0; i < c.num_layers; ++i)
+      if (c.is_moe_layer(i)) {
+        float* b = init.at(names::layer(i) + names::kExpertBias).f32();
+        for (int e = 0; e < c.num_experts; ++e) b[e] = e % 2 ? 0.5f : -0.5f;  // flips many choices
+      }
+    TrainModel tm(c, init, {});
+    Batch b = batch(c.vocab_size);
+    b.cu = {0, 19};
+    for (int t = 0; t < 19; ++t) b.pos[size_t(t)] = t;
+    const double train_loss = tm.evaluate(b.view()).lm_loss_sum;
+
+    auto infer_loss = [&](const ModelConfig& cfg, const StateDict& state) {
+      Transformer model(cfg, state);
+      KvCache cache = model.new_cache();
+      std::vector<float> logits(size_t(19 * cfg.vocab_size));
+      model.forward(b.tokens, cache, logits.data(), true);
+      double sum = 0;
+      for (int t = 0; t < 19; ++t) {
+        if (b.labels[size_t(t)] < 0) continue;
+        const float* l = logits.data() + int64_t(t) * cfg.vocab_size;
+        double m = l[0], s = 0;
+        for (int v = 0; v < cfg.vocab_size; ++v) m = std::max(m, double(l[v]));
+        for (int v = 0; v < cfg.vocab_size; ++v) s += std::exp(double(l[v]) - m);
+        sum += m + std::log(s) - l[b.labels[size_t(t)]];
+      }
+      return sum;
+    };
+    const double with_bias = infer_loss(c, init);
+    EXPECT_NEAR(with_bias, train_loss, 1e-5 * std::abs(train_loss)) << family;
+    // The same model read without its bias routes differently: the check above has teeth.
+    ModelConfig blind = c;
+    blind.moe_router_enable_expert_bias = false;
+    StateDict no_bias;
+    for (const auto& [n, t] : init)
+      if (n.find(names::kExpertBias) == std::string::npos) no_bias[n] = t;
+    EXPECT_GT(std::abs(infer_loss(blind, no_bias) - train_loss), 1e-4 * std::abs(train_loss)) << family;
+  }
 }
 
 }  // namespace
