@@ -171,7 +171,7 @@ for args, want in [
      "--lr_decay_style"),
     (["sft", "--load", mcore, "--dataset", "self-cognition", "--global_batch_size", "3", "--micro_batch_size", "2",
       "--save", "bad"], "--global_batch_size"),
-    (["sft", "--model", os.path.join(WORK, "nowhere"), "--dataset", "self-cognition", "--save", "bad"], "config.json"),
+    (["sft", "--model", os.path.join(WORK, "nowhere"), "--dataset", "self-cognition", "--save", "bad"], "no such directory"),
 ]:
     p = run(args, rc=2)
     err = p.stderr.strip().splitlines()
