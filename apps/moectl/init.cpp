@@ -35,6 +35,8 @@ void add_init_command(CLI::App& root) {
     moe::DType dtype;
     if (!moe::parse_torch_dtype(a->dtype, &dtype))
       moe::throw_input("--torch_dtype '{}': expected bfloat16, float16 or float32", a->dtype);
+    if (!fs::exists(a->config))  // named here: the config loader's message speaks of --model (QA #20)
+      moe::throw_input("--config {}: not found (pass a directory with config.json, e.g. configs/tiny-moe)", a->config);
     const fs::path src = fs::is_directory(a->config) ? fs::path(a->config) : fs::path(a->config).parent_path();
     auto cfg = moe::model::load_hf_config(a->config);
     // Checked and staged beside the target before any work; a failure leaves no temporary.

@@ -212,6 +212,8 @@ held.kill()
 held.wait()
 
 # --- QA20: messages
+refused("QA20 init --config", ["init", "--config", os.path.join(WORK, "nx"), "--output_dir", os.path.join(WORK, "nx_out")],
+        "--config")
 runs_root = os.path.join(WORK, "shared")
 refused("QA20 --load ROOT", ["sft", "--load", runs_root] + tiny, "holds runs")
 bad_tracker = os.path.join(WORK, "bad_tracker")
