@@ -1,0 +1,100 @@
+#include "dist/communicator.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace moe::dist {
+
+size_t data_type_size(DataType t) {
+  switch (t) {
+    case DataType::kF32: return 4;
+    case DataType::kBF16: return 2;
+    case DataType::kI32: return 4;
+    case DataType::kI64: return 8;
+    case DataType::kU8: return 1;
+  }
+  return 1;
+}
+
+const char* data_type_name(DataType t) {
+  switch (t) {
+    case DataType::kF32: return "f32";
+    case DataType::kBF16: return "bf16";
+    case DataType::kI32: return "i32";
+    case DataType::kI64: return "i64";
+    case DataType::kU8: return "u8";
+  }
+  return "?";
+}
+
+const char* reduce_op_name(ReduceOp op) { return op == ReduceOp::kSum ? "sum" : "max"; }
+
+std::string Communicator::where(const char* call) const {
+  return fmt::format("rank {} of '{}' ({} ranks), {}", rank_, name_, size_, call);
+}
+
+void Communicator::check_count(const char* call, int64_t count) const {
+  if (count < 0) throw_internal("{}: negative count {}", where(call), count);
+}
+
+void Communicator::check_peer(const char* call, const char* what, int peer) const {
+  if (peer < 0 || peer >= size_) throw_internal("{}: {} {} is not a rank of the group", where(call), what, peer);
+}
+
+void Communicator::all_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op) {
+  check_count("all_reduce", count);
+  do_all_reduce(buf, count, dtype, op);
+}
+
+void Communicator::reduce_scatter(const void* send, void* recv, int64_t count, DataType dtype, ReduceOp op) {
+  check_count("reduce_scatter", count);
+  do_reduce_scatter(send, recv, count, dtype, op);
+}
+
+void Communicator::all_gather(const void* send, void* recv, int64_t count, DataType dtype) {
+  check_count("all_gather", count);
+  do_all_gather(send, recv, count, dtype);
+}
+
+void Communicator::all_to_all(const void* send, std::span<const int64_t> send_counts,
+                              std::span<const int64_t> send_offsets, void* recv, std::span<const int64_t> recv_counts,
+                              std::span<const int64_t> recv_offsets, DataType dtype) {
+  const size_t n = size_t(size_);
+  if (send_counts.size() != n || send_offsets.size() != n || recv_counts.size() != n || recv_offsets.size() != n)
+    throw_internal("{}: counts and offsets need {} entries each, got send {}/{} recv {}/{}", where("all_to_all"), n,
+                   send_counts.size(), send_offsets.size(), recv_counts.size(), recv_offsets.size());
+  for (size_t r = 0; r < n; ++r)
+    if (send_counts[r] < 0 || send_offsets[r] < 0 || recv_counts[r] < 0 || recv_offsets[r] < 0)
+      throw_internal("{}: negative count or offset for rank {}", where("all_to_all"), r);
+  do_all_to_all(send, send_counts, send_offsets, recv, recv_counts, recv_offsets, dtype);
+}
+
+void Communicator::broadcast(void* buf, int64_t count, DataType dtype, int root) {
+  check_count("broadcast", count);
+  check_peer("broadcast", "root", root);
+  do_broadcast(buf, count, dtype, root);
+}
+
+void Communicator::send(const void* buf, int64_t count, DataType dtype, int peer, int tag) {
+  check_count("send", count);
+  check_peer("send", "peer", peer);
+  if (tag < 0) throw_internal("{}: negative tag {}", where("send"), tag);
+  do_send(buf, count, dtype, peer, tag);
+}
+
+void Communicator::recv(void* buf, int64_t count, DataType dtype, int peer, int tag) {
+  check_count("recv", count);
+  check_peer("recv", "peer", peer);
+  if (tag < 0) throw_internal("{}: negative tag {}", where("recv"), tag);
+  do_recv(buf, count, dtype, peer, tag);
+}
+
+void Communicator::barrier() { do_barrier(); }
+
+std::unique_ptr<Communicator> Communicator::split(int color, int key, const std::string& name) {
+  if (color < 0) throw_internal("{}: negative color {}", where("split"), color);
+  return do_split(color, key, name);
+}
+
+}  // namespace moe::dist
