@@ -1,14 +1,14 @@
-// The decoder-only transformer (GPTModel) on the CPU, forward for inference: embedding,
-// layers of [RMSNorm -> attention -> residual, RMSNorm -> MoE or dense MLP -> residual],
-// final norm, LM head (tied or not). Built from a ModelConfig and a canonical StateDict.
+// The decoder-only transformer (GPTModel) for inference: a one-stage Stage over the canonical
+// state (weights used in place, in their stored dtype), driven token batch by token batch with
+// a KV cache. Used by the generator; the trainer drives the same Stage (train_model.h).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "model/kv_cache.h"
-#include "model/layer_weights.h"
-#include "model/rope.h"
+#include "model/stage.h"
 
 namespace moe::model {
 
@@ -29,9 +29,16 @@ class Transformer {
  private:
   ModelConfig cfg_;
   StateDict state_;
-  std::vector<LayerWeights> layers_;
-  Tensor embedding_, final_norm_, output_;
-  RopeTable rope_;
+  std::unique_ptr<Stage> stage_;
+  StageActs acts_;  // buffers reused from call to call
+  std::vector<int32_t> positions_, cu_seqlens_;
 };
+
+// Checks `state` against the tensors `c` implies (buffers may be absent when `allow_missing_buffers`);
+// InputError naming the tensor.
+void check_state(const ModelConfig& c, const StateDict& state, bool allow_missing_buffers);
+
+// The stage weights of layers [begin, end) (+ embedding, final norm, output) as views of `s`.
+StageWeights stage_weights(const ModelConfig& c, const StateDict& s, int begin, int end);
 
 }  // namespace moe::model

@@ -8,7 +8,7 @@
 #include <set>
 
 #include "core/rng.h"
-#include "model/mlp.h"
+#include "model/context.h"
 #include "model/moe_layer.h"
 #include "model/router.h"
 #include "model/token_dispatcher.h"
@@ -48,7 +48,7 @@ TEST(Dispatcher, PermuteUnpermuteIsIdentityAndGroupsByExpert) {
   // Expert 4 never chosen: make its logit very small.
   for (int64_t t = 0; t < T; ++t) logits[size_t(t * E + 4)] = -100;
   Routing r = route_topk(logits.data(), T, E, K, true);
-  TokenDispatcher disp(r, E);
+  TokenDispatcher disp(Backend{}, r, E);
   EXPECT_EQ(disp.rows(), T * K);
   EXPECT_EQ(disp.count(4), 0);
   std::vector<float> xp(size_t(disp.rows() * D));
@@ -78,7 +78,7 @@ TEST(Dispatcher, AllTokensToOneExpert) {
   r.T = T, r.K = 1;
   r.expert_TK.assign(T, 2);
   r.weight_TK.assign(T, 1.0f);
-  TokenDispatcher disp(r, E);
+  TokenDispatcher disp(Backend{}, r, E);
   EXPECT_EQ(disp.count(0), 0);
   EXPECT_EQ(disp.count(2), T);
   EXPECT_EQ(disp.offset(2), 0);
@@ -100,8 +100,28 @@ TEST(MoeLayer, GroupedExpertsMatchSequentialPerTokenReference) {
   for (int e = 0; e < 4; ++e) w.fc1_E.push_back(randt({2 * F, D})), w.fc2_E.push_back(randt({D, F}));
   std::vector<float> x(T * D), y(T * D);
   for (auto& v : x) v = float(rng.normal());
-  moe_layer_forward(c, w, x.data(), T, y.data());
-  std::vector<float> scratch, logits(4), one(D);
+  Context ctx;
+  ctx.local.experts = 4;
+  std::vector<int32_t> tokens(T, 0), pos(T), cu = {0, int32_t(T)};
+  for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = int32_t(t);
+  MoeSaved acts;
+  moe_layer_forward(ctx, c, MoeTrainOptions{}, w, x.data(), Batch{tokens, pos, cu, {}, nullptr}, false, acts, y.data());
+  // An independent per-token reference in double: y = sum_k w_k fc2(silu(gate) * up).
+  auto expert = [&](int e, const float* xt, std::vector<double>& out) {
+    const float* w1 = w.fc1_E[size_t(e)].f32();
+    const float* w2 = w.fc2_E[size_t(e)].f32();
+    std::vector<double> h(F);
+    for (int f = 0; f < F; ++f) {
+      double g = 0, u = 0;
+      for (int i = 0; i < D; ++i) g += double(w1[f * D + i]) * xt[i], u += double(w1[(F + f) * D + i]) * xt[i];
+      h[size_t(f)] = g / (1 + std::exp(-g)) * u;
+    }
+    out.assign(D, 0.0);
+    for (int i = 0; i < D; ++i)
+      for (int f = 0; f < F; ++f) out[size_t(i)] += double(w2[i * F + f]) * h[size_t(f)];
+  };
+  std::vector<float> logits(4);
+  std::vector<double> one;
   for (int64_t t = 0; t < T; ++t) {
     for (int e = 0; e < 4; ++e) {
       double s = 0;
@@ -111,8 +131,7 @@ TEST(MoeLayer, GroupedExpertsMatchSequentialPerTokenReference) {
     Routing r = route_topk(logits.data(), 1, 4, 2, false);
     std::vector<double> want(D, 0.0);
     for (int k = 0; k < 2; ++k) {
-      swiglu_mlp(x.data() + t * D, 1, w.fc1_E[size_t(r.expert_TK[size_t(k)])], w.fc2_E[size_t(r.expert_TK[size_t(k)])],
-                 one.data(), false, scratch);
+      expert(r.expert_TK[size_t(k)], x.data() + t * D, one);
       for (int i = 0; i < D; ++i) want[size_t(i)] += r.weight_TK[size_t(k)] * one[size_t(i)];
     }
     for (int i = 0; i < D; ++i) EXPECT_NEAR(y[size_t(t * D + i)], want[size_t(i)], 1e-5);

@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 
 #include "model/hf_config.h"
 #include "model/init_weights.h"
@@ -149,6 +151,43 @@ TEST(TrainModel, ExpertBiasRoutesInferenceAsTraining) {
       if (n.find(names::kExpertBias) == std::string::npos) no_bias[n] = t;
     EXPECT_GT(std::abs(infer_loss(blind, no_bias) - train_loss), 1e-4 * std::abs(train_loss)) << family;
   }
+}
+
+}  // namespace
+}  // namespace moe::model
+
+namespace moe::model {
+namespace {
+
+// Issue 12, one forward proven: inference (Transformer over a KV cache) and the training forward
+// (TrainModel) run the same module code, so on the same tokens in fp32 their logits are equal bit
+// for bit, for every family.
+TEST(OneForward, InferenceLogitsEqualTrainingLogitsBitwise) {
+  const char* src = std::getenv("MOE_SOURCE_DIR");
+  const std::string dir = std::string(src ? src : ".") + "/configs/tiny";
+  int families = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string family = entry.path().filename().string();
+    const ModelConfig c = tiny(family);
+    const StateDict init = init_random_state(c, 7, DType::F32, 0.05);
+    const int64_t T = 23, V = c.vocab_size;
+    std::vector<int32_t> tokens, labels, pos, cu = {0, int32_t(T)};
+    for (int t = 0; t < T; ++t) {
+      tokens.push_back(int32_t((t * 131 + 7) % V));
+      labels.push_back(int32_t((t * 31 + 3) % V));  // every position labelled: the head sees every row
+      pos.push_back(t);
+    }
+    TrainModel tm(c, init, {});
+    std::vector<float> train_logits(size_t(T * V)), infer_logits(size_t(T * V));
+    tm.evaluate({tokens, labels, pos, cu}, train_logits.data());
+    Transformer model(c, init);
+    KvCache cache = model.new_cache();
+    model.forward(tokens, cache, infer_logits.data(), true);
+    EXPECT_EQ(0, std::memcmp(train_logits.data(), infer_logits.data(), train_logits.size() * sizeof(float)))
+        << family;
+    ++families;
+  }
+  EXPECT_GE(families, 6);
 }
 
 }  // namespace

@@ -1,0 +1,22 @@
+// One micro-batch as every module sees it: prefill, decode and packed training go through the
+// same code. Tokens of all sequences are concatenated (cu_seqlens marks where each starts, and
+// attention never crosses a boundary); positions are each token's position in its sequence. An
+// inference batch carries the KV cache: its tokens follow the cached positions of one sequence.
+#pragma once
+#include <cstdint>
+#include <span>
+
+#include "model/kv_cache.h"
+
+namespace moe::model {
+
+struct Batch {
+  std::span<const int32_t> tokens;      // [T]
+  std::span<const int32_t> positions;   // [T]
+  std::span<const int32_t> cu_seqlens;  // [S + 1]: 0 .. T
+  std::span<const int32_t> labels;      // [T] target per position or -100; empty for inference
+  KvCache* cache = nullptr;             // inference: earlier positions' keys and values; appended to
+  int64_t size() const { return int64_t(tokens.size()); }
+};
+
+}  // namespace moe::model
