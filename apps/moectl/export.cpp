@@ -126,7 +126,7 @@ void add_export_command(CLI::App& root) {
     if (a->etp == 0 || a->etp < -1)
       moe::throw_input("--expert_tensor_parallel_size {}: expected a size >= 1 that divides --tensor_model_parallel_size",
                        a->etp);
-    opt.layout = {a->tp, a->pp, a->ep, a->etp == -1 ? a->tp : a->etp};
+    opt.layout = {.tp = a->tp, .pp = a->pp, .ep = a->ep, .etp = a->etp == -1 ? a->tp : a->etp};
     opt.max_shard_bytes = parse_size(a->max_shard_size);
     opt.progress = export_progress(a->to_mcore ? "to_mcore" : "to_hf", a->verbose);
     if (a->to_mcore) {

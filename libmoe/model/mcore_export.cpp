@@ -68,7 +68,7 @@ io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt, const Sh
   a->set("position_embedding_type", PyValue::str("rope")), b("swiglu", true), b("add_bias_linear", false);
   b("add_qkv_bias", c.add_qkv_bias), b("qk_layernorm", c.qk_layernorm);
   b("untie_embeddings_and_output_weights", c.untie_embeddings_and_output_weights);
-  const ParallelLayout& p = spec.layout();
+  const dist::ParallelLayout& p = spec.layout();
   i("tensor_model_parallel_size", p.tp), i("pipeline_model_parallel_size", p.pp), i("expert_model_parallel_size", p.ep);
   i("expert_tensor_parallel_size", p.etp);
   b("sequence_parallel", p.tp > 1 && p.ep > 1);  // Megatron requires it when TP and EP are both on
@@ -111,7 +111,7 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
   // one tensor (and its slice), whatever the model size.
   const HfWeights weights(hf_dir, c);
   const ShardSpec spec(c, opt.layout, opt.make_vocab_size_divisible_by);
-  const ParallelLayout& p = spec.layout();  // etp resolved
+  const dist::ParallelLayout& p = spec.layout();
   const auto staged = begin_output(hf_dir, out_dir, opt.overwrite);
   const fs::path tmp = staged->path();
   const int64_t Vp = spec.padded_vocab();
@@ -264,7 +264,7 @@ class McoreReader {
     std::snprintf(iter_name, sizeof iter_name, "iter_%07lld", static_cast<long long>(iteration));
     iter_dir_ = dir_ / iter_name;
     config_ = load_hf_config(mcore_dir);
-    ParallelLayout layout;
+    dist::ParallelLayout layout;
     int divisible_by = ExportOptions{}.make_vocab_size_divisible_by;
     const fs::path args_json = dir_ / "args.json";
     if (fs::exists(args_json)) {
@@ -300,7 +300,7 @@ class McoreReader {
     const std::string rd = spec_->rank_dir(tp, pp, ep);
     if (auto it = ranks_.find(rd); it != ranks_.end()) return it->second;
     const fs::path path = iter_dir_ / rd / "model_optim_rng.pt";
-    const ParallelLayout& l = spec_->layout();
+    const dist::ParallelLayout& l = spec_->layout();
     if (!fs::exists(path))
       throw_input("{}: missing (args.json says TP={} PP={} EP={} ETP={})", path.string(), l.tp, l.pp, l.ep, l.etp);
     Rank r;

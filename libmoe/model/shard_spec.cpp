@@ -10,11 +10,15 @@
 
 namespace moe::model {
 
-ShardSpec::ShardSpec(const ModelConfig& c, ParallelLayout p, int divisible_by) : c_(c), p_(p) {
-  if (p.tp < 1 || p.pp < 1 || p.ep < 1 || p.etp < 0)
+ShardSpec::ShardSpec(const ModelConfig& c, const dist::ParallelLayout& p, int divisible_by) : c_(c), p_(p) {
+  if (p.tp < 1 || p.pp < 1 || p.ep < 1 || p.etp < 1)
     throw_input("--tensor_model_parallel_size, --pipeline_model_parallel_size, --expert_model_parallel_size and "
                 "--expert_tensor_parallel_size must be >= 1");
-  if (p.etp == 0) p_.etp = p.etp = p.tp;  // Megatron: expert_tensor_parallel_size defaults to TP
+  // Megatron stores each virtual stage as model0, model1, ... in a rank file: not written or read yet.
+  if (p.vpp != 1)
+    throw_input("--virtual_pipeline_model_parallel_size {}: checkpoints with virtual pipeline stages are not supported "
+                "yet (use 1)",
+                p.vpp);
   if (p.tp % p.etp)
     throw_input("--expert_tensor_parallel_size {} must divide --tensor_model_parallel_size {}: the legacy torch "
                 "checkpoint names files by TP and EP rank only, so more expert tensor-parallel ranks than TP ranks "

@@ -1,29 +1,26 @@
 // ShardSpec: the one place that says how each canonical tensor splits over tensor (TP),
-// pipeline (PP) and expert (EP) parallel ranks, and what it is called on the rank that holds
+// pipeline (PP) and expert (EP, ETP) parallel ranks, and what it is called on the rank that holds
 // it (layer numbers local to the stage, experts local to the EP rank). Checkpoint writing and
-// merging use it; the engine and the planner will too. Expert tensors split over the expert
-// tensor-parallel size ETP (default TP, as in Megatron); the legacy format names files by
-// (TP rank, PP rank, EP rank) only, so it can hold ETP that divides TP (see rank_files()).
+// merging use it; the engine and the planner will too. It takes the job's dist::ParallelLayout;
+// only TP, PP, EP and ETP shape the files (CP and DP ranks hold copies). Expert tensors split over
+// ETP; the legacy format names files by (TP rank, PP rank, EP rank) only, so it can hold ETP that
+// divides TP (see rank_files()).
 #pragma once
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
+#include "dist/parallel_layout.h"
 #include "model/model_config.h"
 
 namespace moe::model {
 
-struct ParallelLayout {
-  int tp = 1, pp = 1, ep = 1;
-  int etp = 0;  // expert tensor-parallel size; 0 means "same as tp" (Megatron's default)
-};
-
 class ShardSpec {
  public:
-  // InputError naming the flag when the model does not divide over the layout.
-  ShardSpec(const ModelConfig& c, ParallelLayout layout, int make_vocab_size_divisible_by);
-  // With etp resolved (never 0).
-  const ParallelLayout& layout() const { return p_; }
+  // InputError naming the flag when the model does not divide over the layout's TP, PP, EP and
+  // ETP, or the layout has virtual pipeline stages (not in checkpoints yet).
+  ShardSpec(const ModelConfig& c, const dist::ParallelLayout& layout, int make_vocab_size_divisible_by);
+  const dist::ParallelLayout& layout() const { return p_; }
   int64_t padded_vocab() const { return padded_vocab_; }
   // Megatron's per-rank directory: mp_rank_TT[_PPP][_EEE].
   std::string rank_dir(int tp, int pp, int ep) const;
@@ -73,7 +70,7 @@ class ShardSpec {
   int piece_of(const Where& w, int tp) const { return w.split == Split::kReplicated ? 0 : tp % split_ways(w); }
   std::string local_name(const std::string& name, const Where& w) const;
   ModelConfig c_;
-  ParallelLayout p_;
+  dist::ParallelLayout p_;
   int64_t padded_vocab_;
 };
 

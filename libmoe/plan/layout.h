@@ -6,6 +6,8 @@
 #include <optional>
 #include <string>
 
+#include "dist/parallel_layout.h"
+
 namespace moe::plan {
 
 enum class Recompute { kNone, kSelective, kFull };
@@ -13,14 +15,13 @@ const char* to_string(Recompute r);
 // "none" | "selective" | "full"; false for anything else.
 bool parse_recompute(const std::string& s, Recompute* out);
 
-struct Layout {
-  int tp = 1, pp = 1, vpp = 1, ep = 1, etp = 1, cp = 1, dp = 1;
+// The parallel sizes are the engine's and export's own type (tp, pp, vpp, ep, etp, cp, dp, world(),
+// edp()); the search adds what Megatron also chooses per run. Candidates the search rejects are
+// still Layouts: invalid_reason() (layout_search.h) says why, with the model and cluster in view.
+struct Layout : dist::ParallelLayout {
   int micro_batch_size = 1;
   Recompute recompute = Recompute::kNone;
   bool sequence_parallel = false;  // on whenever tp > 1 unless the user turned it off
-  int world() const { return tp * pp * cp * dp; }
-  // Expert data-parallel size: the ranks of one PP stage that hold the same experts.
-  int edp() const { return tp * cp * dp / (ep * etp); }
   bool operator==(const Layout&) const = default;
 };
 

@@ -45,7 +45,7 @@ TEST(plan_memory_model, ParameterCountsByHand) {
 
 TEST(plan_memory_model, WeightsGradientsOptimizerByHand) {
   const ModelShape m = small_moe();
-  Layout l{.tp = 1, .pp = 1, .vpp = 1, .ep = 2, .etp = 1, .cp = 1, .dp = 2};
+  Layout l{{.tp = 1, .pp = 1, .vpp = 1, .ep = 2, .etp = 1, .cp = 1, .dp = 2}};
   const MemoryEstimate e = estimate_memory(m, l, small_training());
   const double dense = 2 * 12288 + 2 * 128 + 2 * 256 + 1024 * 64 + 1024 * 64 + 64;  // layers + embedding + output + final norm
   const double experts = 2 * (4 / 2) * 6144;
@@ -62,7 +62,7 @@ TEST(plan_memory_model, WeightsGradientsOptimizerByHand) {
 
 TEST(plan_memory_model, ActivationsByHand) {
   const ModelShape m = small_moe();
-  Layout l{.tp = 1, .pp = 1, .vpp = 1, .ep = 2, .etp = 1, .cp = 1, .dp = 2};
+  Layout l{{.tp = 1, .pp = 1, .vpp = 1, .ep = 2, .etp = 1, .cp = 1, .dp = 2}};
   const TrainingOptions t = small_training();
   const double T = 128, h = 64, te = T * 2 * 1.1;  // routed token copies on this GPU, imbalance 1.1
   const LayerActivations x = layer_activations(m, l, t, true, Recompute::kNone);
@@ -144,7 +144,7 @@ TEST(plan_memory_model, MoectlCpuEngineByHand) {
 TEST(plan_memory_model, SequenceAndContextParallelDivideActivations) {
   const ModelShape m = small_moe();
   const TrainingOptions t = small_training();
-  Layout base{.tp = 1, .pp = 1, .vpp = 1, .ep = 1, .etp = 1, .cp = 1, .dp = 1};
+  Layout base{{.tp = 1, .pp = 1, .vpp = 1, .ep = 1, .etp = 1, .cp = 1, .dp = 1}};
   Layout sp = base;
   sp.tp = 2, sp.etp = 2, sp.sequence_parallel = true;
   const LayerActivations a = layer_activations(m, base, t, true, Recompute::kNone);
@@ -159,7 +159,7 @@ TEST(plan_memory_model, SequenceAndContextParallelDivideActivations) {
 TEST(plan_memory_model, PipelineInFlightCounts) {
   const ModelShape m = small_moe(4);
   TrainingOptions t = small_training();  // gbs 4, mbs 1, dp 1 -> 4 micro-batches
-  Layout l{.tp = 1, .pp = 2, .vpp = 1, .ep = 1, .etp = 1, .cp = 1, .dp = 1};
+  Layout l{{.tp = 1, .pp = 2, .vpp = 1, .ep = 1, .etp = 1, .cp = 1, .dp = 1}};
   MemoryEstimate e = estimate_memory(m, l, t);
   EXPECT_DOUBLE_EQ(e.first.layer_microbatches, 2 * 2);  // 1F1B: stage 0 holds pp = 2 micro-batches of 2 layers
   EXPECT_DOUBLE_EQ(e.last.layer_microbatches, 1 * 2);
@@ -177,7 +177,7 @@ TEST(plan_memory_model, PipelineInFlightCounts) {
 TEST(plan_memory_model, FullRecomputeKeepsLayerInputsAndOneWorkingLayer) {
   const ModelShape m = small_moe();
   const TrainingOptions t = small_training();
-  Layout l{.tp = 1, .pp = 1, .vpp = 1, .ep = 2, .etp = 1, .cp = 1, .dp = 2};
+  Layout l{{.tp = 1, .pp = 1, .vpp = 1, .ep = 2, .etp = 1, .cp = 1, .dp = 2}};
   l.recompute = Recompute::kFull;
   const MemoryEstimate e = estimate_memory(m, l, t);
   EXPECT_DOUBLE_EQ(e.first.act_layers, 2 * (2 * 128 * 64 + 4 * 128));
@@ -196,7 +196,7 @@ TEST(plan_pipeline_split, EvenAndUneven) {
   EXPECT_FALSE(split_pipeline(94, 32, 3, &s));  // 96 slots: the end chunks would be empty
   EXPECT_FALSE(split_pipeline(4, 8, 1, &s));
   ModelShape m = small_moe(94);
-  Layout l{.tp = 1, .pp = 8, .vpp = 4};
+  Layout l{{.tp = 1, .pp = 8, .vpp = 4}};
   int total = 0;
   for (int st = 0; st < 8; ++st) total += stage_layers(m, l, st).layers;
   EXPECT_EQ(total, 94);
