@@ -11,8 +11,8 @@
 #include <memory>
 #include <string>
 
-#include "model/convert_precision.h"
-#include "model/mcore_export.h"
+#include "checkpoint/convert_precision.h"
+#include "checkpoint/mcore_export.h"
 #include "train/metrics.h"
 
 namespace moectl {
@@ -77,10 +77,10 @@ std::function<void(uint64_t, uint64_t, int, int)> export_progress(const std::str
 }
 
 // Runs both models on the same 16 tokens (fp32 compute) and fails above tolerance.
-void report_precision(const moe::model::LoadedModel& src, const moe::model::LoadedModel& dst) {
+void report_precision(const moe::checkpoint::LoadedModel& src, const moe::checkpoint::LoadedModel& dst) {
   std::vector<int32_t> ids;
   for (int i = 0; i < 16; ++i) ids.push_back(int32_t((i * 2654435761u + 17) % uint32_t(src.config.vocab_size)));
-  const auto r = moe::model::compare_models(src, dst, ids);
+  const auto r = moe::checkpoint::compare_models(src, dst, ids);
   std::printf("test_convert_precision: %d tokens, max_abs_diff %.3g, mean_abs_diff %.3g, relative L2 %.3g, "
               "argmax mismatches %d\n", r.tokens, r.max_abs_diff, r.mean_abs_diff, r.rel_l2, r.argmax_mismatches);
   if (r.mean_abs_diff > 0.1)  // swift's bar for a sound conversion
@@ -115,7 +115,7 @@ void add_export_command(CLI::App& root) {
   c->callback([a] {
     if (a->verbose) moe::set_log_level(spdlog::level::info);
     if (a->to_mcore == a->to_hf) moe::throw_input("give exactly one of --to_mcore true or --to_hf true");
-    moe::model::ExportOptions opt;
+    moe::checkpoint::ExportOptions opt;
     if (!a->dtype.empty()) {  // unset: the source's own dtype, as swift keeps it (issue 12)
       moe::DType dt;
       if (!moe::parse_torch_dtype(a->dtype, &dt))
@@ -131,15 +131,15 @@ void add_export_command(CLI::App& root) {
     opt.progress = export_progress(a->to_mcore ? "to_mcore" : "to_hf", a->verbose);
     if (a->to_mcore) {
       if (a->model.empty()) moe::throw_input("--to_mcore true needs --model HF_DIR");
-      moe::model::export_hf_to_mcore(a->model, a->output_dir, opt);
+      moe::checkpoint::export_hf_to_mcore(a->model, a->output_dir, opt);
       if (a->test_precision)
-        report_precision(moe::model::load_hf_model(a->model), moe::model::load_mcore_model(a->output_dir, moe::DType::F32));
+        report_precision(moe::checkpoint::load_hf_model(a->model), moe::checkpoint::load_mcore_model(a->output_dir, moe::DType::F32));
     } else {
       if (a->mcore_model.empty()) moe::throw_input("--to_hf true needs --mcore_model DIR");
-      moe::model::export_mcore_to_hf(a->mcore_model, a->output_dir, opt);
+      moe::checkpoint::export_mcore_to_hf(a->mcore_model, a->output_dir, opt);
       if (a->test_precision)
-        report_precision(moe::model::load_mcore_model(a->mcore_model, moe::DType::F32),
-                         moe::model::load_hf_model(a->output_dir));
+        report_precision(moe::checkpoint::load_mcore_model(a->mcore_model, moe::DType::F32),
+                         moe::checkpoint::load_hf_model(a->output_dir));
     }
   });
 }

@@ -19,7 +19,7 @@
 #include "text/chat_rows.h"
 #include "infer/chat_session.h"
 #include "infer/generation_defaults.h"
-#include "model/mcore_export.h"
+#include "checkpoint/mcore_export.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
 
@@ -267,7 +267,7 @@ void add_infer_command(CLI::App& root) {
     validate_flags(*a);
     if (!a->result_path.empty()) check_result_path(a->result_path);
     else if (!a->val_dataset.empty()) a->result_path = default_result_path(a->model);
-    auto loaded = moe::model::load_model(a->model);
+    auto loaded = moe::checkpoint::load_model(a->model);
     const std::string model_type = loaded.config.model_type;
     moe::model::Transformer model(std::move(loaded.config), std::move(loaded.state));
     auto tok = moe::text::Tokenizer::load(a->model);

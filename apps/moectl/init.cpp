@@ -12,7 +12,7 @@
 #include "core/output_dir.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
-#include "model/load_hf.h"
+#include "checkpoint/load_hf.h"
 
 namespace moectl {
 
@@ -54,7 +54,7 @@ void add_init_command(CLI::App& root) {
     cfg_json["torch_dtype"] = std::string(moe::torch_dtype_name(dtype));
     moe::write_file_atomic((tmp / "config.json").string(), cfg_json.dump(2) + "\n");
     auto state = moe::model::init_random_state(cfg, a->seed, dtype);
-    moe::model::save_hf_weights(cfg, state, tmp.string());
+    moe::checkpoint::save_hf_weights(cfg, state, tmp.string());
     staged.commit();
     moe::log().info("wrote {} ({:.1f} M parameters) to {}", cfg.model_type, double(cfg.num_parameters()) / 1e6,
                     a->output_dir);

@@ -18,7 +18,7 @@
 #include "core/output_dir.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
-#include "model/mcore_export.h"
+#include "checkpoint/mcore_export.h"
 #include "text/chat_template.h"
 #include "train/metrics.h"
 #include "train/run_dir.h"
@@ -107,6 +107,7 @@ void check_source(const std::string& flag, const std::string& dir) {
 
 void run(const TrainArgs& a, const CLI::App& cli) {
   namespace model = moe::model;
+  namespace checkpoint = moe::checkpoint;
   validate_flags(a, cli);
   if (a.model.empty() && a.load.empty())
     moe::throw_input("pass --model HF_DIR (or a dir with only config.json + tokenizer) or --load MCORE_DIR");
@@ -114,7 +115,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   check_source(a.load.empty() ? "--model" : "--load", src);
   const bool resuming = !a.load.empty() && !a.finetune;
   // Weights: a Megatron or HF checkpoint, or random init when the dir has only config + tokenizer.
-  model::LoadedModel lm;
+  checkpoint::LoadedModel lm;
   // Where the run writes is checked before any work; the dir itself is made once all input is read.
   const std::string save_root = a.save.empty() ? "megatron_output/" + fs::path(src).filename().string() : a.save;
   moe::train::RunDirOptions rdo;
@@ -133,7 +134,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
     moe::throw_input("--load {}: no checkpoint there (no latest_checkpointed_iteration.txt or safetensors); to train "
                      "from random init pass the config dir as --model", a.load);
   if (has_weights) {
-    lm = model::load_model(src);
+    lm = checkpoint::load_model(src);
   } else {
     lm.config = model::load_hf_config(src);
     lm.state = model::init_random_state(lm.config, a.t.seed, moe::DType::F32, a.init_method_std);

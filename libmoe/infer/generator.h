@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "infer/kv_cache.h"
 #include "infer/sampler.h"
 #include "model/transformer.h"
 
@@ -50,7 +51,7 @@ struct GenerationResult {
 
 class Generator {
  public:
-  explicit Generator(model::Transformer& model) : model_(model), cache_(model.new_cache()) {}
+  explicit Generator(model::Transformer& model) : model_(model), cache_(model.config()) {}
 
   // Generates a continuation of `prompt` (the whole context). `on_token` is called for each
   // generated id (stop ids excluded); returning false stops generation early.
@@ -63,7 +64,7 @@ class Generator {
 
  private:
   model::Transformer& model_;
-  model::KvCache cache_;
+  KvCache cache_;
   std::vector<int32_t> cached_;  // the ids whose keys/values the cache holds
 };
 

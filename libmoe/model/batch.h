@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <span>
 
-#include "model/kv_cache.h"
+#include "model/kv_store.h"
 
 namespace moe::model {
 
@@ -15,7 +15,7 @@ struct Batch {
   std::span<const int32_t> positions;   // [T]
   std::span<const int32_t> cu_seqlens;  // [S + 1]: 0 .. T
   std::span<const int32_t> labels;      // [T] target per position or -100; empty for inference
-  KvCache* cache = nullptr;             // inference: earlier positions' keys and values; appended to
+  KvStore* cache = nullptr;             // inference: earlier positions' keys and values; appended to
   int64_t size() const { return int64_t(tokens.size()); }
 };
 

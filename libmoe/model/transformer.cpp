@@ -33,12 +33,20 @@ Transformer::Transformer(ModelConfig config, StateDict state) : cfg_(std::move(c
                                    nullptr, TrainOptions{});
 }
 
-void Transformer::forward(std::span<const int32_t> ids, KvCache& cache, float* logits, bool all_logits) {
-  const int64_t T = int64_t(ids.size()), pos0 = cache.length();
+void Transformer::forward(std::span<const int32_t> ids, KvStore& cache, float* logits, bool all_logits) {
+  run(ids, &cache, logits, all_logits);
+}
+
+void Transformer::forward(std::span<const int32_t> ids, float* logits, bool all_logits) {
+  run(ids, nullptr, logits, all_logits);
+}
+
+void Transformer::run(std::span<const int32_t> ids, KvStore* cache, float* logits, bool all_logits) {
+  const int64_t T = int64_t(ids.size()), pos0 = cache ? cache->length() : 0;
   positions_.resize(size_t(T));
   for (int64_t t = 0; t < T; ++t) positions_[size_t(t)] = int32_t(pos0 + t);
   cu_seqlens_ = {0, int32_t(T)};
-  const Batch b{ids, positions_, cu_seqlens_, {}, &cache};
+  const Batch b{ids, positions_, cu_seqlens_, {}, cache};
   stage_->forward_logits(b, acts_, logits, all_logits);
 }
 

@@ -7,7 +7,7 @@
 #include <span>
 #include <vector>
 
-#include "model/kv_cache.h"
+#include "model/kv_store.h"
 #include "model/stage.h"
 
 namespace moe::model {
@@ -20,13 +20,18 @@ class Transformer {
 
   const ModelConfig& config() const { return cfg_; }
   const StateDict& state() const { return state_; }
-  KvCache new_cache() const { return KvCache(cfg_.num_layers, cfg_.num_query_groups, cfg_.kv_channels); }
 
-  // Runs `ids` at positions cache.length() .. and appends them to the cache. Writes logits
-  // [V] of the last token to `logits` (or [T, V] of every token with all_logits).
-  void forward(std::span<const int32_t> ids, KvCache& cache, float* logits, bool all_logits = false);
+  // Runs `ids` at positions cache.length() .. and appends them to the cache (infer::KvCache
+  // sized for this config). Writes logits [V] of the last token to `logits` (or [T, V] of every
+  // token with all_logits).
+  void forward(std::span<const int32_t> ids, KvStore& cache, float* logits, bool all_logits = false);
+  // Without a cache: `ids` are one sequence from position 0 (the logits equal those of the
+  // call above with an empty cache).
+  void forward(std::span<const int32_t> ids, float* logits, bool all_logits = false);
 
  private:
+  void run(std::span<const int32_t> ids, KvStore* cache, float* logits, bool all_logits);
+
   ModelConfig cfg_;
   StateDict state_;
   std::unique_ptr<Stage> stage_;

@@ -8,8 +8,8 @@
 #include "core/mapped_file.h"
 #include "core/output_dir.h"
 #include "io/torch_file.h"
-#include "model/load_hf.h"
-#include "model/mcore_export.h"
+#include "checkpoint/load_hf.h"
+#include "checkpoint/mcore_export.h"
 #include "model/state_dict.h"
 
 namespace moe::train {
@@ -47,7 +47,7 @@ void check_finite(const Tensor& t, const std::string& name, int64_t iteration) {
 std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, const Optimizer& opt,
                             const LrScheduleConfig& lr, const TrainProgress& p, const CheckpointOptions& o) {
   const model::ModelConfig& c = m.config();
-  model::ExportOptions eo;
+  checkpoint::ExportOptions eo;
   eo.dtype = o.dtype;
   const model::ShardSpec spec(c, eo.layout, eo.make_vocab_size_divisible_by);
   const int64_t Vp = spec.padded_vocab();
@@ -81,11 +81,11 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     model_dict->set(name, add(b));
   }
   for (int l = 0; l < c.num_layers; ++l)
-    for (const auto& e : model::te_extra_states(c, l)) model_dict->set(e, PyValue::none());
+    for (const auto& e : checkpoint::te_extra_states(c, l)) model_dict->set(e, PyValue::none());
   if (c.untie_embeddings_and_output_weights) model_dict->set("output_layer._extra_state", PyValue::none());
 
   auto root = PyValue::container(PyValue::kDict);
-  root->set("args", model::megatron_args(c, eo, spec));
+  root->set("args", checkpoint::megatron_args(c, eo, spec));
   root->set("checkpoint_version", PyValue::floating(3.0));
   root->set("iteration", PyValue::integer(p.iteration));
   root->set("model", model_dict);
@@ -145,7 +145,7 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
   }
   io::write_torch_file((tmp / "mp_rank_00" / "model_optim_rng.pt").string(), *root, storages);
   iter_dir.commit();
-  if (!fs::exists(fs::path(dir) / "config.json")) model::copy_side_files(o.source_dir, dir, o.dtype, c);
+  if (!fs::exists(fs::path(dir) / "config.json")) checkpoint::copy_side_files(o.source_dir, dir, o.dtype, c);
 
   // The HF copy is complete before the tracker names this iteration: a kill while it is written
   // leaves the previous iteration as the latest, and a resume saves this one again whole (QA #18).
@@ -155,8 +155,8 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     model::StateDict out;
     for (const auto& [name, t] : params) out[name] = t.to(o.dtype);
     for (const auto& [name, b] : m.buffers()) out[name] = b;
-    model::save_hf_weights(c, out, hf_dir.path().string());
-    model::copy_side_files(o.source_dir, hf_dir.path(), o.dtype, c);
+    checkpoint::save_hf_weights(c, out, hf_dir.path().string());
+    checkpoint::copy_side_files(o.source_dir, hf_dir.path(), o.dtype, c);
     hf_dir.commit();
     hf = hf_dir.target().string();
   }
@@ -168,7 +168,7 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
 ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Optimizer& opt, bool load_optim,
                                 bool load_rng) {
   ResumeState rs;
-  const int64_t iteration = model::read_checkpoint_tracker(dir);
+  const int64_t iteration = checkpoint::read_checkpoint_tracker(dir);
   const fs::path file = fs::path(dir) / iter_dir_name(iteration) / "mp_rank_00" / "model_optim_rng.pt";
   if (!fs::exists(file))
     throw_input("{}: missing; --load resumes from single-process checkpoints written by moectl pt/sft", file.string());

@@ -12,6 +12,7 @@
 #include "model/hf_config.h"
 #include "model/init_weights.h"
 #include "model/train_model.h"
+#include "infer/kv_cache.h"
 #include "model/transformer.h"
 #include "testutil.h"
 
@@ -127,7 +128,7 @@ TEST(TrainModel, ExpertBiasRoutesInferenceAsTraining) {
 
     auto infer_loss = [&](const ModelConfig& cfg, const StateDict& state) {
       Transformer model(cfg, state);
-      KvCache cache = model.new_cache();
+      moe::infer::KvCache cache(model.config());
       std::vector<float> logits(size_t(19 * cfg.vocab_size));
       model.forward(b.tokens, cache, logits.data(), true);
       double sum = 0;
@@ -181,7 +182,7 @@ TEST(OneForward, InferenceLogitsEqualTrainingLogitsBitwise) {
     std::vector<float> train_logits(size_t(T * V)), infer_logits(size_t(T * V));
     tm.evaluate({tokens, labels, pos, cu}, train_logits.data());
     Transformer model(c, init);
-    KvCache cache = model.new_cache();
+    moe::infer::KvCache cache(model.config());
     model.forward(tokens, cache, infer_logits.data(), true);
     EXPECT_EQ(0, std::memcmp(train_logits.data(), infer_logits.data(), train_logits.size() * sizeof(float)))
         << family;

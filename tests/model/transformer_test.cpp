@@ -7,6 +7,7 @@
 
 #include "core/rng.h"
 #include "model/init_weights.h"
+#include "infer/kv_cache.h"
 #include "model/transformer.h"
 
 using namespace moe;
@@ -45,18 +46,18 @@ TEST_P(TransformerFamilies, PrefillEqualsIncrementalDecode) {
   Transformer m(c, init_random_state(c, 5, DType::F32, 0.2));
   const int64_t T = 9, V = c.vocab_size;
   std::vector<int32_t> ids = {3, 14, 15, 92, 65, 35, 89, 79, 32};
-  auto cache = m.new_cache();
+  moe::infer::KvCache cache(m.config());
   std::vector<float> all(size_t(T * V));
   m.forward(ids, cache, all.data(), /*all_logits=*/true);
   EXPECT_EQ(cache.length(), T);
-  auto inc = m.new_cache();
+  moe::infer::KvCache inc(m.config());
   std::vector<float> step(static_cast<size_t>(V));
   for (int64_t t = 0; t < T; ++t) {
     m.forward(std::span<const int32_t>(&ids[size_t(t)], 1), inc, step.data());
     EXPECT_LT(max_rel_diff(step, all.data() + t * V, size_t(V)), 1e-4) << "position " << t;
   }
   // Prefill in two chunks also agrees (the cache holds the first chunk).
-  auto two = m.new_cache();
+  moe::infer::KvCache two(m.config());
   std::vector<float> tail(static_cast<size_t>(V));
   m.forward(std::span<const int32_t>(ids.data(), 4), two, tail.data());
   m.forward(std::span<const int32_t>(ids.data() + 4, size_t(T - 4)), two, tail.data());
@@ -71,7 +72,7 @@ TEST_P(TransformerFamilies, Bf16WeightsMatchTheirF32Widening) {
   Transformer a(c, bf), b(c, f32);
   std::vector<int32_t> ids = {1, 2, 3, 50, 60};
   std::vector<float> la(size_t(c.vocab_size)), lb(size_t(c.vocab_size));
-  auto ca = a.new_cache(), cb = b.new_cache();
+  moe::infer::KvCache ca(a.config()), cb(b.config());
   a.forward(ids, ca, la.data());
   b.forward(ids, cb, lb.data());
   EXPECT_LT(max_rel_diff(la, lb.data(), la.size()), 1e-4);
@@ -83,7 +84,7 @@ TEST(Transformer, RejectsOutOfVocabIdsAndWrongShapes) {
   ModelConfig c = tiny("qwen3_moe");
   StateDict s = init_random_state(c, 1, DType::F32);
   Transformer m(c, s);
-  auto cache = m.new_cache();
+  moe::infer::KvCache cache(m.config());
   std::vector<float> l(size_t(c.vocab_size));
   std::vector<int32_t> bad = {1, 97};
   EXPECT_THROW(m.forward(bad, cache, l.data()), InputError);

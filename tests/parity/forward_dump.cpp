@@ -12,7 +12,8 @@
 
 #include "core/error.h"
 #include "infer/generator.h"
-#include "model/mcore_export.h"
+#include "infer/kv_cache.h"
+#include "checkpoint/mcore_export.h"
 
 int main(int argc, char** argv) {
   std::string model_dir, ids_arg;
@@ -31,9 +32,9 @@ int main(int argc, char** argv) {
     std::vector<int32_t> ids;
     std::stringstream ss(ids_arg);
     for (std::string tok; std::getline(ss, tok, ',');) ids.push_back(int32_t(std::stoi(tok)));
-    auto loaded = moe::model::load_model(model_dir);
+    auto loaded = moe::checkpoint::load_model(model_dir);
     moe::model::Transformer model(loaded.config, std::move(loaded.state));
-    auto cache = model.new_cache();
+    moe::infer::KvCache cache(model.config());
     std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
     model.forward(ids, cache, logits.data());
     moe::infer::Generator gen(model);

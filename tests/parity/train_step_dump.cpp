@@ -16,8 +16,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "model/load_hf.h"
-#include "model/mcore_export.h"
+#include "checkpoint/load_hf.h"
+#include "checkpoint/mcore_export.h"
 #include "model/train_model.h"
 
 namespace {
@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    auto loaded = moe::model::load_model(a["--model"]);
+    auto loaded = moe::checkpoint::load_model(a["--model"]);
     moe::model::TrainOptions opt;
     if (a.count("--aux_loss_coeff")) opt.moe.aux_loss_coeff = std::stod(a["--aux_loss_coeff"]);
     if (a.count("--z_loss_coeff")) opt.moe.z_loss_coeff = std::stod(a["--z_loss_coeff"]);
@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
     for (int32_t l : labels) n += l >= 0;
     auto st = model.forward_backward({tokens, labels, pos, cu}, 1.0f / float(n), 1.0f);
     std::filesystem::create_directories(a["--out"]);
-    moe::model::save_hf_weights(model.config(), model.grads(), a["--out"]);
+    moe::checkpoint::save_hf_weights(model.config(), model.grads(), a["--out"]);
     nlohmann::json out;
     out["lm_loss"] = st.lm_loss_sum / double(st.loss_tokens);
     out["loss_tokens"] = st.loss_tokens;

@@ -1,19 +1,18 @@
-#include "model/convert_precision.h"
+#include "checkpoint/convert_precision.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "model/transformer.h"
 
-namespace moe::model {
+namespace moe::checkpoint {
 
 PrecisionReport compare_models(const LoadedModel& a, const LoadedModel& b, const std::vector<int32_t>& ids) {
-  Transformer ta(a.config, a.state), tb(b.config, b.state);
+  model::Transformer ta(a.config, a.state), tb(b.config, b.state);
   const int64_t V = a.config.vocab_size, T = int64_t(ids.size());
   std::vector<float> la(static_cast<size_t>(T * V)), lb(static_cast<size_t>(T * V));
-  auto ca = ta.new_cache(), cb = tb.new_cache();
-  ta.forward(ids, ca, la.data(), /*all_logits=*/true);
-  tb.forward(ids, cb, lb.data(), /*all_logits=*/true);
+  ta.forward(ids, la.data(), /*all_logits=*/true);
+  tb.forward(ids, lb.data(), /*all_logits=*/true);
   PrecisionReport r;
   r.tokens = int(T);
   double num = 0, den = 0, sum = 0;
@@ -32,4 +31,4 @@ PrecisionReport compare_models(const LoadedModel& a, const LoadedModel& b, const
   return r;
 }
 
-}  // namespace moe::model
+}  // namespace moe::checkpoint

@@ -1,4 +1,4 @@
-#include "model/load_hf.h"
+#include "checkpoint/load_hf.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -13,7 +13,13 @@
 #include "model/hf_config.h"
 #include "model/weight_map.h"
 
-namespace moe::model {
+namespace moe::checkpoint {
+
+using model::load_hf_config;
+using model::ModelConfig;
+using model::StateDict;
+using model::WeightMap;
+using model::WeightRule;
 
 namespace {
 
@@ -187,4 +193,4 @@ void save_hf_weights(const ModelConfig& c, const StateDict& state, const std::st
   writer.finish();
 }
 
-}  // namespace moe::model
+}  // namespace moe::checkpoint

@@ -1,7 +1,8 @@
 // Conversion between a Hugging Face model directory and Megatron-Core's legacy `torch`
 // checkpoint layout (reference/megatron-format.md section 1), as `swift export --to_mcore /
 // --to_hf` does: iter_0000001/mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt per rank, split by
-// ShardSpec, and merged back from any such layout.
+// ShardSpec, and merged back from any such layout. export_to_mcore.cpp writes, mcore_reader.cpp
+// reads (load_mcore_model, load_model), export_to_hf.cpp streams a Megatron dir back to HF.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -12,10 +13,10 @@
 
 #include "core/dtype.h"
 #include "io/pickle.h"
-#include "model/load_hf.h"
+#include "checkpoint/load_hf.h"
 #include "model/shard_spec.h"
 
-namespace moe::model {
+namespace moe::checkpoint {
 
 struct ExportOptions {
   // Weights as written; unset: the source's own (config.json's torch_dtype), as swift does.
@@ -40,9 +41,9 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
 
 // Pieces shared with the trainer's checkpoints (libmoe/train/checkpoint.h):
 // Megatron's argument namespace for this model and layout (what Megatron-LM reads back);
-io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt, const ShardSpec& spec);
+io::PyPtr megatron_args(const model::ModelConfig& c, const ExportOptions& opt, const model::ShardSpec& spec);
 // the `_extra_state` entries of layer `layer` in a TransformerEngine-spec GPTModel;
-std::vector<std::string> te_extra_states(const ModelConfig& c, int layer);
+std::vector<std::string> te_extra_states(const model::ModelConfig& c, int layer);
 // The iteration named by DIR/latest_checkpointed_iteration.txt; InputError naming the file when
 // it is missing or not a plain number.
 int64_t read_checkpoint_tracker(const std::string& mcore_dir);
@@ -50,6 +51,6 @@ int64_t read_checkpoint_tracker(const std::string& mcore_dir);
 // config.json (torch_dtype set to `dtype`), generation_config.json and tokenizer files.
 
 void copy_side_files(const std::filesystem::path& from, const std::filesystem::path& to, DType dtype,
-                     const ModelConfig& c);
+                     const model::ModelConfig& c);
 
-}  // namespace moe::model
+}  // namespace moe::checkpoint

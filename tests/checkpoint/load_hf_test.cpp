@@ -9,13 +9,14 @@
 #include "io/torch_file.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
-#include "model/load_hf.h"
+#include "checkpoint/load_hf.h"
 #include "model/transformer.h"
 #include "model/weight_map.h"
 #include "testutil.h"
 
 using namespace moe;
 using namespace moe::model;
+using namespace moe::checkpoint;
 using moe::testing::TempDir;
 
 namespace {
@@ -28,10 +29,9 @@ const char* kConfig = R"({"model_type": "qwen2_moe", "num_hidden_layers": 2, "hi
 std::vector<float> logits(const std::string& dir) {
   auto m = load_hf_model(dir);
   Transformer t(m.config, std::move(m.state));
-  auto cache = t.new_cache();
   std::vector<float> out(static_cast<size_t>(t.config().vocab_size));
   std::vector<int32_t> ids = {1, 5, 9, 33};
-  t.forward(ids, cache, out.data());
+  t.forward(ids, out.data());
   return out;
 }
 

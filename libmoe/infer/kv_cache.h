@@ -1,26 +1,32 @@
 // Key/value cache for incremental decoding: per layer, the rotated keys and the values of
-// every position seen so far, [S, ng, d] in fp32. Grows by doubling.
+// every position seen so far, [S, ng, d] in fp32. Grows by doubling. The generator owns one and
+// hands it to the model through the model::KvStore interface it implements.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
-namespace moe::model {
+#include "model/kv_store.h"
+#include "model/model_config.h"
 
-class KvCache {
+namespace moe::infer {
+
+class KvCache final : public model::KvStore {
  public:
   KvCache(int num_layers, int64_t ng, int64_t d) : k_(size_t(num_layers)), v_(size_t(num_layers)), row_(ng * d) {}
-  int64_t length() const { return length_; }
+  // Sized for `c`: every layer, its query groups and head dim.
+  explicit KvCache(const model::ModelConfig& c) : KvCache(c.num_layers, c.num_query_groups, c.kv_channels) {}
+  int64_t length() const override { return length_; }
   // Makes room for positions [0, n) in every layer.
-  void reserve(int64_t n) {
+  void reserve(int64_t n) override {
     if (n <= capacity_) return;
     capacity_ = std::max(n, 2 * capacity_);
     for (auto* kv : {&k_, &v_})
       for (auto& layer : *kv) layer.resize(size_t(capacity_ * row_));
   }
-  float* keys(int layer) { return k_[size_t(layer)].data(); }
-  float* values(int layer) { return v_[size_t(layer)].data(); }
-  void advance(int64_t n) { length_ += n; }
+  float* keys(int layer) override { return k_[size_t(layer)].data(); }
+  float* values(int layer) override { return v_[size_t(layer)].data(); }
+  void advance(int64_t n) override { length_ += n; }
   void clear() { length_ = 0; }
   // Forgets positions >= n (e.g. to re-use a shared prompt prefix).
   void truncate(int64_t n) { length_ = std::min(length_, n); }
@@ -31,4 +37,4 @@ class KvCache {
   int64_t length_ = 0, capacity_ = 0;
 };
 
-}  // namespace moe::model
+}  // namespace moe::infer

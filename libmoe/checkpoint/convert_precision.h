@@ -4,9 +4,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "model/load_hf.h"
+#include "checkpoint/load_hf.h"
 
-namespace moe::model {
+namespace moe::checkpoint {
 
 struct PrecisionReport {
   double max_abs_diff = 0, mean_abs_diff = 0, rel_l2 = 0;
@@ -16,4 +16,4 @@ struct PrecisionReport {
 // Both models must share one ModelConfig shape. `ids` are the tokens run through both.
 PrecisionReport compare_models(const LoadedModel& a, const LoadedModel& b, const std::vector<int32_t>& ids);
 
-}  // namespace moe::model
+}  // namespace moe::checkpoint
