@@ -156,6 +156,32 @@ void causal_attention(const Backend& b, const AttentionShape& s, const float* q,
   k::causal_attention(s, q, kk, v, out);
 }
 
+int64_t router_capacity(int64_t T, int64_t E, int64_t K, double factor) {
+  return k::router_capacity(T, E, K, factor);
+}
+
+RouterLosses router_forward(const Backend& b, const RouterOptions& o, const float* logits, int64_t T,
+                            const float* bias, const int32_t* cu, int64_t S, float* probs, int32_t* selected,
+                            float* selected_weight, int32_t* expert, float* weight, int64_t* load) {
+  cpu_only(b, "router_forward");
+  return k::router_forward(o, logits, T, bias, cu, S, probs, selected, selected_weight, expert, weight, load);
+}
+
+void router_backward(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const int32_t* cu,
+                     int64_t S, const float* probs, const int32_t* selected, const float* selected_weight,
+                     const int32_t* expert, const int64_t* load, const float* dweight, float loss_scale,
+                     float* dlogits) {
+  cpu_only(b, "router_backward");
+  k::router_backward(o, logits, T, cu, S, probs, selected, selected_weight, expert, load, dweight, loss_scale,
+                     dlogits);
+}
+
+void router_topk(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,
+                 int32_t* expert, float* weight) {
+  cpu_only(b, "router_topk");
+  k::router_topk(o, logits, T, bias, expert, weight);
+}
+
 int64_t permute_plan(const Backend& b, const int32_t* expert_TK, int64_t T, int64_t K, int64_t E, int64_t pad_to,
                      int64_t* counts, int64_t* offsets, int64_t* row_slot) {
   cpu_only(b, "permute_plan");

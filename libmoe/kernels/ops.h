@@ -12,12 +12,15 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/attention_varlen.h"
 #include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/router.h"
 
 namespace moe::ops {
 
 using AttentionShape = kernels::cpu::AttentionShape;
 using VarlenAttention = kernels::cpu::VarlenAttention;
 using CrossEntropySums = kernels::cpu::CrossEntropySums;
+using RouterOptions = kernels::cpu::RouterOptions;
+using RouterLosses = kernels::cpu::RouterLosses;
 
 // --- projections. y_TN (+)= x_TD · Wᵀ (+ bias): W in its stored dtype (f32, bf16, f16).
 // The kernel depends only on (dtype, T), never on who calls, so inference and training agree.
@@ -70,6 +73,19 @@ void causal_attention(const Backend& b, const AttentionShape& s, const float* q_
                       const float* v_SGd, float* out_THd);
 
 // --- MoE
+// The router's maths (kernels/cpu/router.h): scores, top-k (with the selection-only expert
+// bias), capacity drop, loads and losses forward; the gradient to the logits backward.
+int64_t router_capacity(int64_t T, int64_t E, int64_t K, double factor);
+RouterLosses router_forward(const Backend& b, const RouterOptions& o, const float* logits_TE, int64_t T,
+                            const float* expert_bias_E, const int32_t* cu_seqlens, int64_t S, float* probs_TE,
+                            int32_t* selected_TK, float* selected_weight_TK, int32_t* expert_TK, float* weight_TK,
+                            int64_t* load_E);
+void router_backward(const Backend& b, const RouterOptions& o, const float* logits_TE, int64_t T,
+                     const int32_t* cu_seqlens, int64_t S, const float* probs_TE, const int32_t* selected_TK,
+                     const float* selected_weight_TK, const int32_t* expert_TK, const int64_t* load_E,
+                     const float* dweight_TK, float loss_scale, float* dlogits_TE);
+void router_topk(const Backend& b, const RouterOptions& o, const float* logits_TE, int64_t T,
+                 const float* expert_bias_E, int32_t* expert_TK, float* weight_TK);
 // The expert-sorted row map of a routing (see kernels/cpu/permute.h); returns the rows R.
 int64_t permute_plan(const Backend& b, const int32_t* expert_TK, int64_t T, int64_t K, int64_t E, int64_t pad_to,
                      int64_t* counts_E, int64_t* offsets_E, int64_t* row_slot_R);

@@ -16,7 +16,7 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   s.logits_TE.resize(size_t(T * E));
   ops::linear(be, x, T, w.router, nullptr, s.logits_TE.data());
   const float* bias = has(w.expert_bias) ? w.expert_bias.f32() : nullptr;
-  router_train_forward(o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, bias, s.router);
+  router_train_forward(be, o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, bias, s.router);
   s.disp.emplace(be, s.router.routing, E, o.pad_expert_input_to_capacity ? s.router.capacity : 0);
   const TokenDispatcher& disp = *s.disp;
   const int64_t R = disp.rows();
@@ -61,7 +61,7 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
 
   // Router: d(logits) from the weights and the auxiliary losses, then its linear layer.
   std::vector<float> dlogits(static_cast<size_t>(T * E));
-  router_train_backward(o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, s.router,
+  router_train_backward(be, o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, s.router,
                         dweight.data(), aux_scale, dlogits.data());
   ops::linear_backward_weight(be, dlogits.data(), x, T, E, D, g.router.f32());
   ops::linear_backward_input(be, dlogits.data(), T, w.router.f32(), E, D, dx, false);

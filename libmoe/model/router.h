@@ -1,5 +1,5 @@
-// TopKRouter maths (Megatron-Core semantics, reference/megatron-format.md section 7): pure
-// functions from router logits to the selected experts and their weights; no communication.
+// TopKRouter results (Megatron-Core semantics, reference/megatron-format.md section 7): the
+// experts each token chose and their combine weights. The maths are ops (kernels/ops.h).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -8,7 +8,7 @@ namespace moe::model {
 
 struct Routing {
   int64_t T = 0, K = 0;
-  std::vector<int32_t> expert_TK;  // selected expert ids, best first
+  std::vector<int32_t> expert_TK;  // selected expert ids, best first (-1: dropped at capacity)
   std::vector<float> weight_TK;    // combine weights
 };
 
@@ -16,14 +16,5 @@ struct Routing {
 // otherwise:   top-k of the logits, softmax over those k (= renormalised top-k probabilities).
 // Ties pick the lower expert id, as torch.topk does on CPU.
 Routing route_topk(const float* logits_TE, int64_t T, int64_t E, int64_t K, bool pre_softmax);
-
-// Row-wise softmax in double, rounded to float; lse_T (optional) gets each row's log-sum-exp.
-void softmax_rows(const float* x_TE, int64_t T, int64_t E, float* p_TE, double* lse_T);
-
-// Routing with the aux-loss-free expert bias: the top-k by score + bias_E (score = probs_TE when
-// pre_softmax, else the logits), combine weights from the unbiased scores. Training and
-// inference both route through this, so they choose the same experts.
-Routing route_topk_biased(const float* logits_TE, const float* probs_TE, int64_t T, int64_t E, int64_t K,
-                          bool pre_softmax, const float* bias_E);
 
 }  // namespace moe::model

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "model/router.h"
 
 namespace moe::model {
@@ -34,14 +35,14 @@ struct RouterSaved {
 
 // logits_TE: router logits. cu_seqlens splits the tokens into sequences (seq_aux_loss).
 // expert_bias_E may be null.
-void router_train_forward(const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E, int64_t K,
-                          bool pre_softmax, std::span<const int32_t> cu_seqlens, const float* expert_bias_E,
+void router_train_forward(const Backend& b, const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E,
+                          int64_t K, bool pre_softmax, std::span<const int32_t> cu_seqlens, const float* expert_bias_E,
                           RouterSaved& saved);
 
 // dlogits_TE (overwritten) from d(combine weight)_TK plus the losses' gradients, each loss
 // scaled by loss_scale (the step's weighting of this micro-batch's auxiliary losses).
-void router_train_backward(const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E, int64_t K,
-                           bool pre_softmax, std::span<const int32_t> cu_seqlens, const RouterSaved& saved,
+void router_train_backward(const Backend& b, const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E,
+                           int64_t K, bool pre_softmax, std::span<const int32_t> cu_seqlens, const RouterSaved& saved,
                            const float* dweight_TK, float loss_scale, float* dlogits_TE);
 
 // Aux-loss-free balancing: bias_e += rate * sign(mean load - load_e), after the optimizer step.
