@@ -13,6 +13,7 @@ PKGS=(
   libopenmpi-dev openmpi-bin
   libsentencepiece-dev sentencepiece
   python3 python3-numpy python3-torch
+  clang-format clang-tidy
 )
 # Node.js (for the tokenizer reference tests) may come from elsewhere with its own npm;
 # Debian's npm conflicts with such installs, so only ask apt when there is no npm at all.

@@ -33,8 +33,14 @@ uint64_t parse_size(const std::string& s) {
   }
   std::string unit = s.substr(pos);
   for (auto& ch : unit) ch = char(std::toupper(static_cast<unsigned char>(ch)));
-  const double mult = unit.empty() || unit == "B" ? 1 : unit == "KB" ? 1e3 : unit == "MB" ? 1e6 : unit == "GB" ? 1e9
-                      : unit == "KIB" ? 1024.0 : unit == "MIB" ? 1048576.0 : unit == "GIB" ? 1073741824.0 : -1;
+  const double mult = unit.empty() || unit == "B" ? 1
+                      : unit == "KB"              ? 1e3
+                      : unit == "MB"              ? 1e6
+                      : unit == "GB"              ? 1e9
+                      : unit == "KIB"             ? 1024.0
+                      : unit == "MIB"             ? 1048576.0
+                      : unit == "GIB"             ? 1073741824.0
+                                                  : -1;
   if (mult < 0 || !(v > 0)) moe::throw_input("--max_shard_size '{}': expected a size such as 5GB or 500MB", s);
   const double bytes = v * mult;
   if (!(bytes >= 1 && bytes <= kMax))
@@ -81,8 +87,10 @@ void report_precision(const moe::checkpoint::LoadedModel& src, const moe::checkp
   std::vector<int32_t> ids;
   for (int i = 0; i < 16; ++i) ids.push_back(int32_t((i * 2654435761u + 17) % uint32_t(src.config.vocab_size)));
   const auto r = moe::checkpoint::compare_models(src, dst, ids);
-  std::printf("test_convert_precision: %d tokens, max_abs_diff %.3g, mean_abs_diff %.3g, relative L2 %.3g, "
-              "argmax mismatches %d\n", r.tokens, r.max_abs_diff, r.mean_abs_diff, r.rel_l2, r.argmax_mismatches);
+  std::printf(
+      "test_convert_precision: %d tokens, max_abs_diff %.3g, mean_abs_diff %.3g, relative L2 %.3g, "
+      "argmax mismatches %d\n",
+      r.tokens, r.max_abs_diff, r.mean_abs_diff, r.rel_l2, r.argmax_mismatches);
   if (r.mean_abs_diff > 0.1)  // swift's bar for a sound conversion
     moe::throw_internal("converted model disagrees with its source: mean_abs_diff {:.3g} > 0.1", r.mean_abs_diff);
 }
@@ -107,7 +115,8 @@ void add_export_command(CLI::App& root) {
   c->add_option("--tensor_model_parallel_size", a->tp, "Tensor-parallel ranks to shard for (--to_mcore)");
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline stages to shard for (--to_mcore)");
   c->add_option("--expert_model_parallel_size", a->ep, "Expert-parallel ranks to shard for (--to_mcore)");
-  c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor-parallel size: expert weights split over it instead of TP (default TP; must divide TP)");
+  c->add_option("--expert_tensor_parallel_size", a->etp,
+                "Expert tensor-parallel size: expert weights split over it instead of TP (default TP; must divide TP)");
   c->add_option("--verbose", a->verbose, "Progress logs (true|false)");
   c->add_option("--max_shard_size", a->max_shard_size, "Largest HF safetensors shard (--to_hf), e.g. 5GB, 500MB");
   c->add_option("--test_convert_precision", a->test_precision,
@@ -124,8 +133,8 @@ void add_export_command(CLI::App& root) {
     }
     opt.overwrite = a->overwrite;
     if (a->etp == 0 || a->etp < -1)
-      moe::throw_input("--expert_tensor_parallel_size {}: expected a size >= 1 that divides --tensor_model_parallel_size",
-                       a->etp);
+      moe::throw_input(
+          "--expert_tensor_parallel_size {}: expected a size >= 1 that divides --tensor_model_parallel_size", a->etp);
     opt.layout = {.tp = a->tp, .pp = a->pp, .ep = a->ep, .etp = a->etp == -1 ? a->tp : a->etp};
     opt.max_shard_bytes = parse_size(a->max_shard_size);
     opt.progress = export_progress(a->to_mcore ? "to_mcore" : "to_hf", a->verbose);
@@ -133,7 +142,8 @@ void add_export_command(CLI::App& root) {
       if (a->model.empty()) moe::throw_input("--to_mcore true needs --model HF_DIR");
       moe::checkpoint::export_hf_to_mcore(a->model, a->output_dir, opt);
       if (a->test_precision)
-        report_precision(moe::checkpoint::load_hf_model(a->model), moe::checkpoint::load_mcore_model(a->output_dir, moe::DType::F32));
+        report_precision(moe::checkpoint::load_hf_model(a->model),
+                         moe::checkpoint::load_mcore_model(a->output_dir, moe::DType::F32));
     } else {
       if (a->mcore_model.empty()) moe::throw_input("--to_hf true needs --mcore_model DIR");
       moe::checkpoint::export_mcore_to_hf(a->mcore_model, a->output_dir, opt);

@@ -13,13 +13,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/mcore_export.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "text/chat_rows.h"
 #include "infer/chat_session.h"
 #include "infer/generation_defaults.h"
-#include "checkpoint/mcore_export.h"
+#include "text/chat_rows.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
 
@@ -65,7 +65,8 @@ void check_result_path(const std::string& path) {
     moe::throw_input("--result_path {}: is a directory; give a file in it, e.g. {}", path,
                      (p / "result.jsonl").lexically_normal().string());
   const fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
-  if (!fs::is_directory(dir)) moe::throw_input("--result_path {}: directory {} does not exist; create it first", path, dir.string());
+  if (!fs::is_directory(dir))
+    moe::throw_input("--result_path {}: directory {} does not exist; create it first", path, dir.string());
   if (::access(dir.c_str(), W_OK | X_OK) != 0)
     moe::throw_input("--result_path {}: directory {} is not writable; choose another path", path, dir.string());
   if (fs::exists(p) && !fs::is_regular_file(p))
@@ -180,7 +181,8 @@ void run_batch(const InferArgs& a, moe::infer::ChatSession& chat, const moe::inf
   fs::rename(tmp.path, a.result_path, ec);
   if (ec) moe::throw_input("--result_path {}: cannot rename {} onto it ({})", a.result_path, tmp.path, ec.message());
   tmp.keep = true;
-  if (failed > 0) moe::log().warn("{} of {} rows could not be answered: see their \"error\" entries", failed, rows.size());
+  if (failed > 0)
+    moe::log().warn("{} of {} rows could not be answered: see their \"error\" entries", failed, rows.size());
   std::fprintf(stderr, "The inference results have been saved to result_path: `%s`.\n", a.result_path.c_str());
 }
 

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/load_hf.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -12,7 +13,6 @@
 #include "core/output_dir.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
-#include "checkpoint/load_hf.h"
 
 namespace moectl {
 

@@ -86,7 +86,8 @@ std::vector<std::string> preset_dirs(const PlanArgs& a) {
 
 Cluster cluster_from_args(const PlanArgs& a, bool gpu_given) {
   if (a.nnodes < 1) moe::throw_input("--nnodes {}: the cluster needs at least 1 node", a.nnodes);
-  if (a.nproc_per_node < 1) moe::throw_input("--nproc_per_node {}: the cluster needs at least 1 GPU per node", a.nproc_per_node);
+  if (a.nproc_per_node < 1)
+    moe::throw_input("--nproc_per_node {}: the cluster needs at least 1 GPU per node", a.nproc_per_node);
   if (a.nproc_per_node > kMaxGpusPerNode)
     moe::throw_input("--nproc_per_node {}: at most {} GPUs per node (one NVLink domain)", a.nproc_per_node,
                      kMaxGpusPerNode);
@@ -166,7 +167,8 @@ FixedSizes fixed_from_args(const PlanArgs& a, const ModelShape& m, const Cluster
   check(a.pp, "--pipeline_model_parallel_size", W, "the number of GPUs");
   check(a.cp, "--context_parallel_size", W, "the number of GPUs");
   check(a.ep, "--expert_model_parallel_size", W, "the number of GPUs");
-  if (a.ep && *a.ep > 1 && !m.is_moe()) moe::throw_input("--expert_model_parallel_size {}: the model has no experts", *a.ep);
+  if (a.ep && *a.ep > 1 && !m.is_moe())
+    moe::throw_input("--expert_model_parallel_size {}: the model has no experts", *a.ep);
   if (m.is_moe()) check(a.ep, "--expert_model_parallel_size", m.num_experts, "the number of experts");
   check(a.etp, "--expert_tensor_parallel_size", W, "the number of GPUs");
   check(a.vpp, "--virtual_pipeline_model_parallel_size", 0, "");
@@ -214,11 +216,18 @@ std::string megatron_flags(const Layout& l, const TrainingOptions& t, const Mode
 nlohmann::json layout_json(const Candidate& c) {
   const StageMemory& s = c.memory.peak();
   const Layout& l = c.layout;
-  nlohmann::json j = {{"tp", l.tp}, {"pp", l.pp}, {"vpp", l.vpp}, {"ep", l.ep}, {"etp", l.etp}, {"cp", l.cp},
-                      {"dp", l.dp}, {"micro_batch_size", l.micro_batch_size}, {"recompute", to_string(l.recompute)},
+  nlohmann::json j = {{"tp", l.tp},
+                      {"pp", l.pp},
+                      {"vpp", l.vpp},
+                      {"ep", l.ep},
+                      {"etp", l.etp},
+                      {"cp", l.cp},
+                      {"dp", l.dp},
+                      {"micro_batch_size", l.micro_batch_size},
+                      {"recompute", to_string(l.recompute)},
                       {"fits", c.fits}};
-  j["memory_gib"] = {{"total", gib(s.total())},       {"weights", gib(s.weights)},
-                     {"gradients", gib(s.gradients)}, {"optimizer", gib(s.optimizer)},
+  j["memory_gib"] = {{"total", gib(s.total())},           {"weights", gib(s.weights)},
+                     {"gradients", gib(s.gradients)},     {"optimizer", gib(s.optimizer)},
                      {"activations", gib(s.activations)}, {"other", gib(s.other)}};
   j["step_time_s"] = c.time.step_s;
   j["tokens_per_s_per_gpu"] = c.time.tokens_per_s_per_gpu;
@@ -235,11 +244,11 @@ void print_table(const std::vector<const Candidate*>& rows) {
   for (const Candidate* c : rows) {
     const StageMemory& s = c->memory.peak();
     const Layout& l = c->layout;
-    std::printf("%4s %3d %3d %3d %3d %3d %3d %4d %3d %-9s %7.1f %6.1f %6.1f %6.1f %6.1f %6.1f %9.3f %9.0f %5.1f%% %6.1f%%\n",
-                c->fits ? std::to_string(++rank).c_str() : "-", l.tp, l.pp, l.vpp, l.ep, l.etp, l.cp, l.dp,
-                l.micro_batch_size, to_string(l.recompute), gib(s.total()), gib(s.weights), gib(s.gradients),
-                gib(s.optimizer), gib(s.activations), gib(s.other), c->time.step_s, c->time.tokens_per_s_per_gpu,
-                100 * c->time.mfu, 100 * c->time.bubble_fraction);
+    std::printf(
+        "%4s %3d %3d %3d %3d %3d %3d %4d %3d %-9s %7.1f %6.1f %6.1f %6.1f %6.1f %6.1f %9.3f %9.0f %5.1f%% %6.1f%%\n",
+        c->fits ? std::to_string(++rank).c_str() : "-", l.tp, l.pp, l.vpp, l.ep, l.etp, l.cp, l.dp, l.micro_batch_size,
+        to_string(l.recompute), gib(s.total()), gib(s.weights), gib(s.gradients), gib(s.optimizer), gib(s.activations),
+        gib(s.other), c->time.step_s, c->time.tokens_per_s_per_gpu, 100 * c->time.mfu, 100 * c->time.bubble_fraction);
   }
 }
 
@@ -248,11 +257,10 @@ void print_explain(const Candidate& c, const ModelShape& m, const TrainingOption
   std::printf("layout %s on %d x %s (%d node%s x %d)\n", to_string(l).c_str(), cl.world(), cl.gpu.name.c_str(),
               cl.nnodes, cl.nnodes == 1 ? "" : "s", cl.nproc_per_node);
   std::printf("  sequence parallel %s, expert-DP %d, %lld micro-batches per step, seq %lld, global batch %lld\n",
-              l.sequence_parallel ? "on" : "off", l.edp(), (long long)num_microbatches(l, t),
-              (long long)t.seq_length, (long long)t.global_batch_size);
-  std::printf("  links: TP %s, CP %s, DP %s, PP %s, EP %s, expert-DP %s\n", c.time.tp_link,
-              c.time.cp_link, c.time.dp_link, c.time.pp_link, c.time.ep_link,
-              c.time.edp_link);
+              l.sequence_parallel ? "on" : "off", l.edp(), (long long)num_microbatches(l, t), (long long)t.seq_length,
+              (long long)t.global_batch_size);
+  std::printf("  links: TP %s, CP %s, DP %s, PP %s, EP %s, expert-DP %s\n", c.time.tp_link, c.time.cp_link,
+              c.time.dp_link, c.time.pp_link, c.time.ep_link, c.time.edp_link);
   std::printf("memory per GPU (GiB; %s %.1f GiB: %s)\n", cl.gpu.name.c_str(), cl.gpu.memory_gib,
               c.fits ? "fits" : "does NOT fit");
   auto stage = [&](const char* what, const StageMemory& s) {
@@ -260,12 +268,12 @@ void print_explain(const Candidate& c, const ModelShape& m, const TrainingOption
     std::printf("    parameters on this GPU: %.3fB dense/replicated + %.3fB expert\n", s.dense_params / 1e9,
                 s.expert_params / 1e9);
     std::printf("    weights %.2f | gradients (fp32 main grads) %.2f | optimizer (fp32 master + Adam%s) %.2f\n",
-                gib(s.weights), gib(s.gradients), t.use_distributed_optimizer ? ", distributed" : "",
-                gib(s.optimizer));
-    std::printf("    activations %.2f = layers %.2f (%.1f layer-micro-batches in flight) + recompute working set %.2f "
-                "+ dispatcher buffers %.2f + logits/loss %.2f\n",
-                gib(s.activations), gib(s.act_layers), s.layer_microbatches, gib(s.act_working),
-                gib(s.act_dispatcher), gib(s.act_logits));
+                gib(s.weights), gib(s.gradients), t.use_distributed_optimizer ? ", distributed" : "", gib(s.optimizer));
+    std::printf(
+        "    activations %.2f = layers %.2f (%.1f layer-micro-batches in flight) + recompute working set %.2f "
+        "+ dispatcher buffers %.2f + logits/loss %.2f\n",
+        gib(s.activations), gib(s.act_layers), s.layer_microbatches, gib(s.act_working), gib(s.act_dispatcher),
+        gib(s.act_logits));
     std::printf("    other %.2f = CUDA context/workspaces %.2f + NCCL %.2f + fragmentation %.2f\n", gib(s.other),
                 gib(s.cuda_context), gib(s.nccl), gib(s.fragmentation));
   };
@@ -273,10 +281,11 @@ void print_explain(const Candidate& c, const ModelShape& m, const TrainingOption
   if (l.pp > 1) stage("last stage", c.memory.last);
   auto per_layer = [&](const char* what, bool moe_layer) {
     const LayerActivations x = layer_activations(m, l, t, moe_layer, l.recompute);
-    std::printf("  one %s layer, one micro-batch (MiB): attention norm-in %.1f qkv-in %.1f q/k/v %.1f out %.1f | "
-                "mlp norm-in %.1f fc1-in %.1f fc1-out %.1f act %.1f",
-                what, x.attn_norm_in / 1048576, x.attn_qkv_in / 1048576, x.attn_qkv / 1048576, x.attn_out / 1048576,
-                x.mlp_norm_in / 1048576, x.mlp_fc1_in / 1048576, x.mlp_fc1_out / 1048576, x.mlp_act_out / 1048576);
+    std::printf(
+        "  one %s layer, one micro-batch (MiB): attention norm-in %.1f qkv-in %.1f q/k/v %.1f out %.1f | "
+        "mlp norm-in %.1f fc1-in %.1f fc1-out %.1f act %.1f",
+        what, x.attn_norm_in / 1048576, x.attn_qkv_in / 1048576, x.attn_qkv / 1048576, x.attn_out / 1048576,
+        x.mlp_norm_in / 1048576, x.mlp_fc1_in / 1048576, x.mlp_fc1_out / 1048576, x.mlp_act_out / 1048576);
     if (moe_layer)
       std::printf(" | router %.1f permuted %.1f expert fc1-out %.1f expert act %.1f combine %.1f", x.router / 1048576,
                   x.expert_fc1_in / 1048576, x.expert_fc1_out / 1048576, x.expert_act_out / 1048576,
@@ -287,14 +296,16 @@ void print_explain(const Candidate& c, const ModelShape& m, const TrainingOption
   if (m.num_moe_layers() < m.num_layers) per_layer("dense", false);
   const TimeEstimate& tm = c.time;
   const StageTime& s = tm.microbatch;
-  std::printf("time (slowest stage %d, per micro-batch, ms): compute %.2f, recompute %.2f, memory-bound %.2f, TP/SP "
-              "%.2f, CP %.2f, EP all-to-all %.2f, MoE routing overhead %.2f, PP p2p %.2f = %.2f\n",
-              tm.slowest_stage, 1e3 * s.compute, 1e3 * s.recompute, 1e3 * s.memory_bound, 1e3 * s.tp_comm,
-              1e3 * s.cp_comm, 1e3 * s.ep_comm, 1e3 * s.moe_overhead, 1e3 * s.pp_p2p, 1e3 * s.total());
-  std::printf("step: %lld micro-batches x %.2f ms + bubble %.3f s (%.1f%%) + DP exposed %.3f s (of %.3f s, overlapped "
-              "with backward/forward) + optimizer %.3f s = %.3f s\n",
-              (long long)tm.microbatches, 1e3 * s.total(), tm.bubble_s, 100 * tm.bubble_fraction, tm.dp_exposed_s,
-              tm.dp_comm_s, tm.optimizer_s, tm.step_s);
+  std::printf(
+      "time (slowest stage %d, per micro-batch, ms): compute %.2f, recompute %.2f, memory-bound %.2f, TP/SP "
+      "%.2f, CP %.2f, EP all-to-all %.2f, MoE routing overhead %.2f, PP p2p %.2f = %.2f\n",
+      tm.slowest_stage, 1e3 * s.compute, 1e3 * s.recompute, 1e3 * s.memory_bound, 1e3 * s.tp_comm, 1e3 * s.cp_comm,
+      1e3 * s.ep_comm, 1e3 * s.moe_overhead, 1e3 * s.pp_p2p, 1e3 * s.total());
+  std::printf(
+      "step: %lld micro-batches x %.2f ms + bubble %.3f s (%.1f%%) + DP exposed %.3f s (of %.3f s, overlapped "
+      "with backward/forward) + optimizer %.3f s = %.3f s\n",
+      (long long)tm.microbatches, 1e3 * s.total(), tm.bubble_s, 100 * tm.bubble_fraction, tm.dp_exposed_s, tm.dp_comm_s,
+      tm.optimizer_s, tm.step_s);
   std::printf("throughput: %.0f tokens/s/GPU, %.1f TFLOP/s/GPU (Megatron model FLOPs %.2f GFLOP/token), MFU %.1f%%\n",
               tm.tokens_per_s_per_gpu, tm.tflops_per_gpu,
               tm.model_flops_per_step / double(t.global_batch_size * t.seq_length) / 1e9, 100 * tm.mfu);
@@ -352,11 +363,14 @@ void run_plan(const PlanArgs& a, bool gpu_given) {
               m.is_moe() ? fmt::format("{} experts top-{}, ", m.num_experts, m.moe_router_topk).c_str() : "",
               double(m.num_parameters()) / 1e9, c.world(), c.gpu.name.c_str(), c.nnodes, c.nnodes == 1 ? "" : "s",
               c.nproc_per_node, c.gpu.memory_gib);
-  std::printf("training: seq %lld, global batch %lld, %s, %s optimizer; searched %lld valid layouts in %.3f s: %lld fit\n",
-              (long long)t.seq_length, (long long)t.global_batch_size,
-              t.precision == Precision::kFp8 ? "fp8" : t.precision == Precision::kBf16 ? "bf16" : "fp32",
-              t.use_distributed_optimizer ? "distributed" : "replicated", (long long)r.enumerated, secs,
-              (long long)r.fitting_count);
+  std::printf(
+      "training: seq %lld, global batch %lld, %s, %s optimizer; searched %lld valid layouts in %.3f s: %lld fit\n",
+      (long long)t.seq_length, (long long)t.global_batch_size,
+      t.precision == Precision::kFp8    ? "fp8"
+      : t.precision == Precision::kBf16 ? "bf16"
+                                        : "fp32",
+      t.use_distributed_optimizer ? "distributed" : "replicated", (long long)r.enumerated, secs,
+      (long long)r.fitting_count);
   print_table(rows);
   if (best_fits) {
     std::printf("\nbest: %s\nflags: %s\n", to_string(rows[0]->layout).c_str(),
@@ -380,8 +394,9 @@ void add_plan_command(CLI::App& root) {
   c->add_option("--model", a->model, "HF model directory or config.json (or give the Megatron-style size flags)");
   c->add_option("--nnodes", a->nnodes, "Nodes in the cluster");
   c->add_option("--nproc_per_node", a->nproc_per_node, "GPUs per node");
-  auto* gpu = c->add_option("--gpu", a->gpu, "GPU preset from configs/gpus/ (H100-SXM-80G, H200-141G, A100-80G, "
-                                              "A800-80G, H800-80G, L40S-48G, H20-96G) or a preset .json path");
+  auto* gpu = c->add_option("--gpu", a->gpu,
+                            "GPU preset from configs/gpus/ (H100-SXM-80G, H200-141G, A100-80G, "
+                            "A800-80G, H800-80G, L40S-48G, H20-96G) or a preset .json path");
   c->add_option("--gpu_presets", a->gpu_presets, "Directory of GPU preset .json files (default: configs/gpus)");
   c->add_option("--gpu_memory_gib", a->gpu_memory_gib, "GPU memory in GiB (overrides the preset)");
   c->add_option("--gpu_tflops", a->gpu_tflops, "Dense BF16 peak TFLOP/s per GPU (overrides the preset)");
@@ -398,7 +413,8 @@ void add_plan_command(CLI::App& root) {
   c->add_option("--bf16", a->bf16, "BF16 mixed precision (true); false = fp32 training");
   c->add_option("--fp8", a->fp8, "FP8 GEMMs: e4m3 | hybrid (default off)");
   c->add_option("--moe_token_dispatcher_type", a->dispatcher, "alltoall | allgather | flex (DeepEP)");
-  c->add_option("--moe_expert_capacity_factor", a->capacity_factor, "Token-dropping capacity factor (default: dropless)");
+  c->add_option("--moe_expert_capacity_factor", a->capacity_factor,
+                "Token-dropping capacity factor (default: dropless)");
   c->add_option("--moe_imbalance_factor", a->imbalance,
                 "Dropless routing: most-loaded expert rank's tokens over the mean, for memory (default 1.1)");
   c->add_option("--sequence_parallel", a->sequence_parallel, "Allow sequence parallel with TP > 1 (true|false)");

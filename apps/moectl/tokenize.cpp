@@ -11,8 +11,8 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
-#include "text/chat_rows.h"
 #include "model/hf_config.h"
+#include "text/chat_rows.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
 
@@ -75,7 +75,8 @@ void add_tokenize_command(CLI::App& root) {
   c->add_option("--json_list", a->json_list, "--file holds a JSON list of strings (true|false)");
   c->add_option("--add_special_tokens", a->add_special_tokens, "Add the bos token if the tokenizer asks for it");
   c->add_option("--decode", a->decode, "Inputs are JSON id lists; print their text (true|false)");
-  c->add_option("--dataset", a->dataset, "Render each conversation of this .jsonl with --template and show the loss mask");
+  c->add_option("--dataset", a->dataset,
+                "Render each conversation of this .jsonl with --template and show the loss mask");
   c->add_option("--template", a->template_name, "Chat template for --dataset (default: from config.json's model_type)");
   c->callback([a] {
     auto tok = moe::text::Tokenizer::load(a->model);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/mcore_export.h"
 #include "commands.h"
 #include "core/allocator.h"
 #include "core/error.h"
@@ -18,7 +19,6 @@
 #include "core/output_dir.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
-#include "checkpoint/mcore_export.h"
 #include "text/chat_template.h"
 #include "train/metrics.h"
 #include "train/run_dir.h"
@@ -70,8 +70,10 @@ void validate_flags(const TrainArgs& a, const CLI::App& c) {
                      t.micro_batch_size);
   positive("--log_interval", t.log_interval);
   positive("--max_length", a.max_length);
-  if (t.save_interval < 0) moe::throw_input("--save_interval must be >= 1 (0: only at the end), got {}", t.save_interval);
-  if (t.eval_interval < 0) moe::throw_input("--eval_interval must be >= 1 (0: only at the end), got {}", t.eval_interval);
+  if (t.save_interval < 0)
+    moe::throw_input("--save_interval must be >= 1 (0: only at the end), got {}", t.save_interval);
+  if (t.eval_interval < 0)
+    moe::throw_input("--eval_interval must be >= 1 (0: only at the end), got {}", t.eval_interval);
   if (t.eval_iters < 1 && t.eval_iters != -1)
     moe::throw_input("--eval_iters must be >= 1 (-1: the whole validation set), got {}", t.eval_iters);
   if (!(t.clip_grad >= 0 && std::isfinite(t.clip_grad)))
@@ -85,8 +87,10 @@ void validate_flags(const TrainArgs& a, const CLI::App& c) {
     moe::throw_input("--moe_expert_capacity_factor must be a finite number > 0 (leave it out for dropless), got {}",
                      a.m.moe.capacity_factor);
   if (!a.model.empty() && !a.load.empty())
-    moe::throw_input("--model {} and --load {} both name the weights: pass --load MCORE_DIR for a Megatron "
-                     "checkpoint or --model HF_DIR, not both", a.model, a.load);
+    moe::throw_input(
+        "--model {} and --load {} both name the weights: pass --load MCORE_DIR for a Megatron "
+        "checkpoint or --model HF_DIR, not both",
+        a.model, a.load);
   if (c.count("--finetune") && !a.finetune && a.load.empty())
     moe::throw_input("--finetune false resumes a checkpoint and needs --load MCORE_DIR");
 }
@@ -121,18 +125,18 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   moe::train::RunDirOptions rdo;
   rdo.add_version = a.add_version, rdo.resuming = resuming, rdo.overwrite = a.overwrite_output_dir;
   // Megatron resumes with --load and --save naming one dir; otherwise no input is written into.
-  const bool same_dir = !a.load.empty() && !a.add_version &&
-                        moe::normal_path(a.load) == moe::normal_path(save_root);
+  const bool same_dir = !a.load.empty() && !a.add_version && moe::normal_path(a.load) == moe::normal_path(save_root);
   if (!same_dir) rdo.inputs = {src};
   moe::train::RunDir::check(save_root, rdo);
-  const bool has_weights = fs::exists(fs::path(src) / "latest_checkpointed_iteration.txt") ||
-                           fs::exists(fs::path(src) / "model.safetensors") ||
-                           fs::exists(fs::path(src) / "model.safetensors.index.json") ||
-                           fs::exists(fs::path(src) / "pytorch_model.bin") ||
-                           fs::exists(fs::path(src) / "pytorch_model.bin.index.json");
+  const bool has_weights =
+      fs::exists(fs::path(src) / "latest_checkpointed_iteration.txt") ||
+      fs::exists(fs::path(src) / "model.safetensors") || fs::exists(fs::path(src) / "model.safetensors.index.json") ||
+      fs::exists(fs::path(src) / "pytorch_model.bin") || fs::exists(fs::path(src) / "pytorch_model.bin.index.json");
   if (!a.load.empty() && !has_weights)
-    moe::throw_input("--load {}: no checkpoint there (no latest_checkpointed_iteration.txt or safetensors); to train "
-                     "from random init pass the config dir as --model", a.load);
+    moe::throw_input(
+        "--load {}: no checkpoint there (no latest_checkpointed_iteration.txt or safetensors); to train "
+        "from random init pass the config dir as --model",
+        a.load);
   if (has_weights) {
     lm = checkpoint::load_model(src);
   } else {
@@ -169,20 +173,33 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   t.ckpt.source_dir = src;
   t.load_optim = !a.no_load_optim, t.load_rng = !a.no_load_rng;
   if (resuming) t.resume_dir = a.load;
-  nlohmann::json args = {{"command", a.pretrain ? "pt" : "sft"}, {"model", a.model}, {"load", a.load},
-                         {"model_type", lm.config.model_type}, {"dataset", a.dataset}, {"template", tmpl->name()},
-                         {"train_iters", t.train_iters}, {"max_epochs", t.max_epochs},
-                         {"micro_batch_size", t.micro_batch_size}, {"global_batch_size", t.global_batch_size},
-                         {"lr", t.lr.lr}, {"min_lr", t.lr.min_lr}, {"lr_decay_style", t.lr.style},
-                         {"max_length", a.max_length}, {"packing", a.packing}, {"seed", t.seed},
+  nlohmann::json args = {{"command", a.pretrain ? "pt" : "sft"},
+                         {"model", a.model},
+                         {"load", a.load},
+                         {"model_type", lm.config.model_type},
+                         {"dataset", a.dataset},
+                         {"template", tmpl->name()},
+                         {"train_iters", t.train_iters},
+                         {"max_epochs", t.max_epochs},
+                         {"micro_batch_size", t.micro_batch_size},
+                         {"global_batch_size", t.global_batch_size},
+                         {"lr", t.lr.lr},
+                         {"min_lr", t.lr.min_lr},
+                         {"lr_decay_style", t.lr.style},
+                         {"max_length", a.max_length},
+                         {"packing", a.packing},
+                         {"seed", t.seed},
                          {"torch_dtype", moe::torch_dtype_name(t.ckpt.dtype)},
-                         {"tensor_model_parallel_size", 1}, {"pipeline_model_parallel_size", 1},
-                         {"expert_model_parallel_size", 1}, {"expert_tensor_parallel_size", 1},
-                         {"make_vocab_size_divisible_by", 128}, {"train_type", "full"}};
+                         {"tensor_model_parallel_size", 1},
+                         {"pipeline_model_parallel_size", 1},
+                         {"expert_model_parallel_size", 1},
+                         {"expert_tensor_parallel_size", 1},
+                         {"make_vocab_size_divisible_by", 128},
+                         {"train_type", "full"}};
   moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
   moe::log().info("output_dir: {}", t.out_dir);
   model::TrainModel tm(lm.config, lm.state, a.m);
-  lm.state.clear();  // the trainer holds its own fp32 copy
+  lm.state.clear();          // the trainer holds its own fp32 copy
   moe::keep_freed_memory();  // the step's buffers come back from the heap, not from new pages
   // On a terminal: a progress bar with the log lines printed above it (other info messages,
   // which would break the bar's line, are held back); elsewhere plain log lines.
@@ -263,12 +280,14 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--seed", a->seed, "Seed for data order, sampling and init");
   c->add_option("--recompute_granularity", m.recompute.granularity, "none | selective | full");
   c->add_option("--recompute_method", m.recompute.method, "full: uniform | block");
-  c->add_option("--recompute_num_layers", m.recompute.num_layers, "full: layers per chunk (uniform) or recomputed (block)");
+  c->add_option("--recompute_num_layers", m.recompute.num_layers,
+                "full: layers per chunk (uniform) or recomputed (block)");
   c->add_option("--recompute_modules", m.recompute.modules, "selective: core_attn moe_act layernorm mlp moe");
   c->add_option("--moe_aux_loss_coeff", m.moe.aux_loss_coeff, "Load-balancing loss coefficient");
   c->add_option("--moe_router_load_balancing_type", m.moe.load_balancing_type, "aux_loss | seq_aux_loss | none");
   c->add_option("--moe_z_loss_coeff", m.moe.z_loss_coeff, "Router z-loss coefficient");
-  c->add_option("--moe_expert_capacity_factor", m.moe.capacity_factor, "Drop tokens over this capacity (default: dropless)");
+  c->add_option("--moe_expert_capacity_factor", m.moe.capacity_factor,
+                "Drop tokens over this capacity (default: dropless)");
   c->add_option("--moe_pad_expert_input_to_capacity", m.moe.pad_expert_input_to_capacity, "Pad experts to capacity");
   c->add_option("--moe_token_drop_policy", m.moe.token_drop_policy, "probs | position");
   c->add_option("--moe_router_enable_expert_bias", m.moe.enable_expert_bias, "Aux-loss-free balancing bias");

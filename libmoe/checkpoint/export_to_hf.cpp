@@ -103,8 +103,7 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
           OutputFile& out = *outs[at[d].first];
           if (stored)
             out.copy_at(at[d].second, stored->file->mapped(), uint64_t(p - stored->file->mapped().data()), sizes[d]);
-          else
-            out.write_at(at[d].second, p, sizes[d]);
+          else out.write_at(at[d].second, p, sizes[d]);
           bytes += sizes[d];
         }
         for (const auto& pc : pieces) pc.file->mapped().drop_pages(pc.range.first, pc.range.second);
@@ -126,7 +125,8 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
   if (failure) std::rethrow_exception(failure);
   for (auto& o : outs) o->close();
   if (plan.files.size() > 1)
-    write_file_atomic((tmp / "model.safetensors.index.json").string(), io::safetensors_index_json(index, plan.total_bytes));
+    write_file_atomic((tmp / "model.safetensors.index.json").string(),
+                      io::safetensors_index_json(index, plan.total_bytes));
   copy_side_files(fs::path(mcore_dir), tmp, *opt.dtype, c);
   staged->commit();
   log().info("wrote {} tensors in {} files to {}", descs.size(), plan.files.size(), out_dir);

@@ -20,8 +20,8 @@
 namespace moe::checkpoint {
 
 namespace fs = std::filesystem;
-using model::load_hf_config;
 using model::Fuse;
+using model::load_hf_config;
 using model::ModelConfig;
 using model::ShardSpec;
 using model::StateDict;
@@ -209,8 +209,7 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
       uint64_t at = 0;
       if (weights.stored_in(rule, pieces[0].tensor, &in, &at))  // bytes as stored: copied file to file
         w.add_storage_from(std::to_string(i), *in, at, pieces[0].tensor.nbytes());
-      else
-        w.add_storage(std::to_string(i), pieces[0].tensor);
+      else w.add_storage(std::to_string(i), pieces[0].tensor);
       weights.release(rule);
       bytes_done += pieces[0].tensor.nbytes(), ++tensors_done;
       if (opt.progress) opt.progress(bytes_done, bytes_total, tensors_done, tensors_total);
@@ -219,10 +218,14 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
     ++files;
   }
   copy_side_files(hf_dir, tmp, *opt.dtype, c);
-  nlohmann::json aj{{"model_type", c.model_type}, {"torch_dtype", torch_dtype_name(*opt.dtype)},
-                    {"tensor_model_parallel_size", p.tp}, {"pipeline_model_parallel_size", p.pp},
-                    {"expert_model_parallel_size", p.ep}, {"expert_tensor_parallel_size", p.etp},
-                    {"padded_vocab_size", Vp}, {"make_vocab_size_divisible_by", opt.make_vocab_size_divisible_by},
+  nlohmann::json aj{{"model_type", c.model_type},
+                    {"torch_dtype", torch_dtype_name(*opt.dtype)},
+                    {"tensor_model_parallel_size", p.tp},
+                    {"pipeline_model_parallel_size", p.pp},
+                    {"expert_model_parallel_size", p.ep},
+                    {"expert_tensor_parallel_size", p.etp},
+                    {"padded_vocab_size", Vp},
+                    {"make_vocab_size_divisible_by", opt.make_vocab_size_divisible_by},
                     {"train_type", "full"}};
   write_file_atomic((tmp / "args.json").string(), aj.dump(2) + "\n");
   write_file_atomic((tmp / "latest_checkpointed_iteration.txt").string(), "1");  // last: marks it complete

@@ -74,7 +74,8 @@ int64_t count_indexed(const std::vector<std::string>& names, const std::string& 
     for (size_t at = n.find(marker); at != std::string::npos; at = n.find(marker, at + 1)) {
       size_t i = at + marker.size(), end = i;
       while (end < n.size() && end - i < 9 && n[end] >= '0' && n[end] <= '9') ++end;
-      if (end > i && end < n.size() && n[end] == '.') count = std::max(count, int64_t(std::stoll(n.substr(i, end - i))) + 1);
+      if (end > i && end < n.size() && n[end] == '.')
+        count = std::max(count, int64_t(std::stoll(n.substr(i, end - i))) + 1);
     }
   return count;
 }
@@ -96,8 +97,10 @@ void check_counts_against_names(const std::string& dir, const std::vector<std::s
   for (int l = 0; l < c.num_layers; ++l) any_moe |= c.is_moe_layer(l);
   const int64_t experts = count_indexed(names, ".experts.");
   if (any_moe && experts < c.num_experts)
-    throw_input("{}: the config has {} experts but the weights in {} hold {} per layer; fix config.json or the "
-                "weights", cfg_file, c.num_experts, dir, held(experts, "experts."));
+    throw_input(
+        "{}: the config has {} experts but the weights in {} hold {} per layer; fix config.json or the "
+        "weights",
+        cfg_file, c.num_experts, dir, held(experts, "experts."));
 }
 
 }  // namespace

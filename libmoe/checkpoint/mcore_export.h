@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/load_hf.h"
 #include "core/dtype.h"
 #include "io/pickle.h"
-#include "checkpoint/load_hf.h"
 #include "model/shard_spec.h"
 
 namespace moe::checkpoint {
@@ -23,7 +23,7 @@ struct ExportOptions {
   std::optional<DType> dtype;
   int make_vocab_size_divisible_by = 128;  // Megatron pads the vocabulary to a multiple of this
   bool overwrite = false;
-  dist::ParallelLayout layout;  // ranks to shard for (--to_mcore); read back from args.json (--to_hf)
+  dist::ParallelLayout layout;                   // ranks to shard for (--to_mcore); read back from args.json (--to_hf)
   uint64_t max_shard_bytes = uint64_t(5) << 30;  // HF side: --max_shard_size
   // Called after each tensor written (bytes and tensors done / total), e.g. to draw a bar.
   std::function<void(uint64_t bytes_done, uint64_t bytes_total, int tensors_done, int tensors_total)> progress;

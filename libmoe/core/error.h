@@ -43,8 +43,9 @@ template <class... A>
 }  // namespace moe
 
 // Invariant check for library code: a failure is a bug in moectl, not in the input.
-#define MOE_ASSERT(cond, ...)                                                                 \
-  do {                                                                                        \
-    if (!(cond)) ::moe::throw_internal("{}:{}: internal check '{}' failed: {}", __FILE__,     \
-                                       __LINE__, #cond, ::fmt::format(__VA_ARGS__));          \
+#define MOE_ASSERT(cond, ...)                                                                   \
+  do {                                                                                          \
+    if (!(cond))                                                                                \
+      ::moe::throw_internal("{}:{}: internal check '{}' failed: {}", __FILE__, __LINE__, #cond, \
+                            ::fmt::format(__VA_ARGS__));                                        \
   } while (0)

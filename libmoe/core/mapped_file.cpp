@@ -121,7 +121,8 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
     out.flush();
     if (!out) throw_input("{}: write failed: {}", tmp, std::strerror(errno));
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw_input("{}: cannot rename into place: {}", path, std::strerror(errno));
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw_input("{}: cannot rename into place: {}", path, std::strerror(errno));
 }
 
 }  // namespace moe

@@ -63,7 +63,8 @@ fs::path resolve_output_dir(const std::string& flag, const std::string& path, co
   const fs::path t = normal_path(path);
   std::error_code ec;
   const fs::path cwd = normal_path(fs::current_path(ec));
-  if (t == t.root_path()) throw_input("{} {}: refusing to write over the filesystem root; name a new directory", flag, path);
+  if (t == t.root_path())
+    throw_input("{} {}: refusing to write over the filesystem root; name a new directory", flag, path);
   if (!ec && t == cwd)
     throw_input("{} {}: refusing to write over the current directory; name a new directory such as {}/out", flag, path,
                 path);
@@ -98,8 +99,9 @@ StagedDir::StagedDir(const std::string& flag, const fs::path& target, bool overw
   if (ec) throw_input("{} {}: cannot create its parent directory ({})", flag_, target_.string(), ec.message());
   fs::remove_all(staging_, ec);  // left by a killed run: it is never a complete output
   fs::create_directory(staging_, ec);
-  if (ec) throw_input("{} {}: cannot create {} ({}); choose a writable location", flag_, target_.string(),
-                      staging_.string(), ec.message());
+  if (ec)
+    throw_input("{} {}: cannot create {} ({}); choose a writable location", flag_, target_.string(), staging_.string(),
+                ec.message());
 }
 
 StagedDir::~StagedDir() {

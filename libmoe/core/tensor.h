@@ -35,10 +35,22 @@ class Tensor {
 
   void* raw() { return data_; }
   const void* raw() const { return data_; }
-  template <class T> T* data() { return static_cast<T*>(data_); }
-  template <class T> const T* data() const { return static_cast<const T*>(data_); }
-  float* f32() { check_dtype(DType::F32); return data<float>(); }
-  const float* f32() const { check_dtype(DType::F32); return data<float>(); }
+  template <class T>
+  T* data() {
+    return static_cast<T*>(data_);
+  }
+  template <class T>
+  const T* data() const {
+    return static_cast<const T*>(data_);
+  }
+  float* f32() {
+    check_dtype(DType::F32);
+    return data<float>();
+  }
+  const float* f32() const {
+    check_dtype(DType::F32);
+    return data<float>();
+  }
 
   // Same storage, new shape with the same number of elements.
   Tensor view(Shape shape) const;

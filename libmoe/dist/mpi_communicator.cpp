@@ -156,8 +156,8 @@ void MpiCommunicator::do_all_to_all(const void* send, std::span<const int64_t> s
     rc[r] = as_int(recv_counts[r], impl_->world_rank, w), ro[r] = as_int(recv_offsets[r], impl_->world_rank, w);
   }
   const MPI_Datatype t = mpi_type(dtype);
-  check(MPI_Alltoallv(send, sc.data(), so.data(), t, recv, rc.data(), ro.data(), t, impl_->comm), impl_->world_rank,
-        w, "MPI_Alltoallv");
+  check(MPI_Alltoallv(send, sc.data(), so.data(), t, recv, rc.data(), ro.data(), t, impl_->comm), impl_->world_rank, w,
+        "MPI_Alltoallv");
 }
 
 void MpiCommunicator::do_broadcast(void* buf, int64_t count, DataType dtype, int root) {
@@ -176,8 +176,8 @@ void MpiCommunicator::do_send(const void* buf, int64_t count, DataType dtype, in
   int64_t done = 0;
   do {  // at least one message, so a zero-length send still matches its recv
     const int n = int(std::min(kMaxChunk, count - done));
-    check(MPI_Send(p + size_t(done) * es, n, mpi_type(dtype), peer, tag, impl_->comm), impl_->world_rank,
-          where("send"), "MPI_Send");
+    check(MPI_Send(p + size_t(done) * es, n, mpi_type(dtype), peer, tag, impl_->comm), impl_->world_rank, where("send"),
+          "MPI_Send");
     done += n;
   } while (done < count);
 }

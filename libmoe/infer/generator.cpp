@@ -21,15 +21,17 @@ void require_finite(std::span<const float> logits, int64_t position) {
   bool any_finite = false;
   for (float l : logits) {
     if (std::isnan(l) || l == INFINITY)
-      throw NonFiniteLogits(fmt::format("the model's logits at position {} are {}: its weights (or config.json) hold "
-                                        "non-finite values; check the checkpoint (e.g. an sft run that diverged)",
-                                        position, std::isnan(l) ? "NaN" : "+inf"));
+      throw NonFiniteLogits(
+          fmt::format("the model's logits at position {} are {}: its weights (or config.json) hold "
+                      "non-finite values; check the checkpoint (e.g. an sft run that diverged)",
+                      position, std::isnan(l) ? "NaN" : "+inf"));
     any_finite = any_finite || std::isfinite(l);
   }
   if (!any_finite)
-    throw NonFiniteLogits(fmt::format("the model's logits at position {} are all -inf: its weights (or config.json) "
-                                      "hold non-finite values; check the checkpoint",
-                                      position));
+    throw NonFiniteLogits(
+        fmt::format("the model's logits at position {} are all -inf: its weights (or config.json) "
+                    "hold non-finite values; check the checkpoint",
+                    position));
 }
 }  // namespace
 
@@ -45,9 +47,10 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt, const G
   int max_new = cfg.max_new_tokens;
   if (ctx > 0) {
     if (res.prompt_tokens >= ctx)
-      throw RequestError(fmt::format("the prompt is {} tokens; the model's context (max_position_embeddings in "
-                                     "config.json) is {} tokens, answer included: shorten the prompt",
-                                     res.prompt_tokens, ctx));
+      throw RequestError(
+          fmt::format("the prompt is {} tokens; the model's context (max_position_embeddings in "
+                      "config.json) is {} tokens, answer included: shorten the prompt",
+                      res.prompt_tokens, ctx));
     if (int64_t(max_new) > ctx - res.prompt_tokens) {
       max_new = int(ctx - res.prompt_tokens);
       log().warn("max_model_len({}) - num_tokens({}) < max_new_tokens({}): generating at most {} tokens", ctx,

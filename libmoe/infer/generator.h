@@ -42,8 +42,8 @@ struct TokenLogprob {
 };
 
 struct GenerationResult {
-  std::vector<int32_t> ids;  // generated ids, without the stop id
-  std::string finish_reason;  // "stop" or "length"
+  std::vector<int32_t> ids;                         // generated ids, without the stop id
+  std::string finish_reason;                        // "stop" or "length"
   int64_t prompt_tokens = 0, prefilled_tokens = 0;  // prefilled < prompt when the cache was reused
   double prefill_seconds = 0, decode_seconds = 0;
   std::vector<TokenLogprob> logprobs;

@@ -9,11 +9,9 @@ namespace moe::infer {
 std::string sampling_value_problem(std::string_view name, double value) {
   // Checked as the float the sampler will hold, so 1e39 is refused as the inf it becomes.
   const double v = name == "top_k" ? value : double(float(value));
-  if (name == "temperature")
-    return std::isfinite(v) && v >= 0 ? "" : "must be a finite number >= 0 (0 = greedy)";
+  if (name == "temperature") return std::isfinite(v) && v >= 0 ? "" : "must be a finite number >= 0 (0 = greedy)";
   if (name == "top_p") return std::isfinite(v) && v > 0 && v <= 1 ? "" : "must be > 0 and <= 1 (1 = off)";
-  if (name == "repetition_penalty")
-    return std::isfinite(v) && v > 0 ? "" : "must be a finite number > 0 (1 = off)";
+  if (name == "repetition_penalty") return std::isfinite(v) && v > 0 ? "" : "must be a finite number > 0 (1 = off)";
   if (name == "top_k")
     return v >= 0 && v <= 2147483647.0 && v == std::floor(v) ? "" : "must be a whole number >= 0 (0 = off)";
   return "is not a sampling parameter";
@@ -34,7 +32,9 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
 
   cand_.resize(size_t(V));
   for (int64_t i = 0; i < V; ++i) cand_[size_t(i)] = {logits[size_t(i)] / p_.temperature, int32_t(i)};
-  auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+  auto by_logit = [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
   size_t n = cand_.size();
   if (p_.top_k > 0 && size_t(p_.top_k) < n) {
     std::partial_sort(cand_.begin(), cand_.begin() + p_.top_k, cand_.end(), by_logit);

@@ -14,8 +14,8 @@ namespace moe::infer {
 
 struct SamplingParams {
   float temperature = 0.0f;
-  int top_k = 0;           // 0 = off
-  float top_p = 1.0f;      // 1 = off
+  int top_k = 0;       // 0 = off
+  float top_p = 1.0f;  // 1 = off
   float repetition_penalty = 1.0f;
   uint64_t seed = 42;
 };

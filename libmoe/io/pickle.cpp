@@ -59,8 +59,14 @@ class Writer {
         }
         break;
       case PyValue::kTuple: tuple(v.items); break;
-      case PyValue::kDict: out += '}'; items(v); break;
-      case PyValue::kOrderedDict: global("collections", "OrderedDict"), out += ")R"; items(v); break;
+      case PyValue::kDict:
+        out += '}';
+        items(v);
+        break;
+      case PyValue::kOrderedDict:
+        global("collections", "OrderedDict"), out += ")R";
+        items(v);
+        break;
       case PyValue::kNamespace:
         global("argparse", "Namespace"), out += ")R}";
         items(v);
@@ -119,7 +125,7 @@ class Writer {
     integer(t.offset);
     int_tuple(std::vector<int64_t>(t.shape.begin(), t.shape.end()));
     int_tuple(t.stride);
-    out += '\x89';                                   // requires_grad False
+    out += '\x89';                                      // requires_grad False
     global("collections", "OrderedDict"), out += ")R";  // backward hooks
     out += "tR";
   }
@@ -162,8 +168,8 @@ class Reader {
     while (true) {
       const unsigned char op = byte();
       switch (op) {
-        case 0x80: byte(); break;                   // PROTO
-        case 0x95: take(8); break;                  // FRAME
+        case 0x80: byte(); break;   // PROTO
+        case 0x95: take(8); break;  // FRAME
         case '.': return pop_value("STOP");
         case '(': stack_.push_back({nullptr, "", true}); break;
         case 'N': push(PyValue::none()); break;
@@ -172,7 +178,7 @@ class Reader {
         case 'K': push(PyValue::integer(byte())); break;
         case 'M': push(PyValue::integer(int64_t(le(2)))); break;
         case 'J': push(PyValue::integer(int64_t(int32_t(uint32_t(le(4)))))); break;
-        case 0x8a: {                                // LONG1
+        case 0x8a: {  // LONG1
           const int n = byte();
           if (n > 8) fail("integer wider than 64 bits");
           uint64_t u = le(n);
@@ -191,7 +197,8 @@ class Reader {
         case 'X': push(PyValue::str(std::string(take(le(4))))); break;
         case 0x8c: push(PyValue::str(std::string(take(byte())))); break;
         case 0x8d: push(PyValue::str(std::string(take(le(8))))); break;
-        case 'C': case 'B': {
+        case 'C':
+        case 'B': {
           auto p = PyValue::container(PyValue::kBytes);
           p->s = std::string(take(op == 'C' ? byte() : le(4)));
           push(p);
@@ -200,7 +207,9 @@ class Reader {
         case ']': push(PyValue::container(PyValue::kList)); break;
         case '}': push(PyValue::container(PyValue::kDict)); break;
         case ')': push(PyValue::container(PyValue::kTuple)); break;
-        case 'l': case 't': case 'd': {
+        case 'l':
+        case 't':
+        case 'd': {
           auto items = pop_mark();
           auto p = PyValue::container(op == 'l' ? PyValue::kList : op == 't' ? PyValue::kTuple : PyValue::kDict);
           if (op == 'd') {
@@ -212,7 +221,9 @@ class Reader {
           push(p);
           break;
         }
-        case 0x85: case 0x86: case 0x87: {
+        case 0x85:
+        case 0x86:
+        case 0x87: {
           const size_t n = op - 0x84;
           auto p = PyValue::container(PyValue::kTuple);
           p->items.resize(n);
@@ -220,9 +231,22 @@ class Reader {
           push(p);
           break;
         }
-        case 'a': { auto x = pop_value("APPEND"); list_top()->items.push_back(x); break; }
-        case 'e': { auto xs = pop_mark(); auto& l = list_top()->items; l.insert(l.end(), xs.begin(), xs.end()); break; }
-        case 's': { auto v = pop_value("SETITEM"), k = pop_value("SETITEM"); dict_top()->entries.push_back({k, v}); break; }
+        case 'a': {
+          auto x = pop_value("APPEND");
+          list_top()->items.push_back(x);
+          break;
+        }
+        case 'e': {
+          auto xs = pop_mark();
+          auto& l = list_top()->items;
+          l.insert(l.end(), xs.begin(), xs.end());
+          break;
+        }
+        case 's': {
+          auto v = pop_value("SETITEM"), k = pop_value("SETITEM");
+          dict_top()->entries.push_back({k, v});
+          break;
+        }
         case 'u': {
           auto xs = pop_mark();
           if (xs.size() % 2) fail("SETITEMS with an odd number of items");
@@ -235,13 +259,14 @@ class Reader {
           global(module + "." + name);
           break;
         }
-        case 0x93: {                                // STACK_GLOBAL
+        case 0x93: {  // STACK_GLOBAL
           auto name = pop_value("STACK_GLOBAL"), module = pop_value("STACK_GLOBAL");
           if (module->kind != PyValue::kStr || name->kind != PyValue::kStr) fail("STACK_GLOBAL needs two strings");
           global(module->s + "." + name->s);
           break;
         }
-        case 'R': case 0x81: {                      // REDUCE, NEWOBJ
+        case 'R':
+        case 0x81: {  // REDUCE, NEWOBJ
           auto args = pop_value("REDUCE");
           if (stack_.empty() || stack_.back().global.empty()) fail("REDUCE of something that is not an allowed global");
           const std::string fn = stack_.back().global;
@@ -249,7 +274,7 @@ class Reader {
           push(call(fn, *args));
           break;
         }
-        case 'b': {                                 // BUILD
+        case 'b': {  // BUILD
           auto state = pop_value("BUILD");
           auto obj = top("BUILD");
           if (obj->kind == PyValue::kNamespace && state->kind == PyValue::kDict) {
@@ -262,7 +287,7 @@ class Reader {
           }
           break;
         }
-        case 'Q': {                                 // BINPERSID: ('storage', cls, key, location, numel)
+        case 'Q': {  // BINPERSID: ('storage', cls, key, location, numel)
           auto pid = pop_value("BINPERSID");
           if (pid->kind != PyValue::kTuple || pid->items.size() != 5 || pid->items[0]->s != "storage")
             fail("persistent id is not a ('storage', ...) tuple");
@@ -276,7 +301,8 @@ class Reader {
         case 'q': memoize(byte()); break;
         case 'r': memoize(uint32_t(le(4))); break;
         case 0x94: memoize(uint32_t(memo_.size())); break;
-        case 'h': case 'j': {
+        case 'h':
+        case 'j': {
           const uint32_t k = op == 'h' ? byte() : uint32_t(le(4));
           auto it = memo_.find(k);
           if (it == memo_.end()) fail("memo key " + std::to_string(k) + " was never stored");
@@ -324,11 +350,22 @@ class Reader {
   void global(const std::string& name) {
     // Storage classes of every dtype are allowed: a checkpoint may hold e.g. TransformerEngine's
     // empty uint8 `_extra_state` tensors next to the weights; only F32/BF16/F16 become Tensors.
-    static const char* allowed[] = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "argparse.Namespace",
-                                    "_codecs.encode", "torch.FloatStorage", "torch.BFloat16Storage",
-                                    "torch.HalfStorage", "torch.DoubleStorage", "torch.ByteStorage",
-                                    "torch.CharStorage", "torch.ShortStorage", "torch.IntStorage", "torch.LongStorage",
-                                    "torch.BoolStorage", "_io.BytesIO", "__builtin__.bytes",
+    static const char* allowed[] = {"collections.OrderedDict",
+                                    "torch._utils._rebuild_tensor_v2",
+                                    "argparse.Namespace",
+                                    "_codecs.encode",
+                                    "torch.FloatStorage",
+                                    "torch.BFloat16Storage",
+                                    "torch.HalfStorage",
+                                    "torch.DoubleStorage",
+                                    "torch.ByteStorage",
+                                    "torch.CharStorage",
+                                    "torch.ShortStorage",
+                                    "torch.IntStorage",
+                                    "torch.LongStorage",
+                                    "torch.BoolStorage",
+                                    "_io.BytesIO",
+                                    "__builtin__.bytes",
                                     "builtins.bytes"};
     for (const char* a : allowed)
       if (name == a) {

@@ -31,7 +31,9 @@ struct TensorRef {
 
 // A contiguous, whole-storage TensorRef for tensor `t` stored under `key`.
 TensorRef contiguous_ref(const std::string& key, DType dtype, const Shape& shape);
-inline TensorRef contiguous_ref(const std::string& key, const Tensor& t) { return contiguous_ref(key, t.dtype(), t.shape()); }
+inline TensorRef contiguous_ref(const std::string& key, const Tensor& t) {
+  return contiguous_ref(key, t.dtype(), t.shape());
+}
 
 struct PyValue {
   enum Kind { kNone, kBool, kInt, kFloat, kStr, kBytes, kList, kTuple, kDict, kOrderedDict, kNamespace, kTensor };
@@ -39,18 +41,42 @@ struct PyValue {
   bool b = false;
   int64_t i = 0;
   double f = 0;
-  std::string s;                                // str, bytes
-  std::vector<PyPtr> items;                     // list, tuple
+  std::string s;                                 // str, bytes
+  std::vector<PyPtr> items;                      // list, tuple
   std::vector<std::pair<PyPtr, PyPtr>> entries;  // dict, OrderedDict, Namespace (str keys), in order
   TensorRef tensor;
 
   static PyPtr none() { return std::make_shared<PyValue>(); }
-  static PyPtr boolean(bool v) { auto p = std::make_shared<PyValue>(); p->kind = kBool, p->b = v; return p; }
-  static PyPtr integer(int64_t v) { auto p = std::make_shared<PyValue>(); p->kind = kInt, p->i = v; return p; }
-  static PyPtr floating(double v) { auto p = std::make_shared<PyValue>(); p->kind = kFloat, p->f = v; return p; }
-  static PyPtr str(std::string v) { auto p = std::make_shared<PyValue>(); p->kind = kStr, p->s = std::move(v); return p; }
-  static PyPtr container(Kind k) { auto p = std::make_shared<PyValue>(); p->kind = k; return p; }
-  static PyPtr tensor_ref(TensorRef t) { auto p = std::make_shared<PyValue>(); p->kind = kTensor, p->tensor = std::move(t); return p; }
+  static PyPtr boolean(bool v) {
+    auto p = std::make_shared<PyValue>();
+    p->kind = kBool, p->b = v;
+    return p;
+  }
+  static PyPtr integer(int64_t v) {
+    auto p = std::make_shared<PyValue>();
+    p->kind = kInt, p->i = v;
+    return p;
+  }
+  static PyPtr floating(double v) {
+    auto p = std::make_shared<PyValue>();
+    p->kind = kFloat, p->f = v;
+    return p;
+  }
+  static PyPtr str(std::string v) {
+    auto p = std::make_shared<PyValue>();
+    p->kind = kStr, p->s = std::move(v);
+    return p;
+  }
+  static PyPtr container(Kind k) {
+    auto p = std::make_shared<PyValue>();
+    p->kind = k;
+    return p;
+  }
+  static PyPtr tensor_ref(TensorRef t) {
+    auto p = std::make_shared<PyValue>();
+    p->kind = kTensor, p->tensor = std::move(t);
+    return p;
+  }
 
   // Dict-like lookup by string key; nullptr if absent or not a dict-like value.
   PyPtr get(std::string_view key) const;

@@ -20,8 +20,8 @@ bool is_file(const fs::path& p) {
 
 // A shard named by the index must be a plain file name in the index's directory.
 bool plain_file_name(const std::string& f) {
-  return !f.empty() && f != "." && f != ".." && f.find('/') == std::string::npos &&
-         f.find('\\') == std::string::npos && f.find('\0') == std::string::npos;
+  return !f.empty() && f != "." && f != ".." && f.find('/') == std::string::npos && f.find('\\') == std::string::npos &&
+         f.find('\0') == std::string::npos;
 }
 
 }  // namespace
@@ -29,9 +29,10 @@ bool plain_file_name(const std::string& f) {
 SafetensorsCheckpoint SafetensorsCheckpoint::open_dir(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec))
-    throw_input("{}: not a directory (expected a Hugging Face model directory with model.safetensors or "
-                "model.safetensors.index.json)",
-                dir);
+    throw_input(
+        "{}: not a directory (expected a Hugging Face model directory with model.safetensors or "
+        "model.safetensors.index.json)",
+        dir);
   SafetensorsCheckpoint c;
   c.dir_ = dir;
   const fs::path single = fs::path(dir) / "model.safetensors";
@@ -43,7 +44,8 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open_dir(const std::string& dir) {
   };
 
   if (is_file(single)) {
-    if (is_file(index)) log().debug("{}: using model.safetensors; model.safetensors.index.json beside it is ignored", dir);
+    if (is_file(index))
+      log().debug("{}: using model.safetensors; model.safetensors.index.json beside it is ignored", dir);
     add_whole_file(single.string());
   } else if (is_file(index)) {
     const std::string ip = index.string();
@@ -62,7 +64,8 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open_dir(const std::string& dir) {
     for (auto it = wm->begin(); it != wm->end(); ++it) {
       const std::string& name = it.key();
       if (!it.value().is_string())
-        throw_input("{}: weight_map['{}'] is a JSON {}, but must be a shard file name", ip, name, it.value().type_name());
+        throw_input("{}: weight_map['{}'] is a JSON {}, but must be a shard file name", ip, name,
+                    it.value().type_name());
       const std::string fname = it.value().get<std::string>();
       if (!plain_file_name(fname))
         throw_input("{}: weight_map['{}'] = '{}' must name a file in the index's own directory", ip, name, fname);
@@ -70,14 +73,16 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open_dir(const std::string& dir) {
       if (!shard) {
         const fs::path p = fs::path(dir) / fname;
         if (!is_file(p))
-          throw_input("{}: weight_map puts tensor '{}' in '{}', which does not exist in {} (the download is incomplete)",
-                      ip, name, fname, dir);
+          throw_input(
+              "{}: weight_map puts tensor '{}' in '{}', which does not exist in {} (the download is incomplete)", ip,
+              name, fname, dir);
         shard = SafetensorsFile::open(p.string());
       }
       if (!shard->has(name))
-        throw_input("{}: index names tensor '{}' in file '{}' but {} does not contain it (the index and the shards come "
-                    "from different checkpoints)",
-                    ip, name, fname, fname);
+        throw_input(
+            "{}: index names tensor '{}' in file '{}' but {} does not contain it (the index and the shards come "
+            "from different checkpoints)",
+            ip, name, fname, fname);
       c.where_[name] = shard;
     }
     // A tensor in a shard but not in the weight_map is invisible to transformers: the index
@@ -85,22 +90,25 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open_dir(const std::string& dir) {
     for (const auto& [fname, shard] : shards)
       for (const auto& t : shard->header().tensors)
         if (!c.where_.count(t.name))
-          throw_input("{}: tensor '{}' in '{}' is missing from the index's weight_map (the index and the shards come "
-                      "from different checkpoints)",
-                      ip, t.name, fname);
+          throw_input(
+              "{}: tensor '{}' in '{}' is missing from the index's weight_map (the index and the shards come "
+              "from different checkpoints)",
+              ip, t.name, fname);
   } else {
     std::vector<std::string> found;
     for (const auto& e : fs::directory_iterator(dir, ec))
       if (e.path().extension() == ".safetensors" && is_file(e.path())) found.push_back(e.path().filename().string());
     std::sort(found.begin(), found.end());
     if (found.empty())
-      throw_input("{}: no model.safetensors, model.safetensors.index.json or other *.safetensors file (not a model "
-                  "directory, or the weights were not downloaded)",
-                  dir);
+      throw_input(
+          "{}: no model.safetensors, model.safetensors.index.json or other *.safetensors file (not a model "
+          "directory, or the weights were not downloaded)",
+          dir);
     if (found.size() > 1)
-      throw_input("{}: {} *.safetensors files ({}, ...) but no model.safetensors.index.json saying which tensor is in "
-                  "which (add the index, or keep one file)",
-                  dir, found.size(), found[0]);
+      throw_input(
+          "{}: {} *.safetensors files ({}, ...) but no model.safetensors.index.json saying which tensor is in "
+          "which (add the index, or keep one file)",
+          dir, found.size(), found[0]);
     add_whole_file((fs::path(dir) / found[0]).string());
   }
   c.names_.reserve(c.where_.size());

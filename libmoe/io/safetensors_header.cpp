@@ -14,7 +14,8 @@ namespace {
 using json = nlohmann::json;
 
 constexpr uint64_t kMaxHeaderBytes = uint64_t(100) << 20;
-constexpr const char* kKnownDtypes = "BOOL, U8, I8, I16, U16, I32, U32, I64, U64, F8_E4M3, F8_E5M2, F16, BF16, F32, F64";
+constexpr const char* kKnownDtypes =
+    "BOOL, U8, I8, I16, U16, I32, U32, I64, U64, F8_E4M3, F8_E5M2, F16, BF16, F32, F64";
 
 std::string shape_text(const std::vector<int64_t>& s) { return shape_str(Shape(s.begin(), s.end())); }
 
@@ -27,9 +28,7 @@ json parse_header_json(const unsigned char* first, const unsigned char* last, co
   std::string duplicate;
   auto cb = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
     switch (event) {
-      case json::parse_event_t::object_start:
-        open_objects.emplace_back();
-        break;
+      case json::parse_event_t::object_start: open_objects.emplace_back(); break;
       case json::parse_event_t::object_end:
         if (!open_objects.empty()) open_objects.pop_back();
         break;
@@ -39,8 +38,7 @@ json parse_header_json(const unsigned char* first, const unsigned char* last, co
         if (open_objects.size() == 1) top_keys->push_back(key);
         break;
       }
-      default:
-        break;
+      default: break;
     }
     return true;
   };
@@ -81,17 +79,19 @@ TensorInfo parse_tensor(const std::string& name, const json& v, uint64_t data_st
   if (v.size() != 3) {
     for (auto it = v.begin(); it != v.end(); ++it)
       if (it.key() != "dtype" && it.key() != "shape" && it.key() != "data_offsets")
-        throw_input("{}: tensor '{}' has an unexpected field '{}' (only dtype, shape and data_offsets are allowed)", path,
-                    name, it.key());
+        throw_input("{}: tensor '{}' has an unexpected field '{}' (only dtype, shape and data_offsets are allowed)",
+                    path, name, it.key());
   }
   TensorInfo t;
   t.name = name;
 
   const json& dtype = v.at("dtype");
-  if (!dtype.is_string()) throw_input("{}: tensor '{}': dtype is a JSON {}, not a string", path, name, dtype.type_name());
+  if (!dtype.is_string())
+    throw_input("{}: tensor '{}': dtype is a JSON {}, not a string", path, name, dtype.type_name());
   t.dtype = dtype.get<std::string>();
   const int elem = safetensors_dtype_size(t.dtype);
-  if (elem == 0) throw_input("{}: tensor '{}': unknown dtype '{}' (safetensors defines {})", path, name, t.dtype, kKnownDtypes);
+  if (elem == 0)
+    throw_input("{}: tensor '{}': unknown dtype '{}' (safetensors defines {})", path, name, t.dtype, kKnownDtypes);
 
   const json& shape = v.at("shape");
   if (!shape.is_array()) throw_input("{}: tensor '{}': shape is a JSON {}, not a list", path, name, shape.type_name());
@@ -116,8 +116,8 @@ TensorInfo parse_tensor(const std::string& name, const json& v, uint64_t data_st
     }
   }
   if (numel > std::numeric_limits<uint64_t>::max() / uint64_t(elem))
-    throw_input("{}: tensor '{}': shape {} of {} needs more bytes than fit in 64 bits (the file is corrupt)", path, name,
-                shape.dump(), t.dtype);
+    throw_input("{}: tensor '{}': shape {} of {} needs more bytes than fit in 64 bits (the file is corrupt)", path,
+                name, shape.dump(), t.dtype);
   const uint64_t need = numel * uint64_t(elem);
 
   const json& off = v.at("data_offsets");
@@ -145,41 +145,41 @@ TensorInfo parse_tensor(const std::string& name, const json& v, uint64_t data_st
 }  // namespace
 
 int safetensors_dtype_size(const std::string& d) {
-  static const std::map<std::string, int> sizes = {
-      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I16", 2}, {"U16", 2}, {"F16", 2},
-      {"BF16", 2}, {"I32", 4}, {"U32", 4}, {"F32", 4},     {"I64", 8},     {"U64", 8}, {"F64", 8}};
+  static const std::map<std::string, int> sizes = {{"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1},
+                                                   {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+                                                   {"U32", 4},  {"F32", 4}, {"I64", 8}, {"U64", 8},     {"F64", 8}};
   auto it = sizes.find(d);
   return it == sizes.end() ? 0 : it->second;
 }
 
 SafetensorsHeader parse_safetensors_header(const unsigned char* data, size_t size, const std::string& path) {
   if (size < 8)
-    throw_input("{}: {} bytes is too short for a safetensors file, which starts with an 8-byte header length (the file "
-                "is truncated or empty)",
-                path, size);
+    throw_input(
+        "{}: {} bytes is too short for a safetensors file, which starts with an 8-byte header length (the file "
+        "is truncated or empty)",
+        path, size);
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
   if (n > kMaxHeaderBytes)
-    throw_input("{}: header length {} exceeds the 100 MB limit (the file is corrupt or not a safetensors file)", path, n);
+    throw_input("{}: header length {} exceeds the 100 MB limit (the file is corrupt or not a safetensors file)", path,
+                n);
   if (n > size - 8)
-    throw_input("{}: header length {} is longer than the file ({} bytes) (the file is corrupt or was truncated)", path, n,
-                size);
+    throw_input("{}: header length {} is longer than the file ({} bytes) (the file is corrupt or was truncated)", path,
+                n, size);
   const uint64_t data_start = 8 + n, data_size = size - data_start;
 
   std::vector<std::string> order;
   const json j = parse_header_json(data + 8, data + 8 + n, path, &order);
   if (!j.is_object())
-    throw_input("{}: header is a JSON {}, but must be a JSON object (the file is corrupt or not a safetensors file)", path,
-                j.type_name());
+    throw_input("{}: header is a JSON {}, but must be a JSON object (the file is corrupt or not a safetensors file)",
+                path, j.type_name());
 
   SafetensorsHeader h;
   h.tensors.reserve(order.size());
   for (const std::string& name : order) {
     const json& v = j.find(name).value();
-    if (name == "__metadata__")
-      parse_metadata(v, path, &h.metadata);
-    else
-      h.tensors.push_back(parse_tensor(name, v, data_start, data_size, path));
+    if (name == "__metadata__") parse_metadata(v, path, &h.metadata);
+    else h.tensors.push_back(parse_tensor(name, v, data_start, data_size, path));
   }
 
   // Ranges may leave gaps but must not overlap: sort by begin and compare neighbours. Empty
@@ -193,9 +193,9 @@ SafetensorsHeader parse_safetensors_header(const unsigned char* data, size_t siz
   for (size_t i = 1; i < by_offset.size(); ++i) {
     const TensorInfo &a = *by_offset[i - 1], &b = *by_offset[i];
     if (b.begin < a.end)
-      throw_input("{}: tensors '{}' (data_offsets [{}, {}]) and '{}' (data_offsets [{}, {}]) overlap (the file is corrupt)",
-                  path, a.name, a.begin - data_start, a.end - data_start, b.name, b.begin - data_start,
-                  b.end - data_start);
+      throw_input(
+          "{}: tensors '{}' (data_offsets [{}, {}]) and '{}' (data_offsets [{}, {}]) overlap (the file is corrupt)",
+          path, a.name, a.begin - data_start, a.end - data_start, b.name, b.begin - data_start, b.end - data_start);
   }
   return h;
 }

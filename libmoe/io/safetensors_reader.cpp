@@ -31,8 +31,9 @@ Tensor SafetensorsFile::get(const std::string& name) const {
   const TensorInfo& t = info(name);
   DType dt;
   if (!parse_dtype(t.dtype, &dt))
-    throw_input("{}: dtype {} not supported for tensor '{}' (moectl computes in F32, BF16 or F16; convert the checkpoint)",
-                path(), t.dtype, name);
+    throw_input(
+        "{}: dtype {} not supported for tensor '{}' (moectl computes in F32, BF16 or F16; convert the checkpoint)",
+        path(), t.dtype, name);
   const Shape shape(t.shape.begin(), t.shape.end());
   const unsigned char* p = file_->data() + t.begin;
   if (t.begin % dtype_size(dt) != 0) {

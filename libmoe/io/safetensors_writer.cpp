@@ -121,7 +121,8 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   const std::string header = build_header(path, tensors, metadata);
   const std::string tmp = path + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw_input("{}: cannot create: {} (check that the directory exists and is writable)", tmp, std::strerror(errno));
+  if (!f)
+    throw_input("{}: cannot create: {} (check that the directory exists and is writable)", tmp, std::strerror(errno));
   int err = 0;
   auto put = [&](const void* p, size_t n) {
     if (err == 0 && n > 0 && std::fwrite(p, 1, n, f) != n) err = errno ? errno : EIO;
@@ -171,7 +172,8 @@ void ShardedSafetensorsWriter::add(const std::string& name, const Tensor& t) {
 void ShardedSafetensorsWriter::flush_shard() {
   if (pending_.empty()) return;
   // M is known only at the end: write under a provisional hidden name, renamed in finish().
-  const std::string partial = (fs::path(dir_) / (".shard-" + std::to_string(partial_files_.size() + 1) + ".partial")).string();
+  const std::string partial =
+      (fs::path(dir_) / (".shard-" + std::to_string(partial_files_.size() + 1) + ".partial")).string();
   partial_files_.push_back(partial);
   write_safetensors(partial, pending_);
   std::vector<std::string> names;

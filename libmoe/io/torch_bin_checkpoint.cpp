@@ -26,7 +26,8 @@ TorchBinCheckpoint TorchBinCheckpoint::open_dir(const std::string& dir) {
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
       if (!it.value().is_string()) throw_input("{}: weight_map['{}'] must be a file name", index.string(), it.key());
       const std::string f = it.value().get<std::string>();
-      if (f.find('/') != std::string::npos) throw_input("{}: shard '{}' must be in the same directory", index.string(), f);
+      if (f.find('/') != std::string::npos)
+        throw_input("{}: shard '{}' must be in the same directory", index.string(), f);
       expected[it.key()] = f;
       if (std::find(files.begin(), files.end(), f) == files.end()) files.push_back(f);
     }
@@ -49,7 +50,8 @@ TorchBinCheckpoint TorchBinCheckpoint::open_dir(const std::string& dir) {
     }
   }
   for (const auto& [name, file] : expected)
-    if (!c.where_.count(name)) throw_input("{}: names tensor '{}' in '{}', which does not contain it", index.string(), name, file);
+    if (!c.where_.count(name))
+      throw_input("{}: names tensor '{}' in '{}', which does not contain it", index.string(), name, file);
   for (const auto& [name, w] : c.where_) c.names_.push_back(name);
   return c;
 }

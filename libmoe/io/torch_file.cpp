@@ -5,9 +5,9 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cerrno>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -129,7 +129,8 @@ class ZipWriter {
     };
     auto checksum = [&] {
       uint32_t c = 0;
-      for (size_t k = 0; k < runs.size(); ++k) c = pread_crc32(fd_of[k], runs[k].file->path(), runs[k].offset, runs[k].size, c);
+      for (size_t k = 0; k < runs.size(); ++k)
+        c = pread_crc32(fd_of[k], runs[k].file->path(), runs[k].offset, runs[k].size, c);
       return c;
     };
     uint32_t crc = 0;
@@ -410,8 +411,8 @@ void TorchFile::verify(const TensorRef& r) const {
     ~Fd() { ::close(fd); }
   } closer{fd};
   posix_fadvise(fd, off_t(e.offset), off_t(e.size), POSIX_FADV_SEQUENTIAL);
-  const uint32_t crc =
-      parallel_crc32(e.size, [&](size_t at, size_t n, uint32_t c) { return pread_crc32(fd, path, e.offset + at, n, c); });
+  const uint32_t crc = parallel_crc32(
+      e.size, [&](size_t at, size_t n, uint32_t c) { return pread_crc32(fd, path, e.offset + at, n, c); });
   if (crc != e.crc) checksum_mismatch(path, e.name);
   done.store(true, std::memory_order_release);
 }

@@ -156,13 +156,11 @@ void causal_attention(const Backend& b, const AttentionShape& s, const float* q,
   k::causal_attention(s, q, kk, v, out);
 }
 
-int64_t router_capacity(int64_t T, int64_t E, int64_t K, double factor) {
-  return k::router_capacity(T, E, K, factor);
-}
+int64_t router_capacity(int64_t T, int64_t E, int64_t K, double factor) { return k::router_capacity(T, E, K, factor); }
 
-RouterLosses router_forward(const Backend& b, const RouterOptions& o, const float* logits, int64_t T,
-                            const float* bias, const int32_t* cu, int64_t S, float* probs, int32_t* selected,
-                            float* selected_weight, int32_t* expert, float* weight, int64_t* load) {
+RouterLosses router_forward(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,
+                            const int32_t* cu, int64_t S, float* probs, int32_t* selected, float* selected_weight,
+                            int32_t* expert, float* weight, int64_t* load) {
   cpu_only(b, "router_forward");
   return k::router_forward(o, logits, T, bias, cu, S, probs, selected, selected_weight, expert, weight, load);
 }
@@ -172,8 +170,7 @@ void router_backward(const Backend& b, const RouterOptions& o, const float* logi
                      const int32_t* expert, const int64_t* load, const float* dweight, float loss_scale,
                      float* dlogits) {
   cpu_only(b, "router_backward");
-  k::router_backward(o, logits, T, cu, S, probs, selected, selected_weight, expert, load, dweight, loss_scale,
-                     dlogits);
+  k::router_backward(o, logits, T, cu, S, probs, selected, selected_weight, expert, load, dweight, loss_scale, dlogits);
 }
 
 void router_topk(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,
@@ -259,8 +256,8 @@ void grouped_swiglu_backward(const Backend& b, const float* x, int64_t D, int64_
     std::vector<float> h_re, dh(size_t(n * F)), dgu(size_t(n * 2 * F));
     const float* h_e = h ? h + off * F : (h_re.resize(size_t(n * F)), k::swiglu(gu_e, n, F, h_re.data()), h_re.data());
     const float* dy_e = dy + off * D;
-    k::gemm_tn(D, F, n, dy_e, h_e, dfc2[size_t(e)].f32(), true);         // dfc2 += dyᵀ h
-    k::gemm_nn(n, F, D, dy_e, fc2[size_t(e)].f32(), dh.data(), false);   // dh = dy fc2
+    k::gemm_tn(D, F, n, dy_e, h_e, dfc2[size_t(e)].f32(), true);        // dfc2 += dyᵀ h
+    k::gemm_nn(n, F, D, dy_e, fc2[size_t(e)].f32(), dh.data(), false);  // dh = dy fc2
     k::swiglu_backward(gu_e, dh.data(), n, F, dgu.data());
     k::gemm_tn(2 * F, D, n, dgu.data(), x + off * D, dfc1[size_t(e)].f32(), true);  // dfc1 += dguᵀ x
     k::gemm_nn(n, D, 2 * F, dgu.data(), fc1[size_t(e)].f32(), dx + off * D, false);

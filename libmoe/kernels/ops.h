@@ -93,8 +93,8 @@ void permute(const Backend& b, const float* x_TD, int64_t D, const int64_t* row_
              float* x_perm_RD);
 void permute_backward_add(const Backend& b, const float* dx_perm_RD, int64_t D, const int64_t* row_slot_R, int64_t R,
                           int64_t K, float* dx_TD);
-void unpermute_add(const Backend& b, const float* y_perm_RD, int64_t D, const int64_t* row_slot_R, int64_t R,
-                   int64_t K, const float* weight_TK, float* out_TD);
+void unpermute_add(const Backend& b, const float* y_perm_RD, int64_t D, const int64_t* row_slot_R, int64_t R, int64_t K,
+                   const float* weight_TK, float* out_TD);
 void unpermute_add_backward(const Backend& b, const float* dout_TD, const float* y_perm_RD, int64_t D,
                             const int64_t* row_slot_R, int64_t R, int64_t T, int64_t K, const float* weight_TK,
                             float* dy_perm_RD, float* dweight_TK);
@@ -115,7 +115,7 @@ void grouped_swiglu_backward(const Backend& b, const float* x_perm_RD, int64_t D
 // = gate * dy; dlogit = (dy . shared) gate (1 - gate).
 void shared_gate(const Backend& b, const float* logit_T, const float* shared_TD, int64_t T, int64_t D, float* gate_T,
                  float* y_TD);
-void shared_gate_backward(const Backend& b, const float* dy_TD, const float* shared_TD, const float* gate_T,
-                          int64_t T, int64_t D, float* dshared_TD, float* dlogit_T);
+void shared_gate_backward(const Backend& b, const float* dy_TD, const float* shared_TD, const float* gate_T, int64_t T,
+                          int64_t D, float* dshared_TD, float* dlogit_T);
 
 }  // namespace moe::ops

@@ -9,7 +9,8 @@ namespace moe::model {
 namespace {
 
 ops::VarlenAttention varlen(const Context& ctx, const ModelConfig& c, const Batch& b) {
-  return {ctx.local.heads, ctx.local.query_groups, c.kv_channels, float(1.0 / std::sqrt(double(c.kv_channels))),
+  return {ctx.local.heads,     ctx.local.query_groups,
+          c.kv_channels,       float(1.0 / std::sqrt(double(c.kv_channels))),
           b.cu_seqlens.data(), int64_t(b.cu_seqlens.size()) - 1};
 }
 
@@ -52,8 +53,8 @@ void attention_forward(const Context& ctx, const ModelConfig& c, const Attention
 }
 
 void attention_backward(const Context& ctx, const ModelConfig& c, const AttentionWeights& w, AttentionWeights& g,
-                        const float* x, const Batch& b, const RopeTable& rope, const AttentionSaved& s,
-                        const float* dy, float* dx) {
+                        const float* x, const Batch& b, const RopeTable& rope, const AttentionSaved& s, const float* dy,
+                        float* dx) {
   const Backend& be = ctx.backend;
   const int64_t T = b.size(), D = c.hidden_size, nh = ctx.local.heads, ng = ctx.local.query_groups;
   const int64_t d = c.kv_channels, rows = ng * (nh / ng + 2) * d;
@@ -61,8 +62,8 @@ void attention_backward(const Context& ctx, const ModelConfig& c, const Attentio
   std::vector<float> dout(static_cast<size_t>(T * nh * d));
   ops::linear_backward_input(be, dy, T, w.proj.f32(), D, nh * d, dout.data(), false);
   std::vector<float> dq(s.q.size()), dk(s.k.size()), dv(s.v.size());
-  ops::attention_varlen_backward(be, varlen(ctx, c, b), s.q.data(), s.k.data(), s.v.data(), s.out.data(),
-                                 s.lse.data(), dout.data(), dq.data(), dk.data(), dv.data());
+  ops::attention_varlen_backward(be, varlen(ctx, c, b), s.q.data(), s.k.data(), s.v.data(), s.out.data(), s.lse.data(),
+                                 dout.data(), dq.data(), dk.data(), dv.data());
   ops::rope_backward(be, dq.data(), T, nh, d, b.positions.data(), rope.cos(), rope.sin());
   ops::rope_backward(be, dk.data(), T, ng, d, b.positions.data(), rope.cos(), rope.sin());
   if (c.qk_layernorm) {

@@ -12,10 +12,10 @@
 namespace moe::model {
 
 struct LocalShapes {
-  int64_t heads = 0, query_groups = 0;  // attention heads and key/value groups on this TP rank
-  int64_t expert_begin = 0, experts = 0;  // this EP rank's experts [begin, begin + experts)
+  int64_t heads = 0, query_groups = 0;      // attention heads and key/value groups on this TP rank
+  int64_t expert_begin = 0, experts = 0;    // this EP rank's experts [begin, begin + experts)
   int64_t vocab_begin = 0, vocab_rows = 0;  // this TP rank's rows of the (padded) vocabulary
-  int layer_begin = 0, layers = 0;         // this pipeline stage's layers
+  int layer_begin = 0, layers = 0;          // this pipeline stage's layers
 };
 
 // The shapes rank (tp, pp, ep) of `spec`'s layout holds. With the one-rank layout, the whole

@@ -178,8 +178,10 @@ ModelConfig load_hf_config(const std::string& path) {
   if (mt == "mixtral" && f.has("sliding_window")) {
     const int64_t w = f.integer("sliding_window");
     if (w < c.max_position_embeddings)
-      throw_input("{}: sliding_window {} is smaller than max_position_embeddings {}; sliding-window attention is not "
-                  "supported (set sliding_window to null)", src, w, c.max_position_embeddings);
+      throw_input(
+          "{}: sliding_window {} is smaller than max_position_embeddings {}; sliding-window attention is not "
+          "supported (set sliding_window to null)",
+          src, w, c.max_position_embeddings);
   }
 
   std::string dtype = f.has("torch_dtype") ? f.string("torch_dtype", "") : f.string("dtype", "float32");

@@ -47,10 +47,12 @@ void check_init_fits_in_memory(const ModelConfig& c, DType dtype) {
     need += 4 * largest;
   }
   if (need > have)
-    throw_input("config (model_type '{}', num_hidden_layers {}, hidden_size {}, vocab_size {}): {:.3g} parameters "
-                "need {:.1f} GiB to initialise in {}, more than the {:.1f} GiB of memory this process may use "
-                "(choose smaller sizes)", c.model_type, c.num_layers, c.hidden_size, c.vocab_size, params,
-                need / double(1 << 30), torch_dtype_name(dtype), have / double(1 << 30));
+    throw_input(
+        "config (model_type '{}', num_hidden_layers {}, hidden_size {}, vocab_size {}): {:.3g} parameters "
+        "need {:.1f} GiB to initialise in {}, more than the {:.1f} GiB of memory this process may use "
+        "(choose smaller sizes)",
+        c.model_type, c.num_layers, c.hidden_size, c.vocab_size, params, need / double(1 << 30),
+        torch_dtype_name(dtype), have / double(1 << 30));
 }
 
 StateDict init_random_state(const ModelConfig& c, uint64_t seed, DType dtype, double std) {
@@ -62,8 +64,8 @@ StateDict init_random_state(const ModelConfig& c, uint64_t seed, DType dtype, do
     Tensor t(rule.shape, DType::F32);
     float* p = t.f32();
     const std::string& n = rule.mcore;
-    const bool norm = ends_with(n, "layernorm.weight") || ends_with(n, "layer_norm_weight") ||
-                      ends_with(n, "final_layernorm.weight");
+    const bool norm =
+        ends_with(n, "layernorm.weight") || ends_with(n, "layer_norm_weight") || ends_with(n, "final_layernorm.weight");
     if (norm) {
       std::fill(p, p + t.numel(), 1.0f);
     } else if (!ends_with(n, ".bias") && !rule.buffer) {  // biases and the expert bias start at zero

@@ -10,18 +10,18 @@
 namespace moe::model {
 
 struct AttentionWeights {
-  Tensor input_norm;        // [H] f32
-  Tensor qkv, qkv_bias;     // [qkv_rows, H], [qkv_rows] f32 (optional)
-  Tensor q_norm, k_norm;    // [d] f32 (optional)
-  Tensor proj;              // [H, nh*d]
+  Tensor input_norm;      // [H] f32
+  Tensor qkv, qkv_bias;   // [qkv_rows, H], [qkv_rows] f32 (optional)
+  Tensor q_norm, k_norm;  // [d] f32 (optional)
+  Tensor proj;            // [H, nh*d]
 };
 
 struct MoeWeights {
-  Tensor router;                        // [E, H] f32
-  Tensor expert_bias;                   // [E] f32, optional: shifts the selection only
-  std::vector<Tensor> fc1_E, fc2_E;     // per expert [2Fe, H], [H, Fe]
-  Tensor shared_fc1, shared_fc2;        // optional
-  Tensor shared_gate;                   // [1, H] f32, optional
+  Tensor router;                     // [E, H] f32
+  Tensor expert_bias;                // [E] f32, optional: shifts the selection only
+  std::vector<Tensor> fc1_E, fc2_E;  // per expert [2Fe, H], [H, Fe]
+  Tensor shared_fc1, shared_fc2;     // optional
+  Tensor shared_gate;                // [1, H] f32, optional
 };
 
 struct MlpWeights {

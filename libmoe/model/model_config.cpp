@@ -13,15 +13,15 @@ template <class N>
 N layer_params(const ModelConfig& c, int layer, bool active_only) {
   const N H = N(c.hidden_size), d = N(c.kv_channels);
   const N qkv_rows = N(c.num_attention_heads) * d + 2 * N(c.num_query_groups) * d;
-  N n = H;                                              // input layernorm
+  N n = H;                                               // input layernorm
   n += qkv_rows * H + H * N(c.num_attention_heads) * d;  // qkv, proj
   if (c.add_qkv_bias) n += qkv_rows;
   if (c.qk_layernorm) n += 2 * d;
   n += H;  // pre-MLP norm
   if (c.is_moe_layer(layer)) {
     const N experts = N(active_only ? c.moe_router_topk : c.num_experts);
-    n += N(c.num_experts) * H;                          // router
-    n += experts * 3 * H * N(c.moe_ffn_hidden_size);    // fc1 (gate, up) + fc2
+    n += N(c.num_experts) * H;                        // router
+    n += experts * 3 * H * N(c.moe_ffn_hidden_size);  // fc1 (gate, up) + fc2
     if (c.moe_shared_expert_intermediate_size) n += 3 * H * N(c.moe_shared_expert_intermediate_size);
     if (c.moe_shared_expert_gate) n += H;
   } else {
@@ -77,7 +77,8 @@ void validate_config(const ModelConfig& c, const std::string& src) {
   if (!(c.norm_epsilon > 0)) throw_input("{}: 'rms_norm_eps' must be > 0, got {}", src, c.norm_epsilon);
   if (!(c.rotary_base > 1)) throw_input("{}: 'rope_theta' must be > 1, got {}", src, c.rotary_base);
   if (int(c.moe_layer_pattern.size()) != c.num_layers)
-    throw_input("{}: internal layer pattern has {} entries for {} layers", src, c.moe_layer_pattern.size(), c.num_layers);
+    throw_input("{}: internal layer pattern has {} entries for {} layers", src, c.moe_layer_pattern.size(),
+                c.num_layers);
   bool any_dense = false;
   for (int l = 0; l < c.num_layers; ++l) any_dense |= !c.is_moe_layer(l);
   if (any_dense) positive(c.ffn_hidden_size, "intermediate_size");
@@ -92,20 +93,25 @@ void validate_config(const ModelConfig& c, const std::string& src) {
   if (r.type != "default" && !(r.factor > 0))
     throw_input("{}: rope_scaling.factor must be > 0 for rope_type '{}'", src, r.type);
   if (r.type == "llama3" && (r.original_max_position_embeddings <= 0 || !(r.high_freq_factor > r.low_freq_factor)))
-    throw_input("{}: rope_scaling (llama3) needs original_max_position_embeddings > 0 and high_freq_factor > "
-                "low_freq_factor", src);
+    throw_input(
+        "{}: rope_scaling (llama3) needs original_max_position_embeddings > 0 and high_freq_factor > "
+        "low_freq_factor",
+        src);
   in_range(r.original_max_position_embeddings, "rope_scaling.original_max_position_embeddings", 0, L::kPositions);
   int64_t moe_layers = 0;
   for (int l = 0; l < c.num_layers; ++l) moe_layers += c.is_moe_layer(l) ? 1 : 0;
   if (moe_layers * c.num_experts > L::kExpertInstances)
-    throw_input("{}: {} MoE layers x {} experts = {} expert instances, over the limit of {} (check num_hidden_layers "
-                "and num_experts)", src, moe_layers, c.num_experts, moe_layers * c.num_experts, L::kExpertInstances);
+    throw_input(
+        "{}: {} MoE layers x {} experts = {} expert instances, over the limit of {} (check num_hidden_layers "
+        "and num_experts)",
+        src, moe_layers, c.num_experts, moe_layers * c.num_experts, L::kExpertInstances);
   // Each size may be in range and the product still absurd (and past int64 in the exact count).
   const double params = approx_num_parameters(c);
   if (params > L::kParameters)
-    throw_input("{}: the sizes imply {:.3g} parameters, over the limit of {:.0g} (no real model is this large; check "
-                "num_hidden_layers, hidden_size, intermediate sizes, num_experts and vocab_size)", src, params,
-                L::kParameters);
+    throw_input(
+        "{}: the sizes imply {:.3g} parameters, over the limit of {:.0g} (no real model is this large; check "
+        "num_hidden_layers, hidden_size, intermediate sizes, num_experts and vocab_size)",
+        src, params, L::kParameters);
 }
 
 }  // namespace moe::model

@@ -52,7 +52,7 @@ struct ModelConfig {
   int moe_shared_expert_intermediate_size = 0;  // 0 = no shared expert
   bool moe_shared_expert_gate = false;          // Qwen2-MoE: sigmoid(x . gate_weight) scales it
   std::vector<bool> moe_layer_pattern;          // per layer: true = MoE MLP, false = dense MLP
-  DType params_dtype = DType::F32;  // torch_dtype of the checkpoint
+  DType params_dtype = DType::F32;              // torch_dtype of the checkpoint
   int bos_token_id = -1;
   std::vector<int> eos_token_ids;
 
@@ -70,17 +70,17 @@ struct ModelConfig {
 // line before a size is narrowed to int, multiplied or used to allocate: every product of two
 // bounds fits in int64, and the parameter bound keeps the totals (and their bytes) in int64.
 struct SizeLimits {
-  static constexpr int64_t kLayers = int64_t(1) << 14;         // num_hidden_layers
-  static constexpr int64_t kHidden = int64_t(1) << 20;         // hidden_size
-  static constexpr int64_t kFfn = int64_t(1) << 22;            // intermediate sizes
-  static constexpr int64_t kHeads = int64_t(1) << 14;          // attention and key/value heads
-  static constexpr int64_t kHeadDim = int64_t(1) << 14;        // head_dim
-  static constexpr int64_t kVocab = int64_t(1) << 24;          // vocab_size
-  static constexpr int64_t kExperts = int64_t(1) << 16;        // num_experts
+  static constexpr int64_t kLayers = int64_t(1) << 14;   // num_hidden_layers
+  static constexpr int64_t kHidden = int64_t(1) << 20;   // hidden_size
+  static constexpr int64_t kFfn = int64_t(1) << 22;      // intermediate sizes
+  static constexpr int64_t kHeads = int64_t(1) << 14;    // attention and key/value heads
+  static constexpr int64_t kHeadDim = int64_t(1) << 14;  // head_dim
+  static constexpr int64_t kVocab = int64_t(1) << 24;    // vocab_size
+  static constexpr int64_t kExperts = int64_t(1) << 16;  // num_experts
   // MoE layers x experts: one set of tensors (and names) each; DeepSeek-V3 has 58 x 256 = 14848.
   static constexpr int64_t kExpertInstances = int64_t(1) << 18;
-  static constexpr int64_t kPositions = int64_t(1) << 30;      // max_position_embeddings
-  static constexpr double kParameters = 1e14;                  // total parameters
+  static constexpr int64_t kPositions = int64_t(1) << 30;  // max_position_embeddings
+  static constexpr double kParameters = 1e14;              // total parameters
 };
 
 // Checks every size against SizeLimits and the internal consistency; InputError naming

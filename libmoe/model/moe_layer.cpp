@@ -72,8 +72,7 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
     if (has(w.shared_gate))
       ops::shared_gate_backward(be, dy, s.shared_out_TD.data(), s.gate_T.data(), T, D, dshared.data(),
                                 dgate_logit.data());
-    else
-      ops::copy(be, dshared.data(), dy, T * D);
+    else ops::copy(be, dshared.data(), dy, T * D);
     swiglu_mlp_backward(ctx, x, T, w.shared_fc1, w.shared_fc2, s.shared, dshared.data(), dx, true, g.shared_fc1,
                         g.shared_fc2);
     if (has(w.shared_gate)) {

@@ -28,13 +28,13 @@ std::vector<float> rope_inv_freq(const ModelConfig& c, float* attention_scaling)
     }
   } else if (r.type == "yarn") {
     const double factor = r.factor;
-    const double orig = double(r.original_max_position_embeddings > 0 ? r.original_max_position_embeddings
-                                                                      : c.max_position_embeddings);
+    const double orig =
+        double(r.original_max_position_embeddings > 0 ? r.original_max_position_embeddings : c.max_position_embeddings);
     auto get_mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
     double att = r.attention_factor;
     if (att <= 0) {
       att = (r.mscale > 0 && r.mscale_all_dim > 0) ? get_mscale(factor, r.mscale) / get_mscale(factor, r.mscale_all_dim)
-                                                    : get_mscale(factor, 1.0);
+                                                   : get_mscale(factor, 1.0);
     }
     *attention_scaling = float(att);
     auto correction_dim = [&](double rot) {

@@ -14,8 +14,9 @@ ops::RouterOptions router_options(const MoeTrainOptions& o, int64_t T, int64_t E
   r.capacity = o.capacity_factor > 0 ? ops::router_capacity(T, E, K, o.capacity_factor) : 0;
   r.drop_by_probs = o.token_drop_policy != "position";
   using LB = kernels::cpu::LoadBalancing;
-  r.balancing = o.load_balancing_type == "aux_loss" ? LB::AuxLoss
-                : o.load_balancing_type == "seq_aux_loss" ? LB::SeqAuxLoss : LB::None;
+  r.balancing = o.load_balancing_type == "aux_loss"       ? LB::AuxLoss
+                : o.load_balancing_type == "seq_aux_loss" ? LB::SeqAuxLoss
+                                                          : LB::None;
   r.aux_loss_coeff = o.aux_loss_coeff, r.z_loss_coeff = o.z_loss_coeff;
   return r;
 }
@@ -23,8 +24,7 @@ ops::RouterOptions router_options(const MoeTrainOptions& o, int64_t T, int64_t E
 }  // namespace
 
 void router_train_forward(const Backend& b, const MoeTrainOptions& o, const float* logits, int64_t T, int64_t E,
-                          int64_t K, bool pre_softmax, std::span<const int32_t> cu, const float* bias,
-                          RouterSaved& s) {
+                          int64_t K, bool pre_softmax, std::span<const int32_t> cu, const float* bias, RouterSaved& s) {
   const ops::RouterOptions ro = router_options(o, T, E, K, pre_softmax);
   s.probs_TE.resize(size_t(T * E));
   for (Routing* r : {&s.selected, &s.routing}) {
@@ -32,10 +32,9 @@ void router_train_forward(const Backend& b, const MoeTrainOptions& o, const floa
     r->expert_TK.resize(size_t(T * K)), r->weight_TK.resize(size_t(T * K));
   }
   s.tokens_per_expert.resize(size_t(E));
-  const auto losses = ops::router_forward(b, ro, logits, T, bias, cu.data(), int64_t(cu.size()) - 1, s.probs_TE.data(),
-                                          s.selected.expert_TK.data(), s.selected.weight_TK.data(),
-                                          s.routing.expert_TK.data(), s.routing.weight_TK.data(),
-                                          s.tokens_per_expert.data());
+  const auto losses = ops::router_forward(
+      b, ro, logits, T, bias, cu.data(), int64_t(cu.size()) - 1, s.probs_TE.data(), s.selected.expert_TK.data(),
+      s.selected.weight_TK.data(), s.routing.expert_TK.data(), s.routing.weight_TK.data(), s.tokens_per_expert.data());
   s.capacity = ro.capacity;
   s.aux_loss = losses.aux_loss, s.z_loss = losses.z_loss;
 }

@@ -25,9 +25,9 @@ struct MoeTrainOptions {
 };
 
 struct RouterSaved {
-  std::vector<float> probs_TE;  // softmax over all experts (for the losses and pre-softmax weights)
-  Routing selected;             // the top-k choice before any dropping
-  Routing routing;              // what runs: dropped (token, slot) pairs have expert -1, weight 0
+  std::vector<float> probs_TE;             // softmax over all experts (for the losses and pre-softmax weights)
+  Routing selected;                        // the top-k choice before any dropping
+  Routing routing;                         // what runs: dropped (token, slot) pairs have expert -1, weight 0
   std::vector<int64_t> tokens_per_expert;  // after dropping
   int64_t capacity = 0;                    // 0 when dropless
   double aux_loss = 0, z_loss = 0;         // this layer's losses, coefficients applied

@@ -12,18 +12,21 @@ namespace moe::model {
 
 ShardSpec::ShardSpec(const ModelConfig& c, const dist::ParallelLayout& p, int divisible_by) : c_(c), p_(p) {
   if (p.tp < 1 || p.pp < 1 || p.ep < 1 || p.etp < 1)
-    throw_input("--tensor_model_parallel_size, --pipeline_model_parallel_size, --expert_model_parallel_size and "
-                "--expert_tensor_parallel_size must be >= 1");
+    throw_input(
+        "--tensor_model_parallel_size, --pipeline_model_parallel_size, --expert_model_parallel_size and "
+        "--expert_tensor_parallel_size must be >= 1");
   // Megatron stores each virtual stage as model0, model1, ... in a rank file: not written or read yet.
   if (p.vpp != 1)
-    throw_input("--virtual_pipeline_model_parallel_size {}: checkpoints with virtual pipeline stages are not supported "
-                "yet (use 1)",
-                p.vpp);
+    throw_input(
+        "--virtual_pipeline_model_parallel_size {}: checkpoints with virtual pipeline stages are not supported "
+        "yet (use 1)",
+        p.vpp);
   if (p.tp % p.etp)
-    throw_input("--expert_tensor_parallel_size {} must divide --tensor_model_parallel_size {}: the legacy torch "
-                "checkpoint names files by TP and EP rank only, so more expert tensor-parallel ranks than TP ranks "
-                "would write the same file (use a smaller ETP)",
-                p.etp, p.tp);
+    throw_input(
+        "--expert_tensor_parallel_size {} must divide --tensor_model_parallel_size {}: the legacy torch "
+        "checkpoint names files by TP and EP rank only, so more expert tensor-parallel ranks than TP ranks "
+        "would write the same file (use a smaller ETP)",
+        p.etp, p.tp);
   if (c.num_query_groups % p.tp)
     throw_input("--tensor_model_parallel_size {} must divide num_key_value_heads {}", p.tp, c.num_query_groups);
   if (c.num_layers % p.pp)
@@ -36,7 +39,8 @@ ShardSpec::ShardSpec(const ModelConfig& c, const dist::ParallelLayout& p, int di
   if (c.ffn_hidden_size) check_ffn(c.ffn_hidden_size, "intermediate_size");
   if (c.num_experts && c.moe_ffn_hidden_size % p.etp)
     throw_input("--expert_tensor_parallel_size {} must divide moe_intermediate_size {}", p.etp, c.moe_ffn_hidden_size);
-  if (c.moe_shared_expert_intermediate_size) check_ffn(c.moe_shared_expert_intermediate_size, "shared_expert_intermediate_size");
+  if (c.moe_shared_expert_intermediate_size)
+    check_ffn(c.moe_shared_expert_intermediate_size, "shared_expert_intermediate_size");
   const int64_t m = int64_t(divisible_by) * p.tp;  // Megatron pads to a multiple of divisible_by x TP
   padded_vocab_ = (c.vocab_size + m - 1) / m * m;
 }

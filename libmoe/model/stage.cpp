@@ -106,10 +106,8 @@ void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float
   }
   // MLP branch: x_out = x_mid + mlp(norm(x_mid)).
   std::vector<float> dh(static_cast<size_t>(T * D));
-  if (w.is_moe)
-    moe_layer_backward(ctx_, cfg_, opt_.moe, w.moe, g.moe, h2.data(), b, a.moe, dx, aux_scale, dh.data());
-  else
-    swiglu_mlp_backward(ctx_, h2.data(), T, w.mlp.fc1, w.mlp.fc2, a.mlp, dx, dh.data(), false, g.mlp.fc1, g.mlp.fc2);
+  if (w.is_moe) moe_layer_backward(ctx_, cfg_, opt_.moe, w.moe, g.moe, h2.data(), b, a.moe, dx, aux_scale, dh.data());
+  else swiglu_mlp_backward(ctx_, h2.data(), T, w.mlp.fc1, w.mlp.fc2, a.mlp, dx, dh.data(), false, g.mlp.fc1, g.mlp.fc2);
   ops::rmsnorm_backward(be, a.x_mid.data(), T, D, w.pre_mlp_norm.f32(), eps, dh.data(), dh.data(),
                         g.pre_mlp_norm.f32());
   ops::add(be, dx, dh.data(), T * D);

@@ -22,7 +22,7 @@ namespace moe::model {
 
 // The tensors a stage reads (or, for gradients, accumulates into), as views.
 struct StageWeights {
-  std::vector<LayerWeights> layers;  // this stage's layers, in order
+  std::vector<LayerWeights> layers;      // this stage's layers, in order
   Tensor embedding, final_norm, output;  // output may be the embedding (tied)
 };
 
@@ -39,7 +39,7 @@ struct LayerActs {
 // One micro-batch's activations. Buffers are reused when the same StageActs serves again.
 struct StageActs {
   std::vector<LayerActs> layers;
-  LayerActs scratch;                // inference: every layer's buffers, reused
+  LayerActs scratch;                   // inference: every layer's buffers, reused
   std::vector<float> x, x_next, h, y;  // the residual stream and a layer's branch buffers
   std::vector<float> hf, dhf;          // final norm output and its gradient from the head
 };
@@ -65,8 +65,7 @@ class Stage {
 
  private:
   void run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st);
-  void layer_forward(int i, const Batch& b, const float* x_in, float* x_out, LayerActs& a, bool keep,
-                     StageActs& buf);
+  void layer_forward(int i, const Batch& b, const float* x_in, float* x_out, LayerActs& a, bool keep, StageActs& buf);
   void layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float aux_scale);
   void check_batch(const Batch& b) const;
 

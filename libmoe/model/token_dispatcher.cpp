@@ -7,8 +7,8 @@ namespace moe::model {
 TokenDispatcher::TokenDispatcher(const Backend& b, const Routing& r, int64_t E, int64_t pad_to)
     : be_(b), T_(r.T), K_(r.K), pad_to_(pad_to), counts_E_(size_t(E)), offsets_E_(size_t(E)), weight_TK_(r.weight_TK) {
   row_slot_.resize(size_t(pad_to > 0 ? E * pad_to : r.T * r.K));
-  const int64_t R = ops::permute_plan(be_, r.expert_TK.data(), r.T, r.K, E, pad_to, counts_E_.data(),
-                                      offsets_E_.data(), row_slot_.data());
+  const int64_t R = ops::permute_plan(be_, r.expert_TK.data(), r.T, r.K, E, pad_to, counts_E_.data(), offsets_E_.data(),
+                                      row_slot_.data());
   row_slot_.resize(size_t(R));
   blocks_E_.resize(size_t(E));
   for (int64_t e = 0; e < E; ++e) blocks_E_[size_t(e)] = block(e);

@@ -46,8 +46,8 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   ModelConfig no_buffers = cfg_;  // gradients exist for parameters only
   no_buffers.moe_router_enable_expert_bias = false;
   grad_views_ = stage_weights(no_buffers, grads_, 0, cfg_.num_layers);
-  stage_ = std::make_unique<Stage>(single_process_context(cfg_), cfg_, stage_weights(cfg_, with_buffers, 0,
-                                   cfg_.num_layers), &grad_views_, opt_);
+  stage_ = std::make_unique<Stage>(single_process_context(cfg_), cfg_,
+                                   stage_weights(cfg_, with_buffers, 0, cfg_.num_layers), &grad_views_, opt_);
 }
 
 void TrainModel::zero_grad() { std::memset(grad_flat_.get(), 0, numel_ * sizeof(float)); }

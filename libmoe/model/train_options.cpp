@@ -27,8 +27,7 @@ void validate_train_options(const TrainOptions& o, const ModelConfig& c) {
     if (m != "core_attn" && m != "moe_act" && m != "layernorm" && m != "mlp" && m != "moe")
       throw_input("--recompute_modules '{}' is not supported; use core_attn, moe_act, layernorm, mlp or moe", m);
   const auto& m = o.moe;
-  if (m.load_balancing_type != "aux_loss" && m.load_balancing_type != "seq_aux_loss" &&
-      m.load_balancing_type != "none")
+  if (m.load_balancing_type != "aux_loss" && m.load_balancing_type != "seq_aux_loss" && m.load_balancing_type != "none")
     throw_input("--moe_router_load_balancing_type '{}' is not one of aux_loss, seq_aux_loss, none",
                 m.load_balancing_type);
   if (!(m.aux_loss_coeff >= 0 && std::isfinite(m.aux_loss_coeff)))

@@ -36,13 +36,17 @@ WeightMap WeightMap::for_config(const ModelConfig& c) {
   for (int i = 0; i < c.num_layers; ++i) {
     const std::string L = names::layer(i), hl = "model.layers." + std::to_string(i) + ".";
     copy(L + names::kInputNorm, {H}, hl + "input_layernorm.weight");
-    R.push_back({L + names::kQkv, {c.qkv_rows(), H},
+    R.push_back({L + names::kQkv,
+                 {c.qkv_rows(), H},
                  {hl + "self_attn.q_proj.weight", hl + "self_attn.k_proj.weight", hl + "self_attn.v_proj.weight"},
-                 {{nq, H}, {nkv, H}, {nkv, H}}, Fuse::kQkv});
+                 {{nq, H}, {nkv, H}, {nkv, H}},
+                 Fuse::kQkv});
     if (c.add_qkv_bias)
-      R.push_back({L + names::kQkvBias, {c.qkv_rows()},
+      R.push_back({L + names::kQkvBias,
+                   {c.qkv_rows()},
                    {hl + "self_attn.q_proj.bias", hl + "self_attn.k_proj.bias", hl + "self_attn.v_proj.bias"},
-                   {{nq}, {nkv}, {nkv}}, Fuse::kQkv});
+                   {{nq}, {nkv}, {nkv}},
+                   Fuse::kQkv});
     if (c.qk_layernorm) {
       copy(L + names::kQNorm, {d}, hl + "self_attn.q_norm.weight");
       copy(L + names::kKNorm, {d}, hl + "self_attn.k_norm.weight");
@@ -53,8 +57,12 @@ WeightMap WeightMap::for_config(const ModelConfig& c) {
       copy(L + names::kPreMlpNorm, {H}, hl + "post_attention_layernorm.weight");
       copy(L + names::kRouter, {c.num_experts, H}, hl + moe.router);
       if (c.moe_router_enable_expert_bias)  // HF spelling as DeepSeek-V3's selection-only bias
-        R.push_back({L + names::kExpertBias, {c.num_experts}, {hb + "gate.e_score_correction_bias"},
-                     {{c.num_experts}}, Fuse::kCopy, true});
+        R.push_back({L + names::kExpertBias,
+                     {c.num_experts},
+                     {hb + "gate.e_score_correction_bias"},
+                     {{c.num_experts}},
+                     Fuse::kCopy,
+                     true});
       const int64_t Fe = c.moe_ffn_hidden_size;
       for (int e = 0; e < c.num_experts; ++e) {
         const std::string he = hb + "experts." + std::to_string(e) + ".";

@@ -17,10 +17,10 @@ enum class Fuse {
 };
 
 struct WeightRule {
-  std::string mcore;                 // canonical name
-  Shape shape;                       // canonical shape
-  std::vector<std::string> hf;       // HF names, in fusion order
-  std::vector<Shape> hf_shapes;      // their shapes
+  std::string mcore;             // canonical name
+  Shape shape;                   // canonical shape
+  std::vector<std::string> hf;   // HF names, in fusion order
+  std::vector<Shape> hf_shapes;  // their shapes
   Fuse fuse = Fuse::kCopy;
   // A buffer the optimizer does not train (the router's expert bias): kept in fp32 whatever the
   // checkpoint dtype, as Megatron keeps it.

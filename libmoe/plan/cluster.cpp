@@ -35,8 +35,11 @@ GpuSpec load_gpu_spec_file(const std::string& path) {
   g.inter_node_gbps = number("inter_node_gbps", true);
   if (j.contains("gpus_per_node")) g.gpus_per_node = int(number("gpus_per_node", true));
   g.source = j.value("source", "");
-  for (auto [v, k] : {std::pair{g.memory_gib, "memory_gib"}, {g.bf16_tflops, "bf16_tflops"}, {g.hbm_gbps, "hbm_gbps"},
-                      {g.intra_node_gbps, "intra_node_gbps"}, {g.inter_node_gbps, "inter_node_gbps"}})
+  for (auto [v, k] : {std::pair{g.memory_gib, "memory_gib"},
+                      {g.bf16_tflops, "bf16_tflops"},
+                      {g.hbm_gbps, "hbm_gbps"},
+                      {g.intra_node_gbps, "intra_node_gbps"},
+                      {g.inter_node_gbps, "inter_node_gbps"}})
     if (!(v > 0)) throw_input("{}: field '{}' must be > 0, got {}", path, k, v);
   return g;
 }
@@ -65,8 +68,10 @@ GpuSpec find_gpu_preset(const std::string& name, const std::vector<std::string>&
   std::string known;
   for (const auto& n : list_gpu_presets(dirs)) known += (known.empty() ? "" : ", ") + n;
   if (known.empty())
-    throw_input("--gpu {}: no GPU presets found (looked in configs/gpus/ beside the source tree; pass --gpu_presets DIR "
-                "or give --gpu_memory_gib, --gpu_tflops, --intra_node_gbps, --inter_node_gbps)", name);
+    throw_input(
+        "--gpu {}: no GPU presets found (looked in configs/gpus/ beside the source tree; pass --gpu_presets DIR "
+        "or give --gpu_memory_gib, --gpu_tflops, --intra_node_gbps, --inter_node_gbps)",
+        name);
   throw_input("--gpu {}: unknown GPU preset (known: {}; or a path to a preset .json file)", name, known);
 }
 

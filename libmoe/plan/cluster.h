@@ -10,14 +10,14 @@ namespace moe::plan {
 
 struct GpuSpec {
   std::string name;
-  double memory_gib = 0;        // usable device memory as the driver reports it
-  double bf16_tflops = 0;       // dense (no sparsity) BF16 tensor-core peak
-  double fp8_tflops = 0;        // dense FP8 peak; 0 = no FP8 tensor cores
-  double hbm_gbps = 0;          // device memory bandwidth, GB/s
-  double intra_node_gbps = 0;   // achievable NCCL bus bandwidth per GPU per direction inside a node, GB/s
-  double inter_node_gbps = 0;   // achievable network bandwidth per GPU per direction across nodes, GB/s
-  int gpus_per_node = 8;        // the usual node size for this GPU
-  std::string source;           // where the numbers come from
+  double memory_gib = 0;       // usable device memory as the driver reports it
+  double bf16_tflops = 0;      // dense (no sparsity) BF16 tensor-core peak
+  double fp8_tflops = 0;       // dense FP8 peak; 0 = no FP8 tensor cores
+  double hbm_gbps = 0;         // device memory bandwidth, GB/s
+  double intra_node_gbps = 0;  // achievable NCCL bus bandwidth per GPU per direction inside a node, GB/s
+  double inter_node_gbps = 0;  // achievable network bandwidth per GPU per direction across nodes, GB/s
+  int gpus_per_node = 8;       // the usual node size for this GPU
+  std::string source;          // where the numbers come from
 };
 
 // Reads a preset JSON file (fields as GpuSpec; InputError naming the file and the field).

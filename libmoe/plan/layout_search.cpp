@@ -30,17 +30,17 @@ double gib(double bytes) { return bytes / kGiB; }
 namespace {
 
 // The sentences are only built when `why` is wanted: the search checks hundreds of thousands.
-#define MOE_PLAN_FAIL(...)                            \
-  do {                                                \
-    if (why) *why = fmt::format(__VA_ARGS__);         \
-    return false;                                     \
+#define MOE_PLAN_FAIL(...)                    \
+  do {                                        \
+    if (why) *why = fmt::format(__VA_ARGS__); \
+    return false;                             \
   } while (0)
 
 bool check_layout(const ModelShape& m, const Layout& l, const TrainingOptions& t, const Cluster& c, std::string* why) {
   const int W = c.world();
   if (l.world() != W)
-    MOE_PLAN_FAIL("tp x pp x cp x dp = {}x{}x{}x{} = {} but the cluster has {} GPUs", l.tp, l.pp, l.cp, l.dp,
-                       l.world(), W);
+    MOE_PLAN_FAIL("tp x pp x cp x dp = {}x{}x{}x{} = {} but the cluster has {} GPUs", l.tp, l.pp, l.cp, l.dp, l.world(),
+                  W);
   if (m.num_attention_heads % l.tp != 0)
     MOE_PLAN_FAIL("tp {} does not divide the {} attention heads", l.tp, m.num_attention_heads);
   if (m.num_query_groups % l.tp != 0)
@@ -52,8 +52,10 @@ bool check_layout(const ModelShape& m, const Layout& l, const TrainingOptions& t
   if (l.vpp > 1 && l.pp == 1) MOE_PLAN_FAIL("vpp > 1 needs pp > 1 (interleaved pipeline)");
   PipelineSplit split;
   if (!split_pipeline(m.num_layers, l.pp, l.vpp, &split))
-    MOE_PLAN_FAIL("the {} layers do not split into pp x vpp = {} chunks (each chunk needs ceil(layers/chunks) "
-                       "layers, only the first and last may hold fewer, at least one)", m.num_layers, l.pp * l.vpp);
+    MOE_PLAN_FAIL(
+        "the {} layers do not split into pp x vpp = {} chunks (each chunk needs ceil(layers/chunks) "
+        "layers, only the first and last may hold fewer, at least one)",
+        m.num_layers, l.pp * l.vpp);
   if (!m.is_moe()) {
     if (l.ep != 1) MOE_PLAN_FAIL("ep {} needs a MoE model (this one is dense)", l.ep);
   } else {
@@ -62,21 +64,20 @@ bool check_layout(const ModelShape& m, const Layout& l, const TrainingOptions& t
       MOE_PLAN_FAIL("etp {} does not divide moe_ffn_hidden_size {}", l.etp, m.moe_ffn_hidden_size);
     if ((l.tp * l.cp * l.dp) % (l.ep * l.etp) != 0)
       MOE_PLAN_FAIL("ep x etp = {} does not divide tp x cp x dp = {} (MoE parallel folding)", l.ep * l.etp,
-                         l.tp * l.cp * l.dp);
+                    l.tp * l.cp * l.dp);
     if (l.tp > 1 && l.ep > 1 && !l.sequence_parallel)
       MOE_PLAN_FAIL("tp > 1 with ep > 1 needs sequence parallel (Megatron-Core's rule for MoE)");
   }
   if (l.cp > 1 && t.seq_length % (2 * l.cp) != 0)
-    MOE_PLAN_FAIL("cp {} needs seq_length {} divisible by 2 x cp (load-balanced causal chunks)", l.cp,
-                       t.seq_length);
+    MOE_PLAN_FAIL("cp {} needs seq_length {} divisible by 2 x cp (load-balanced causal chunks)", l.cp, t.seq_length);
   if (l.sequence_parallel && (t.seq_length / l.cp) % l.tp != 0)
     MOE_PLAN_FAIL("sequence parallel needs seq_length / cp = {} divisible by tp {}", t.seq_length / l.cp, l.tp);
   if (t.global_batch_size % (int64_t(l.micro_batch_size) * l.dp) != 0)
     MOE_PLAN_FAIL("global_batch_size {} is not a multiple of micro_batch_size x dp = {}", t.global_batch_size,
-                       l.micro_batch_size * l.dp);
+                  l.micro_batch_size * l.dp);
   if (l.vpp > 1 && num_microbatches(l, t) % l.pp != 0)
     MOE_PLAN_FAIL("the interleaved schedule needs the {} micro-batches per step to be a multiple of pp {}",
-                       num_microbatches(l, t), l.pp);
+                  num_microbatches(l, t), l.pp);
   return true;
 }
 
@@ -107,12 +108,12 @@ std::string over_memory_sentence(const MemoryEstimate& e, const Cluster& c) {
   const StageMemory& s = e.peak();
   double dom = 0;
   const std::string what = dominant_component(s, &dom);
-  return fmt::format("needs {:.1f} GiB per GPU on pipeline stage {} (weights {:.1f}, gradients {:.1f}, optimizer "
-                     "{:.1f}, activations {:.1f}, other {:.1f}) but the {} has {:.1f} GiB: {:.1f} GiB over; {} "
-                     "dominates ({:.1f} GiB)",
-                     gib(s.total()), s.stage, gib(s.weights), gib(s.gradients), gib(s.optimizer), gib(s.activations),
-                     gib(s.other), c.gpu.name.empty() ? "GPU" : c.gpu.name, c.gpu.memory_gib,
-                     gib(s.total()) - c.gpu.memory_gib, what, gib(dom));
+  return fmt::format(
+      "needs {:.1f} GiB per GPU on pipeline stage {} (weights {:.1f}, gradients {:.1f}, optimizer "
+      "{:.1f}, activations {:.1f}, other {:.1f}) but the {} has {:.1f} GiB: {:.1f} GiB over; {} "
+      "dominates ({:.1f} GiB)",
+      gib(s.total()), s.stage, gib(s.weights), gib(s.gradients), gib(s.optimizer), gib(s.activations), gib(s.other),
+      c.gpu.name.empty() ? "GPU" : c.gpu.name, c.gpu.memory_gib, gib(s.total()) - c.gpu.memory_gib, what, gib(dom));
 }
 
 bool fits(const MemoryEstimate& e, const Cluster& c) { return e.peak().total() <= c.gpu.memory_gib * kGiB; }
@@ -121,8 +122,8 @@ bool fits(const MemoryEstimate& e, const Cluster& c) { return e.peak().total() <
 
 double ranking_key(const Candidate& c) {
   const Layout& l = c.layout;
-  const double simpler = 1e-3 * std::min(l.cp - 1, 15) + 1e-4 * std::min(l.vpp - 1, 40) +
-                         1e-5 * std::min(l.micro_batch_size - 1, 100);
+  const double simpler =
+      1e-3 * std::min(l.cp - 1, 15) + 1e-4 * std::min(l.vpp - 1, 40) + 1e-5 * std::min(l.micro_batch_size - 1, 100);
   return c.time.step_s * (1 + simpler);
 }
 
@@ -141,10 +142,11 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
   const int W = c.world();
   if (W <= 0) throw_input("the cluster has {} GPUs: give --nnodes and --nproc_per_node of at least 1", W);
   auto allowed = [](const std::optional<int>& fixed, int v) { return !fixed || *fixed == v; };
-  const std::vector<int> mbs_list = f.micro_batch_size ? std::vector<int>{*f.micro_batch_size}
-                                                       : std::vector<int>{1, 2, 4, 8};
-  const std::vector<Recompute> rc_list = f.recompute ? std::vector<Recompute>{*f.recompute}
-      : std::vector<Recompute>{Recompute::kNone, Recompute::kSelective, Recompute::kFull};
+  const std::vector<int> mbs_list =
+      f.micro_batch_size ? std::vector<int>{*f.micro_batch_size} : std::vector<int>{1, 2, 4, 8};
+  const std::vector<Recompute> rc_list =
+      f.recompute ? std::vector<Recompute>{*f.recompute}
+                  : std::vector<Recompute>{Recompute::kNone, Recompute::kSelective, Recompute::kFull};
   SearchResult r;
   std::string first_reason;
   auto note = [&](const Layout& l) {
@@ -191,7 +193,8 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
             note(Layout{tp, pp, 1, 1, 1, cp, dp, mbs, Recompute::kNone, tp > 1 && t.allow_sequence_parallel});
             continue;
           }
-          const int max_vpp = pp > 1 ? (f.vpp ? std::min(*f.vpp, m.num_layers / pp) : std::min(kMaxSearchedVpp, m.num_layers / pp)) : 1;
+          const int max_vpp =
+              pp > 1 ? (f.vpp ? std::min(*f.vpp, m.num_layers / pp) : std::min(kMaxSearchedVpp, m.num_layers / pp)) : 1;
           for (int vpp = 1; vpp <= max_vpp; ++vpp) {
             if (!allowed(f.vpp, vpp)) continue;
             PipelineSplit split;
@@ -209,10 +212,11 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
                 }
                 evaluated += int64_t(rc_list.size());
                 if (evaluated > kMaxEvaluated)
-                  throw_input("the search over {} GPUs passed {} layouts without finishing: fix some sizes "
-                              "(--tensor_model_parallel_size, --pipeline_model_parallel_size, "
-                              "--expert_model_parallel_size, --micro_batch_size, --recompute_granularity) to narrow it",
-                              W, kMaxEvaluated);
+                  throw_input(
+                      "the search over {} GPUs passed {} layouts without finishing: fix some sizes "
+                      "(--tensor_model_parallel_size, --pipeline_model_parallel_size, "
+                      "--expert_model_parallel_size, --micro_batch_size, --recompute_granularity) to narrow it",
+                      W, kMaxEvaluated);
                 for (Recompute rc : rc_list) {
                   l.recompute = rc;
                   ++r.enumerated;
@@ -225,17 +229,17 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
                     ++r.fitting_count;
                     r.fitting.push_back(std::move(cand));
                     if (max_fitting < SIZE_MAX / 8 && r.fitting.size() > 4 * max_fitting + 64) {
-                      std::nth_element(r.fitting.begin(), r.fitting.begin() + long(max_fitting), r.fitting.end(),
-                                       [](const Candidate& a, const Candidate& b) {
-                                         return ranking_key(a) < ranking_key(b);
-                                       });
+                      std::nth_element(
+                          r.fitting.begin(), r.fitting.begin() + long(max_fitting), r.fitting.end(),
+                          [](const Candidate& a, const Candidate& b) { return ranking_key(a) < ranking_key(b); });
                       r.fitting.resize(max_fitting);
                     }
                   } else if (max_excluded > 0) {
                     r.excluded.push_back(std::move(cand));
                     if (r.excluded.size() > 4 * max_excluded + 64) {
-                      std::nth_element(r.excluded.begin(), r.excluded.begin() + long(max_excluded), r.excluded.end(),
-                                       [](const Candidate& a, const Candidate& b) { return a.peak_gib() < b.peak_gib(); });
+                      std::nth_element(
+                          r.excluded.begin(), r.excluded.begin() + long(max_excluded), r.excluded.end(),
+                          [](const Candidate& a, const Candidate& b) { return a.peak_gib() < b.peak_gib(); });
                       r.excluded.resize(max_excluded);
                     }
                   }
@@ -269,8 +273,10 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
     std::string why = invalid_reason(m, probe, t, c);
     if (why.empty()) why = first_reason;
     if (why.empty()) why = "no combination of the remaining sizes is valid";
-    throw_input("no valid layout on {} GPUs with the fixed sizes: {} (change or drop the fixed "
-                "--*_parallel_size / --micro_batch_size flags)", W, why);
+    throw_input(
+        "no valid layout on {} GPUs with the fixed sizes: {} (change or drop the fixed "
+        "--*_parallel_size / --micro_batch_size flags)",
+        W, why);
   }
   // Sort keys, then move each candidate once (they are large).
   std::vector<std::pair<double, size_t>> order(r.fitting.size());
@@ -301,11 +307,12 @@ std::string why_not(const ModelShape& m, const Layout& l, const TrainingOptions&
   if (cand.fits) {
     size_t rank = 0;
     while (rank < here.fitting.size() && here.fitting[rank].time.step_s < cand.time.step_s) ++rank;
-    out = fmt::format("{} is valid and fits ({:.1f} of {:.1f} GiB per GPU); it ranks {} of {} by step time "
-                      "({:.3f} s vs {:.3f} s for the fastest, {}).\n",
-                      name, cand.peak_gib(), c.gpu.memory_gib, rank + 1, here.fitting_count, cand.time.step_s,
-                      here.fitting.empty() ? cand.time.step_s : here.fitting[0].time.step_s,
-                      here.fitting.empty() ? name : to_string(here.fitting[0].layout));
+    out = fmt::format(
+        "{} is valid and fits ({:.1f} of {:.1f} GiB per GPU); it ranks {} of {} by step time "
+        "({:.3f} s vs {:.3f} s for the fastest, {}).\n",
+        name, cand.peak_gib(), c.gpu.memory_gib, rank + 1, here.fitting_count, cand.time.step_s,
+        here.fitting.empty() ? cand.time.step_s : here.fitting[0].time.step_s,
+        here.fitting.empty() ? name : to_string(here.fitting[0].layout));
     return out;
   }
   out = fmt::format("{} does not fit: it {}.\n", name, cand.excluded_by);
@@ -335,8 +342,9 @@ std::string why_not(const ModelShape& m, const Layout& l, const TrainingOptions&
   }
   if (!here.fitting.empty()) {
     const Candidate& b = here.fitting[0];
-    out += fmt::format("  - on these {} GPUs the fastest layout that fits is {} ({:.1f} GiB per GPU, {:.3f} s per step)\n",
-                       c.world(), to_string(b.layout), b.peak_gib(), b.time.step_s);
+    out +=
+        fmt::format("  - on these {} GPUs the fastest layout that fits is {} ({:.1f} GiB per GPU, {:.3f} s per step)\n",
+                    c.world(), to_string(b.layout), b.peak_gib(), b.time.step_s);
   } else {
     out += fmt::format("  - no layout of this model fits on {} x {:.0f} GiB\n", c.world(), c.gpu.memory_gib);
     Cluster bigger = c;
@@ -350,14 +358,16 @@ std::string why_not(const ModelShape& m, const Layout& l, const TrainingOptions&
       }
       if (s.fitting.empty()) continue;
       const Candidate& b = s.fitting[0];
-      out += fmt::format("  - more GPUs: with --nnodes {} ({} GPUs) the fastest layout that fits is {} ({:.1f} GiB per "
-                         "GPU, {:.3f} s per step)\n",
-                         bigger.nnodes, bigger.world(), to_string(b.layout), b.peak_gib(), b.time.step_s);
+      out += fmt::format(
+          "  - more GPUs: with --nnodes {} ({} GPUs) the fastest layout that fits is {} ({:.1f} GiB per "
+          "GPU, {:.3f} s per step)\n",
+          bigger.nnodes, bigger.world(), to_string(b.layout), b.peak_gib(), b.time.step_s);
       break;
     }
   }
-  out += "  - CPU offload of optimizer states or activations is not available in moectl, so the memory has to come "
-         "from the layout, recompute, the distributed optimizer or more GPUs\n";
+  out +=
+      "  - CPU offload of optimizer states or activations is not available in moectl, so the memory has to come "
+      "from the layout, recompute, the distributed optimizer or more GPUs\n";
   return out;
 }
 

@@ -89,7 +89,7 @@ StageMemory stage_memory(const ModelShape& m, const Layout& l, const TrainingOpt
   const int dense_layers = s.layers - s.moe_layers;
   const double h = m.hidden_size;
   const double V = t.engine == Engine::kMoectlCpu ? double(m.vocab_size)  // moectl's engine does not pad
-                                                 : double(m.padded_vocab(l.tp, t.make_vocab_size_divisible_by));
+                                                  : double(m.padded_vocab(l.tp, t.make_vocab_size_divisible_by));
   StageMemory r;
   r.stage = stage;
   double dense = double(s.layers) * double(m.attention_params()) / l.tp +
@@ -100,8 +100,8 @@ StageMemory stage_memory(const ModelShape& m, const Layout& l, const TrainingOpt
   // The output layer, or with tied embeddings and PP > 1 the last stage's copy of them.
   if (last && (m.untie_embeddings_and_output_weights || !first)) dense += V * h / l.tp;
   if (last) dense += h;  // final norm
-  const double experts = m.is_moe()
-      ? double(s.moe_layers) * double(m.num_experts / l.ep) * double(m.expert_params()) / l.etp : 0.0;
+  const double experts =
+      m.is_moe() ? double(s.moe_layers) * double(m.num_experts / l.ep) * double(m.expert_params()) / l.etp : 0.0;
   r.dense_params = dense;
   r.expert_params = experts;
 
@@ -162,8 +162,7 @@ MemoryEstimate estimate_memory(const ModelShape& m, const Layout& l, const Train
   if (t.engine == Engine::kMoectlCpu) {
     if (l.world() != 1 || l.ep != 1 || l.etp != 1 || l.vpp != 1)
       throw_input("layout {}: moectl's CPU engine trains on one process (every parallel size 1)", to_string(l));
-    if (t.precision != Precision::kFp32)
-      throw_input("moectl's CPU engine trains in fp32 (pass --bf16 false)");
+    if (t.precision != Precision::kFp32) throw_input("moectl's CPU engine trains in fp32 (pass --bf16 false)");
   }
   MemoryEstimate e;
   e.first = stage_memory(m, l, t, 0);

@@ -32,10 +32,10 @@ LayerActivations layer_activations(const ModelShape& m, const Layout& l, const T
                                    Recompute r);
 
 // Stated allowance outside the allocator's tensors.
-inline constexpr double kCudaContextGiB = 0.75;     // CUDA context, cuBLAS/cuDNN workspaces
-inline constexpr double kNcclPerGroupGiB = 0.25;    // NCCL buffers per process group of size > 1
-inline constexpr double kFragmentation = 0.08;      // caching-allocator slack (expandable segments), share of activations
-inline constexpr double kLogitBytes = 10;           // per logit: bf16 logits + fp32 softmax + fp32 grad
+inline constexpr double kCudaContextGiB = 0.75;   // CUDA context, cuBLAS/cuDNN workspaces
+inline constexpr double kNcclPerGroupGiB = 0.25;  // NCCL buffers per process group of size > 1
+inline constexpr double kFragmentation = 0.08;    // caching-allocator slack (expandable segments), share of activations
+inline constexpr double kLogitBytes = 10;         // per logit: bf16 logits + fp32 softmax + fp32 grad
 
 struct StageMemory {
   int stage = 0;

@@ -46,7 +46,9 @@ int64_t ModelShape::attention_params() const {
   return h * (q + 2 * kv) + q * h + (add_qkv_bias ? q + 2 * kv : 0);
 }
 
-int64_t ModelShape::layer_norm_params() const { return 2 * int64_t(hidden_size) + (qk_layernorm ? 2 * kv_channels : 0); }
+int64_t ModelShape::layer_norm_params() const {
+  return 2 * int64_t(hidden_size) + (qk_layernorm ? 2 * kv_channels : 0);
+}
 
 int64_t ModelShape::dense_mlp_params() const { return int64_t(swiglu ? 3 : 2) * hidden_size * ffn_hidden_size; }
 
@@ -78,8 +80,9 @@ ModelShape::Flops ModelShape::flops_per_token(int64_t seq, int64_t V) const {
   f.attention_linear = 6 * L * (h * (q + 2 * kv) + q * h);
   f.attention_core = 6 * L * q * double(seq);  // causal: half of QK^T and PV, per token s*q each
   f.dense_mlp = 6 * h * ffx * ffn_hidden_size * Ld;
-  f.moe_mlp = 6 * h * (ffx * double(moe_ffn_hidden_size) * moe_router_topk +
-                       ffx * double(moe_shared_expert_intermediate_size)) * Lm;
+  f.moe_mlp =
+      6 * h *
+      (ffx * double(moe_ffn_hidden_size) * moe_router_topk + ffx * double(moe_shared_expert_intermediate_size)) * Lm;
   f.logits = 6 * h * double(V);
   return f;
 }

@@ -17,8 +17,8 @@ struct ModelShape {
   int moe_shared_expert_intermediate_size = 0;
   bool moe_shared_expert_gate = false, qk_layernorm = false, add_qkv_bias = false;
   bool untie_embeddings_and_output_weights = true;
-  bool swiglu = true;                // gated MLP (3 matrices) vs GeLU-style (2 matrices)
-  std::vector<bool> moe_layer;       // per layer: MoE MLP (true) or dense MLP (set before the first query)
+  bool swiglu = true;           // gated MLP (3 matrices) vs GeLU-style (2 matrices)
+  std::vector<bool> moe_layer;  // per layer: MoE MLP (true) or dense MLP (set before the first query)
 
   static ModelShape from_config(const model::ModelConfig& c);
   bool is_moe() const { return num_experts > 0; }
@@ -28,13 +28,13 @@ struct ModelShape {
   int64_t padded_vocab(int tp, int divisible_by = 128) const;
 
   // Parameters of one layer, by how they shard.
-  int64_t attention_params() const;     // qkv (+bias) + proj: TP-sharded
-  int64_t layer_norm_params() const;    // two RMSNorms (+ q/k norms): replicated
-  int64_t dense_mlp_params() const;     // TP-sharded
-  int64_t expert_params() const;        // one routed expert: EP x ETP-sharded
+  int64_t attention_params() const;      // qkv (+bias) + proj: TP-sharded
+  int64_t layer_norm_params() const;     // two RMSNorms (+ q/k norms): replicated
+  int64_t dense_mlp_params() const;      // TP-sharded
+  int64_t expert_params() const;         // one routed expert: EP x ETP-sharded
   int64_t shared_expert_params() const;  // TP-sharded
-  int64_t router_params() const;        // router (+ shared-expert gate): replicated
-  int64_t num_parameters() const;       // whole model, unpadded vocabulary
+  int64_t router_params() const;         // router (+ shared-expert gate): replicated
+  int64_t num_parameters() const;        // whole model, unpadded vocabulary
 
   // Megatron's num_floating_point_operations per token (fwd + bwd, model FLOPs, no recompute)
   // for sequences of `seq_length`, split into its terms.

@@ -20,23 +20,22 @@ double tokens(const Layout& l, const TrainingOptions& t) { return double(l.micro
 
 }  // namespace
 
-LayerActivations moectl_cpu_layer_activations(const ModelShape& m, double T, bool moe_layer,
-                                              Recompute r) {
+LayerActivations moectl_cpu_layer_activations(const ModelShape& m, double T, bool moe_layer, Recompute r) {
   const double D = m.hidden_size, d = m.kv_channels, nq = m.num_attention_heads, ng = m.num_query_groups;
   const double qkv_cols = (nq + 2 * ng) * d;
   LayerActivations x;
-  x.attn_norm_in = kF * T * D;            // LayerActs::x_in
-  if (r == Recompute::kFull) return x;    // a recomputed chunk keeps only its input
+  x.attn_norm_in = kF * T * D;                  // LayerActs::x_in
+  if (r == Recompute::kFull) return x;          // a recomputed chunk keeps only its input
   const bool sel = r == Recompute::kSelective;  // layernorm + moe_act dropped
-  x.attn_qkv_in = sel ? 0 : kF * T * D;  // LayerActs::h1
-  x.attn_qkv = kF * T * qkv_cols * 2;     // AttentionSaved::qkv, and q, k, v split out of it
-  x.attn_out = kF * T * nq * d + kF * T * nq;  // AttentionSaved::out, lse
-  x.mlp_norm_in = kF * T * D;            // LayerActs::x_mid
-  x.mlp_fc1_in = sel ? 0 : kF * T * D;   // LayerActs::h2
+  x.attn_qkv_in = sel ? 0 : kF * T * D;         // LayerActs::h1
+  x.attn_qkv = kF * T * qkv_cols * 2;           // AttentionSaved::qkv, and q, k, v split out of it
+  x.attn_out = kF * T * nq * d + kF * T * nq;   // AttentionSaved::out, lse
+  x.mlp_norm_in = kF * T * D;                   // LayerActs::x_mid
+  x.mlp_fc1_in = sel ? 0 : kF * T * D;          // LayerActs::h2
   const double f = moe_layer ? m.moe_shared_expert_intermediate_size : m.ffn_hidden_size;
   if (f > 0) {
-    x.mlp_fc1_out = kF * T * 2 * f;              // SwigluSaved::gu_T2F
-    x.mlp_act_out = sel ? 0 : kF * T * f;        // SwigluSaved::h_TF
+    x.mlp_fc1_out = kF * T * 2 * f;                       // SwigluSaved::gu_T2F
+    x.mlp_act_out = sel ? 0 : kF * T * f;                 // SwigluSaved::h_TF
     if (moe_layer) x.mlp_act_out += kF * T * D + kF * T;  // MoeSaved::shared_out_TD, gate_T
   }
   if (moe_layer) {
@@ -45,10 +44,10 @@ LayerActivations moectl_cpu_layer_activations(const ModelShape& m, double T, boo
     // logits_TE, RouterSaved::probs_TE, its two Routings (selected, routing: int32 ids + float
     // weights), tokens_per_expert; TokenDispatcher's counts/offsets and per-row token, slot, weight.
     x.router = 2 * kF * T * E + 2 * (kI32 + kF) * T * K + kI64 * E + 2 * kI64 * E + R * (2 * kI64 + kF);
-    x.expert_fc1_in = kF * R * D;                 // MoeSaved::x_perm
-    x.expert_fc1_out = kF * R * 2 * F;            // experts[e].gu_T2F
-    x.expert_act_out = sel ? 0 : kF * R * F;      // experts[e].h_TF
-    x.combine = kF * R * D;                       // MoeSaved::y_perm
+    x.expert_fc1_in = kF * R * D;             // MoeSaved::x_perm
+    x.expert_fc1_out = kF * R * 2 * F;        // experts[e].gu_T2F
+    x.expert_act_out = sel ? 0 : kF * R * F;  // experts[e].h_TF
+    x.combine = kF * R * D;                   // MoeSaved::y_perm
   }
   return x;
 }
@@ -68,7 +67,7 @@ MoectlCpuWorking moectl_cpu_working(const ModelShape& m, const Layout& l, const 
   // temporaries, then attention's.
   const double attention = kF * T * (2 * nq * d + 2 * ng * d + qkv_cols + (m.qk_layernorm ? qkv_cols : 0));
   double branch = 0;
-  const bool any_dense = m.num_moe_layers() < m.num_layers, any_moe = m.num_moe_layers() > 0;
+  const bool any_dense = m.num_moe_layers()<m.num_layers, any_moe = m.num_moe_layers()> 0;
   if (any_dense) branch = kF * T * m.ffn_hidden_size * (3 + (sel ? 1 : 0));  // dh, dgu (+ h recomputed)
   if (any_moe) {
     const double E = m.num_experts, K = m.moe_router_topk, F = m.moe_ffn_hidden_size;

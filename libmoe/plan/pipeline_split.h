@@ -10,7 +10,7 @@
 namespace moe::plan {
 
 struct PipelineSplit {
-  int chunk_layers = 0;            // layers of a full chunk
+  int chunk_layers = 0;                 // layers of a full chunk
   int first_chunk = 0, last_chunk = 0;  // layers of the model's first and last chunk
   bool even() const { return first_chunk == chunk_layers && last_chunk == chunk_layers; }
 };

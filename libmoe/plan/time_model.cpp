@@ -68,8 +68,9 @@ TimeEstimate estimate_time(const ModelShape& m, const Layout& l, const TrainingO
   // Flash attention runs on blocks of seq / cp tokens (seq / 2cp with CP's load-balanced halves).
   const double attn_block = l.cp > 1 ? double(t.seq_length) / (2 * l.cp) : double(t.seq_length);
   const double t_attn_core = 6 * q * double(t.seq_length) * T / split / (attn_rate * attn_block / (attn_block + 256));
-  const double t_dense = m.ffn_hidden_size ? gemm(6 * h * ffx * m.ffn_hidden_size * T / split, tc, h,
-                                                  double(m.ffn_hidden_size) / l.tp) : 0;
+  const double t_dense =
+      m.ffn_hidden_size ? gemm(6 * h * ffx * m.ffn_hidden_size * T / split, tc, h, double(m.ffn_hidden_size) / l.tp)
+                        : 0;
   double t_moe = 0;
   if (m.is_moe()) {
     const double K = m.moe_router_topk, E = m.num_experts, fe = m.moe_ffn_hidden_size;
@@ -92,10 +93,10 @@ TimeEstimate estimate_time(const ModelShape& m, const Layout& l, const TrainingO
   // TP/SP: 2 all-gathers + 2 reduce-scatters forward and again backward (or 4 all-reduces).
   const double tp_layer = l.tp > 1 ? link.ring(8.0 * (l.tp - 1) / l.tp * a * tc * h, tp_g) : 0;
   // CP ring: KV blocks passed cp-1 times forward, KV and their gradients backward.
-  const double cp_layer =
-      l.cp > 1 ? std::max(kCpUnoverlapped * link.ring(3.0 * (l.cp - 1) * a * tc * 2 * kv / l.tp, cp_g),
-                          link.ring(3.0 * (l.cp - 1) * a * tc * 2 * kv / l.tp, cp_g) - t_attn_core)
-               : 0;
+  const double cp_layer = l.cp > 1
+                              ? std::max(kCpUnoverlapped * link.ring(3.0 * (l.cp - 1) * a * tc * 2 * kv / l.tp, cp_g),
+                                         link.ring(3.0 * (l.cp - 1) * a * tc * 2 * kv / l.tp, cp_g) - t_attn_core)
+                              : 0;
   double ep_layer = 0;
   if (m.is_moe()) {
     const double K = m.moe_router_topk;
@@ -156,8 +157,9 @@ TimeEstimate estimate_time(const ModelShape& m, const Layout& l, const TrainingO
   // Data parallel: gradients reduce-scattered in fp32 and parameters all-gathered in bf16
   // (distributed optimizer), or one fp32 all-reduce; overlapped with the last micro-batch's
   // backward and the first one's forward.
-  const StageMemory& sm = mem.first.dense_params + mem.first.expert_params >=
-                                  mem.last.dense_params + mem.last.expert_params ? mem.first : mem.last;
+  const StageMemory& sm =
+      mem.first.dense_params + mem.first.expert_params >= mem.last.dense_params + mem.last.expert_params ? mem.first
+                                                                                                         : mem.last;
   auto dp_time = [&](double params, int d, const GroupSpan& span) {
     if (d <= 1) return 0.0;
     const double frac = double(d - 1) / d;

@@ -62,7 +62,8 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
   if (from.empty()) return s;
   std::string out;
   size_t pos = 0;
-  for (size_t hit; (hit = s.find(from, pos)) != std::string::npos; pos = hit + from.size()) out.append(s, pos, hit - pos) += to;
+  for (size_t hit; (hit = s.find(from, pos)) != std::string::npos; pos = hit + from.size())
+    out.append(s, pos, hit - pos) += to;
   return out.append(s, pos, std::string::npos);
 }
 
@@ -80,7 +81,9 @@ class BpeTokenizer : public Tokenizer {
     return it == vocab_.end() ? -1 : it->second;
   }
   int32_t vocab_size() const override { return int32_t(id_to_token_.size()); }
-  bool is_special(int32_t id) const override { return id >= 0 && id < int32_t(special_.size()) && special_[size_t(id)]; }
+  bool is_special(int32_t id) const override {
+    return id >= 0 && id < int32_t(special_.size()) && special_[size_t(id)];
+  }
 
  private:
   void parse_normalizer(const json& n, const std::string& src);
@@ -96,19 +99,19 @@ class BpeTokenizer : public Tokenizer {
   std::vector<std::string> id_to_token_;
   std::vector<uint8_t> special_, added_;
   std::vector<AddedToken> added_tokens_;
-  AddedTokenMatcher raw_matcher_, norm_matcher_;  // normalized=false / normalized=true tokens
+  AddedTokenMatcher raw_matcher_, norm_matcher_;                      // normalized=false / normalized=true tokens
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (a, b) -> (rank, merged id)
   std::array<int32_t, 256> byte_token_{};
-  std::array<std::string, 256> byte_char_;         // byte -> its GPT-2 unicode stand-in (UTF-8)
+  std::array<std::string, 256> byte_char_;           // byte -> its GPT-2 unicode stand-in (UTF-8)
   std::unordered_map<uint32_t, uint8_t> char_byte_;  // and back
   std::vector<NormStep> norm_;
   // Byte-level (GPT-2 byte map, Qwen/Llama-3) or SentencePiece-style (characters, "▁" for
   // spaces, unknown characters as <0xNN> byte tokens).
   bool byte_level_ = false, byte_fallback_ = false, fuse_unk_ = false;
   int32_t unk_ = -1;
-  std::array<int32_t, 256> fallback_token_{};       // <0xNN> ids (SentencePiece-style)
+  std::array<int32_t, 256> fallback_token_{};                        // <0xNN> ids (SentencePiece-style)
   std::vector<std::pair<std::string, std::string>> decode_replace_;  // decoder Replace steps
-  int strip_start_ = 0;                              // decoder Strip: leading spaces removed
+  int strip_start_ = 0;                                              // decoder Strip: leading spaces removed
   bool ignore_merges_ = false;
   PreTokenizer pre_;
   mutable std::mutex cache_mu_;
@@ -262,8 +265,10 @@ void BpeTokenizer::parse_decoder(const json& d, const std::string& src) {
       throw_input("{}: Strip decoder other than leading spaces is not supported", src);
     strip_start_ = d.value("start", 0);
   } else {
-    throw_input("{}: decoder '{}' is not supported (supported: ByteLevel, Replace, ByteFallback, Fuse, Strip, "
-                "Sequence)", src, t);
+    throw_input(
+        "{}: decoder '{}' is not supported (supported: ByteLevel, Replace, ByteFallback, Fuse, Strip, "
+        "Sequence)",
+        src, t);
   }
 }
 
@@ -376,7 +381,9 @@ std::string BpeTokenizer::normalize(std::string_view text) const {
     switch (st.kind) {
       case NormStep::kNfc: norm = nfc(norm); break;
       case NormStep::kNfkc: norm = nfkc(norm); break;
-      case NormStep::kPrepend: if (!norm.empty()) norm = st.a + norm; break;  // HF prepends to non-empty text only
+      case NormStep::kPrepend:
+        if (!norm.empty()) norm = st.a + norm;
+        break;  // HF prepends to non-empty text only
       case NormStep::kReplace: norm = replace_all(std::move(norm), st.a, st.b); break;
     }
   }
@@ -427,8 +434,8 @@ std::string BpeTokenizer::token_bytes(int32_t id) const {
   std::string out;
   for (size_t i = 0; i < t.size();) {
     int32_t cp = 0;
-    utf8proc_ssize_t n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(t.data() + i),
-                                          utf8proc_ssize_t(t.size() - i), &cp);
+    utf8proc_ssize_t n =
+        utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(t.data() + i), utf8proc_ssize_t(t.size() - i), &cp);
     if (n <= 0) break;
     auto it = char_byte_.find(uint32_t(cp));
     if (it != char_byte_.end()) out += char(it->second);
@@ -474,7 +481,8 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& model_dir) {
     auto first_id = [&](const char* key) -> int32_t {
       if (!j.contains(key)) return -1;
       const json& v = j[key].is_array() && !j[key].empty() ? j[key][0] : j[key];
-      return v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < tok->vocab_size() ? v.get<int32_t>() : -1;
+      return v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < tok->vocab_size() ? v.get<int32_t>()
+                                                                                                    : -1;
     };
     if (tok->bos_ < 0) tok->bos_ = first_id("bos_token_id");
     if (tok->eos_ < 0) tok->eos_ = first_id("eos_token_id");

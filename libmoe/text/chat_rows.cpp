@@ -133,7 +133,8 @@ Conversation parse_conversation_row(const json& row, const std::string& where) {
   } else if (row.contains("text")) {
     push(c, "assistant", str_field(row, "text", where));
   } else {
-    throw_input("{}: a row needs 'messages', 'conversations', 'query', 'instruction' or 'text' (swift's formats)", where);
+    throw_input("{}: a row needs 'messages', 'conversations', 'query', 'instruction' or 'text' (swift's formats)",
+                where);
   }
   check_order(c, where);
   return c;
@@ -173,9 +174,10 @@ void apply_loss_overrides(const Conversation& c, std::vector<uint8_t>& mask, con
   size_t assistants = 0;
   for (const auto& m : c.messages) assistants += m.role == "assistant";
   if (runs.size() != assistants)
-    throw_input("{}: per-message 'loss' needs each assistant reply to render as its own span, but the template shows "
-                "{} spans for {} assistant messages (an empty reply?)",
-                where, runs.size(), assistants);
+    throw_input(
+        "{}: per-message 'loss' needs each assistant reply to render as its own span, but the template shows "
+        "{} spans for {} assistant messages (an empty reply?)",
+        where, runs.size(), assistants);
   size_t k = 0;
   for (size_t i = 0; i < c.messages.size(); ++i) {
     if (c.messages[i].role != "assistant") continue;

@@ -44,7 +44,8 @@ void check_roles(const std::vector<Message>& msgs) {
 // ChatML (Qwen2, Qwen2-MoE; "qwen3" adds Qwen3's empty think block, thinking off).
 class ChatMl : public ChatTemplate {
  public:
-  ChatMl(std::string name, std::string system, bool think) : name_(std::move(name)), system_(std::move(system)), think_(think) {}
+  ChatMl(std::string name, std::string system, bool think)
+      : name_(std::move(name)), system_(std::move(system)), think_(think) {}
   std::string name() const override { return name_; }
   std::string default_system() const override { return system_; }
   std::vector<int32_t> stop_ids(const Tokenizer& tok) const override {
@@ -127,8 +128,7 @@ class Inst : public ChatTemplate {
       const Message& m = msgs[i];
       if (m.role == "user") {
         std::string u = m.content;
-        if (first && !system.empty())
-          u = llama2_ ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + u : system + "\n\n" + u;
+        if (first && !system.empty()) u = llama2_ ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + u : system + "\n\n" + u;
         // Llama-2 opens every exchange with bos; Mistral only the conversation.
         if (llama2_ || first) b.id(tok.bos_id(), false);
         b.text("[INST] " + u + " [/INST]", false);
@@ -164,7 +164,8 @@ class Raw : public ChatTemplate {
 }  // namespace
 
 const std::vector<std::string>& template_names() {
-  static const std::vector<std::string> names = {"qwen", "chatml", "qwen3", "llama3", "llama", "mistral", "mixtral", "raw"};
+  static const std::vector<std::string> names = {"qwen",  "chatml",  "qwen3",   "llama3",
+                                                 "llama", "mistral", "mixtral", "raw"};
   return names;
 }
 
@@ -182,7 +183,8 @@ std::unique_ptr<ChatTemplate> make_template(const std::string& name) {
 }
 
 std::unique_ptr<ChatTemplate> make_template(const std::string& name, const std::string& system) {
-  if (name == "qwen" || name == "chatml" || name == "qwen3") return std::make_unique<ChatMl>(name, system, name == "qwen3");
+  if (name == "qwen" || name == "chatml" || name == "qwen3")
+    return std::make_unique<ChatMl>(name, system, name == "qwen3");
   return make_template(name);  // no default system: the caller's system message is rendered as given
 }
 

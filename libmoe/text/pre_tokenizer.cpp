@@ -46,8 +46,10 @@ bool PreTokenizer::parse(const nlohmann::json& p, const std::string& src) {
     else if (behavior == "MergedWithNext") st.behavior = Behavior::kMergedWithNext;
     else if (behavior == "Contiguous") st.behavior = Behavior::kContiguous;
     else
-      throw_input("{}: Split behavior '{}' is not supported (supported: Removed, Isolated, MergedWithPrevious, "
-                  "MergedWithNext, Contiguous)", src, behavior);
+      throw_input(
+          "{}: Split behavior '{}' is not supported (supported: Removed, Isolated, MergedWithPrevious, "
+          "MergedWithNext, Contiguous)",
+          src, behavior);
     st.invert = p.value("invert", false);
     st.re = std::make_unique<Regex>(re, src + ": Split pattern");
     steps_.push_back(std::move(st));

@@ -30,7 +30,8 @@ class SpmTokenizer : public Tokenizer {
     // Control pieces written in text (e.g. "</s>") are matched as tokens, as HF's LlamaTokenizer does.
     for (int i = 0; i < sp_.GetPieceSize(); ++i)
       if (sp_.IsControl(i)) specials_.push_back({sp_.IdToPiece(i), i});
-    std::sort(specials_.begin(), specials_.end(), [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+    std::sort(specials_.begin(), specials_.end(),
+              [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
   }
 
   std::vector<int32_t> encode(std::string_view raw, bool add_special_tokens) const override {

@@ -24,10 +24,10 @@ class Tokenizer {
   virtual std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const = 0;
   // Invalid UTF-8 byte sequences become U+FFFD, as HF's decode does.
   virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const = 0;
-  virtual std::string token_bytes(int32_t id) const = 0;  // the raw bytes a token stands for
-  virtual std::string token_text(int32_t id) const = 0;   // its vocab string (e.g. "Ġhello")
+  virtual std::string token_bytes(int32_t id) const = 0;       // the raw bytes a token stands for
+  virtual std::string token_text(int32_t id) const = 0;        // its vocab string (e.g. "Ġhello")
   virtual int32_t token_id(std::string_view token) const = 0;  // -1 if absent
-  virtual int32_t vocab_size() const = 0;                 // max id + 1
+  virtual int32_t vocab_size() const = 0;                      // max id + 1
   virtual bool is_special(int32_t id) const = 0;
   int32_t bos_id() const { return bos_; }
   int32_t eos_id() const { return eos_; }

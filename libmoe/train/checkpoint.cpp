@@ -3,13 +3,13 @@
 #include <cstring>
 #include <filesystem>
 
+#include "checkpoint/load_hf.h"
+#include "checkpoint/mcore_export.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
 #include "core/output_dir.h"
 #include "io/torch_file.h"
-#include "checkpoint/load_hf.h"
-#include "checkpoint/mcore_export.h"
 #include "model/state_dict.h"
 
 namespace moe::train {
@@ -37,8 +37,10 @@ Tensor borrow_f32(const std::vector<float>& v, const Shape& s) {
 void check_finite(const Tensor& t, const std::string& name, int64_t iteration) {
   if (count_non_finite(t.raw(), t.dtype(), size_t(t.numel())) == 0) return;
   if (t.dtype() != DType::F32)
-    throw_input("iteration {}: '{}' has values beyond {}'s range; no checkpoint written: pass --torch_dtype float32 "
-                "(or bfloat16) or lower --lr", iteration, name, torch_dtype_name(t.dtype()));
+    throw_input(
+        "iteration {}: '{}' has values beyond {}'s range; no checkpoint written: pass --torch_dtype float32 "
+        "(or bfloat16) or lower --lr",
+        iteration, name, torch_dtype_name(t.dtype()));
   throw_internal("iteration {}: '{}' holds non-finite values; no checkpoint written", iteration, name);
 }
 
@@ -128,7 +130,8 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     auto sched = PyValue::container(PyValue::kDict);
     sched->set("max_lr", PyValue::floating(lr.lr)), sched->set("min_lr", PyValue::floating(lr.min_lr));
     sched->set("lr_warmup_steps", PyValue::integer(lr.warmup_iters));
-    sched->set("lr_decay_steps", PyValue::integer(lr.decay_iters)), sched->set("lr_decay_style", PyValue::str(lr.style));
+    sched->set("lr_decay_steps", PyValue::integer(lr.decay_iters)),
+        sched->set("lr_decay_style", PyValue::str(lr.style));
     sched->set("num_steps", PyValue::integer(p.iteration));
     root->set("opt_param_scheduler", sched);
   }
@@ -207,7 +210,10 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
   }
   if (auto r = root.get("rng_state"); r && load_rng && r->kind == PyValue::kList && !r->items.empty()) {
     const auto& d = *r->items[0];
-    auto geti = [&](const char* k) { auto v = d.get(k); return v && v->kind == PyValue::kInt ? v->i : int64_t(0); };
+    auto geti = [&](const char* k) {
+      auto v = d.get(k);
+      return v && v->kind == PyValue::kInt ? v->i : int64_t(0);
+    };
     rs.progress.data = {geti("moectl_data_epoch"), geti("moectl_data_index"), uint64_t(geti("moectl_data_seed"))};
     rs.progress.consumed_samples = geti("moectl_consumed_samples");
     rs.progress.skipped_iters = geti("moectl_skipped_iters");

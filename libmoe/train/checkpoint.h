@@ -24,7 +24,7 @@ struct CheckpointOptions {
 };
 
 struct TrainProgress {
-  int64_t iteration = 0;       // optimizer steps done
+  int64_t iteration = 0;  // optimizer steps done
   int64_t consumed_samples = 0;
   int64_t skipped_iters = 0;
   LoaderPosition data;

@@ -16,16 +16,13 @@ int64_t MicroBatch::loss_tokens() const {
   return std::count_if(labels.begin(), labels.end(), [](int32_t l) { return l >= 0; });
 }
 
-nlohmann::json to_json(const LoaderPosition& p) {
-  return {{"epoch", p.epoch}, {"index", p.index}, {"seed", p.seed}};
-}
+nlohmann::json to_json(const LoaderPosition& p) { return {{"epoch", p.epoch}, {"index", p.index}, {"seed", p.seed}}; }
 
 LoaderPosition loader_position_from_json(const nlohmann::json& j) {
   auto get = [&](const char* k) {
     const bool ok = j.is_object() && j.contains(k) &&
                     (j[k].is_number_unsigned() || (j[k].is_number_integer() && j[k].get<int64_t>() >= 0));
-    if (!ok)
-      throw_input("data position: field '{}' must be a non-negative integer", k);
+    if (!ok) throw_input("data position: field '{}' must be a non-negative integer", k);
     return j[k].get<uint64_t>();
   };
   LoaderPosition p;
@@ -39,7 +36,8 @@ namespace {
 std::vector<std::vector<int32_t>> pack(const std::vector<Sample>& s, int max_length) {
   std::vector<int32_t> idx(s.size());
   std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return s[size_t(a)].tokens.size() > s[size_t(b)].tokens.size(); });
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](int32_t a, int32_t b) { return s[size_t(a)].tokens.size() > s[size_t(b)].tokens.size(); });
   std::vector<std::vector<int32_t>> rows;
   std::multimap<int64_t, size_t> free_space;  // room left -> row
   for (int32_t i : idx) {

@@ -19,7 +19,7 @@ struct MicroBatch {
   std::vector<int32_t> position_ids;    // length T; 0 at the start of every segment
   std::vector<int32_t> cu_seqlens;      // size S + 1: 0, ..., T; attention stays inside a segment
   int rows = 0;
-  int64_t loss_tokens() const;          // labels != -100
+  int64_t loss_tokens() const;  // labels != -100
 };
 
 // Where the loader is: the next row is order(seed, epoch)[index]. Saved with a checkpoint so

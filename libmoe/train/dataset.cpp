@@ -32,7 +32,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 
 void substitute(std::string& s, const std::string& key, const std::string& value) {
-  for (size_t p = s.find(key); p != std::string::npos; p = s.find(key, p + value.size())) s.replace(p, key.size(), value);
+  for (size_t p = s.find(key); p != std::string::npos; p = s.find(key, p + value.size()))
+    s.replace(p, key.size(), value);
 }
 
 std::string join(const std::vector<std::string>& v) {
@@ -90,9 +91,10 @@ std::vector<size_t> sample_indices(size_t size, int64_t n, std::mt19937_64& rng)
                    (name.find('/') != std::string::npos && !ends_with(name, ".jsonl") && !ends_with(name, ".json") &&
                     name.front() != '.' && name.front() != '/');
   if (hub)
-    throw_input("--dataset '{}' is not a local file, and moectl reads local files only (no hub downloads): download "
-                "it first (e.g. `modelscope download --dataset {} --local_dir data/`) and pass the .jsonl/.json file",
-                name, name);
+    throw_input(
+        "--dataset '{}' is not a local file, and moectl reads local files only (no hub downloads): download "
+        "it first (e.g. `modelscope download --dataset {} --local_dir data/`) and pass the .jsonl/.json file",
+        name, name);
   throw_input("--dataset '{}': no such file (moectl reads local .jsonl/.json files, self-cognition or dummy#N)", name);
 }
 
@@ -132,10 +134,10 @@ std::vector<Row> load_spec(const std::string& raw, const DatasetOptions& o, std:
     file = "self-cognition.jsonl";
     rows = parse_rows(self_cognition_jsonl(), file);
     if (o.model_name.empty() || o.model_author.empty())
-      log().warn("{}", "--dataset self-cognition without --model_name and --model_author: the {{NAME}} and "
-                       "{{AUTHOR}} placeholders stay literal");
-    else
-      log().info("self-cognition: name {}, author {}", join(o.model_name), join(o.model_author));
+      log().warn("{}",
+                 "--dataset self-cognition without --model_name and --model_author: the {{NAME}} and "
+                 "{{AUTHOR}} placeholders stay literal");
+    else log().info("self-cognition: name {}, author {}", join(o.model_name), join(o.model_author));
   } else {
     if (!fs::is_regular_file(spec.name)) missing_dataset(spec.name);
     rows = parse_rows(read_text_file(spec.name), spec.name);

@@ -22,7 +22,7 @@ struct DatasetOptions {
   std::vector<std::string> specs;      // --dataset
   std::vector<std::string> val_specs;  // --val_dataset
   double split_dataset_ratio = 0.0;
-  bool system_given = false;           // --system was passed (an empty one disables the default)
+  bool system_given = false;  // --system was passed (an empty one disables the default)
   std::string system;
   std::vector<std::string> model_name, model_author;  // self-cognition: [zh, en] or one for both
   int max_length = 2048;

@@ -28,8 +28,10 @@ LrSchedule::LrSchedule(LrScheduleConfig cfg, int64_t train_iters) : cfg_(std::mo
   if (cfg_.warmup_iters < 0) throw_input("--lr_warmup_iters must be >= 0, got {}", cfg_.warmup_iters);
   warmup_ = cfg_.warmup_fraction > 0 ? cfg_.warmup_fraction * double(decay_) : double(cfg_.warmup_iters);
   if (warmup_ >= double(decay_))
-    throw_input("--lr_warmup_iters {} must be less than --lr_decay_iters {} (default: --train_iters); shorten the "
-                "warmup or use --lr_warmup_fraction", cfg_.warmup_iters, decay_);
+    throw_input(
+        "--lr_warmup_iters {} must be less than --lr_decay_iters {} (default: --train_iters); shorten the "
+        "warmup or use --lr_warmup_fraction",
+        cfg_.warmup_iters, decay_);
 }
 
 double LrSchedule::lr_at(int64_t step) const {

@@ -9,11 +9,11 @@ namespace moe::train {
 
 struct LrScheduleConfig {
   double lr = 1e-5, min_lr = 0.0;
-  double warmup_init = 0.0;       // --lr_warmup_init: the lr at step 0 of the warmup
-  int64_t warmup_iters = 0;       // --lr_warmup_iters
-  double warmup_fraction = 0;     // --lr_warmup_fraction (of decay iters), if > 0
-  int64_t decay_iters = 0;        // --lr_decay_iters; 0 = train_iters
-  std::string style = "cosine";   // --lr_decay_style: cosine | linear | constant | inverse-square-root
+  double warmup_init = 0.0;      // --lr_warmup_init: the lr at step 0 of the warmup
+  int64_t warmup_iters = 0;      // --lr_warmup_iters
+  double warmup_fraction = 0;    // --lr_warmup_fraction (of decay iters), if > 0
+  int64_t decay_iters = 0;       // --lr_decay_iters; 0 = train_iters
+  std::string style = "cosine";  // --lr_decay_style: cosine | linear | constant | inverse-square-root
 };
 
 class LrSchedule {

@@ -96,8 +96,9 @@ std::string format_progress(const std::string& desc, int64_t done, int64_t total
                                 std::string(size_t(width - fill), ' '), done, total, clock(elapsed_s));
   if (done > 0 && elapsed_s > 0) {
     const double per_it = elapsed_s / double(done);
-    out += fmt::format("<{}, {}]", clock(per_it * double(std::max<int64_t>(total - done, 0))),
-                       per_it >= 1 || per_it == 0 ? fmt::format("{:.2f}s/it", per_it) : fmt::format("{:.2f}it/s", 1 / per_it));
+    out += fmt::format(
+        "<{}, {}]", clock(per_it * double(std::max<int64_t>(total - done, 0))),
+        per_it >= 1 || per_it == 0 ? fmt::format("{:.2f}s/it", per_it) : fmt::format("{:.2f}it/s", 1 / per_it));
   } else {
     out += "<?, ?s/it]";
   }

@@ -25,8 +25,7 @@ double round8(double value);
 // plus "iteration". Keys already starting with "eval_" are kept.
 nlohmann::json eval_line(const nlohmann::json& metrics, int64_t iteration, int64_t total);
 // The final line: last/best checkpoint (null when none) and best_metric (null when not finite).
-nlohmann::json summary_line(const std::string& last_checkpoint, const std::string& best_checkpoint,
-                            double best_metric);
+nlohmann::json summary_line(const std::string& last_checkpoint, const std::string& best_checkpoint, double best_metric);
 
 // Appends one JSON object per line to a file (OUT/logging.jsonl), flushed and closed each time
 // so a killed run keeps every line; floats rounded by round8, NaN/Inf written as null (valid

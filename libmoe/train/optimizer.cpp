@@ -22,7 +22,8 @@ const std::vector<Block>& blocks_of(std::span<const ParamRef> params) {
   thread_local std::vector<Block> blocks;  // reused across steps
   blocks.clear();
   for (size_t p = 0; p < params.size(); ++p)
-    for (size_t b = 0; b < params[p].numel; b += kBlock) blocks.push_back({p, b, std::min(params[p].numel, b + kBlock)});
+    for (size_t b = 0; b < params[p].numel; b += kBlock)
+      blocks.push_back({p, b, std::min(params[p].numel, b + kBlock)});
   return blocks;
 }
 
@@ -43,7 +44,8 @@ Optimizer::Optimizer(OptimizerConfig cfg) : cfg_(std::move(cfg)) {
   if (!(cfg_.beta1 >= 0 && cfg_.beta1 < 1)) throw_input("--adam_beta1 must be in [0, 1), got {}", cfg_.beta1);
   if (!(cfg_.beta2 >= 0 && cfg_.beta2 < 1)) throw_input("--adam_beta2 must be in [0, 1), got {}", cfg_.beta2);
   // eps 0 divides 0 by 0 for every parameter without gradient (QA #10: NaN checkpoints).
-  if (!(cfg_.eps > 0 && std::isfinite(cfg_.eps))) throw_input("--adam_eps must be a finite number > 0, got {}", cfg_.eps);
+  if (!(cfg_.eps > 0 && std::isfinite(cfg_.eps)))
+    throw_input("--adam_eps must be a finite number > 0, got {}", cfg_.eps);
   if (!(cfg_.weight_decay >= 0 && std::isfinite(cfg_.weight_decay)))
     throw_input("--weight_decay must be a finite number >= 0, got {}", cfg_.weight_decay);
   if (!(cfg_.sgd_momentum >= 0 && cfg_.sgd_momentum < 1))
@@ -240,7 +242,7 @@ bool Optimizer::step(std::span<const ParamRef> params, double lr, double grad_no
 double clip_grad_norm(std::span<const ParamRef> params, double max_norm) {
   const auto& blocks = blocks_of(params);
   thread_local std::vector<double> partial_sums;  // reused across steps
-  std::vector<double>& partial = partial_sums;   // the caller's: workers must not name their own
+  std::vector<double>& partial = partial_sums;    // the caller's: workers must not name their own
   partial.assign(blocks.size(), 0.0);
   parallel_for(int64_t(blocks.size()), [&](int64_t lo, int64_t hi) {
     for (int64_t bi = lo; bi < hi; ++bi) {

@@ -53,8 +53,7 @@ class Optimizer {
   // step the bound cannot clear is first computed without writing. State is created zeroed on
   // first sight of a name; a restored state whose size differs from the parameter's is an
   // InternalError (a checkpoint/model mismatch).
-  bool step(std::span<const ParamRef> params, double lr,
-            double grad_norm = std::numeric_limits<double>::infinity());
+  bool step(std::span<const ParamRef> params, double lr, double grad_norm = std::numeric_limits<double>::infinity());
 
   // Optimizer steps taken (torch's per-parameter "step"; Adam's bias correction uses it).
   int64_t steps() const { return steps_; }

@@ -24,9 +24,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // Staging dirs of a killed save (core/output_dir.h): never complete.
-bool is_staging(const std::string& n) {
-  return n.size() > 11 && n.compare(n.size() - 11, 11, ".moectl-tmp") == 0;
-}
+bool is_staging(const std::string& n) { return n.size() > 11 && n.compare(n.size() - 11, 11, ".moectl-tmp") == 0; }
 
 // Files a run writes into its dir; a fresh run into an unversioned SAVE that holds any of them
 // would mix its checkpoints with the old run's (QA #7).
@@ -38,7 +36,8 @@ bool is_run_output(const std::string& n) {
 // An flock()ed file: held until closed, released by the kernel if the process dies.
 int lock_file(const fs::path& p, bool wait) {
   const int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) throw_input("--save {}: cannot create {} ({})", p.parent_path().string(), p.string(), std::strerror(errno));
+  if (fd < 0)
+    throw_input("--save {}: cannot create {} ({})", p.parent_path().string(), p.string(), std::strerror(errno));
   if (::flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0) {
     ::close(fd);
     return -1;
@@ -80,8 +79,10 @@ fs::path checked_root(const std::string& save, const RunDirOptions& o) {
     for (const auto& in : o.inputs) {
       std::error_code ec;
       if (!in.empty() && fs::exists(in, ec) && path_within(root, normal_path(in)))
-        throw_input("--save {} is the input {} or lies inside it; runs would write into the model; choose another "
-                    "--save", save, in);
+        throw_input(
+            "--save {} is the input {} or lies inside it; runs would write into the model; choose another "
+            "--save",
+            save, in);
     }
   return root;
 }
@@ -96,8 +97,10 @@ std::vector<fs::path> run_outputs_in(const fs::path& dir) {
 }
 
 [[noreturn]] void refuse_busy(const std::string& save) {
-  throw_input("--save {}: another moectl run is writing to it (--add_version false); wait for it, or pass "
-              "--add_version true to get a dir of your own", save);
+  throw_input(
+      "--save {}: another moectl run is writing to it (--add_version false); wait for it, or pass "
+      "--add_version true to get a dir of your own",
+      save);
 }
 
 void refuse_old_run(const std::string& save, const fs::path& root, const RunDirOptions& o) {
@@ -105,9 +108,10 @@ void refuse_old_run(const std::string& save, const fs::path& root, const RunDirO
   auto old = run_outputs_in(root);
   std::erase_if(old, [](const fs::path& p) { return is_staging(p.filename().string()); });
   if (!old.empty())
-    throw_input("--save {} already holds a run's checkpoints ({}): resume it with --load {} --finetune false, pass "
-                "--overwrite_output_dir true to replace them, or use --add_version true", save,
-                old.front().filename().string(), save);
+    throw_input(
+        "--save {} already holds a run's checkpoints ({}): resume it with --load {} --finetune false, pass "
+        "--overwrite_output_dir true to replace them, or use --add_version true",
+        save, old.front().filename().string(), save);
 }
 
 }  // namespace
@@ -119,8 +123,8 @@ void RunDir::check(const std::string& save, const RunDirOptions& o) {
   while (!fs::exists(existing, ec) && existing.has_parent_path() && existing != existing.parent_path())
     existing = existing.parent_path();
   if (!fs::is_directory(existing, ec) || ::access(existing.c_str(), W_OK) != 0)
-    throw_input("--save {}: cannot create or write to it ({} is not a writable directory); choose a writable one",
-                save, existing.string());
+    throw_input("--save {}: cannot create or write to it ({} is not a writable directory); choose a writable one", save,
+                existing.string());
   if (!o.add_version && fs::exists(root / ".moectl.lock", ec)) {
     const int fd = lock_file(root / ".moectl.lock", false);
     if (fd < 0) refuse_busy(save);

@@ -94,7 +94,8 @@ std::string svg_line_plot(const LinePlot& plot) {
                              kL + plot_w / 2, kT + plot_h / 2);
   double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
   for (const Series* s : {&a, &b})
-    for (const auto& [x, y] : *s) x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
+    for (const auto& [x, y] : *s)
+      x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
   if (x1 == x0) x0 -= 1, x1 += 1;
   if (y1 == y0) {
     const double d = std::max(std::fabs(y0) * 0.1, 1e-12);
@@ -110,19 +111,20 @@ std::string svg_line_plot(const LinePlot& plot) {
     out += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:.6g}</text>\n", px(v), x_axis + 19, v);
   }
   for (double v : nice_ticks(y0, y1)) {
-    out += fmt::format("<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"#e5e5e5\"/>\n", kL, py(v), kL + plot_w,
-                       py(v));
+    out += fmt::format("<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"#e5e5e5\"/>\n", kL, py(v),
+                       kL + plot_w, py(v));
     out += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{:.4g}</text>\n", kL - 6, py(v) + 4, v);
   }
   auto path = [&](const Series& pts, const char* colour, double width) {
     std::string d;
     for (const auto& [x, y] : pts) d += fmt::format("{}{:.1f},{:.1f}", d.empty() ? "M" : " L", px(x), py(y));
-    return fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\" stroke-linejoin=\"round\"/>\n", d,
-                       colour, width);
+    return fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\" stroke-linejoin=\"round\"/>\n",
+                       d, colour, width);
   };
   auto markers = [&](const Series& pts, const char* colour) {
     std::string m;
-    for (const auto& [x, y] : pts) m += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px(x), py(y), colour);
+    for (const auto& [x, y] : pts)
+      m += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px(x), py(y), colour);
     return m;
   };
   if (a.size() == 1) {
@@ -136,14 +138,15 @@ std::string svg_line_plot(const LinePlot& plot) {
     if (b.size() > 1) out += path(b, kOrange, 2);
     if (b.size() <= 50) out += markers(b, kOrange);
     const double lx = kL + plot_w - 150, ly = kT + 10;  // legend, top right
-    out += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"144\" height=\"40\" fill=\"white\" stroke=\"#ccc\"/>\n", lx, ly);
+    out +=
+        fmt::format("<rect x=\"{}\" y=\"{}\" width=\"144\" height=\"40\" fill=\"white\" stroke=\"#ccc\"/>\n", lx, ly);
     const std::string n1 = plot.series_name.empty() ? "train" : plot.series_name;
     const std::string n2 = plot.second_name.empty() ? "eval" : plot.second_name;
-    out += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"{3}\" stroke-width=\"2\"/>\n", lx + 8,
-                       ly + 13, lx + 28, kBlue);
+    out += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"{3}\" stroke-width=\"2\"/>\n",
+                       lx + 8, ly + 13, lx + 28, kBlue);
     out += fmt::format("<text x=\"{}\" y=\"{}\">{}</text>\n", lx + 34, ly + 17, escape(n1));
-    out += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"{3}\" stroke-width=\"2\"/>\n", lx + 8,
-                       ly + 29, lx + 28, kOrange);
+    out += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"{3}\" stroke-width=\"2\"/>\n",
+                       lx + 8, ly + 29, lx + 28, kOrange);
     out += fmt::format("<text x=\"{}\" y=\"{}\">{}</text>\n", lx + 34, ly + 33, escape(n2));
   }
   return out + "</svg>\n";
@@ -186,7 +189,8 @@ std::string svg_heatmap(const std::string& title, const std::vector<std::vector<
   const size_t ystep = std::max<size_t>(1, (counts.size() + 15) / 16), xstep = std::max<size_t>(1, (E + 15) / 16);
   for (size_t l = 0; l < counts.size(); ++l) {
     if (l % ystep == 0)
-      out += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>\n", kL - 6, kT + ch * (double(l) + 0.5) + 4, l);
+      out += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>\n", kL - 6,
+                         kT + ch * (double(l) + 0.5) + 4, l);
     for (size_t e = 0; e < counts[l].size(); ++e) {
       const double v = counts[l][e];
       out += fmt::format(
@@ -209,7 +213,8 @@ std::string svg_heatmap(const std::string& title, const std::vector<std::vector<
   for (int i = 0; i < int(steps); ++i)
     out += fmt::format("<rect x=\"{}\" y=\"{:.2f}\" width=\"16\" height=\"{:.2f}\" fill=\"{}\"/>\n", gx,
                        kT + grid_h - sh * (i + 1), sh + 0.5, colour((i + 0.5) / steps));
-  out += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"16\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n", gx, kT, grid_h);
+  out += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"16\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n", gx, kT,
+                     grid_h);
   out += fmt::format("<text x=\"{}\" y=\"{}\">{:.4g}</text>\n", gx + 20, kT + 10, mx);
   out += fmt::format("<text x=\"{}\" y=\"{}\">0</text>\n", gx + 20, kT + grid_h);
   out += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">tokens</text>\n", gx + 8, kT - 6);

@@ -16,7 +16,7 @@ struct LinePlot {
   std::string series_name;  // legend entry; the legend is drawn when `second` has points
   Series second;            // drawn in another colour over the first, markers when short
   std::string second_name;
-  double smoothing = 0.9;   // TensorBoard's EMA weight over `series`; 0 draws only the raw line
+  double smoothing = 0.9;  // TensorBoard's EMA weight over `series`; 0 draws only the raw line
 };
 
 // Always well-formed SVG: non-finite points are skipped, an empty plot says "no data", a single

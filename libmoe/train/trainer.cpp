@@ -15,9 +15,7 @@ namespace moe::train {
 
 namespace fs = std::filesystem;
 
-int64_t iterations_for_epochs(int64_t rows, int mbs, int gbs, int epochs) {
-  return (rows / mbs) * mbs * epochs / gbs;
-}
+int64_t iterations_for_epochs(int64_t rows, int mbs, int gbs, int epochs) { return (rows / mbs) * mbs * epochs / gbs; }
 
 namespace {
 
@@ -41,11 +39,13 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   DataLoader loader(data.train, cfg.micro_batch_size, cfg.packing, cfg.max_length, cfg.seed);
   int64_t train_iters = cfg.train_iters;
   if (train_iters <= 0) {
-    train_iters = iterations_for_epochs(loader.rows_per_epoch(), cfg.micro_batch_size, cfg.global_batch_size,
-                                        cfg.max_epochs);
+    train_iters =
+        iterations_for_epochs(loader.rows_per_epoch(), cfg.micro_batch_size, cfg.global_batch_size, cfg.max_epochs);
     if (train_iters <= 0)
-      throw_input("{} training rows make no global batch of {} over {} epoch(s); lower --global_batch_size or set "
-                  "--train_iters", loader.rows_per_epoch(), cfg.global_batch_size, cfg.max_epochs);
+      throw_input(
+          "{} training rows make no global batch of {} over {} epoch(s); lower --global_batch_size or set "
+          "--train_iters",
+          loader.rows_per_epoch(), cfg.global_batch_size, cfg.max_epochs);
   }
   LrScheduleConfig lrc = cfg.lr;
   LrSchedule sched(lrc, train_iters);

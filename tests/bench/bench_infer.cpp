@@ -15,19 +15,18 @@
 #include <cstring>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/cpu_features.h"
 #include "core/parallel.h"
 #include "core/rng.h"
 #include "infer/generator.h"
 #include "model/transformer.h"
 #include "model/weight_map.h"
-#include "bench_util.h"
 
 using namespace moe;
 using namespace moe::bench;
 
 namespace {
-
 
 __attribute__((target("avx2"))) double sum_avx2(const float* p, size_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -76,7 +75,6 @@ double read_bandwidth(size_t bytes) {
   return best;
 }
 
-
 model::ModelConfig bench_config(bool quick) {
   model::ModelConfig c;
   c.model_type = "qwen3_moe";
@@ -94,7 +92,6 @@ model::ModelConfig bench_config(bool quick) {
   c.moe_layer_pattern.assign(size_t(c.num_layers), true);
   return c;
 }
-
 
 // Bytes decode reads per token: everything but the unselected experts and the embedding table
 // (one row), with the LM head in full.
@@ -142,10 +139,11 @@ void run(DType dt, bool quick, double bw, double gemm) {
   const double flops_tok =
       2.0 * (double(c.num_active_parameters()) - 2.0 * double(c.vocab_size) * c.hidden_size) + attn_tok;
   const double bytes_tok = decode_bytes_per_token(c, dt);
-  std::printf("prefill (%d tokens): %7.1f tokens/s = %6.1f GFLOP/s = %5.1f%% of sgemm (%0.1f GFLOP/s)\n", prompt_len, best_pre,
-              best_pre * flops_tok / 1e9, 100 * best_pre * flops_tok / gemm, gemm / 1e9);
-  std::printf("decode (%d tokens):   %7.2f tokens/s x %.1f MB/token = %5.2f GB/s = %5.1f%% of read bandwidth (%.2f GB/s)\n",
-              new_tokens, best_dec, bytes_tok / 1e6, best_dec * bytes_tok / 1e9, 100 * best_dec * bytes_tok / bw, bw / 1e9);
+  std::printf("prefill (%d tokens): %7.1f tokens/s = %6.1f GFLOP/s = %5.1f%% of sgemm (%0.1f GFLOP/s)\n", prompt_len,
+              best_pre, best_pre * flops_tok / 1e9, 100 * best_pre * flops_tok / gemm, gemm / 1e9);
+  std::printf(
+      "decode (%d tokens):   %7.2f tokens/s x %.1f MB/token = %5.2f GB/s = %5.1f%% of read bandwidth (%.2f GB/s)\n",
+      new_tokens, best_dec, bytes_tok / 1e6, best_dec * bytes_tok / 1e9, 100 * best_dec * bytes_tok / bw, bw / 1e9);
 }
 
 }  // namespace

@@ -56,8 +56,8 @@ double megatron_flops(const BenchShape& s) {
 double activation_bytes(const BenchShape& s) {
   const double T = double(s.mbs) * s.seq, D = s.hidden, d = s.head_dim, nh = s.heads, ng = s.groups;
   const double rows = T * s.topk, F = s.moe_ffn, E = s.experts;
-  const double per_layer = 4 * T * D + T * (nh + 2 * ng) * d * 2 + T * nh * d + T * nh + 2 * T * E + 2 * rows * D +
-                           rows * 3 * F;
+  const double per_layer =
+      4 * T * D + T * (nh + 2 * ng) * d * 2 + T * nh * d + T * nh + 2 * T * E + 2 * rows * D + rows * 3 * F;
   return 4 * (per_layer * s.layers + 2 * T * D);
 }
 
@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
     else if (a == "--glibc_default") keep_freed = false;  // to show what keep_freed_memory saves
   }
   const BenchShape s = quick ? BenchShape{128, 2, 4, 2, 32, 16, 4, 128, 4096, 128, 2}
-                        : BenchShape{512, 4, 8, 4, 64, 64, 8, 256, 32000, 512, 4};
+                             : BenchShape{512, 4, 8, 4, 64, 64, 8, 256, 32000, 512, 4};
   const model::ModelConfig c = config(s);
   if (keep_freed) keep_freed_memory();
   model::TrainOptions opt;
@@ -95,8 +95,7 @@ int main(int argc, char** argv) {
     nparams += t.numel();
   }
   const int64_t T = int64_t(s.mbs) * s.seq;
-  std::vector<int32_t> tokens(static_cast<size_t>(T)), labels(static_cast<size_t>(T)), pos(static_cast<size_t>(T)),
-      cu;
+  std::vector<int32_t> tokens(static_cast<size_t>(T)), labels(static_cast<size_t>(T)), pos(static_cast<size_t>(T)), cu;
   Rng rng(7);
   for (auto& t : tokens) t = int32_t(rng.uniform() * s.vocab) % s.vocab;
   for (int64_t t = 0; t < T; ++t) {
@@ -135,8 +134,8 @@ int main(int argc, char** argv) {
   const double state = double(nparams) * 16, acts = activation_bytes(s), rss = double(usage().ru_maxrss) * 1024.0;
   std::printf("page faults per timed step: %.0f (%s)\n", double(faults) / steps,
               keep_freed ? "freed memory kept" : "glibc defaults");
-  std::printf("peak RSS %.2f GiB = %.2fx (weights + grads + Adam %.2f GiB + activations %.2f GiB)\n", rss / 1073741824.0,
-              rss / (state + acts), state / 1073741824.0, acts / 1073741824.0);
+  std::printf("peak RSS %.2f GiB = %.2fx (weights + grads + Adam %.2f GiB + activations %.2f GiB)\n",
+              rss / 1073741824.0, rss / (state + acts), state / 1073741824.0, acts / 1073741824.0);
   if (!torch_script.empty()) {
     char cmd[1024];
     std::snprintf(cmd, sizeof cmd,
@@ -152,8 +151,7 @@ int main(int argc, char** argv) {
     if (torch_tok_s > 0)
       std::printf("pytorch eager: %.1f tokens/s (%.1f%% of sgemm); moectl / pytorch = %.2fx\n", torch_tok_s,
                   100 * megatron_flops(s) / (double(T) / torch_tok_s) / gemm, tok_s / torch_tok_s);
-    else
-      std::printf("pytorch eager: not run (no /usr/bin/python3 with torch)\n");
+    else std::printf("pytorch eager: not run (no /usr/bin/python3 with torch)\n");
   }
   return std::isfinite(last_loss) && last_loss < first_loss ? 0 : 1;
 }

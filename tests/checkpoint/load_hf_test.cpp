@@ -6,10 +6,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/load_hf.h"
 #include "io/torch_file.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
-#include "checkpoint/load_hf.h"
 #include "model/transformer.h"
 #include "model/weight_map.h"
 #include "testutil.h"
@@ -45,7 +45,9 @@ void save_bin(const ModelConfig& c, const StateDict& state, const std::string& d
   }
   nlohmann::json wm;
   for (int s = 0; s < shards; ++s) {
-    const std::string file = shards == 1 ? "pytorch_model.bin" : "pytorch_model-0000" + std::to_string(s + 1) + "-of-0000" + std::to_string(shards) + ".bin";
+    const std::string file =
+        shards == 1 ? "pytorch_model.bin"
+                    : "pytorch_model-0000" + std::to_string(s + 1) + "-of-0000" + std::to_string(shards) + ".bin";
     auto root = io::PyValue::container(io::PyValue::kOrderedDict);
     std::vector<std::pair<std::string, Tensor>> storages;
     for (size_t i = size_t(s); i < hf.size(); i += size_t(shards)) {
@@ -97,10 +99,12 @@ TEST(LoadHf, QA05_ConfigCountsCheckedAgainstTheWeightNames) {
     const std::string msg = moe::testing::input_error([&] { load_hf_model(d.path()); });
     EXPECT_NE(msg.find(want), std::string::npos) << msg;
   };
-  expect_error("num_hidden_layers", 16000, "num_hidden_layers is 16000 but the weights in " + d.path() +
-                                               " hold 2 (model.layers.0 to model.layers.1) layers");
-  expect_error("num_experts", 60000, "the config has 60000 experts but the weights in " + d.path() +
-                                         " hold 4 (experts.0 to experts.3) per layer");
+  expect_error("num_hidden_layers", 16000,
+               "num_hidden_layers is 16000 but the weights in " + d.path() +
+                   " hold 2 (model.layers.0 to model.layers.1) layers");
+  expect_error(
+      "num_experts", 60000,
+      "the config has 60000 experts but the weights in " + d.path() + " hold 4 (experts.0 to experts.3) per layer");
 }
 
 // init refuses, before allocating, a model larger than the memory the process may use.

@@ -50,8 +50,8 @@ TEST(Dtype, F16KnownValues) {
   EXPECT_EQ(f16_to_f32(0xc000), -2.0f);
   EXPECT_EQ(f16_to_f32(0x7bff), 65504.0f);
   EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
-  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);                // rounds to inf
-  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);   // tie to even -> 0
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);               // rounds to inf
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);  // tie to even -> 0
   EXPECT_EQ(f32_to_f16(std::ldexp(1.5f, -25)), 0x0001);
 }
 

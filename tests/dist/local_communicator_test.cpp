@@ -48,12 +48,14 @@ TEST(dist_local_communicator, AllToAllCopiesTheOwnSlice) {
   c.all_to_all(send.data(), zero, zero, recv.data(), zero, zero, DataType::kI32);  // zero-length: nothing moves
   EXPECT_EQ(recv[0], -1);
   const int64_t two[] = {2, 2};
-  EXPECT_NE(internal_error([&] { c.all_to_all(send.data(), two, two, recv.data(), two, two, DataType::kI32); })
-                .find("need 1 entries each"),
+  EXPECT_NE(internal_error([&] {
+              c.all_to_all(send.data(), two, two, recv.data(), two, two, DataType::kI32);
+            }).find("need 1 entries each"),
             std::string::npos);
   const int64_t three[] = {3};
-  EXPECT_NE(internal_error([&] { c.all_to_all(send.data(), sc, so, recv.data(), three, ro, DataType::kI32); })
-                .find("sends 4 elements to itself but expects 3"),
+  EXPECT_NE(internal_error([&] {
+              c.all_to_all(send.data(), sc, so, recv.data(), three, ro, DataType::kI32);
+            }).find("sends 4 elements to itself but expects 3"),
             std::string::npos);
 }
 

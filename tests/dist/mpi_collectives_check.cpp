@@ -20,14 +20,14 @@ namespace {
 
 int g_checks = 0, g_failed = 0, g_rank = 0;
 
-#define EXPECT(cond, ...)                                                                    \
-  do {                                                                                       \
-    ++g_checks;                                                                              \
-    if (!(cond)) {                                                                           \
-      ++g_failed;                                                                            \
-      std::fprintf(stderr, "rank %d: %s:%d: %s: %s\n", g_rank, __FILE__, __LINE__, #cond,    \
-                   fmt::format(__VA_ARGS__).c_str());                                        \
-    }                                                                                        \
+#define EXPECT(cond, ...)                                                                 \
+  do {                                                                                    \
+    ++g_checks;                                                                           \
+    if (!(cond)) {                                                                        \
+      ++g_failed;                                                                         \
+      std::fprintf(stderr, "rank %d: %s:%d: %s: %s\n", g_rank, __FILE__, __LINE__, #cond, \
+                   fmt::format(__VA_ARGS__).c_str());                                     \
+    }                                                                                     \
   } while (0)
 
 // The value rank r contributes at index i (small integers and halves: exact in f32 and bf16 sums).
@@ -55,8 +55,8 @@ void all_reduce_checks(Communicator& c) {
   // Integers: i64 beyond 32 bits, i32 negative, u8 max.
   int64_t big[2] = {(int64_t(1) << 40) * (r + 1), -r};
   c.all_reduce(big, 2, DataType::kI64, ReduceOp::kSum);
-  EXPECT(big[0] == (int64_t(1) << 40) * n * (n + 1) / 2 && big[1] == -int64_t(n) * (n - 1) / 2, "i64 sum {} {}",
-         big[0], big[1]);
+  EXPECT(big[0] == (int64_t(1) << 40) * n * (n + 1) / 2 && big[1] == -int64_t(n) * (n - 1) / 2, "i64 sum {} {}", big[0],
+         big[1]);
   int32_t small[2] = {-r, r * r};
   c.all_reduce(small, 2, DataType::kI32, ReduceOp::kMax);
   EXPECT(small[0] == 0 && small[1] == (n - 1) * (n - 1), "i32 max {} {}", small[0], small[1]);

@@ -78,9 +78,9 @@ TEST(Safetensors, RoundTripAllDtypesAndMetadata) {
   TempDir d;
   const std::string p = d.file("m.safetensors");
   std::vector<std::pair<std::string, Tensor>> ts = {{"z.weight", filled({2, 3}, DType::F32, 1)},
-                                                     {"b", filled({5}, DType::BF16, -2)},
-                                                     {"c", filled({1, 1, 3}, DType::F16, 0.5f)},
-                                                     {"empty", Tensor({0, 4}, DType::F32)}};
+                                                    {"b", filled({5}, DType::BF16, -2)},
+                                                    {"c", filled({1, 1, 3}, DType::F16, 0.5f)},
+                                                    {"empty", Tensor({0, 4}, DType::F32)}};
   write_safetensors(p, ts, {{"format", "pt"}, {"note", "x"}});
   EXPECT_FALSE(fs::exists(p + ".tmp"));
   auto f = SafetensorsFile::open(p);
@@ -104,10 +104,11 @@ TEST(Safetensors, ScalarsEmptyTensorsAndEmptyFile) {
   const std::string p = d.file("s.safetensors");
   Tensor scalar({}, DType::F32);
   scalar.f32()[0] = 3.5f;
-  write_safetensors(p, {{"scalar", scalar},
-                        {"e_bf16", Tensor({0}, DType::BF16)},
-                        {"e_f16", Tensor({3, 0}, DType::F16)},
-                        {"one", filled({1}, DType::BF16, 7)}},
+  write_safetensors(p,
+                    {{"scalar", scalar},
+                     {"e_bf16", Tensor({0}, DType::BF16)},
+                     {"e_f16", Tensor({3, 0}, DType::F16)},
+                     {"one", filled({1}, DType::BF16, 7)}},
                     {});
   auto f = SafetensorsFile::open(p);
   EXPECT_TRUE(f->metadata().empty());
@@ -177,7 +178,8 @@ TEST(Safetensors, TensorsBorrowTheMappingAndOutliveTheFileObject) {
 // Files from writers that do not pad may place an F32 at an odd offset: get() copies it.
 TEST(Safetensors, MisalignedDataIsCopiedAligned) {
   TempDir d;
-  std::string header = R"({"b":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]},"f":{"dtype":"F32","shape":[2],"data_offsets":[2,10]}})";
+  std::string header =
+      R"({"b":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]},"f":{"dtype":"F32","shape":[2],"data_offsets":[2,10]}})";
   while ((8 + header.size() + 2) % 4 != 2) header += ' ';  // puts "f" 2 bytes past a 4-byte boundary
   const float f[2] = {1.5f, -3.0f};
   std::string data = std::string("\x80\x3f", 2) + std::string(reinterpret_cast<const char*>(f), 8);
@@ -193,7 +195,9 @@ TEST(Safetensors, MisalignedDataIsCopiedAligned) {
 TEST(Safetensors, WriterRefusesBadNamesAndLeavesNoFile) {
   TempDir d;
   const std::string p = d.file("w.safetensors");
-  std::string msg = input_error([&] { write_safetensors(p, {{"a", Tensor({1}, DType::F32)}, {"a", Tensor({2}, DType::F32)}}); });
+  std::string msg = input_error([&] {
+    write_safetensors(p, {{"a", Tensor({1}, DType::F32)}, {"a", Tensor({2}, DType::F32)}});
+  });
   EXPECT_CONTAINS(msg, p + ": tensor 'a' is given twice");
   msg = input_error([&] { write_safetensors(p, {{"__metadata__", Tensor({1}, DType::F32)}}); });
   EXPECT_CONTAINS(msg, "reserved");
@@ -332,37 +336,46 @@ TEST(SafetensorsBadInput, HeaderLengthBeyondTheLimit) {
 
 TEST(SafetensorsBadInput, HeaderNotJson) { expect_bad(raw_file("{oops", ""), "header is not valid JSON"); }
 
-TEST(SafetensorsBadInput, HeaderNotAnObject) { expect_bad(raw_file("[1,2]", ""), "header is a JSON array, but must be a JSON object"); }
+TEST(SafetensorsBadInput, HeaderNotAnObject) {
+  expect_bad(raw_file("[1,2]", ""), "header is a JSON array, but must be a JSON object");
+}
 
 TEST(SafetensorsBadInput, UnknownDtype) {
-  expect_bad(raw_file(R"({"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}})", "abcd"), "tensor 'a': unknown dtype 'Q4'");
+  expect_bad(raw_file(R"({"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}})", "abcd"),
+             "tensor 'a': unknown dtype 'Q4'");
 }
 
 TEST(SafetensorsBadInput, ShapeSizeMismatch) {
-  expect_bad(raw_file(R"({"x":{"dtype":"F32","shape":[2,3],"data_offsets":[0,12]}})", std::string(12, 'x')),
-             "bad.safetensors: tensor 'x': data_offsets [0, 12] hold 12 bytes but shape [2, 3] of F32 needs 24 (the file "
-             "is corrupt or was truncated)");
+  expect_bad(
+      raw_file(R"({"x":{"dtype":"F32","shape":[2,3],"data_offsets":[0,12]}})", std::string(12, 'x')),
+      "bad.safetensors: tensor 'x': data_offsets [0, 12] hold 12 bytes but shape [2, 3] of F32 needs 24 (the file "
+      "is corrupt or was truncated)");
 }
 
 TEST(SafetensorsBadInput, OffsetsOutOfRange) {
   expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "abcd"),
              "tensor 'a': data_offsets [0, 8] run past the end of the data section (4 bytes)");
-  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551612,18446744073709551615]}})", "abcd"),
+  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551612,18446744073709551615]}})",
+                      "abcd"),
              "run past the end");
 }
 
 TEST(SafetensorsBadInput, OverlappingOffsets) {
-  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-                      std::string(8, 'x')),
-             "tensors 'a' (data_offsets [0, 8]) and 'b' (data_offsets [4, 8]) overlap");
+  expect_bad(
+      raw_file(
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          std::string(8, 'x')),
+      "tensors 'a' (data_offsets [0, 8]) and 'b' (data_offsets [4, 8]) overlap");
 }
 
 TEST(SafetensorsBadInput, ReversedOffsets) {
-  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", "abcd"), "data_offsets [4, 0] end before they begin");
+  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", "abcd"),
+             "data_offsets [4, 0] end before they begin");
 }
 
 TEST(SafetensorsBadInput, NegativeOrFractionalShape) {
-  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", "abcd"), "shape [-1] must hold non-negative integers");
+  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", "abcd"),
+             "shape [-1] must hold non-negative integers");
   expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}})", "abcd"), "non-negative integers");
 }
 
@@ -377,10 +390,13 @@ TEST(SafetensorsBadInput, ShapeProductOverflows) {
 }
 
 TEST(SafetensorsBadInput, DuplicateTensorName) {
-  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-                      std::string(8, 'x')),
-             "header lists key 'a' twice");
-  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"dtype":"I32","data_offsets":[0,4]}})", "abcd"), "key 'dtype' twice");
+  expect_bad(
+      raw_file(
+          R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          std::string(8, 'x')),
+      "header lists key 'a' twice");
+  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"dtype":"I32","data_offsets":[0,4]}})", "abcd"),
+             "key 'dtype' twice");
 }
 
 TEST(SafetensorsBadInput, MissingOrExtraFields) {
@@ -388,7 +404,8 @@ TEST(SafetensorsBadInput, MissingOrExtraFields) {
   expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"extra":1}})", "abcd"),
              "tensor 'a' has an unexpected field 'extra'");
   expect_bad(raw_file(R"({"a":[1,2,3]})", ""), "tensor 'a' is a JSON array");
-  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}})", "abcd"), "data_offsets [0] must be [begin, end]");
+  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}})", "abcd"),
+             "data_offsets [0] must be [begin, end]");
 }
 
 TEST(SafetensorsBadInput, MetadataMustBeStrings) {
@@ -417,7 +434,9 @@ struct IndexedDir {
     write_safetensors(d.file("s1.safetensors"), {{"a", filled({2}, DType::F32, 0)}, {"b", filled({2}, DType::F32, 0)}});
     moe::testing::write_file(d.file("model.safetensors.index.json"), index_json);
   }
-  std::string error() { return input_error([&] { SafetensorsCheckpoint::open_dir(d.path()); }); }
+  std::string error() {
+    return input_error([&] { SafetensorsCheckpoint::open_dir(d.path()); });
+  }
   std::string index() const { return d.file("model.safetensors.index.json"); }
 };
 
@@ -449,7 +468,8 @@ TEST(SafetensorsBadDir, IndexShapeIsChecked) {
   EXPECT_CONTAINS(IndexedDir(R"({"weight_map": [1]})").error(), "has no 'weight_map' object");
   EXPECT_CONTAINS(IndexedDir(R"({"weight_map": {}})").error(), "'weight_map' is empty");
   EXPECT_CONTAINS(IndexedDir(R"({"weight_map": {"a": 3}})").error(), "weight_map['a'] is a JSON number");
-  EXPECT_CONTAINS(IndexedDir(R"({"weight_map": {"a": "../s1.safetensors"}})").error(), "must name a file in the index's own directory");
+  EXPECT_CONTAINS(IndexedDir(R"({"weight_map": {"a": "../s1.safetensors"}})").error(),
+                  "must name a file in the index's own directory");
   EXPECT_CONTAINS(IndexedDir(R"({"weight_map": )").error(), "model.safetensors.index.json: not valid JSON");
   EXPECT_CONTAINS(IndexedDir(R"("x")").error(), "is a JSON string, but a safetensors index must be an object");
 }
@@ -477,12 +497,14 @@ TEST(SafetensorsBadDir, NoWeightsOrTooManyUnindexedFiles) {
 // non-overlapping tensors or throws InputError; anything else fails the test (or crashes).
 TEST(SafetensorsFuzzReplay, MutatedHeadersNeverCrash) {
   TempDir d;
-  write_safetensors(d.file("a.safetensors"), {{"w", filled({3, 4}, DType::BF16, 1)}, {"b", filled({4}, DType::F32, 0)},
-                                              {"e", Tensor({0, 2}, DType::F16)}});
+  write_safetensors(
+      d.file("a.safetensors"),
+      {{"w", filled({3, 4}, DType::BF16, 1)}, {"b", filled({4}, DType::F32, 0)}, {"e", Tensor({0, 2}, DType::F16)}});
   write_safetensors(d.file("b.safetensors"), {{"x", filled({2}, DType::F16, 1)}}, {});
   const std::vector<std::string> seeds = {read_bytes(d.file("a.safetensors")), read_bytes(d.file("b.safetensors"))};
-  const std::vector<std::string> tokens = {"0", "9", "-1", "18446744073709551615", "[]", "{}", "\"", ",", ":", "\"F64\"",
-                                           "\"dtype\"", "1e3", "null", "\\u0000", "\xff"};
+  const std::vector<std::string> tokens = {
+      "0",    "9",       "-1",  "18446744073709551615", "[]", "{}", "\"", ",", ":", "\"F64\"", "\"dtype\"", "1e3",
+      "null", "\\u0000", "\xff"};
   Rng rng(20240611);
   int accepted = 0, rejected_json = 0, rejected_later = 0;
   for (int i = 0; i < 2000; ++i) {
@@ -516,7 +538,8 @@ TEST(SafetensorsFuzzReplay, MutatedHeadersNeverCrash) {
     if (m.size() >= 8 && rng.next() % 2 == 0) {
       uint64_t n = 0;
       for (int b = 7; b >= 0; --b) n = (n << 8) | uint8_t(seed[b]);
-      const uint64_t fixed = std::min<uint64_t>(n + (m.size() > seed.size() ? m.size() - seed.size() : 0), m.size() - 8);
+      const uint64_t fixed =
+          std::min<uint64_t>(n + (m.size() > seed.size() ? m.size() - seed.size() : 0), m.size() - 8);
       for (int b = 0; b < 8; ++b) m[b] = char((fixed >> (8 * b)) & 0xff);
     }
     const std::vector<unsigned char> buf(m.begin(), m.end());  // exactly sized: ASan sees overreads
@@ -546,6 +569,6 @@ TEST(SafetensorsFuzzReplay, MutatedHeadersNeverCrash) {
   EXPECT_GT(accepted, 20);
   EXPECT_GT(rejected_json, 100);
   EXPECT_GT(rejected_later, 200);
-  std::printf("mutated headers: %d accepted, %d rejected as JSON, %d rejected by later checks\n", accepted, rejected_json,
-              rejected_later);
+  std::printf("mutated headers: %d accepted, %d rejected as JSON, %d rejected by later checks\n", accepted,
+              rejected_json, rejected_later);
 }

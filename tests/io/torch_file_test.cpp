@@ -2,8 +2,8 @@
 // torch.save read by our reader, and the restricted unpickler refusing code.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -31,9 +31,9 @@ Tensor iota(Shape s, DType dt) {
 PyPtr sample_root(std::vector<std::pair<std::string, Tensor>>* storages) {
   auto model = PyValue::container(PyValue::kOrderedDict);
   int key = 0;
-  for (auto [name, dt, shape] : {std::tuple{"decoder.a.weight", DType::F32, Shape{2, 3}},
-                                 std::tuple{"decoder.b.weight", DType::BF16, Shape{4}},
-                                 std::tuple{"decoder.c.weight", DType::F16, Shape{1, 2, 2}}}) {
+  for (auto [name, dt, shape] :
+       {std::tuple{"decoder.a.weight", DType::F32, Shape{2, 3}}, std::tuple{"decoder.b.weight", DType::BF16, Shape{4}},
+        std::tuple{"decoder.c.weight", DType::F16, Shape{1, 2, 2}}}) {
     Tensor t = iota(shape, dt);
     const TensorRef r = contiguous_ref(std::to_string(key), t);
     storages->push_back({std::to_string(key++), t});
@@ -251,8 +251,7 @@ TEST(TorchFile, StoragesFromFilesMatchStoragesFromMemory) {
     for (size_t i = 0; i < cases.size(); ++i) {
       if (cases[i].size() == 1)
         w.add_storage_from(std::to_string(i), *cases[i][0].file, cases[i][0].offset, cases[i][0].size);
-      else
-        w.add_storage_from(std::to_string(i), cases[i]);
+      else w.add_storage_from(std::to_string(i), cases[i]);
     }
     w.finish();
   }
@@ -287,9 +286,11 @@ TEST(TorchFile, StoragesFromFilesMatchStoragesFromMemory) {
     w.finish();
   }
   const std::string zm = read_all(d.file("memory.pt"));
-  for (const auto& [key, t] : in_memory) EXPECT_EQ(stored_entry(zm, "archive/data/" + key), stored_entry(zf, "archive/data/" + key)) << key;
+  for (const auto& [key, t] : in_memory)
+    EXPECT_EQ(stored_entry(zm, "archive/data/" + key), stored_entry(zf, "archive/data/" + key)) << key;
   if (!have_torch()) return;
-  moe::testing::write_file(d.file("check.py"), "import sys, zipfile\nassert zipfile.ZipFile(sys.argv[1]).testzip() is None\n");
+  moe::testing::write_file(d.file("check.py"),
+                           "import sys, zipfile\nassert zipfile.ZipFile(sys.argv[1]).testzip() is None\n");
   EXPECT_EQ(std::system(("/usr/bin/python3 " + d.file("check.py") + " " + d.file("files.pt")).c_str()), 0);
 }
 

@@ -144,7 +144,8 @@ TEST(HfConfig, QA05_AbsurdParameterCountRefused) {
   j["mlp_only_layers"] = nlohmann::json::array();
   msg = error_for(j.dump());
   EXPECT_NE(msg.find("16384 MoE layers x 65536 experts = 1073741824 expert instances, over the limit of 262144"),
-            std::string::npos) << msg;
+            std::string::npos)
+      << msg;
 }
 
 // QA #13: 4294967424 = 2^32 + 128 was narrowed to int and ran as hidden 128.

@@ -9,10 +9,10 @@
 #include <cstring>
 #include <filesystem>
 
+#include "infer/kv_cache.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
 #include "model/train_model.h"
-#include "infer/kv_cache.h"
 #include "model/transformer.h"
 #include "testutil.h"
 
@@ -184,8 +184,7 @@ TEST(OneForward, InferenceLogitsEqualTrainingLogitsBitwise) {
     Transformer model(c, init);
     moe::infer::KvCache cache(model.config());
     model.forward(tokens, cache, infer_logits.data(), true);
-    EXPECT_EQ(0, std::memcmp(train_logits.data(), infer_logits.data(), train_logits.size() * sizeof(float)))
-        << family;
+    EXPECT_EQ(0, std::memcmp(train_logits.data(), infer_logits.data(), train_logits.size() * sizeof(float))) << family;
     ++families;
   }
   EXPECT_GE(families, 6);

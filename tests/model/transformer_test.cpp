@@ -6,8 +6,8 @@
 #include <cmath>
 
 #include "core/rng.h"
-#include "model/init_weights.h"
 #include "infer/kv_cache.h"
+#include "model/init_weights.h"
 #include "model/transformer.h"
 
 using namespace moe;
@@ -78,7 +78,8 @@ TEST_P(TransformerFamilies, Bf16WeightsMatchTheirF32Widening) {
   EXPECT_LT(max_rel_diff(la, lb.data(), la.size()), 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, TransformerFamilies, ::testing::Values("qwen3_moe", "qwen2_moe", "mixtral", "llama"));
+INSTANTIATE_TEST_SUITE_P(Families, TransformerFamilies,
+                         ::testing::Values("qwen3_moe", "qwen2_moe", "mixtral", "llama"));
 
 TEST(Transformer, RejectsOutOfVocabIdsAndWrongShapes) {
   ModelConfig c = tiny("qwen3_moe");

@@ -40,7 +40,8 @@ double silu(double g) { return g / (1 + std::exp(-g)); }
 std::vector<double> swiglu_ref(const std::vector<double>& gu, int64_t T, int64_t F) {
   std::vector<double> h(static_cast<size_t>(T * F));
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t f = 0; f < F; ++f) h[size_t(t * F + f)] = silu(gu[size_t(t * 2 * F + f)]) * gu[size_t(t * 2 * F + F + f)];
+    for (int64_t f = 0; f < F; ++f)
+      h[size_t(t * F + f)] = silu(gu[size_t(t * 2 * F + f)]) * gu[size_t(t * 2 * F + F + f)];
   return h;
 }
 
@@ -107,10 +108,12 @@ TEST(Elementwise, RmsNormBackward) {
     std::vector<float> dw_only(static_cast<size_t>(D));
     for (int64_t i = 0; i < D; ++i) dw_only[size_t(i)] = dw[size_t(i)] - dw0[size_t(i)];
     const auto r = widen(dy), wd = widen(w), xd = widen(x);
-    expect_fd("rmsnorm dx " + shape({T, D}),
-              [&](const std::vector<double>& xv) { return dotv(r, rmsnorm_ref(xv, wd, T, D, 1e-6)); }, xd, dx.vec());
-    expect_fd("rmsnorm dw " + shape({T, D}),
-              [&](const std::vector<double>& wv) { return dotv(r, rmsnorm_ref(xd, wv, T, D, 1e-6)); }, wd, dw_only);
+    expect_fd(
+        "rmsnorm dx " + shape({T, D}),
+        [&](const std::vector<double>& xv) { return dotv(r, rmsnorm_ref(xv, wd, T, D, 1e-6)); }, xd, dx.vec());
+    expect_fd(
+        "rmsnorm dw " + shape({T, D}),
+        [&](const std::vector<double>& wv) { return dotv(r, rmsnorm_ref(xd, wv, T, D, 1e-6)); }, wd, dw_only);
   }
 }
 
@@ -134,15 +137,17 @@ TEST(Elementwise, SwigluBackward) {
     k::swiglu_backward(gu.data(), dh.data(), T, F, dgu.data());
     EXPECT_TRUE(dgu.intact());
     const auto r = widen(dh);
-    expect_fd("swiglu " + shape({T, F}), [&](const std::vector<double>& v) { return dotv(r, swiglu_ref(v, T, F)); },
-              widen(gu), dgu.vec());
+    expect_fd(
+        "swiglu " + shape({T, F}), [&](const std::vector<double>& v) { return dotv(r, swiglu_ref(v, T, F)); },
+        widen(gu), dgu.vec());
   }
 }
 
 TEST(Elementwise, Rope) {
   OpRow row("rope_apply", "fwd", Backend::Cpu);
   Rng rng(5);
-  for (auto [T, H, d] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 2}, {3, 5, 16}, {17, 3, 34}, {130, 8, 64}}) {
+  for (auto [T, H, d] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 2}, {3, 5, 16}, {17, 3, 34}, {130, 8, 64}}) {
     RopeCase rc = rope_case(T, H, d, rng);
     auto x = randn(size_t(T * H * d), rng);
     Guarded<float> y(x);
@@ -161,8 +166,9 @@ TEST(Elementwise, RopeBackward) {
     k::rope_apply_backward(g.data(), T, H, d, rc.pos.data(), rc.c.data(), rc.s.data());
     EXPECT_TRUE(g.intact());
     const auto r = widen(dy);
-    expect_fd("rope " + shape({T, H, d}), [&](const std::vector<double>& v) { return dotv(r, rope_ref(v, rc)); },
-              widen(x), g.vec());
+    expect_fd(
+        "rope " + shape({T, H, d}), [&](const std::vector<double>& v) { return dotv(r, rope_ref(v, rc)); }, widen(x),
+        g.vec());
   }
 }
 
@@ -209,11 +215,11 @@ TEST(Elementwise, ExpShiftSum) {
 }
 
 // CUDA twins against the same references.
-#define CUDA_ROW(op, check)                        \
-  OpRow row(op, check, Backend::Cuda);             \
-  if (std::string why; !cuda_ready(&why)) {        \
-    row.skip(why);                                 \
-    GTEST_SKIP() << why;                           \
+#define CUDA_ROW(op, check)                 \
+  OpRow row(op, check, Backend::Cuda);      \
+  if (std::string why; !cuda_ready(&why)) { \
+    row.skip(why);                          \
+    GTEST_SKIP() << why;                    \
   }
 
 TEST(ElementwiseCuda, RmsNorm) {

@@ -23,9 +23,9 @@ enum class Backend { Cpu, Cuda };
 // selections) must match bitwise; a finite-difference check compares a float backward with a
 // double central difference (error ~h^2 with h = 1e-4, far below the tolerance).
 constexpr double kExact = 0.0;
-constexpr double kTolF32 = 1e-10;        // element-wise and row-wise ops (rel. error ~1e-5)
-constexpr double kTolF32Reduce = 1e-9;   // GEMMs, attention, long sums
-constexpr double kTolFd = 1e-8;          // backward vs finite differences
+constexpr double kTolF32 = 1e-10;       // element-wise and row-wise ops (rel. error ~1e-5)
+constexpr double kTolF32Reduce = 1e-9;  // GEMMs, attention, long sums
+constexpr double kTolFd = 1e-8;         // backward vs finite differences
 constexpr double kFdStep = 1e-4;
 
 // One row of the table: `check` is "fwd" or "bwd (fd)". Records ok or FAIL from the current

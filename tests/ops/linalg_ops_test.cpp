@@ -24,7 +24,8 @@ namespace {
 std::string mnk(int64_t M, int64_t N, int64_t K) {
   return "[" + std::to_string(M) + "," + std::to_string(N) + "," + std::to_string(K) + "]";
 }
-const std::vector<std::tuple<int64_t, int64_t, int64_t>> kGemmShapes = {{1, 1, 1}, {3, 17, 5}, {17, 3, 127}, {130, 67, 33}};
+const std::vector<std::tuple<int64_t, int64_t, int64_t>> kGemmShapes = {
+    {1, 1, 1}, {3, 17, 5}, {17, 3, 127}, {130, 67, 33}};
 }  // namespace
 
 TEST(Gemm, AllThreeLayouts) {
@@ -36,8 +37,12 @@ TEST(Gemm, AllThreeLayouts) {
       for (bool acc : {false, true}) {
         auto A = randn(size_t(M * K), rng), B = randn(size_t(N * K), rng), C0 = randn(size_t(M * N), rng);
         // A(m, kk) and B(kk, n) as each layout stores them.
-        auto a = [&](int64_t m, int64_t kk) { return double(layout == 2 ? A[size_t(kk * M + m)] : A[size_t(m * K + kk)]); };
-        auto b = [&](int64_t kk, int64_t n) { return double(layout == 0 ? B[size_t(n * K + kk)] : B[size_t(kk * N + n)]); };
+        auto a = [&](int64_t m, int64_t kk) {
+          return double(layout == 2 ? A[size_t(kk * M + m)] : A[size_t(m * K + kk)]);
+        };
+        auto b = [&](int64_t kk, int64_t n) {
+          return double(layout == 0 ? B[size_t(n * K + kk)] : B[size_t(kk * N + n)]);
+        };
         std::vector<double> want(static_cast<size_t>(M * N));
         for (int64_t m = 0; m < M; ++m)
           for (int64_t n = 0; n < N; ++n) {
@@ -76,7 +81,8 @@ std::vector<double> linear_ref(const std::vector<float>& x, const std::vector<fl
   return y;
 }
 // Token counts that reach the GEMV, transposed-sgemm and sgemm paths.
-const std::vector<std::tuple<int64_t, int64_t, int64_t>> kLinearShapes = {{1, 1, 1}, {3, 17, 33}, {17, 127, 64}, {300, 65, 48}};
+const std::vector<std::tuple<int64_t, int64_t, int64_t>> kLinearShapes = {
+    {1, 1, 1}, {3, 17, 33}, {17, 127, 64}, {300, 65, 48}};
 }  // namespace
 
 TEST(Linear, EveryWeightDtype) {
@@ -146,11 +152,13 @@ void attention_ref(const std::vector<double>& q, const std::vector<double>& kk, 
   }
   (void)t;
 }
-std::vector<double> varlen_ref(const std::vector<double>& q, const std::vector<double>& kk, const std::vector<double>& v,
-                               int64_t T, int64_t nh, int64_t ng, int64_t d, double scale, const std::vector<int32_t>& cu) {
+std::vector<double> varlen_ref(const std::vector<double>& q, const std::vector<double>& kk,
+                               const std::vector<double>& v, int64_t T, int64_t nh, int64_t ng, int64_t d, double scale,
+                               const std::vector<int32_t>& cu) {
   std::vector<double> out(static_cast<size_t>(T * nh * d));
   for (size_t s = 0; s + 1 < cu.size(); ++s)
-    for (int64_t t = cu[s]; t < cu[s + 1]; ++t) attention_ref(q, kk, v, nh, ng, d, scale, t, cu[s], t + 1, t, out.data());
+    for (int64_t t = cu[s]; t < cu[s + 1]; ++t)
+      attention_ref(q, kk, v, nh, ng, d, scale, t, cu[s], t + 1, t, out.data());
   return out;
 }
 }  // namespace
@@ -158,7 +166,8 @@ std::vector<double> varlen_ref(const std::vector<double>& q, const std::vector<d
 TEST(Attention, CausalOverCache) {
   OpRow row("causal_attention", "fwd", Backend::Cpu);
   Rng rng(54);
-  for (auto [T, pos0, nh, ng, d] : std::vector<std::array<int64_t, 5>>{{1, 0, 1, 1, 1}, {1, 17, 4, 2, 8}, {3, 5, 6, 3, 16}, {40, 0, 4, 1, 32}, {70, 9, 4, 2, 8}}) {
+  for (auto [T, pos0, nh, ng, d] : std::vector<std::array<int64_t, 5>>{
+           {1, 0, 1, 1, 1}, {1, 17, 4, 2, 8}, {3, 5, 6, 3, 16}, {40, 0, 4, 1, 32}, {70, 9, 4, 2, 8}}) {
     const int64_t S = pos0 + T;
     auto q = randn(size_t(T * nh * d), rng), kk = randn(size_t(S * ng * d), rng), v = randn(size_t(S * ng * d), rng);
     const double scale = 1 / std::sqrt(double(d));
@@ -179,7 +188,8 @@ TEST(Attention, VarlenForwardAndBackward) {
     int64_t nh, ng, d;
     std::vector<int32_t> cu;
   };
-  for (const Case& c : std::vector<Case>{{1, 1, 1, {0, 1}}, {4, 2, 8, {0, 3, 4, 9}}, {3, 3, 5, {0, 7}}, {6, 2, 16, {0, 17, 40, 41, 64}}}) {
+  for (const Case& c : std::vector<Case>{
+           {1, 1, 1, {0, 1}}, {4, 2, 8, {0, 3, 4, 9}}, {3, 3, 5, {0, 7}}, {6, 2, 16, {0, 17, 40, 41, 64}}}) {
     const int64_t T = c.cu.back(), nh = c.nh, ng = c.ng, d = c.d;
     const double scale = 1 / std::sqrt(double(d));
     k::VarlenAttention a{nh, ng, d, float(scale), c.cu.data(), int64_t(c.cu.size()) - 1};
@@ -200,9 +210,18 @@ TEST(Attention, VarlenForwardAndBackward) {
                                  dk.data(), dv.data());
     EXPECT_TRUE(dq.intact() && dk.intact() && dv.intact()) << what;
     const auto r = widen(dout), qd = widen(q), kd = widen(kk), vd = widen(v);
-    expect_fd(what + " dq", [&](const std::vector<double>& x) { return dotv(r, varlen_ref(x, kd, vd, T, nh, ng, d, scale, c.cu)); }, qd, dq.vec());
-    expect_fd(what + " dk", [&](const std::vector<double>& x) { return dotv(r, varlen_ref(qd, x, vd, T, nh, ng, d, scale, c.cu)); }, kd, dk.vec());
-    expect_fd(what + " dv", [&](const std::vector<double>& x) { return dotv(r, varlen_ref(qd, kd, x, T, nh, ng, d, scale, c.cu)); }, vd, dv.vec());
+    expect_fd(
+        what + " dq",
+        [&](const std::vector<double>& x) { return dotv(r, varlen_ref(x, kd, vd, T, nh, ng, d, scale, c.cu)); }, qd,
+        dq.vec());
+    expect_fd(
+        what + " dk",
+        [&](const std::vector<double>& x) { return dotv(r, varlen_ref(qd, x, vd, T, nh, ng, d, scale, c.cu)); }, kd,
+        dk.vec());
+    expect_fd(
+        what + " dv",
+        [&](const std::vector<double>& x) { return dotv(r, varlen_ref(qd, kd, x, T, nh, ng, d, scale, c.cu)); }, vd,
+        dv.vec());
   }
   no_cuda_twin("attention_varlen", "fwd");
   no_cuda_twin("attention_varlen", "bwd (fd)");
@@ -242,8 +261,9 @@ TEST(CrossEntropy, LossAndGradientWithIgnoreLabel) {
     OpRow row("cross_entropy", "bwd (fd)", Backend::Cpu);
     EXPECT_TRUE(g.intact());
     if (V > 200) continue;
-    expect_fd("cross_entropy T=" + std::to_string(T) + " V=" + std::to_string(V),
-              [&](const std::vector<double>& l) { return scale * loss_ref(l, nullptr, nullptr); }, widen(logits), g.vec());
+    expect_fd(
+        "cross_entropy T=" + std::to_string(T) + " V=" + std::to_string(V),
+        [&](const std::vector<double>& l) { return scale * loss_ref(l, nullptr, nullptr); }, widen(logits), g.vec());
   }
   no_cuda_twin("cross_entropy", "fwd");
   no_cuda_twin("cross_entropy", "bwd (fd)");

@@ -34,7 +34,8 @@ TEST(Embedding, Gather) {
   OpRow row("embedding_gather", "fwd", Backend::Cpu);
   Rng rng(21);
   for (DType dt : {DType::F32, DType::BF16, DType::F16})
-    for (auto [T, V, D] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {3, 5, 17}, {17, 127, 33}, {300, 50, 256}}) {
+    for (auto [T, V, D] :
+         std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {3, 5, 17}, {17, 127, 33}, {300, 50, 256}}) {
       auto t32 = randn(size_t(V * D), rng);
       std::vector<uint16_t> t16(t32.size());
       const void* table = t32.data();
@@ -65,14 +66,15 @@ TEST(Embedding, ScatterAddIsGatherBackward) {
     std::vector<float> g(d0.size());
     for (size_t i = 0; i < g.size(); ++i) g[i] = dt[i] - d0[i];
     const auto r = widen(dout);
-    expect_fd("embedding_scatter_add " + dims(T, V, D),
-              [&](const std::vector<double>& tb) {
-                double s = 0;
-                for (int64_t t = 0; t < T; ++t)
-                  for (int64_t i = 0; i < D; ++i) s += r[size_t(t * D + i)] * tb[size_t(ids[size_t(t)] * D + i)];
-                return s;
-              },
-              widen(table), g);
+    expect_fd(
+        "embedding_scatter_add " + dims(T, V, D),
+        [&](const std::vector<double>& tb) {
+          double s = 0;
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t i = 0; i < D; ++i) s += r[size_t(t * D + i)] * tb[size_t(ids[size_t(t)] * D + i)];
+          return s;
+        },
+        widen(table), g);
   }
   // Big enough for the column-parallel path: bitwise equal to the serial token-order sum.
   const int64_t T = 400, V = 7, D = 256;
@@ -126,27 +128,29 @@ TEST(Qkv, SplitAndMerge) {
 TEST(Qkv, MergeIsSplitBackward) {
   OpRow bwd("qkv_split", "bwd (fd)", Backend::Cpu);
   Rng rng(24);
-  for (auto [T, nh, ng, d] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{{1, 1, 1, 1}, {3, 4, 2, 5}, {2, 6, 3, 4}}) {
+  for (auto [T, nh, ng, d] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{{1, 1, 1, 1}, {3, 4, 2, 5}, {2, 6, 3, 4}}) {
     QkvRef L{nh, ng, d};
     auto qkv = randn(size_t(T * L.rows()), rng);
     auto dq = randn(size_t(T * nh * d), rng), dk = randn(size_t(T * ng * d), rng), dv = randn(size_t(T * ng * d), rng);
     Guarded<float> dqkv(size_t(T * L.rows()), qnan());
     k::qkv_merge(dq.data(), dk.data(), dv.data(), T, nh, ng, d, dqkv.data());
     EXPECT_TRUE(dqkv.intact());
-    expect_fd("qkv_merge " + dims(T, nh, ng),
-              [&](const std::vector<double>& x) {
-                double s = 0;
-                for (int64_t t = 0; t < T; ++t) {
-                  const double* r = x.data() + t * L.rows();
-                  for (int64_t h = 0; h < nh; ++h)
-                    for (int64_t i = 0; i < d; ++i) s += dq[size_t((t * nh + h) * d + i)] * r[L.q(h, i)];
-                  for (int64_t g = 0; g < ng; ++g)
-                    for (int64_t i = 0; i < d; ++i)
-                      s += dk[size_t((t * ng + g) * d + i)] * r[L.k(g, i)] + dv[size_t((t * ng + g) * d + i)] * r[L.v(g, i)];
-                }
-                return s;
-              },
-              widen(qkv), dqkv.vec());
+    expect_fd(
+        "qkv_merge " + dims(T, nh, ng),
+        [&](const std::vector<double>& x) {
+          double s = 0;
+          for (int64_t t = 0; t < T; ++t) {
+            const double* r = x.data() + t * L.rows();
+            for (int64_t h = 0; h < nh; ++h)
+              for (int64_t i = 0; i < d; ++i) s += dq[size_t((t * nh + h) * d + i)] * r[L.q(h, i)];
+            for (int64_t g = 0; g < ng; ++g)
+              for (int64_t i = 0; i < d; ++i)
+                s += dk[size_t((t * ng + g) * d + i)] * r[L.k(g, i)] + dv[size_t((t * ng + g) * d + i)] * r[L.v(g, i)];
+          }
+          return s;
+        },
+        widen(qkv), dqkv.vec());
   }
 }
 
@@ -193,8 +197,8 @@ struct PermuteShape {
   int mode;
   bool pad;
 };
-const std::vector<PermuteShape> kPermuteShapes = {{1, 1, 1, 0, false}, {3, 2, 5, 0, false}, {17, 2, 4, 1, false},
-                                                  {17, 3, 7, 2, false}, {17, 3, 7, 2, true},  {127, 4, 16, 0, true},
+const std::vector<PermuteShape> kPermuteShapes = {{1, 1, 1, 0, false},  {3, 2, 5, 0, false}, {17, 2, 4, 1, false},
+                                                  {17, 3, 7, 2, false}, {17, 3, 7, 2, true}, {127, 4, 16, 0, true},
                                                   {200, 2, 8, 0, false}};
 
 }  // namespace
@@ -214,8 +218,10 @@ TEST(Permute, PlanAndPermute) {
     const std::vector<int64_t> want_rows = ref_rows(c, pad_to, &want_counts);
     const int64_t cap = k::permute_max_rows(s.T, s.K, s.E, pad_to);
     Guarded<int64_t> counts(size_t(s.E), -7), offsets(size_t(s.E), -7), slots(size_t(cap), -7);
-    const int64_t R = k::permute_plan(c.expert.data(), s.T, s.K, s.E, pad_to, counts.data(), offsets.data(), slots.data());
-    const std::string what = "permute " + dims(s.T, s.K, s.E) + " mode " + std::to_string(s.mode) + (s.pad ? " padded" : "");
+    const int64_t R =
+        k::permute_plan(c.expert.data(), s.T, s.K, s.E, pad_to, counts.data(), offsets.data(), slots.data());
+    const std::string what =
+        "permute " + dims(s.T, s.K, s.E) + " mode " + std::to_string(s.mode) + (s.pad ? " padded" : "");
     EXPECT_TRUE(counts.intact() && offsets.intact() && slots.intact()) << what;
     ASSERT_EQ(R, int64_t(want_rows.size())) << what;
     EXPECT_EQ(counts.vec(), want_counts) << what;
@@ -231,7 +237,8 @@ TEST(Permute, PlanAndPermute) {
     k::permute(x.data(), D, slots.data(), R, s.K, xp.data());
     std::vector<double> want;
     for (int64_t r = 0; r < R; ++r)
-      for (int64_t i = 0; i < D; ++i) want.push_back(want_rows[size_t(r)] < 0 ? 0.0 : x[size_t(want_rows[size_t(r)] / s.K * D + i)]);
+      for (int64_t i = 0; i < D; ++i)
+        want.push_back(want_rows[size_t(r)] < 0 ? 0.0 : x[size_t(want_rows[size_t(r)] / s.K * D + i)]);
     expect_close(what, xp, want, kExact);
   }
 }
@@ -245,7 +252,8 @@ TEST(Permute, PermuteBackwardAdd) {
     std::vector<int64_t> counts(static_cast<size_t>(s.E)), offsets(static_cast<size_t>(s.E));
     const int64_t pad_to = s.pad ? s.T : 0;
     std::vector<int64_t> slots(static_cast<size_t>(k::permute_max_rows(s.T, s.K, s.E, pad_to)));
-    const int64_t R = k::permute_plan(c.expert.data(), s.T, s.K, s.E, pad_to, counts.data(), offsets.data(), slots.data());
+    const int64_t R =
+        k::permute_plan(c.expert.data(), s.T, s.K, s.E, pad_to, counts.data(), offsets.data(), slots.data());
     const int64_t D = 3;
     auto x = randn(size_t(s.T * D), rng), dxp = randn(size_t(R * D), rng), d0 = randn(size_t(s.T * D), rng);
     Guarded<float> dx(d0);
@@ -253,15 +261,17 @@ TEST(Permute, PermuteBackwardAdd) {
     EXPECT_TRUE(dx.intact());
     std::vector<float> g(d0.size());
     for (size_t i = 0; i < g.size(); ++i) g[i] = dx[i] - d0[i];
-    expect_fd("permute_backward_add " + dims(s.T, s.K, s.E),
-              [&](const std::vector<double>& xv) {
-                double sum = 0;
-                for (int64_t r = 0; r < R; ++r)
-                  if (slots[size_t(r)] >= 0)
-                    for (int64_t i = 0; i < D; ++i) sum += dxp[size_t(r * D + i)] * xv[size_t(slots[size_t(r)] / s.K * D + i)];
-                return sum;
-              },
-              widen(x), g);
+    expect_fd(
+        "permute_backward_add " + dims(s.T, s.K, s.E),
+        [&](const std::vector<double>& xv) {
+          double sum = 0;
+          for (int64_t r = 0; r < R; ++r)
+            if (slots[size_t(r)] >= 0)
+              for (int64_t i = 0; i < D; ++i)
+                sum += dxp[size_t(r * D + i)] * xv[size_t(slots[size_t(r)] / s.K * D + i)];
+          return sum;
+        },
+        widen(x), g);
   }
 }
 
@@ -287,7 +297,8 @@ TEST(Permute, UnpermuteAdd) {
     std::vector<int64_t> counts(static_cast<size_t>(s.E)), offsets(static_cast<size_t>(s.E));
     const int64_t pad_to = s.pad ? s.T : 0;
     std::vector<int64_t> slots(static_cast<size_t>(k::permute_max_rows(s.T, s.K, s.E, pad_to)));
-    const int64_t R = k::permute_plan(c.expert.data(), s.T, s.K, s.E, pad_to, counts.data(), offsets.data(), slots.data());
+    const int64_t R =
+        k::permute_plan(c.expert.data(), s.T, s.K, s.E, pad_to, counts.data(), offsets.data(), slots.data());
     const int64_t D = s.T > 100 ? 400 : 1 + s.T % 13;  // the largest takes the column-parallel path
     auto y = randn(size_t(R * D), rng), out0 = randn(size_t(s.T * D), rng);
     Guarded<float> out(out0);
@@ -307,19 +318,24 @@ TEST(Permute, UnpermuteAddBackward) {
     std::vector<int64_t> counts(static_cast<size_t>(s.E)), offsets(static_cast<size_t>(s.E));
     const int64_t pad_to = s.pad ? s.T : 0;
     std::vector<int64_t> slots(static_cast<size_t>(k::permute_max_rows(s.T, s.K, s.E, pad_to)));
-    const int64_t R = k::permute_plan(c.expert.data(), s.T, s.K, s.E, pad_to, counts.data(), offsets.data(), slots.data());
+    const int64_t R =
+        k::permute_plan(c.expert.data(), s.T, s.K, s.E, pad_to, counts.data(), offsets.data(), slots.data());
     const int64_t D = 4;
     auto y = randn(size_t(R * D), rng), dout = randn(size_t(s.T * D), rng);
     Guarded<float> dy(size_t(R * D), qnan()), dw(size_t(s.T * s.K), qnan());
-    k::unpermute_add_backward(dout.data(), y.data(), D, slots.data(), R, s.T, s.K, c.weight.data(), dy.data(), dw.data());
+    k::unpermute_add_backward(dout.data(), y.data(), D, slots.data(), R, s.T, s.K, c.weight.data(), dy.data(),
+                              dw.data());
     EXPECT_TRUE(dy.intact() && dw.intact());
     const auto r = widen(dout), yd = widen(y), wd = widen(c.weight);
     const std::string what = "unpermute_add_backward " + dims(s.T, s.K, s.E);
-    expect_fd(what + " dy", [&](const std::vector<double>& v) { return dotv(r, unpermute_ref(v, wd, slots, R, s.K, s.T, D)); },
-              yd, dy.vec());
-    expect_fd(what + " dweight",
-              [&](const std::vector<double>& v) { return dotv(r, unpermute_ref(yd, v, slots, R, s.K, s.T, D)); }, wd,
-              dw.vec());
+    expect_fd(
+        what + " dy",
+        [&](const std::vector<double>& v) { return dotv(r, unpermute_ref(v, wd, slots, R, s.K, s.T, D)); }, yd,
+        dy.vec());
+    expect_fd(
+        what + " dweight",
+        [&](const std::vector<double>& v) { return dotv(r, unpermute_ref(yd, v, slots, R, s.K, s.T, D)); }, wd,
+        dw.vec());
   }
 }
 
@@ -363,10 +379,12 @@ TEST(Gate, SharedExpertGateBackward) {
     k::shared_gate_backward(dy.data(), shared.data(), gate.data(), T, D, dshared.data(), dlogit.data());
     EXPECT_TRUE(dshared.intact() && dlogit.intact());
     const auto r = widen(dy), ld = widen(logit), sd = widen(shared);
-    expect_fd("shared_gate dlogit " + dims(T, D),
-              [&](const std::vector<double>& v) { return dotv(r, gate_ref(v, sd, T, D, true)); }, ld, dlogit.vec());
-    expect_fd("shared_gate dshared " + dims(T, D),
-              [&](const std::vector<double>& v) { return dotv(r, gate_ref(ld, v, T, D, true)); }, sd, dshared.vec());
+    expect_fd(
+        "shared_gate dlogit " + dims(T, D),
+        [&](const std::vector<double>& v) { return dotv(r, gate_ref(v, sd, T, D, true)); }, ld, dlogit.vec());
+    expect_fd(
+        "shared_gate dshared " + dims(T, D),
+        [&](const std::vector<double>& v) { return dotv(r, gate_ref(ld, v, T, D, true)); }, sd, dshared.vec());
   }
 }
 

@@ -136,7 +136,8 @@ std::vector<RouterCase> router_cases(int64_t T, int64_t E, int64_t K) {
   return c;
 }
 
-const std::vector<std::tuple<int64_t, int64_t, int64_t>> kRouterShapes = {{1, 1, 1}, {3, 5, 2}, {17, 8, 3}, {127, 16, 4}};
+const std::vector<std::tuple<int64_t, int64_t, int64_t>> kRouterShapes = {
+    {1, 1, 1}, {3, 5, 2}, {17, 8, 3}, {127, 16, 4}};
 
 std::vector<int32_t> seqs(int64_t T) {
   std::vector<int32_t> cu = {0};
@@ -238,9 +239,9 @@ TEST(Router, AuxLosses) {
       k::router_topk(o, l.data(), T, nullptr, ex.data(), wt.data());
       k::router_tokens_per_expert(ex.data(), T, K, E, load.data());
       const RefRouting r = ref_route(o, widen(l), T, nullptr, cu);
-      const double got = lb == LoadBalancing::AuxLoss
-                             ? k::router_aux_loss(p.data(), load.data(), T, E, K, 0.1)
-                             : k::router_seq_aux_loss(p.data(), ex.data(), cu.data(), int64_t(cu.size()) - 1, E, K, 0.1);
+      const double got = lb == LoadBalancing::AuxLoss ? k::router_aux_loss(p.data(), load.data(), T, E, K, 0.1)
+                                                      : k::router_seq_aux_loss(p.data(), ex.data(), cu.data(),
+                                                                               int64_t(cu.size()) - 1, E, K, 0.1);
       EXPECT_NEAR(got, r.aux, 1e-6 * std::fabs(r.aux) + 1e-12) << dims(T, E, K);
     }
 }
@@ -266,25 +267,26 @@ TEST(Router, AuxLossBackwards) {
       if (seq) k::router_seq_aux_loss_backward(ex.data(), cu.data(), S, E, K, 0.1, 2.0, dp.data());
       else k::router_aux_loss_backward(load.data(), T, E, K, 0.1, 2.0, dp.data());
       std::vector<float> g(dp.begin(), dp.end());
-      expect_fd(std::string(seq ? "seq_aux" : "aux") + dims(T, E, K),
-                [&](const std::vector<double>& pv) {
-                  // The loss is linear in p with the loads fixed: evaluate it in double.
-                  double s = 0;
-                  if (!seq) {
-                    for (int64_t t = 0; t < T; ++t)
-                      for (int64_t e = 0; e < E; ++e) s += pv[size_t(t * E + e)] * double(load[size_t(e)]);
-                    return 2.0 * 0.1 * double(E) / (double(K) * double(T) * double(T)) * s;
-                  }
-                  for (int64_t q = 0; q < S; ++q) {
-                    const int64_t t0 = cu[size_t(q)], t1 = cu[size_t(q) + 1], L = t1 - t0;
-                    for (int64_t t = t0; t < t1; ++t)
-                      for (int64_t kk = 0; kk < K; ++kk)
-                        for (int64_t u = t0; u < t1; ++u)
-                          s += pv[size_t(u * E + ex[size_t(t * K + kk)])] * double(E) / double(L * K) / double(L);
-                  }
-                  return 2.0 * 0.1 / double(S) * s;
-                },
-                widen(p), g);
+      expect_fd(
+          std::string(seq ? "seq_aux" : "aux") + dims(T, E, K),
+          [&](const std::vector<double>& pv) {
+            // The loss is linear in p with the loads fixed: evaluate it in double.
+            double s = 0;
+            if (!seq) {
+              for (int64_t t = 0; t < T; ++t)
+                for (int64_t e = 0; e < E; ++e) s += pv[size_t(t * E + e)] * double(load[size_t(e)]);
+              return 2.0 * 0.1 * double(E) / (double(K) * double(T) * double(T)) * s;
+            }
+            for (int64_t q = 0; q < S; ++q) {
+              const int64_t t0 = cu[size_t(q)], t1 = cu[size_t(q) + 1], L = t1 - t0;
+              for (int64_t t = t0; t < t1; ++t)
+                for (int64_t kk = 0; kk < K; ++kk)
+                  for (int64_t u = t0; u < t1; ++u)
+                    s += pv[size_t(u * E + ex[size_t(t * K + kk)])] * double(E) / double(L * K) / double(L);
+            }
+            return 2.0 * 0.1 / double(S) * s;
+          },
+          widen(p), g);
     }
     OpRow zrow("router_z_loss", "bwd (fd)", Backend::Cpu);
     Guarded<float> dl(size_t(T * E), 0.0f);
@@ -292,9 +294,9 @@ TEST(Router, AuxLossBackwards) {
     EXPECT_TRUE(dl.intact());
     RouterOptions oz;
     oz.E = E, oz.K = K, oz.z_loss_coeff = 0.01;
-    expect_fd("z_loss" + dims(T, E, K),
-              [&](const std::vector<double>& lv) { return 3.0 * ref_route(oz, lv, T, nullptr, {}).z; }, widen(l),
-              dl.vec());
+    expect_fd(
+        "z_loss" + dims(T, E, K),
+        [&](const std::vector<double>& lv) { return 3.0 * ref_route(oz, lv, T, nullptr, {}).z; }, widen(l), dl.vec());
   }
 }
 
@@ -349,12 +351,13 @@ TEST(Router, ForwardAndBackward) {
                          dw.data(), scale, dl.data());
       EXPECT_TRUE(dl.intact()) << what;
       const auto dwd = widen(dw);
-      expect_fd(what,
-                [&](const std::vector<double>& lv) {
-                  const RefRouting r = ref_route(c.o, lv, T, b, cu);
-                  return dotv(dwd, r.weight) + scale * (r.aux + r.z);
-                },
-                widen(l), dl.vec());
+      expect_fd(
+          what,
+          [&](const std::vector<double>& lv) {
+            const RefRouting r = ref_route(c.o, lv, T, b, cu);
+            return dotv(dwd, r.weight) + scale * (r.aux + r.z);
+          },
+          widen(l), dl.vec());
     }
 }
 

@@ -10,10 +10,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/mcore_export.h"
 #include "core/error.h"
 #include "infer/generator.h"
 #include "infer/kv_cache.h"
-#include "checkpoint/mcore_export.h"
 
 int main(int argc, char** argv) {
   std::string model_dir, ids_arg;

@@ -15,9 +15,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/error.h"
 #include "checkpoint/load_hf.h"
 #include "checkpoint/mcore_export.h"
+#include "core/error.h"
 #include "model/train_model.h"
 
 namespace {

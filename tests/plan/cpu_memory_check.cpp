@@ -99,7 +99,7 @@ int run_child(const std::string& dir, const std::string& recompute, int mbs, int
   {
     model::StateDict state = model::init_random_state(cfg, 42, DType::F32, 0.02);
     model::TrainModel tm(cfg, state, o);
-    state.clear();  // as moectl pt: the trainer holds its own fp32 copy
+    state.clear();        // as moectl pt: the trainer holds its own fp32 copy
     keep_freed_memory();  // as moectl pt: freed step buffers stay in the heap
     train::run_training(t, tm, data);
   }
@@ -130,8 +130,8 @@ struct Case {
 // A qwen3_moe config.json of `s` next to the tiny model's tokenizer (its 1024 ids are what
 // dummy#N draws from; the embedding and LM head have the config's vocabulary).
 void write_model_dir(const Shape& s, const std::string& dir) {
-  const fs::path src = fs::path(std::getenv("MOE_SOURCE_DIR") ? std::getenv("MOE_SOURCE_DIR") : ".") / "configs" /
-                       "tiny-moe";
+  const fs::path src =
+      fs::path(std::getenv("MOE_SOURCE_DIR") ? std::getenv("MOE_SOURCE_DIR") : ".") / "configs" / "tiny-moe";
   nlohmann::json c = nlohmann::json::parse(std::ifstream(src / "config.json"));
   c["hidden_size"] = s.hidden, c["num_hidden_layers"] = s.layers, c["num_attention_heads"] = s.heads;
   c["num_key_value_heads"] = s.groups, c["head_dim"] = s.head_dim, c["num_experts"] = s.experts;
@@ -142,7 +142,7 @@ void write_model_dir(const Shape& s, const std::string& dir) {
 }
 
 nlohmann::json spawn_child(const std::string& dir, const Case& c, const std::string& out) {
-  std::vector<std::string> args = {"/proc/self/exe", "--child", dir, c.recompute, std::to_string(c.mbs),
+  std::vector<std::string> args = {"/proc/self/exe",      "--child", dir, c.recompute, std::to_string(c.mbs),
                                    std::to_string(c.seq), out};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
@@ -176,13 +176,14 @@ void check(const Shape& s, const std::vector<Case>& cases) {
   const std::string dir = tmp.file("model");
   fs::create_directories(dir);
   write_model_dir(s, dir);
-  std::printf("moectl CPU engine, hidden %d, %d layers, %d/%d heads of %d, %d experts top-%d, moe_ffn %d, vocab %d "
-              "(fp32 weights + grads + AdamW = 16 B/param)\n",
-              s.hidden, s.layers, s.heads, s.groups, s.head_dim, s.experts, s.topk, s.moe_ffn, s.vocab);
-  std::printf("%-10s %3s %4s | %9s %9s %9s %9s | %9s %9s | %8s %9s %9s | %7s\n", "recompute", "mbs", "seq",
-              "states", "layers", "working", "pred", "measured", "", "baseline", "pred+bl", "peak", "error");
-  std::printf("%-10s %3s %4s | %9s %9s %9s %9s | %9s %9s | %8s %9s %9s | %7s\n", "", "", "", "MiB", "MiB", "MiB",
-              "MiB", "MiB", "(HWM)", "MiB", "MiB", "MiB", "");
+  std::printf(
+      "moectl CPU engine, hidden %d, %d layers, %d/%d heads of %d, %d experts top-%d, moe_ffn %d, vocab %d "
+      "(fp32 weights + grads + AdamW = 16 B/param)\n",
+      s.hidden, s.layers, s.heads, s.groups, s.head_dim, s.experts, s.topk, s.moe_ffn, s.vocab);
+  std::printf("%-10s %3s %4s | %9s %9s %9s %9s | %9s %9s | %8s %9s %9s | %7s\n", "recompute", "mbs", "seq", "states",
+              "layers", "working", "pred", "measured", "", "baseline", "pred+bl", "peak", "error");
+  std::printf("%-10s %3s %4s | %9s %9s %9s %9s | %9s %9s | %8s %9s %9s | %7s\n", "", "", "", "MiB", "MiB", "MiB", "MiB",
+              "MiB", "(HWM)", "MiB", "MiB", "MiB", "");
   for (size_t i = 0; i < cases.size(); ++i) {
     const Case& c = cases[i];
     const std::string out = tmp.file("run" + std::to_string(i));
@@ -194,9 +195,9 @@ void check(const Shape& s, const std::vector<Case>& cases) {
     const double measured = peak - baseline, predicted = p.allocated();
     const double err = predicted / measured - 1;
     std::printf("%-10s %3d %4d | %9.1f %9.1f %9.1f %9.1f | %9.1f %9.1f | %8.1f %9.1f %9.1f | %+6.1f%%\n",
-                c.recompute.c_str(), c.mbs, c.seq, (p.weights + p.gradients + p.optimizer) / kMiB,
-                p.act_layers / kMiB, (p.act_working + p.act_logits) / kMiB, predicted / kMiB, measured / kMiB,
-                (hwm - baseline) / kMiB, baseline / kMiB, p.total() / kMiB, peak / kMiB, 100 * err);
+                c.recompute.c_str(), c.mbs, c.seq, (p.weights + p.gradients + p.optimizer) / kMiB, p.act_layers / kMiB,
+                (p.act_working + p.act_logits) / kMiB, predicted / kMiB, measured / kMiB, (hwm - baseline) / kMiB,
+                baseline / kMiB, p.total() / kMiB, peak / kMiB, 100 * err);
     std::fflush(stdout);
     EXPECT_LE(std::abs(err), 0.15) << c.recompute << " mbs " << c.mbs << " seq " << c.seq << ": predicted "
                                    << predicted / kMiB << " MiB, measured " << measured / kMiB << " MiB";

@@ -146,8 +146,8 @@ TEST(plan_layout_search, FixedSizeThatDividesNothingIsAnInputError) {
 }
 
 TEST(plan_layout_search, UnknownGpuPresetListsTheKnownOnes) {
-  const std::string msg = moe::testing::input_error(
-      [] { find_gpu_preset("B300-999G", {testing::source_dir() + "/configs/gpus"}); });
+  const std::string msg =
+      moe::testing::input_error([] { find_gpu_preset("B300-999G", {testing::source_dir() + "/configs/gpus"}); });
   EXPECT_NE(msg.find("unknown GPU preset"), std::string::npos);
   EXPECT_NE(msg.find("H100-SXM-80G"), std::string::npos);
   EXPECT_NE(msg.find("A800-80G"), std::string::npos);
@@ -167,8 +167,9 @@ TEST(plan_layout_search, Mixtral8x22bOnEightGpusIsRejectedWithAReasonAndASuggest
   EXPECT_FALSE(cand.fits);
   const StageMemory& s = cand.memory.peak();
   // Stage 0: 14 layers x (attention + 4 of 8 experts) + embedding, 18 bytes per parameter.
-  const double params = 14.0 * (m.attention_params() + m.layer_norm_params() + m.router_params() +
-                                4.0 * m.expert_params()) + 32000.0 * 6144;
+  const double params =
+      14.0 * (m.attention_params() + m.layer_norm_params() + m.router_params() + 4.0 * m.expert_params()) +
+      32000.0 * 6144;
   EXPECT_NEAR(s.weights + s.gradients + s.optimizer, 18 * params, 1e-6 * params);
   double dominant = 0;
   EXPECT_EQ(dominant_component(s, &dominant), "optimizer");

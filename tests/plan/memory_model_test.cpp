@@ -47,7 +47,8 @@ TEST(plan_memory_model, WeightsGradientsOptimizerByHand) {
   const ModelShape m = small_moe();
   Layout l{{.tp = 1, .pp = 1, .vpp = 1, .ep = 2, .etp = 1, .cp = 1, .dp = 2}};
   const MemoryEstimate e = estimate_memory(m, l, small_training());
-  const double dense = 2 * 12288 + 2 * 128 + 2 * 256 + 1024 * 64 + 1024 * 64 + 64;  // layers + embedding + output + final norm
+  const double dense =
+      2 * 12288 + 2 * 128 + 2 * 256 + 1024 * 64 + 1024 * 64 + 64;  // layers + embedding + output + final norm
   const double experts = 2 * (4 / 2) * 6144;
   EXPECT_DOUBLE_EQ(e.first.dense_params, dense);
   EXPECT_DOUBLE_EQ(e.first.expert_params, experts);
@@ -123,11 +124,11 @@ TEST(plan_memory_model, MoectlCpuEngineByHand) {
   EXPECT_DOUBLE_EQ(e.first.gradients, 4 * (dense + experts));
   EXPECT_DOUBLE_EQ(e.first.optimizer, 8 * (dense + experts));  // Adam moments, no separate master
   EXPECT_DOUBLE_EQ(e.first.act_layers, 2 * layer);
-  const double step = 4 * 4 * T * h + 8 * T;                               // x, x_next, hf, dhf, label rows
-  const double head = 4 * T * 1000 + 2 * 4 * T * h + 4 * T;                // logits, hc, dhc, labels of a chunk
-  const double attn_bwd = 4 * T * (2 * 64 + 2 * 32 + 128);                 // dout, dq, dk, dv, dqkv
-  const double moe_bwd = 2 * 4 * R * h + 4 * T * 2 + 64 * 4 * 32 * 3;      // dy_perm, dx_perm, dweight, one expert
-  const double backward = 3 * 4 * T * h + std::max(attn_bwd, moe_bwd);     // h1, h2 copies, dh + the larger
+  const double step = 4 * 4 * T * h + 8 * T;                            // x, x_next, hf, dhf, label rows
+  const double head = 4 * T * 1000 + 2 * 4 * T * h + 4 * T;             // logits, hc, dhc, labels of a chunk
+  const double attn_bwd = 4 * T * (2 * 64 + 2 * 32 + 128);              // dout, dq, dk, dv, dqkv
+  const double moe_bwd = 2 * 4 * R * h + 4 * T * 2 + 64 * 4 * 32 * 3;   // dy_perm, dx_perm, dweight, one expert
+  const double backward = 3 * 4 * T * h + std::max(attn_bwd, moe_bwd);  // h1, h2 copies, dh + the larger
   EXPECT_DOUBLE_EQ(e.first.act_logits, head);
   EXPECT_DOUBLE_EQ(e.first.act_working, step + backward + 3 * 4 * T * T);  // + P, P, dP of one thread
   EXPECT_DOUBLE_EQ(e.first.other, 1e8);  // the process baseline, nothing for CUDA/NCCL/fragmentation

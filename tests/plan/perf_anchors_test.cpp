@@ -76,8 +76,10 @@ TEST(plan_perf_anchors, MemoryPerGpuWithin15Percent) {
     const ModelShape m = example_model("Qwen3-30B-A3B");
     TrainingOptions t;
     const double gb = 1e9 / kGiB;
-    for (auto [s, world, published_gb] : {std::tuple{"tp1,pp1,ep8", 8, 76.8}, {"tp1,pp1,ep16", 16, 43.0},
-                                          {"tp1,pp2,ep8", 16, 38.4}, {"tp1,pp1,ep32", 32, 26.1}}) {
+    for (auto [s, world, published_gb] : {std::tuple{"tp1,pp1,ep8", 8, 76.8},
+                                          {"tp1,pp1,ep16", 16, 43.0},
+                                          {"tp1,pp2,ep8", 16, 38.4},
+                                          {"tp1,pp1,ep32", 32, 26.1}}) {
       Layout l = layout(s, world);
       const MemoryEstimate e = estimate_memory(m, l, t);
       const StageMemory& p = e.peak();
@@ -86,16 +88,15 @@ TEST(plan_perf_anchors, MemoryPerGpuWithin15Percent) {
     }
   }
   print_memory_table(rows);
-  for (const auto& r : rows)
-    EXPECT_NEAR(r.predicted_gib / r.published_gib, 1.0, 0.15) << r.what << " " << r.layout;
+  for (const auto& r : rows) EXPECT_NEAR(r.predicted_gib / r.published_gib, 1.0, 0.15) << r.what << " " << r.layout;
 }
 
 struct SpeedRow {
   std::string what, layout;
   double published_tflops, predicted_tflops;
-  int rank;          // of the published layout among the planner's fitting layouts (0 = it does not fit)
+  int rank;  // of the published layout among the planner's fitting layouts (0 = it does not fit)
   size_t fitting;
-  double vs_best;    // its predicted step time over the planner's best
+  double vs_best;  // its predicted step time over the planner's best
 };
 
 SpeedRow speed_row(const std::string& what, const ModelShape& m, const TrainingOptions& t, const Cluster& c,
@@ -141,8 +142,9 @@ TEST(plan_perf_anchors, PublishedBestLayoutsRankNearTheTop) {
   t.dispatcher = Dispatcher::kFlex;  // DeepEP
   t.moe_imbalance_factor = 1.0;      // assumed balanced routing, as in the Megatron-Bridge rows
   // ModelZoo's best mapping without its 1F1B all-to-all overlap, which the planner does not model.
-  rows.push_back(speed_row("Qwen3-235B-A22B, 256 H100, GBS2048, DeepEP, ModelZoo (1.1)", example_model("Qwen3-235B-A22B"),
-                           t, cluster("H100-SXM-80G", 32), "tp2,pp8,vpp4,ep32,etp1,mbs1,recompute=selective", 245));
+  rows.push_back(speed_row("Qwen3-235B-A22B, 256 H100, GBS2048, DeepEP, ModelZoo (1.1)",
+                           example_model("Qwen3-235B-A22B"), t, cluster("H100-SXM-80G", 32),
+                           "tp2,pp8,vpp4,ep32,etp1,mbs1,recompute=selective", 245));
   TrainingOptions f = TrainingOptions{};
   f.precision = Precision::kFp8;
   f.moe_expert_capacity_factor = 1.0;  // token dropping
@@ -153,7 +155,8 @@ TEST(plan_perf_anchors, PublishedBestLayoutsRankNearTheTop) {
   f.global_batch_size = 1024;
   f.moe_expert_capacity_factor = 0;  // dropless
   rows.push_back(speed_row("Qwen3-30B-A3B FP8-CS, 16 H100, GBS1024, Megatron-Bridge 26.04 (1.1)",
-                           example_model("Qwen3-30B-A3B"), f, cluster("H100-SXM-80G", 2), "tp1,pp1,ep16,etp1,mbs1", 206));
+                           example_model("Qwen3-30B-A3B"), f, cluster("H100-SXM-80G", 2), "tp1,pp1,ep16,etp1,mbs1",
+                           206));
   print_speed_table(rows);
   // Mixtral: the published mapping fits and is within 5% of the planner's fastest.
   EXPECT_GE(rows[0].rank, 1);
@@ -190,9 +193,10 @@ TEST(plan_perf_anchors, SelectiveRecomputeBeatsFullAsPublished) {
   full.recompute = Recompute::kFull;
   ASSERT_EQ(invalid_reason(m, sel, t, c), "");
   const Candidate a = evaluate(m, sel, t, c), b = evaluate(m, full, t, c);
-  std::printf("\nMT-NLG 530B, 2240 A100: MFU selective %.1f%% (published 54.2%%), full %.1f%% (published 42.1%%); "
-              "speed-up %.2fx (published 1.29x); GiB %.1f / %.1f\n",
-              100 * a.time.mfu, 100 * b.time.mfu, b.time.step_s / a.time.step_s, a.peak_gib(), b.peak_gib());
+  std::printf(
+      "\nMT-NLG 530B, 2240 A100: MFU selective %.1f%% (published 54.2%%), full %.1f%% (published 42.1%%); "
+      "speed-up %.2fx (published 1.29x); GiB %.1f / %.1f\n",
+      100 * a.time.mfu, 100 * b.time.mfu, b.time.step_s / a.time.step_s, a.peak_gib(), b.peak_gib());
   EXPECT_TRUE(a.fits);
   EXPECT_LT(a.time.step_s, b.time.step_s);
   EXPECT_NEAR(b.time.step_s / a.time.step_s, 1.29, 0.15);

@@ -28,7 +28,7 @@ TEST(plan_time_model, MegatronFlopsPerTokenMatchThePublishedSplit) {
 
 TEST(plan_time_model, GroupSpansFollowTheRankOrder) {
   EXPECT_FALSE(group_span(8, 1, 8).crosses_nodes());  // TP8 inside a node
-  const GroupSpan across = group_span(8, 8, 8);        // stride of a node: every member elsewhere
+  const GroupSpan across = group_span(8, 8, 8);       // stride of a node: every member elsewhere
   EXPECT_TRUE(across.crosses_nodes());
   EXPECT_EQ(across.per_node, 1);
   EXPECT_DOUBLE_EQ(across.off_node_fraction(), 7.0 / 8);
@@ -43,7 +43,8 @@ TEST(plan_time_model, BubbleAndInterleaving) {
   const Cluster c = cluster("H100-SXM-80G", 8);
   TrainingOptions t;
   t.global_batch_size = 256;
-  Layout l = parse_layout("tp1,pp4,ep8,etp1,mbs1", "test", c.world(), 1, Recompute::kNone);  // dp 16 -> 16 micro-batches
+  Layout l =
+      parse_layout("tp1,pp4,ep8,etp1,mbs1", "test", c.world(), 1, Recompute::kNone);  // dp 16 -> 16 micro-batches
   TimeEstimate a = estimate_time(m, l, t, c, estimate_memory(m, l, t));
   EXPECT_EQ(a.microbatches, 16);
   EXPECT_NEAR(a.bubble_fraction, 3.0 / (16 + 3), 1e-12);

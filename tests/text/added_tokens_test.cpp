@@ -15,7 +15,8 @@ using V = std::vector<int32_t>;
 namespace {
 
 std::string added(int id, const std::string& content, const std::string& flags) {
-  return nlohmann::json(content).dump().insert(0, R"({"id": )" + std::to_string(id) + R"(, "content": )") + ", " + flags + "}";
+  return nlohmann::json(content).dump().insert(0, R"({"id": )" + std::to_string(id) + R"(, "content": )") + ", " +
+         flags + "}";
 }
 
 // Byte tokens 0-255; merges "l l" -> ll (256), "h e" -> he (257), "he ll" -> hell (258);
@@ -27,8 +28,10 @@ std::unique_ptr<Tokenizer> load(TempDir& d, const std::vector<std::string>& adde
     "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
       {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated", "invert": false},
       {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]},
-    "decoder": {"type": "ByteLevel"}, "added_tokens": [)" + a + R"(],
-    "model": {"type": "BPE", "vocab": {)" + moe::testing::byte_vocab() + R"("ll": 256, "he": 257, "hell": 258},
+    "decoder": {"type": "ByteLevel"}, "added_tokens": [)" +
+                        a + R"(],
+    "model": {"type": "BPE", "vocab": {)" +
+                        moe::testing::byte_vocab() + R"("ll": 256, "he": 257, "hell": 258},
       "merges": [["l", "l"], "h e", "he ll"]}})";
   moe::testing::write_file(d.file("tokenizer.json"), j);
   return Tokenizer::load(d.path());
@@ -49,7 +52,9 @@ TEST(AddedTokens, LeftmostLongestMatchWins) {
 
 TEST(AddedTokens, SingleWordOnlyBetweenNonWordCharacters) {
   TempDir d;
-  auto t = load(d, {added(300, "ony", R"("special": false, "lstrip": false, "rstrip": false, "single_word": true, "normalized": false)")});
+  auto t = load(
+      d, {added(300, "ony",
+                R"("special": false, "lstrip": false, "rstrip": false, "single_word": true, "normalized": false)")});
   EXPECT_EQ(t->encode("ony"), (V{300}));
   EXPECT_EQ(t->encode("Anthony ony."), (V{'A', 'n', 't', 'h', 'o', 'n', 'y', ' ', 300, '.'}));
   EXPECT_EQ(t->encode("onyx"), (V{'o', 'n', 'y', 'x'}));
@@ -61,8 +66,11 @@ TEST(AddedTokens, SingleWordOnlyBetweenNonWordCharacters) {
 
 TEST(AddedTokens, StripFlagsSwallowUnicodeWhitespace) {
   TempDir d;
-  auto t = load(d, {added(300, "[M]", R"("special": true, "lstrip": true, "rstrip": false, "single_word": false, "normalized": false)"),
-                    added(301, "[R]", R"("special": true, "lstrip": false, "rstrip": true, "single_word": false, "normalized": false)")});
+  auto t = load(
+      d, {added(300, "[M]",
+                R"("special": true, "lstrip": true, "rstrip": false, "single_word": false, "normalized": false)"),
+          added(301, "[R]",
+                R"("special": true, "lstrip": false, "rstrip": true, "single_word": false, "normalized": false)")});
   EXPECT_EQ(t->encode("he \u3000\t[M] he"), (V{257, 300, ' ', 257}));  // spaces left of [M] go
   EXPECT_EQ(t->encode("he [R]\u00a0 \nhe"), (V{257, ' ', 301, 257}));  // spaces right of [R] go
   EXPECT_EQ(t->decode({257, 300, 257}, true), "hehe");
@@ -71,8 +79,10 @@ TEST(AddedTokens, StripFlagsSwallowUnicodeWhitespace) {
 TEST(AddedTokens, NormalizedTokensMatchTheNormalizedText) {
   TempDir d;
   // 300 matches NFC text (so also the decomposed spelling); 301 only its exact raw spelling.
-  auto t = load(d, {added(300, "caf\u00e9", R"("special": false, "lstrip": false, "rstrip": false, "single_word": false, "normalized": true)"),
-                    added(301, "bi\u0301", kPlain)});
+  auto t =
+      load(d, {added(300, "caf\u00e9",
+                     R"("special": false, "lstrip": false, "rstrip": false, "single_word": false, "normalized": true)"),
+               added(301, "bi\u0301", kPlain)});
   EXPECT_EQ(t->encode("cafe\u0301!"), (V{300, '!'}));
   EXPECT_EQ(t->encode("caf\u00e9"), (V{300}));
   EXPECT_EQ(t->encode("bi\u0301"), (V{301}));

@@ -37,7 +37,8 @@ TEST(ChatRows, ShareGptFlavours) {
                                     "w");
   EXPECT_EQ(roles(a), (std::vector<std::string>{"system:s", "user:hi", "assistant:yo"}));
   const auto b = parse_conversation(
-      json::parse(R"({"system": "s", "conversation": [{"human": "1", "assistant": "2"}, {"human": "3", "assistant": "4"}]})"),
+      json::parse(
+          R"({"system": "s", "conversation": [{"human": "1", "assistant": "2"}, {"human": "3", "assistant": "4"}]})"),
       "w");
   EXPECT_EQ(roles(b), (std::vector<std::string>{"system:s", "user:1", "assistant:2", "user:3", "assistant:4"}));
 }
@@ -63,9 +64,9 @@ TEST(ChatRows, AlpacaJoinsInstructionAndInput) {
 TEST(ChatRows, TextIsOneAssistantTurn) {
   EXPECT_EQ(roles(parse_conversation(json::parse(R"({"text": "plain words"})"), "w")),
             (std::vector<std::string>{"assistant:plain words"}));
-  EXPECT_NE(testing::input_error([] { parse_chat_row(json::parse(R"({"text": "x"})"), "f.jsonl:3"); })
-                .find("f.jsonl:3"),
-            std::string::npos);
+  EXPECT_NE(
+      testing::input_error([] { parse_chat_row(json::parse(R"({"text": "x"})"), "f.jsonl:3"); }).find("f.jsonl:3"),
+      std::string::npos);
 }
 
 TEST(ChatRows, LossOverridesOnAssistantMessages) {
@@ -106,7 +107,9 @@ TEST(ChatRows, ApplyLossOverridesMasksTheMarkedReply) {
 }
 
 TEST(ChatRows, ErrorsNameTheRowAndTheField) {
-  auto err = [](const char* row) { return testing::input_error([&] { parse_conversation(json::parse(row), "f.jsonl:4"); }); };
+  auto err = [](const char* row) {
+    return testing::input_error([&] { parse_conversation(json::parse(row), "f.jsonl:4"); });
+  };
   std::string e = err(R"({"messages": [{"role": "user", "content": 5}]})");
   EXPECT_NE(e.find("f.jsonl:4"), std::string::npos) << e;
   EXPECT_NE(e.find("messages[0].content"), std::string::npos) << e;

@@ -20,8 +20,8 @@ std::vector<std::string> pieces(const std::string& pre_tokenizer_json, std::stri
 }
 
 std::string split(const std::string& behavior, bool invert) {
-  return R"({"type": "Split", "pattern": {"Regex": "\\w+|[^\\w\\s]+"}, "behavior": ")" + behavior +
-         R"(", "invert": )" + (invert ? "true" : "false") + "}";
+  return R"({"type": "Split", "pattern": {"Regex": "\\w+|[^\\w\\s]+"}, "behavior": ")" + behavior + R"(", "invert": )" +
+         (invert ? "true" : "false") + "}";
 }
 
 using V = std::vector<std::string>;
@@ -77,6 +77,7 @@ TEST(PreTokenizer, UnsupportedRejectedByName) {
     EXPECT_NE(std::string(e.what()).find("Metaspace"), std::string::npos);
     EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos);
   }
-  EXPECT_THROW(p.parse(nlohmann::json::parse(R"({"type": "Split", "pattern": {"String": "x"}, "behavior": "Odd"})"), "t"),
-               moe::InputError);
+  EXPECT_THROW(
+      p.parse(nlohmann::json::parse(R"({"type": "Split", "pattern": {"String": "x"}, "behavior": "Odd"})"), "t"),
+      moe::InputError);
 }

@@ -96,7 +96,10 @@ TEST(StreamDecoder, NeverEmitsHalfACharacter) {
   // a dangling lead byte becomes U+FFFD at flush
   s.push(0xc3);
   EXPECT_EQ(s.flush(), "\xef\xbf\xbd");
-  EXPECT_EQ(sanitize_utf8("a\xff" "b"), "a\xef\xbf\xbd" "b");
+  EXPECT_EQ(sanitize_utf8("a\xff"
+                          "b"),
+            "a\xef\xbf\xbd"
+            "b");
 }
 
 TEST(ChatTemplate, ChatMlRendersAndMasksAssistantOnly) {
@@ -105,8 +108,9 @@ TEST(ChatTemplate, ChatMlRendersAndMasksAssistantOnly) {
   auto tmpl = make_template("qwen");
   std::vector<Message> msgs = {{"user", "he"}, {"assistant", "hell"}};
   RenderedChat r = tmpl->render(msgs, *t, false);
-  std::string want = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhe<|im_end|>\n"
-                     "<|im_start|>assistant\nhell<|im_end|>\n";
+  std::string want =
+      "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhe<|im_end|>\n"
+      "<|im_start|>assistant\nhell<|im_end|>\n";
   EXPECT_EQ(t->decode(r.ids), want);
   // masked: "hell" (one token 258) and <|im_end|>; the final "\n" is not
   std::vector<int32_t> masked;
@@ -172,9 +176,10 @@ TEST(ChatTemplate, InstAndLlama3Formats) {
   EXPECT_EQ(t->decode(make_template("mistral")->render(conv, *t, true).ids),
             "<s>[INST] S\n\nhi [/INST]yo</s>[INST] again [/INST]");
   auto l3 = make_template("llama3")->render({{"user", " hi\n"}, {"assistant", "yo"}}, *t, false);
-  EXPECT_EQ(t->decode(l3.ids),
-            "<s><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-            "yo<|eot_id|>");
+  EXPECT_EQ(
+      t->decode(l3.ids),
+      "<s><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+      "yo<|eot_id|>");
   // the assistant reply and its end-of-turn token carry the loss, nothing else
   std::vector<int32_t> masked;
   for (size_t i = 0; i < l3.ids.size(); ++i)

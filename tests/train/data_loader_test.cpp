@@ -166,10 +166,13 @@ TEST(DataLoader, SavedPositionResumesTheSameBatches) {
   for (int i = 0; i < 3; ++i) c.next();
   d.restore(loader_position_from_json(nlohmann::json{{"epoch", 0}, {"index", 6}}));
   EXPECT_EQ(c.next().tokens, d.next().tokens);
-  EXPECT_NE(testing::input_error([] { loader_position_from_json(nlohmann::json{{"epoch", -1}, {"index", 0}}); })
-                .find("epoch"),
+  EXPECT_NE(testing::input_error([] {
+              loader_position_from_json(nlohmann::json{{"epoch", -1}, {"index", 0}});
+            }).find("epoch"),
             std::string::npos);
-  EXPECT_NE(testing::input_error([] { loader_position_from_json(nlohmann::json{{"epoch", 0}}); }).find("index"),
+  EXPECT_NE(testing::input_error([] {
+              loader_position_from_json(nlohmann::json{{"epoch", 0}});
+            }).find("index"),
             std::string::npos);
 }
 

@@ -34,8 +34,10 @@ using Dataset = Fixture;
 // The label of position t is tokens[t + 1] exactly where the template trains on it.
 TEST_F(Dataset, LabelsAreTheShiftedAssistantTokens) {
   DatasetOptions o;
-  o.specs = {file("a.jsonl", R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},)"
-                             R"( {"role": "user", "content": "more"}, {"role": "assistant", "content": "sure"}]})" "\n")};
+  o.specs = {file("a.jsonl",
+                  R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},)"
+                  R"( {"role": "user", "content": "more"}, {"role": "assistant", "content": "sure"}]})"
+                  "\n")};
   const auto d = load(o);
   ASSERT_EQ(d.train.size(), 1u);
   const Sample& s = d.train[0];
@@ -54,10 +56,13 @@ TEST_F(Dataset, LabelsAreTheShiftedAssistantTokens) {
 
 TEST_F(Dataset, EveryRowFormatAndPretrainLabelsEverything) {
   DatasetOptions o;
-  o.specs = {file("f.jsonl", R"({"query": "q", "response": "r", "history": [["a", "b"]], "system": "s"})" "\n"
-                             R"({"instruction": "do", "input": "this", "output": "done"})" "\n")};
+  o.specs = {file("f.jsonl", R"({"query": "q", "response": "r", "history": [["a", "b"]], "system": "s"})"
+                             "\n"
+                             R"({"instruction": "do", "input": "this", "output": "done"})"
+                             "\n")};
   EXPECT_EQ(load(o).train.size(), 2u);
-  o.specs = {file("t.jsonl", R"({"text": "plain words for pre-training"})" "\n")};
+  o.specs = {file("t.jsonl", R"({"text": "plain words for pre-training"})"
+                             "\n")};
   o.pretrain = true;
   const auto d = load(o);
   ASSERT_EQ(d.train.size(), 1u);
@@ -69,7 +74,10 @@ TEST_F(Dataset, EveryRowFormatAndPretrainLabelsEverything) {
 TEST_F(Dataset, SamplingRepeatsAndSubsamples) {
   DatasetOptions o;
   std::string rows;
-  for (int i = 0; i < 5; ++i) rows += R"({"query": "q)" + std::to_string(i) + R"(", "response": "r"})" "\n";
+  for (int i = 0; i < 5; ++i)
+    rows += R"({"query": "q)" + std::to_string(i) +
+            R"(", "response": "r"})"
+            "\n";
   const std::string f = file("five.jsonl", rows);
   o.specs = {f + "#12"};
   EXPECT_EQ(load(o).train.size(), 12u);  // 2 full passes + 2 sampled
@@ -101,8 +109,10 @@ TEST_F(Dataset, SelfCognitionFillsNameAndAuthorPerLanguage) {
 
 TEST_F(Dataset, TruncationStrategies) {
   DatasetOptions o;
-  o.specs = {file("long.jsonl", R"({"query": "a b c d e f g h i j k l m n o p", "response": "q r s t u v w x y z"})" "\n"
-                                R"({"query": "a", "response": "b"})" "\n")};
+  o.specs = {file("long.jsonl", R"({"query": "a b c d e f g h i j k l m n o p", "response": "q r s t u v w x y z"})"
+                                "\n"
+                                R"({"query": "a", "response": "b"})"
+                                "\n")};
   o.max_length = 24;
   auto d = load(o);
   EXPECT_EQ(d.dropped_too_long, 1);

@@ -43,7 +43,10 @@ struct DatasetRows : ::testing::Test {
   // One row per line, each {"query": "q<i>", "response": "r<i>"}.
   std::string numbered(const std::string& name, int n) {
     std::string rows;
-    for (int i = 0; i < n; ++i) rows += R"({"query": "q)" + std::to_string(i) + R"(", "response": "r"})" "\n";
+    for (int i = 0; i < n; ++i)
+      rows += R"({"query": "q)" + std::to_string(i) +
+              R"(", "response": "r"})"
+              "\n";
     return file(name, rows);
   }
   // Which numbered row a sample came from.
@@ -124,17 +127,21 @@ TEST_F(DatasetRows, HashNBelowSizeSamplesWithoutReplacementBySeed) {
   const auto a = pick(1), b = pick(1), c = pick(2);
   ASSERT_EQ(a.size(), 6u);
   EXPECT_EQ(std::set<int>(a.begin(), a.end()).size(), 6u);  // no row twice
-  EXPECT_EQ(a, b);                                         // the seed fixes the sample
+  EXPECT_EQ(a, b);                                          // the seed fixes the sample
   EXPECT_NE(a, c);
 }
 
 TEST_F(DatasetRows, EveryRowFormatTokenizesAsTheTemplateRendersIt) {
   DatasetOptions o;
   o.specs = {file("rows.jsonl",
-                  R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})" "\n"
-                  R"({"query": "q2", "response": "r2", "history": [["q1", "r1"]], "system": "s"})" "\n"
-                  R"({"instruction": "do", "input": "this", "output": "done"})" "\n"
-                  R"({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]})" "\n")};
+                  R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})"
+                  "\n"
+                  R"({"query": "q2", "response": "r2", "history": [["q1", "r1"]], "system": "s"})"
+                  "\n"
+                  R"({"instruction": "do", "input": "this", "output": "done"})"
+                  "\n"
+                  R"({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]})"
+                  "\n")};
   const auto d = load(o);
   ASSERT_EQ(d.train.size(), 4u);
   EXPECT_EQ(d.rows_read, 4);
@@ -144,8 +151,8 @@ TEST_F(DatasetRows, EveryRowFormatTokenizesAsTheTemplateRendersIt) {
   expect_same(d.train[2], expected({{"user", "do\nthis"}, {"assistant", "done"}}));
   expect_same(d.train[3], expected({{"user", "a"}, {"assistant", "b"}}));
   // Both replies of the multi-turn row are trained: r1 and r2 with their end tokens.
-  const auto r = tmpl->render({{"system", "s"}, {"user", "q1"}, {"assistant", "r1"}, {"user", "q2"}, {"assistant", "r2"}},
-                              *tok, false);
+  const auto r = tmpl->render(
+      {{"system", "s"}, {"user", "q1"}, {"assistant", "r1"}, {"user", "q2"}, {"assistant", "r2"}}, *tok, false);
   const int64_t ones = std::count(r.loss_mask.begin(), r.loss_mask.end(), 1);
   EXPECT_EQ(trained(d.train[1]), ones);
   const int64_t r1 = int64_t(tok->encode("r1").size()), r2 = int64_t(tok->encode("r2").size());
@@ -168,9 +175,12 @@ TEST_F(DatasetRows, JsonLinesUnderAJsonName) {
 TEST_F(DatasetRows, PretrainTextIsBosTextEosAndEveryTokenTrained) {
   DatasetOptions o;
   o.pretrain = true;
-  o.specs = {file("t.jsonl", R"({"text": "plain words for pre-training"})" "\n"
-                             R"({"messages": [{"role": "assistant", "content": "more words"}]})" "\n"
-                             R"({"query": "q", "response": "r"})" "\n")};
+  o.specs = {file("t.jsonl", R"({"text": "plain words for pre-training"})"
+                             "\n"
+                             R"({"messages": [{"role": "assistant", "content": "more words"}]})"
+                             "\n"
+                             R"({"query": "q", "response": "r"})"
+                             "\n")};
   const auto d = load(o);
   ASSERT_EQ(d.train.size(), 3u);
   std::vector<int32_t> want;
@@ -192,8 +202,10 @@ TEST_F(DatasetRows, SystemPrecedenceRowThenFlagThenTemplateDefault) {
   const auto qwen = text::make_template("qwen");  // default system "You are a helpful assistant."
   ASSERT_FALSE(qwen->default_system().empty());
   DatasetOptions o;
-  o.specs = {file("s.jsonl", R"({"query": "q", "response": "r"})" "\n"
-                             R"({"query": "q", "response": "r", "system": "row system"})" "\n")};
+  o.specs = {file("s.jsonl", R"({"query": "q", "response": "r"})"
+                             "\n"
+                             R"({"query": "q", "response": "r", "system": "row system"})"
+                             "\n")};
   auto d = load(o, *qwen);
   ASSERT_EQ(d.train.size(), 2u);
   expect_same(d.train[0], expected({{"system", qwen->default_system()}, {"user", "q"}, {"assistant", "r"}}, *qwen));
@@ -210,10 +222,13 @@ TEST_F(DatasetRows, SystemPrecedenceRowThenFlagThenTemplateDefault) {
 
 TEST_F(DatasetRows, PerMessageLossFalseMasksThatReply) {
   DatasetOptions o;
-  o.specs = {file("l.jsonl",
-                  R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "first", "loss": false},)"
-                  R"( {"role": "user", "content": "b"}, {"role": "assistant", "content": "second"}]})" "\n"
-                  R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x", "loss": false}]})" "\n")};
+  o.specs = {file(
+      "l.jsonl",
+      R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "first", "loss": false},)"
+      R"( {"role": "user", "content": "b"}, {"role": "assistant", "content": "second"}]})"
+      "\n"
+      R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x", "loss": false}]})"
+      "\n")};
   auto d = load(o);
   ASSERT_EQ(d.train.size(), 1u);  // the second row has nothing left to train
   EXPECT_EQ(d.dropped_no_loss, 1);
@@ -285,8 +300,10 @@ TEST_F(DatasetRows, SelfCognitionFillsPlaceholdersPerLanguage) {
 
 TEST_F(DatasetRows, TruncationDeleteLeftRight) {
   DatasetOptions o;
-  o.specs = {file("long.jsonl", R"({"query": "a b c", "response": "q r s t u v w x y z and some more words"})" "\n"
-                                R"({"query": "a", "response": "b"})" "\n")};
+  o.specs = {file("long.jsonl", R"({"query": "a b c", "response": "q r s t u v w x y z and some more words"})"
+                                "\n"
+                                R"({"query": "a", "response": "b"})"
+                                "\n")};
   const Sample full = expected({{"user", "a b c"}, {"assistant", "q r s t u v w x y z and some more words"}});
   const Sample small = expected({{"user", "a"}, {"assistant", "b"}});
   const int L = int(full.tokens.size()) - 4;  // cuts into the reply
@@ -314,7 +331,8 @@ TEST_F(DatasetRows, TruncationDeleteLeftRight) {
   // counted (dummy#1 keeps the set non-empty).
   const auto first = std::find_if(full.labels.begin(), full.labels.end(), [](int32_t l) { return l != -100; });
   o.max_length = int(first - full.labels.begin()) + 1;
-  o.specs = {file("long_only.jsonl", R"({"query": "a b c", "response": "q r s t u v w x y z and some more words"})" "\n"),
+  o.specs = {file("long_only.jsonl", R"({"query": "a b c", "response": "q r s t u v w x y z and some more words"})"
+                                     "\n"),
              "dummy#1"};
   d = load(o);
   EXPECT_EQ(d.dropped_no_loss, 1);

@@ -44,9 +44,10 @@ TEST(Metrics, RoundsToEightSignificantDigits) {
 TEST(Metrics, JsonlLinesAreAppendedRoundedAndValid) {
   testing::TempDir t;
   const JsonlLog log(t.file("logging.jsonl"));
-  json train = {{"loss", 2.123456789},       {"acc", 0.5},      {"grad_norm", NAN},
-                {"learning_rate", 1e-5 / 3}, {"iteration", "1/10"}, {"memory(GiB)", 1.0 / 7},
-                {"skipped_iters", 2},        {"nested", {1.0 / 3, INFINITY}}};
+  json train = {{"loss", 2.123456789}, {"acc", 0.5},
+                {"grad_norm", NAN},    {"learning_rate", 1e-5 / 3},
+                {"iteration", "1/10"}, {"memory(GiB)", 1.0 / 7},
+                {"skipped_iters", 2},  {"nested", {1.0 / 3, INFINITY}}};
   log.write(train);
   log.write(eval_line({{"loss", 1.25}, {"acc", 0.75}, {"eval_extra", 1}}, 10, 10));
   log.write(summary_line("/out/v0", "", NAN));
@@ -85,7 +86,8 @@ TEST(Metrics, ProgressTextLikeTqdm) {
   EXPECT_EQ(format_progress("Train", 0, 100, 0.0, "", 10), "Train:   0%|          | 0/100 [00:00<?, ?s/it]");
   EXPECT_EQ(format_progress("Train", 10, 10, 4000.0, "loss=1.5", 10),
             "Train: 100%|##########| 10/10 [1:06:40<00:00, 400.00s/it] loss=1.5");
-  EXPECT_EQ(format_progress("Evaluate", 150, 100, 1.0, "", 4), "Evaluate: 100%|####| 150/100 [00:01<00:00, 150.00it/s]");
+  EXPECT_EQ(format_progress("Evaluate", 150, 100, 1.0, "", 4),
+            "Evaluate: 100%|####| 150/100 [00:01<00:00, 150.00it/s]");
 }
 
 TEST(Metrics, ProgressBarDrawsOnlyOnATerminal) {

@@ -44,7 +44,7 @@ json run_reference(const json& spec) {
 
 struct Case {
   OptimizerConfig cfg;
-  std::vector<size_t> sizes;       // one parameter per entry
+  std::vector<size_t> sizes;  // one parameter per entry
   std::vector<bool> decay;
   int steps = 10;
   double clip = 1.0;
@@ -63,8 +63,11 @@ Errors compare_with_torch(const Case& c) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const size_t np = c.sizes.size();
   std::vector<std::vector<float>> w(np), g(np);
-  json spec = {{"optimizer", c.cfg.type}, {"betas", {double(c.cfg.beta1), double(c.cfg.beta2)}},
-               {"eps", double(c.cfg.eps)}, {"momentum", double(c.cfg.sgd_momentum)}, {"clip", c.clip}};
+  json spec = {{"optimizer", c.cfg.type},
+               {"betas", {double(c.cfg.beta1), double(c.cfg.beta2)}},
+               {"eps", double(c.cfg.eps)},
+               {"momentum", double(c.cfg.sgd_momentum)},
+               {"clip", c.clip}};
   for (size_t p = 0; p < np; ++p) {
     w[p].resize(c.sizes[p]), g[p].resize(c.sizes[p]);
     for (float& v : w[p]) v = nd(rng);

@@ -96,9 +96,9 @@ TEST(SvgPlot, LinePlacesPointsAndSmooths) {
   const double x_first = std::stod(m[1]), y_first = std::stod(m[2]);
   ASSERT_TRUE(std::regex_search(paths[0], m, std::regex("L([0-9.]+),([0-9.]+)$")));
   const double x_last = std::stod(m[1]), y_last = std::stod(m[2]);
-  EXPECT_NEAR(x_first, 80, 0.1);        // left margin
-  EXPECT_NEAR(x_last, 720 - 24, 0.1);   // right edge of the frame
-  EXPECT_LT(y_first, y_last);           // the largest loss is highest (smallest y)
+  EXPECT_NEAR(x_first, 80, 0.1);       // left margin
+  EXPECT_NEAR(x_last, 720 - 24, 0.1);  // right edge of the frame
+  EXPECT_LT(y_first, y_last);          // the largest loss is highest (smallest y)
   EXPECT_EQ(count(paths[0], " L"), 39u);
   // TensorBoard's debiased EMA starts at the first value: both lines begin at the same point.
   EXPECT_EQ(paths[1].substr(0, paths[1].find(' ')), paths[0].substr(0, paths[0].find(' ')));

@@ -19,7 +19,8 @@ UpdateMaxima over_blocks(size_t n, F&& block) {
   const int64_t nb = int64_t((n + kBlock - 1) / kBlock);
   std::vector<UpdateMaxima> mx(static_cast<size_t>(nb));
   auto body = [&](int64_t lo, int64_t hi) {
-    for (int64_t bi = lo; bi < hi; ++bi) mx[size_t(bi)] = block(size_t(bi) * kBlock, std::min(n, size_t(bi + 1) * kBlock));
+    for (int64_t bi = lo; bi < hi; ++bi)
+      mx[size_t(bi)] = block(size_t(bi) * kBlock, std::min(n, size_t(bi + 1) * kBlock));
   };
   if (nb <= 1) body(0, nb);
   else parallel_for(nb, body);

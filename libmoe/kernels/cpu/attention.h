@@ -6,12 +6,12 @@
 namespace moe::kernels::cpu {
 
 struct AttentionShape {
-  int64_t T;       // query tokens
-  int64_t pos0;    // position of the first query token; keys 0 .. pos0+T-1 are in the cache
-  int64_t nh;      // query heads
-  int64_t ng;      // key/value heads (query head h uses group h / (nh / ng))
-  int64_t d;       // head dim
-  float scale;     // usually 1/sqrt(d)
+  int64_t T;     // query tokens
+  int64_t pos0;  // position of the first query token; keys 0 .. pos0+T-1 are in the cache
+  int64_t nh;    // query heads
+  int64_t ng;    // key/value heads (query head h uses group h / (nh / ng))
+  int64_t d;     // head dim
+  float scale;   // usually 1/sqrt(d)
 };
 
 // q_THd: [T, nh, d]; k_SGd, v_SGd: cache rows [S, ng, d] with S >= pos0 + T; out_THd: [T, nh, d].

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "core/parallel.h"
-#include "kernels/cpu/vexp.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/cpu/vexp.h"
 
 namespace moe::kernels::cpu {
 

@@ -39,12 +39,12 @@ void rmsnorm(const float* x_TD, int64_t T, int64_t D, const float* w_D, float ep
 
 void swiglu(const float* gu_T2F, int64_t T, int64_t F, float* h_TF) {
   rows(T, 8 * F, [&](int64_t tb, int64_t te) {
-  for (int64_t t = tb; t < te; ++t) {
-    const float* g = gu_T2F + t * 2 * F;
-    const float* u = g + F;
-    float* h = h_TF + t * F;
-    silu_mul(g, u, h, F);
-  }
+    for (int64_t t = tb; t < te; ++t) {
+      const float* g = gu_T2F + t * 2 * F;
+      const float* u = g + F;
+      float* h = h_TF + t * F;
+      silu_mul(g, u, h, F);
+    }
   });
 }
 
@@ -52,18 +52,18 @@ void rope_apply(float* x_THd, int64_t T, int64_t H, int64_t d, const int32_t* po
                 const float* sin_Pd2) {
   const int64_t half = d / 2;
   rows(T, H * d, [&](int64_t tb, int64_t te) {
-  for (int64_t t = tb; t < te; ++t) {
-    const float* c = cos_Pd2 + int64_t(pos_T[t]) * half;
-    const float* s = sin_Pd2 + int64_t(pos_T[t]) * half;
-    for (int64_t h = 0; h < H; ++h) {
-      float* x = x_THd + (t * H + h) * d;
-      for (int64_t i = 0; i < half; ++i) {
-        float a = x[i], b = x[i + half];
-        x[i] = a * c[i] - b * s[i];
-        x[i + half] = b * c[i] + a * s[i];
+    for (int64_t t = tb; t < te; ++t) {
+      const float* c = cos_Pd2 + int64_t(pos_T[t]) * half;
+      const float* s = sin_Pd2 + int64_t(pos_T[t]) * half;
+      for (int64_t h = 0; h < H; ++h) {
+        float* x = x_THd + (t * H + h) * d;
+        for (int64_t i = 0; i < half; ++i) {
+          float a = x[i], b = x[i + half];
+          x[i] = a * c[i] - b * s[i];
+          x[i + half] = b * c[i] + a * s[i];
+        }
       }
     }
-  }
   });
 }
 

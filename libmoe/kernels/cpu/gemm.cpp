@@ -26,8 +26,8 @@ void by_rows(int64_t M, int64_t N, int64_t K, F&& block) {
 void gemm_nt(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C, bool accumulate) {
   if (M == 0 || N == 0) return;
   by_rows(M, N, K, [&](int64_t b, int64_t e) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(e - b), int(N), int(K), 1.0f, A + b * K, int(K), B,
-                int(K), accumulate ? 1.0f : 0.0f, C + b * N, int(N));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(e - b), int(N), int(K), 1.0f, A + b * K, int(K), B, int(K),
+                accumulate ? 1.0f : 0.0f, C + b * N, int(N));
   });
 }
 

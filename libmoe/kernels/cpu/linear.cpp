@@ -40,9 +40,7 @@ void gemv(const GemvArgs& a, int64_t n0, int64_t n1) {
     kernel(a, n0, n1);
     return;
   }
-  parallel_for((rows + 15) / 16, [&](int64_t b, int64_t e) {
-    kernel(a, n0 + b * 16, std::min(n1, n0 + e * 16));
-  });
+  parallel_for((rows + 15) / 16, [&](int64_t b, int64_t e) { kernel(a, n0 + b * 16, std::min(n1, n0 + e * 16)); });
 }
 
 // Widened copy of rows [n0, n1) of W, for sgemm.
@@ -52,8 +50,7 @@ const float* widen_rows(const Tensor& W, int64_t n0, int64_t n1, std::vector<flo
   const char* src = static_cast<const char*>(W.raw()) + size_t(n0 * D) * dtype_size(W.dtype());
   if (W.dtype() == DType::BF16 && cpu_has_avx2_fma_f16c())
     widen_bf16_avx2(reinterpret_cast<const uint16_t*>(src), buf.data(), (n1 - n0) * D);
-  else
-    convert_to_f32(src, W.dtype(), buf.data(), size_t((n1 - n0) * D));
+  else convert_to_f32(src, W.dtype(), buf.data(), size_t((n1 - n0) * D));
   return buf.data();
 }
 
@@ -97,8 +94,8 @@ void linear_rows(const float* x_TD, int64_t T, const Tensor& W_ND, int64_t n0, i
         // yᵀ = W · xᵀ (weights as the tall operand) than on y = x · Wᵀ; transpose back after.
         thread_local std::vector<float> yt;
         yt.resize(size_t((se - sb) * T));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(se - sb), int(T), int(D), 1.0f, w, int(D), x_TD, int(D),
-                    0.0f, yt.data(), int(T));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(se - sb), int(T), int(D), 1.0f, w, int(D), x_TD,
+                    int(D), 0.0f, yt.data(), int(T));
         for (int64_t t = 0; t < T; ++t) {
           float* y = y_TN + t * N + sb;
           for (int64_t n = 0; n < se - sb; ++n) y[n] = (accumulate ? y[n] : 0.0f) + yt[size_t(n * T + t)];

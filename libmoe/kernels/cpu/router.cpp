@@ -17,9 +17,8 @@ float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 void top_k(const float* score, int64_t E, int64_t K, std::vector<int32_t>& order) {
   order.resize(size_t(E));
   std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
-    return score[a] > score[b] || (score[a] == score[b] && a < b);
-  });
+  std::partial_sort(order.begin(), order.begin() + K, order.end(),
+                    [&](int32_t a, int32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); });
 }
 
 void softmax_row(const float* l, int64_t E, float* p, double* lse) {
@@ -67,7 +66,8 @@ void router_topk(const RouterOptions& o, const float* logits_TE, int64_t T, cons
     int32_t* ex = expert_TK + t * K;
     float* wt = weight_TK + t * K;
     if (o.score == RouterScore::Sigmoid) {
-      for (int64_t e = 0; e < E; ++e) p[size_t(e)] = sigmoid(l[e]), score[size_t(e)] = p[size_t(e)] + (bias ? bias[e] : 0.0f);
+      for (int64_t e = 0; e < E; ++e)
+        p[size_t(e)] = sigmoid(l[e]), score[size_t(e)] = p[size_t(e)] + (bias ? bias[e] : 0.0f);
       top_k(score.data(), E, K, order);
       double z = 0;
       for (int64_t k = 0; k < K; ++k) z += p[size_t(order[size_t(k)])];
@@ -105,8 +105,8 @@ void router_topk(const RouterOptions& o, const float* logits_TE, int64_t T, cons
   }
 }
 
-void router_drop_over_capacity(int32_t* expert_TK, float* weight_TK, int64_t T, int64_t K, int64_t E,
-                               int64_t capacity, bool by_probs) {
+void router_drop_over_capacity(int32_t* expert_TK, float* weight_TK, int64_t T, int64_t K, int64_t E, int64_t capacity,
+                               bool by_probs) {
   std::vector<std::vector<int64_t>> chosen(static_cast<size_t>(E));
   for (int64_t i = 0; i < T * K; ++i) {
     MOE_ASSERT(expert_TK[i] >= 0 && expert_TK[i] < E, "router chose expert {} of {}", expert_TK[i], E);

@@ -49,8 +49,8 @@ void router_topk(const RouterOptions& o, const float* logits_TE, int64_t T, cons
 
 // Keeps at most `capacity` pairs per expert (the most probable ones, or the first in token
 // order); the others become expert -1, weight 0, in place. Ids must be in [0, E).
-void router_drop_over_capacity(int32_t* expert_TK, float* weight_TK, int64_t T, int64_t K, int64_t E,
-                               int64_t capacity, bool by_probs);
+void router_drop_over_capacity(int32_t* expert_TK, float* weight_TK, int64_t T, int64_t K, int64_t E, int64_t capacity,
+                               bool by_probs);
 
 // counts_E = pairs per expert (ids of -1 not counted).
 void router_tokens_per_expert(const int32_t* expert_TK, int64_t T, int64_t K, int64_t E, int64_t* counts_E);

@@ -20,8 +20,14 @@ class DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   void upload(const void* host, size_t bytes);
   void download(void* host, size_t bytes) const;
-  template <class T> T* as() { return static_cast<T*>(ptr_); }
-  template <class T> const T* as() const { return static_cast<const T*>(ptr_); }
+  template <class T>
+  T* as() {
+    return static_cast<T*>(ptr_);
+  }
+  template <class T>
+  const T* as() const {
+    return static_cast<const T*>(ptr_);
+  }
 
  private:
   void* ptr_ = nullptr;
