@@ -35,6 +35,7 @@ struct TrainArgs {
   std::string model, load, save, system, tem, torch_dtype;
   bool system_given = false, finetune = true, add_version = true, packing = false, save_safetensors = true;
   bool overwrite_output_dir = false;
+  std::string recompute_granularity = "selective";
   int64_t seed = 42;
   bool no_save_optim = false, no_save_rng = false, no_load_optim = false, no_load_rng = false;
   double init_method_std = 0.02;
@@ -91,6 +92,8 @@ void validate_flags(const TrainArgs& a, const CLI::App& c) {
         "--model {} and --load {} both name the weights: pass --load MCORE_DIR for a Megatron "
         "checkpoint or --model HF_DIR, not both",
         a.model, a.load);
+  if (moe::model::Recompute r; !moe::model::parse_recompute(a.recompute_granularity, &r))
+    moe::throw_input("--recompute_granularity '{}' is not one of none, selective, full", a.recompute_granularity);
   if (c.count("--finetune") && !a.finetune && a.load.empty())
     moe::throw_input("--finetune false resumes a checkpoint and needs --load MCORE_DIR");
 }
@@ -278,7 +281,7 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--save_safetensors", a->save_safetensors, "Also write HF safetensors (checkpoint-N/) for infer");
   c->add_option("--torch_dtype", a->torch_dtype, "Saved weights: bfloat16 | float16 | float32 (default: the model's)");
   c->add_option("--seed", a->seed, "Seed for data order, sampling and init");
-  c->add_option("--recompute_granularity", m.recompute.granularity, "none | selective | full");
+  c->add_option("--recompute_granularity", a->recompute_granularity, "none | selective | full");
   c->add_option("--recompute_method", m.recompute.method, "full: uniform | block");
   c->add_option("--recompute_num_layers", m.recompute.num_layers,
                 "full: layers per chunk (uniform) or recomputed (block)");
@@ -294,6 +297,7 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--moe_router_bias_update_rate", m.moe.bias_update_rate, "Expert bias step");
   c->callback([a, c] {
     a->t.seed = uint64_t(a->seed);
+    moe::model::parse_recompute(a->recompute_granularity, &a->m.recompute.granularity);  // checked in run()
     run(*a, *c);
   });
 }

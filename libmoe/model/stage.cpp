@@ -10,7 +10,7 @@ namespace moe::model {
 namespace {
 
 bool has_module(const RecomputeOptions& r, const std::string& m) {
-  return r.granularity == "selective" && std::find(r.modules.begin(), r.modules.end(), m) != r.modules.end();
+  return r.granularity == Recompute::kSelective && std::find(r.modules.begin(), r.modules.end(), m) != r.modules.end();
 }
 
 // LM-head tokens per chunk: bounds the [chunk, V] logits buffer.
@@ -23,7 +23,7 @@ Stage::Stage(Context ctx, const ModelConfig& c, StageWeights weights, StageWeigh
   // Layer chunks: full recompute keeps only each chunk's input and reruns the chunk in the backward.
   const auto& r = opt_.recompute;
   const int L = int(w_.layers.size());
-  if (r.granularity == "full" && r.method == "uniform") {
+  if (r.granularity == Recompute::kFull && r.method == "uniform") {
     for (int b = 0; b < L; b += r.num_layers) {
       chunks_.emplace_back(b, std::min(L, b + r.num_layers));
       chunk_recomputed_.push_back(true);
@@ -31,7 +31,7 @@ Stage::Stage(Context ctx, const ModelConfig& c, StageWeights weights, StageWeigh
   } else {
     for (int b = 0; b < L; ++b) {
       chunks_.emplace_back(b, b + 1);
-      chunk_recomputed_.push_back(r.granularity == "full" && b < r.num_layers);
+      chunk_recomputed_.push_back(r.granularity == Recompute::kFull && b < r.num_layers);
     }
   }
 }

@@ -6,6 +6,23 @@
 
 namespace moe::model {
 
+const char* to_string(Recompute r) {
+  switch (r) {
+    case Recompute::kNone: return "none";
+    case Recompute::kSelective: return "selective";
+    case Recompute::kFull: return "full";
+  }
+  return "none";
+}
+
+bool parse_recompute(const std::string& s, Recompute* out) {
+  if (s == "none") *out = Recompute::kNone;
+  else if (s == "selective") *out = Recompute::kSelective;
+  else if (s == "full") *out = Recompute::kFull;
+  else return false;
+  return true;
+}
+
 void StepStats::add(const StepStats& o) {
   lm_loss_sum += o.lm_loss_sum, loss_tokens += o.loss_tokens, correct += o.correct;
   aux_loss += o.aux_loss, z_loss += o.z_loss;
@@ -15,9 +32,7 @@ void StepStats::add(const StepStats& o) {
 
 void validate_train_options(const TrainOptions& o, const ModelConfig& c) {
   const auto& r = o.recompute;
-  if (r.granularity != "none" && r.granularity != "selective" && r.granularity != "full")
-    throw_input("--recompute_granularity '{}' is not one of none, selective, full", r.granularity);
-  if (r.granularity == "full") {
+  if (r.granularity == Recompute::kFull) {
     if (r.method != "uniform" && r.method != "block")
       throw_input("--recompute_method '{}' is not one of uniform, block", r.method);
     if (r.num_layers < 1 || r.num_layers > c.num_layers)

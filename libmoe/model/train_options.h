@@ -11,10 +11,15 @@
 
 namespace moe::model {
 
+// Megatron's --recompute_granularity; one enum for the trainer and the planner.
+enum class Recompute { kNone, kSelective, kFull };
+const char* to_string(Recompute r);
+// "none" | "selective" | "full"; false for anything else.
+bool parse_recompute(const std::string& s, Recompute* out);
+
 struct RecomputeOptions {
-  // none | selective | full (Megatron's --recompute_granularity; swift's default selective)
-  std::string granularity = "selective";
-  std::string method = "uniform";  // full: uniform (chunks of num_layers) | block (first num_layers)
+  Recompute granularity = Recompute::kSelective;  // swift's default
+  std::string method = "uniform";                 // full: uniform (chunks of num_layers) | block (first num_layers)
   int num_layers = 1;
   // selective: core_attn (always: attention keeps only its output and log-sum-exp), moe_act,
   // layernorm, mlp, moe.

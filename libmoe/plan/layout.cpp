@@ -9,23 +9,6 @@
 
 namespace moe::plan {
 
-const char* to_string(Recompute r) {
-  switch (r) {
-    case Recompute::kNone: return "none";
-    case Recompute::kSelective: return "selective";
-    case Recompute::kFull: return "full";
-  }
-  return "none";
-}
-
-bool parse_recompute(const std::string& s, Recompute* out) {
-  if (s == "none") *out = Recompute::kNone;
-  else if (s == "selective") *out = Recompute::kSelective;
-  else if (s == "full") *out = Recompute::kFull;
-  else return false;
-  return true;
-}
-
 std::string to_string(const Layout& l) {
   return fmt::format("tp{},pp{},vpp{},ep{},etp{},cp{},dp{},mbs{},recompute={}", l.tp, l.pp, l.vpp, l.ep, l.etp, l.cp,
                      l.dp, l.micro_batch_size, to_string(l.recompute));

@@ -7,13 +7,14 @@
 #include <string>
 
 #include "dist/parallel_layout.h"
+#include "model/train_options.h"
 
 namespace moe::plan {
 
-enum class Recompute { kNone, kSelective, kFull };
-const char* to_string(Recompute r);
-// "none" | "selective" | "full"; false for anything else.
-bool parse_recompute(const std::string& s, Recompute* out);
+// One recompute vocabulary for the trainer and the planner (model/train_options.h).
+using model::parse_recompute;
+using model::Recompute;
+using model::to_string;
 
 // The parallel sizes are the engine's and export's own type (tp, pp, vpp, ep, etp, cp, dp, world(),
 // edp()); the search adds what Megatron also chooses per run. Candidates the search rejects are

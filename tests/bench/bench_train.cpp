@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
   const model::ModelConfig c = config(s);
   if (keep_freed) keep_freed_memory();
   model::TrainOptions opt;
-  opt.recompute.granularity = "none";
+  opt.recompute.granularity = model::Recompute::kNone;
   model::TrainModel m(c, random_state(c, DType::F32), opt);
   train::Optimizer adam(train::OptimizerConfig{});
   std::vector<train::ParamRef> params;

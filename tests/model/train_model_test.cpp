@@ -53,16 +53,16 @@ TEST(TrainModel, RecomputeDoesNotChangeGradients) {
     const ModelConfig c = tiny(family);
     const StateDict init = init_random_state(c, 3, DType::F32, 0.05);
     TrainOptions base;
-    base.recompute.granularity = "none";
+    base.recompute.granularity = Recompute::kNone;
     base.moe.aux_loss_coeff = 0.01, base.moe.z_loss_coeff = 0.001;
     double ref_loss = 0;
     const StateDict ref = run(c, init, base, &ref_loss);
     std::vector<TrainOptions> variants(4, base);
-    variants[0].recompute.granularity = "selective";
+    variants[0].recompute.granularity = Recompute::kSelective;
     variants[0].recompute.modules = {"core_attn", "moe_act", "layernorm", "moe", "mlp"};
-    variants[1].recompute.granularity = "full", variants[1].recompute.num_layers = 2;
-    variants[2].recompute.granularity = "full", variants[2].recompute.method = "block";
-    variants[3].recompute.granularity = "full", variants[3].recompute.num_layers = c.num_layers;
+    variants[1].recompute.granularity = Recompute::kFull, variants[1].recompute.num_layers = 2;
+    variants[2].recompute.granularity = Recompute::kFull, variants[2].recompute.method = "block";
+    variants[3].recompute.granularity = Recompute::kFull, variants[3].recompute.num_layers = c.num_layers;
     for (size_t v = 0; v < variants.size(); ++v) {
       double loss = 0;
       const StateDict g = run(c, init, variants[v], &loss);

@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
     if (a.count("--z_loss_coeff")) opt.moe.z_loss_coeff = std::stod(a["--z_loss_coeff"]);
     if (a.count("--load_balancing_type")) opt.moe.load_balancing_type = a["--load_balancing_type"];
     if (a.count("--capacity_factor")) opt.moe.capacity_factor = std::stod(a["--capacity_factor"]);
-    if (a.count("--recompute")) opt.recompute.granularity = a["--recompute"];
+    if (a.count("--recompute")) moe::model::parse_recompute(a["--recompute"], &opt.recompute.granularity);
     moe::model::TrainModel model(loaded.config, loaded.state, opt);
     const auto tokens = ints(a["--tokens"]), labels = ints(a["--labels"]), cu = ints(a["--cu"]);
     std::vector<int32_t> pos(tokens.size());

@@ -87,7 +87,7 @@ int run_child(const std::string& dir, const std::string& recompute, int mbs, int
   r["baseline"] = proc_status_bytes("VmRSS");
 
   model::TrainOptions o;
-  o.recompute.granularity = recompute;
+  model::parse_recompute(recompute, &o.recompute.granularity);
   if (recompute == "selective") o.recompute.modules = {"core_attn", "layernorm", "moe_act"};
   train::TrainerConfig t;
   t.train_iters = 2;  // the second step's forward/backward runs with the Adam states allocated
