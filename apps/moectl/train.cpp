@@ -164,7 +164,8 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   t.max_length = a.max_length, t.packing = a.packing;
   // Everything that can be refused is checked before the run dir exists.
   moe::model::validate_train_options(a.m, lm.config);
-  moe::train::LrSchedule(t.lr, t.train_iters > 0 ? t.train_iters : int64_t(1) << 40);  // epochs: length not known yet
+  const moe::train::LrSchedule check_schedule(
+      t.lr, t.train_iters > 0 ? t.train_iters : int64_t(1) << 40);  // epochs: length not known yet
   moe::train::Optimizer check_optimizer(t.optim);
   if (resuming && !fs::exists(fs::path(a.load) / "latest_checkpointed_iteration.txt"))
     moe::throw_input("--finetune false resumes a Megatron checkpoint, but {} has no latest_checkpointed_iteration.txt",

@@ -115,8 +115,9 @@ int main(int argc, char** argv) {
     const auto t0 = Clock::now();
     m.zero_grad();
     const auto st = m.forward_backward(mb, 1.0f / float(loss_tokens), 1.0f);
-    train::clip_grad_norm(params, 1.0);
-    adam.step(params, 1e-4f);
+    // As the trainer does: the clipped norm bounds the update, so no step needs a dry run.
+    const double norm = train::clip_grad_norm(params, 1.0);
+    adam.step(params, 1e-4f, std::min(norm, 1.0));
     const double dt = since(t0);
     if (step > 0) total += dt;
     if (step < 0) first_loss = st.lm_loss_sum / double(st.loss_tokens);

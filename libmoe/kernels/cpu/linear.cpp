@@ -96,10 +96,16 @@ void linear_rows(const float* x_TD, int64_t T, const Tensor& W_ND, int64_t n0, i
         yt.resize(size_t((se - sb) * T));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(se - sb), int(T), int(D), 1.0f, w, int(D), x_TD,
                     int(D), 0.0f, yt.data(), int(T));
-        for (int64_t t = 0; t < T; ++t) {
-          float* y = y_TN + t * N + sb;
-          for (int64_t n = 0; n < se - sb; ++n) y[n] = (accumulate ? y[n] : 0.0f) + yt[size_t(n * T + t)];
-        }
+        // In 32 x 32 tiles: a tall block (an LM head's 16k rows) read column by column would
+        // miss the cache on every element.
+        const int64_t rows_n = se - sb;
+        for (int64_t n0 = 0; n0 < rows_n; n0 += 32)
+          for (int64_t t0 = 0; t0 < T; t0 += 32)
+            for (int64_t t = t0; t < std::min(T, t0 + 32); ++t) {
+              float* y = y_TN + t * N + sb;
+              for (int64_t n = n0; n < std::min(rows_n, n0 + 32); ++n)
+                y[n] = (accumulate ? y[n] : 0.0f) + yt[size_t(n * T + t)];
+            }
       }
     }
   });
