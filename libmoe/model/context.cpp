@@ -15,7 +15,8 @@ LocalShapes local_shapes(const ModelConfig& c, const ShardSpec& spec, int tp, in
 
 Context single_process_context(const ModelConfig& c) {
   const ShardSpec spec(c, {}, 1);
-  return {Backend{}, local_shapes(c, spec, 0, 0, 0)};
+  return {Backend{}, local_shapes(c, spec, 0, 0, 0),
+          std::make_shared<const dist::ProcessGroups>(dist::ProcessGroups::local())};
 }
 
 }  // namespace moe::model

@@ -1,10 +1,12 @@
 // What every module of the engine is handed (DESIGN.md section 3): where its ops run (the
 // Backend), and this rank's local shapes, read from ShardSpec's layout. Nothing in model code is
-// global: with one process the shapes are the whole model's, so the same code serves a rank
-// of a tensor/expert/pipeline-parallel job. (The process groups join it with libmoe/dist.)
+// global: with one process the shapes are the whole model's and every process group is the
+// local communicator, so the same code serves a rank of a tensor/expert/pipeline-parallel job.
 #pragma once
 #include <cstdint>
+#include <memory>
 
+#include "dist/process_groups.h"
 #include "kernels/backend.h"
 #include "model/model_config.h"
 #include "model/shard_spec.h"
@@ -25,6 +27,8 @@ LocalShapes local_shapes(const ModelConfig& c, const ShardSpec& spec, int tp_ran
 struct Context {
   Backend backend;
   LocalShapes local;
+  // This rank's groups (tp, ep, dp, ...); shared by every module of the rank.
+  std::shared_ptr<const dist::ProcessGroups> groups;
 };
 
 // A one-process CPU context for `c`.
