@@ -1,5 +1,7 @@
 #include "model/context.h"
 
+#include "model/rank_state.h"
+
 namespace moe::model {
 
 LocalShapes local_shapes(const ModelConfig& c, const ShardSpec& spec, int tp, int pp, int ep) {
@@ -14,7 +16,7 @@ LocalShapes local_shapes(const ModelConfig& c, const ShardSpec& spec, int tp, in
 }
 
 Context single_process_context(const ModelConfig& c) {
-  const ShardSpec spec(c, {}, 1);
+  const ShardSpec spec = single_process_spec(c);
   return {Backend{}, local_shapes(c, spec, 0, 0, 0),
           std::make_shared<const dist::ProcessGroups>(dist::ProcessGroups::local())};
 }

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "model/rank_state.h"
 #include "model/transformer.h"
 #include "model/weight_map.h"
 
@@ -15,6 +16,8 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   // it whether or not this run updates it.
   if (opt_.moe.enable_expert_bias && cfg_.num_experts > 0) cfg_.moe_router_enable_expert_bias = true;
   check_state(cfg_, params, true);
+  // This rank's slices, from ShardSpec (with one process, the whole tensors).
+  const StateDict local = rank_state(single_process_spec(cfg_), cfg_, params, 0, 0, 0);
   const WeightMap map = WeightMap::for_config(cfg_);
   for (const auto& rule : map.rules())
     if (!rule.buffer) numel_ += size_t(shape_numel(rule.shape));
@@ -23,10 +26,10 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   grad_flat_ = std::shared_ptr<float[]>(new float[numel_]());
   size_t at = 0;
   for (const auto& rule : map.rules()) {
-    auto it = params.find(rule.mcore);
+    auto it = local.find(rule.mcore);
     if (rule.buffer) {  // not trained by the optimizer; zeros when the checkpoint has none yet
       Tensor b(rule.shape, DType::F32);
-      if (it != params.end()) {
+      if (it != local.end()) {
         Tensor src = it->second.dtype() == DType::F32 ? it->second : it->second.to(DType::F32);
         std::memcpy(b.raw(), src.raw(), b.nbytes());
       }

@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include "model/rank_state.h"
 #include "model/weight_map.h"
 
 namespace moe::model {
@@ -29,7 +30,9 @@ StageWeights stage_weights(const ModelConfig& c, const StateDict& s, int begin, 
 
 Transformer::Transformer(ModelConfig config, StateDict state) : cfg_(std::move(config)), state_(std::move(state)) {
   check_state(cfg_, state_, false);
-  stage_ = std::make_unique<Stage>(single_process_context(cfg_), cfg_, stage_weights(cfg_, state_, 0, cfg_.num_layers),
+  // This rank's slices, from ShardSpec (the whole tensors, uncopied, with one process).
+  const StateDict local = rank_state(single_process_spec(cfg_), cfg_, state_, 0, 0, 0);
+  stage_ = std::make_unique<Stage>(single_process_context(cfg_), cfg_, stage_weights(cfg_, local, 0, cfg_.num_layers),
                                    nullptr, TrainOptions{});
 }
 
