@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 11's kill test: `export --overwrite` and `sft --save_interval 1` each killed (SIGKILL) at
+"""Issue 11's kill test (QA #6: export --overwrite killed; QA #18: sft killed while saving): `export --overwrite` and `sft --save_interval 1` each killed (SIGKILL) at
 100 random moments. After every kill the output must be whole:
 - export: the target dir is byte-identical to the old output or to the new one (never a mix,
   never missing), every .pt passes zipfile's CRC check and loads with torch.load;
@@ -108,7 +108,7 @@ for trial in range(TRIALS):
     if trial % 10 == 0:  # loading every rank file takes a while; a tenth of the trials is enough
         for pt in glob.glob(os.path.join(out, "iter_*", "*", "*.pt")):
             check(pt_loads(pt), f"export trial {trial}: {pt} fails its CRC or torch.load")
-print(f"export --overwrite killed {TRIALS} times (uncut run {duration:.2f} s): old output {counts['old']}, "
+print(f"QA06 export --overwrite killed {TRIALS} times (uncut run {duration:.2f} s): old output {counts['old']}, "
       f"new output {counts['new']}, broken {counts['bad']}")
 run(["export", "--model", hf, "--to_mcore", "true", "--output_dir", out, "--overwrite", "true"])
 check(not [n for n in os.listdir(WORK) if "moectl-" in n], f"export: leftovers after a clean run {os.listdir(WORK)}")
@@ -144,7 +144,7 @@ for trial in range(TRIALS):
         run(["sft", "--load", rd, "--finetune", "false", "--save", os.path.join(WORK, "resumed", str(trial))] + sft)
         resumed += 1
     shutil.rmtree(save)
-print(f"sft --save_interval 1 killed {TRIALS} times (uncut run {duration:.2f} s): no checkpoint yet {latest['none']}, "
+print(f"QA18 sft --save_interval 1 killed {TRIALS} times (uncut run {duration:.2f} s): no checkpoint yet {latest['none']}, "
       f"latest checkpoint whole {latest['complete']}, broken {latest['bad']}; {resumed} resumed to the end")
 check(latest["complete"] >= TRIALS // 4 and resumed == 3, f"too few kills landed after the first save: {latest}")
 
