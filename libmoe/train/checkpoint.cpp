@@ -1,5 +1,6 @@
 #include "train/checkpoint.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -27,10 +28,8 @@ std::string iter_dir_name(int64_t it) {
 
 bool is_vocab(const std::string& n) { return n == model::names::kEmbedding || n == model::names::kOutput; }
 
-// fp32 tensor viewed over a vector (the vector must outlive the write).
-Tensor borrow_f32(const std::vector<float>& v, const Shape& s) {
-  return Tensor::borrow(s, DType::F32, v.data(), nullptr);
-}
+// fp32 tensor viewed over floats it does not own (they must outlive the write).
+Tensor borrow_f32(std::span<const float> v, const Shape& s) { return Tensor::borrow(s, DType::F32, v.data(), nullptr); }
 
 // A checkpoint never holds a NaN or an infinity (QA #10): the trainer skips steps that would
 // make one, so what remains is a weight beyond the saved dtype's range.
@@ -91,7 +90,6 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
   root->set("checkpoint_version", PyValue::floating(3.0));
   root->set("iteration", PyValue::integer(p.iteration));
   root->set("model", model_dict);
-  auto& state = const_cast<Optimizer&>(opt).state();
   if (o.save_optim) {
     // torch.optim's state_dict: state keyed by parameter index, one param group; plus the fp32
     // masters (Megatron's fp32_from_fp16_params) and the names that give the indices meaning.
@@ -101,8 +99,8 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     int64_t i = 0;
     for (const auto& [name, t] : params) {
       auto entry = PyValue::container(PyValue::kDict);
-      if (auto it = state.find(name); it != state.end())
-        for (const auto& [k, v] : it->second) {
+      for (const auto& k : opt.state_keys())  // torch's order; none before the first step or restore
+        if (const auto v = opt.state(name, k); opt.has_state() && v.size() == size_t(t.numel())) {
           Tensor sv = borrow_f32(v, t.shape());
           check_finite(sv, name + " " + k, p.iteration);
           entry->set(k, add(sv));
@@ -184,7 +182,12 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
     auto inner = od->get("optimizer");
     auto st = inner ? inner->get("state") : nullptr;
     if (!names || !masters || !st) throw_input("{}: 'optimizer' lacks moectl's param_names/state", file.string());
-    auto& state = opt.state();
+    if (!opt.bound()) {  // the state's layout: the model's flat order
+      std::vector<ParamRef> refs;
+      for (auto& [name, t] : m.params())
+        refs.push_back({name, t.f32(), m.grads().at(name).f32(), size_t(t.numel()), decays(name)});
+      opt.bind(in_address_order(refs));
+    }
     for (size_t i = 0; i < names->items.size(); ++i) {
       const std::string& name = names->items[i]->s;
       auto pit = m.params().find(name);
@@ -199,7 +202,13 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
         for (const auto& [sk, sv] : v->entries) {
           if (sv->kind == PyValue::kTensor) {
             Tensor t = f.tensor(sv->tensor);
-            state[name][sk->s].assign(t.data<float>(), t.data<float>() + t.numel());
+            // A key this optimizer does not keep (another --optimizer's) is not used by its steps.
+            const auto& keys = opt.state_keys();
+            if (std::find(keys.begin(), keys.end(), sk->s) == keys.end()) continue;
+            const std::span<float> dst = opt.state(name, sk->s);
+            MOE_ASSERT(size_t(t.numel()) == dst.size(), "{}: optimizer state {} of {} has {} values, the parameter {}",
+                       file.string(), sk->s, name, t.numel(), dst.size());
+            std::memcpy(dst.data(), t.data<float>(), dst.size() * sizeof(float));
           } else if (sk->s == "step" && sv->kind == PyValue::kInt) {
             opt.set_steps(sv->i);
           }

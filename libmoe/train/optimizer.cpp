@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "core/error.h"
@@ -39,6 +40,12 @@ bool decays(const std::string& n) {
 
 bool decays(const std::string& n, size_t ndim) { return ndim >= 2 && decays(n); }
 
+std::vector<ParamRef> in_address_order(std::span<const ParamRef> params) {
+  std::vector<ParamRef> out(params.begin(), params.end());
+  std::sort(out.begin(), out.end(), [](const ParamRef& a, const ParamRef& b) { return std::less<>()(a.data, b.data); });
+  return out;
+}
+
 Optimizer::Optimizer(OptimizerConfig cfg) : cfg_(std::move(cfg)) {
   if (cfg_.type != "adam" && cfg_.type != "sgd") throw_input("--optimizer '{}' is not one of adam, sgd", cfg_.type);
   if (!(cfg_.beta1 >= 0 && cfg_.beta1 < 1)) throw_input("--adam_beta1 must be in [0, 1), got {}", cfg_.beta1);
@@ -54,39 +61,101 @@ Optimizer::Optimizer(OptimizerConfig cfg) : cfg_(std::move(cfg)) {
   else if (cfg_.sgd_momentum > 0) keys_ = {"momentum_buffer"};
 }
 
-std::vector<StateRef> Optimizer::state_refs(std::span<const ParamRef> params) {
-  const auto& keys = keys_;
-  std::vector<StateRef> refs;
-  for (const ParamRef& p : params)
-    for (const auto& k : keys) {
-      auto& v = state_[p.name][k];
-      if (v.empty()) v.assign(p.numel, 0.0f);
-      MOE_ASSERT(v.size() == p.numel, "optimizer state {} of {} has {} values, the parameter {}", k, p.name, v.size(),
-                 p.numel);
-      refs.push_back({p.name, k, &v});
+void Optimizer::bind(std::span<const ParamRef> params) {
+  if (bound()) {
+    bool same = layout_.size() == params.size();
+    for (size_t i = 0; same && i < params.size(); ++i)
+      same = layout_[i].name == params[i].name && layout_[i].numel == params[i].numel;
+    MOE_ASSERT(same, "optimizer bound to {} parameters is bound again to {} others; reset() first", layout_.size(),
+               params.size());
+    return;
+  }
+  size_t at = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!index_.emplace(params[i].name, i).second) {
+      layout_.clear(), index_.clear();
+      throw_internal("optimizer bound to parameter '{}' twice", params[i].name);
     }
+    layout_.push_back({params[i].name, at, params[i].numel});
+    at += params[i].numel;
+  }
+  total_ = at;
+}
+
+const Optimizer::Slot& Optimizer::slot_of(const std::string& name, size_t hint) const {
+  if (hint < layout_.size() && layout_[hint].name == name) return layout_[hint];
+  auto it = index_.find(name);
+  MOE_ASSERT(it != index_.end(), "optimizer has no state for parameter '{}' (bound to {} parameters)", name,
+             layout_.size());
+  return layout_[it->second];
+}
+
+size_t Optimizer::key_index(const std::string& key) const {
+  return size_t(std::find(keys_.begin(), keys_.end(), key) - keys_.begin());
+}
+
+void Optimizer::allocate() {
+  if (allocated_) return;
+  flat_.assign(keys_.size(), {});
+  for (auto& f : flat_) f.assign(total_, 0.0f);
+  allocated_ = true;
+}
+
+std::vector<StateRef> Optimizer::state_refs(std::span<const ParamRef> params) {
+  if (!bound()) bind(params);
+  allocate();
+  std::vector<StateRef> refs;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Slot& sl = slot_of(params[i].name, i);
+    MOE_ASSERT(sl.numel == params[i].numel, "optimizer state of {} has {} values, the parameter {}", sl.name, sl.numel,
+               params[i].numel);
+    for (size_t k = 0; k < keys_.size(); ++k)
+      refs.push_back({params[i].name, keys_[k], std::span<float>(flat_[k].data() + sl.offset, sl.numel)});
+  }
   return refs;
 }
 
+std::span<float> Optimizer::state(const std::string& name, const std::string& key) {
+  MOE_ASSERT(bound(), "optimizer state of '{}' asked before bind()", name);
+  const size_t k = key_index(key);
+  MOE_ASSERT(k < keys_.size(), "the {} optimizer keeps no '{}' state", cfg_.type, key);
+  const Slot& sl = slot_of(name, layout_.size());
+  allocate();
+  return {flat_[k].data() + sl.offset, sl.numel};
+}
+
+std::span<const float> Optimizer::state(const std::string& name, const std::string& key) const {
+  const size_t k = key_index(key);
+  if (!has_state() || k >= keys_.size()) return {};
+  auto it = index_.find(name);
+  if (it == index_.end()) return {};
+  const Slot& sl = layout_[it->second];
+  return {flat_[k].data() + sl.offset, sl.numel};
+}
+
+std::span<const float> Optimizer::flat_state(const std::string& key) const {
+  const size_t k = key_index(key);
+  if (!has_state() || k >= keys_.size()) return {};
+  return flat_[k];
+}
+
 void Optimizer::reset() {
-  state_.clear();
+  layout_.clear(), index_.clear(), flat_.clear();
+  total_ = 0, allocated_ = false;
   steps_ = 0;
   w_max_ = s_max_ = -1;
 }
 
 void Optimizer::bind_state(std::span<const ParamRef> params) {
-  // Resolve state buffers once (allocating on first sight).
-  const auto& keys = keys_;
+  // Resolve the state views once per step (binding and allocating on first sight).
+  if (!bound()) bind(params);
+  allocate();
   slots_.assign(params.size() * 2, nullptr);
   for (size_t i = 0; i < params.size(); ++i) {
-    auto& st = state_[params[i].name];
-    for (size_t k = 0; k < keys.size(); ++k) {
-      auto& v = st[keys[k]];
-      if (v.empty()) v.assign(params[i].numel, 0.0f);
-      MOE_ASSERT(v.size() == params[i].numel, "optimizer state {} of {} has {} values, the parameter {}", keys[k],
-                 params[i].name, v.size(), params[i].numel);
-      slots_[2 * i + k] = v.data();
-    }
+    const Slot& sl = slot_of(params[i].name, i);
+    MOE_ASSERT(sl.numel == params[i].numel, "optimizer state of {} has {} values, the parameter {}", sl.name, sl.numel,
+               params[i].numel);
+    for (size_t k = 0; k < keys_.size(); ++k) slots_[2 * i + k] = flat_[k].data() + sl.offset;
   }
 }
 

@@ -51,6 +51,10 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   LrSchedule sched(lrc, train_iters);
   lrc.decay_iters = sched.decay_iters(), lrc.warmup_iters = sched.warmup_iters();
   Optimizer opt(cfg.optim);
+  // Clipping and the step go over the parameters by name; the optimizer's flat state is laid out
+  // as the model's flat parameters and gradients (same offsets), before a resume fills it.
+  const auto params = param_refs(model);
+  opt.bind(in_address_order(params));
   TrainProgress prog;
   if (!cfg.resume_dir.empty()) {
     auto rs = load_training_state(cfg.resume_dir, model, opt, cfg.load_optim, cfg.load_rng);
@@ -59,7 +63,6 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     log().info("resuming at iteration {} (optimizer state {}, data position {})", prog.iteration,
                rs.had_optimizer ? "restored" : "fresh", rs.had_rng ? "restored" : "from the start");
   }
-  const auto params = param_refs(model);
   const JsonlLog jl((fs::path(cfg.out_dir) / "logging.jsonl").string());
   PlotHistory hist;
   hist.expert_load.assign(size_t(mc.num_layers), std::vector<double>(size_t(std::max(mc.num_experts, 0)), 0.0));

@@ -94,6 +94,7 @@ int main(int argc, char** argv) {
     params.push_back({name, t.f32(), m.grads().at(name).f32(), size_t(t.numel()), train::decays(name)});
     nparams += t.numel();
   }
+  adam.bind(train::in_address_order(params));  // as the trainer: state offsets = the flat parameters'
   const int64_t T = int64_t(s.mbs) * s.seq;
   std::vector<int32_t> tokens(static_cast<size_t>(T)), labels(static_cast<size_t>(T)), pos(static_cast<size_t>(T)), cu;
   Rng rng(7);

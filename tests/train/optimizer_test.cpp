@@ -3,6 +3,7 @@
 // python3-torch; skipped with the reason when it is missing); state save/restore, decay rules.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -176,8 +177,8 @@ TEST(Optimizer, FirstAdamWStepIsSignTimesLr) {
   EXPECT_NEAR(w[1], -2.0f * (1 - 0.05f) + 0.1f, 1e-6);
   EXPECT_NEAR(w[2], 0.5f * (1 - 0.05f), 1e-6);  // zero gradient: only the decay
   EXPECT_EQ(opt.steps(), 1);
-  EXPECT_NEAR(opt.state()["w"]["exp_avg"][1], -0.4f, 1e-6);
-  EXPECT_NEAR(opt.state()["w"]["exp_avg_sq"][1], 0.05f * 16.0f, 1e-5);
+  EXPECT_NEAR(opt.state("w", "exp_avg")[1], -0.4f, 1e-6);
+  EXPECT_NEAR(opt.state("w", "exp_avg_sq")[1], 0.05f * 16.0f, 1e-5);
 }
 
 TEST(Optimizer, NoDecayParametersKeepTheirValueUnderZeroGrad) {
@@ -204,7 +205,7 @@ TEST(Optimizer, StateRestoreContinuesBitwise) {
     for (int s = 0; s < 5; ++s) grads(s, ga), straight.step({&pa, 1}, 0.01);
     for (int s = 0; s < 3; ++s) grads(s, gb), first.step({&pb, 1}, 0.01);
     std::vector<std::vector<float>> saved;
-    for (const StateRef& r : first.state_refs({&pb, 1})) saved.push_back(*r.data);
+    for (const StateRef& r : first.state_refs({&pb, 1})) saved.emplace_back(r.data.begin(), r.data.end());
     Optimizer resumed(cfg);
     resumed.set_steps(first.steps());
     const auto refs = resumed.state_refs({&pb, 1});
@@ -213,8 +214,8 @@ TEST(Optimizer, StateRestoreContinuesBitwise) {
     EXPECT_EQ(refs[0].key, type == "adam" ? "exp_avg" : "momentum_buffer");
     for (size_t i = 0; i < refs.size(); ++i) {
       EXPECT_EQ(refs[i].param, "x");
-      EXPECT_EQ(refs[i].data->size(), 100u);
-      *refs[i].data = saved[i];
+      ASSERT_EQ(refs[i].data.size(), 100u);
+      std::copy(saved[i].begin(), saved[i].end(), refs[i].data.begin());
     }
     for (int s = 3; s < 5; ++s) grads(s, gb), resumed.step({&pb, 1}, 0.01);
     for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << type << " element " << i;
@@ -228,7 +229,9 @@ TEST(Optimizer, ResetForgetsStateAndSteps) {
   opt.step({&p, 1}, 0.1);
   opt.reset();
   EXPECT_EQ(opt.steps(), 0);
-  EXPECT_TRUE(opt.state().empty());
+  EXPECT_FALSE(opt.bound());
+  EXPECT_FALSE(opt.has_state());
+  EXPECT_TRUE(opt.flat_state("exp_avg").empty());
   EXPECT_TRUE(Optimizer(OptimizerConfig{.type = "sgd"}).state_keys().empty());  // no momentum: no state
 }
 
@@ -236,8 +239,41 @@ TEST(Optimizer, MismatchedRestoredStateIsAnInternalError) {
   std::vector<float> w(4), g(4);
   ParamRef p{"w", w.data(), g.data(), 4, true};
   Optimizer opt(OptimizerConfig{});
-  opt.state()["w"]["exp_avg"].assign(3, 0.0f);
+  ParamRef restored{"w", w.data(), g.data(), 3, true};  // the state a checkpoint held: 3 values
+  opt.bind({&restored, 1});
   EXPECT_THROW(opt.step({&p, 1}, 0.1), InternalError);
+}
+
+// Each state key is one flat buffer in bind order, a view per parameter; stepping the same
+// parameters in another order finds them by name and updates them bitwise as in bind order.
+TEST(Optimizer, StateIsOneFlatBufferPerKeyInBindOrder) {
+  std::vector<float> flat_w(7), flat_g(7);
+  for (size_t i = 0; i < 7; ++i) flat_w[i] = 0.1f * float(i) - 0.3f, flat_g[i] = std::cos(float(i));
+  std::vector<float> w2 = flat_w, g2 = flat_g;
+  ParamRef a{"a", flat_w.data(), flat_g.data(), 3, true}, b{"b", flat_w.data() + 3, flat_g.data() + 3, 4, false};
+  ParamRef a2{"a", w2.data(), g2.data(), 3, true}, b2{"b", w2.data() + 3, g2.data() + 3, 4, false};
+  const ParamRef by_name[] = {b, a}, flat[] = {a2, b2};
+  EXPECT_EQ(in_address_order(by_name)[0].name, "a");
+  Optimizer x(OptimizerConfig{}), y(OptimizerConfig{});
+  x.bind(in_address_order(by_name));
+  EXPECT_TRUE(x.bound());
+  EXPECT_FALSE(x.has_state());  // allocated on first need
+  for (int s = 0; s < 3; ++s) {
+    ASSERT_TRUE(x.step(by_name, 1e-2));
+    ASSERT_TRUE(y.step(flat, 1e-2));
+  }
+  EXPECT_EQ(flat_w, w2);
+  for (const auto& k : x.state_keys()) {
+    const auto fx = x.flat_state(k), fy = y.flat_state(k);
+    ASSERT_EQ(fx.size(), 7u);
+    EXPECT_TRUE(std::equal(fx.begin(), fx.end(), fy.begin(), fy.end())) << k;
+    EXPECT_EQ(x.state("a", k).data(), fx.data()) << k;
+    EXPECT_EQ(x.state("b", k).data(), fx.data() + 3) << k;
+    EXPECT_EQ(x.state("b", k).size(), 4u) << k;
+  }
+  EXPECT_THROW(x.bind(by_name), InternalError);  // another order: reset() first
+  EXPECT_THROW(x.state("c", "exp_avg"), InternalError);
+  EXPECT_THROW(x.state("a", "momentum_buffer"), InternalError);
 }
 
 TEST(Optimizer, BadConfigNamesTheFlag) {
@@ -322,10 +358,16 @@ TEST(Optimizer, QA10_OverflowingStepIsSkippedAndChangesNothing) {
     ParamRef p{"w", w.data(), g.data(), w.size(), true};
     ASSERT_TRUE(opt.step({&p, 1}, 1e-3, 2.0));
     const auto w1 = w;
-    const auto state1 = opt.state();
+    auto state = [&] {
+      std::vector<std::vector<float>> s;
+      for (const auto& k : opt.state_keys()) s.emplace_back(opt.flat_state(k).begin(), opt.flat_state(k).end());
+      return s;
+    };
+    const auto state1 = state();
+    ASSERT_EQ(state1.size(), std::string(type) == "adam" ? 2u : 1u);
     EXPECT_FALSE(opt.step({&p, 1}, 1e39, 2.0)) << type;
     EXPECT_EQ(w, w1) << type;
-    EXPECT_EQ(opt.state(), state1) << type;
+    EXPECT_EQ(state(), state1) << type;
     EXPECT_EQ(opt.steps(), 1) << type;
     g = {1e20f, 0.0f, 0.0f};  // (1 - beta2) g^2 overflows the second moment
     if (std::string(type) == "adam") {
