@@ -29,6 +29,7 @@ struct PlanArgs {
   std::string model, gpu = "H100-SXM-80G", gpu_presets, explain, why_not, fp8, recompute, dispatcher = "alltoall";
   // int64 so that a value past int is range-checked here, not wrapped or refused by the parser.
   int64_t nnodes = 1, nproc_per_node = 8;
+  bool cluster_given = false;  // any of --nnodes, --nproc_per_node, --gpu
   int top = 10, make_vocab_divisible = 128;
   std::optional<double> gpu_memory_gib, gpu_tflops, intra_node_gbps, inter_node_gbps, hbm_gbps, capacity_factor;
   double imbalance = 1.1;
@@ -363,6 +364,9 @@ void run_plan(const PlanArgs& a, bool gpu_given) {
               m.is_moe() ? fmt::format("{} experts top-{}, ", m.num_experts, m.moe_router_topk).c_str() : "",
               double(m.num_parameters()) / 1e9, c.world(), c.gpu.name.c_str(), c.nnodes, c.nnodes == 1 ? "" : "s",
               c.nproc_per_node, c.gpu.memory_gib);
+  if (!a.cluster_given)  // QA: the default cluster was assumed without a word
+    std::printf("cluster: the default (1 node x 8 %s); pass --nnodes, --nproc_per_node and --gpu for yours\n",
+                c.gpu.name.c_str());
   std::printf(
       "training: seq %lld, global batch %lld, %s, %s optimizer; searched %lld valid layouts in %.3f s: %lld fit\n",
       (long long)t.seq_length, (long long)t.global_batch_size,
@@ -443,7 +447,10 @@ void add_plan_command(CLI::App& root) {
   c->add_option("--swiglu", a->swiglu, "Model size flag: gated MLP (true) or 2-matrix GeLU MLP (false)");
   c->add_option("--untie_embeddings_and_output_weights", a->untie, "Model size flag (true|false)");
   c->add_option("--qk_layernorm", a->qk_layernorm, "Model size flag (true|false)");
-  c->callback([a, gpu] { run_plan(*a, gpu->count() > 0); });
+  c->callback([a, gpu, c] {
+    a->cluster_given = gpu->count() > 0 || c->count("--nnodes") > 0 || c->count("--nproc_per_node") > 0;
+    run_plan(*a, gpu->count() > 0);
+  });
 }
 
 }  // namespace moectl

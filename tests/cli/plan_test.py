@@ -163,6 +163,12 @@ secs = time.monotonic() - t0
 print(f"full search Qwen3-235B-A22B on 1024 GPUs: {secs:.2f} s wall, {p.stdout.splitlines()[1] if p.stdout else ''}")
 check(secs < 2.0, f"full search took {secs:.2f} s (limit 2 s)")
 
+# The default cluster is said, not assumed silently (QA pass: "plan quietly assumes 1x8 H100").
+p = run(["--model", os.path.join(CFG, "Qwen3-30B-A3B"), "--top", "1"])
+check("cluster: the default (1 node x 8" in p.stdout, "the default cluster is not named")
+p = run(["--model", os.path.join(CFG, "Qwen3-30B-A3B"), "--top", "1", "--nnodes", "2"])
+check("cluster: the default" not in p.stdout, "a given cluster is called the default")
+
 if failures:
     print("\n".join(failures))
     sys.exit(1)
