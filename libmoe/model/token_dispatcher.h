@@ -25,9 +25,6 @@ class TokenDispatcher {
   const std::vector<int64_t>& offsets() const { return offsets_E_; }
   const std::vector<int64_t>& blocks() const { return blocks_E_; }
   int64_t rows() const { return int64_t(row_slot_.size()); }
-  // The token and the (token * K + slot) routing index of a row; -1 for padding rows.
-  int64_t token_of_row(int64_t row) const { return row_slot_[size_t(row)] < 0 ? -1 : row_slot_[size_t(row)] / K_; }
-  int64_t slot_of_row(int64_t row) const { return row_slot_[size_t(row)]; }
   // x_TD -> x_perm [rows, D]: rows of expert e are [offset(e), offset(e) + block(e)).
   void permute(const float* x_TD, int64_t D, float* x_perm) const;
   // dx_TD += each row's gradient at its token (the backward of permute).

@@ -192,3 +192,30 @@ TEST(OneForward, InferenceLogitsEqualTrainingLogitsBitwise) {
 
 }  // namespace
 }  // namespace moe::model
+
+namespace moe::model {
+namespace {
+
+// Issue 12, flat buffers: every parameter and its gradient are views into one buffer each, laid
+// out back to back in WeightMap order, so gradient bucketing and a distributed optimizer can
+// slice them by ranges.
+TEST(TrainModel, ParametersAndGradientsAreViewsOfOneFlatBufferEach) {
+  const ModelConfig c = tiny("qwen2_moe");
+  TrainModel tm(c, init_random_state(c, 9, DType::F32, 0.05), {});
+  const auto flat_p = tm.flat_params(), flat_g = tm.flat_grads();
+  size_t total = 0;
+  for (const auto& [name, t] : tm.params()) {
+    const float* p = t.f32();
+    const float* g = tm.grads().at(name).f32();
+    ASSERT_TRUE(p >= flat_p.data() && p + t.numel() <= flat_p.data() + flat_p.size()) << name;
+    EXPECT_EQ(p - flat_p.data(), g - flat_g.data()) << name;  // the same offset in both buffers
+    total += size_t(t.numel());
+  }
+  EXPECT_EQ(total, flat_p.size());  // no gaps, no overlaps: the views tile the buffer
+  flat_g[0] = 1.0f;
+  tm.zero_grad();
+  EXPECT_EQ(flat_g[0], 0.0f);
+}
+
+}  // namespace
+}  // namespace moe::model
