@@ -66,41 +66,23 @@ WeightFiles open_weights(const std::string& dir) {
   return w;
 }
 
-// One past the largest N in names holding `marker` + "N." (e.g. "model.layers." or ".experts."),
-// 0 when none does.
-int64_t count_indexed(const std::vector<std::string>& names, const std::string& marker) {
-  int64_t count = 0;
-  for (const auto& n : names)
-    for (size_t at = n.find(marker); at != std::string::npos; at = n.find(marker, at + 1)) {
-      size_t i = at + marker.size(), end = i;
-      while (end < n.size() && end - i < 9 && n[end] >= '0' && n[end] <= '9') ++end;
-      if (end > i && end < n.size() && n[end] == '.')
-        count = std::max(count, int64_t(std::stoll(n.substr(i, end - i))) + 1);
-    }
-  return count;
-}
-
 // The layer and expert counts the tensor names imply, checked against config.json before the
 // WeightMap (one entry per layer and expert) is built: a corrupt count such as
 // num_hidden_layers 16000 is refused in one line instead of listing names for it. Weights
 // holding more than the config asks for stay allowed (they are ignored, as HF does).
 void check_counts_against_names(const std::string& dir, const std::vector<std::string>& names, const ModelConfig& c,
                                 const std::string& cfg_file) {
-  auto held = [](int64_t n, const char* what) {
-    return n == 0 ? fmt::format("no {}N tensors", what) : fmt::format("{} ({}0 to {}{})", n, what, what, n - 1);
-  };
-  const int64_t layers = count_indexed(names, "model.layers.");
-  if (layers < c.num_layers)
+  const model::HfCounts held = model::hf_counts(names);
+  if (held.layers < c.num_layers)
     throw_input("{}: num_hidden_layers is {} but the weights in {} hold {} layers; fix config.json or the weights",
-                cfg_file, c.num_layers, dir, held(layers, "model.layers."));
+                cfg_file, c.num_layers, dir, held.layers);
   bool any_moe = false;
   for (int l = 0; l < c.num_layers; ++l) any_moe |= c.is_moe_layer(l);
-  const int64_t experts = count_indexed(names, ".experts.");
-  if (any_moe && experts < c.num_experts)
+  if (any_moe && held.experts < c.num_experts)
     throw_input(
         "{}: the config has {} experts but the weights in {} hold {} per layer; fix config.json or the "
         "weights",
-        cfg_file, c.num_experts, dir, held(experts, "experts."));
+        cfg_file, c.num_experts, dir, held.experts);
 }
 
 }  // namespace

@@ -246,6 +246,17 @@ uint32_t get16(const unsigned char* p) { return uint32_t(p[0]) | uint32_t(p[1]) 
 uint32_t get32(const unsigned char* p) { return get16(p) | get16(p + 2) << 16; }
 uint64_t get64(const unsigned char* p) { return uint64_t(get32(p)) | uint64_t(get32(p + 4)) << 32; }
 
+// A file opened for pread, closed when it goes out of scope; InputError naming the path.
+struct ReadFd {
+  int fd;
+  explicit ReadFd(const std::string& path) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd < 0) throw_input("{}: cannot open: {}", path, std::strerror(errno));
+  }
+  ~ReadFd() { ::close(fd); }
+  ReadFd(const ReadFd&) = delete;
+  ReadFd& operator=(const ReadFd&) = delete;
+};
+
 }  // namespace
 
 struct TorchFileWriter::Impl {
@@ -294,12 +305,8 @@ TorchFile TorchFile::open(const std::string& path) {
   t.file_ = MappedFile::open(path);
   const size_t n = t.file_->size();
   auto bad = [&](const char* what) { throw_input("{}: not a readable torch checkpoint: {}", path, what); };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_input("{}: cannot open: {}", path, std::strerror(errno));
-  struct Fd {
-    int fd;
-    ~Fd() { ::close(fd); }
-  } closer{fd};
+  const ReadFd file_fd(path);
+  const int fd = file_fd.fd;
   // Bytes [off, off + len) of the file (callers check the range lies inside it).
   auto read_at = [&](uint64_t off, uint64_t len) {
     std::string buf(size_t(len), '\0');
@@ -404,12 +411,8 @@ void TorchFile::verify(const TensorRef& r) const {
   if (done.load(std::memory_order_acquire)) return;
   // Two threads asking for the same storage at once both compute it: harmless, and rare.
   const std::string& path = file_->path();
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_input("{}: cannot open: {}", path, std::strerror(errno));
-  struct Fd {
-    int fd;
-    ~Fd() { ::close(fd); }
-  } closer{fd};
+  const ReadFd file_fd(path);
+  const int fd = file_fd.fd;
   posix_fadvise(fd, off_t(e.offset), off_t(e.size), POSIX_FADV_SEQUENTIAL);
   const uint32_t crc = parallel_crc32(
       e.size, [&](size_t at, size_t n, uint32_t c) { return pread_crc32(fd, path, e.offset + at, n, c); });

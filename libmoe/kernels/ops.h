@@ -21,6 +21,7 @@ using VarlenAttention = kernels::cpu::VarlenAttention;
 using CrossEntropySums = kernels::cpu::CrossEntropySums;
 using RouterOptions = kernels::cpu::RouterOptions;
 using RouterLosses = kernels::cpu::RouterLosses;
+using LoadBalancing = kernels::cpu::LoadBalancing;
 
 // --- projections. y_TN (+)= x_TD · Wᵀ (+ bias): W in its stored dtype (f32, bf16, f16).
 // The kernel depends only on (dtype, T), never on who calls, so inference and training agree.

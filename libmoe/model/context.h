@@ -13,17 +13,6 @@
 
 namespace moe::model {
 
-struct LocalShapes {
-  int64_t heads = 0, query_groups = 0;      // attention heads and key/value groups on this TP rank
-  int64_t expert_begin = 0, experts = 0;    // this EP rank's experts [begin, begin + experts)
-  int64_t vocab_begin = 0, vocab_rows = 0;  // this TP rank's rows of the (padded) vocabulary
-  int layer_begin = 0, layers = 0;          // this pipeline stage's layers
-};
-
-// The shapes rank (tp, pp, ep) of `spec`'s layout holds. With the one-rank layout, the whole
-// model (vocabulary unpadded: the engine reads the model's own rows).
-LocalShapes local_shapes(const ModelConfig& c, const ShardSpec& spec, int tp_rank, int pp_rank, int ep_rank);
-
 struct Context {
   Backend backend;
   LocalShapes local;

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/backend.h"
+
 namespace moe::model {
 
 struct Routing {
@@ -15,6 +17,6 @@ struct Routing {
 // pre_softmax: softmax over all E, take top-k, no renormalisation (HF norm_topk_prob=false).
 // otherwise:   top-k of the logits, softmax over those k (= renormalised top-k probabilities).
 // Ties pick the lower expert id, as torch.topk does on CPU.
-Routing route_topk(const float* logits_TE, int64_t T, int64_t E, int64_t K, bool pre_softmax);
+Routing route_topk(const Backend& b, const float* logits_TE, int64_t T, int64_t E, int64_t K, bool pre_softmax);
 
 }  // namespace moe::model

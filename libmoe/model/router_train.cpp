@@ -13,7 +13,7 @@ ops::RouterOptions router_options(const MoeTrainOptions& o, int64_t T, int64_t E
   r.E = E, r.K = K, r.pre_softmax = pre_softmax;
   r.capacity = o.capacity_factor > 0 ? ops::router_capacity(T, E, K, o.capacity_factor) : 0;
   r.drop_by_probs = o.token_drop_policy != "position";
-  using LB = kernels::cpu::LoadBalancing;
+  using LB = ops::LoadBalancing;
   r.balancing = o.load_balancing_type == "aux_loss"       ? LB::AuxLoss
                 : o.load_balancing_type == "seq_aux_loss" ? LB::SeqAuxLoss
                                                           : LB::None;

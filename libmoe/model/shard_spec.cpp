@@ -163,4 +163,14 @@ std::vector<ShardSpec::Piece> ShardSpec::shard(const std::string& name, const Te
   return {};
 }
 
+LocalShapes ShardSpec::local_shapes(int tp, int pp, int ep) const {
+  LocalShapes s;
+  s.heads = c_.num_attention_heads / p_.tp, s.query_groups = c_.num_query_groups / p_.tp;
+  s.experts = c_.num_experts / p_.ep, s.expert_begin = int64_t(ep) * s.experts;
+  const int64_t vocab = p_.tp == 1 ? c_.vocab_size : padded_vocab_;
+  s.vocab_rows = vocab / p_.tp, s.vocab_begin = int64_t(tp) * s.vocab_rows;
+  s.layers = c_.num_layers / p_.pp, s.layer_begin = pp * s.layers;
+  return s;
+}
+
 }  // namespace moe::model

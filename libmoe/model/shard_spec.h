@@ -15,6 +15,13 @@
 
 namespace moe::model {
 
+struct LocalShapes {
+  int64_t heads = 0, query_groups = 0;      // attention heads and key/value groups on this TP rank
+  int64_t expert_begin = 0, experts = 0;    // this EP rank's experts [begin, begin + experts)
+  int64_t vocab_begin = 0, vocab_rows = 0;  // this TP rank's rows of the (padded) vocabulary
+  int layer_begin = 0, layers = 0;          // this pipeline stage's layers
+};
+
 class ShardSpec {
  public:
   // InputError naming the flag when the model does not divide over the layout's TP, PP, EP and
@@ -24,6 +31,9 @@ class ShardSpec {
   int64_t padded_vocab() const { return padded_vocab_; }
   // Megatron's per-rank directory: mp_rank_TT[_PPP][_EEE].
   std::string rank_dir(int tp, int pp, int ep) const;
+  // The shapes rank (tp, pp, ep) holds: the engine sizes every module from them. With the
+  // one-rank layout, the whole model (vocabulary unpadded: the engine reads the model's own rows).
+  LocalShapes local_shapes(int tp, int pp, int ep) const;
 
   // The rank files of the layout, ordered by (pp, ep, tp). Megatron ranks a stage's processes
   // with TP fastest for dense layers and ETP, then EP, fastest for experts (RankGenerator order

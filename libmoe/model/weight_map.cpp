@@ -1,5 +1,6 @@
 #include "model/weight_map.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "model/state_dict.h"
@@ -19,7 +20,24 @@ HfMoeNames hf_moe_names(const std::string& model_type) {
   return {"mlp.", "mlp.gate.weight", "gate_proj", "up_proj", "down_proj"};
 }
 
+// One past the largest N in names holding `marker` + "N.", 0 when none does.
+int64_t count_indexed(const std::vector<std::string>& names, const std::string& marker) {
+  int64_t count = 0;
+  for (const auto& n : names)
+    for (size_t at = n.find(marker); at != std::string::npos; at = n.find(marker, at + 1)) {
+      size_t i = at + marker.size(), end = i;
+      while (end < n.size() && end - i < 9 && n[end] >= '0' && n[end] <= '9') ++end;
+      if (end > i && end < n.size() && n[end] == '.')
+        count = std::max(count, int64_t(std::stoll(n.substr(i, end - i))) + 1);
+    }
+  return count;
+}
+
 }  // namespace
+
+HfCounts hf_counts(const std::vector<std::string>& names) {
+  return {count_indexed(names, "model.layers."), count_indexed(names, ".experts.")};
+}
 
 WeightMap WeightMap::for_config(const ModelConfig& c) {
   WeightMap m(c);

@@ -27,6 +27,13 @@ struct WeightRule {
   bool buffer = false;
 };
 
+// The layer and expert counts HF tensor names imply (one past the largest layer / expert
+// index), so config.json can be checked against the weights before the rules are built.
+struct HfCounts {
+  int64_t layers = 0, experts = 0;
+};
+HfCounts hf_counts(const std::vector<std::string>& hf_names);
+
 class WeightMap {
  public:
   // The rules for one model, in a stable order (embedding, layers, final norm, output).

@@ -100,11 +100,9 @@ TEST(LoadHf, QA05_ConfigCountsCheckedAgainstTheWeightNames) {
     EXPECT_NE(msg.find(want), std::string::npos) << msg;
   };
   expect_error("num_hidden_layers", 16000,
-               "num_hidden_layers is 16000 but the weights in " + d.path() +
-                   " hold 2 (model.layers.0 to model.layers.1) layers");
-  expect_error(
-      "num_experts", 60000,
-      "the config has 60000 experts but the weights in " + d.path() + " hold 4 (experts.0 to experts.3) per layer");
+               "num_hidden_layers is 16000 but the weights in " + d.path() + " hold 2 layers");
+  expect_error("num_experts", 60000,
+               "the config has 60000 experts but the weights in " + d.path() + " hold 4 per layer");
 }
 
 // init refuses, before allocating, a model larger than the memory the process may use.

@@ -18,7 +18,7 @@ using namespace moe::model;
 
 TEST(Router, PreSoftmaxKeepsFullSoftmaxProbabilities) {
   std::vector<float> logits = {1.0f, 3.0f, 2.0f, 0.0f};
-  Routing r = route_topk(logits.data(), 1, 4, 2, /*pre_softmax=*/true);
+  Routing r = route_topk(Backend{}, logits.data(), 1, 4, 2, /*pre_softmax=*/true);
   double z = std::exp(1.0) + std::exp(3.0) + std::exp(2.0) + std::exp(0.0);
   EXPECT_EQ(r.expert_TK, (std::vector<int32_t>{1, 2}));
   EXPECT_NEAR(r.weight_TK[0], std::exp(3.0) / z, 1e-6);
@@ -27,7 +27,7 @@ TEST(Router, PreSoftmaxKeepsFullSoftmaxProbabilities) {
 
 TEST(Router, TopkThenSoftmaxRenormalises) {
   std::vector<float> logits = {1.0f, 3.0f, 2.0f, 0.0f};
-  Routing r = route_topk(logits.data(), 1, 4, 2, /*pre_softmax=*/false);
+  Routing r = route_topk(Backend{}, logits.data(), 1, 4, 2, /*pre_softmax=*/false);
   EXPECT_EQ(r.expert_TK, (std::vector<int32_t>{1, 2}));
   EXPECT_NEAR(r.weight_TK[0] + r.weight_TK[1], 1.0, 1e-6);
   EXPECT_NEAR(r.weight_TK[0], std::exp(1.0) / (std::exp(1.0) + 1.0), 1e-6);
@@ -35,7 +35,7 @@ TEST(Router, TopkThenSoftmaxRenormalises) {
 
 TEST(Router, TiesPickLowerExpertId) {
   std::vector<float> logits = {2.0f, 2.0f, 2.0f};
-  Routing r = route_topk(logits.data(), 1, 3, 2, true);
+  Routing r = route_topk(Backend{}, logits.data(), 1, 3, 2, true);
   EXPECT_EQ(r.expert_TK, (std::vector<int32_t>{0, 1}));
 }
 
@@ -47,7 +47,7 @@ TEST(Dispatcher, PermuteUnpermuteIsIdentityAndGroupsByExpert) {
   for (auto& v : x) v = float(rng.normal());
   // Expert 4 never chosen: make its logit very small.
   for (int64_t t = 0; t < T; ++t) logits[size_t(t * E + 4)] = -100;
-  Routing r = route_topk(logits.data(), T, E, K, true);
+  Routing r = route_topk(Backend{}, logits.data(), T, E, K, true);
   TokenDispatcher disp(Backend{}, r, E);
   EXPECT_EQ(disp.rows(), T * K);
   EXPECT_EQ(disp.count(4), 0);
@@ -128,7 +128,7 @@ TEST(MoeLayer, GroupedExpertsMatchSequentialPerTokenReference) {
       for (int i = 0; i < D; ++i) s += w.router.f32()[e * D + i] * x[size_t(t * D + i)];
       logits[size_t(e)] = float(s);
     }
-    Routing r = route_topk(logits.data(), 1, 4, 2, false);
+    Routing r = route_topk(Backend{}, logits.data(), 1, 4, 2, false);
     std::vector<double> want(D, 0.0);
     for (int k = 0; k < 2; ++k) {
       expert(r.expert_TK[size_t(k)], x.data() + t * D, one);
