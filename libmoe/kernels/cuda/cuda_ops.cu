@@ -1,62 +1,88 @@
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
-
-#include "core/error.h"
+#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
 namespace moe::kernels::cuda {
 
-namespace {
+using detail::as_stream;
+using detail::check;
+using detail::check_blas;
+using detail::check_launch;
+using detail::kThreads;
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw_internal("CUDA {} failed: {}", what, cudaGetErrorString(e));
-}
+namespace detail {
 
-cublasHandle_t cublas() {
+cublasHandle_t cublas(cudaStream_t stream) {
   static cublasHandle_t h = [] {
     cublasHandle_t handle;
-    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) throw_internal("cublasCreate failed");
+    check_blas(cublasCreate(&handle), "cublasCreate");
+    // Pointer mode host (the default) and no TF32: fp32 GEMMs stay fp32, as on the CPU.
+    check_blas(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
     return handle;
   }();
+  check_blas(cublasSetStream(h, stream), "cublasSetStream");
   return h;
 }
 
-// One block per row; fp32 sum of squares reduced in shared memory.
+}  // namespace detail
+
+namespace {
+
+// One block per row: the sum of squares in double (as the CPU), then the scale in float. Each
+// element is read and written by the same thread after the reduction, so out may alias x.
 __global__ void rmsnorm_kernel(const float* x, int64_t D, const float* w, float eps, float* out) {
-  extern __shared__ float partial[];
-  const float* xr = x + blockIdx.x * D;
-  float s = 0;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += xr[i] * xr[i];
-  partial[threadIdx.x] = s;
-  __syncthreads();
-  for (unsigned k = blockDim.x / 2; k > 0; k >>= 1) {
-    if (threadIdx.x < k) partial[threadIdx.x] += partial[threadIdx.x + k];
-    __syncthreads();
-  }
-  const float r = rsqrtf(partial[0] / float(D) + eps);
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[blockIdx.x * D + i] = xr[i] * r * w[i];
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * D;
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += double(xr[i]) * xr[i];
+  s = detail::block_sum(s);
+  const float r = 1.0f / sqrtf(float(s / double(D)) + eps);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[row * D + i] = xr[i] * r * w[i];
 }
 
 __global__ void swiglu_kernel(const float* gu, int64_t T, int64_t F, float* h) {
-  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= T * F) return;
-  int64_t t = i / F, f = i % F;
-  float g = gu[t * 2 * F + f], u = gu[t * 2 * F + F + f];
-  h[i] = g / (1.0f + expf(-g)) * u;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < T * F; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / F, f = i % F;
+    const float g = gu[t * 2 * F + f], u = gu[t * 2 * F + F + f];
+    h[i] = g / (1.0f + expf(-g)) * u;
+  }
 }
 
 __global__ void rope_kernel(float* x, int64_t T, int64_t H, int64_t d, const int32_t* pos, const float* c,
                             const float* s) {
   const int64_t half = d / 2;
-  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= T * H * half) return;
-  int64_t j = i % half, th = i / half, t = th / H;
-  float* v = x + th * d;
-  float cj = c[int64_t(pos[t]) * half + j], sj = s[int64_t(pos[t]) * half + j];
-  float a = v[j], b = v[j + half];
-  v[j] = a * cj - b * sj;
-  v[j + half] = b * cj + a * sj;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < T * H * half;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t j = i % half, th = i / half, t = th / H;
+    float* v = x + th * d;
+    const float cj = c[int64_t(pos[t]) * half + j], sj = s[int64_t(pos[t]) * half + j];
+    const float a = v[j], b = v[j + half];
+    v[j] = a * cj - b * sj;
+    v[j + half] = b * cj + a * sj;
+  }
 }
+
+// y_TN[t] += bias_N, one thread per element.
+__global__ void add_bias_kernel(float* y, const float* bias, int64_t T, int64_t N) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < T * N; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] += bias[i % N];
+}
+
+// One thread per column, walking the tokens in order: the same float additions as the CPU.
+__global__ void bias_backward_kernel(const float* dy, int64_t T, int64_t N, float* db) {
+  for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N; n += int64_t(gridDim.x) * blockDim.x) {
+    float acc = db[n];
+    for (int64_t t = 0; t < T; ++t) acc += dy[t * N + n];
+    db[n] = acc;
+  }
+}
+
+// cuBLAS takes int dimensions.
+int blas_dim(int64_t v, const char* what) {
+  MOE_ASSERT(v >= 0 && v <= 0x7fffffff, "{} = {} does not fit a cuBLAS dimension", what, v);
+  return int(v);
+}
+// A leading dimension: cuBLAS wants at least 1, even for an empty operand.
+int blas_ld(int64_t v, const char* what) { return blas_dim(v > 0 ? v : 1, what); }
 
 }  // namespace
 
@@ -64,6 +90,7 @@ bool device_available(std::string* why) {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error of a failed probe
     if (why) *why = std::string("no usable CUDA driver/device: ") + cudaGetErrorString(e);
     return false;
   }
@@ -83,36 +110,77 @@ void DeviceBuffer::download(void* host, size_t bytes) const {
   check(cudaMemcpy(host, ptr_, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
 }
 
-void rmsnorm(const float* x, int64_t T, int64_t D, const float* w, float eps, float* out) {
-  if (T == 0) return;
-  const int threads = 256;
-  rmsnorm_kernel<<<unsigned(T), threads, threads * sizeof(float)>>>(x, D, w, eps, out);
-  check(cudaGetLastError(), "rmsnorm launch");
+StreamBuffer::StreamBuffer(size_t bytes, Stream stream) : stream_(stream) {
+  check(cudaMallocAsync(&ptr_, bytes ? bytes : 1, as_stream(stream)), "cudaMallocAsync");
+}
+StreamBuffer::~StreamBuffer() { cudaFreeAsync(ptr_, as_stream(stream_)); }
+
+void rmsnorm(const float* x, int64_t T, int64_t D, const float* w, float eps, float* out, Stream stream) {
+  if (T == 0 || D == 0) return;
+  rmsnorm_kernel<<<detail::rows_grid(T), kThreads, 0, as_stream(stream)>>>(x, D, w, eps, out);
+  check_launch("rmsnorm");
 }
 
-void swiglu(const float* gu, int64_t T, int64_t F, float* h) {
-  const int64_t n = T * F;
-  if (n == 0) return;
-  swiglu_kernel<<<unsigned((n + 255) / 256), 256>>>(gu, T, F, h);
-  check(cudaGetLastError(), "swiglu launch");
+void swiglu(const float* gu, int64_t T, int64_t F, float* h, Stream stream) {
+  if (T * F == 0) return;
+  swiglu_kernel<<<detail::blocks_for(T * F), kThreads, 0, as_stream(stream)>>>(gu, T, F, h);
+  check_launch("swiglu");
 }
 
-void rope_apply(float* x, int64_t T, int64_t H, int64_t d, const int32_t* pos, const float* c, const float* s) {
+void rope_apply(float* x, int64_t T, int64_t H, int64_t d, const int32_t* pos, const float* c, const float* s,
+                Stream stream) {
   const int64_t n = T * H * (d / 2);
   if (n == 0) return;
-  rope_kernel<<<unsigned((n + 255) / 256), 256>>>(x, T, H, d, pos, c, s);
-  check(cudaGetLastError(), "rope launch");
+  rope_kernel<<<detail::blocks_for(n), kThreads, 0, as_stream(stream)>>>(x, T, H, d, pos, c, s);
+  check_launch("rope_apply");
 }
 
-void linear_f32(const float* x, int64_t T, const float* W, int64_t N, int64_t D, float* y) {
-  // Row-major y[T,N] = x[T,D] . W[N,D]^T  <=>  column-major y^T[N,T] = W^T... : C = op(A) op(B)
-  // with A = W (col-major [D,N], transposed -> [N,D]) and B = x (col-major [D,T]).
-  const float one = 1.0f, zero = 0.0f;
-  if (cublasSgemm(cublas(), CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(T), int(D), &one, W, int(D), x, int(D), &zero, y,
-                  int(N)) != CUBLAS_STATUS_SUCCESS)
-    throw_internal("cublasSgemm failed for y[{}, {}] = x[{}, {}] W^T", T, N, T, D);
+// Row-major matrices are column-major transposes, so each row-major product below is written
+// as the column-major product of the transposes: C_rm = A B  <=>  Cᵀ = Bᵀ Aᵀ.
+void linear_f32(const float* x, int64_t T, const float* W, int64_t N, int64_t D, float* y, const float* bias,
+                bool accumulate, Stream stream) {
+  if (T == 0 || N == 0) return;
+  const cudaStream_t s = as_stream(stream);
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  // yᵀ[N,T] = (W as col-major [D,N])ᵀ . (x as col-major [D,T]).
+  check_blas(cublasSgemm(detail::cublas(s), CUBLAS_OP_T, CUBLAS_OP_N, blas_dim(N, "N"), blas_dim(T, "T"),
+                         blas_dim(D, "D"), &one, W, blas_ld(D, "D"), x, blas_ld(D, "D"), &beta, y, blas_ld(N, "N")),
+             "Sgemm (linear)");
+  if (bias) {
+    add_bias_kernel<<<detail::blocks_for(T * N), kThreads, 0, s>>>(y, bias, T, N);
+    check_launch("linear bias");
+  }
+}
+
+void linear_backward_input(const float* dy, int64_t T, const float* W, int64_t N, int64_t D, float* dx, bool accumulate,
+                           Stream stream) {
+  if (T == 0 || D == 0) return;
+  const cudaStream_t s = as_stream(stream);
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  // dxᵀ[D,T] = (W as col-major [D,N]) . (dy as col-major [N,T]).
+  check_blas(cublasSgemm(detail::cublas(s), CUBLAS_OP_N, CUBLAS_OP_N, blas_dim(D, "D"), blas_dim(T, "T"),
+                         blas_dim(N, "N"), &one, W, blas_ld(D, "D"), dy, blas_ld(N, "N"), &beta, dx, blas_ld(D, "D")),
+             "Sgemm (linear_backward_input)");
+}
+
+void linear_backward_weight(const float* dy, const float* x, int64_t T, int64_t N, int64_t D, float* dW,
+                            Stream stream) {
+  if (N == 0 || D == 0 || T == 0) return;  // T == 0 adds nothing
+  const cudaStream_t s = as_stream(stream);
+  const float one = 1.0f;
+  // dWᵀ[D,N] += (x as col-major [D,T]) . (dy as col-major [N,T])ᵀ.
+  check_blas(cublasSgemm(detail::cublas(s), CUBLAS_OP_N, CUBLAS_OP_T, blas_dim(D, "D"), blas_dim(N, "N"),
+                         blas_dim(T, "T"), &one, x, blas_ld(D, "D"), dy, blas_ld(N, "N"), &one, dW, blas_ld(D, "D")),
+             "Sgemm (linear_backward_weight)");
+}
+
+void bias_backward(const float* dy, int64_t T, int64_t N, float* db, Stream stream) {
+  if (N == 0 || T == 0) return;
+  bias_backward_kernel<<<detail::blocks_for(N), kThreads, 0, as_stream(stream)>>>(dy, T, N, db);
+  check_launch("bias_backward");
 }
 
 void synchronize() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+void synchronize(Stream stream) { check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize"); }
 
 }  // namespace moe::kernels::cuda
