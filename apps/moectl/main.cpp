@@ -1,12 +1,23 @@
 // moectl: one binary, swift-style subcommands. Errors from the library arrive here as
 // moe::Error and are printed as one line; exit 2 for bad input, 1 for internal failures.
 // Command-line mistakes get the same treatment: one `moectl: error: ...` line, exit 2.
+// As one rank of a job (mpirun, srun), an error ends every rank (the others would wait in a
+// collective), messages name the rank, and only rank 0 logs at info level.
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <string>
+#include <vector>
 
 #include "commands.h"
 #include "core/error.h"
+#include "core/log.h"
+#include "core/parallel.h"
+#include "dist/launch.h"
+#include "dist/mpi_communicator.h"
 
 namespace {
 
@@ -17,10 +28,35 @@ std::string command_list(CLI::App& app) {
   return s;
 }
 
-int usage_error(const std::string& line) {
+moe::dist::LaunchEnv g_launch;  // how this process was started
+
+// "moectl: error: ..." (prefixed with the rank in a job); the return value is the exit code, and
+// in a job it ends every rank.
+int fail(const char* kind, const std::string& line, int code) {
   std::fflush(stdout);
-  std::fprintf(stderr, "moectl: error: %s\n", line.c_str());
-  return 2;
+  if (g_launch.distributed()) {
+    std::fprintf(stderr, "moectl: %s (rank %d of %d): %s\n", kind, g_launch.rank, g_launch.world_size, line.c_str());
+    std::fflush(stderr);
+    moe::dist::MpiCommunicator::abort_job(code);
+  }
+  std::fprintf(stderr, "moectl: %s: %s\n", kind, line.c_str());
+  return code;
+}
+
+int usage_error(const std::string& line) { return fail("error", line, 2); }
+
+// NPROC_PER_NODE=N moectl pt|sft ... (swift's torchrun variables): the job is started through
+// mpirun, replacing this process. Returns only when there is nothing to start.
+void self_launch(int argc, char** argv) {
+  if (argc < 2 || (std::strcmp(argv[1], "pt") != 0 && std::strcmp(argv[1], "sft") != 0)) return;
+  const auto cmd = moe::dist::self_launch_command(argc, argv);
+  if (!cmd) return;
+  std::vector<char*> args;
+  for (const auto& a : *cmd) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::fflush(stdout);
+  execv(args[0], args.data());
+  moe::throw_input("could not start {}: {}", (*cmd)[0], std::strerror(errno));
 }
 
 // One line for a CLI11 parse error, naming the command the user was running and where its
@@ -46,6 +82,14 @@ std::string parse_error_line(CLI::App& app, const CLI::ParseError& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  try {
+    g_launch = moe::dist::launch_env();
+    self_launch(argc, argv);
+  } catch (const moe::Error& e) {
+    return fail("error", e.what(), e.exit_code());
+  }
+  if (const int n = moe::dist::threads_per_rank(g_launch)) moe::set_num_threads(n);
+  if (g_launch.rank != 0) moe::set_log_level(spdlog::level::warn);
   CLI::App app{"moectl: Mixture-of-Experts models in native code (export, pt, sft, infer, plan)"};
   // swift's argparse semantics: a flag given twice keeps its last value. Set before the
   // subcommands exist, which copy these defaults; list options (--dataset a b) keep every value
@@ -73,13 +117,9 @@ int main(int argc, char** argv) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
     return usage_error(parse_error_line(app, e));
   } catch (const moe::Error& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "moectl: error: %s\n", e.what());
-    return e.exit_code();
+    return fail("error", e.what(), e.exit_code());
   } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "moectl: internal error: %s\n", e.what());
-    return 1;
+    return fail("internal error", e.what(), 1);
   }
   return 0;
 }

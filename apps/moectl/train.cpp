@@ -1,12 +1,15 @@
-// `moectl pt` and `moectl sft`: training on one process with Megatron-SWIFT's flags (3.x names
-// as in its quick start, 4.x names as aliases): load or initialise the model, build the
-// dataset, run the loop in libmoe/train, save Megatron checkpoints (+ HF safetensors).
+// `moectl pt` and `moectl sft`: training with Megatron-SWIFT's flags (3.x names as in its quick
+// start, 4.x names as aliases): load or initialise the model, build the dataset, run the loop in
+// libmoe/train, save Megatron checkpoints (+ HF safetensors). On one process, or as one rank of a
+// data-parallel job started by mpirun/srun (or by NPROC_PER_NODE, see main.cpp): every rank reads
+// the inputs, world rank 0 alone makes the run dir and writes every file.
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +20,9 @@
 #include "core/log.h"
 #include "core/mapped_file.h"
 #include "core/output_dir.h"
+#include "dist/launch.h"
+#include "dist/mpi_communicator.h"
+#include "dist/process_groups.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
 #include "text/chat_template.h"
@@ -45,7 +51,28 @@ struct TrainArgs {
   std::string truncation_strategy = "delete";
   moe::train::TrainerConfig t;
   moe::model::TrainOptions m;
+  // Megatron's parallel sizes; data parallel is what the world leaves.
+  int tp = 1, pp = 1, ep = 1, etp = 0, cp = 1, vpp = 1;
+  bool use_distributed_optimizer = true;
 };
+
+// The job's layout on `world` ranks, refused up front (on every rank, with the same line) when
+// the sizes do not fit the world or need a parallelism this version does not train with yet.
+moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world) {
+  const auto l = moe::dist::ParallelLayout::from_flags(world, a.tp, a.pp, a.ep, a.etp, a.cp, a.vpp);
+  auto not_yet = [](const char* flag, int v, const char* what) {
+    if (v > 1)
+      moe::throw_input("{} {}: {} is not implemented in training yet; data parallelism is (leave the flag out)", flag,
+                       v, what);
+  };
+  not_yet("--tensor_model_parallel_size", l.tp, "tensor parallelism");
+  not_yet("--pipeline_model_parallel_size", l.pp, "pipeline parallelism");
+  not_yet("--virtual_pipeline_model_parallel_size", l.vpp, "interleaved pipeline parallelism");
+  not_yet("--context_parallel_size", l.cp, "context parallelism");
+  not_yet("--expert_model_parallel_size", l.ep, "expert parallelism");
+  not_yet("--expert_tensor_parallel_size", l.etp, "expert tensor parallelism");
+  return l;
+}
 
 moe::DType dtype_from(const std::string& s, moe::DType fallback) {
   if (s.empty()) return fallback;
@@ -116,6 +143,19 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   namespace model = moe::model;
   namespace checkpoint = moe::checkpoint;
   validate_flags(a, cli);
+  // The job's ranks: MPI starts first, so a later error on any rank ends every rank (main.cpp).
+  const auto launch = moe::dist::launch_env();
+  std::unique_ptr<moe::dist::Communicator> world;
+  if (launch.distributed()) world = moe::dist::MpiCommunicator::world();
+  const auto layout = parallel_layout(a, world ? world->size() : 1);
+  const auto groups = world ? std::make_shared<const moe::dist::ProcessGroups>(layout, *world)
+                            : std::make_shared<const moe::dist::ProcessGroups>(moe::dist::ProcessGroups::local());
+  const bool writer = !world || world->rank() == 0;
+  if (a.t.global_batch_size % (a.t.micro_batch_size * layout.dp) != 0)
+    moe::throw_input(
+        "--global_batch_size {} must be a multiple of --micro_batch_size {} x the data-parallel size {} ({} ranks / "
+        "(TP x PP x CP))",
+        a.t.global_batch_size, a.t.micro_batch_size, layout.dp, layout.world());
   if (a.model.empty() && a.load.empty())
     moe::throw_input("pass --model HF_DIR (or a dir with only config.json + tokenizer) or --load MCORE_DIR");
   const std::string src = a.load.empty() ? a.model : a.load;
@@ -170,8 +210,12 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   if (resuming && !fs::exists(fs::path(a.load) / "latest_checkpointed_iteration.txt"))
     moe::throw_input("--finetune false resumes a Megatron checkpoint, but {} has no latest_checkpointed_iteration.txt",
                      a.load);
-  const moe::train::RunDir run_dir(save_root, rdo);
-  t.out_dir = run_dir.path();
+  // The writer makes the run dir; the other ranks learn its name (they write nothing into it).
+  std::optional<moe::train::RunDir> run_dir;
+  if (writer) run_dir.emplace(save_root, rdo);
+  t.out_dir = run_dir ? run_dir->path() : "";
+  if (world) t.out_dir = moe::dist::broadcast_string(*world, t.out_dir, 0);
+  t.groups = groups, t.writer = writer;
   t.ckpt.dtype = dtype_from(a.torch_dtype, lm.config.params_dtype);
   t.ckpt.save_optim = !a.no_save_optim, t.ckpt.save_rng = !a.no_save_rng, t.ckpt.save_safetensors = a.save_safetensors;
   t.ckpt.source_dir = src;
@@ -194,14 +238,20 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                          {"packing", a.packing},
                          {"seed", t.seed},
                          {"torch_dtype", moe::torch_dtype_name(t.ckpt.dtype)},
-                         {"tensor_model_parallel_size", 1},
-                         {"pipeline_model_parallel_size", 1},
-                         {"expert_model_parallel_size", 1},
-                         {"expert_tensor_parallel_size", 1},
+                         {"world_size", layout.world()},
+                         {"data_parallel_size", layout.dp},
+                         {"tensor_model_parallel_size", layout.tp},
+                         {"pipeline_model_parallel_size", layout.pp},
+                         {"virtual_pipeline_model_parallel_size", layout.vpp},
+                         {"expert_model_parallel_size", layout.ep},
+                         {"expert_tensor_parallel_size", layout.etp},
+                         {"context_parallel_size", layout.cp},
+                         {"use_distributed_optimizer", a.use_distributed_optimizer},
                          {"make_vocab_size_divisible_by", 128},
                          {"train_type", "full"}};
-  moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
+  if (writer) moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
   moe::log().info("output_dir: {}", t.out_dir);
+  if (layout.dp > 1) moe::log().info("{} processes: data parallel {} ({})", layout.world(), layout.dp, launch.launcher);
   model::TrainModel tm(lm.config, lm.state, a.m);
   lm.state.clear();          // the trainer holds its own fp32 copy
   moe::keep_freed_memory();  // the step's buffers come back from the heap, not from new pages
@@ -209,7 +259,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   // which would break the bar's line, are held back); elsewhere plain log lines.
   std::unique_ptr<moe::train::ProgressBar> bar;
   const auto level = moe::log().level();
-  if (isatty(fileno(stderr))) {
+  if (writer && isatty(fileno(stderr))) {
     t.on_iteration = [&bar, level](const moe::train::IterationReport& r) {
       if (!bar) {
         bar = std::make_unique<moe::train::ProgressBar>("Train", r.total);
@@ -222,17 +272,19 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   }
   const auto r = moe::train::run_training(t, tm, data);
   if (bar) bar->finish(), moe::set_log_level(level);
-  std::printf("trained %lld iterations (%lld skipped), last loss %.6f; checkpoint: %s\n",
-              static_cast<long long>(r.iterations), static_cast<long long>(r.skipped), r.last_loss,
-              r.last_checkpoint.c_str());
+  if (writer)
+    std::printf("trained %lld iterations (%lld skipped), last loss %.6f; checkpoint: %s\n",
+                static_cast<long long>(r.iterations), static_cast<long long>(r.skipped), r.last_loss,
+                r.last_checkpoint.c_str());
 }
 
 void add_command(CLI::App& root, bool pretrain) {
   auto a = std::make_shared<TrainArgs>();
   a->pretrain = pretrain;
-  auto* c = root.add_subcommand(pretrain ? "pt" : "sft",
-                                pretrain ? "Pre-train (loss on every token) on one process"
-                                         : "Supervised fine-tuning (loss on assistant turns) on one process");
+  auto* c = root.add_subcommand(
+      pretrain ? "pt" : "sft",
+      pretrain ? "Pre-train (loss on every token); one process or mpirun/NPROC_PER_NODE"
+               : "Supervised fine-tuning (loss on assistant turns); one process or mpirun/NPROC_PER_NODE");
   auto& t = a->t;
   auto& m = a->m;
   c->add_option("--model", a->model, "HF model dir, or a dir with only config.json + tokenizer (random init)");
@@ -296,6 +348,14 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--moe_token_drop_policy", m.moe.token_drop_policy, "probs | position");
   c->add_option("--moe_router_enable_expert_bias", m.moe.enable_expert_bias, "Aux-loss-free balancing bias");
   c->add_option("--moe_router_bias_update_rate", m.moe.bias_update_rate, "Expert bias step");
+  c->add_option("--tensor_model_parallel_size", a->tp, "Tensor parallel size (1 in this version)");
+  c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline parallel size (1 in this version)");
+  c->add_option("--virtual_pipeline_model_parallel_size", a->vpp, "Model chunks per pipeline rank (1)");
+  c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (1 in this version)");
+  c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor parallel size (default: as TP)");
+  c->add_option("--context_parallel_size", a->cp, "Context parallel size (1 in this version)");
+  c->add_option("--use_distributed_optimizer", a->use_distributed_optimizer,
+                "Shard the optimizer over DP (accepted; this version keeps it replicated on every rank)");
   c->callback([a, c] {
     a->t.seed = uint64_t(a->seed);
     moe::model::parse_recompute(a->recompute_granularity, &a->m.recompute.granularity);  // checked in run()

@@ -9,6 +9,8 @@
 
 namespace moe {
 int num_threads();
+// Sets the thread count for every later parallel region (a launcher's share of the cores).
+void set_num_threads(int n);
 // Runs fn(begin, end) over [0, n) split into contiguous chunks, one per thread. Inside an
 // enclosing parallel region it runs serially on the calling thread.
 template <class F>

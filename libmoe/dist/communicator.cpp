@@ -13,6 +13,7 @@ size_t data_type_size(DataType t) {
     case DataType::kI32: return 4;
     case DataType::kI64: return 8;
     case DataType::kU8: return 1;
+    case DataType::kF64: return 8;
   }
   return 1;
 }
@@ -24,6 +25,7 @@ const char* data_type_name(DataType t) {
     case DataType::kI32: return "i32";
     case DataType::kI64: return "i64";
     case DataType::kU8: return "u8";
+    case DataType::kF64: return "f64";
   }
   return "?";
 }
@@ -95,6 +97,14 @@ void Communicator::barrier() { do_barrier(); }
 std::unique_ptr<Communicator> Communicator::split(int color, int key, const std::string& name) {
   if (color < 0) throw_internal("{}: negative color {}", where("split"), color);
   return do_split(color, key, name);
+}
+
+std::string broadcast_string(Communicator& c, std::string s, int root) {
+  int64_t n = int64_t(s.size());
+  c.broadcast(&n, 1, DataType::kI64, root);
+  s.resize(size_t(n));
+  c.broadcast(s.data(), n, DataType::kU8, root);
+  return s;
 }
 
 }  // namespace moe::dist

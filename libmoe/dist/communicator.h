@@ -23,8 +23,8 @@
 namespace moe::dist {
 
 // Element types that cross ranks: activations and gradients (f32, bf16), token counts and ids
-// (i32, i64), raw bytes (u8, for serialised objects).
-enum class DataType : uint8_t { kF32, kBF16, kI32, kI64, kU8 };
+// (i32, i64), raw bytes (u8, for serialised objects), step statistics summed exactly (f64).
+enum class DataType : uint8_t { kF32, kBF16, kI32, kI64, kU8, kF64 };
 size_t data_type_size(DataType t);
 const char* data_type_name(DataType t);
 
@@ -97,5 +97,8 @@ class Communicator {
   int rank_, size_;
   std::string name_;
 };
+
+// Root's `s` on every rank of `c` (a collective: its length, then its bytes).
+std::string broadcast_string(Communicator& c, std::string s, int root);
 
 }  // namespace moe::dist

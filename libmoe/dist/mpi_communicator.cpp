@@ -1,5 +1,7 @@
 #include "dist/mpi_communicator.h"
 
+#include <cstdlib>
+
 #include "core/error.h"
 
 #ifdef MOE_HAVE_MPI
@@ -74,6 +76,7 @@ MPI_Datatype mpi_type(DataType t) {
     case DataType::kI32: return MPI_INT32_T;
     case DataType::kI64: return MPI_INT64_T;
     case DataType::kU8: return MPI_UINT8_T;
+    case DataType::kF64: return MPI_DOUBLE;
   }
   return MPI_BYTE;
 }
@@ -99,6 +102,14 @@ int as_int(int64_t v, int world_rank, const std::string& where) {
 }  // namespace
 
 bool MpiCommunicator::available() { return true; }
+
+void MpiCommunicator::abort_job(int code) {
+  int inited = 0, finalized = 0;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&finalized);
+  if (inited && !finalized) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
 
 std::unique_ptr<MpiCommunicator> MpiCommunicator::world() {
   ensure_initialized();
@@ -220,6 +231,8 @@ std::unique_ptr<Communicator> MpiCommunicator::do_split(int color, int key, cons
 struct MpiCommunicator::Impl {};
 
 bool MpiCommunicator::available() { return false; }
+
+void MpiCommunicator::abort_job(int code) { std::_Exit(code); }
 
 std::unique_ptr<MpiCommunicator> MpiCommunicator::world() {
   throw_input("this moectl was built without MPI (install libopenmpi-dev and rebuild with -DMOE_MPI=AUTO or ON)");

@@ -19,6 +19,9 @@ class MpiCommunicator final : public Communicator {
   // The communicator of every process of the job (MPI_COMM_WORLD), named "world". Each call returns
   // a new handle on the same group.
   static std::unique_ptr<MpiCommunicator> world();
+  // Ends every process of the job with `code` (MPI_Abort) when MPI is running; else exits. The way
+  // out of a rank's error: returning normally would leave the other ranks waiting in a collective.
+  [[noreturn]] static void abort_job(int code);
   ~MpiCommunicator() override;
 
  private:

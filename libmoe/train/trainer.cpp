@@ -15,7 +15,10 @@ namespace moe::train {
 
 namespace fs = std::filesystem;
 
-int64_t iterations_for_epochs(int64_t rows, int mbs, int gbs, int epochs) { return (rows / mbs) * mbs * epochs / gbs; }
+int64_t iterations_for_epochs(int64_t rows, int mbs, int gbs, int epochs, int dp) {
+  const int64_t slab = int64_t(mbs) * dp;
+  return (rows / slab) * slab * epochs / gbs;
+}
 
 namespace {
 
@@ -28,19 +31,49 @@ std::vector<ParamRef> param_refs(model::TrainModel& m) {
 
 model::MicroBatchView view(const MicroBatch& mb) { return {mb.tokens, mb.labels, mb.position_ids, mb.cu_seqlens}; }
 
+// The data-parallel group: this rank's share of every batch, and the sums over the ranks.
+struct DataParallel {
+  dist::Communicator* group = nullptr;  // null: one process
+  int size = 1, rank = 0;
+  explicit DataParallel(const dist::ProcessGroups* g) {
+    if (g && g->dp().size() > 1) group = &g->dp(), size = group->size(), rank = group->rank();
+  }
+  bool mine(size_t micro_batch) const { return int(micro_batch % size_t(size)) == rank; }
+  // Every rank ends with the sums over the group (gradients are summed, not averaged: the loss
+  // scale already divides by the global batch's label tokens).
+  void sum(std::span<float> v) const {
+    if (group) group->all_reduce(v.data(), int64_t(v.size()), dist::DataType::kF32, dist::ReduceOp::kSum);
+  }
+  void sum(model::StepStats& st) const {
+    if (!group) return;
+    double f[3] = {st.lm_loss_sum, st.aux_loss, st.z_loss};
+    group->all_reduce(f, 3, dist::DataType::kF64, dist::ReduceOp::kSum);
+    st.lm_loss_sum = f[0], st.aux_loss = f[1], st.z_loss = f[2];
+    std::vector<int64_t> n = {st.loss_tokens, st.correct};
+    n.insert(n.end(), st.tokens_per_expert.begin(), st.tokens_per_expert.end());
+    group->all_reduce(n.data(), int64_t(n.size()), dist::DataType::kI64, dist::ReduceOp::kSum);
+    st.loss_tokens = n[0], st.correct = n[1];
+    std::copy(n.begin() + 2, n.end(), st.tokens_per_expert.begin());
+  }
+};
+
 }  // namespace
 
 TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, const Datasets& data) {
   const auto& mc = model.config();
-  if (cfg.global_batch_size % cfg.micro_batch_size != 0)
-    throw_input("--global_batch_size {} must be a multiple of --micro_batch_size {}", cfg.global_batch_size,
-                cfg.micro_batch_size);
-  const int accum = cfg.global_batch_size / cfg.micro_batch_size;  // DP = 1 on one process
+  const DataParallel dp(cfg.groups.get());
+  if (cfg.global_batch_size % (cfg.micro_batch_size * dp.size) != 0)
+    throw_input(
+        "--global_batch_size {} must be a multiple of --micro_batch_size {} x the data-parallel size {} (world size / "
+        "(TP x PP x CP))",
+        cfg.global_batch_size, cfg.micro_batch_size, dp.size);
+  // Micro-batches per global batch, over all DP ranks; this rank runs every dp.size-th.
+  const int accum = cfg.global_batch_size / cfg.micro_batch_size;
   DataLoader loader(data.train, cfg.micro_batch_size, cfg.packing, cfg.max_length, cfg.seed);
   int64_t train_iters = cfg.train_iters;
   if (train_iters <= 0) {
-    train_iters =
-        iterations_for_epochs(loader.rows_per_epoch(), cfg.micro_batch_size, cfg.global_batch_size, cfg.max_epochs);
+    train_iters = iterations_for_epochs(loader.rows_per_epoch(), cfg.micro_batch_size, cfg.global_batch_size,
+                                        cfg.max_epochs, dp.size);
     if (train_iters <= 0)
       throw_input(
           "{} training rows make no global batch of {} over {} epoch(s); lower --global_batch_size or set "
@@ -64,6 +97,9 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
                rs.had_optimizer ? "restored" : "fresh", rs.had_rng ? "restored" : "from the start");
   }
   const JsonlLog jl((fs::path(cfg.out_dir) / "logging.jsonl").string());
+  auto write_line = [&](const nlohmann::json& line) {
+    if (cfg.writer) jl.write(line);
+  };
   PlotHistory hist;
   hist.expert_load.assign(size_t(mc.num_layers), std::vector<double>(size_t(std::max(mc.num_experts, 0)), 0.0));
   const size_t iters_left = size_t(std::max<int64_t>(train_iters - prog.iteration, 0));  // no growth in the loop
@@ -82,16 +118,22 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     const int64_t batches = cfg.eval_iters > 0 ? int64_t(cfg.eval_iters) * accum
                                                : std::max<int64_t>(1, ev.rows_per_epoch() / cfg.micro_batch_size);
     model::StepStats st;
-    for (int64_t b = 0; b < batches; ++b) st.add(model.evaluate(view(ev.next())));
+    st.tokens_per_expert.assign(size_t(mc.num_layers) * size_t(std::max(mc.num_experts, 0)), 0);
+    MicroBatch mb;
+    for (int64_t b = 0; b < batches; ++b) {
+      ev.next(mb);
+      if (dp.mine(size_t(b))) st.add(model.evaluate(view(mb)));
+    }
+    dp.sum(st);
     const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
     const double acc = double(st.correct) / double(std::max<int64_t>(st.loss_tokens, 1));
     report.lines.push_back(eval_line({{"loss", loss}, {"acc", acc}}, iter, train_iters));
-    jl.write(report.lines.back());
+    write_line(report.lines.back());
     hist.eval_loss.push_back({double(iter), loss});
     if (loss < res.best_eval_loss) res.best_eval_loss = loss, res.best_checkpoint = cfg.out_dir;
   };
   auto save = [&](int64_t iter) {
-    if (!cfg.save) return;
+    if (!cfg.save || !cfg.writer) return;
     prog.iteration = iter, prog.data = loader.position();
     save_checkpoint(cfg.out_dir, model, opt, lrc, prog, cfg.ckpt);
     res.last_checkpoint = cfg.out_dir;
@@ -101,7 +143,8 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   auto flush_report = [&](int64_t iter, double loss, double lr) {
     report.iteration = iter, report.total = train_iters, report.elapsed_s = elapsed();
     report.loss = loss, report.lr = lr;
-    if (cfg.on_iteration) cfg.on_iteration(report);
+    if (!cfg.writer) report.lines.clear();
+    else if (cfg.on_iteration) cfg.on_iteration(report);
     else
       for (const auto& l : report.lines) log().info("{}", l.dump());
     report.lines.clear();
@@ -121,11 +164,14 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     }
     model.zero_grad();
     model::StepStats st;
+    st.tokens_per_expert.assign(size_t(mc.num_layers) * size_t(std::max(mc.num_experts, 0)), 0);
     const float loss_scale = 1.0f / float(std::max<int64_t>(loss_tokens, 1));
-    for (const auto& mb : mbs) {
-      st.add(model.forward_backward(view(mb), loss_scale, 1.0f / float(accum)));
-      win_train_tokens += int64_t(mb.tokens.size());
+    for (size_t j = 0; j < mbs.size(); ++j) {
+      if (dp.mine(j)) st.add(model.forward_backward(view(mbs[j]), loss_scale, 1.0f / float(accum)));
+      win_train_tokens += int64_t(mbs[j].tokens.size());
     }
+    dp.sum(model.flat_grads());
+    dp.sum(st);
     const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
     const double grad_norm = clip_grad_norm(params, cfg.clip_grad);
     const double lr = sched.lr_at(iter - 1);  // Megatron: the schedule steps after the update
@@ -172,7 +218,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       line["remaining_time"] = format_duration(per_it * double(train_iters - iter));
       line["memory(GiB)"] = peak_rss_gib();
       line["train_speed(s/it)"] = per_it;
-      jl.write(line);
+      write_line(line);
       report.lines.push_back(std::move(line));
       win_loss = win_aux = win_z = win_time = 0, win_tokens = win_correct = win_steps = win_train_tokens = 0;
     }
@@ -186,11 +232,11 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     flush_report(train_iters, res.last_loss, sched.lr_at(train_iters - 1));
   }
   save(train_iters);
-  write_training_plots(cfg.out_dir, hist);
+  if (cfg.writer) write_training_plots(cfg.out_dir, hist);
   nlohmann::json fin = summary_line(res.last_checkpoint, res.best_checkpoint, res.best_eval_loss);
   fin["global_step"] = train_iters;
   fin["memory(GiB)"] = peak_rss_gib();
-  jl.write(fin);
+  write_line(fin);
   return res;
 }
 

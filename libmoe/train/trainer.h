@@ -1,16 +1,24 @@
-// The training loop of `moectl pt` / `moectl sft` on one process: micro-batches accumulated
-// into global batches, loss normalised over the global batch's label tokens (Megatron's
-// per-token loss), auxiliary MoE losses averaged over micro-batches, gradient clipping, a
-// step skipped and counted when the loss or gradient norm is not finite, LR schedule,
-// logging, evaluation, checkpoints and plots.
+// The training loop of `moectl pt` / `moectl sft`, on one process or as one rank of a
+// data-parallel job: micro-batches accumulated into global batches, loss normalised over the
+// global batch's label tokens (Megatron's per-token loss), auxiliary MoE losses averaged over
+// micro-batches, gradient clipping, a step skipped and counted when the loss or gradient norm is
+// not finite, LR schedule, logging, evaluation, checkpoints and plots.
+//
+// Data parallelism: every rank reads the global batch in the single process's order and runs
+// the micro-batches j with j % DP == its DP rank (Megatron's sampler gives DP rank r the r-th
+// micro-batch-sized slice of every DP x micro-batch rows); gradients and the step's statistics
+// are summed over the DP group, so every rank clips, skips and steps identically and the result
+// is the single-process one up to the order of the sums. Only the writer rank writes files.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "dist/process_groups.h"
 #include "model/train_model.h"
 #include "train/checkpoint.h"
 #include "train/dataset.h"
@@ -47,6 +55,10 @@ struct TrainerConfig {
   // When set, called after every iteration and the caller shows the lines (a progress bar on a
   // terminal); otherwise each line goes to the log.
   std::function<void(const IterationReport&)> on_iteration;
+  // The rank's process groups; null: one process.
+  std::shared_ptr<const dist::ProcessGroups> groups;
+  // Whether this rank writes logging.jsonl, plots and checkpoints (world rank 0).
+  bool writer = true;
 };
 
 struct TrainResult {
@@ -58,7 +70,9 @@ struct TrainResult {
 // Runs the loop; `model` starts from the loaded or initialised weights.
 TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, const Datasets& data);
 
-// Megatron-SWIFT's iteration count for --max_epochs: whole global batches over the epochs.
-int64_t iterations_for_epochs(int64_t rows_per_epoch, int micro_batch_size, int global_batch_size, int epochs);
+// Megatron-SWIFT's iteration count for --max_epochs: whole global batches over the epochs, the
+// rows of an epoch cut to a multiple of micro_batch_size x DP.
+int64_t iterations_for_epochs(int64_t rows_per_epoch, int micro_batch_size, int global_batch_size, int epochs,
+                              int data_parallel_size = 1);
 
 }  // namespace moe::train

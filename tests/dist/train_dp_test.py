@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Data-parallel training (issue 13) equals the single process, end to end through the CLI:
+- layout parity: per-iteration loss and grad norm, and the final weights, of DP2 and DP4 runs
+  under mpirun equal the one-process run to 1e-5 relative (fp32): a Qwen3-MoE model (8 experts,
+  GQA, 4 layers) plain, with the aux-loss-free expert bias and with capacity dropping, and a
+  Qwen2-MoE model with a shared expert and a dense layer under seq_aux_loss;
+- the launcher: NPROC_PER_NODE=2 moectl sft ... gives the losses of mpirun -np 2 (bitwise);
+- resharding: a DP2 run saved at iteration 2 resumes in one process with the losses of the run
+  that never stopped;
+- files: only rank 0 writes, args.json records the parallel sizes;
+- faults: a layout the world does not divide, and a missing dataset, end every rank with exit 2
+  and the one-line message; a rank killed mid-run ends the job non-zero within seconds.
+Usage: train_dp_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
+MPIEXEC = sys.argv[4]
+shutil.rmtree(WORK, ignore_errors=True)
+os.makedirs(WORK)
+sys.path.insert(0, os.path.join(SRC, "tests", "parity"))
+import hf_model  # noqa: E402
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+ENV.pop("NPROC_PER_NODE", None)
+failures = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        failures.append(what)
+
+
+def mpirun(np):
+    return [MPIEXEC, "-np", str(np), "--oversubscribe"] if np > 1 else []
+
+
+def run(args, np=1, env=None, expect=0):
+    p = subprocess.run(mpirun(np) + [MOECTL] + args, capture_output=True, text=True, cwd=WORK, env=env or ENV,
+                       timeout=300)
+    if expect is not None:
+        assert p.returncode == expect, f"np {np} moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr[-3000:]}"
+    return p
+
+
+def run_dir(save):
+    dirs = sorted(glob.glob(os.path.join(WORK, save, "v*")))
+    assert len(dirs) == 1, f"{save}: run dirs {dirs}"
+    return dirs[0]
+
+
+def train_log(save):
+    rows = [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
+    return [(r["loss"], r["grad_norm"]) for r in rows if "grad_norm" in r]
+
+
+def final_model(save, it):
+    return torch.load(os.path.join(run_dir(save), f"iter_{it:07d}", "mp_rank_00", "model_optim_rng.pt"))["model"]
+
+
+def rel(a, b):
+    return abs(a - b) / max(abs(a), abs(b), 1e-30)
+
+
+def same_run(ref, got, what, tol=1e-5, weights_at=None):
+    a, b = train_log(ref), train_log(got)
+    check(len(a) == len(b) and len(a) > 0, f"{what}: {len(b)} logged iterations, expected {len(a)}")
+    worst = max((max(rel(x[0], y[0]), rel(x[1], y[1])) for x, y in zip(a, b)), default=0.0)
+    check(worst <= tol, f"{what}: loss and grad norm per iteration within {tol} (worst {worst:.2e})")
+    if weights_at:
+        # Relative in L2 over the whole model: Adam turns a gradient that is zero in exact
+        # arithmetic but not in rounding (the key bias's: softmax ignores a shift shared by every
+        # key) into a full lr step of either sign, so an element-wise measure would compare the
+        # rounding of two summation orders, not the layouts.
+        wa, wb = final_model(ref, weights_at), final_model(got, weights_at)
+        num = den = 0.0
+        for k, t in wa.items():
+            if torch.is_tensor(t) and t.is_floating_point():
+                num += ((t.double() - wb[k].double()) ** 2).sum().item()
+                den += (t.double() ** 2).sum().item()
+        d = (num / max(den, 1e-30)) ** 0.5
+        check(d <= tol, f"{what}: final weights within {tol} (|dw|/|w| = {d:.2e})")
+
+
+# --- models: Qwen3-MoE from the tiny config, Qwen2-MoE with a shared expert and a dense layer
+q3 = os.path.join(WORK, "q3")
+run(["init", "--config", os.path.join(SRC, "configs", "tiny-moe"), "--output_dir", q3, "--torch_dtype", "float32"])
+cfg = json.load(open(os.path.join(SRC, "configs", "tiny", "qwen2_moe", "config.json")))
+cfg.update(num_hidden_layers=4, vocab_size=1024, mlp_only_layers=[1], bos_token_id=None, eos_token_id=None)
+q2cfg = os.path.join(WORK, "q2cfg")
+os.makedirs(q2cfg)
+json.dump(cfg, open(os.path.join(q2cfg, "config.json"), "w"))
+q2 = os.path.join(WORK, "q2")
+hf_model.write_random_model(q2cfg, q2, dtype="float32", seed=3)
+for f in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(os.path.join(q3, f), q2)
+
+ITERS = 5
+BASE = ["--dataset", "self-cognition#96", "--model_name", "小黄", "Xiao Huang", "--model_author", "魔搭", "ModelScope",
+        "--train_iters", str(ITERS), "--micro_batch_size", "2", "--global_batch_size", "8", "--log_interval", "1",
+        "--lr", "1e-3", "--lr_warmup_iters", "1", "--save_safetensors", "false", "--eval_interval", "0"]
+CASES = {
+    "qwen3_moe": ["--model", q3],
+    "qwen3_moe expert bias": ["--model", q3, "--moe_router_enable_expert_bias", "true", "--moe_aux_loss_coeff", "0"],
+    # Dropping by position: with --moe_token_drop_policy probs two tokens whose probabilities tie
+    # to 1e-7 can swap places when the weights differ in the last bit (the reduction order), a
+    # discontinuity no layout can avoid.
+    "qwen3_moe capacity 1.0": ["--model", q3, "--moe_expert_capacity_factor", "1.0", "--moe_token_drop_policy",
+                               "position", "--moe_aux_loss_coeff", "0.01"],
+    "qwen2_moe shared expert": ["--model", q2, "--moe_router_load_balancing_type", "seq_aux_loss",
+                                "--moe_aux_loss_coeff", "0.02", "--moe_z_loss_coeff", "0.001"],
+}
+for i, (name, extra) in enumerate(CASES.items()):
+    ref = f"c{i}_np1"
+    run(["sft"] + BASE + extra + ["--save", ref])
+    for np in (2, 4):
+        got = f"c{i}_np{np}"
+        run(["sft"] + BASE + extra + ["--save", got], np=np)
+        same_run(ref, got, f"{name}: DP{np} vs one process", weights_at=ITERS)
+
+# --- files: rank 0 alone writes, args.json has the parallel sizes
+args = json.load(open(os.path.join(run_dir("c0_np2"), "args.json")))
+check(args.get("world_size") == 2 and args.get("data_parallel_size") == 2
+      and args.get("expert_model_parallel_size") == 1, "args.json records world_size 2, data_parallel_size 2")
+check(len(glob.glob(os.path.join(WORK, "c0_np2", "*"))) == 1, "DP2 made one run dir")
+
+# --- the launcher: NPROC_PER_NODE=2 as with swift
+run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "nproc2"], env=dict(ENV, NPROC_PER_NODE="2"))
+same_run("c0_np2", "nproc2", "NPROC_PER_NODE=2 vs mpirun -np 2", tol=0.0)
+check(json.load(open(os.path.join(run_dir("nproc2"), "args.json")))["world_size"] == 2, "NPROC_PER_NODE=2: 2 ranks")
+
+# --- resharding: DP2 saved at iteration 2 resumes in one process
+RES = [a for a in BASE if a != str(ITERS)]
+run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "res_dp2", "--save_interval", "2"], np=2)
+half = run_dir("res_dp2")
+os.makedirs(os.path.join(WORK, "res_half"))
+shutil.copytree(half, os.path.join(WORK, "res_half", "v0-saved"))
+ck = os.path.join(WORK, "res_half", "v0-saved")
+# Keep iteration 2 as the latest, as if the run had stopped there.
+open(os.path.join(ck, "latest_checkpointed_iteration.txt"), "w").write("2")
+shutil.rmtree(os.path.join(ck, f"iter_{ITERS:07d}"))
+run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", "res_np1"])
+full, resumed = train_log("res_dp2"), train_log("res_np1")
+check(len(resumed) == ITERS - 2, f"resume from iteration 2 logs {len(resumed)} iterations")
+worst = max(rel(a[0], b[0]) for a, b in zip(full[2:], resumed))
+check(worst <= 1e-6, f"DP2 saved at 2 -> one process: losses of iterations 3..{ITERS} as uninterrupted (worst {worst:.1e})")
+
+# --- faults
+p = run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "bad_gbs", "--global_batch_size", "6"], np=2, expect=None)
+check(p.returncode == 2 and "--global_batch_size 6 must be a multiple of --micro_batch_size 2 x the data-parallel size 2"
+      in p.stderr, f"gbs not divisible by mbs x DP: exit 2 with the rule (exit {p.returncode})")
+check(not os.path.exists(os.path.join(WORK, "bad_gbs")), "refused layout leaves no output dir")
+p = run(["sft"] + BASE + ["--model", q3, "--dataset", "missing.jsonl", "--save", "bad_data"], np=2, expect=None)
+check(p.returncode == 2 and "missing.jsonl" in p.stderr, f"missing dataset: exit 2 naming it (exit {p.returncode})")
+p = run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "bad_ep", "--expert_model_parallel_size", "2"], np=2,
+        expect=None)
+check(p.returncode == 2 and "--expert_model_parallel_size 2" in p.stderr, "an unimplemented size is refused by name")
+
+# A rank killed mid-run: the job ends non-zero, promptly, and the previous checkpoint still loads.
+long = BASE[:BASE.index("--train_iters") + 1] + ["100000"] + BASE[BASE.index("--train_iters") + 2:]
+proc = subprocess.Popen(mpirun(2) + [MOECTL, "sft"] + long + CASES["qwen3_moe"] + ["--save", "killed",
+                                                                                    "--save_interval", "3"],
+                        cwd=WORK, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+deadline = time.time() + 120
+while time.time() < deadline and not glob.glob(os.path.join(WORK, "killed", "v*", "iter_0000003")):
+    time.sleep(0.2)
+children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+check(len(children) == 2, f"mpirun runs 2 ranks ({children})")
+if children:
+    os.kill(int(children[-1]), signal.SIGKILL)
+t0 = time.time()
+try:
+    proc.wait(timeout=60)
+except subprocess.TimeoutExpired:
+    proc.kill()
+check(proc.returncode not in (0, None), f"a killed rank ends the job non-zero (exit {proc.returncode})")
+check(time.time() - t0 < 30, f"the job ended {time.time() - t0:.1f} s after the kill")
+latest = open(os.path.join(run_dir("killed"), "latest_checkpointed_iteration.txt")).read().strip()
+p = run(["export", "--mcore_model", run_dir("killed"), "--to_hf", "true", "--output_dir", "killed_hf"], expect=None)
+check(p.returncode == 0, f"the last complete checkpoint (iteration {latest}) still exports")
+
+if failures:
+    print(f"{len(failures)} failure(s)")
+    sys.exit(1)
+print("all data-parallel checks passed")
