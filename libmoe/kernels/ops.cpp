@@ -14,6 +14,15 @@
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/qkv.h"
+#ifdef MOE_HAVE_CUDA
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gather.h"
+#include "kernels/cuda/softmax.h"
+#endif
+
+// On a CUDA Backend every pointer, span and Tensor an op takes is device memory (a Tensor is a
+// borrowed view of it), except grouped_swiglu's offsets_E and blocks_E, which size the
+// per-expert GEMMs on the host. Work is queued on b.stream; ops that return a value wait for it.
 
 namespace moe::ops {
 
@@ -21,120 +30,156 @@ namespace k = kernels::cpu;
 
 namespace {
 
-// Every op checks its backend here; the CUDA rows arrive with the CUDA engine (issue 17).
+// An op with no CUDA twin (yet), or any CUDA op in a build without CUDA.
+[[noreturn]] void no_cuda(const char* op) {
+#ifdef MOE_HAVE_CUDA
+  throw_internal("op {} has no CUDA implementation yet", op);
+#else
+  throw_internal("op {} on a CUDA backend: moectl was built without CUDA", op);
+#endif
+}
+
 void cpu_only(const Backend& b, const char* op) {
-  if (!b.is_cpu()) throw_internal("op {} has no CUDA implementation yet", op);
+  if (!b.is_cpu()) no_cuda(op);
 }
 
 }  // namespace
 
+#ifdef MOE_HAVE_CUDA
+namespace gpu = kernels::cuda;
+// The CUDA branch of an op: `call` (a statement) in a CUDA build, otherwise the refusal.
+#define CUDA_BRANCH(op, call) call
+#else
+#define CUDA_BRANCH(op, call) no_cuda(op)
+#endif
+
 void linear(const Backend& b, const float* x, int64_t T, const Tensor& W, const float* bias, float* y, bool acc) {
-  cpu_only(b, "linear");
-  k::linear(x, T, W, bias, y, acc);
+  if (b.is_cpu()) return k::linear(x, T, W, bias, y, acc);
+  if (W.dtype() != DType::F32)
+    throw_internal("op linear on CUDA takes f32 weights only, not {}", dtype_name(W.dtype()));
+  CUDA_BRANCH("linear", gpu::linear_f32(x, T, W.f32(), W.dim(0), W.dim(1), y, bias, acc, b.stream));
 }
 
 void linear_backward_input(const Backend& b, const float* dy, int64_t T, const float* W, int64_t N, int64_t D,
                            float* dx, bool acc) {
-  cpu_only(b, "linear_backward_input");
-  k::gemm_nn(T, D, N, dy, W, dx, acc);
+  if (b.is_cpu()) return k::gemm_nn(T, D, N, dy, W, dx, acc);
+  CUDA_BRANCH("linear_backward_input", gpu::linear_backward_input(dy, T, W, N, D, dx, acc, b.stream));
 }
 
 void linear_backward_weight(const Backend& b, const float* dy, const float* x, int64_t T, int64_t N, int64_t D,
                             float* dW) {
-  cpu_only(b, "linear_backward_weight");
-  k::gemm_tn(N, D, T, dy, x, dW, true);
+  if (b.is_cpu()) return k::gemm_tn(N, D, T, dy, x, dW, true);
+  CUDA_BRANCH("linear_backward_weight", gpu::linear_backward_weight(dy, x, T, N, D, dW, b.stream));
 }
 
 void bias_backward(const Backend& b, const float* dy, int64_t T, int64_t N, float* db) {
-  cpu_only(b, "bias_backward");
-  for (int64_t t = 0; t < T; ++t) k::add_inplace(db, dy + t * N, N);
+  if (b.is_cpu()) {
+    for (int64_t t = 0; t < T; ++t) k::add_inplace(db, dy + t * N, N);
+    return;
+  }
+  CUDA_BRANCH("bias_backward", gpu::bias_backward(dy, T, N, db, b.stream));
 }
 
 void rmsnorm(const Backend& b, const float* x, int64_t T, int64_t D, const float* w, float eps, float* y) {
-  cpu_only(b, "rmsnorm");
-  k::rmsnorm(x, T, D, w, eps, y);
+  if (b.is_cpu()) return k::rmsnorm(x, T, D, w, eps, y);
+  CUDA_BRANCH("rmsnorm", gpu::rmsnorm(x, T, D, w, eps, y, b.stream));
 }
 
 void rmsnorm_backward(const Backend& b, const float* x, int64_t T, int64_t D, const float* w, float eps,
                       const float* dy, float* dx, float* dw) {
-  cpu_only(b, "rmsnorm_backward");
-  k::rmsnorm_backward(x, T, D, w, eps, dy, dx, dw);
+  if (b.is_cpu()) return k::rmsnorm_backward(x, T, D, w, eps, dy, dx, dw);
+  CUDA_BRANCH("rmsnorm_backward", gpu::rmsnorm_backward(x, T, D, w, eps, dy, dx, dw, b.stream));
 }
 
 void swiglu(const Backend& b, const float* gu, int64_t T, int64_t F, float* h) {
-  cpu_only(b, "swiglu");
-  k::swiglu(gu, T, F, h);
+  if (b.is_cpu()) return k::swiglu(gu, T, F, h);
+  CUDA_BRANCH("swiglu", gpu::swiglu(gu, T, F, h, b.stream));
 }
 
 void swiglu_backward(const Backend& b, const float* gu, const float* dh, int64_t T, int64_t F, float* dgu) {
-  cpu_only(b, "swiglu_backward");
-  k::swiglu_backward(gu, dh, T, F, dgu);
+  if (b.is_cpu()) return k::swiglu_backward(gu, dh, T, F, dgu);
+  CUDA_BRANCH("swiglu_backward", gpu::swiglu_backward(gu, dh, T, F, dgu, b.stream));
 }
 
 void rope(const Backend& b, float* x, int64_t T, int64_t H, int64_t d, const int32_t* pos, const float* cos,
           const float* sin) {
-  cpu_only(b, "rope");
-  k::rope_apply(x, T, H, d, pos, cos, sin);
+  if (b.is_cpu()) return k::rope_apply(x, T, H, d, pos, cos, sin);
+  CUDA_BRANCH("rope", gpu::rope_apply(x, T, H, d, pos, cos, sin, b.stream));
 }
 
 void rope_backward(const Backend& b, float* dx, int64_t T, int64_t H, int64_t d, const int32_t* pos, const float* cos,
                    const float* sin) {
-  cpu_only(b, "rope_backward");
-  k::rope_apply_backward(dx, T, H, d, pos, cos, sin);
+  if (b.is_cpu()) return k::rope_apply_backward(dx, T, H, d, pos, cos, sin);
+  CUDA_BRANCH("rope_backward", gpu::rope_apply_backward(dx, T, H, d, pos, cos, sin, b.stream));
 }
 
 void add(const Backend& b, float* y, const float* x, int64_t n) {
-  cpu_only(b, "add");
-  k::add_inplace(y, x, n);
+  if (b.is_cpu()) return k::add_inplace(y, x, n);
+  CUDA_BRANCH("add", gpu::add(y, x, n, b.stream));
 }
 
 void copy(const Backend& b, float* y, const float* x, int64_t n) {
-  cpu_only(b, "copy");
-  if (n > 0 && y != x) std::memcpy(y, x, size_t(n) * sizeof(float));
+  if (b.is_cpu()) {
+    if (n > 0 && y != x) std::memcpy(y, x, size_t(n) * sizeof(float));
+    return;
+  }
+  CUDA_BRANCH("copy", gpu::copy(y, x, n, b.stream));
 }
 
 void fill(const Backend& b, float* y, float value, int64_t n) {
-  cpu_only(b, "fill");
-  std::fill(y, y + n, value);
+  if (b.is_cpu()) return std::fill(y, y + n, value);
+  CUDA_BRANCH("fill", gpu::fill(y, value, n, b.stream));
 }
 
 void gather_rows(const Backend& b, const float* x, int64_t D, std::span<const int64_t> rows, float* y) {
-  cpu_only(b, "gather_rows");
-  for (size_t i = 0; i < rows.size(); ++i) std::memcpy(y + int64_t(i) * D, x + rows[i] * D, size_t(D) * sizeof(float));
+  if (b.is_cpu()) {
+    for (size_t i = 0; i < rows.size(); ++i)
+      std::memcpy(y + int64_t(i) * D, x + rows[i] * D, size_t(D) * sizeof(float));
+    return;
+  }
+  CUDA_BRANCH("gather_rows", gpu::gather_rows(x, D, rows.data(), int64_t(rows.size()), y, b.stream));
 }
 
 void scatter_rows(const Backend& b, const float* x, int64_t D, std::span<const int64_t> rows, float* y) {
-  cpu_only(b, "scatter_rows");
-  for (size_t i = 0; i < rows.size(); ++i) std::memcpy(y + rows[i] * D, x + int64_t(i) * D, size_t(D) * sizeof(float));
+  if (b.is_cpu()) {
+    for (size_t i = 0; i < rows.size(); ++i)
+      std::memcpy(y + rows[i] * D, x + int64_t(i) * D, size_t(D) * sizeof(float));
+    return;
+  }
+  CUDA_BRANCH("scatter_rows", gpu::scatter_rows(x, D, rows.data(), int64_t(rows.size()), y, b.stream));
 }
 
 void embedding_gather(const Backend& b, const Tensor& table, std::span<const int32_t> ids, float* out) {
-  cpu_only(b, "embedding_gather");
-  k::embedding_gather(table.raw(), table.dtype(), table.dim(0), table.dim(1), ids.data(), int64_t(ids.size()), out);
+  if (b.is_cpu())
+    return k::embedding_gather(table.raw(), table.dtype(), table.dim(0), table.dim(1), ids.data(), int64_t(ids.size()),
+                               out);
+  CUDA_BRANCH("embedding_gather", gpu::embedding_gather(table.raw(), table.dtype(), table.dim(0), table.dim(1),
+                                                        ids.data(), int64_t(ids.size()), out, b.stream));
 }
 
 void embedding_scatter_add(const Backend& b, const float* dout, std::span<const int32_t> ids, int64_t D,
                            float* dtable) {
-  cpu_only(b, "embedding_scatter_add");
-  k::embedding_scatter_add(dout, ids.data(), int64_t(ids.size()), D, dtable);
+  if (b.is_cpu()) return k::embedding_scatter_add(dout, ids.data(), int64_t(ids.size()), D, dtable);
+  CUDA_BRANCH("embedding_scatter_add",
+              gpu::embedding_scatter_add(dout, ids.data(), int64_t(ids.size()), D, dtable, b.stream));
 }
 
 CrossEntropySums cross_entropy(const Backend& b, float* logits, int64_t T, int64_t V, const int32_t* labels,
                                float grad_scale) {
-  cpu_only(b, "cross_entropy");
-  return k::cross_entropy_forward_backward(logits, T, V, labels, grad_scale);
+  if (b.is_cpu()) return k::cross_entropy_forward_backward(logits, T, V, labels, grad_scale);
+  CUDA_BRANCH("cross_entropy", return gpu::cross_entropy_forward_backward(logits, T, V, labels, grad_scale, b.stream));
 }
 
 void qkv_split(const Backend& b, const float* qkv, int64_t T, int64_t nh, int64_t ng, int64_t d, float* q, float* kk,
                float* v) {
-  cpu_only(b, "qkv_split");
-  k::qkv_split(qkv, T, nh, ng, d, q, kk, v);
+  if (b.is_cpu()) return k::qkv_split(qkv, T, nh, ng, d, q, kk, v);
+  CUDA_BRANCH("qkv_split", gpu::qkv_split(qkv, T, nh, ng, d, q, kk, v, b.stream));
 }
 
 void qkv_merge(const Backend& b, const float* q, const float* kk, const float* v, int64_t T, int64_t nh, int64_t ng,
                int64_t d, float* qkv) {
-  cpu_only(b, "qkv_merge");
-  k::qkv_merge(q, kk, v, T, nh, ng, d, qkv);
+  if (b.is_cpu()) return k::qkv_merge(q, kk, v, T, nh, ng, d, qkv);
+  CUDA_BRANCH("qkv_merge", gpu::qkv_merge(q, kk, v, T, nh, ng, d, qkv, b.stream));
 }
 
 void attention_varlen(const Backend& b, const VarlenAttention& a, const float* q, const float* kk, const float* v,
@@ -175,39 +220,41 @@ void router_backward(const Backend& b, const RouterOptions& o, const float* logi
 
 void router_topk(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,
                  int32_t* expert, float* weight) {
-  cpu_only(b, "router_topk");
-  k::router_topk(o, logits, T, bias, expert, weight);
+  if (b.is_cpu()) return k::router_topk(o, logits, T, bias, expert, weight);
+  CUDA_BRANCH("router_topk", gpu::router_topk(o, logits, T, bias, expert, weight, b.stream));
 }
 
 int64_t permute_plan(const Backend& b, const int32_t* expert_TK, int64_t T, int64_t K, int64_t E, int64_t pad_to,
                      int64_t* counts, int64_t* offsets, int64_t* row_slot) {
-  cpu_only(b, "permute_plan");
-  return k::permute_plan(expert_TK, T, K, E, pad_to, counts, offsets, row_slot);
+  if (b.is_cpu()) return k::permute_plan(expert_TK, T, K, E, pad_to, counts, offsets, row_slot);
+  CUDA_BRANCH("permute_plan",
+              return gpu::permute_plan(expert_TK, T, K, E, pad_to, counts, offsets, row_slot, b.stream));
 }
 
 void permute(const Backend& b, const float* x, int64_t D, const int64_t* row_slot, int64_t R, int64_t K,
              float* x_perm) {
-  cpu_only(b, "permute");
-  k::permute(x, D, row_slot, R, K, x_perm);
+  if (b.is_cpu()) return k::permute(x, D, row_slot, R, K, x_perm);
+  CUDA_BRANCH("permute", gpu::permute(x, D, row_slot, R, K, x_perm, b.stream));
 }
 
 void permute_backward_add(const Backend& b, const float* dx_perm, int64_t D, const int64_t* row_slot, int64_t R,
                           int64_t K, float* dx) {
-  cpu_only(b, "permute_backward_add");
-  k::permute_backward_add(dx_perm, D, row_slot, R, K, dx);
+  if (b.is_cpu()) return k::permute_backward_add(dx_perm, D, row_slot, R, K, dx);
+  CUDA_BRANCH("permute_backward_add", gpu::permute_backward_add(dx_perm, D, row_slot, R, K, dx, b.stream));
 }
 
 void unpermute_add(const Backend& b, const float* y_perm, int64_t D, const int64_t* row_slot, int64_t R, int64_t K,
                    const float* weight, float* out) {
-  cpu_only(b, "unpermute_add");
-  k::unpermute_add(y_perm, D, row_slot, R, K, weight, out);
+  if (b.is_cpu()) return k::unpermute_add(y_perm, D, row_slot, R, K, weight, out);
+  CUDA_BRANCH("unpermute_add", gpu::unpermute_add(y_perm, D, row_slot, R, K, weight, out, b.stream));
 }
 
 void unpermute_add_backward(const Backend& b, const float* dout, const float* y_perm, int64_t D,
                             const int64_t* row_slot, int64_t R, int64_t T, int64_t K, const float* weight,
                             float* dy_perm, float* dweight) {
-  cpu_only(b, "unpermute_add_backward");
-  k::unpermute_add_backward(dout, y_perm, D, row_slot, R, T, K, weight, dy_perm, dweight);
+  if (b.is_cpu()) return k::unpermute_add_backward(dout, y_perm, D, row_slot, R, T, K, weight, dy_perm, dweight);
+  CUDA_BRANCH("unpermute_add_backward",
+              gpu::unpermute_add_backward(dout, y_perm, D, row_slot, R, T, K, weight, dy_perm, dweight, b.stream));
 }
 
 namespace {
@@ -228,12 +275,60 @@ void for_each_expert(std::span<const int64_t> blocks_E, Fn&& fn) {
     if (cost[e] > 0) fn(int64_t(e));
 }
 
+#ifdef MOE_HAVE_CUDA
+// The CUDA experts: one expert after another on the stream, cuBLAS GEMMs and the SwiGLU kernels
+// (f32 weights). Temporaries are sized for the largest expert and freed in stream order.
+int64_t max_block(std::span<const int64_t> blocks_E) {
+  int64_t m = 0;
+  for (int64_t n : blocks_E) m = std::max(m, n);
+  return m;
+}
+
+void grouped_swiglu_cuda(const Backend& b, const float* x, int64_t D, int64_t F, std::span<const int64_t> offsets,
+                         std::span<const int64_t> blocks, std::span<const Tensor> fc1, std::span<const Tensor> fc2,
+                         float* gu, float* h, float* y) {
+  gpu::StreamBuffer h_tmp(h ? 0 : size_t(max_block(blocks) * F) * sizeof(float), b.stream);
+  for (size_t e = 0; e < blocks.size(); ++e) {
+    const int64_t off = offsets[e], n = blocks[e];
+    if (n == 0) continue;
+    float* gu_e = gu + off * 2 * F;
+    float* h_e = h ? h + off * F : h_tmp.as<float>();
+    gpu::linear_f32(x + off * D, n, fc1[e].f32(), 2 * F, D, gu_e, nullptr, false, b.stream);
+    gpu::swiglu(gu_e, n, F, h_e, b.stream);
+    gpu::linear_f32(h_e, n, fc2[e].f32(), D, F, y + off * D, nullptr, false, b.stream);
+  }
+}
+
+void grouped_swiglu_backward_cuda(const Backend& b, const float* x, int64_t D, int64_t F,
+                                  std::span<const int64_t> offsets, std::span<const int64_t> blocks,
+                                  std::span<const Tensor> fc1, std::span<const Tensor> fc2, const float* gu,
+                                  const float* h, const float* dy, float* dx, std::span<Tensor> dfc1,
+                                  std::span<Tensor> dfc2) {
+  const int64_t m = max_block(blocks);
+  gpu::StreamBuffer h_re(h ? 0 : size_t(m * F) * sizeof(float), b.stream), dh(size_t(m * F) * sizeof(float), b.stream),
+      dgu(size_t(m * 2 * F) * sizeof(float), b.stream);
+  for (size_t e = 0; e < blocks.size(); ++e) {
+    const int64_t off = offsets[e], n = blocks[e];
+    if (n == 0) continue;
+    const float* gu_e = gu + off * 2 * F;
+    const float* h_e = h ? h + off * F : (gpu::swiglu(gu_e, n, F, h_re.as<float>(), b.stream), h_re.as<float>());
+    const float* dy_e = dy + off * D;
+    gpu::linear_backward_weight(dy_e, h_e, n, D, F, dfc2[e].f32(), b.stream);                  // dfc2 += dyᵀ h
+    gpu::linear_backward_input(dy_e, n, fc2[e].f32(), D, F, dh.as<float>(), false, b.stream);  // dh = dy fc2
+    gpu::swiglu_backward(gu_e, dh.as<float>(), n, F, dgu.as<float>(), b.stream);
+    gpu::linear_backward_weight(dgu.as<float>(), x + off * D, n, 2 * F, D, dfc1[e].f32(), b.stream);  // dfc1 += dguᵀ x
+    gpu::linear_backward_input(dgu.as<float>(), n, fc1[e].f32(), 2 * F, D, dx + off * D, false, b.stream);
+  }
+}
+#endif
+
 }  // namespace
 
 void grouped_swiglu(const Backend& b, const float* x, int64_t D, int64_t F, std::span<const int64_t> offsets,
                     std::span<const int64_t> blocks, std::span<const Tensor> fc1, std::span<const Tensor> fc2,
                     float* gu, float* h, float* y) {
-  cpu_only(b, "grouped_swiglu");
+  if (!b.is_cpu())
+    CUDA_BRANCH("grouped_swiglu", return grouped_swiglu_cuda(b, x, D, F, offsets, blocks, fc1, fc2, gu, h, y));
   for_each_expert(blocks, [&](int64_t e) {
     const int64_t off = offsets[size_t(e)], n = blocks[size_t(e)];
     float* gu_e = gu + off * 2 * F;
@@ -249,7 +344,9 @@ void grouped_swiglu_backward(const Backend& b, const float* x, int64_t D, int64_
                              std::span<const int64_t> blocks, std::span<const Tensor> fc1, std::span<const Tensor> fc2,
                              const float* gu, const float* h, const float* dy, float* dx, std::span<Tensor> dfc1,
                              std::span<Tensor> dfc2) {
-  cpu_only(b, "grouped_swiglu_backward");
+  if (!b.is_cpu())
+    CUDA_BRANCH("grouped_swiglu_backward",
+                return grouped_swiglu_backward_cuda(b, x, D, F, offsets, blocks, fc1, fc2, gu, h, dy, dx, dfc1, dfc2));
   for_each_expert(blocks, [&](int64_t e) {
     const int64_t off = offsets[size_t(e)], n = blocks[size_t(e)];
     const float* gu_e = gu + off * 2 * F;
@@ -266,14 +363,14 @@ void grouped_swiglu_backward(const Backend& b, const float* x, int64_t D, int64_
 
 void shared_gate(const Backend& b, const float* logit, const float* shared, int64_t T, int64_t D, float* gate,
                  float* y) {
-  cpu_only(b, "shared_gate");
-  k::shared_gate_forward(logit, shared, T, D, gate, y);
+  if (b.is_cpu()) return k::shared_gate_forward(logit, shared, T, D, gate, y);
+  CUDA_BRANCH("shared_gate", gpu::shared_gate_forward(logit, shared, T, D, gate, y, b.stream));
 }
 
 void shared_gate_backward(const Backend& b, const float* dy, const float* shared, const float* gate, int64_t T,
                           int64_t D, float* dshared, float* dlogit) {
-  cpu_only(b, "shared_gate_backward");
-  k::shared_gate_backward(dy, shared, gate, T, D, dshared, dlogit);
+  if (b.is_cpu()) return k::shared_gate_backward(dy, shared, gate, T, D, dshared, dlogit);
+  CUDA_BRANCH("shared_gate_backward", gpu::shared_gate_backward(dy, shared, gate, T, D, dshared, dlogit, b.stream));
 }
 
 }  // namespace moe::ops
