@@ -6,10 +6,9 @@
 #include "kernels/cpu/backward.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/vexp.h"
+#include "kernels/ops.h"
+#include "ops/device.h"
 #include "ops/harness.h"
-#ifdef MOE_HAVE_CUDA
-#include "kernels/cuda/cuda_ops.h"
-#endif
 
 using namespace moe;
 using namespace moe::ops_test;
@@ -81,7 +80,7 @@ const std::vector<std::pair<int64_t, int64_t>> kFdShapes = {{1, 1}, {3, 17}, {5,
 }  // namespace
 
 TEST(Elementwise, RmsNorm) {
-  OpRow row("rmsnorm", "fwd", Backend::Cpu);
+  OpRow row("rmsnorm", "fwd", On::Cpu);
   Rng rng(1);
   for (auto [T, D] : kRowShapes) {
     auto x = randn(size_t(T * D), rng), w = randn(size_t(D), rng);
@@ -97,7 +96,7 @@ TEST(Elementwise, RmsNorm) {
 }
 
 TEST(Elementwise, RmsNormBackward) {
-  OpRow row("rmsnorm", "bwd (fd)", Backend::Cpu);
+  OpRow row("rmsnorm", "bwd (fd)", On::Cpu);
   Rng rng(2);
   for (auto [T, D] : kFdShapes) {
     auto x = randn(size_t(T * D), rng), w = randn(size_t(D), rng), dy = randn(size_t(T * D), rng);
@@ -118,7 +117,7 @@ TEST(Elementwise, RmsNormBackward) {
 }
 
 TEST(Elementwise, Swiglu) {
-  OpRow row("swiglu", "fwd", Backend::Cpu);
+  OpRow row("swiglu", "fwd", On::Cpu);
   Rng rng(3);
   for (auto [T, F] : kRowShapes) {
     auto gu = randn(size_t(T * 2 * F), rng, 2.0);
@@ -129,7 +128,7 @@ TEST(Elementwise, Swiglu) {
 }
 
 TEST(Elementwise, SwigluBackward) {
-  OpRow row("swiglu", "bwd (fd)", Backend::Cpu);
+  OpRow row("swiglu", "bwd (fd)", On::Cpu);
   Rng rng(4);
   for (auto [T, F] : kFdShapes) {
     auto gu = randn(size_t(T * 2 * F), rng, 2.0), dh = randn(size_t(T * F), rng);
@@ -144,7 +143,7 @@ TEST(Elementwise, SwigluBackward) {
 }
 
 TEST(Elementwise, Rope) {
-  OpRow row("rope_apply", "fwd", Backend::Cpu);
+  OpRow row("rope_apply", "fwd", On::Cpu);
   Rng rng(5);
   for (auto [T, H, d] :
        std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 2}, {3, 5, 16}, {17, 3, 34}, {130, 8, 64}}) {
@@ -157,7 +156,7 @@ TEST(Elementwise, Rope) {
 }
 
 TEST(Elementwise, RopeBackward) {
-  OpRow row("rope_apply", "bwd (fd)", Backend::Cpu);
+  OpRow row("rope_apply", "bwd (fd)", On::Cpu);
   Rng rng(6);
   for (auto [T, H, d] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 2}, {3, 5, 16}, {5, 3, 10}}) {
     RopeCase rc = rope_case(T, H, d, rng);
@@ -173,7 +172,7 @@ TEST(Elementwise, RopeBackward) {
 }
 
 TEST(Elementwise, AddInplace) {
-  OpRow row("add_inplace", "fwd", Backend::Cpu);
+  OpRow row("add_inplace", "fwd", On::Cpu);
   Rng rng(7);
   for (int64_t n : {1, 17, 127, 70001}) {
     auto y = randn(size_t(n), rng), x = randn(size_t(n), rng);
@@ -186,7 +185,7 @@ TEST(Elementwise, AddInplace) {
 }
 
 TEST(Elementwise, SiluMul) {
-  OpRow row("silu_mul", "fwd", Backend::Cpu);
+  OpRow row("silu_mul", "fwd", On::Cpu);
   Rng rng(8);
   for (int64_t n : {1, 7, 9, 127, 4099}) {
     auto x = randn(size_t(n), rng, 4.0), u = randn(size_t(n), rng);
@@ -199,7 +198,7 @@ TEST(Elementwise, SiluMul) {
 }
 
 TEST(Elementwise, ExpShiftSum) {
-  OpRow row("exp_shift_sum", "fwd", Backend::Cpu);
+  OpRow row("exp_shift_sum", "fwd", On::Cpu);
   Rng rng(9);
   for (int64_t n : {1, 7, 9, 127, 4099}) {
     auto x = randn(size_t(n), rng, 5.0);
@@ -214,68 +213,160 @@ TEST(Elementwise, ExpShiftSum) {
   }
 }
 
-// CUDA twins against the same references.
-#define CUDA_ROW(op, check)                 \
-  OpRow row(op, check, Backend::Cuda);      \
-  if (std::string why; !cuda_ready(&why)) { \
-    row.skip(why);                          \
-    GTEST_SKIP() << why;                    \
-  }
-
+// CUDA twins through the ops facade (kernels/ops.h) on a CUDA Backend, against the same
+// references and tolerances.
 TEST(ElementwiseCuda, RmsNorm) {
   CUDA_ROW("rmsnorm", "fwd");
 #ifdef MOE_HAVE_CUDA
   Rng rng(11);
   for (auto [T, D] : kRowShapes) {
     auto x = randn(size_t(T * D), rng), w = randn(size_t(D), rng);
-    kernels::cuda::DeviceBuffer dx(x.size() * 4), dw(w.size() * 4), dy(x.size() * 4);
-    dx.upload(x.data(), x.size() * 4), dw.upload(w.data(), w.size() * 4);
-    kernels::cuda::rmsnorm(dx.as<float>(), T, D, dw.as<float>(), 1e-6f, dy.as<float>());
-    kernels::cuda::synchronize();
-    std::vector<float> y(x.size());
-    dy.download(y.data(), y.size() * 4);
-    expect_close("cuda rmsnorm " + shape({T, D}), y, rmsnorm_ref(widen(x), widen(w), T, D, 1e-6), kTolF32);
+    DeviceIn<float> dx(x), dw(w);
+    Guarded<float> y(size_t(T * D), qnan());
+    DeviceOut<float> dy(y);
+    ops::rmsnorm(gpu(), dx.get(), T, D, dw.get(), 1e-6f, dy.get());
+    expect_close("cuda rmsnorm " + shape({T, D}), dy.fetch(), rmsnorm_ref(widen(x), widen(w), T, D, 1e-6), kTolF32);
   }
+  auto x = randn(7 * 3 * 16, rng), w = randn(16, rng);
+  Guarded<float> y(x);
+  DeviceOut<float> dy(y);
+  DeviceIn<float> dw(w);
+  ops::rmsnorm(gpu(), dy.get(), 21, 16, dw.get(), 1e-5f, dy.get());
+  expect_close("cuda rmsnorm in place", dy.fetch(), rmsnorm_ref(widen(x), widen(w), 21, 16, 1e-5), kTolF32);
+#endif
+}
+
+TEST(ElementwiseCuda, RmsNormBackward) {
+  CUDA_ROW("rmsnorm", "bwd (fd)");
+#ifdef MOE_HAVE_CUDA
+  Rng rng(12);
+  for (auto [T, D] : kFdShapes)
+    for (bool in_place : {false, true}) {
+      auto x = randn(size_t(T * D), rng), w = randn(size_t(D), rng), dy = randn(size_t(T * D), rng);
+      auto dw0 = randn(size_t(D), rng);
+      DeviceIn<float> X(x), W(w), DY(dy);
+      Guarded<float> dx = in_place ? Guarded<float>(dy) : Guarded<float>(size_t(T * D), qnan()), dw(dw0);
+      DeviceOut<float> DX(dx), DW(dw);
+      ops::rmsnorm_backward(gpu(), X.get(), T, D, W.get(), 1e-6f, in_place ? DX.get() : DY.get(), DX.get(), DW.get());
+      DX.fetch(), DW.fetch();
+      EXPECT_TRUE(dx.intact() && dw.intact());
+      std::vector<float> dw_only(static_cast<size_t>(D));
+      for (int64_t i = 0; i < D; ++i) dw_only[size_t(i)] = dw[size_t(i)] - dw0[size_t(i)];
+      const auto r = widen(dy), wd = widen(w), xd = widen(x);
+      const std::string what = shape({T, D}) + (in_place ? " in place" : "");
+      expect_fd(
+          "cuda rmsnorm dx " + what,
+          [&](const std::vector<double>& xv) { return dotv(r, rmsnorm_ref(xv, wd, T, D, 1e-6)); }, xd, dx.vec());
+      expect_fd(
+          "cuda rmsnorm dw " + what,
+          [&](const std::vector<double>& wv) { return dotv(r, rmsnorm_ref(xd, wv, T, D, 1e-6)); }, wd, dw_only);
+    }
 #endif
 }
 
 TEST(ElementwiseCuda, Swiglu) {
   CUDA_ROW("swiglu", "fwd");
 #ifdef MOE_HAVE_CUDA
-  Rng rng(12);
+  Rng rng(13);
   for (auto [T, F] : kRowShapes) {
     auto gu = randn(size_t(T * 2 * F), rng, 2.0);
-    kernels::cuda::DeviceBuffer dg(gu.size() * 4), dh(size_t(T * F) * 4);
-    dg.upload(gu.data(), gu.size() * 4);
-    kernels::cuda::swiglu(dg.as<float>(), T, F, dh.as<float>());
-    kernels::cuda::synchronize();
-    std::vector<float> h(static_cast<size_t>(T * F));
-    dh.download(h.data(), h.size() * 4);
-    expect_close("cuda swiglu " + shape({T, F}), h, swiglu_ref(widen(gu), T, F), kTolF32);
+    DeviceIn<float> G(gu);
+    Guarded<float> h(size_t(T * F), qnan());
+    DeviceOut<float> H(h);
+    ops::swiglu(gpu(), G.get(), T, F, H.get());
+    expect_close("cuda swiglu " + shape({T, F}), H.fetch(), swiglu_ref(widen(gu), T, F), kTolF32);
   }
 #endif
 }
+
+TEST(ElementwiseCuda, SwigluBackward) {
+  CUDA_ROW("swiglu", "bwd (fd)");
+#ifdef MOE_HAVE_CUDA
+  Rng rng(14);
+  for (auto [T, F] : kFdShapes) {
+    auto gu = randn(size_t(T * 2 * F), rng, 2.0), dh = randn(size_t(T * F), rng);
+    DeviceIn<float> G(gu), DH(dh);
+    Guarded<float> dgu(size_t(T * 2 * F), qnan());
+    DeviceOut<float> DG(dgu);
+    ops::swiglu_backward(gpu(), G.get(), DH.get(), T, F, DG.get());
+    EXPECT_TRUE(DG.fetch().intact());
+    const auto r = widen(dh);
+    expect_fd(
+        "cuda swiglu " + shape({T, F}), [&](const std::vector<double>& v) { return dotv(r, swiglu_ref(v, T, F)); },
+        widen(gu), dgu.vec());
+  }
+#endif
+}
+
+#ifdef MOE_HAVE_CUDA
+namespace {
+struct RopeOnDevice {
+  DeviceIn<int32_t> pos;
+  DeviceIn<float> c, s;
+  explicit RopeOnDevice(const RopeCase& rc) : pos(rc.pos), c(rc.c), s(rc.s) {}
+};
+}  // namespace
+#endif
 
 TEST(ElementwiseCuda, Rope) {
   CUDA_ROW("rope_apply", "fwd");
 #ifdef MOE_HAVE_CUDA
-  Rng rng(13);
-  for (auto [T, H, d] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 2}, {3, 5, 16}, {130, 8, 64}}) {
+  Rng rng(15);
+  for (auto [T, H, d] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 2}, {3, 5, 16}, {17, 3, 34}, {130, 8, 64}}) {
     RopeCase rc = rope_case(T, H, d, rng);
+    RopeOnDevice dev(rc);
     auto x = randn(size_t(T * H * d), rng);
-    kernels::cuda::DeviceBuffer dx(x.size() * 4), dp(rc.pos.size() * 4), dc(rc.c.size() * 4), ds(rc.s.size() * 4);
-    dx.upload(x.data(), x.size() * 4), dp.upload(rc.pos.data(), rc.pos.size() * 4);
-    dc.upload(rc.c.data(), rc.c.size() * 4), ds.upload(rc.s.data(), rc.s.size() * 4);
-    kernels::cuda::rope_apply(dx.as<float>(), T, H, d, dp.as<int32_t>(), dc.as<float>(), ds.as<float>());
-    kernels::cuda::synchronize();
-    std::vector<float> y(x.size());
-    dx.download(y.data(), y.size() * 4);
-    expect_close("cuda rope " + shape({T, H, d}), y, rope_ref(widen(x), rc), kTolF32);
+    Guarded<float> y(x);
+    DeviceOut<float> Y(y);
+    ops::rope(gpu(), Y.get(), T, H, d, dev.pos.get(), dev.c.get(), dev.s.get());
+    expect_close("cuda rope " + shape({T, H, d}), Y.fetch(), rope_ref(widen(x), rc), kTolF32);
   }
 #endif
 }
 
-TEST(ElementwiseCuda, NoTwinYet) {
-  for (const char* op : {"rmsnorm", "swiglu", "rope_apply"}) no_cuda_twin(op, "bwd (fd)");
-  for (const char* op : {"add_inplace", "silu_mul", "exp_shift_sum"}) no_cuda_twin(op, "fwd");
+TEST(ElementwiseCuda, RopeBackward) {
+  CUDA_ROW("rope_apply", "bwd (fd)");
+#ifdef MOE_HAVE_CUDA
+  Rng rng(16);
+  for (auto [T, H, d] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 2}, {3, 5, 16}, {5, 3, 10}}) {
+    RopeCase rc = rope_case(T, H, d, rng);
+    RopeOnDevice dev(rc);
+    auto x = randn(size_t(T * H * d), rng), dy = randn(size_t(T * H * d), rng);
+    Guarded<float> g(dy);
+    DeviceOut<float> G(g);
+    ops::rope_backward(gpu(), G.get(), T, H, d, dev.pos.get(), dev.c.get(), dev.s.get());
+    EXPECT_TRUE(G.fetch().intact());
+    const auto r = widen(dy);
+    expect_fd(
+        "cuda rope " + shape({T, H, d}), [&](const std::vector<double>& v) { return dotv(r, rope_ref(v, rc)); },
+        widen(x), g.vec());
+  }
+#endif
+}
+
+TEST(ElementwiseCuda, AddCopyFill) {
+  CUDA_ROW("add_inplace", "fwd");
+#ifdef MOE_HAVE_CUDA
+  Rng rng(17);
+  for (int64_t n : {1, 17, 127, 70001}) {
+    auto y = randn(size_t(n), rng), x = randn(size_t(n), rng);
+    std::vector<double> sum(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) sum[size_t(i)] = double(y[size_t(i)] + x[size_t(i)]);
+    DeviceIn<float> X(x);
+    Guarded<float> g(y), c(size_t(n), qnan()), f(size_t(n), qnan());
+    DeviceOut<float> G(g), C(c), F(f);
+    ops::add(gpu(), G.get(), X.get(), n);
+    ops::copy(gpu(), C.get(), X.get(), n);
+    ops::fill(gpu(), F.get(), 0.25f, n);
+    const std::string what = " n=" + std::to_string(n);
+    expect_close("cuda add" + what, G.fetch(), sum, kExact);
+    expect_close("cuda copy" + what, C.fetch(), widen(x), kExact);
+    expect_close("cuda fill" + what, F.fetch(), std::vector<double>(size_t(n), 0.25), kExact);
+  }
+#endif
+}
+
+TEST(ElementwiseCuda, NoTwin) {
+  for (const char* op : {"silu_mul", "exp_shift_sum"}) no_cuda_twin(op, "fwd");  // CPU helpers, not ops
 }

@@ -17,7 +17,8 @@
 
 namespace moe::ops_test {
 
-enum class Backend { Cpu, Cuda };
+// The table's column (named apart from moe::Backend, which the CUDA rows use to call the ops).
+enum class On { Cpu, Cuda };
 
 // Normalised mean squared error tolerances, by what the op computes in fp32. Exact ops (copies,
 // selections) must match bitwise; a finite-difference check compares a float backward with a
@@ -32,18 +33,27 @@ constexpr double kFdStep = 1e-4;
 // test's failures when it goes out of scope, unless skip() was called.
 class OpRow {
  public:
-  OpRow(std::string op, std::string check, Backend b);
+  OpRow(std::string op, std::string check, On b);
   ~OpRow();
   void skip(const std::string& reason) { skip_ = reason; }
 
  private:
   std::string op_, check_, skip_;
-  Backend b_;
+  On b_;
 };
 
 // The CUDA row's gate: true when a device can run the twin; otherwise *why says why not
 // (built without CUDA, or no device).
 bool cuda_ready(std::string* why);
+
+// Opens the CUDA row of (op, check) in a test body and skips the test, with the reason in the
+// table, when no device can run it.
+#define CUDA_ROW(op, check)                                         \
+  ::moe::ops_test::OpRow row(op, check, ::moe::ops_test::On::Cuda); \
+  if (std::string why; !::moe::ops_test::cuda_ready(&why)) {        \
+    row.skip(why);                                                  \
+    GTEST_SKIP() << why;                                            \
+  }
 
 // Records a cuda row that skips because the op has no CUDA twin yet.
 void no_cuda_twin(const std::string& op, const std::string& check);
@@ -64,6 +74,9 @@ class Guarded {
   const T* data() const { return buf_.data() + kGuard; }
   T& operator[](size_t i) { return data()[i]; }
   size_t size() const { return n_; }
+  // The whole buffer, guards included (what a device copy mirrors).
+  T* with_guards() { return buf_.data(); }
+  size_t size_with_guards() const { return buf_.size(); }
   std::vector<T> vec() const { return std::vector<T>(data(), data() + n_); }
   bool intact() const {
     const auto* b = reinterpret_cast<const unsigned char*>(buf_.data());

@@ -27,11 +27,11 @@ std::map<std::pair<std::string, std::string>, Cell>& table() {
   return t;
 }
 
-void put(const std::string& op, const std::string& check, Backend b, const std::string& result) {
+void put(const std::string& op, const std::string& check, On b, const std::string& result) {
   auto key = std::make_pair(op, check);
   auto [it, fresh] = table().try_emplace(key);
   if (fresh) order().push_back(key);
-  std::string& cell = b == Backend::Cpu ? it->second.cpu : it->second.cuda;
+  std::string& cell = b == On::Cpu ? it->second.cpu : it->second.cuda;
   // One op runs several tests (shapes, options): a failure anywhere marks the row FAIL.
   if (cell.empty() || result == "FAIL" || cell.rfind("skip", 0) == 0) cell = result;
 }
@@ -61,7 +61,7 @@ class TablePrinter : public ::testing::Environment {
 
 }  // namespace
 
-OpRow::OpRow(std::string op, std::string check, Backend b) : op_(std::move(op)), check_(std::move(check)), b_(b) {}
+OpRow::OpRow(std::string op, std::string check, On b) : op_(std::move(op)), check_(std::move(check)), b_(b) {}
 
 OpRow::~OpRow() {
   if (!skip_.empty()) put(op_, check_, b_, "skip: " + skip_);
@@ -77,9 +77,7 @@ bool cuda_ready(std::string* why) {
 #endif
 }
 
-void no_cuda_twin(const std::string& op, const std::string& check) {
-  put(op, check, Backend::Cuda, "skip: no CUDA twin");
-}
+void no_cuda_twin(const std::string& op, const std::string& check) { put(op, check, On::Cuda, "skip: no CUDA twin"); }
 
 std::vector<float> randn(size_t n, Rng& rng, double scale) {
   std::vector<float> v(n);

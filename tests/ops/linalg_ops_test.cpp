@@ -11,10 +11,9 @@
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/ops.h"
+#include "ops/device.h"
 #include "ops/harness.h"
-#ifdef MOE_HAVE_CUDA
-#include "kernels/cuda/cuda_ops.h"
-#endif
 
 using namespace moe;
 using namespace moe::ops_test;
@@ -32,7 +31,7 @@ TEST(Gemm, AllThreeLayouts) {
   Rng rng(51);
   for (int layout = 0; layout < 3; ++layout) {
     const char* name = layout == 0 ? "gemm_nt" : layout == 1 ? "gemm_nn" : "gemm_tn";
-    OpRow row(name, "fwd", Backend::Cpu);
+    OpRow row(name, "fwd", On::Cpu);
     for (auto [M, N, K] : kGemmShapes)
       for (bool acc : {false, true}) {
         auto A = randn(size_t(M * K), rng), B = randn(size_t(N * K), rng), C0 = randn(size_t(M * N), rng);
@@ -56,7 +55,52 @@ TEST(Gemm, AllThreeLayouts) {
         else k::gemm_tn(M, N, K, A.data(), B.data(), C.data(), acc);
         expect_close(std::string(name) + mnk(M, N, K) + (acc ? " acc" : ""), C, want, kTolF32Reduce);
       }
-    no_cuda_twin(name, "fwd");
+  }
+}
+
+// The three GEMM layouts as the CUDA ops use them, through the facade: nt is linear_f32
+// (y = x Wᵀ), nn linear_backward_input (dx = dy W), tn linear_backward_weight (dW += dyᵀ x).
+TEST(GemmCuda, AllThreeLayouts) {
+  for (int layout = 0; layout < 3; ++layout) {
+    const char* name = layout == 0 ? "gemm_nt" : layout == 1 ? "gemm_nn" : "gemm_tn";
+    OpRow row(name, "fwd", On::Cuda);
+    if (std::string why; !cuda_ready(&why)) {
+      row.skip(why);
+      continue;
+    }
+#ifdef MOE_HAVE_CUDA
+    Rng rng(151);
+    for (auto [M, N, K] : kGemmShapes)
+      for (bool acc : {false, true}) {
+        if (layout == 2 && !acc) continue;  // the weight gradient always accumulates
+        auto A = randn(size_t(M * K), rng), B = randn(size_t(N * K), rng), C0 = randn(size_t(M * N), rng);
+        auto a = [&](int64_t m, int64_t kk) {
+          return double(layout == 2 ? A[size_t(kk * M + m)] : A[size_t(m * K + kk)]);
+        };
+        auto b = [&](int64_t kk, int64_t n) {
+          return double(layout == 0 ? B[size_t(n * K + kk)] : B[size_t(kk * N + n)]);
+        };
+        std::vector<double> want(static_cast<size_t>(M * N));
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n) {
+            double s = acc ? C0[size_t(m * N + n)] : 0.0;
+            for (int64_t kk = 0; kk < K; ++kk) s += a(m, kk) * b(kk, n);
+            want[size_t(m * N + n)] = s;
+          }
+        DeviceIn<float> dA(A), dB(B);
+        Guarded<float> C = acc ? Guarded<float>(C0) : Guarded<float>(size_t(M * N), qnan());
+        DeviceOut<float> dC(C);
+        if (layout == 0) {
+          const Tensor W = Tensor::borrow({N, K}, DType::F32, dB.get(), nullptr);
+          ops::linear(gpu(), dA.get(), M, W, nullptr, dC.get(), acc);
+        } else if (layout == 1) {
+          ops::linear_backward_input(gpu(), dA.get(), M, dB.get(), K, N, dC.get(), acc);
+        } else {
+          ops::linear_backward_weight(gpu(), dA.get(), dB.get(), K, M, N, dC.get());
+        }
+        expect_close(std::string("cuda ") + name + mnk(M, N, K) + (acc ? " acc" : ""), dC.fetch(), want, kTolF32Reduce);
+      }
+#endif
   }
 }
 
@@ -89,7 +133,7 @@ TEST(Linear, EveryWeightDtype) {
   Rng rng(52);
   for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     const std::string name = "linear_" + std::string(dt == DType::F32 ? "f32" : dt == DType::BF16 ? "bf16" : "f16");
-    OpRow row(name, "fwd", Backend::Cpu);
+    OpRow row(name, "fwd", On::Cpu);
     for (auto [T, N, D] : kLinearShapes)
       for (bool with_bias : {false, true}) {
         std::vector<float> wv;
@@ -104,27 +148,55 @@ TEST(Linear, EveryWeightDtype) {
 }
 
 TEST(LinearCuda, F32) {
-  OpRow row("linear_f32", "fwd", Backend::Cuda);
-  if (std::string why; !cuda_ready(&why)) {
-    row.skip(why);
-    GTEST_SKIP() << why;
-  }
+  CUDA_ROW("linear_f32", "fwd");
 #ifdef MOE_HAVE_CUDA
   Rng rng(53);
-  for (auto [T, N, D] : kLinearShapes) {
-    std::vector<float> wv;
-    weight(N, D, DType::F32, rng, &wv);
-    auto x = randn(size_t(T * D), rng);
-    kernels::cuda::DeviceBuffer dx(x.size() * 4), dw(wv.size() * 4), dy(size_t(T * N) * 4);
-    dx.upload(x.data(), x.size() * 4), dw.upload(wv.data(), wv.size() * 4);
-    kernels::cuda::linear_f32(dx.as<float>(), T, dw.as<float>(), N, D, dy.as<float>());
-    kernels::cuda::synchronize();
-    std::vector<float> y(static_cast<size_t>(T * N));
-    dy.download(y.data(), y.size() * 4);
-    // cuBLAS may use TF32 on recent GPUs: a looser bound than the CPU's.
-    expect_close("cuda linear_f32" + mnk(T, N, D), y, linear_ref(x, wv, nullptr, T, N, D), 1e-6);
-  }
+  for (auto [T, N, D] : kLinearShapes)
+    for (bool with_bias : {false, true}) {
+      std::vector<float> wv;
+      weight(N, D, DType::F32, rng, &wv);
+      auto x = randn(size_t(T * D), rng), bias = randn(size_t(N), rng);
+      DeviceIn<float> dx(x), dw(wv), db(bias);
+      Guarded<float> y(size_t(T * N), qnan());
+      DeviceOut<float> dy(y);
+      const Tensor W = Tensor::borrow({N, D}, DType::F32, dw.get(), nullptr);
+      ops::linear(gpu(), dx.get(), T, W, with_bias ? db.get() : nullptr, dy.get());
+      expect_close("cuda linear_f32" + mnk(T, N, D), dy.fetch(),
+                   linear_ref(x, wv, with_bias ? &bias : nullptr, T, N, D), kTolF32Reduce);
+    }
 #endif
+}
+
+// db += sum_t dy[t], on both backends: the same float additions in token order, so exact.
+TEST(BiasBackward, TokenOrderSum) {
+  for (On on : {On::Cpu, On::Cuda}) {
+    OpRow row("bias_backward", "fwd", on);
+    if (std::string why; on == On::Cuda && !cuda_ready(&why)) {
+      row.skip(why);
+      continue;
+    }
+    Rng rng(57);
+    for (auto [T, N] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 17}, {300, 65}}) {
+      auto dy = randn(size_t(T * N), rng), db0 = randn(size_t(N), rng);
+      std::vector<float> serial = db0;
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = 0; n < N; ++n) serial[size_t(n)] += dy[size_t(t * N + n)];
+      Guarded<float> db(db0);
+      const std::string what = (on == On::Cpu ? "bias_backward" : "cuda bias_backward") + mnk(T, N, 1);
+      if (on == On::Cpu) {
+        ops::bias_backward(moe::Backend{}, dy.data(), T, N, db.data());
+        expect_close(what, db, widen(serial), kExact);
+      }
+#ifdef MOE_HAVE_CUDA
+      if (on == On::Cuda) {
+        DeviceIn<float> DY(dy);
+        DeviceOut<float> DB(db);
+        ops::bias_backward(gpu(), DY.get(), T, N, DB.get());
+        expect_close(what, DB.fetch(), widen(serial), kExact);
+      }
+#endif
+    }
+  }
 }
 
 namespace {
@@ -164,7 +236,7 @@ std::vector<double> varlen_ref(const std::vector<double>& q, const std::vector<d
 }  // namespace
 
 TEST(Attention, CausalOverCache) {
-  OpRow row("causal_attention", "fwd", Backend::Cpu);
+  OpRow row("causal_attention", "fwd", On::Cpu);
   Rng rng(54);
   for (auto [T, pos0, nh, ng, d] : std::vector<std::array<int64_t, 5>>{
            {1, 0, 1, 1, 1}, {1, 17, 4, 2, 8}, {3, 5, 6, 3, 16}, {40, 0, 4, 1, 32}, {70, 9, 4, 2, 8}}) {
@@ -197,13 +269,13 @@ TEST(Attention, VarlenForwardAndBackward) {
     Guarded<float> out(size_t(T * nh * d), qnan()), lse(size_t(T * nh), qnan());
     const std::string what = "attention_varlen T=" + std::to_string(T) + " nh=" + std::to_string(nh);
     {
-      OpRow row("attention_varlen", "fwd", Backend::Cpu);
+      OpRow row("attention_varlen", "fwd", On::Cpu);
       k::attention_varlen_forward(a, q.data(), kk.data(), v.data(), out.data(), lse.data());
       expect_close(what, out, varlen_ref(widen(q), widen(kk), widen(v), T, nh, ng, d, scale, c.cu), kTolF32Reduce);
       EXPECT_TRUE(lse.intact()) << what;
     }
     if (T > 20) continue;
-    OpRow row("attention_varlen", "bwd (fd)", Backend::Cpu);
+    OpRow row("attention_varlen", "bwd (fd)", On::Cpu);
     auto dout = randn(size_t(T * nh * d), rng);
     Guarded<float> dq(q.size(), qnan()), dk(kk.size(), qnan()), dv(v.size(), qnan());
     k::attention_varlen_backward(a, q.data(), kk.data(), v.data(), out.data(), lse.data(), dout.data(), dq.data(),
@@ -250,7 +322,7 @@ TEST(CrossEntropy, LossAndGradientWithIgnoreLabel) {
     Guarded<float> g(logits);
     k::CrossEntropySums sums;
     {
-      OpRow row("cross_entropy", "fwd", Backend::Cpu);
+      OpRow row("cross_entropy", "fwd", On::Cpu);
       sums = k::cross_entropy_forward_backward(g.data(), T, V, labels.data(), scale);
       int64_t count = 0, correct = 0;
       const double want = loss_ref(widen(logits), &count, &correct);
@@ -258,13 +330,54 @@ TEST(CrossEntropy, LossAndGradientWithIgnoreLabel) {
       EXPECT_EQ(sums.count, count);
       EXPECT_EQ(sums.correct, correct);
     }
-    OpRow row("cross_entropy", "bwd (fd)", Backend::Cpu);
+    OpRow row("cross_entropy", "bwd (fd)", On::Cpu);
     EXPECT_TRUE(g.intact());
     if (V > 200) continue;
     expect_fd(
         "cross_entropy T=" + std::to_string(T) + " V=" + std::to_string(V),
         [&](const std::vector<double>& l) { return scale * loss_ref(l, nullptr, nullptr); }, widen(logits), g.vec());
   }
-  no_cuda_twin("cross_entropy", "fwd");
-  no_cuda_twin("cross_entropy", "bwd (fd)");
+}
+
+TEST(CrossEntropyCuda, LossAndGradientWithIgnoreLabel) {
+  OpRow fwd_row("cross_entropy", "fwd", On::Cuda);
+  if (std::string why; !cuda_ready(&why)) fwd_row.skip(why);
+  CUDA_ROW("cross_entropy", "bwd (fd)");
+#ifdef MOE_HAVE_CUDA
+  Rng rng(156);
+  for (auto [T, V] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 17}, {17, 127}, {9, 1000}}) {
+    auto logits = randn(size_t(T * V), rng, 3.0);
+    std::vector<int32_t> labels(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) labels[size_t(t)] = t % 3 == 2 ? -100 : int32_t(rng.next() % uint64_t(V));
+    const float scale = 0.25f;
+    auto loss_ref = [&](const std::vector<double>& l, int64_t* count, int64_t* correct) {
+      double s = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        if (labels[size_t(t)] < 0) continue;
+        const double* x = l.data() + t * V;
+        const double m = *std::max_element(x, x + V);
+        double z = 0;
+        for (int64_t i = 0; i < V; ++i) z += std::exp(x[i] - m);
+        s += m + std::log(z) - x[labels[size_t(t)]];
+        if (count) ++*count, *correct += std::max_element(x, x + V) - x == labels[size_t(t)];
+      }
+      return s;
+    };
+    Guarded<float> g(logits);
+    DeviceOut<float> G(g);
+    DeviceIn<int32_t> L(labels);
+    const auto sums = ops::cross_entropy(gpu(), G.get(), T, V, L.get(), scale);
+    G.fetch();
+    int64_t count = 0, correct = 0;
+    const double want = loss_ref(widen(logits), &count, &correct);
+    EXPECT_NEAR(sums.loss, want, 1e-6 * (1 + std::fabs(want))) << "cuda T=" << T << " V=" << V;
+    EXPECT_EQ(sums.count, count);
+    EXPECT_EQ(sums.correct, correct);
+    EXPECT_TRUE(g.intact());
+    if (V > 200) continue;
+    expect_fd(
+        "cuda cross_entropy T=" + std::to_string(T) + " V=" + std::to_string(V),
+        [&](const std::vector<double>& l) { return scale * loss_ref(l, nullptr, nullptr); }, widen(logits), g.vec());
+  }
+#endif
 }
