@@ -215,7 +215,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   if (writer) run_dir.emplace(save_root, rdo);
   t.out_dir = run_dir ? run_dir->path() : "";
   if (world) t.out_dir = moe::dist::broadcast_string(*world, t.out_dir, 0);
-  t.groups = groups, t.writer = writer;
+  t.groups = groups, t.writer = writer, t.distributed_optimizer = a.use_distributed_optimizer;
   t.ckpt.dtype = dtype_from(a.torch_dtype, lm.config.params_dtype);
   t.ckpt.save_optim = !a.no_save_optim, t.ckpt.save_rng = !a.no_save_rng, t.ckpt.save_safetensors = a.save_safetensors;
   t.ckpt.source_dir = src;
@@ -355,7 +355,7 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor parallel size (default: as TP)");
   c->add_option("--context_parallel_size", a->cp, "Context parallel size (1 in this version)");
   c->add_option("--use_distributed_optimizer", a->use_distributed_optimizer,
-                "Shard the optimizer over DP (accepted; this version keeps it replicated on every rank)");
+                "Shard the optimizer state over the data-parallel ranks (Megatron-SWIFT's default)");
   c->callback([a, c] {
     a->t.seed = uint64_t(a->seed);
     moe::model::parse_recompute(a->recompute_granularity, &a->m.recompute.granularity);  // checked in run()

@@ -277,6 +277,12 @@ void Optimizer::update(std::span<const ParamRef> params, double lr, double* w_ma
 }
 
 bool Optimizer::step(std::span<const ParamRef> params, double lr, double grad_norm) {
+  if (!step_stays_finite(params, lr, grad_norm)) return false;
+  apply_step(params, lr);
+  return true;
+}
+
+bool Optimizer::step_stays_finite(std::span<const ParamRef> params, double lr, double grad_norm) {
   bind_state(params);
   if (w_max_ < 0) measure_maxima(params);
   // A bound on every new |w| from last step's exact maxima and the gradient bound: when it is
@@ -297,18 +303,22 @@ bool Optimizer::step(std::span<const ParamRef> params, double lr, double grad_no
       bound = w_max_ + std::fabs(lr) * d;
     }
   }
+  if (bound < kSafe) return true;
   double w_new = 0, s_new = 0;
-  if (!(bound < kSafe)) {
-    update<false>(params, lr, &w_new, &s_new);
-    if (!std::isfinite(w_new) || !std::isfinite(s_new)) return false;
-  }
+  update<false>(params, lr, &w_new, &s_new);
+  return std::isfinite(w_new) && std::isfinite(s_new);
+}
+
+void Optimizer::apply_step(std::span<const ParamRef> params, double lr) {
+  bind_state(params);
+  if (w_max_ < 0) measure_maxima(params);
+  double w_new = 0, s_new = 0;
   ++steps_;
   update<true>(params, lr, &w_new, &s_new);
   w_max_ = w_new, s_max_ = s_new;
-  return true;
 }
 
-double clip_grad_norm(std::span<const ParamRef> params, double max_norm) {
+static double grad_sum_of_squares(std::span<const ParamRef> params) {
   const auto& blocks = blocks_of(params);
   thread_local std::vector<double> partial_sums;  // reused across steps
   std::vector<double>& partial = partial_sums;    // the caller's: workers must not name their own
@@ -324,11 +334,18 @@ double clip_grad_norm(std::span<const ParamRef> params, double max_norm) {
   });
   double ss = 0;
   for (double s : partial) ss += s;
+  return ss;
+}
+
+double clip_grad_norm(std::span<const ParamRef> params, double max_norm, dist::Communicator* sum_over) {
+  double ss = grad_sum_of_squares(params);
+  if (sum_over) sum_over->all_reduce(&ss, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
   const double norm = std::sqrt(ss);
   if (!std::isfinite(norm) || max_norm <= 0) return norm;
   const double coeff = max_norm / (norm + 1e-6);
   if (coeff >= 1.0) return norm;
   const float scale = float(coeff);
+  const auto& blocks = blocks_of(params);
   parallel_for(int64_t(blocks.size()), [&](int64_t lo, int64_t hi) {
     for (int64_t bi = lo; bi < hi; ++bi) {
       const Block& bk = blocks[size_t(bi)];

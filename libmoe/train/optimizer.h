@@ -13,6 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "dist/communicator.h"
+
 namespace moe::train {
 
 // One parameter as the optimizer sees it. The caller owns `data` and `grad` (numel floats each)
@@ -73,6 +75,10 @@ class Optimizer {
   // to `params` first; otherwise `params` may come in any order, each found by name, and a name
   // the layout lacks or whose size differs is an InternalError (a checkpoint/model mismatch).
   bool step(std::span<const ParamRef> params, double lr, double grad_norm = std::numeric_limits<double>::infinity());
+  // step() in two halves, for ranks that must agree before any of them writes (the distributed
+  // optimizer: each rank checks its shard, the group takes the AND, then all apply or none).
+  bool step_stays_finite(std::span<const ParamRef> params, double lr, double grad_norm);
+  void apply_step(std::span<const ParamRef> params, double lr);
 
   // Optimizer steps taken (torch's per-parameter "step"; Adam's bias correction uses it).
   int64_t steps() const { return steps_; }
@@ -130,7 +136,9 @@ class Optimizer {
 // and max_norm / (norm + 1e-6) < 1 (Megatron's and torch's rule), every gradient is scaled by
 // that factor. A non-finite norm (some gradient is NaN/Inf) is returned with the gradients
 // untouched: the caller skips the step and counts it (see grad_norm_ok).
-double clip_grad_norm(std::span<const ParamRef> params, double max_norm);
+// With `sum_over`, `params` are this rank's part of the gradients (a distributed optimizer's shard)
+// and the squares are summed over the group first: every rank gets the global norm.
+double clip_grad_norm(std::span<const ParamRef> params, double max_norm, dist::Communicator* sum_over = nullptr);
 inline bool grad_norm_ok(double norm) { return std::isfinite(norm); }
 
 }  // namespace moe::train

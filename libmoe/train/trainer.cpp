@@ -88,9 +88,19 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   // as the model's flat parameters and gradients (same offsets), before a resume fills it.
   const auto params = param_refs(model);
   opt.bind(in_address_order(params));
+  // With the distributed optimizer, `opt` holds a whole state only while a checkpoint is read or
+  // written; the step goes through this rank's shard.
+  std::unique_ptr<DistributedOptimizer> dist_opt;
+  if (cfg.distributed_optimizer && dp.group)
+    dist_opt =
+        std::make_unique<DistributedOptimizer>(cfg.optim, model.flat_params(), model.flat_grads(), params, *dp.group);
+  auto release_whole_state = [&] {
+    if (dist_opt) opt.reset(), opt.bind(in_address_order(params));
+  };
   TrainProgress prog;
   if (!cfg.resume_dir.empty()) {
     auto rs = load_training_state(cfg.resume_dir, model, opt, cfg.load_optim, cfg.load_rng);
+    if (dist_opt) dist_opt->load_state(opt), release_whole_state();
     prog = rs.progress;
     if (rs.had_rng) loader.restore(prog.data);
     log().info("resuming at iteration {} (optimizer state {}, data position {})", prog.iteration,
@@ -133,9 +143,12 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     if (loss < res.best_eval_loss) res.best_eval_loss = loss, res.best_checkpoint = cfg.out_dir;
   };
   auto save = [&](int64_t iter) {
-    if (!cfg.save || !cfg.writer) return;
+    if (!cfg.save) return;
+    if (dist_opt) dist_opt->gather_state(opt);  // a collective: every rank takes part
+    if (!cfg.writer) return release_whole_state();
     prog.iteration = iter, prog.data = loader.position();
     save_checkpoint(cfg.out_dir, model, opt, lrc, prog, cfg.ckpt);
+    release_whole_state();
     res.last_checkpoint = cfg.out_dir;
     write_training_plots(cfg.out_dir, hist);
   };
@@ -170,17 +183,22 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       if (dp.mine(j)) st.add(model.forward_backward(view(mbs[j]), loss_scale, 1.0f / float(accum)));
       win_train_tokens += int64_t(mbs[j].tokens.size());
     }
-    dp.sum(model.flat_grads());
+    double grad_norm = 0;
+    if (dist_opt) {
+      grad_norm = dist_opt->reduce_gradients_and_clip(cfg.clip_grad);
+    } else {
+      dp.sum(model.flat_grads());
+      grad_norm = clip_grad_norm(params, cfg.clip_grad);
+    }
     dp.sum(st);
     const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
-    const double grad_norm = clip_grad_norm(params, cfg.clip_grad);
     const double lr = sched.lr_at(iter - 1);  // Megatron: the schedule steps after the update
     // The gradients' bound after clipping: every element is at most the global L2 norm.
     const double grad_bound = cfg.clip_grad > 0 ? std::min(grad_norm, cfg.clip_grad) : grad_norm;
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
       ++prog.skipped_iters;
       log().warn("iteration {}: loss {} / grad norm {} not finite, step skipped", iter, loss, grad_norm);
-    } else if (!opt.step(params, float(lr), grad_bound)) {
+    } else if (!(dist_opt ? dist_opt->step(float(lr), grad_bound) : opt.step(params, float(lr), grad_bound))) {
       ++prog.skipped_iters;
       log().warn("iteration {}: the update at lr {} would make weights non-finite, step skipped", iter, lr);
     } else {

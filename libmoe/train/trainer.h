@@ -22,6 +22,7 @@
 #include "model/train_model.h"
 #include "train/checkpoint.h"
 #include "train/dataset.h"
+#include "train/distributed_optimizer.h"
 #include "train/lr_schedule.h"
 #include "train/optimizer.h"
 
@@ -59,6 +60,8 @@ struct TrainerConfig {
   std::shared_ptr<const dist::ProcessGroups> groups;
   // Whether this rank writes logging.jsonl, plots and checkpoints (world rank 0).
   bool writer = true;
+  // --use_distributed_optimizer: with DP > 1, the optimizer state sharded over the DP group.
+  bool distributed_optimizer = false;
 };
 
 struct TrainResult {

@@ -1,0 +1,93 @@
+#include "train/distributed_optimizer.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace moe::train {
+
+DistributedOptimizer::DistributedOptimizer(const OptimizerConfig& cfg, std::span<float> params, std::span<float> grads,
+                                           std::span<const ParamRef> refs, dist::Communicator& dp)
+    : params_(params), grads_(grads), dp_(dp), shard_opt_(cfg) {
+  MOE_ASSERT(params.size() == grads.size(), "distributed optimizer: {} parameters but {} gradients", params.size(),
+             grads.size());
+  const size_t n = params.size(), r = size_t(dp.rank()), size = size_t(dp.size());
+  MOE_ASSERT(n >= size, "distributed optimizer: {} parameters over {} ranks", n, size);
+  chunk_ = n / size;
+  begin_ = r * chunk_;
+  end_ = r + 1 == size ? n : begin_ + chunk_;
+  shard_grad_.assign(end_ - begin_, 0.0f);
+  scratch_.resize(chunk_);
+  all_ = in_address_order(refs);
+  for (const ParamRef& p : all_) {
+    const size_t off = size_t(p.data - params.data());
+    MOE_ASSERT(off + p.numel <= n && p.grad == grads.data() + off, "{} is not a view of the flat buffers", p.name);
+    const size_t lo = std::max(off, begin_), hi = std::min(off + p.numel, end_);
+    if (lo >= hi) continue;
+    pieces_.push_back({p.name, params.data() + lo, shard_grad_.data() + (lo - begin_), hi - lo, p.decay});
+    piece_offset_.push_back(lo - off);
+  }
+  shard_opt_.bind(pieces_);
+}
+
+double DistributedOptimizer::reduce_gradients_and_clip(double max_norm) {
+  const size_t n = grads_.size(), size = size_t(dp_.size());
+  if (chunk_ > 0)
+    dp_.reduce_scatter(grads_.data(), shard_grad_.data(), int64_t(chunk_), dist::DataType::kF32, dist::ReduceOp::kSum);
+  const size_t tail = n - chunk_ * size;
+  if (tail > 0) {
+    dp_.all_reduce(grads_.data() + chunk_ * size, int64_t(tail), dist::DataType::kF32, dist::ReduceOp::kSum);
+    if (end_ == n) std::memcpy(shard_grad_.data() + chunk_, grads_.data() + chunk_ * size, tail * sizeof(float));
+  }
+  return clip_grad_norm(pieces_, max_norm, &dp_);
+}
+
+bool DistributedOptimizer::step(double lr, double grad_bound) {
+  int32_t ok = shard_opt_.step_stays_finite(pieces_, lr, grad_bound) ? 1 : 0;
+  int32_t bad = 1 - ok;
+  dp_.all_reduce(&bad, 1, dist::DataType::kI32, dist::ReduceOp::kSum);
+  if (bad > 0) return false;
+  shard_opt_.apply_step(pieces_, lr);
+  all_gather_flat(params_.data());
+  return true;
+}
+
+void DistributedOptimizer::all_gather_flat(float* v) const {
+  const size_t n = params_.size(), size = size_t(dp_.size());
+  if (chunk_ > 0) {
+    std::memcpy(scratch_.data(), v + begin_, chunk_ * sizeof(float));  // send and recv must not overlap
+    dp_.all_gather(scratch_.data(), v, int64_t(chunk_), dist::DataType::kF32);
+  }
+  if (const size_t tail = n - chunk_ * size; tail > 0)
+    dp_.broadcast(v + chunk_ * size, int64_t(tail), dist::DataType::kF32, int(size) - 1);
+}
+
+void DistributedOptimizer::gather_state(Optimizer& full) const {
+  if (!full.bound()) full.bind(all_);
+  full.set_steps(shard_opt_.steps());
+  if (!shard_opt_.has_state()) return;
+  std::vector<float> flat(params_.size());
+  for (const auto& key : shard_opt_.state_keys()) {
+    const auto mine = shard_opt_.flat_state(key);
+    std::copy(mine.begin(), mine.end(), flat.begin() + std::ptrdiff_t(begin_));
+    all_gather_flat(flat.data());
+    for (const ParamRef& p : all_) {
+      auto dst = full.state(p.name, key);
+      std::copy_n(flat.begin() + (p.data - params_.data()), dst.size(), dst.begin());
+    }
+  }
+}
+
+void DistributedOptimizer::load_state(const Optimizer& full) {
+  shard_opt_.set_steps(full.steps());
+  if (!full.has_state()) return;
+  for (const auto& key : shard_opt_.state_keys())
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      const auto src = full.state(pieces_[i].name, key);
+      auto dst = shard_opt_.state(pieces_[i].name, key);
+      std::copy_n(src.begin() + std::ptrdiff_t(piece_offset_[i]), dst.size(), dst.begin());
+    }
+}
+
+}  // namespace moe::train

@@ -1,0 +1,61 @@
+// Megatron's distributed optimizer (--use_distributed_optimizer) over a data-parallel group: the
+// flat gradient buffer is reduce-scattered so that each rank holds the summed gradients of one
+// contiguous shard of the flat parameters; each rank clips with the global norm, updates its
+// shard and keeps the Adam state of that shard only (1/DP of the optimizer memory); the updated
+// shards are all-gathered back into every rank's parameters.
+//
+// Shards: with n parameters and DP ranks, rank r owns [r*s, (r+1)*s), s = n / DP, and the last
+// rank also the n % DP remainder, which is all-reduced instead (reduce-scatter takes equal
+// chunks). A shard cuts parameters anywhere: the optimizer sees each cut piece as a parameter of
+// the same name, so weight decay and the update are element-wise as on one process.
+//
+// Checkpoints keep the single-process layout: gather_state() assembles the whole state on every
+// rank (a collective) for the writer to save, and load_state() takes this rank's slice of a
+// whole state read from any checkpoint, so a run resumes under any DP size.
+#pragma once
+#include <span>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "train/optimizer.h"
+
+namespace moe::train {
+
+class DistributedOptimizer {
+ public:
+  // `params` and `grads` are the model's flat buffers (same length); `refs` every parameter as a
+  // view into them, in any order. The group must outlive this object.
+  DistributedOptimizer(const OptimizerConfig& cfg, std::span<float> params, std::span<float> grads,
+                       std::span<const ParamRef> refs, dist::Communicator& dp);
+
+  // The gradients summed over the group into this rank's shard, clipped to max_norm (0: off) by
+  // the global L2 norm, which is returned (non-finite: some gradient is NaN/Inf).
+  double reduce_gradients_and_clip(double max_norm);
+  // One update unless it would make any rank's weights or state non-finite (then no rank writes
+  // and false is returned on every rank); then every rank's parameters are the updated ones.
+  bool step(double lr, double grad_bound);
+
+  int64_t steps() const { return shard_opt_.steps(); }
+  // The whole optimizer state into `full` (bound, if it is not, to every parameter in flat order,
+  // as the trainer binds a single-process optimizer): a collective over the group.
+  void gather_state(Optimizer& full) const;
+  // This rank's slice of `full` (a whole state, e.g. loaded from a checkpoint), and its step count.
+  void load_state(const Optimizer& full);
+
+ private:
+  std::span<float> params_, grads_;
+  dist::Communicator& dp_;
+  size_t chunk_ = 0, begin_ = 0, end_ = 0;  // equal chunk size; this rank's [begin, end)
+  std::vector<float> shard_grad_;           // the summed gradients of [begin, end)
+  std::vector<ParamRef> all_;               // every parameter, in flat order
+  std::vector<ParamRef> pieces_;            // the parameters' parts inside the shard, in flat order
+  std::vector<size_t> piece_offset_;        // where each piece starts inside its parameter
+  mutable std::vector<float> scratch_;      // a chunk, for in-place all-gathers
+  Optimizer shard_opt_;
+
+  // Every rank's [r*chunk, (r+1)*chunk) of `v` (this rank's part in place) onto every rank, and
+  // the remainder from the last rank.
+  void all_gather_flat(float* v) const;
+};
+
+}  // namespace moe::train
