@@ -20,6 +20,7 @@
 #include "core/log.h"
 #include "core/mapped_file.h"
 #include "core/output_dir.h"
+#include "dist/collective_clock.h"
 #include "dist/launch.h"
 #include "dist/mpi_communicator.h"
 #include "dist/process_groups.h"
@@ -54,6 +55,7 @@ struct TrainArgs {
   // Megatron's parallel sizes; data parallel is what the world leaves.
   int tp = 1, pp = 1, ep = 1, etp = 0, cp = 1, vpp = 1;
   bool use_distributed_optimizer = true;
+  double distributed_timeout_minutes = 10;  // Megatron's default
 };
 
 // The job's layout on `world` ranks, refused up front (on every rank, with the same line) when
@@ -146,7 +148,17 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   // The job's ranks: MPI starts first, so a later error on any rank ends every rank (main.cpp).
   const auto launch = moe::dist::launch_env();
   std::unique_ptr<moe::dist::Communicator> world;
-  if (launch.distributed()) world = moe::dist::MpiCommunicator::world();
+  if (launch.distributed()) {
+    if (!(a.distributed_timeout_minutes > 0))
+      moe::throw_input("--distributed_timeout_minutes must be > 0, got {}", a.distributed_timeout_minutes);
+    world = moe::dist::MpiCommunicator::world();
+    moe::dist::start_collective_watchdog(
+        a.distributed_timeout_minutes * 60, [r = world->rank(), n = world->size()](const std::string& msg) {
+          std::fprintf(stderr, "moectl: error (rank %d of %d): %s\n", r, n, msg.c_str());
+          std::fflush(stderr);
+          moe::dist::MpiCommunicator::abort_job(1);
+        });
+  }
   const auto layout = parallel_layout(a, world ? world->size() : 1);
   const auto groups = world ? std::make_shared<const moe::dist::ProcessGroups>(layout, *world)
                             : std::make_shared<const moe::dist::ProcessGroups>(moe::dist::ProcessGroups::local());
@@ -276,6 +288,16 @@ void run(const TrainArgs& a, const CLI::App& cli) {
     std::printf("trained %lld iterations (%lld skipped), last loss %.6f; checkpoint: %s\n",
                 static_cast<long long>(r.iterations), static_cast<long long>(r.skipped), r.last_loss,
                 r.last_checkpoint.c_str());
+  if (world) {  // where the job's communication time went (rank 0's view)
+    const auto ct = moe::dist::collective_times();
+    std::string parts;
+    for (int k = 0; k < moe::dist::kCollectiveKinds; ++k)
+      if (ct.calls[size_t(k)] > 0)
+        parts += fmt::format("{}{} {:.3f} s ({} calls, {:.1f} MB)", parts.empty() ? "" : ", ",
+                             moe::dist::collective_kind_name(moe::dist::CollectiveKind(k)), ct.seconds[size_t(k)],
+                             ct.calls[size_t(k)], double(ct.bytes[size_t(k)]) / 1e6);
+    if (writer) std::printf("communication: %.3f s in collectives: %s\n", ct.total_seconds(), parts.c_str());
+  }
 }
 
 void add_command(CLI::App& root, bool pretrain) {
@@ -354,6 +376,8 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (1 in this version)");
   c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor parallel size (default: as TP)");
   c->add_option("--context_parallel_size", a->cp, "Context parallel size (1 in this version)");
+  c->add_option("--distributed_timeout_minutes", a->distributed_timeout_minutes,
+                "End the job when a collective waits longer than this (a rank died or hung)");
   c->add_option("--use_distributed_optimizer", a->use_distributed_optimizer,
                 "Shard the optimizer state over the data-parallel ranks (Megatron-SWIFT's default)");
   c->callback([a, c] {

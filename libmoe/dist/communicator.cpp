@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "dist/collective_clock.h"
 
 namespace moe::dist {
 
@@ -46,16 +47,19 @@ void Communicator::check_peer(const char* call, const char* what, int peer) cons
 
 void Communicator::all_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op) {
   check_count("all_reduce", count);
+  const CollectiveScope scope(CollectiveKind::kAllReduce, name_, count * int64_t(data_type_size(dtype)));
   do_all_reduce(buf, count, dtype, op);
 }
 
 void Communicator::reduce_scatter(const void* send, void* recv, int64_t count, DataType dtype, ReduceOp op) {
   check_count("reduce_scatter", count);
+  const CollectiveScope scope(CollectiveKind::kReduceScatter, name_, count * size_ * int64_t(data_type_size(dtype)));
   do_reduce_scatter(send, recv, count, dtype, op);
 }
 
 void Communicator::all_gather(const void* send, void* recv, int64_t count, DataType dtype) {
   check_count("all_gather", count);
+  const CollectiveScope scope(CollectiveKind::kAllGather, name_, count * size_ * int64_t(data_type_size(dtype)));
   do_all_gather(send, recv, count, dtype);
 }
 
@@ -69,12 +73,16 @@ void Communicator::all_to_all(const void* send, std::span<const int64_t> send_co
   for (size_t r = 0; r < n; ++r)
     if (send_counts[r] < 0 || send_offsets[r] < 0 || recv_counts[r] < 0 || recv_offsets[r] < 0)
       throw_internal("{}: negative count or offset for rank {}", where("all_to_all"), r);
+  int64_t sent = 0;
+  for (int64_t c : send_counts) sent += c;
+  const CollectiveScope scope(CollectiveKind::kAllToAll, name_, sent * int64_t(data_type_size(dtype)));
   do_all_to_all(send, send_counts, send_offsets, recv, recv_counts, recv_offsets, dtype);
 }
 
 void Communicator::broadcast(void* buf, int64_t count, DataType dtype, int root) {
   check_count("broadcast", count);
   check_peer("broadcast", "root", root);
+  const CollectiveScope scope(CollectiveKind::kBroadcast, name_, count * int64_t(data_type_size(dtype)));
   do_broadcast(buf, count, dtype, root);
 }
 
@@ -82,6 +90,7 @@ void Communicator::send(const void* buf, int64_t count, DataType dtype, int peer
   check_count("send", count);
   check_peer("send", "peer", peer);
   if (tag < 0) throw_internal("{}: negative tag {}", where("send"), tag);
+  const CollectiveScope scope(CollectiveKind::kSendRecv, name_, count * int64_t(data_type_size(dtype)));
   do_send(buf, count, dtype, peer, tag);
 }
 
@@ -89,13 +98,18 @@ void Communicator::recv(void* buf, int64_t count, DataType dtype, int peer, int 
   check_count("recv", count);
   check_peer("recv", "peer", peer);
   if (tag < 0) throw_internal("{}: negative tag {}", where("recv"), tag);
+  const CollectiveScope scope(CollectiveKind::kSendRecv, name_, count * int64_t(data_type_size(dtype)));
   do_recv(buf, count, dtype, peer, tag);
 }
 
-void Communicator::barrier() { do_barrier(); }
+void Communicator::barrier() {
+  const CollectiveScope scope(CollectiveKind::kBarrier, name_, 0);
+  do_barrier();
+}
 
 std::unique_ptr<Communicator> Communicator::split(int color, int key, const std::string& name) {
   if (color < 0) throw_internal("{}: negative color {}", where("split"), color);
+  const CollectiveScope scope(CollectiveKind::kSplit, name_, 0);
   return do_split(color, key, name);
 }
 

@@ -9,7 +9,8 @@
   that never stopped;
 - files: only rank 0 writes, args.json records the parallel sizes;
 - faults: a layout the world does not divide, and a missing dataset, end every rank with exit 2
-  and the one-line message; a rank killed mid-run ends the job non-zero within seconds.
+  and the one-line message; a rank killed mid-run ends the job non-zero within seconds; a rank
+  that hangs ends it after --distributed_timeout_minutes, naming the collective.
 Usage: train_dp_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
 import glob
 import json
@@ -195,6 +196,29 @@ check(time.time() - t0 < 30, f"the job ended {time.time() - t0:.1f} s after the 
 latest = open(os.path.join(run_dir("killed"), "latest_checkpointed_iteration.txt")).read().strip()
 p = run(["export", "--mcore_model", run_dir("killed"), "--to_hf", "true", "--output_dir", "killed_hf"], expect=None)
 check(p.returncode == 0, f"the last complete checkpoint (iteration {latest}) still exports")
+
+# A rank that hangs (stopped): the others give up after --distributed_timeout_minutes, naming the
+# collective, and the job ends non-zero.
+proc = subprocess.Popen(mpirun(2) + [MOECTL, "sft"] + long + CASES["qwen3_moe"] + [
+    "--save", "hung", "--distributed_timeout_minutes", "0.05"], cwd=WORK, env=ENV, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE, text=True)
+deadline = time.time() + 120
+while time.time() < deadline and not glob.glob(os.path.join(WORK, "hung", "v*", "logging.jsonl")):
+    time.sleep(0.2)
+children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+if children:
+    os.kill(int(children[-1]), signal.SIGSTOP)
+t0 = time.time()
+try:
+    _, err = proc.communicate(timeout=60)
+except subprocess.TimeoutExpired:
+    proc.kill()
+    _, err = proc.communicate()
+check(proc.returncode not in (0, None) and "did not complete in 3 s (--distributed_timeout_minutes)" in err,
+      f"a hung rank: the job ends non-zero naming the collective (exit {proc.returncode}): {err.strip()[:200]}")
+check(time.time() - t0 < 30, f"the hung job ended {time.time() - t0:.1f} s after the stop (timeout 3 s)")
+for c in children:
+    subprocess.run(["kill", "-KILL", c], capture_output=True)
 
 if failures:
     print(f"{len(failures)} failure(s)")
