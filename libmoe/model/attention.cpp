@@ -18,14 +18,39 @@ bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 
 }  // namespace
 
+AttentionSaved carve_attention_saved(Arena& keep, int64_t T, int64_t nh, int64_t ng, int64_t d) {
+  AttentionSaved s;
+  s.qkv = keep.take<float>(size_t(T * ng * (nh / ng + 2) * d));
+  s.q = keep.take<float>(size_t(T * nh * d));
+  s.k = keep.take<float>(size_t(T * ng * d));
+  s.v = keep.take<float>(size_t(T * ng * d));
+  s.out = keep.take<float>(size_t(T * nh * d));
+  s.lse = keep.take<float>(size_t(T * nh));
+  return s;
+}
+
+AttentionScratch carve_attention_backward_scratch(Arena& ws, int64_t T, int64_t nh, int64_t ng, int64_t d,
+                                                  bool qk_layernorm) {
+  AttentionScratch s;
+  s.dout = ws.take<float>(size_t(T * nh * d));
+  s.dq = ws.take<float>(size_t(T * nh * d));
+  s.dk = ws.take<float>(size_t(T * ng * d));
+  s.dv = ws.take<float>(size_t(T * ng * d));
+  if (qk_layernorm) {
+    s.q_raw = ws.take<float>(size_t(T * nh * d));
+    s.k_raw = ws.take<float>(size_t(T * ng * d));
+    s.v_unused = ws.take<float>(size_t(T * ng * d));
+  }
+  s.dqkv = ws.take<float>(size_t(T * ng * (nh / ng + 2) * d));
+  return s;
+}
+
 void attention_forward(const Context& ctx, const ModelConfig& c, const AttentionWeights& w, int layer, const float* x,
-                       const Batch& b, const RopeTable& rope, AttentionSaved& s, float* y) {
+                       const Batch& b, const RopeTable& rope, Arena& keep, AttentionSaved& s, float* y) {
   const Backend& be = ctx.backend;
   const int64_t T = b.size(), nh = ctx.local.heads, ng = ctx.local.query_groups, d = c.kv_channels;
-  const int64_t rows = ng * (nh / ng + 2) * d;
-  s.qkv.resize(size_t(T * rows));
+  s = carve_attention_saved(keep, T, nh, ng, d);
   ops::linear(be, x, T, w.qkv, has(w.qkv_bias) ? w.qkv_bias.f32() : nullptr, s.qkv.data());
-  s.q.resize(size_t(T * nh * d)), s.k.resize(size_t(T * ng * d)), s.v.resize(size_t(T * ng * d));
   ops::qkv_split(be, s.qkv.data(), T, nh, ng, d, s.q.data(), s.k.data(), s.v.data());
   if (c.qk_layernorm) {
     const float eps = float(c.norm_epsilon);
@@ -34,7 +59,6 @@ void attention_forward(const Context& ctx, const ModelConfig& c, const Attention
   }
   ops::rope(be, s.q.data(), T, nh, d, b.positions.data(), rope.cos(), rope.sin());
   ops::rope(be, s.k.data(), T, ng, d, b.positions.data(), rope.cos(), rope.sin());
-  s.out.resize(size_t(T * nh * d));
   const int64_t pos0 = b.cache ? b.cache->length() : 0;
   if (b.cache) {  // the new keys and values join the cache
     ops::copy(be, b.cache->keys(layer) + pos0 * ng * d, s.k.data(), T * ng * d);
@@ -43,7 +67,6 @@ void attention_forward(const Context& ctx, const ModelConfig& c, const Attention
   if (pos0 == 0) {
     // No earlier positions: the packed-sequence kernel training uses, so a prompt's logits are
     // bitwise those of the training forward.
-    s.lse.resize(size_t(T * nh));
     ops::attention_varlen(be, varlen(ctx, c, b), s.q.data(), s.k.data(), s.v.data(), s.out.data(), s.lse.data());
   } else {
     const ops::AttentionShape shape{T, pos0, nh, ng, d, float(1.0 / std::sqrt(double(d)))};
@@ -58,24 +81,23 @@ void attention_backward(const Context& ctx, const ModelConfig& c, const Attentio
   const Backend& be = ctx.backend;
   const int64_t T = b.size(), D = c.hidden_size, nh = ctx.local.heads, ng = ctx.local.query_groups;
   const int64_t d = c.kv_channels, rows = ng * (nh / ng + 2) * d;
+  ArenaScope scope(*ctx.workspace);
+  const AttentionScratch t = carve_attention_backward_scratch(*ctx.workspace, T, nh, ng, d, c.qk_layernorm);
   ops::linear_backward_weight(be, dy, s.out.data(), T, D, nh * d, g.proj.f32());
-  std::vector<float> dout(static_cast<size_t>(T * nh * d));
-  ops::linear_backward_input(be, dy, T, w.proj.f32(), D, nh * d, dout.data(), false);
-  std::vector<float> dq(s.q.size()), dk(s.k.size()), dv(s.v.size());
+  ops::linear_backward_input(be, dy, T, w.proj.f32(), D, nh * d, t.dout.data(), false);
   ops::attention_varlen_backward(be, varlen(ctx, c, b), s.q.data(), s.k.data(), s.v.data(), s.out.data(), s.lse.data(),
-                                 dout.data(), dq.data(), dk.data(), dv.data());
-  ops::rope_backward(be, dq.data(), T, nh, d, b.positions.data(), rope.cos(), rope.sin());
-  ops::rope_backward(be, dk.data(), T, ng, d, b.positions.data(), rope.cos(), rope.sin());
+                                 t.dout.data(), t.dq.data(), t.dk.data(), t.dv.data());
+  ops::rope_backward(be, t.dq.data(), T, nh, d, b.positions.data(), rope.cos(), rope.sin());
+  ops::rope_backward(be, t.dk.data(), T, ng, d, b.positions.data(), rope.cos(), rope.sin());
   if (c.qk_layernorm) {
     // The norms' inputs are the raw projections, still in the saved qkv buffer.
-    std::vector<float> q_raw(s.q.size()), k_raw(s.k.size()), v_unused(s.v.size());
-    ops::qkv_split(be, s.qkv.data(), T, nh, ng, d, q_raw.data(), k_raw.data(), v_unused.data());
+    ops::qkv_split(be, s.qkv.data(), T, nh, ng, d, t.q_raw.data(), t.k_raw.data(), t.v_unused.data());
     const float eps = float(c.norm_epsilon);
-    ops::rmsnorm_backward(be, q_raw.data(), T * nh, d, w.q_norm.f32(), eps, dq.data(), dq.data(), g.q_norm.f32());
-    ops::rmsnorm_backward(be, k_raw.data(), T * ng, d, w.k_norm.f32(), eps, dk.data(), dk.data(), g.k_norm.f32());
+    ops::rmsnorm_backward(be, t.q_raw.data(), T * nh, d, w.q_norm.f32(), eps, t.dq.data(), t.dq.data(), g.q_norm.f32());
+    ops::rmsnorm_backward(be, t.k_raw.data(), T * ng, d, w.k_norm.f32(), eps, t.dk.data(), t.dk.data(), g.k_norm.f32());
   }
-  std::vector<float> dqkv(static_cast<size_t>(T * rows));
-  ops::qkv_merge(be, dq.data(), dk.data(), dv.data(), T, nh, ng, d, dqkv.data());
+  const std::span<float> dqkv = t.dqkv;
+  ops::qkv_merge(be, t.dq.data(), t.dk.data(), t.dv.data(), T, nh, ng, d, dqkv.data());
   if (has(w.qkv_bias)) ops::bias_backward(be, dqkv.data(), T, rows, g.qkv_bias.f32());
   ops::linear_backward_weight(be, dqkv.data(), x, T, rows, D, g.qkv.f32());
   ops::linear_backward_input(be, dqkv.data(), T, w.qkv.f32(), rows, D, dx, false);

@@ -1,13 +1,15 @@
 // Self-attention, one forward for inference and training: fused QKV in Megatron's per-group
 // layout, optional q/k RMSNorm per head, RoPE at each token's position, causal attention that
 // never crosses the packed sequences' boundaries (over the KV cache when the batch carries one),
-// output projection. The forward leaves in `acts` exactly what the backward needs: training keeps
-// them per layer until the backward, inference hands every layer one scratch object whose buffers
-// are reused from layer to layer and step to step. Weight gradients accumulate.
+// output projection. The forward carves from `keep` exactly what the backward needs: training
+// keeps them per layer until the backward, inference carves them from the workspace and lets
+// them go after the layer. The backward's temporaries come from the context's workspace arena.
+// Weight gradients accumulate.
 #pragma once
 #include <cstdint>
-#include <vector>
+#include <span>
 
+#include "core/arena.h"
 #include "model/batch.h"
 #include "model/context.h"
 #include "model/layer_weights.h"
@@ -16,16 +18,27 @@
 namespace moe::model {
 
 struct AttentionSaved {
-  std::vector<float> qkv;      // [T, qkv_rows] projection output (+ bias), before q/k norm
-  std::vector<float> q, k, v;  // [T, nh, d], [T, ng, d], [T, ng, d] as attention saw them
-  std::vector<float> out;      // [T, nh, d] attention output (input of linear_proj)
-  std::vector<float> lse;      // [T, nh]
+  std::span<float> qkv;      // [T, qkv_rows] projection output (+ bias), before q/k norm
+  std::span<float> q, k, v;  // [T, nh, d], [T, ng, d], [T, ng, d] as attention saw them
+  std::span<float> out;      // [T, nh, d] attention output (input of linear_proj)
+  std::span<float> lse;      // [T, nh]
 };
+
+// What the forward keeps for T tokens of nh heads, ng groups of d channels (the sizes the
+// workspace is planned from).
+AttentionSaved carve_attention_saved(Arena& keep, int64_t T, int64_t nh, int64_t ng, int64_t d);
+// The backward's workspace: d(out), dq, dk, dv, (the raw q and k with q/k norm), d(qkv).
+struct AttentionScratch {
+  std::span<float> dout, dq, dk, dv, q_raw, k_raw, v_unused, dqkv;
+};
+AttentionScratch carve_attention_backward_scratch(Arena& ws, int64_t T, int64_t nh, int64_t ng, int64_t d,
+                                                  bool qk_layernorm);
 
 // x_TD: normalised input; y_TD overwritten. `rope` must cover every position. `layer` indexes
 // the batch's KV cache.
 void attention_forward(const Context& ctx, const ModelConfig& c, const AttentionWeights& w, int layer,
-                       const float* x_TD, const Batch& b, const RopeTable& rope, AttentionSaved& acts, float* y_TD);
+                       const float* x_TD, const Batch& b, const RopeTable& rope, Arena& keep, AttentionSaved& acts,
+                       float* y_TD);
 
 // dx_TD overwritten with d(input); gradients of w's tensors accumulated into `g` (same layout).
 void attention_backward(const Context& ctx, const ModelConfig& c, const AttentionWeights& w, AttentionWeights& g,

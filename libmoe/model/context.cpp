@@ -7,7 +7,7 @@ namespace moe::model {
 Context single_process_context(const ModelConfig& c) {
   const ShardSpec spec = single_process_spec(c);
   return {Backend{}, spec.local_shapes(0, 0, 0),
-          std::make_shared<const dist::ProcessGroups>(dist::ProcessGroups::local())};
+          std::make_shared<const dist::ProcessGroups>(dist::ProcessGroups::local()), std::make_shared<Arena>()};
 }
 
 }  // namespace moe::model

@@ -1,11 +1,13 @@
 // What every module of the engine is handed (DESIGN.md section 3): where its ops run (the
-// Backend), and this rank's local shapes, read from ShardSpec's layout. Nothing in model code is
+// Backend), the workspace arena its temporaries are carved from, and this rank's local shapes,
+// read from ShardSpec's layout. Nothing in model code is
 // global: with one process the shapes are the whole model's and every process group is the
 // local communicator, so the same code serves a rank of a tensor/expert/pipeline-parallel job.
 #pragma once
 #include <cstdint>
 #include <memory>
 
+#include "core/arena.h"
 #include "dist/process_groups.h"
 #include "kernels/backend.h"
 #include "model/model_config.h"
@@ -18,6 +20,9 @@ struct Context {
   LocalShapes local;
   // This rank's groups (tp, ep, dp, ...); shared by every module of the rank.
   std::shared_ptr<const dist::ProcessGroups> groups;
+  // Temporaries of one forward or backward call (stack discipline: empty between calls), shared
+  // by every module and micro-batch of the rank; the Stage sizes it before each call.
+  std::shared_ptr<Arena> workspace;
 };
 
 // A one-process CPU context for `c`.

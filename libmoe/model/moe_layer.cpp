@@ -1,39 +1,113 @@
 #include "model/moe_layer.h"
 
+#include "core/error.h"
 #include "kernels/ops.h"
 
 namespace moe::model {
 
 namespace {
+
 bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
+
+int64_t max_rows(const MoeDims& m) { return TokenDispatcher::max_rows(m.T, m.K, m.E, m.capacity, m.pad_to); }
+
+// The backward's own temporaries (the shared expert's come after them, in swiglu_mlp_backward).
+struct MoeScratch {
+  std::span<float> dy_perm, dweight_TK, dx_perm, dlogits_TE, dshared_TD, dgate_logit_T;
+};
+
+MoeScratch carve_moe_backward_scratch(Arena& ws, const MoeDims& m) {
+  const int64_t R = max_rows(m);
+  MoeScratch s;
+  s.dy_perm = ws.take<float>(size_t(R * m.D));
+  s.dweight_TK = ws.take<float>(size_t(m.T * m.K));
+  s.dx_perm = ws.take<float>(size_t(R * m.D));
+  s.dlogits_TE = ws.take<float>(size_t(m.T * m.E));
+  if (m.shared_F > 0) {
+    s.dshared_TD = ws.take<float>(size_t(m.T * m.D));
+    if (m.shared_gate) s.dgate_logit_T = ws.take<float>(size_t(m.T));
+  }
+  return s;
+}
+
 }  // namespace
 
+MoeDims moe_dims(int64_t T, int64_t D, int64_t E, int64_t K, int64_t F, int64_t shared_F, bool shared_gate,
+                 const MoeTrainOptions& o) {
+  MoeDims m;
+  m.T = T, m.D = D, m.E = E, m.K = K, m.F = F;
+  m.shared_F = shared_F, m.shared_gate = shared_F > 0 && shared_gate;
+  m.capacity = router_capacity(o, T, E, K);
+  m.pad_to = o.pad_expert_input_to_capacity ? m.capacity : 0;
+  return m;
+}
+
+MoeDims moe_dims(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, int64_t T) {
+  return moe_dims(T, c.hidden_size, ctx.local.experts, c.moe_router_topk, c.moe_ffn_hidden_size,
+                  c.moe_shared_expert_intermediate_size, c.moe_shared_expert_gate, o);
+}
+
+void carve_moe_saved(Arena& keep, const MoeDims& m, bool recompute_act) {
+  const int64_t T = m.T, R = max_rows(m);
+  keep.take<float>(size_t(T * m.E));  // logits_TE
+  carve_router_saved(keep, T, m.E, m.K);
+  TokenDispatcher::carve(keep, m.E, R);
+  keep.take<float>(size_t(R * m.D));  // x_perm
+  keep.take<float>(size_t(R * m.D));  // y_perm
+  keep.take<float>(size_t(R * 2 * m.F));
+  if (!recompute_act) keep.take<float>(size_t(R * m.F));
+  if (m.shared_F > 0) {
+    keep.take<float>(size_t(T * m.D));  // shared_out_TD
+    if (m.shared_gate) keep.take<float>(size_t(T)), keep.take<float>(size_t(T));
+    carve_swiglu_saved(keep, T, m.shared_F, recompute_act);
+  }
+}
+
+size_t moe_forward_scratch_bytes(const MoeDims& m, bool recompute_act) {
+  Arena a = Arena::measuring();
+  if (m.shared_F > 0) carve_swiglu_forward_scratch(a, m.T, m.shared_F, recompute_act);
+  return a.high_water();
+}
+
+size_t moe_backward_scratch_bytes(const MoeDims& m, bool recompute_act) {
+  Arena a = Arena::measuring();
+  carve_moe_backward_scratch(a, m);
+  if (m.shared_F > 0) carve_swiglu_backward_scratch(a, m.T, m.shared_F, recompute_act);
+  return a.high_water();
+}
+
 void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, const MoeWeights& w,
-                       const float* x, const Batch& b, bool recompute_act, MoeSaved& s, float* y) {
+                       const float* x, const Batch& b, bool recompute_act, Arena& keep, MoeSaved& s, float* y) {
   const Backend& be = ctx.backend;
-  const int64_t T = b.size(), D = c.hidden_size, E = ctx.local.experts, K = c.moe_router_topk;
-  const int64_t F = c.moe_ffn_hidden_size;
-  s.logits_TE.resize(size_t(T * E));
+  const MoeDims m = moe_dims(ctx, c, o, b.size());
+  const int64_t T = m.T, D = m.D, E = m.E, K = m.K, F = m.F, Rmax = max_rows(m);
+  MOE_ASSERT(has(w.shared_fc1) == (m.shared_F > 0) && has(w.shared_gate) == m.shared_gate,
+             "shared expert weights disagree with the config");
+  // Carved in carve_moe_saved's order.
+  s.logits_TE = keep.take<float>(size_t(T * E));
   ops::linear(be, x, T, w.router, nullptr, s.logits_TE.data());
   const float* bias = has(w.expert_bias) ? w.expert_bias.f32() : nullptr;
-  router_train_forward(be, o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, bias, s.router);
-  s.disp.emplace(be, s.router.routing, E, o.pad_expert_input_to_capacity ? s.router.capacity : 0);
+  router_train_forward(be, o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, bias, keep,
+                       s.router);
+  s.disp.emplace(be, s.router.expert_TK, s.router.weight_TK, T, K, E, m.capacity, m.pad_to, keep);
   const TokenDispatcher& disp = *s.disp;
-  const int64_t R = disp.rows();
-  s.x_perm.resize(size_t(R * D)), s.y_perm.resize(size_t(R * D)), s.gu_R2F.resize(size_t(R * 2 * F));
-  if (recompute_act) std::vector<float>().swap(s.h_RF);
-  else s.h_RF.resize(size_t(R * F));
+  const size_t R = size_t(disp.rows());
+  s.x_perm = keep.take<float>(size_t(Rmax * D)).first(R * size_t(D));
+  s.y_perm = keep.take<float>(size_t(Rmax * D)).first(R * size_t(D));
+  s.gu_R2F = keep.take<float>(size_t(Rmax * 2 * F)).first(R * size_t(2 * F));
+  s.h_RF = recompute_act ? std::span<float>() : keep.take<float>(size_t(Rmax * F)).first(R * size_t(F));
   disp.permute(x, D, s.x_perm.data());
   ops::grouped_swiglu(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E, s.gu_R2F.data(),
                       recompute_act ? nullptr : s.h_RF.data(), s.y_perm.data());
   ops::fill(be, y, 0.0f, T * D);
   disp.unpermute_add(s.y_perm.data(), D, y);
 
-  if (has(w.shared_fc1)) {
-    s.shared_out_TD.resize(size_t(T * D));
-    swiglu_mlp_forward(ctx, x, T, w.shared_fc1, w.shared_fc2, s.shared, s.shared_out_TD.data(), false, recompute_act);
-    if (has(w.shared_gate)) {
-      s.gate_logit_T.resize(size_t(T)), s.gate_T.resize(size_t(T));
+  if (m.shared_F > 0) {
+    s.shared_out_TD = keep.take<float>(size_t(T * D));
+    if (m.shared_gate) s.gate_logit_T = keep.take<float>(size_t(T)), s.gate_T = keep.take<float>(size_t(T));
+    swiglu_mlp_forward(ctx, x, T, w.shared_fc1, w.shared_fc2, keep, s.shared, s.shared_out_TD.data(), false,
+                       recompute_act);
+    if (m.shared_gate) {
       ops::linear(be, x, T, w.shared_gate, nullptr, s.gate_logit_T.data());
       ops::shared_gate(be, s.gate_logit_T.data(), s.shared_out_TD.data(), T, D, s.gate_T.data(), y);
     } else {
@@ -42,42 +116,52 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   }
 }
 
+void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, const MoeWeights& w,
+                       const float* x, const Batch& b, bool recompute_act, MoeSaved& s, float* y) {
+  const MoeDims m = moe_dims(ctx, c, o, b.size());
+  Context own = ctx;
+  if (!own.workspace) own.workspace = std::make_shared<Arena>();
+  own.workspace->reserve(moe_forward_scratch_bytes(m, recompute_act));
+  Arena measure = Arena::measuring();
+  carve_moe_saved(measure, m, recompute_act);
+  s.own = std::make_shared<Arena>();
+  s.own->reserve(measure.high_water());
+  moe_layer_forward(own, c, o, w, x, b, recompute_act, *s.own, s, y);
+}
+
 void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, const MoeWeights& w,
                         MoeWeights& g, const float* x, const Batch& b, const MoeSaved& s, const float* dy,
                         float aux_scale, float* dx) {
   const Backend& be = ctx.backend;
-  const int64_t T = b.size(), D = c.hidden_size, E = ctx.local.experts, K = c.moe_router_topk;
-  const int64_t F = c.moe_ffn_hidden_size;
+  const MoeDims m = moe_dims(ctx, c, o, b.size());
+  const int64_t T = m.T, D = m.D, E = m.E, K = m.K, F = m.F;
   const TokenDispatcher& disp = *s.disp;
-  const int64_t R = disp.rows();
+  ArenaScope scope(*ctx.workspace);
+  const MoeScratch t = carve_moe_backward_scratch(*ctx.workspace, m);
   // Combine backward: each row's output gradient is its weight times the token's gradient, and
   // each weight's gradient is the token's gradient dotted with the row's output.
-  std::vector<float> dy_perm(static_cast<size_t>(R * D)), dweight(static_cast<size_t>(T * K));
-  disp.unpermute_add_backward(dy, s.y_perm.data(), D, dy_perm.data(), dweight.data());
-  std::vector<float> dx_perm(static_cast<size_t>(R * D));
+  disp.unpermute_add_backward(dy, s.y_perm.data(), D, t.dy_perm.data(), t.dweight_TK.data());
   ops::grouped_swiglu_backward(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E,
-                               s.gu_R2F.data(), s.h_RF.empty() ? nullptr : s.h_RF.data(), dy_perm.data(),
-                               dx_perm.data(), g.fc1_E, g.fc2_E);
+                               s.gu_R2F.data(), s.h_RF.empty() ? nullptr : s.h_RF.data(), t.dy_perm.data(),
+                               t.dx_perm.data(), g.fc1_E, g.fc2_E);
 
   // Router: d(logits) from the weights and the auxiliary losses, then its linear layer.
-  std::vector<float> dlogits(static_cast<size_t>(T * E));
   router_train_backward(be, o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, s.router,
-                        dweight.data(), aux_scale, dlogits.data());
-  ops::linear_backward_weight(be, dlogits.data(), x, T, E, D, g.router.f32());
-  ops::linear_backward_input(be, dlogits.data(), T, w.router.f32(), E, D, dx, false);
-  disp.permute_backward_add(dx_perm.data(), D, dx);
+                        t.dweight_TK.data(), aux_scale, t.dlogits_TE.data());
+  ops::linear_backward_weight(be, t.dlogits_TE.data(), x, T, E, D, g.router.f32());
+  ops::linear_backward_input(be, t.dlogits_TE.data(), T, w.router.f32(), E, D, dx, false);
+  disp.permute_backward_add(t.dx_perm.data(), D, dx);
 
-  if (has(w.shared_fc1)) {
-    std::vector<float> dshared(static_cast<size_t>(T * D)), dgate_logit(static_cast<size_t>(T));
-    if (has(w.shared_gate))
-      ops::shared_gate_backward(be, dy, s.shared_out_TD.data(), s.gate_T.data(), T, D, dshared.data(),
-                                dgate_logit.data());
-    else ops::copy(be, dshared.data(), dy, T * D);
-    swiglu_mlp_backward(ctx, x, T, w.shared_fc1, w.shared_fc2, s.shared, dshared.data(), dx, true, g.shared_fc1,
+  if (m.shared_F > 0) {
+    if (m.shared_gate)
+      ops::shared_gate_backward(be, dy, s.shared_out_TD.data(), s.gate_T.data(), T, D, t.dshared_TD.data(),
+                                t.dgate_logit_T.data());
+    else ops::copy(be, t.dshared_TD.data(), dy, T * D);
+    swiglu_mlp_backward(ctx, x, T, w.shared_fc1, w.shared_fc2, s.shared, t.dshared_TD.data(), dx, true, g.shared_fc1,
                         g.shared_fc2);
-    if (has(w.shared_gate)) {
-      ops::linear_backward_weight(be, dgate_logit.data(), x, T, 1, D, g.shared_gate.f32());
-      ops::linear_backward_input(be, dgate_logit.data(), T, w.shared_gate.f32(), 1, D, dx, true);
+    if (m.shared_gate) {
+      ops::linear_backward_weight(be, t.dgate_logit_T.data(), x, T, 1, D, g.shared_gate.f32());
+      ops::linear_backward_input(be, t.dgate_logit_T.data(), T, w.shared_gate.f32(), 1, D, dx, true);
     }
   }
 }

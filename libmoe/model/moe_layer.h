@@ -1,12 +1,16 @@
 // The MoE layer, one forward for inference and training: router -> token dispatcher -> grouped
-// experts -> combine, plus the (optionally gated) shared expert. The forward leaves in `acts`
-// what the backward needs (training keeps them per layer; inference reuses one scratch object);
-// the backward accumulates every weight gradient and the auxiliary losses' gradients. Options
+// experts -> combine, plus the (optionally gated) shared expert. The forward carves from `keep`
+// what the backward needs (training keeps them per layer; inference carves them from the
+// workspace and lets them go after the layer); the routed rows are data-dependent, so they are
+// carved for the worst case (TokenDispatcher::max_rows) and the size is known before the step.
+// The backward accumulates every weight gradient and the auxiliary losses' gradients. Options
 // carry the training-only behaviour (capacity, losses); inference passes the defaults.
 #pragma once
+#include <memory>
 #include <optional>
-#include <vector>
+#include <span>
 
+#include "core/arena.h"
 #include "model/batch.h"
 #include "model/context.h"
 #include "model/layer_weights.h"
@@ -17,17 +21,38 @@
 namespace moe::model {
 
 struct MoeSaved {
-  std::vector<float> logits_TE;
+  std::span<float> logits_TE;
   RouterSaved router;
   std::optional<TokenDispatcher> disp;
-  std::vector<float> x_perm, y_perm;  // expert inputs and outputs, rows grouped by expert
-  std::vector<float> gu_R2F, h_RF;    // the experts' fc1 outputs and activations (h empty: recomputed)
+  std::span<float> x_perm, y_perm;  // expert inputs and outputs, rows grouped by expert
+  std::span<float> gu_R2F, h_RF;    // the experts' fc1 outputs and activations (h empty: recomputed)
   SwigluSaved shared;
-  std::vector<float> shared_out_TD, gate_logit_T, gate_T;
+  std::span<float> shared_out_TD, gate_logit_T, gate_T;
+  std::shared_ptr<Arena> own;  // the standalone forward's arena (null in the engine)
 };
+
+// The sizes a MoE layer's arenas are planned from.
+struct MoeDims {
+  int64_t T = 0, D = 0, E = 0, K = 0, F = 0;
+  int64_t shared_F = 0;  // 0: no shared expert
+  bool shared_gate = false;
+  int64_t capacity = 0, pad_to = 0;  // router capacity (0: dropless), padded rows per expert
+};
+MoeDims moe_dims(int64_t T, int64_t D, int64_t E, int64_t K, int64_t F, int64_t shared_F, bool shared_gate,
+                 const MoeTrainOptions& o);
+MoeDims moe_dims(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, int64_t T);
+// What the forward keeps, carved in its order (also run on a measuring arena to size it).
+void carve_moe_saved(Arena& keep, const MoeDims& m, bool recompute_act);
+// The forward's and the backward's workspace high-water marks.
+size_t moe_forward_scratch_bytes(const MoeDims& m, bool recompute_act);
+size_t moe_backward_scratch_bytes(const MoeDims& m, bool recompute_act);
 
 // x_TD: normalised input; y_TD overwritten. The router routes with w.expert_bias when the
 // model has one.
+void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, const MoeWeights& w,
+                       const float* x_TD, const Batch& b, bool recompute_act, Arena& keep, MoeSaved& acts, float* y_TD);
+// Standalone (tests, tools): the kept activations in an arena of `acts`' own, the temporaries in
+// ctx's workspace or, without one, an arena of its own.
 void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, const MoeWeights& w,
                        const float* x_TD, const Batch& b, bool recompute_act, MoeSaved& acts, float* y_TD);
 

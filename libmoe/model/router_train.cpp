@@ -11,7 +11,7 @@ namespace {
 ops::RouterOptions router_options(const MoeTrainOptions& o, int64_t T, int64_t E, int64_t K, bool pre_softmax) {
   ops::RouterOptions r;
   r.E = E, r.K = K, r.pre_softmax = pre_softmax;
-  r.capacity = o.capacity_factor > 0 ? ops::router_capacity(T, E, K, o.capacity_factor) : 0;
+  r.capacity = router_capacity(o, T, E, K);
   r.drop_by_probs = o.token_drop_policy != "position";
   using LB = ops::LoadBalancing;
   r.balancing = o.load_balancing_type == "aux_loss"       ? LB::AuxLoss
@@ -23,18 +23,29 @@ ops::RouterOptions router_options(const MoeTrainOptions& o, int64_t T, int64_t E
 
 }  // namespace
 
+RouterSaved carve_router_saved(Arena& keep, int64_t T, int64_t E, int64_t K) {
+  RouterSaved s;
+  s.probs_TE = keep.take<float>(size_t(T * E));
+  s.selected_TK = keep.take<int32_t>(size_t(T * K));
+  s.selected_weight_TK = keep.take<float>(size_t(T * K));
+  s.expert_TK = keep.take<int32_t>(size_t(T * K));
+  s.weight_TK = keep.take<float>(size_t(T * K));
+  s.tokens_per_expert = keep.take<int64_t>(size_t(E));
+  return s;
+}
+
+int64_t router_capacity(const MoeTrainOptions& o, int64_t T, int64_t E, int64_t K) {
+  return o.capacity_factor > 0 ? ops::router_capacity(T, E, K, o.capacity_factor) : 0;
+}
+
 void router_train_forward(const Backend& b, const MoeTrainOptions& o, const float* logits, int64_t T, int64_t E,
-                          int64_t K, bool pre_softmax, std::span<const int32_t> cu, const float* bias, RouterSaved& s) {
+                          int64_t K, bool pre_softmax, std::span<const int32_t> cu, const float* bias, Arena& keep,
+                          RouterSaved& s) {
   const ops::RouterOptions ro = router_options(o, T, E, K, pre_softmax);
-  s.probs_TE.resize(size_t(T * E));
-  for (Routing* r : {&s.selected, &s.routing}) {
-    r->T = T, r->K = K;
-    r->expert_TK.resize(size_t(T * K)), r->weight_TK.resize(size_t(T * K));
-  }
-  s.tokens_per_expert.resize(size_t(E));
-  const auto losses = ops::router_forward(
-      b, ro, logits, T, bias, cu.data(), int64_t(cu.size()) - 1, s.probs_TE.data(), s.selected.expert_TK.data(),
-      s.selected.weight_TK.data(), s.routing.expert_TK.data(), s.routing.weight_TK.data(), s.tokens_per_expert.data());
+  s = carve_router_saved(keep, T, E, K);
+  const auto losses = ops::router_forward(b, ro, logits, T, bias, cu.data(), int64_t(cu.size()) - 1, s.probs_TE.data(),
+                                          s.selected_TK.data(), s.selected_weight_TK.data(), s.expert_TK.data(),
+                                          s.weight_TK.data(), s.tokens_per_expert.data());
   s.capacity = ro.capacity;
   s.aux_loss = losses.aux_loss, s.z_loss = losses.z_loss;
 }
@@ -43,9 +54,8 @@ void router_train_backward(const Backend& b, const MoeTrainOptions& o, const flo
                            int64_t K, bool pre_softmax, std::span<const int32_t> cu, const RouterSaved& s,
                            const float* dw, float loss_scale, float* dl) {
   const ops::RouterOptions ro = router_options(o, T, E, K, pre_softmax);
-  ops::router_backward(b, ro, logits, T, cu.data(), int64_t(cu.size()) - 1, s.probs_TE.data(),
-                       s.selected.expert_TK.data(), s.selected.weight_TK.data(), s.routing.expert_TK.data(),
-                       s.tokens_per_expert.data(), dw, loss_scale, dl);
+  ops::router_backward(b, ro, logits, T, cu.data(), int64_t(cu.size()) - 1, s.probs_TE.data(), s.selected_TK.data(),
+                       s.selected_weight_TK.data(), s.expert_TK.data(), s.tokens_per_expert.data(), dw, loss_scale, dl);
 }
 
 void update_expert_bias(float* bias, std::span<const int64_t> load, double rate) {

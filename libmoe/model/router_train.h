@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/arena.h"
 #include "kernels/backend.h"
 #include "model/router.h"
 
@@ -25,19 +26,26 @@ struct MoeTrainOptions {
 };
 
 struct RouterSaved {
-  std::vector<float> probs_TE;             // softmax over all experts (for the losses and pre-softmax weights)
-  Routing selected;                        // the top-k choice before any dropping
-  Routing routing;                         // what runs: dropped (token, slot) pairs have expert -1, weight 0
-  std::vector<int64_t> tokens_per_expert;  // after dropping
-  int64_t capacity = 0;                    // 0 when dropless
-  double aux_loss = 0, z_loss = 0;         // this layer's losses, coefficients applied
+  std::span<float> probs_TE;       // softmax over all experts (for the losses and pre-softmax weights)
+  std::span<int32_t> selected_TK;  // the top-k choice before any dropping, best first
+  std::span<float> selected_weight_TK;
+  std::span<int32_t> expert_TK;  // what runs: dropped (token, slot) pairs have expert -1, weight 0
+  std::span<float> weight_TK;
+  std::span<int64_t> tokens_per_expert;  // [E], after dropping
+  int64_t capacity = 0;                  // 0 when dropless
+  double aux_loss = 0, z_loss = 0;       // this layer's losses, coefficients applied
 };
 
+// What the forward keeps for T tokens over E experts, top-K (the sizes the workspace is planned from).
+RouterSaved carve_router_saved(Arena& keep, int64_t T, int64_t E, int64_t K);
+// Expert capacity under `o` (0: dropless).
+int64_t router_capacity(const MoeTrainOptions& o, int64_t T, int64_t E, int64_t K);
+
 // logits_TE: router logits. cu_seqlens splits the tokens into sequences (seq_aux_loss).
-// expert_bias_E may be null.
+// expert_bias_E may be null. `saved` is carved from `keep`.
 void router_train_forward(const Backend& b, const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E,
                           int64_t K, bool pre_softmax, std::span<const int32_t> cu_seqlens, const float* expert_bias_E,
-                          RouterSaved& saved);
+                          Arena& keep, RouterSaved& saved);
 
 // dlogits_TE (overwritten) from d(combine weight)_TK plus the losses' gradients, each loss
 // scaled by loss_scale (the step's weighting of this micro-batch's auxiliary losses).

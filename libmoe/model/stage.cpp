@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "model/workspace.h"
 
 namespace moe::model {
 
@@ -13,27 +14,34 @@ bool has_module(const RecomputeOptions& r, const std::string& m) {
   return r.granularity == Recompute::kSelective && std::find(r.modules.begin(), r.modules.end(), m) != r.modules.end();
 }
 
-// LM-head tokens per chunk: bounds the [chunk, V] logits buffer.
-constexpr int64_t kHeadChunk = 256;
-
 }  // namespace
 
 Stage::Stage(Context ctx, const ModelConfig& c, StageWeights weights, StageWeights* grads, TrainOptions options)
-    : ctx_(ctx), cfg_(c), w_(std::move(weights)), g_(grads), opt_(std::move(options)), rope_(cfg_) {
-  // Layer chunks: full recompute keeps only each chunk's input and reruns the chunk in the backward.
-  const auto& r = opt_.recompute;
-  const int L = int(w_.layers.size());
-  if (r.granularity == Recompute::kFull && r.method == "uniform") {
-    for (int b = 0; b < L; b += r.num_layers) {
-      chunks_.emplace_back(b, std::min(L, b + r.num_layers));
-      chunk_recomputed_.push_back(true);
-    }
-  } else {
-    for (int b = 0; b < L; ++b) {
-      chunks_.emplace_back(b, b + 1);
-      chunk_recomputed_.push_back(r.granularity == Recompute::kFull && b < r.num_layers);
-    }
-  }
+    : ctx_(std::move(ctx)), cfg_(c), w_(std::move(weights)), g_(grads), opt_(std::move(options)), rope_(cfg_) {
+  if (!ctx_.workspace) ctx_.workspace = std::make_shared<Arena>();
+  shape_ = stage_shape(ctx_, cfg_, 0, 0);
+  for (const LayerWeights& l : w_.layers) shape_.moe_layers.push_back(l.is_moe);
+  chunks_ = layer_chunks(opt_.recompute, int(w_.layers.size()), &chunk_recomputed_);
+}
+
+const StageWorkspace& Stage::workspace(int64_t T, StageCall call) {
+  Sized& s = sized_[int(call)];
+  if (s.T != T) s.w = stage_workspace(shape_, opt_, T, call), s.T = T;
+  return s.w;
+}
+
+void Stage::begin(StageActs& acts, int64_t T, StageCall call) {
+  // Both arenas are empty between calls (a micro-batch's arena once its backward ran), so they
+  // may grow here; in steady state they are already large enough and nothing is allocated.
+  const StageWorkspace& w = workspace(T, call);
+  acts.arena.reset();
+  acts.arena.reserve(w.saved);
+  MOE_ASSERT(ctx_.workspace->used() == 0, "workspace arena not empty between calls");
+  ctx_.workspace->reserve(w.scratch);
+  const size_t TD = size_t(T * cfg_.hidden_size);
+  acts.x = acts.arena.take<float>(TD), acts.x_next = acts.arena.take<float>(TD);
+  acts.hf = acts.arena.take<float>(TD);
+  acts.dhf = call == StageCall::kTrain ? acts.arena.take<float>(TD) : std::span<float>();
 }
 
 void Stage::check_batch(const Batch& b) const {
@@ -55,64 +63,81 @@ void Stage::check_batch(const Batch& b) const {
 }
 
 void Stage::layer_forward(int i, const Batch& b, const float* x_in, float* x_out, LayerActs& a, bool keep,
-                          StageActs& buf) {
+                          Arena& saved) {
+  // Carves as stage_workspace's layer_forward counts: kept activations into `saved`, the rest
+  // into the workspace (released here unless they share an arena, then the caller releases).
   const Backend& be = ctx_.backend;
+  Arena& ws = *ctx_.workspace;
+  const size_t ws_mark = ws.mark();
   const int64_t T = b.size(), D = cfg_.hidden_size;
+  const size_t TD = size_t(T * D);
   const float eps = float(cfg_.norm_epsilon);
   const LayerWeights& w = w_.layers[size_t(i)];
   const auto& r = opt_.recompute;
-  if (keep) a.x_in.assign(x_in, x_in + T * D);
-  std::vector<float>& h = buf.h;
-  std::vector<float>& y = buf.y;
-  h.resize(size_t(T * D)), y.resize(size_t(T * D));
-  ops::rmsnorm(be, x_in, T, D, w.attn.input_norm.f32(), eps, h.data());
-  attention_forward(ctx_, cfg_, w.attn, i, h.data(), b, rope_, a.attn, y.data());
+  if (keep && a.x_in.empty()) {
+    a.x_in = saved.take<float>(TD);
+    ops::copy(be, a.x_in.data(), x_in, T * D);
+  }
+  const bool keep_norms = keep && !has_module(r, "layernorm");
+  const std::span<float> h1 = keep_norms ? (a.h1 = saved.take<float>(TD)) : ws.take<float>(TD);
+  const std::span<float> y = ws.take<float>(TD);
+  ops::rmsnorm(be, x_in, T, D, w.attn.input_norm.f32(), eps, h1.data());
+  attention_forward(ctx_, cfg_, w.attn, i, h1.data(), b, rope_, saved, a.attn, y.data());
   ops::copy(be, x_out, x_in, T * D);
   ops::add(be, x_out, y.data(), T * D);
   if (keep) {
-    a.x_mid.assign(x_out, x_out + T * D);
-    if (!has_module(r, "layernorm")) a.h1 = h;
+    a.x_mid = saved.take<float>(TD);
+    ops::copy(be, a.x_mid.data(), x_out, T * D);
   }
-  ops::rmsnorm(be, x_out, T, D, w.pre_mlp_norm.f32(), eps, h.data());
+  const std::span<float> h2 = keep_norms ? (a.h2 = saved.take<float>(TD)) : h1;  // h1 is read no more
+  ops::rmsnorm(be, x_out, T, D, w.pre_mlp_norm.f32(), eps, h2.data());
+  // A branch the backward reruns (selective mlp/moe) runs in the workspace.
   const bool act = keep && has_module(r, "moe_act");
-  if (w.is_moe) moe_layer_forward(ctx_, cfg_, opt_.moe, w.moe, h.data(), b, act, a.moe, y.data());
-  else swiglu_mlp_forward(ctx_, h.data(), T, w.mlp.fc1, w.mlp.fc2, a.mlp, y.data(), false, act);
-  ops::add(be, x_out, y.data(), T * D);
   a.mlp_kept = keep && !has_module(r, w.is_moe ? "moe" : "mlp");
-  if (keep && !has_module(r, "layernorm")) a.h2 = h;
+  Arena& branch = keep && !a.mlp_kept ? ws : saved;
+  if (w.is_moe) moe_layer_forward(ctx_, cfg_, opt_.moe, w.moe, h2.data(), b, act, branch, a.moe, y.data());
+  else swiglu_mlp_forward(ctx_, h2.data(), T, w.mlp.fc1, w.mlp.fc2, branch, a.mlp, y.data(), false, act);
+  ops::add(be, x_out, y.data(), T * D);
   if (keep && !a.mlp_kept) a.moe = {}, a.mlp = {};
   a.complete = keep;
+  if (&saved != &ws) ws.release(ws_mark);
 }
 
 void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float aux_scale) {
+  // Carves as stage_workspace's layer_backward counts, all from the workspace.
   const Backend& be = ctx_.backend;
+  Arena& ws = *ctx_.workspace;
+  ArenaScope scope(ws);
   const int64_t T = b.size(), D = cfg_.hidden_size;
+  const size_t TD = size_t(T * D);
   const float eps = float(cfg_.norm_epsilon);
   const LayerWeights& w = w_.layers[size_t(i)];
   LayerWeights& g = g_->layers[size_t(i)];
   MOE_ASSERT(a.complete, "layer {} backward without its activations", i);
   // The normalised inputs, recomputed when the layernorm recompute module dropped them.
-  std::vector<float> h1 = a.h1, h2 = a.h2;
-  if (h1.empty()) {
-    h1.resize(size_t(T * D)), h2.resize(size_t(T * D));
-    ops::rmsnorm(be, a.x_in.data(), T, D, w.attn.input_norm.f32(), eps, h1.data());
-    ops::rmsnorm(be, a.x_mid.data(), T, D, w.pre_mlp_norm.f32(), eps, h2.data());
+  const float* h1 = a.h1.data();
+  const float* h2 = a.h2.data();
+  if (a.h1.empty()) {
+    const std::span<float> h = ws.take<float>(2 * TD);
+    ops::rmsnorm(be, a.x_in.data(), T, D, w.attn.input_norm.f32(), eps, h.data());
+    ops::rmsnorm(be, a.x_mid.data(), T, D, w.pre_mlp_norm.f32(), eps, h.data() + TD);
+    h1 = h.data(), h2 = h.data() + TD;
   }
   const bool act = has_module(opt_.recompute, "moe_act");
   if (!a.mlp_kept) {  // selective mlp/moe recompute: rerun the branch's forward now
-    std::vector<float> y(static_cast<size_t>(T * D));
-    if (w.is_moe) moe_layer_forward(ctx_, cfg_, opt_.moe, w.moe, h2.data(), b, act, a.moe, y.data());
-    else swiglu_mlp_forward(ctx_, h2.data(), T, w.mlp.fc1, w.mlp.fc2, a.mlp, y.data(), false, act);
+    const std::span<float> y = ws.take<float>(TD);
+    if (w.is_moe) moe_layer_forward(ctx_, cfg_, opt_.moe, w.moe, h2, b, act, ws, a.moe, y.data());
+    else swiglu_mlp_forward(ctx_, h2, T, w.mlp.fc1, w.mlp.fc2, ws, a.mlp, y.data(), false, act);
   }
   // MLP branch: x_out = x_mid + mlp(norm(x_mid)).
-  std::vector<float> dh(static_cast<size_t>(T * D));
-  if (w.is_moe) moe_layer_backward(ctx_, cfg_, opt_.moe, w.moe, g.moe, h2.data(), b, a.moe, dx, aux_scale, dh.data());
-  else swiglu_mlp_backward(ctx_, h2.data(), T, w.mlp.fc1, w.mlp.fc2, a.mlp, dx, dh.data(), false, g.mlp.fc1, g.mlp.fc2);
+  const std::span<float> dh = ws.take<float>(TD);
+  if (w.is_moe) moe_layer_backward(ctx_, cfg_, opt_.moe, w.moe, g.moe, h2, b, a.moe, dx, aux_scale, dh.data());
+  else swiglu_mlp_backward(ctx_, h2, T, w.mlp.fc1, w.mlp.fc2, a.mlp, dx, dh.data(), false, g.mlp.fc1, g.mlp.fc2);
   ops::rmsnorm_backward(be, a.x_mid.data(), T, D, w.pre_mlp_norm.f32(), eps, dh.data(), dh.data(),
                         g.pre_mlp_norm.f32());
   ops::add(be, dx, dh.data(), T * D);
   // Attention branch: x_mid = x_in + attn(norm(x_in)).
-  attention_backward(ctx_, cfg_, w.attn, g.attn, h1.data(), b, rope_, a.attn, dx, dh.data());
+  attention_backward(ctx_, cfg_, w.attn, g.attn, h1, b, rope_, a.attn, dx, dh.data());
   ops::rmsnorm_backward(be, a.x_in.data(), T, D, w.attn.input_norm.f32(), eps, dh.data(), dh.data(),
                         g.attn.input_norm.f32());
   ops::add(be, dx, dh.data(), T * D);
@@ -120,14 +145,12 @@ void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float
 }
 
 void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st) {
-  const int64_t T = b.size(), D = cfg_.hidden_size;
+  const int64_t T = b.size();
   const int L = int(w_.layers.size());
   const size_t E = size_t(std::max<int64_t>(ctx_.local.experts, 0));
-  check_batch(b);
   int32_t max_pos = 0;
   for (int32_t p : b.positions) max_pos = std::max(max_pos, p);
   rope_.reserve(int64_t(max_pos) + 1);
-  acts.x.resize(size_t(T * D)), acts.x_next.resize(size_t(T * D));
   ops::embedding_gather(ctx_.backend, w_.embedding, b.tokens, acts.x.data());
   if (!inference) acts.layers.resize(size_t(L));
   auto collect = [&](int i) {
@@ -136,27 +159,42 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
     st->aux_loss += r.aux_loss, st->z_loss += r.z_loss;
     std::copy(r.tokens_per_expert.begin(), r.tokens_per_expert.end(), st->tokens_per_expert.begin() + i * E);
   };
+  Arena& ws = *ctx_.workspace;
   for (size_t c = 0; c < chunks_.size(); ++c)
     for (int i = chunks_[c].first; i < chunks_[c].second; ++i) {
-      if (inference) {  // one scratch for every layer, nothing kept
-        layer_forward(i, b, acts.x.data(), acts.x_next.data(), acts.scratch, false, acts);
+      if (inference) {  // nothing kept: the layer's buffers go back to the workspace after it
+        ArenaScope scope(ws);
+        layer_forward(i, b, acts.x.data(), acts.x_next.data(), acts.scratch, false, ws);
+        acts.scratch = {};
         std::swap(acts.x, acts.x_next);
         continue;
       }
-      const bool keep_layer = keep && !chunk_recomputed_[c];
-      // A recomputed chunk keeps only its first layer's input; the MoE statistics are read
-      // before the activations go.
+      // A layer not kept goes after its forward: in evaluation from the micro-batch's arena, in a
+      // recomputed chunk (which keeps its first layer's input) from the workspace, where its
+      // backward rebuilds it. The MoE statistics are read before its activations go.
       LayerActs& a = acts.layers[size_t(i)];
-      layer_forward(i, b, acts.x.data(), acts.x_next.data(), a, true, acts);
-      collect(i);
-      if (!keep_layer) {
-        if (keep && i == chunks_[c].first) {
-          std::vector<float> x_in = std::move(a.x_in);
-          a = {};
-          a.x_in = std::move(x_in);
-        } else {
-          a = {};
+      a = {};
+      if (!keep) {
+        const size_t mark = acts.arena.mark();
+        layer_forward(i, b, acts.x.data(), acts.x_next.data(), a, true, acts.arena);
+        collect(i);
+        acts.arena.release(mark);
+        a = {};
+      } else if (!chunk_recomputed_[c]) {
+        layer_forward(i, b, acts.x.data(), acts.x_next.data(), a, true, acts.arena);
+        collect(i);
+      } else {
+        std::span<float> x_in;
+        if (i == chunks_[c].first) {
+          x_in = acts.arena.take<float>(size_t(T * cfg_.hidden_size));
+          ops::copy(ctx_.backend, x_in.data(), acts.x.data(), T * cfg_.hidden_size);
         }
+        ArenaScope scope(ws);
+        a.x_in = x_in;  // kept already, or carved in the workspace when empty
+        layer_forward(i, b, acts.x.data(), acts.x_next.data(), a, true, ws);
+        collect(i);
+        a = {};
+        a.x_in = x_in;
       }
       std::swap(acts.x, acts.x_next);
     }
@@ -166,36 +204,45 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
 void Stage::forward_logits(const Batch& b, StageActs& acts, float* logits, bool all_logits) {
   const int64_t T = b.size(), D = cfg_.hidden_size;
   if (T == 0) return;
+  check_batch(b);
   if (b.cache) b.cache->reserve(b.cache->length() + T);
+  begin(acts, T, StageCall::kInference);
   run_layers(b, acts, false, true, nullptr);
   const int64_t first = all_logits ? 0 : T - 1, n = T - first;
-  acts.hf.resize(size_t(n * D));
   ops::rmsnorm(ctx_.backend, acts.x.data() + first * D, n, D, w_.final_norm.f32(), float(cfg_.norm_epsilon),
                acts.hf.data());
   ops::linear(ctx_.backend, acts.hf.data(), n, w_.output, nullptr, logits);
+  acts.arena.reset();
 }
 
 StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float loss_scale, float* logits_out) {
   const Backend& be = ctx_.backend;
   const int64_t T = b.size(), D = cfg_.hidden_size, V = cfg_.vocab_size;
+  check_batch(b);
+  begin(acts, T, keep ? StageCall::kTrain : StageCall::kEvaluate);
   StepStats st;
   st.tokens_per_expert.assign(w_.layers.size() * size_t(std::max<int64_t>(ctx_.local.experts, 0)), 0);
   run_layers(b, acts, keep, false, &st);
 
-  // Final norm and LM head with the loss, chunk by chunk over the labelled tokens only.
+  // Final norm and LM head with the loss, chunk by chunk over the labelled tokens only; the
+  // chunk's buffers as stage_workspace counts them.
+  Arena& ws = *ctx_.workspace;
+  ArenaScope scope(ws);
   const float eps = float(cfg_.norm_epsilon);
-  acts.hf.resize(size_t(T * D));
   ops::rmsnorm(be, acts.x.data(), T, D, w_.final_norm.f32(), eps, acts.hf.data());
-  if (keep) acts.dhf.assign(size_t(T * D), 0.0f);
-  std::vector<int64_t> rows;
+  if (keep) ops::fill(be, acts.dhf.data(), 0.0f, T * D);
+  const std::span<int64_t> labelled = ws.take<int64_t>(size_t(T));
+  size_t n_rows = 0;
   for (int64_t t = 0; t < T; ++t)
-    if (b.labels[size_t(t)] >= 0) rows.push_back(t);
-  std::vector<float> hc, logits, dhc;
-  std::vector<int32_t> lc;
+    if (b.labels[size_t(t)] >= 0) labelled[n_rows++] = t;
+  const std::span<const int64_t> rows = labelled.first(n_rows);
+  const int64_t cmax = std::min(T, kHeadChunk);
+  const std::span<float> hc = ws.take<float>(size_t(cmax * D)), logits = ws.take<float>(size_t(cmax * V));
+  const std::span<int32_t> lc = ws.take<int32_t>(size_t(cmax));
+  const std::span<float> dhc = keep ? ws.take<float>(size_t(cmax * D)) : std::span<float>();
   for (size_t c = 0; c < rows.size(); c += kHeadChunk) {
     const int64_t n = int64_t(std::min(rows.size() - c, size_t(kHeadChunk)));
-    const std::span<const int64_t> chunk(rows.data() + c, size_t(n));
-    hc.resize(size_t(n * D)), logits.resize(size_t(n * V)), lc.resize(size_t(n));
+    const std::span<const int64_t> chunk = rows.subspan(c, size_t(n));
     ops::gather_rows(be, acts.hf.data(), D, chunk, hc.data());
     for (int64_t j = 0; j < n; ++j) lc[size_t(j)] = b.labels[size_t(chunk[size_t(j)])];
     ops::linear(be, hc.data(), n, w_.output, nullptr, logits.data());
@@ -204,33 +251,40 @@ StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float 
     st.lm_loss_sum += ce.loss, st.loss_tokens += ce.count, st.correct += ce.correct;
     if (!keep) continue;
     ops::linear_backward_weight(be, logits.data(), hc.data(), n, V, D, g_->output.f32());
-    dhc.resize(size_t(n * D));
     ops::linear_backward_input(be, logits.data(), n, w_.output.f32(), V, D, dhc.data(), false);
     ops::scatter_rows(be, dhc.data(), D, chunk, acts.dhf.data());
   }
+  if (!keep) acts.arena.reset();  // nothing for a backward
   return st;
 }
 
 void Stage::backward(const Batch& b, StageActs& acts, float aux_scale) {
   MOE_ASSERT(g_ != nullptr, "backward on an inference stage");
+  MOE_ASSERT(!acts.dhf.empty() || b.size() == 0, "backward without a training forward");
   const Backend& be = ctx_.backend;
+  Arena& ws = *ctx_.workspace;
   const int64_t T = b.size(), D = cfg_.hidden_size;
-  // Final norm, then the layers in reverse, rerunning recomputed chunks first.
-  std::vector<float>& dx = acts.hf;  // reuse
+  const size_t TD = size_t(T * D);
+  // Final norm, then the layers in reverse, rerunning recomputed chunks first (their
+  // activations carved from the workspace, as stage_workspace counts them).
+  const std::span<float> dx = acts.hf;  // reuse
   ops::rmsnorm_backward(be, acts.x.data(), T, D, w_.final_norm.f32(), float(cfg_.norm_epsilon), acts.dhf.data(),
                         dx.data(), g_->final_norm.f32());
   for (size_t c = chunks_.size(); c-- > 0;) {
+    ArenaScope scope(ws);
     const auto [first, end] = chunks_[c];
     if (chunk_recomputed_[c]) {
-      std::vector<float> xi = acts.layers[size_t(first)].x_in, xo(static_cast<size_t>(T * D));
+      std::span<float> xi = ws.take<float>(TD), xo = ws.take<float>(TD);
+      ops::copy(be, xi.data(), acts.layers[size_t(first)].x_in.data(), T * D);
       for (int i = first; i < end; ++i) {
-        layer_forward(i, b, xi.data(), xo.data(), acts.layers[size_t(i)], true, acts);
+        layer_forward(i, b, xi.data(), xo.data(), acts.layers[size_t(i)], true, ws);
         std::swap(xi, xo);
       }
     }
     for (int i = end; i-- > first;) layer_backward(i, b, acts.layers[size_t(i)], dx.data(), aux_scale);
   }
   ops::embedding_scatter_add(be, dx.data(), b.tokens, D, g_->embedding.f32());
+  acts.arena.reset();  // the micro-batch's activations are consumed
 }
 
 }  // namespace moe::model

@@ -3,12 +3,17 @@
 // generator (inference) and the trainer drive, and the unit a pipeline schedule will call:
 // forward(micro-batch) keeps in that micro-batch's StageActs what backward(micro-batch) needs,
 // so forwards and backwards of different micro-batches may interleave. Every layer goes through
-// the same module forwards whichever the caller; inference keeps nothing and reuses its buffers.
+// the same module forwards whichever the caller; inference keeps nothing.
+//
+// Memory: a micro-batch's kept activations are carved from its StageActs' arena and every call's
+// temporaries from the context's workspace arena, both sized before the call by
+// stage_workspace (workspace.h), the function the planner reads too.
 #pragma once
 #include <cstdint>
 #include <span>
 #include <vector>
 
+#include "core/arena.h"
 #include "model/attention.h"
 #include "model/batch.h"
 #include "model/context.h"
@@ -17,6 +22,7 @@
 #include "model/moe_layer.h"
 #include "model/rope.h"
 #include "model/train_options.h"
+#include "model/workspace.h"
 
 namespace moe::model {
 
@@ -26,9 +32,9 @@ struct StageWeights {
   Tensor embedding, final_norm, output;  // output may be the embedding (tied)
 };
 
-// One layer's activations from its forward to its backward.
+// One layer's activations from its forward to its backward (views of an arena).
 struct LayerActs {
-  std::vector<float> x_in, h1, x_mid, h2;  // h1, h2 empty when the norms are recomputed
+  std::span<float> x_in, h1, x_mid, h2;  // h1, h2 empty when the norms are recomputed
   AttentionSaved attn;
   MoeSaved moe;
   SwigluSaved mlp;
@@ -36,12 +42,12 @@ struct LayerActs {
   bool complete = false;  // false: only x_in is kept (full recompute)
 };
 
-// One micro-batch's activations. Buffers are reused when the same StageActs serves again.
+// One micro-batch's activations: views of its own arena, reused when the StageActs serves again.
 struct StageActs {
+  Arena arena;
   std::vector<LayerActs> layers;
-  LayerActs scratch;                   // inference: every layer's buffers, reused
-  std::vector<float> x, x_next, h, y;  // the residual stream and a layer's branch buffers
-  std::vector<float> hf, dhf;          // final norm output and its gradient from the head
+  LayerActs scratch;                    // inference: the layer being run
+  std::span<float> x, x_next, hf, dhf;  // the residual stream, final norm output and its gradient
 };
 
 class Stage {
@@ -51,6 +57,8 @@ class Stage {
   const Context& context() const { return ctx_; }
   const ModelConfig& config() const { return cfg_; }
   StageWeights& weights() { return w_; }
+  // The bytes a call on T tokens carves (what the arenas are sized to).
+  const StageWorkspace& workspace(int64_t T, StageCall call);
 
   // Inference: the batch's tokens through every layer, appended to b.cache; the logits of the
   // last token ([V]) or of every token ([T, V]) written to `logits`.
@@ -64,8 +72,9 @@ class Stage {
   void backward(const Batch& b, StageActs& acts, float aux_scale);
 
  private:
+  void begin(StageActs& acts, int64_t T, StageCall call);
   void run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st);
-  void layer_forward(int i, const Batch& b, const float* x_in, float* x_out, LayerActs& a, bool keep, StageActs& buf);
+  void layer_forward(int i, const Batch& b, const float* x_in, float* x_out, LayerActs& a, bool keep, Arena& saved);
   void layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float aux_scale);
   void check_batch(const Batch& b) const;
 
@@ -75,8 +84,15 @@ class Stage {
   StageWeights* g_;
   TrainOptions opt_;
   RopeTable rope_;
+  StageShape shape_;
   std::vector<std::pair<int, int>> chunks_;  // [begin, end) layer chunks (full recompute)
   std::vector<bool> chunk_recomputed_;
+  // The last sizes computed, by call kind (a decode loop asks for the same T every step).
+  struct Sized {
+    int64_t T = -1;
+    StageWorkspace w;
+  };
+  Sized sized_[3];
 };
 
 }  // namespace moe::model

@@ -47,6 +47,9 @@ class TrainModel {
   // logits: the training forward's, for comparing with inference.
   StepStats evaluate(const MicroBatchView& mb, float* logits_out = nullptr);
   void zero_grad();
+  // The stage and the micro-batch activations it carves (their arenas' sizes are its workspace).
+  Stage& stage() { return *stage_; }
+  const StageActs& activations() const { return acts_; }
   // After the optimizer step: moves the expert biases by the step's token counts.
   void update_expert_bias(const std::vector<int64_t>& tokens_per_expert);
 

@@ -15,7 +15,7 @@ int64_t num_microbatches(const Layout& l, const TrainingOptions& t) {
 LayerActivations layer_activations(const ModelShape& m, const Layout& l, const TrainingOptions& t, bool moe_layer,
                                    Recompute r) {
   if (t.engine == Engine::kMoectlCpu)
-    return moectl_cpu_layer_activations(m, double(l.micro_batch_size) * double(t.seq_length), moe_layer, r);
+    return moectl_cpu_layer_activations(m, t, int64_t(l.micro_batch_size) * t.seq_length, moe_layer, r);
   const double b = 2;  // bf16 activations (fp32 training keeps 4)
   const double a = t.precision == Precision::kFp32 ? 4 : b;
   const double h = m.hidden_size, d = m.kv_channels, nq = m.num_attention_heads, ng = m.num_query_groups;
@@ -67,17 +67,18 @@ int process_groups(const Layout& l) {
   return n;
 }
 
-// moectl's CPU engine on one process: every layer's kept activations for the one micro-batch in
-// flight plus the working set of the last layer's backward; the process baseline is `other`.
+// moectl's CPU engine on one process: its two arenas (the micro-batch's kept activations and the
+// workspace of temporaries, sized by the engine's own stage_workspace) and the kernels' buffers
+// outside them; the process baseline is `other`.
 void moectl_cpu_activations(const ModelShape& m, const Layout& l, const TrainingOptions& t, StageMemory& r) {
   const int moe_layers = m.num_moe_layers(), dense_layers = m.num_layers - moe_layers;
   r.layer_microbatches = m.num_layers;
   r.act_layers = moe_layers * layer_activations(m, l, t, true, l.recompute).total() +
                  dense_layers * layer_activations(m, l, t, false, l.recompute).total();
   const MoectlCpuWorking w = moectl_cpu_working(m, l, t);
-  r.act_working = w.step_buffers + w.backward + w.recompute + w.attention_workspace;
+  r.act_working = w.step_buffers + w.workspace + w.kernels;
   r.act_logits = w.head_chunk;
-  r.act_dispatcher = 0;  // the permuted rows are counted in the layers (x_perm, y_perm)
+  r.act_dispatcher = 0;  // the permuted rows are counted in the layers (expert_fc1_in, combine)
   r.activations = r.act_layers + r.act_working + r.act_logits;
   r.cuda_context = r.nccl = r.fragmentation = 0;
   r.other = t.cpu_process_bytes;

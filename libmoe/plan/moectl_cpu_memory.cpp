@@ -9,86 +9,74 @@ namespace moe::plan {
 
 namespace {
 
-constexpr double kF = 4, kI32 = 4, kI64 = 8, kF64 = 8;  // bytes of float, int32_t, int64_t, double
-constexpr double kHeadChunk = 256;                      // train_model.cpp: LM-head tokens per chunk
+constexpr double kF = 4, kF64 = 8;  // bytes of float, double
 
-// Rows the token dispatcher builds: every (token, slot) pair (dropless; with a capacity factor an
-// upper bound, since dropped pairs get no row).
-double expert_rows(const ModelShape& m, double T) { return T * m.moe_router_topk; }
+int64_t tokens(const Layout& l, const TrainingOptions& t) { return int64_t(l.micro_batch_size) * t.seq_length; }
 
-double tokens(const Layout& l, const TrainingOptions& t) { return double(l.micro_batch_size) * double(t.seq_length); }
+model::StageWorkspace workspace(const ModelShape& m, const Layout& l, const TrainingOptions& t) {
+  return model::stage_workspace(moectl_cpu_stage_shape(m), moectl_cpu_train_options(l.recompute, t), tokens(l, t),
+                                model::StageCall::kTrain);
+}
 
 }  // namespace
 
-LayerActivations moectl_cpu_layer_activations(const ModelShape& m, double T, bool moe_layer, Recompute r) {
-  const double D = m.hidden_size, d = m.kv_channels, nq = m.num_attention_heads, ng = m.num_query_groups;
-  const double qkv_cols = (nq + 2 * ng) * d;
+model::StageShape moectl_cpu_stage_shape(const ModelShape& m) {
+  model::StageShape s;
+  s.hidden = m.hidden_size, s.heads = m.num_attention_heads, s.query_groups = m.num_query_groups;
+  s.head_dim = m.kv_channels, s.vocab = m.vocab_size, s.qk_layernorm = m.qk_layernorm;
+  s.ffn = m.ffn_hidden_size;
+  s.experts = m.num_experts, s.topk = m.moe_router_topk, s.moe_ffn = m.moe_ffn_hidden_size;
+  s.shared_ffn = m.moe_shared_expert_intermediate_size, s.shared_gate = m.moe_shared_expert_gate;
+  for (int i = 0; i < m.num_layers; ++i)
+    s.moe_layers.push_back(m.moe_layer.size() == size_t(m.num_layers) ? bool(m.moe_layer[size_t(i)]) : m.is_moe());
+  return s;
+}
+
+model::TrainOptions moectl_cpu_train_options(Recompute r, const TrainingOptions& t) {
+  model::TrainOptions o;
+  o.recompute.granularity = r;
+  if (r == Recompute::kSelective) o.recompute.modules = {"core_attn", "layernorm", "moe_act"};
+  o.moe.capacity_factor = t.moe_expert_capacity_factor;
+  return o;
+}
+
+LayerActivations moectl_cpu_layer_activations(const ModelShape& m, const TrainingOptions& t, int64_t T, bool moe_layer,
+                                              Recompute r) {
+  // One layer of the asked kind, as the engine would keep it.
+  model::StageShape s = moectl_cpu_stage_shape(m);
+  s.moe_layers = {moe_layer};
+  const model::LayerBytes b =
+      model::stage_workspace(s, moectl_cpu_train_options(r, t), T, model::StageCall::kTrain).layers.at(0);
   LayerActivations x;
-  x.attn_norm_in = kF * T * D;                  // LayerActs::x_in
-  if (r == Recompute::kFull) return x;          // a recomputed chunk keeps only its input
-  const bool sel = r == Recompute::kSelective;  // layernorm + moe_act dropped
-  x.attn_qkv_in = sel ? 0 : kF * T * D;         // LayerActs::h1
-  x.attn_qkv = kF * T * qkv_cols * 2;           // AttentionSaved::qkv, and q, k, v split out of it
-  x.attn_out = kF * T * nq * d + kF * T * nq;   // AttentionSaved::out, lse
-  x.mlp_norm_in = kF * T * D;                   // LayerActs::x_mid
-  x.mlp_fc1_in = sel ? 0 : kF * T * D;          // LayerActs::h2
-  const double f = moe_layer ? m.moe_shared_expert_intermediate_size : m.ffn_hidden_size;
-  if (f > 0) {
-    x.mlp_fc1_out = kF * T * 2 * f;                       // SwigluSaved::gu_T2F
-    x.mlp_act_out = sel ? 0 : kF * T * f;                 // SwigluSaved::h_TF
-    if (moe_layer) x.mlp_act_out += kF * T * D + kF * T;  // MoeSaved::shared_out_TD, gate_T
-  }
-  if (moe_layer) {
-    const double E = m.num_experts, K = m.moe_router_topk, F = m.moe_ffn_hidden_size;
-    const double R = expert_rows(m, T);
-    // logits_TE, RouterSaved::probs_TE, its two Routings (selected, routing: int32 ids + float
-    // weights), tokens_per_expert; TokenDispatcher's counts/offsets and per-row token, slot, weight.
-    x.router = 2 * kF * T * E + 2 * (kI32 + kF) * T * K + kI64 * E + 2 * kI64 * E + R * (2 * kI64 + kF);
-    x.expert_fc1_in = kF * R * D;             // MoeSaved::x_perm
-    x.expert_fc1_out = kF * R * 2 * F;        // experts[e].gu_T2F
-    x.expert_act_out = sel ? 0 : kF * R * F;  // experts[e].h_TF
-    x.combine = kF * R * D;                   // MoeSaved::y_perm
-  }
+  x.attn_norm_in = double(b.attn_norm_in), x.attn_qkv_in = double(b.attn_qkv_in), x.attn_qkv = double(b.attn_qkv);
+  x.attn_out = double(b.attn_out), x.mlp_norm_in = double(b.mlp_norm_in), x.mlp_fc1_in = double(b.mlp_fc1_in);
+  x.mlp_fc1_out = double(b.mlp_fc1_out), x.mlp_act_out = double(b.mlp_act_out), x.router = double(b.router);
+  x.expert_fc1_in = double(b.expert_fc1_in), x.expert_fc1_out = double(b.expert_fc1_out);
+  x.expert_act_out = double(b.expert_act_out), x.combine = double(b.combine);
   return x;
 }
 
 MoectlCpuWorking moectl_cpu_working(const ModelShape& m, const Layout& l, const TrainingOptions& t) {
-  const double T = tokens(l, t), D = m.hidden_size, V = double(m.vocab_size);
-  const double d = m.kv_channels, nq = m.num_attention_heads, ng = m.num_query_groups;
-  const double qkv_cols = (nq + 2 * ng) * d;
-  const bool sel = l.recompute == Recompute::kSelective;
-  const double threads = std::max(1, t.cpu_threads);
-  MoectlCpuWorking w;
-  w.step_buffers = 4 * kF * T * D + kI64 * T;  // x, x_next, hf (reused as dx), dhf; label rows
-  const double c = std::min(T, kHeadChunk);
-  w.head_chunk = kF * c * V + 2 * kF * c * D + kI32 * c;  // logits, hc, dhc, lc (kept to the end of the step)
+  const model::StageWorkspace w = workspace(m, l, t);
+  double layers = 0;
+  for (const model::LayerBytes& b : w.layers) layers += double(b.total());
+  MoectlCpuWorking r;
+  r.step_buffers = double(w.saved) - layers;
+  r.head_chunk = double(w.head);
+  r.workspace = double(w.scratch) - double(w.head);
 
-  // layer_backward: copies of h1/h2 (or their recomputation) and dh, then the MLP/MoE branch's
-  // temporaries, then attention's.
-  const double attention = kF * T * (2 * nq * d + 2 * ng * d + qkv_cols + (m.qk_layernorm ? qkv_cols : 0));
-  double branch = 0;
-  const bool any_dense = m.num_moe_layers()<m.num_layers, any_moe = m.num_moe_layers()> 0;
-  if (any_dense) branch = kF * T * m.ffn_hidden_size * (3 + (sel ? 1 : 0));  // dh, dgu (+ h recomputed)
-  if (any_moe) {
-    const double E = m.num_experts, K = m.moe_router_topk, F = m.moe_ffn_hidden_size;
-    const double R = expert_rows(m, T), Fs = m.moe_shared_expert_intermediate_size;
-    const double base = 2 * kF * R * D + kF * T * K;  // dy_perm, dx_perm, dweight
-    // Experts run side by side, one per thread, each with its block's dh, dgu (+ recomputed h).
-    const double experts = threads * std::ceil(R / E) * kF * F * (3 + (sel ? 1 : 0));
-    const double router = kF * T * E + kF64 * T * E;  // dlogits, dp
-    const double shared = Fs > 0 ? kF * T * E + kF * T * D + kF * T + kF * T * Fs * (3 + (sel ? 1 : 0)) : 0;
-    branch = std::max(branch, base + std::max({experts, router, shared}));
+  // The kernels' own buffers (kernels/cpu): attention keeps per-thread [L, L] probabilities
+  // (forward P, backward P and dP) for the process's life; the MoE backward briefly adds each
+  // expert block's dh, d[gate; up] (+ the recomputed activation) per thread, or the router's
+  // fp64 probability gradient, whichever is larger.
+  const double T = double(tokens(l, t)), L = double(t.seq_length), threads = std::max(1, t.cpu_threads);
+  r.kernels = threads * 3 * kF * L * L;
+  if (m.num_moe_layers() > 0) {
+    const double E = m.num_experts, F = m.moe_ffn_hidden_size, R = T * m.moe_router_topk;
+    const double experts = threads * std::ceil(R / E) * kF * F * (3 + (l.recompute == Recompute::kSelective ? 1 : 0));
+    r.kernels += std::max(experts, kF64 * T * E);
   }
-  w.backward = 3 * kF * T * D + std::max(branch, attention);
-  if (l.recompute == Recompute::kFull) {
-    double rebuilt = 0;
-    if (any_moe) rebuilt = moectl_cpu_layer_activations(m, T, true, Recompute::kNone).total();
-    if (any_dense) rebuilt = std::max(rebuilt, moectl_cpu_layer_activations(m, T, false, Recompute::kNone).total());
-    w.recompute = rebuilt - kF * T * D;  // its input is already counted among the kept inputs
-  }
-  const double L = double(t.seq_length);
-  w.attention_workspace = threads * 3 * kF * L * L;
-  return w;
+  return r;
 }
 
 }  // namespace moe::plan

@@ -1,8 +1,11 @@
-// Activation memory of moectl's own CPU training engine (libmoe/model/train_model.cpp and the
-// *_train.cpp modules it calls), for the memory model's Engine::kMoectlCpu. Each term names
-// the std::vector it counts, so a change in what the engine keeps is a change here; the
-// measured check is tests/plan/cpu_memory_check.cpp (peak RSS of real training runs).
+// Activation memory of moectl's own CPU training engine, for the memory model's
+// Engine::kMoectlCpu: read from the engine's own workspace sizes (model/workspace.h, the arenas a
+// Stage carves every activation and temporary from, sized by the same function before each step),
+// plus what the kernels hold outside those arenas. The measured check is
+// tests/plan/cpu_memory_check.cpp (peak RSS of real training runs).
 #pragma once
+#include "model/train_options.h"
+#include "model/workspace.h"
 #include "plan/layout.h"
 #include "plan/model_shape.h"
 
@@ -10,20 +13,26 @@ namespace moe::plan {
 
 struct LayerActivations;
 
-// What one layer keeps for its backward (fp32, one process) for `T` tokens. Recompute maps to
-// moectl's flags: none; selective = --recompute_modules core_attn layernorm moe_act (the set
-// the GPU model calls selective); full = --recompute_granularity full, uniform chunks of one layer.
-LayerActivations moectl_cpu_layer_activations(const ModelShape& m, double T, bool moe_layer, Recompute r);
+// The engine's view of the model (one process: every head, group and expert local) and of the
+// flags. Recompute maps to moectl's flags: none; selective = --recompute_modules core_attn
+// layernorm moe_act (the set the GPU model calls selective); full = --recompute_granularity
+// full, uniform chunks of one layer.
+model::StageShape moectl_cpu_stage_shape(const ModelShape& m);
+model::TrainOptions moectl_cpu_train_options(Recompute r, const TrainingOptions& t);
 
-// Bytes alive at the step's peak besides the layers' kept activations: the backward of the last
-// layer (its temporaries, the residual/norm buffers of the step, the LM head's chunk, a fully
-// recomputed layer rebuilt whole) and the attention workspaces every worker thread keeps.
+// What one layer keeps for its backward (fp32, one process) for `T` tokens.
+LayerActivations moectl_cpu_layer_activations(const ModelShape& m, const TrainingOptions& t, int64_t T, bool moe_layer,
+                                              Recompute r);
+
+// Bytes alive at the step's peak besides the layers' kept activations.
 struct MoectlCpuWorking {
-  double step_buffers = 0;         // residual stream x/x_next, final norm out/grad, label rows
-  double head_chunk = 0;           // LM head: [256, V] logits + the chunk's hidden states and their grads
-  double backward = 0;             // temporaries of the largest layer backward
-  double recompute = 0;            // full recompute: the rebuilt layer beyond its kept input
-  double attention_workspace = 0;  // thread_local [L, L] probabilities (forward P, backward P and dP)
+  double step_buffers = 0;  // the micro-batch arena beyond the layers: residual stream, final norm
+                            // output and its gradient (+ a layer carved whole for a moment under full
+                            // recompute)
+  double head_chunk = 0;    // the LM head's chunk: its share of the workspace arena
+  double workspace = 0;     // the rest of the workspace arena (a layer's backward, recomputed chunks)
+  double kernels = 0;       // outside the arenas: each worker thread's attention [L, L] buffers and
+                            // the expert and router backward temporaries of the kernels
 };
 MoectlCpuWorking moectl_cpu_working(const ModelShape& m, const Layout& l, const TrainingOptions& t);
 

@@ -90,11 +90,12 @@ TEST(plan_memory_model, ActivationsByHand) {
   EXPECT_NEAR(e.first.other, 0.75 * kGiB + 2 * 0.25 * kGiB + 0.08 * e.first.activations, 1e-3);
 }
 
-// moectl's own CPU engine keeps fp32 tensors (train_model.cpp and its modules): per layer x_in,
-// h1, x_mid, h2, attention's qkv plus the q/k/v split out of it, out and lse, the router's logits
-// and probabilities, two routings, the dispatcher's row maps, x_perm, each expert's fc1 output and
-// SwiGLU, y_perm; the working set is the last layer's backward, the step's residual and final-norm
-// buffers, one LM-head chunk and each thread's attention [L, L] workspaces.
+// moectl's own CPU engine carves fp32 activations from two arenas whose sizes the engine computes
+// (model/workspace.h), each carve rounded to 64 bytes: per layer x_in, h1, x_mid, h2, attention's
+// qkv plus the q/k/v split out of it, out and lse, the router's logits, probabilities, two
+// routings, token counts and the dispatcher's row map, x_perm, the experts' fc1 output and
+// SwiGLU, y_perm; the workspace holds the larger of a layer's backward and one LM-head chunk;
+// the kernels keep each thread's attention [L, L] buffers and the experts' backward blocks.
 TEST(plan_memory_model, MoectlCpuEngineByHand) {
   const ModelShape m = small_moe();
   Layout l;  // one process
@@ -106,12 +107,14 @@ TEST(plan_memory_model, MoectlCpuEngineByHand) {
   EXPECT_DOUBLE_EQ(x.attn_norm_in, 4 * T * h);
   EXPECT_DOUBLE_EQ(x.attn_qkv, 2 * 4 * T * (4 + 2 * 2) * 16);
   EXPECT_DOUBLE_EQ(x.attn_out, 4 * T * 64 + 4 * T * 4);
-  EXPECT_DOUBLE_EQ(x.router, 2 * 4 * T * 4 + 2 * 8 * T * 2 + 8 * 4 + 16 * 4 + 20 * R);
+  // logits, probabilities, two routings (int32 ids + float weights), [E] counts and the
+  // dispatcher's [3E] index rounded up to 64 bytes, its int64 row map.
+  EXPECT_DOUBLE_EQ(x.router, 2 * 4 * T * 4 + 2 * 8 * T * 2 + 64 + 128 + 8 * R);
   EXPECT_DOUBLE_EQ(x.expert_fc1_in, 4 * R * h);
   EXPECT_DOUBLE_EQ(x.expert_fc1_out, 4 * R * 64);
   EXPECT_DOUBLE_EQ(x.expert_act_out, 4 * R * 32);
   EXPECT_DOUBLE_EQ(x.combine, 4 * R * h);
-  const double layer = 4 * 32768 + 131072 + 34816 + 13408 + 3 * 65536 + 32768;
+  const double layer = 4 * 32768 + 131072 + 34816 + 10432 + 3 * 65536 + 32768;
   EXPECT_DOUBLE_EQ(x.total(), layer);
   // Selective (layernorm + moe_act): h1, h2 and the experts' SwiGLU outputs go.
   EXPECT_DOUBLE_EQ(layer_activations(m, l, t, true, Recompute::kSelective).total(), layer - 2 * 32768 - 32768);
@@ -124,19 +127,22 @@ TEST(plan_memory_model, MoectlCpuEngineByHand) {
   EXPECT_DOUBLE_EQ(e.first.gradients, 4 * (dense + experts));
   EXPECT_DOUBLE_EQ(e.first.optimizer, 8 * (dense + experts));  // Adam moments, no separate master
   EXPECT_DOUBLE_EQ(e.first.act_layers, 2 * layer);
-  const double step = 4 * 4 * T * h + 8 * T;                            // x, x_next, hf, dhf, label rows
-  const double head = 4 * T * 1000 + 2 * 4 * T * h + 4 * T;             // logits, hc, dhc, labels of a chunk
-  const double attn_bwd = 4 * T * (2 * 64 + 2 * 32 + 128);              // dout, dq, dk, dv, dqkv
-  const double moe_bwd = 2 * 4 * R * h + 4 * T * 2 + 64 * 4 * 32 * 3;   // dy_perm, dx_perm, dweight, one expert
-  const double backward = 3 * 4 * T * h + std::max(attn_bwd, moe_bwd);  // h1, h2 copies, dh + the larger
-  EXPECT_DOUBLE_EQ(e.first.act_logits, head);
-  EXPECT_DOUBLE_EQ(e.first.act_working, step + backward + 3 * 4 * T * T);  // + P, P, dP of one thread
+  const double step = 4 * 4 * T * h;                                 // x, x_next, hf, dhf
+  const double head = 8 * T + 4 * T * 1000 + 2 * 4 * T * h + 4 * T;  // rows, logits, hc, dhc, labels
+  const double attn_bwd = 4 * T * (2 * 64 + 2 * 32 + 128);           // dout, dq, dk, dv, dqkv
+  const double moe_bwd = 2 * 4 * R * h + 4 * T * 2 + 4 * T * 4;      // dy_perm, dx_perm, dweight, dlogits
+  const double backward = 4 * T * h + std::max(attn_bwd, moe_bwd);   // dh + the larger
+  const double kernels = 3 * 4 * T * T + 64 * 4 * 32 * 3;            // P, P, dP; one expert's block
+  EXPECT_DOUBLE_EQ(e.first.act_logits, head);                        // the workspace's largest phase
+  EXPECT_DOUBLE_EQ(e.first.act_working, step + std::max(backward, head) - head + kernels);
   EXPECT_DOUBLE_EQ(e.first.other, 1e8);  // the process baseline, nothing for CUDA/NCCL/fragmentation
-  // Full recompute: inputs only, plus one layer rebuilt whole for its backward.
+  // Full recompute: inputs only; the workspace rebuilds one layer whole (beside the two residual
+  // buffers of its chunk and the y of its forward) for its backward.
   l.recompute = Recompute::kFull;
   const MemoryEstimate f = estimate_memory(m, l, t);
   EXPECT_DOUBLE_EQ(f.first.act_layers, 2 * 4 * T * h);
-  EXPECT_DOUBLE_EQ(f.first.act_working, step + backward + 3 * 4 * T * T + layer - 4 * T * h);
+  const double rebuilt = 2 * 4 * T * h + (layer - 4 * T * h) + 4 * T * h + backward;
+  EXPECT_DOUBLE_EQ(f.first.act_working, step + rebuilt - head + kernels);
   // More than one process is not this engine.
   l.dp = 2;
   EXPECT_NE(moe::testing::input_error([&] { estimate_memory(m, l, t); }).find("one process"), std::string::npos);
