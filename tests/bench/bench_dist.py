@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Distributed training speed on this machine's cores (issue 13's benchmark): the training
+benchmark's model (bench_train.cpp: qwen3_moe, hidden 512, 4 layers, 64 experts top-8, vocab
+32000, 4 x 512 tokens per global batch) trained by `moectl pt` as one process with every core,
+and as DP2 under mpirun (2 processes x 1 thread), side by side in one run. Prints tokens/s of
+each, the ratio, and the fraction of step time spent in each collective type.
+Usage: bench_dist.py MOECTL SRC_DIR WORK_DIR [--iters N] [--mpiexec mpirun]"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+ap = argparse.ArgumentParser()
+ap.add_argument("moectl")
+ap.add_argument("src")
+ap.add_argument("work")
+ap.add_argument("--iters", type=int, default=6)
+ap.add_argument("--mpiexec", default="mpirun")
+a = ap.parse_args()
+MOECTL, WORK = os.path.abspath(a.moectl), os.path.abspath(a.work)
+shutil.rmtree(WORK, ignore_errors=True)
+os.makedirs(WORK)
+cores = os.cpu_count() or 1
+env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+env.pop("NPROC_PER_NODE", None)
+
+# The benchmark model, randomly initialised by pt (config + tokenizer only).
+tiny = os.path.join(WORK, "tiny")
+subprocess.run([MOECTL, "init", "--config", os.path.join(a.src, "configs", "tiny-moe"), "--output_dir", tiny],
+               check=True, capture_output=True)
+model = os.path.join(WORK, "model")
+os.makedirs(model)
+cfg = json.load(open(os.path.join(tiny, "config.json")))
+cfg.update(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+           num_experts=64, num_experts_per_tok=8, moe_intermediate_size=256, intermediate_size=1024,
+           vocab_size=32000, torch_dtype="float32")
+json.dump(cfg, open(os.path.join(model, "config.json"), "w"))
+for f in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(os.path.join(tiny, f), model)
+
+ARGS = ["pt", "--model", model, "--dataset", "dummy#256", "--max_length", "512", "--micro_batch_size", "1",
+        "--global_batch_size", "4", "--train_iters", str(a.iters), "--log_interval", "1", "--lr", "1e-4",
+        "--save_safetensors", "false", "--no_save_optim", "true", "--eval_interval", "0"]
+
+
+def run(name, prefix, threads):
+    e = dict(env, OMP_NUM_THREADS=str(threads))
+    p = subprocess.run(prefix + [MOECTL] + ARGS + ["--save", os.path.join(WORK, name)], capture_output=True,
+                       text=True, env=e)
+    if p.returncode != 0:
+        sys.exit(f"{name}: exit {p.returncode}\n{p.stderr[-2000:]}")
+    run_dir = [os.path.join(WORK, name, d) for d in os.listdir(os.path.join(WORK, name)) if d.startswith("v")][0]
+    rows = [json.loads(l) for l in open(os.path.join(run_dir, "logging.jsonl"))]
+    steps = [r["train_speed(s/it)"] for r in rows if "train_speed(s/it)" in r][1:]  # the first warms up
+    s_per_it = sum(steps) / len(steps)
+    comm = {}
+    m = re.search(r"communication: ([0-9.]+) s in collectives: (.*)", p.stdout)
+    if m:
+        for k, v in re.findall(r"(\S+) ([0-9.]+) s \(", m.group(2)):
+            comm[k] = float(v)
+    total = sum(r["train_speed(s/it)"] for r in rows if "train_speed(s/it)" in r)
+    return {"s_per_it": s_per_it, "tokens_per_s": 4 * 512 / s_per_it, "comm": comm, "train_s": total}
+
+
+one = run("one", [], cores)
+dp2 = run("dp2", [a.mpiexec, "-np", "2", "--oversubscribe", "--bind-to", "none"], max(1, cores // 2))
+print(f"model: qwen3_moe hidden 512, 4 layers, 64 experts top-8, vocab 32000; 4 x 512 tokens per step; "
+      f"{a.iters} steps, {cores} cores")
+print(f"{'layout':<28}{'s/step':>9}{'tokens/s':>10}{'ratio':>8}  communication")
+for name, r in (("1 process x %d threads" % cores, one), ("DP2: 2 processes x %d" % max(1, cores // 2), dp2)):
+    comm = sum(r["comm"].values())
+    parts = ", ".join(f"{k} {100 * v / r['train_s']:.1f}%" for k, v in r["comm"].items() if v > 0.0005)
+    print(f"{name:<28}{r['s_per_it']:>9.3f}{r['tokens_per_s']:>10.0f}{r['tokens_per_s'] / one['tokens_per_s']:>8.2f}"
+          f"  {100 * comm / r['train_s']:.1f}% of step time" + (f" ({parts})" if parts else ""))
+print(f"DP2 / one process: {dp2['tokens_per_s'] / one['tokens_per_s']:.2f}x (target >= 0.9x)")
