@@ -1,14 +1,38 @@
 #include "core/arena.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
-#include <cstdlib>
 #include <new>
+#include <utility>
 
 #include "core/error.h"
 
 namespace moe {
 
-void Arena::Free::operator()(std::byte* p) const { std::free(p); }
+Arena::~Arena() { unmap(); }
+
+Arena::Arena(Arena&& o) noexcept
+    : buf_(std::exchange(o.buf_, nullptr)),
+      cap_(std::exchange(o.cap_, 0)),
+      used_(std::exchange(o.used_, 0)),
+      high_(std::exchange(o.high_, 0)),
+      measuring_(o.measuring_) {}
+
+Arena& Arena::operator=(Arena&& o) noexcept {
+  if (this != &o) {
+    unmap();
+    buf_ = std::exchange(o.buf_, nullptr), cap_ = std::exchange(o.cap_, 0);
+    used_ = std::exchange(o.used_, 0), high_ = std::exchange(o.high_, 0), measuring_ = o.measuring_;
+  }
+  return *this;
+}
+
+void Arena::unmap() {
+  if (buf_) munmap(buf_, cap_);
+  buf_ = nullptr, cap_ = 0;
+}
 
 Arena Arena::measuring() {
   Arena a;
@@ -19,14 +43,12 @@ Arena Arena::measuring() {
 void Arena::reserve(size_t bytes) {
   if (measuring_ || bytes <= cap_) return;
   MOE_ASSERT(used_ == 0, "arena grown to {} bytes while {} bytes are carved", bytes, used_);
-  const size_t n = rounded(bytes);
-  buf_.reset();  // the old block goes first: peak memory is the new size, not both
-  buf_.reset(static_cast<std::byte*>(std::aligned_alloc(kAlign, n)));
-  if (!buf_) {
-    cap_ = 0;
-    throw std::bad_alloc();
-  }
-  cap_ = n;
+  unmap();  // the old block goes first: peak memory is the new size, not both
+  // Whole pages (page-aligned, so every carve is 64-byte aligned), zero-filled on first touch.
+  const size_t page = size_t(sysconf(_SC_PAGESIZE)), n = (bytes + page - 1) / page * page;
+  void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  buf_ = static_cast<std::byte*>(p), cap_ = n;
 }
 
 void* Arena::take_bytes(size_t bytes) {
@@ -38,7 +60,7 @@ void* Arena::take_bytes(size_t bytes) {
         cap_, used_, n);
   used_ += n;
   high_ = std::max(high_, used_);
-  return measuring_ || n == 0 ? nullptr : buf_.get() + at;
+  return measuring_ || n == 0 ? nullptr : buf_ + at;
 }
 
 void Arena::release(size_t mark) {

@@ -3,10 +3,12 @@
 // Its size is known before a step: a measuring arena runs the same carving without memory and
 // reports the bytes, so the engine sizes its arenas, and the planner reads them, from the code
 // that carves. Carving past the end is an internal error (a size function and the code
-// disagree), never a silent allocation; steady-state steps allocate nothing.
+// disagree), never a silent allocation; steady-state steps allocate nothing. The memory is mapped
+// straight from the kernel, not taken from the heap: one block this large would leave holes the
+// heap cannot reuse (a freed checkpoint state too small to hold it, with the optimizer's state
+// then placed above it).
 #pragma once
 #include <cstddef>
-#include <memory>
 #include <span>
 #include <type_traits>
 
@@ -17,6 +19,11 @@ class Arena {
   static constexpr size_t kAlign = 64;  // a cache line: every carve starts on one
 
   Arena() = default;
+  ~Arena();
+  Arena(Arena&& o) noexcept;
+  Arena& operator=(Arena&& o) noexcept;
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
   // No memory: carving returns null spans of the asked length and only counts bytes.
   static Arena measuring();
 
@@ -41,10 +48,8 @@ class Arena {
 
  private:
   void* take_bytes(size_t bytes);
-  struct Free {
-    void operator()(std::byte* p) const;
-  };
-  std::unique_ptr<std::byte[], Free> buf_;
+  void unmap();
+  std::byte* buf_ = nullptr;
   size_t cap_ = 0, used_ = 0, high_ = 0;
   bool measuring_ = false;
 };
