@@ -56,6 +56,7 @@ struct TrainArgs {
   int tp = 1, pp = 1, ep = 1, etp = 0, cp = 1, vpp = 1;
   bool use_distributed_optimizer = true;
   double distributed_timeout_minutes = 10;  // Megatron's default
+  std::string dispatcher = "alltoall";      // --moe_token_dispatcher_type
 };
 
 // The job's layout on `world` ranks, refused up front (on every rank, with the same line) when
@@ -64,15 +65,17 @@ moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world) {
   const auto l = moe::dist::ParallelLayout::from_flags(world, a.tp, a.pp, a.ep, a.etp, a.cp, a.vpp);
   auto not_yet = [](const char* flag, int v, const char* what) {
     if (v > 1)
-      moe::throw_input("{} {}: {} is not implemented in training yet; data parallelism is (leave the flag out)", flag,
-                       v, what);
+      moe::throw_input(
+          "{} {}: {} is not implemented in training yet; data and expert parallelism are (leave the flag out)", flag, v,
+          what);
   };
   not_yet("--tensor_model_parallel_size", l.tp, "tensor parallelism");
   not_yet("--pipeline_model_parallel_size", l.pp, "pipeline parallelism");
   not_yet("--virtual_pipeline_model_parallel_size", l.vpp, "interleaved pipeline parallelism");
   not_yet("--context_parallel_size", l.cp, "context parallelism");
-  not_yet("--expert_model_parallel_size", l.ep, "expert parallelism");
   not_yet("--expert_tensor_parallel_size", l.etp, "expert tensor parallelism");
+  if (a.dispatcher != "alltoall")
+    moe::throw_input("--moe_token_dispatcher_type {}: only alltoall (the default) is implemented", a.dispatcher);
   return l;
 }
 
@@ -216,6 +219,9 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   t.max_length = a.max_length, t.packing = a.packing;
   // Everything that can be refused is checked before the run dir exists.
   moe::model::validate_train_options(a.m, lm.config);
+  if (layout.ep > 1 && lm.config.num_experts == 0)
+    moe::throw_input("--expert_model_parallel_size {}: {} has no experts to spread", layout.ep, src);
+  const model::ShardSpec check_shards(lm.config, layout, 1);  // the experts divide over EP
   const moe::train::LrSchedule check_schedule(
       t.lr, t.train_iters > 0 ? t.train_iters : int64_t(1) << 40);  // epochs: length not known yet
   moe::train::Optimizer check_optimizer(t.optim);
@@ -264,7 +270,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   if (writer) moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
   moe::log().info("output_dir: {}", t.out_dir);
   if (layout.dp > 1) moe::log().info("{} processes: data parallel {} ({})", layout.world(), layout.dp, launch.launcher);
-  model::TrainModel tm(lm.config, lm.state, a.m);
+  model::TrainModel tm(lm.config, lm.state, a.m, world ? groups : nullptr);
   lm.state.clear();          // the trainer holds its own fp32 copy
   moe::keep_freed_memory();  // the step's buffers come back from the heap, not from new pages
   // On a terminal: a progress bar with the log lines printed above it (other info messages,
@@ -373,7 +379,8 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--tensor_model_parallel_size", a->tp, "Tensor parallel size (1 in this version)");
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline parallel size (1 in this version)");
   c->add_option("--virtual_pipeline_model_parallel_size", a->vpp, "Model chunks per pipeline rank (1)");
-  c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (1 in this version)");
+  c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (experts spread over this many ranks)");
+  c->add_option("--moe_token_dispatcher_type", a->dispatcher, "alltoall (allgather is not implemented)");
   c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor parallel size (default: as TP)");
   c->add_option("--context_parallel_size", a->cp, "Context parallel size (1 in this version)");
   c->add_option("--distributed_timeout_minutes", a->distributed_timeout_minutes,

@@ -15,7 +15,7 @@ Tensor f32_param(const StateDict& s, const std::string& name) {
   return t.dtype() == DType::F32 ? t : t.to(DType::F32);
 }
 
-LayerWeights layer_weights(const ModelConfig& c, const StateDict& s, int i) {
+LayerWeights layer_weights(const ModelConfig& c, const StateDict& s, int i, int experts) {
   const std::string L = names::layer(i);
   LayerWeights w;
   w.attn.input_norm = f32_param(s, L + names::kInputNorm);
@@ -31,7 +31,7 @@ LayerWeights layer_weights(const ModelConfig& c, const StateDict& s, int i) {
     w.pre_mlp_norm = f32_param(s, L + names::kPreMlpNorm);
     w.moe.router = f32_param(s, L + names::kRouter);
     if (c.moe_router_enable_expert_bias) w.moe.expert_bias = f32_param(s, L + names::kExpertBias);
-    for (int e = 0; e < c.num_experts; ++e) {
+    for (int e = 0; e < (experts < 0 ? c.num_experts : experts); ++e) {
       w.moe.fc1_E.push_back(get(s, L + names::expert_fc1(e)));
       w.moe.fc2_E.push_back(get(s, L + names::expert_fc2(e)));
     }

@@ -37,7 +37,9 @@ struct LayerWeights {
 };
 
 // Looks up layer `i`; InternalError if the state lacks a tensor (load_hf checks it first).
-LayerWeights layer_weights(const ModelConfig& c, const StateDict& s, int i);
+// `experts`: how many experts the state holds per layer, under EP-local names 0..experts-1
+// (-1: every expert of the config).
+LayerWeights layer_weights(const ModelConfig& c, const StateDict& s, int i, int experts = -1);
 // The tensor under `name`, widened to f32 if it is not already.
 Tensor f32_param(const StateDict& s, const std::string& name);
 

@@ -9,6 +9,11 @@ namespace {
 
 bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 
+// The EP group when the experts are spread over several ranks; else null.
+dist::Communicator* expert_group(const Context& ctx) {
+  return ctx.groups && ctx.groups->ep().size() > 1 ? &ctx.groups->ep() : nullptr;
+}
+
 int64_t max_rows(const MoeDims& m) { return TokenDispatcher::max_rows(m.T, m.K, m.E, m.capacity, m.pad_to); }
 
 // The backward's own temporaries (the shared expert's come after them, in swiglu_mlp_backward).
@@ -43,7 +48,8 @@ MoeDims moe_dims(int64_t T, int64_t D, int64_t E, int64_t K, int64_t F, int64_t 
 }
 
 MoeDims moe_dims(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, int64_t T) {
-  return moe_dims(T, c.hidden_size, ctx.local.experts, c.moe_router_topk, c.moe_ffn_hidden_size,
+  (void)ctx;  // routing is over every expert; under EP only the grouped experts are local
+  return moe_dims(T, c.hidden_size, c.num_experts, c.moe_router_topk, c.moe_ffn_hidden_size,
                   c.moe_shared_expert_intermediate_size, c.moe_shared_expert_gate, o);
 }
 
@@ -97,8 +103,22 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   s.gu_R2F = keep.take<float>(size_t(Rmax * 2 * F)).first(R * size_t(2 * F));
   s.h_RF = recompute_act ? std::span<float>() : keep.take<float>(size_t(Rmax * F)).first(R * size_t(F));
   disp.permute(x, D, s.x_perm.data());
-  ops::grouped_swiglu(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E, s.gu_R2F.data(),
-                      recompute_act ? nullptr : s.h_RF.data(), s.y_perm.data());
+  if (dist::Communicator* ep = expert_group(ctx)) {
+    // Rows travel to their experts' owners, which run their local experts, and come back.
+    s.ep = std::make_shared<ExpertParallelRows>();
+    ExpertParallelRows& r = *s.ep;
+    const ExpertExchange& xc = r.exchange.emplace(be, disp, *ep, int64_t(w.fc1_E.size()));
+    const size_t RL = size_t(xc.local_rows());
+    r.x_local.resize(RL * size_t(D)), r.gu_local.resize(RL * size_t(2 * F)), r.y_local.resize(RL * size_t(D));
+    if (!recompute_act) r.h_local.resize(RL * size_t(F));
+    xc.dispatch(s.x_perm.data(), D, r.x_local.data());
+    ops::grouped_swiglu(be, r.x_local.data(), D, F, xc.local_offsets(), xc.local_blocks(), w.fc1_E, w.fc2_E,
+                        r.gu_local.data(), recompute_act ? nullptr : r.h_local.data(), r.y_local.data());
+    xc.combine(r.y_local.data(), D, s.y_perm.data());
+  } else {
+    ops::grouped_swiglu(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E, s.gu_R2F.data(),
+                        recompute_act ? nullptr : s.h_RF.data(), s.y_perm.data());
+  }
   ops::fill(be, y, 0.0f, T * D);
   disp.unpermute_add(s.y_perm.data(), D, y);
 
@@ -141,9 +161,20 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
   // Combine backward: each row's output gradient is its weight times the token's gradient, and
   // each weight's gradient is the token's gradient dotted with the row's output.
   disp.unpermute_add_backward(dy, s.y_perm.data(), D, t.dy_perm.data(), t.dweight_TK.data());
-  ops::grouped_swiglu_backward(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E,
-                               s.gu_R2F.data(), s.h_RF.empty() ? nullptr : s.h_RF.data(), t.dy_perm.data(),
-                               t.dx_perm.data(), g.fc1_E, g.fc2_E);
+  if (s.ep) {  // the rows' gradients go to the experts' owners and the inputs' gradients come back
+    const ExpertParallelRows& r = *s.ep;
+    const ExpertExchange& xc = *r.exchange;
+    std::vector<float> dy_local(r.x_local.size()), dx_local(r.x_local.size());
+    xc.dispatch(t.dy_perm.data(), D, dy_local.data());
+    ops::grouped_swiglu_backward(be, r.x_local.data(), D, F, xc.local_offsets(), xc.local_blocks(), w.fc1_E, w.fc2_E,
+                                 r.gu_local.data(), r.h_local.empty() ? nullptr : r.h_local.data(), dy_local.data(),
+                                 dx_local.data(), g.fc1_E, g.fc2_E);
+    xc.combine(dx_local.data(), D, t.dx_perm.data());
+  } else {
+    ops::grouped_swiglu_backward(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E,
+                                 s.gu_R2F.data(), s.h_RF.empty() ? nullptr : s.h_RF.data(), t.dy_perm.data(),
+                                 t.dx_perm.data(), g.fc1_E, g.fc2_E);
+  }
 
   // Router: d(logits) from the weights and the auxiliary losses, then its linear layer.
   router_train_backward(be, o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, s.router,

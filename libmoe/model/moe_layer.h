@@ -13,12 +13,22 @@
 #include "core/arena.h"
 #include "model/batch.h"
 #include "model/context.h"
+#include "model/expert_exchange.h"
 #include "model/layer_weights.h"
 #include "model/mlp.h"
 #include "model/router_train.h"
 #include "model/token_dispatcher.h"
 
 namespace moe::model {
+
+// Under expert parallelism: the exchange of this micro-batch's rows with the EP group and what the
+// local experts computed on the rows they received. How many rows arrive depends on every rank's
+// routing, so these are the one activation not carved from the arenas: they are sized when the
+// counts are known, and freed with the micro-batch's activations.
+struct ExpertParallelRows {
+  std::optional<ExpertExchange> exchange;
+  std::vector<float> x_local, gu_local, h_local, y_local;  // [received rows, D | 2F | F | D]
+};
 
 struct MoeSaved {
   std::span<float> logits_TE;
@@ -28,7 +38,8 @@ struct MoeSaved {
   std::span<float> gu_R2F, h_RF;    // the experts' fc1 outputs and activations (h empty: recomputed)
   SwigluSaved shared;
   std::span<float> shared_out_TD, gate_logit_T, gate_T;
-  std::shared_ptr<Arena> own;  // the standalone forward's arena (null in the engine)
+  std::shared_ptr<ExpertParallelRows> ep;  // null without expert parallelism
+  std::shared_ptr<Arena> own;              // the standalone forward's arena (null in the engine)
 };
 
 // The sizes a MoE layer's arenas are planned from.

@@ -147,7 +147,7 @@ void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float
 void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st) {
   const int64_t T = b.size();
   const int L = int(w_.layers.size());
-  const size_t E = size_t(std::max<int64_t>(ctx_.local.experts, 0));
+  const size_t E = size_t(std::max(cfg_.num_experts, 0));
   int32_t max_pos = 0;
   for (int32_t p : b.positions) max_pos = std::max(max_pos, p);
   rope_.reserve(int64_t(max_pos) + 1);
@@ -221,7 +221,7 @@ StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float 
   check_batch(b);
   begin(acts, T, keep ? StageCall::kTrain : StageCall::kEvaluate);
   StepStats st;
-  st.tokens_per_expert.assign(w_.layers.size() * size_t(std::max<int64_t>(ctx_.local.experts, 0)), 0);
+  st.tokens_per_expert.assign(w_.layers.size() * size_t(std::max(cfg_.num_experts, 0)), 0);
   run_layers(b, acts, keep, false, &st);
 
   // Final norm and LM head with the loss, chunk by chunk over the labelled tokens only; the

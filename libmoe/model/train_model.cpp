@@ -9,7 +9,8 @@
 
 namespace moe::model {
 
-TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions options)
+TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions options,
+                       std::shared_ptr<const dist::ProcessGroups> groups)
     : cfg_(std::move(config)), opt_(std::move(options)) {
   validate_train_options(opt_, cfg_);
   // Training with the bias gives the model one (saved with it); a model that has one routes with
@@ -17,40 +18,64 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   if (opt_.moe.enable_expert_bias && cfg_.num_experts > 0) cfg_.moe_router_enable_expert_bias = true;
   check_state(cfg_, params, true);
   // This rank's slices, from ShardSpec (with one process, the whole tensors).
-  const StateDict local = rank_state(single_process_spec(cfg_), cfg_, params, 0, 0, 0);
+  const int ep_rank = groups ? groups->ep().rank() : 0;
+  const ShardSpec spec = groups ? ShardSpec(cfg_, groups->layout(), 1) : single_process_spec(cfg_);
+  const StateDict local = rank_state(spec, cfg_, params, 0, 0, ep_rank);
+  Context ctx = single_process_context(cfg_);
+  if (groups) ctx.groups = groups, ctx.local = spec.local_shapes(0, 0, ep_rank);
+  first_expert_ = ctx.local.expert_begin, local_experts_ = ctx.local.experts;
+
+  // What this rank trains, in flat order: the WeightMap's dense tensors, then its experts.
+  struct Slot {
+    std::string name;
+    std::vector<int64_t> shape;
+    bool buffer;
+  };
+  std::vector<Slot> slots;
   const WeightMap map = WeightMap::for_config(cfg_);
   for (const auto& rule : map.rules())
-    if (!rule.buffer) numel_ += size_t(shape_numel(rule.shape));
+    if (rule.mcore.find(".mlp.experts.") == std::string::npos) slots.push_back({rule.mcore, rule.shape, rule.buffer});
+  for (const Slot& sl : slots)
+    if (!sl.buffer) dense_numel_ += size_t(shape_numel(sl.shape));
+  for (int i = 0; i < cfg_.num_layers; ++i)
+    if (cfg_.is_moe_layer(i))
+      for (int64_t e = 0; e < local_experts_; ++e)
+        for (const std::string& n : {names::expert_fc1(int(e)), names::expert_fc2(int(e))}) {
+          const std::string name = names::layer(i) + n;
+          slots.push_back({name, local.at(name).shape(), false});
+        }
+  for (const Slot& sl : slots)
+    if (!sl.buffer) numel_ += size_t(shape_numel(sl.shape));
   // One zeroed allocation each: what gradient bucketing and a distributed optimizer slice.
   param_flat_ = std::shared_ptr<float[]>(new float[numel_]());
   grad_flat_ = std::shared_ptr<float[]>(new float[numel_]());
   size_t at = 0;
-  for (const auto& rule : map.rules()) {
-    auto it = local.find(rule.mcore);
-    if (rule.buffer) {  // not trained by the optimizer; zeros when the checkpoint has none yet
-      Tensor b(rule.shape, DType::F32);
+  for (const Slot& sl : slots) {
+    auto it = local.find(sl.name);
+    if (sl.buffer) {  // not trained by the optimizer; zeros when the checkpoint has none yet
+      Tensor b(sl.shape, DType::F32);
       if (it != local.end()) {
         Tensor src = it->second.dtype() == DType::F32 ? it->second : it->second.to(DType::F32);
         std::memcpy(b.raw(), src.raw(), b.nbytes());
       }
-      buffers_.emplace(rule.mcore, std::move(b));
+      buffers_.emplace(sl.name, std::move(b));
       continue;
     }
     // Always a copy: the optimizer updates these in place (inputs may be mapped files).
-    Tensor p = Tensor::borrow(rule.shape, DType::F32, param_flat_.get() + at, param_flat_);
+    Tensor p = Tensor::borrow(sl.shape, DType::F32, param_flat_.get() + at, param_flat_);
     Tensor src = it->second.dtype() == DType::F32 ? it->second : it->second.to(DType::F32);
     std::memcpy(p.raw(), src.raw(), p.nbytes());
-    params_.emplace(rule.mcore, p);
-    grads_.emplace(rule.mcore, Tensor::borrow(rule.shape, DType::F32, grad_flat_.get() + at, grad_flat_));
-    at += size_t(shape_numel(rule.shape));
+    params_.emplace(sl.name, p);
+    grads_.emplace(sl.name, Tensor::borrow(sl.shape, DType::F32, grad_flat_.get() + at, grad_flat_));
+    at += size_t(shape_numel(sl.shape));
   }
   StateDict with_buffers = params_;
   with_buffers.insert(buffers_.begin(), buffers_.end());
   ModelConfig no_buffers = cfg_;  // gradients exist for parameters only
   no_buffers.moe_router_enable_expert_bias = false;
-  grad_views_ = stage_weights(no_buffers, grads_, 0, cfg_.num_layers);
-  stage_ = std::make_unique<Stage>(single_process_context(cfg_), cfg_,
-                                   stage_weights(cfg_, with_buffers, 0, cfg_.num_layers), &grad_views_, opt_);
+  const int L = cfg_.num_layers, El = int(local_experts_);
+  grad_views_ = stage_weights(no_buffers, grads_, 0, L, El);
+  stage_ = std::make_unique<Stage>(ctx, cfg_, stage_weights(cfg_, with_buffers, 0, L, El), &grad_views_, opt_);
 }
 
 void TrainModel::zero_grad() { std::memset(grad_flat_.get(), 0, numel_ * sizeof(float)); }

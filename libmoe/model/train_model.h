@@ -1,7 +1,12 @@
-// The model for training on the CPU (fp32): owns the parameters and their gradients, each in
-// one flat buffer (a view per canonical name, in WeightMap order), and the buffers (expert
-// bias); drives one Stage (stage.h) over all layers: forward and backward of one micro-batch of
-// packed sequences, gradients accumulated. Used by the trainer (libmoe/train); no optimizer here.
+// The model for training on the CPU (fp32): owns this rank's parameters and their gradients, each
+// in one flat buffer (a view per rank-local canonical name), and the buffers (expert bias);
+// drives one Stage (stage.h) over all layers: forward and backward of one micro-batch of packed
+// sequences, gradients accumulated. Used by the trainer (libmoe/train); no optimizer here.
+//
+// The flat buffers hold the dense parameters first (WeightMap order), then the experts (by layer,
+// local expert, fc1 then fc2): the two regions are reduced over different groups (dense over DP,
+// experts over expert-DP). Under expert parallelism a rank holds only its EP rank's experts, under
+// EP-local names (weight0 .. weight{E/EP - 1}), as Megatron's per-rank checkpoints name them.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -26,7 +31,10 @@ class TrainModel {
  public:
   // Copies `params` (any dtype) into the owned fp32 flat buffer; InputError if a tensor the
   // config needs is missing or misshapen.
-  TrainModel(ModelConfig config, const StateDict& params, TrainOptions options);
+  // `params` holds the whole model (global names); this rank keeps its slice by ShardSpec. With
+  // `groups` null: one process.
+  TrainModel(ModelConfig config, const StateDict& params, TrainOptions options,
+             std::shared_ptr<const dist::ProcessGroups> groups = nullptr);
 
   const ModelConfig& config() const { return cfg_; }
   const TrainOptions& options() const { return opt_; }
@@ -36,6 +44,11 @@ class TrainModel {
   StateDict& grads() { return grads_; }
   std::span<float> flat_params() { return {param_flat_.get(), numel_}; }
   std::span<float> flat_grads() { return {grad_flat_.get(), numel_}; }
+  // Where the experts start in the flat buffers ([0, expert_offset) are the dense parameters).
+  size_t expert_offset() const { return dense_numel_; }
+  // This rank's experts: [first, first + count) of the config's; names are local (0 .. count-1).
+  int64_t first_expert() const { return first_expert_; }
+  int64_t local_experts() const { return local_experts_; }
   // Tensors the model uses but the optimizer does not train, by canonical name: the MoE
   // layers' aux-loss-free expert bias ([E] fp32) when the config has it. Saved with checkpoints.
   const StateDict& buffers() const { return buffers_; }
@@ -58,7 +71,8 @@ class TrainModel {
 
   ModelConfig cfg_;
   TrainOptions opt_;
-  size_t numel_ = 0;
+  size_t numel_ = 0, dense_numel_ = 0;
+  int64_t first_expert_ = 0, local_experts_ = 0;
   std::shared_ptr<float[]> param_flat_, grad_flat_;
   StateDict params_, grads_, buffers_;
   StageWeights grad_views_;

@@ -19,9 +19,9 @@ void check_state(const ModelConfig& c, const StateDict& state, bool allow_missin
   }
 }
 
-StageWeights stage_weights(const ModelConfig& c, const StateDict& s, int begin, int end) {
+StageWeights stage_weights(const ModelConfig& c, const StateDict& s, int begin, int end, int experts) {
   StageWeights w;
-  for (int i = begin; i < end; ++i) w.layers.push_back(layer_weights(c, s, i));
+  for (int i = begin; i < end; ++i) w.layers.push_back(layer_weights(c, s, i, experts));
   w.embedding = s.at(names::kEmbedding);
   w.final_norm = f32_param(s, names::kFinalNorm);
   w.output = c.untie_embeddings_and_output_weights ? s.at(names::kOutput) : w.embedding;

@@ -44,6 +44,6 @@ class Transformer {
 void check_state(const ModelConfig& c, const StateDict& state, bool allow_missing_buffers);
 
 // The stage weights of layers [begin, end) (+ embedding, final norm, output) as views of `s`.
-StageWeights stage_weights(const ModelConfig& c, const StateDict& s, int begin, int end);
+StageWeights stage_weights(const ModelConfig& c, const StateDict& s, int begin, int end, int experts = -1);
 
 }  // namespace moe::model

@@ -137,7 +137,7 @@ StageShape stage_shape(const Context& ctx, const ModelConfig& c, int begin, int 
   s.hidden = c.hidden_size, s.heads = ctx.local.heads, s.query_groups = ctx.local.query_groups;
   s.head_dim = c.kv_channels, s.vocab = c.vocab_size, s.qk_layernorm = c.qk_layernorm;
   s.ffn = c.ffn_hidden_size;
-  s.experts = ctx.local.experts, s.topk = c.moe_router_topk, s.moe_ffn = c.moe_ffn_hidden_size;
+  s.experts = c.num_experts, s.topk = c.moe_router_topk, s.moe_ffn = c.moe_ffn_hidden_size;
   s.shared_ffn = c.moe_shared_expert_intermediate_size, s.shared_gate = c.moe_shared_expert_gate;
   for (int i = begin; i < end; ++i) s.moe_layers.push_back(c.is_moe_layer(i));
   return s;

@@ -45,9 +45,9 @@ void check_finite(const Tensor& t, const std::string& name, int64_t iteration) {
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, const Optimizer& opt,
-                            const LrScheduleConfig& lr, const TrainProgress& p, const CheckpointOptions& o) {
-  const model::ModelConfig& c = m.config();
+std::string save_checkpoint(const std::string& dir, const model::ModelConfig& c, const model::StateDict& params,
+                            const model::StateDict& buffers, const Optimizer& opt, const LrScheduleConfig& lr,
+                            const TrainProgress& p, const CheckpointOptions& o) {
   checkpoint::ExportOptions eo;
   eo.dtype = o.dtype;
   const model::ShardSpec spec(c, eo.layout, eo.make_vocab_size_divisible_by);
@@ -65,7 +65,6 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     return PyValue::tensor_ref(io::contiguous_ref(key, t.dtype(), t.shape()));
   };
   auto model_dict = PyValue::container(PyValue::kOrderedDict);
-  const auto& params = m.params();
   for (const auto& [name, t] : params) {
     check_finite(t, name, p.iteration);
     Tensor w = t.to(o.dtype);
@@ -77,7 +76,7 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     }
     model_dict->set(name, add(w));
   }
-  for (const auto& [name, b] : m.buffers()) {  // the expert bias, fp32 as Megatron keeps it
+  for (const auto& [name, b] : buffers) {  // the expert bias, fp32 as Megatron keeps it
     check_finite(b, name, p.iteration);
     model_dict->set(name, add(b));
   }
@@ -155,7 +154,7 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
     StagedDir hf_dir("--save", fs::path(dir) / ("checkpoint-" + std::to_string(p.iteration)), true);
     model::StateDict out;
     for (const auto& [name, t] : params) out[name] = t.to(o.dtype);
-    for (const auto& [name, b] : m.buffers()) out[name] = b;
+    for (const auto& [name, b] : buffers) out[name] = b;
     checkpoint::save_hf_weights(c, out, hf_dir.path().string());
     checkpoint::copy_side_files(o.source_dir, hf_dir.path(), o.dtype, c);
     hf_dir.commit();
@@ -167,7 +166,8 @@ std::string save_checkpoint(const std::string& dir, const model::TrainModel& m, 
 }
 
 ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Optimizer& opt, bool load_optim,
-                                bool load_rng) {
+                                bool load_rng,
+                                const std::function<std::optional<std::string>(const std::string&)>& local_name) {
   ResumeState rs;
   const int64_t iteration = checkpoint::read_checkpoint_tracker(dir);
   const fs::path file = fs::path(dir) / iter_dir_name(iteration) / "mp_rank_00" / "model_optim_rng.pt";
@@ -189,9 +189,12 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
       opt.bind(in_address_order(refs));
     }
     for (size_t i = 0; i < names->items.size(); ++i) {
-      const std::string& name = names->items[i]->s;
+      const auto mine = local_name ? local_name(names->items[i]->s) : std::optional<std::string>(names->items[i]->s);
+      if (!mine) continue;  // another rank's part
+      const std::string& name = *mine;
       auto pit = m.params().find(name);
-      if (pit == m.params().end()) throw_input("{}: optimizer state for unknown parameter '{}'", file.string(), name);
+      if (pit == m.params().end())
+        throw_input("{}: optimizer state for unknown parameter '{}'", file.string(), names->items[i]->s);
       Tensor master = f.tensor(masters->items.at(i)->tensor);
       if (master.shape() != pit->second.shape() || master.dtype() != DType::F32)
         throw_input("{}: fp32 master of '{}' has shape {}, the model {}", file.string(), name,

@@ -6,6 +6,7 @@
 // written last. With save_safetensors, DIR/checkpoint-N/ is also a complete HF directory.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -32,8 +33,9 @@ struct TrainProgress {
 
 // Writes iteration `p.iteration` into `dir` (which holds args.json). Returns the path of the
 // HF copy when one was written, else "".
-std::string save_checkpoint(const std::string& dir, const model::TrainModel& model, const Optimizer& opt,
-                            const LrScheduleConfig& lr, const TrainProgress& p, const CheckpointOptions& o);
+std::string save_checkpoint(const std::string& dir, const model::ModelConfig& config, const model::StateDict& params,
+                            const model::StateDict& buffers, const Optimizer& opt, const LrScheduleConfig& lr,
+                            const TrainProgress& p, const CheckpointOptions& o);
 
 // What a Megatron dir's latest checkpoint adds to its weights for resuming: progress, and the
 // optimizer state and fp32 masters (copied into `model` and `opt`) when present and wanted.
@@ -41,7 +43,10 @@ struct ResumeState {
   TrainProgress progress;
   bool had_optimizer = false, had_rng = false;
 };
+// `local_name` maps a checkpoint's (global) parameter name to the model's, nullopt for a tensor
+// this rank does not hold (another EP rank's expert); absent: names are the model's.
 ResumeState load_training_state(const std::string& dir, model::TrainModel& model, Optimizer& opt, bool load_optim,
-                                bool load_rng);
+                                bool load_rng,
+                                const std::function<std::optional<std::string>(const std::string&)>& local_name = {});
 
 }  // namespace moe::train

@@ -31,7 +31,7 @@ DistributedOptimizer::DistributedOptimizer(const OptimizerConfig& cfg, std::span
   shard_opt_.bind(pieces_);
 }
 
-double DistributedOptimizer::reduce_gradients_and_clip(double max_norm) {
+double DistributedOptimizer::reduce_gradients() {
   const size_t n = grads_.size(), size = size_t(dp_.size());
   if (chunk_ > 0)
     dp_.reduce_scatter(grads_.data(), shard_grad_.data(), int64_t(chunk_), dist::DataType::kF32, dist::ReduceOp::kSum);
@@ -40,17 +40,18 @@ double DistributedOptimizer::reduce_gradients_and_clip(double max_norm) {
     dp_.all_reduce(grads_.data() + chunk_ * size, int64_t(tail), dist::DataType::kF32, dist::ReduceOp::kSum);
     if (end_ == n) std::memcpy(shard_grad_.data() + chunk_, grads_.data() + chunk_ * size, tail * sizeof(float));
   }
-  return clip_grad_norm(pieces_, max_norm, &dp_);
+  return grad_sum_of_squares(pieces_);
 }
 
-bool DistributedOptimizer::step(double lr, double grad_bound) {
-  int32_t ok = shard_opt_.step_stays_finite(pieces_, lr, grad_bound) ? 1 : 0;
-  int32_t bad = 1 - ok;
-  dp_.all_reduce(&bad, 1, dist::DataType::kI32, dist::ReduceOp::kSum);
-  if (bad > 0) return false;
+void DistributedOptimizer::scale_gradients(float factor) { scale_grads(pieces_, factor); }
+
+bool DistributedOptimizer::step_stays_finite(double lr, double grad_bound) {
+  return shard_opt_.step_stays_finite(pieces_, lr, grad_bound);
+}
+
+void DistributedOptimizer::apply_step(double lr) {
   shard_opt_.apply_step(pieces_, lr);
   all_gather_flat(params_.data());
-  return true;
 }
 
 void DistributedOptimizer::all_gather_flat(float* v) const {

@@ -28,12 +28,15 @@ class DistributedOptimizer {
   DistributedOptimizer(const OptimizerConfig& cfg, std::span<float> params, std::span<float> grads,
                        std::span<const ParamRef> refs, dist::Communicator& dp);
 
-  // The gradients summed over the group into this rank's shard, clipped to max_norm (0: off) by
-  // the global L2 norm, which is returned (non-finite: some gradient is NaN/Inf).
-  double reduce_gradients_and_clip(double max_norm);
-  // One update unless it would make any rank's weights or state non-finite (then no rank writes
-  // and false is returned on every rank); then every rank's parameters are the updated ones.
-  bool step(double lr, double grad_bound);
+  // The gradients summed over the group into this rank's shard; returns the shard's sum of
+  // squares (the caller sums them over the ranks for the global norm).
+  double reduce_gradients();
+  // The shard's gradients times `factor` (clipping).
+  void scale_gradients(float factor);
+  // step() in halves, for the caller to agree over every group first (see Optimizer).
+  bool step_stays_finite(double lr, double grad_bound);
+  // The update of this rank's shard, then every rank's parameters are the updated ones.
+  void apply_step(double lr);
 
   int64_t steps() const { return shard_opt_.steps(); }
   // The whole optimizer state into `full` (bound, if it is not, to every parameter in flat order,

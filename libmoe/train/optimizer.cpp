@@ -318,7 +318,7 @@ void Optimizer::apply_step(std::span<const ParamRef> params, double lr) {
   w_max_ = w_new, s_max_ = s_new;
 }
 
-static double grad_sum_of_squares(std::span<const ParamRef> params) {
+double grad_sum_of_squares(std::span<const ParamRef> params) {
   const auto& blocks = blocks_of(params);
   thread_local std::vector<double> partial_sums;  // reused across steps
   std::vector<double>& partial = partial_sums;    // the caller's: workers must not name their own
@@ -337,14 +337,20 @@ static double grad_sum_of_squares(std::span<const ParamRef> params) {
   return ss;
 }
 
-double clip_grad_norm(std::span<const ParamRef> params, double max_norm, dist::Communicator* sum_over) {
-  double ss = grad_sum_of_squares(params);
-  if (sum_over) sum_over->all_reduce(&ss, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
-  const double norm = std::sqrt(ss);
-  if (!std::isfinite(norm) || max_norm <= 0) return norm;
+float clip_factor(double norm, double max_norm) {
+  if (!std::isfinite(norm) || max_norm <= 0) return 1.0f;
   const double coeff = max_norm / (norm + 1e-6);
-  if (coeff >= 1.0) return norm;
-  const float scale = float(coeff);
+  return coeff >= 1.0 ? 1.0f : float(coeff);
+}
+
+double clip_grad_norm(std::span<const ParamRef> params, double max_norm) {
+  const double norm = std::sqrt(grad_sum_of_squares(params));
+  scale_grads(params, clip_factor(norm, max_norm));
+  return norm;
+}
+
+void scale_grads(std::span<const ParamRef> params, float scale) {
+  if (scale == 1.0f) return;
   const auto& blocks = blocks_of(params);
   parallel_for(int64_t(blocks.size()), [&](int64_t lo, int64_t hi) {
     for (int64_t bi = lo; bi < hi; ++bi) {
@@ -353,7 +359,6 @@ double clip_grad_norm(std::span<const ParamRef> params, double max_norm, dist::C
       for (size_t i = bk.begin; i < bk.end; ++i) g[i] *= scale;
     }
   });
-  return norm;
 }
 
 }  // namespace moe::train

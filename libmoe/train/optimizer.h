@@ -13,8 +13,6 @@
 #include <unordered_map>
 #include <vector>
 
-#include "dist/communicator.h"
-
 namespace moe::train {
 
 // One parameter as the optimizer sees it. The caller owns `data` and `grad` (numel floats each)
@@ -136,9 +134,13 @@ class Optimizer {
 // and max_norm / (norm + 1e-6) < 1 (Megatron's and torch's rule), every gradient is scaled by
 // that factor. A non-finite norm (some gradient is NaN/Inf) is returned with the gradients
 // untouched: the caller skips the step and counts it (see grad_norm_ok).
-// With `sum_over`, `params` are this rank's part of the gradients (a distributed optimizer's shard)
-// and the squares are summed over the group first: every rank gets the global norm.
-double clip_grad_norm(std::span<const ParamRef> params, double max_norm, dist::Communicator* sum_over = nullptr);
+double clip_grad_norm(std::span<const ParamRef> params, double max_norm);
+// The parts: the sum of squares (fixed order, double), the factor clip_grad_norm applies for a
+// norm (1: none; also for a non-finite norm), and the scaling. Ranks that hold parts of the
+// gradients sum their squares over the job and apply the same factor.
+double grad_sum_of_squares(std::span<const ParamRef> params);
+float clip_factor(double norm, double max_norm);
+void scale_grads(std::span<const ParamRef> params, float scale);
 inline bool grad_norm_ok(double norm) { return std::isfinite(norm); }
 
 }  // namespace moe::train

@@ -22,13 +22,6 @@ int64_t iterations_for_epochs(int64_t rows, int mbs, int gbs, int epochs, int dp
 
 namespace {
 
-std::vector<ParamRef> param_refs(model::TrainModel& m) {
-  std::vector<ParamRef> refs;
-  for (auto& [name, t] : m.params())
-    refs.push_back({name, t.f32(), m.grads().at(name).f32(), size_t(t.numel()), decays(name)});
-  return refs;
-}
-
 model::MicroBatchView view(const MicroBatch& mb) { return {mb.tokens, mb.labels, mb.position_ids, mb.cu_seqlens}; }
 
 // The data-parallel group: this rank's share of every batch, and the sums over the ranks.
@@ -39,11 +32,7 @@ struct DataParallel {
     if (g && g->dp().size() > 1) group = &g->dp(), size = group->size(), rank = group->rank();
   }
   bool mine(size_t micro_batch) const { return int(micro_batch % size_t(size)) == rank; }
-  // Every rank ends with the sums over the group (gradients are summed, not averaged: the loss
-  // scale already divides by the global batch's label tokens).
-  void sum(std::span<float> v) const {
-    if (group) group->all_reduce(v.data(), int64_t(v.size()), dist::DataType::kF32, dist::ReduceOp::kSum);
-  }
+  // Every rank ends with the step's statistics summed over the group.
   void sum(model::StepStats& st) const {
     if (!group) return;
     double f[3] = {st.lm_loss_sum, st.aux_loss, st.z_loss};
@@ -83,24 +72,13 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   LrScheduleConfig lrc = cfg.lr;
   LrSchedule sched(lrc, train_iters);
   lrc.decay_iters = sched.decay_iters(), lrc.warmup_iters = sched.warmup_iters();
-  Optimizer opt(cfg.optim);
-  // Clipping and the step go over the parameters by name; the optimizer's flat state is laid out
-  // as the model's flat parameters and gradients (same offsets), before a resume fills it.
-  const auto params = param_refs(model);
-  opt.bind(in_address_order(params));
-  // With the distributed optimizer, `opt` holds a whole state only while a checkpoint is read or
-  // written; the step goes through this rank's shard.
-  std::unique_ptr<DistributedOptimizer> dist_opt;
-  if (cfg.distributed_optimizer && dp.group)
-    dist_opt =
-        std::make_unique<DistributedOptimizer>(cfg.optim, model.flat_params(), model.flat_grads(), params, *dp.group);
-  auto release_whole_state = [&] {
-    if (dist_opt) opt.reset(), opt.bind(in_address_order(params));
-  };
+  // Gradient reduction over DP / expert-DP, clipping and the step (parallel_optimizer.h).
+  ParallelOptimizer opt(cfg.optim, model, cfg.groups.get(), cfg.distributed_optimizer);
   TrainProgress prog;
   if (!cfg.resume_dir.empty()) {
-    auto rs = load_training_state(cfg.resume_dir, model, opt, cfg.load_optim, cfg.load_rng);
-    if (dist_opt) dist_opt->load_state(opt), release_whole_state();
+    auto rs = load_training_state(cfg.resume_dir, model, opt.local(), cfg.load_optim, cfg.load_rng,
+                                  [&](const std::string& n) { return opt.local_name(n); });
+    opt.load();
     prog = rs.progress;
     if (rs.had_rng) loader.restore(prog.data);
     log().info("resuming at iteration {} (optimizer state {}, data position {})", prog.iteration,
@@ -130,9 +108,15 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     model::StepStats st;
     st.tokens_per_expert.assign(size_t(mc.num_layers) * size_t(std::max(mc.num_experts, 0)), 0);
     MicroBatch mb;
-    for (int64_t b = 0; b < batches; ++b) {
-      ev.next(mb);
-      if (dp.mine(size_t(b))) st.add(model.evaluate(view(mb)));
+    // Under EP every MoE layer exchanges rows with the EP group, so every rank runs as many
+    // micro-batches: a rank left without one reruns its last and drops the result.
+    const bool lockstep = cfg.groups && cfg.groups->ep().size() > 1;
+    const int64_t rounds = (batches + dp.size - 1) / dp.size * dp.size;
+    for (int64_t b = 0; b < rounds; ++b) {
+      if (b < batches) ev.next(mb);
+      if (!dp.mine(size_t(b))) continue;
+      if (b < batches) st.add(model.evaluate(view(mb)));
+      else if (lockstep) model.evaluate(view(mb));
     }
     dp.sum(st);
     const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
@@ -144,11 +128,13 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   };
   auto save = [&](int64_t iter) {
     if (!cfg.save) return;
-    if (dist_opt) dist_opt->gather_state(opt);  // a collective: every rank takes part
-    if (!cfg.writer) return release_whole_state();
+    // The whole model and state under global names: a collective, every rank takes part.
+    const auto whole = opt.whole_state(cfg.ckpt.save_optim);
+    if (!cfg.writer) return;
     prog.iteration = iter, prog.data = loader.position();
-    save_checkpoint(cfg.out_dir, model, opt, lrc, prog, cfg.ckpt);
-    release_whole_state();
+    const Optimizer no_state(cfg.optim);
+    save_checkpoint(cfg.out_dir, mc, whole.params, model.buffers(), whole.optimizer ? *whole.optimizer : no_state, lrc,
+                    prog, cfg.ckpt);
     res.last_checkpoint = cfg.out_dir;
     write_training_plots(cfg.out_dir, hist);
   };
@@ -183,13 +169,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       if (dp.mine(j)) st.add(model.forward_backward(view(mbs[j]), loss_scale, 1.0f / float(accum)));
       win_train_tokens += int64_t(mbs[j].tokens.size());
     }
-    double grad_norm = 0;
-    if (dist_opt) {
-      grad_norm = dist_opt->reduce_gradients_and_clip(cfg.clip_grad);
-    } else {
-      dp.sum(model.flat_grads());
-      grad_norm = clip_grad_norm(params, cfg.clip_grad);
-    }
+    const double grad_norm = opt.reduce_and_clip(cfg.clip_grad);
     dp.sum(st);
     const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
     const double lr = sched.lr_at(iter - 1);  // Megatron: the schedule steps after the update
@@ -198,7 +178,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
       ++prog.skipped_iters;
       log().warn("iteration {}: loss {} / grad norm {} not finite, step skipped", iter, loss, grad_norm);
-    } else if (!(dist_opt ? dist_opt->step(float(lr), grad_bound) : opt.step(params, float(lr), grad_bound))) {
+    } else if (!opt.step(float(lr), grad_bound)) {
       ++prog.skipped_iters;
       log().warn("iteration {}: the update at lr {} would make weights non-finite, step skipped", iter, lr);
     } else {

@@ -22,9 +22,9 @@
 #include "model/train_model.h"
 #include "train/checkpoint.h"
 #include "train/dataset.h"
-#include "train/distributed_optimizer.h"
 #include "train/lr_schedule.h"
 #include "train/optimizer.h"
+#include "train/parallel_optimizer.h"
 
 namespace moe::train {
 

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Data-parallel training (issue 13) equals the single process, end to end through the CLI:
-- layout parity: per-iteration loss and grad norm, and the final weights, of DP2 and DP4 runs
-  under mpirun equal the one-process run to 1e-5 relative (fp32): a Qwen3-MoE model (8 experts,
-  GQA, 4 layers) plain, with the aux-loss-free expert bias and with capacity dropping, and a
-  Qwen2-MoE model with a shared expert and a dense layer under seq_aux_loss;
+"""Data- and expert-parallel training (issue 13) equals the single process, end to end through the
+CLI:
+- layout parity: per-iteration loss and grad norm, and the final weights, of DP2, DP4, EP2, EP4
+  and DP2 x EP2 runs under mpirun (with and without the distributed optimizer) equal the
+  one-process run to 1e-5 relative (fp32): a Qwen3-MoE model (8 experts, GQA, 4 layers) plain,
+  with the aux-loss-free expert bias and with capacity dropping, and a Qwen2-MoE model with a
+  shared expert and a dense layer under seq_aux_loss;
+- resharding: DP2 x EP2 saved at iteration 2 resumes under EP4 and in one process with the losses
+  of the run that never stopped; its checkpoint exports to the HF weights of the one-process run;
 - the launcher: NPROC_PER_NODE=2 moectl sft ... gives the losses of mpirun -np 2 (bitwise);
 - resharding: a DP2 run saved at iteration 2 resumes in one process with the losses of the run
   that never stopped;
@@ -121,32 +125,34 @@ CASES = {
     "qwen2_moe shared expert": ["--model", q2, "--moe_router_load_balancing_type", "seq_aux_loss",
                                 "--moe_aux_loss_coeff", "0.02", "--moe_z_loss_coeff", "0.001"],
 }
-# DP runs use the distributed optimizer (Megatron-SWIFT's default); DP2 also without it.
+# (processes, EP, distributed optimizer): runs use the distributed optimizer (Megatron-SWIFT's
+# default) unless the third says otherwise.
+LAYOUTS = [(2, 1, True), (4, 1, True), (2, 1, False), (2, 2, True), (4, 4, True), (4, 2, True), (4, 2, False)]
 for i, (name, extra) in enumerate(CASES.items()):
     ref = f"c{i}_np1"
     run(["sft"] + BASE + extra + ["--save", ref])
-    for np in (2, 4):
-        got = f"c{i}_np{np}"
-        run(["sft"] + BASE + extra + ["--save", got], np=np)
-        same_run(ref, got, f"{name}: DP{np} vs one process", weights_at=ITERS)
-    got = f"c{i}_np2_replicated"
-    run(["sft"] + BASE + extra + ["--save", got, "--use_distributed_optimizer", "false"], np=2)
-    same_run(ref, got, f"{name}: DP2 without the distributed optimizer vs one process", weights_at=ITERS)
+    for np, ep, dopt in LAYOUTS:
+        got = f"c{i}_np{np}_ep{ep}_{int(dopt)}"
+        flags = ["--expert_model_parallel_size", str(ep), "--use_distributed_optimizer", str(dopt).lower()]
+        run(["sft"] + BASE + extra + flags + ["--save", got], np=np)
+        what = f"DP{np // ep} x EP{ep}" if ep > 1 and np > ep else (f"EP{ep}" if ep > 1 else f"DP{np}")
+        same_run(ref, got, f"{name}: {what}{'' if dopt else ' (replicated optimizer)'} vs one process",
+                 weights_at=ITERS)
 
 # --- files: rank 0 alone writes, args.json has the parallel sizes
-args = json.load(open(os.path.join(run_dir("c0_np2"), "args.json")))
-check(args.get("world_size") == 2 and args.get("data_parallel_size") == 2
-      and args.get("expert_model_parallel_size") == 1, "args.json records world_size 2, data_parallel_size 2")
-check(len(glob.glob(os.path.join(WORK, "c0_np2", "*"))) == 1, "DP2 made one run dir")
+args = json.load(open(os.path.join(run_dir("c0_np4_ep2_1"), "args.json")))
+check(args.get("world_size") == 4 and args.get("data_parallel_size") == 4
+      and args.get("expert_model_parallel_size") == 2, "args.json records world_size 4, DP 4, EP 2")
+check(len(glob.glob(os.path.join(WORK, "c0_np2_ep1_1", "*"))) == 1, "DP2 made one run dir")
 
 # --- the launcher: NPROC_PER_NODE=2 as with swift
 run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "nproc2"], env=dict(ENV, NPROC_PER_NODE="2"))
-same_run("c0_np2", "nproc2", "NPROC_PER_NODE=2 vs mpirun -np 2", tol=0.0)
+same_run("c0_np2_ep1_1", "nproc2", "NPROC_PER_NODE=2 vs mpirun -np 2", tol=0.0)
 check(json.load(open(os.path.join(run_dir("nproc2"), "args.json")))["world_size"] == 2, "NPROC_PER_NODE=2: 2 ranks")
 
-# --- resharding: DP2 saved at iteration 2 resumes in one process
-RES = [a for a in BASE if a != str(ITERS)]
-run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "res_dp2", "--save_interval", "2"], np=2)
+# --- resharding: DP2 x EP2 saved at iteration 2 resumes under EP4, DP4 and in one process
+EP2 = ["--expert_model_parallel_size", "2"]
+run(["sft"] + BASE + CASES["qwen3_moe"] + EP2 + ["--save", "res_dp2", "--save_interval", "2"], np=4)
 half = run_dir("res_dp2")
 os.makedirs(os.path.join(WORK, "res_half"))
 shutil.copytree(half, os.path.join(WORK, "res_half", "v0-saved"))
@@ -155,13 +161,24 @@ ck = os.path.join(WORK, "res_half", "v0-saved")
 open(os.path.join(ck, "latest_checkpointed_iteration.txt"), "w").write("2")
 shutil.rmtree(os.path.join(ck, f"iter_{ITERS:07d}"))
 full = train_log("res_dp2")
-for np in (1, 4):
-    run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", f"res_np{np}"], np=np)
-    resumed = train_log(f"res_np{np}")
+for np, ep in ((1, 1), (4, 1), (4, 4)):
+    save = f"res_np{np}_ep{ep}"
+    run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", save, "--expert_model_parallel_size",
+                          str(ep)], np=np)
+    resumed = train_log(save)
     check(len(resumed) == ITERS - 2, f"resume from iteration 2 logs {len(resumed)} iterations")
     worst = max(rel(a[0], b[0]) for a, b in zip(full[2:], resumed))
-    check(worst <= 1e-6, f"DP2 saved at 2 -> {np} process(es): losses of iterations 3..{ITERS} as uninterrupted "
-          f"(worst {worst:.1e})")
+    check(worst <= 1e-6, f"DP2 x EP2 saved at 2 -> {np} process(es), EP{ep}: losses of iterations 3..{ITERS} as "
+          f"uninterrupted (worst {worst:.1e})")
+# The DP2 x EP2 run's checkpoint exports to the one-process run's HF weights.
+for d in ("c0_np1", "c0_np4_ep2_1"):
+    run(["export", "--mcore_model", run_dir(d), "--to_hf", "true", "--output_dir", d + "_hf"])
+a_hf = hf_model.load_safetensors_dir(os.path.join(WORK, "c0_np1_hf"))
+b_hf = hf_model.load_safetensors_dir(os.path.join(WORK, "c0_np4_ep2_1_hf"))
+num = sum(((a_hf[k].double() - b_hf[k].double()) ** 2).sum().item() for k in a_hf)
+den = sum((a_hf[k].double() ** 2).sum().item() for k in a_hf)
+check(set(a_hf) == set(b_hf) and (num / den) ** 0.5 <= 1e-5,
+      f"export --to_hf of DP2 x EP2 equals the one-process export (|dw|/|w| = {(num / den) ** 0.5:.1e})")
 
 # --- faults
 p = run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "bad_gbs", "--global_batch_size", "6"], np=2, expect=None)
@@ -170,9 +187,12 @@ check(p.returncode == 2 and "--global_batch_size 6 must be a multiple of --micro
 check(not os.path.exists(os.path.join(WORK, "bad_gbs")), "refused layout leaves no output dir")
 p = run(["sft"] + BASE + ["--model", q3, "--dataset", "missing.jsonl", "--save", "bad_data"], np=2, expect=None)
 check(p.returncode == 2 and "missing.jsonl" in p.stderr, f"missing dataset: exit 2 naming it (exit {p.returncode})")
-p = run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "bad_ep", "--expert_model_parallel_size", "2"], np=2,
+p = run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "bad_tp", "--tensor_model_parallel_size", "2"], np=2,
         expect=None)
-check(p.returncode == 2 and "--expert_model_parallel_size 2" in p.stderr, "an unimplemented size is refused by name")
+check(p.returncode == 2 and "--tensor_model_parallel_size 2" in p.stderr, "an unimplemented size is refused by name")
+p = run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "bad_ep", "--expert_model_parallel_size", "3",
+                                                "--global_batch_size", "12"], np=3, expect=None)
+check(p.returncode == 2 and "expert" in p.stderr, f"8 experts over EP3 refused: {p.stderr.strip()[:160]}")
 
 # A rank killed mid-run: the job ends non-zero, promptly, and the previous checkpoint still loads.
 long = BASE[:BASE.index("--train_iters") + 1] + ["100000"] + BASE[BASE.index("--train_iters") + 2:]

@@ -209,6 +209,9 @@ TEST(TrainModel, ParametersAndGradientsAreViewsOfOneFlatBufferEach) {
     const float* g = tm.grads().at(name).f32();
     ASSERT_TRUE(p >= flat_p.data() && p + t.numel() <= flat_p.data() + flat_p.size()) << name;
     EXPECT_EQ(p - flat_p.data(), g - flat_g.data()) << name;  // the same offset in both buffers
+    // The experts form the second region, reduced over the expert-data-parallel group.
+    const bool expert = name.find(".mlp.experts.") != std::string::npos;
+    EXPECT_EQ(expert, size_t(p - flat_p.data()) >= tm.expert_offset()) << name;
     total += size_t(t.numel());
   }
   EXPECT_EQ(total, flat_p.size());  // no gaps, no overlaps: the views tile the buffer

@@ -1,0 +1,210 @@
+#include "train/parallel_optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace moe::train {
+
+namespace {
+
+constexpr const char* kExpertKey = ".mlp.experts.linear_fc";
+
+void copy_state(const Optimizer& from, Optimizer& to, std::span<const ParamRef> refs) {
+  to.set_steps(from.steps());
+  if (!from.has_state()) return;
+  for (const auto& key : to.state_keys())
+    for (const ParamRef& p : refs) {
+      const auto src = from.state(p.name, key);
+      auto dst = to.state(p.name, key);
+      std::copy(src.begin(), src.end(), dst.begin());
+    }
+}
+
+}  // namespace
+
+std::string ParallelOptimizer::rename_expert(const std::string& name, int64_t shift) {
+  const size_t at = name.find(kExpertKey);
+  if (at == std::string::npos || shift == 0) return name;
+  const size_t digits = name.find_last_not_of("0123456789") + 1;  // ...weight<e>
+  return name.substr(0, digits) + std::to_string(std::stoll(name.substr(digits)) + shift);
+}
+
+std::optional<std::string> ParallelOptimizer::local_name(const std::string& global) const {
+  if (global.find(kExpertKey) == std::string::npos) return global;
+  const size_t digits = global.find_last_not_of("0123456789") + 1;
+  const int64_t e = std::stoll(global.substr(digits));
+  if (e < first_expert_ || e >= first_expert_ + local_experts_) return std::nullopt;
+  return global.substr(0, digits) + std::to_string(e - first_expert_);
+}
+
+ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainModel& model,
+                                     const dist::ProcessGroups* groups, bool distributed)
+    : model_(model), groups_(groups), cfg_(cfg), local_(cfg) {
+  for (auto& [name, t] : model.params())
+    all_.push_back({name, t.f32(), model.grads().at(name).f32(), size_t(t.numel()), decays(name)});
+  all_ = in_address_order(all_);
+  local_.bind(all_);
+  first_expert_ = model.first_expert(), local_experts_ = model.local_experts();
+  const auto flat_p = model.flat_params(), flat_g = model.flat_grads();
+  const size_t split = model.expert_offset();
+  dense_.params = flat_p.first(split), dense_.grads = flat_g.first(split);
+  experts_.params = flat_p.subspan(split), experts_.grads = flat_g.subspan(split);
+  for (const ParamRef& p : all_) (size_t(p.data - flat_p.data()) < split ? dense_ : experts_).refs.push_back(p);
+  if (!groups || groups->layout().world() == 1) {  // one process: one optimizer over every parameter
+    dense_.refs = all_, experts_.refs.clear();
+  } else {
+    const auto& l = groups->layout();
+    MOE_ASSERT(l.tp == 1 && l.pp == 1 && l.cp == 1, "the optimizer step supports data and expert parallelism only");
+    world_ = &groups->dp();  // with TP = PP = CP = 1 the DP group is every rank
+    if (groups->dp().size() > 1) dense_.group = &groups->dp();
+    if (groups->edp().size() > 1) experts_.group = &groups->edp();
+  }
+  distributed_ = distributed && world_ != nullptr;
+  for (Region* r : {&dense_, &experts_}) {
+    if (r->refs.empty()) continue;
+    if (distributed_ && r->group)
+      r->dist_opt = std::make_unique<DistributedOptimizer>(cfg, r->params, r->grads, r->refs, *r->group);
+    else (r->opt = std::make_unique<Optimizer>(cfg))->bind(r->refs);
+  }
+}
+
+double ParallelOptimizer::reduce_and_clip(double max_norm) {
+  // Sum of squares of what this rank holds, counted once over the job: sharded regions count
+  // their shard; a replicated region counts once per copy group (the experts once per EP rank).
+  double sharded = 0, dense_rep = 0, expert_rep = 0;
+  for (Region* r : {&dense_, &experts_}) {
+    if (r->refs.empty()) continue;
+    if (r->dist_opt) {
+      sharded += r->dist_opt->reduce_gradients();
+      continue;
+    }
+    if (r->group)
+      r->group->all_reduce(r->grads.data(), int64_t(r->grads.size()), dist::DataType::kF32, dist::ReduceOp::kSum);
+    (r == &dense_ ? dense_rep : expert_rep) = grad_sum_of_squares(r->refs);
+  }
+  if (world_) {
+    // Over the job: shards are disjoint; every EP rank holds different experts; dense copies are equal.
+    double ep_part[1] = {expert_rep};
+    if (groups_->ep().size() > 1) groups_->ep().all_reduce(ep_part, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
+    world_->all_reduce(&sharded, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
+    expert_rep = ep_part[0];
+  }
+  const double norm = std::sqrt(sharded + dense_rep + expert_rep);
+  const float f = clip_factor(norm, max_norm);
+  if (f != 1.0f)
+    for (Region* r : {&dense_, &experts_}) {
+      if (r->dist_opt) r->dist_opt->scale_gradients(f);
+      else if (!r->refs.empty()) scale_grads(r->refs, f);
+    }
+  return norm;
+}
+
+bool ParallelOptimizer::step(double lr, double grad_bound) {
+  int32_t bad = 0;
+  for (Region* r : {&dense_, &experts_}) {
+    if (r->refs.empty()) continue;
+    const bool ok = r->dist_opt ? r->dist_opt->step_stays_finite(lr, grad_bound)
+                                : r->opt->step_stays_finite(r->refs, lr, grad_bound);
+    bad += ok ? 0 : 1;
+  }
+  if (world_) world_->all_reduce(&bad, 1, dist::DataType::kI32, dist::ReduceOp::kSum);
+  if (bad > 0) return false;
+  for (Region* r : {&dense_, &experts_}) {
+    if (r->dist_opt) r->dist_opt->apply_step(lr);
+    else if (!r->refs.empty()) r->opt->apply_step(r->refs, lr);
+  }
+  return true;
+}
+
+int64_t ParallelOptimizer::steps() const {
+  for (const Region* r : {&dense_, &experts_}) {
+    if (r->dist_opt) return r->dist_opt->steps();
+    if (r->opt) return r->opt->steps();
+  }
+  return 0;
+}
+
+void ParallelOptimizer::load() {
+  for (Region* r : {&dense_, &experts_}) {
+    if (r->dist_opt) r->dist_opt->load_state(local_);
+    else if (r->opt) copy_state(local_, *r->opt, r->refs);
+  }
+  release_local_state();
+}
+
+void ParallelOptimizer::gather_local_state() {
+  for (Region* r : {&dense_, &experts_}) {
+    if (r->dist_opt) r->dist_opt->gather_state(local_);
+    else if (r->opt) copy_state(*r->opt, local_, r->refs);
+  }
+}
+
+void ParallelOptimizer::release_local_state() {
+  local_.reset();
+  local_.bind(all_);
+}
+
+ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
+  Whole w;
+  if (with_optimizer && world_) gather_local_state();
+  for (const ParamRef& p : dense_.refs) w.params.emplace(p.name, model_.params().at(p.name));  // all, on one process
+  dist::Communicator* ep = groups_ && groups_->ep().size() > 1 ? &groups_->ep() : nullptr;
+  const size_t n = experts_.params.size();
+  const int P = ep ? ep->size() : 1;
+  // Every EP rank's experts (same layout on each: by layer, local expert, fc1 then fc2).
+  std::shared_ptr<float[]> gathered;
+  const float* experts = experts_.params.data();
+  if (ep && n > 0) {
+    gathered = std::shared_ptr<float[]>(new float[n * size_t(P)]);
+    ep->all_gather(experts_.params.data(), gathered.get(), int64_t(n), dist::DataType::kF32);
+    experts = gathered.get();
+  }
+  for (int q = 0; q < P; ++q)
+    for (const ParamRef& p : experts_.refs) {
+      const Tensor& t = model_.params().at(p.name);
+      const size_t off = size_t(q) * n + size_t(p.data - experts_.params.data());
+      w.params.emplace(rename_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_)),
+                       gathered ? Tensor::borrow(t.shape(), DType::F32, experts + off, gathered) : t);
+    }
+  if (!with_optimizer) return w;
+  if (!world_) {  // one process: the model's own optimizer already holds the whole state
+    w.optimizer = dense_.opt.get();
+    return w;
+  }
+  w.owned = std::make_unique<Optimizer>(cfg_);
+  w.optimizer = w.owned.get();
+  std::vector<ParamRef> refs;
+  for (auto& [name, t] : w.params) {
+    float* d = const_cast<float*>(t.f32());
+    refs.push_back({name, d, d, size_t(t.numel()), decays(name)});
+  }
+  w.owned->bind(in_address_order(refs));
+  w.owned->set_steps(local_.steps());
+  if (local_.has_state()) {
+    std::vector<float> mine(n), all(n * size_t(P));
+    for (const auto& key : local_.state_keys()) {  // (w.optimizer's keys: the same config)
+      for (const ParamRef& p : dense_.refs) {
+        const auto src = local_.state(p.name, key);
+        std::copy(src.begin(), src.end(), w.owned->state(p.name, key).begin());
+      }
+      if (n == 0) continue;
+      const auto flat = local_.flat_state(key);  // bound in flat order: the expert region is its tail
+      std::copy(flat.end() - std::ptrdiff_t(n), flat.end(), mine.begin());
+      if (ep) ep->all_gather(mine.data(), all.data(), int64_t(n), dist::DataType::kF32);
+      else all = mine;
+      for (int q = 0; q < P; ++q)
+        for (const ParamRef& p : experts_.refs) {
+          const size_t off = size_t(q) * n + size_t(p.data - experts_.params.data());
+          const std::string g = rename_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_));
+          auto dst = w.owned->state(g, key);
+          std::copy_n(all.begin() + std::ptrdiff_t(off), dst.size(), dst.begin());
+        }
+    }
+  }
+  release_local_state();
+  return w;
+}
+
+}  // namespace moe::train

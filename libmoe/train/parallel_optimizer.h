@@ -1,0 +1,83 @@
+// The optimizer step of one rank of a data- and expert-parallel job (or of one process): from the
+// gradients the rank's micro-batches accumulated to updated weights on every rank.
+//
+// The model's flat buffers have two regions (model/train_model.h): dense parameters, replicated
+// on every data-parallel rank and reduced over the DP group; and this rank's experts, replicated
+// over the expert-data-parallel group (EDP) and reduced over it. Each region is stepped by a
+// replicated optimizer or, with --use_distributed_optimizer, by a DistributedOptimizer sharded
+// over its group. The gradient norm is the whole model's (every rank's shard of every region),
+// and a step that would make any rank's weights non-finite is skipped on every rank.
+//
+// Checkpoints keep the single-process layout: whole_state() assembles the whole model and its
+// optimizer state under global names (a collective), and load() takes a rank's part of a state
+// read from any checkpoint, so a run resumes under any DP x EP layout.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dist/process_groups.h"
+#include "model/train_model.h"
+#include "train/distributed_optimizer.h"
+#include "train/optimizer.h"
+
+namespace moe::train {
+
+class ParallelOptimizer {
+ public:
+  // `groups` null: one process. The model must outlive this object.
+  ParallelOptimizer(const OptimizerConfig& cfg, model::TrainModel& model, const dist::ProcessGroups* groups,
+                    bool distributed);
+
+  // Gradients reduced over their groups, clipped to max_norm (0: off) by the global L2 norm,
+  // which is returned (non-finite: some gradient somewhere is NaN/Inf; nothing clipped).
+  double reduce_and_clip(double max_norm);
+  // One update on every rank, unless it would make a weight or state non-finite on any rank:
+  // then nothing changes anywhere and false is returned on every rank.
+  bool step(double lr, double grad_bound);
+  int64_t steps() const;
+
+  // The rank's optimizer state over its own parameters (rank-local names), for a resume to fill
+  // (load_training_state); load() then hands each region its part and lets it go.
+  Optimizer& local() { return local_; }
+  void load();
+
+  // The whole model (global names: every expert of every EP rank) and its optimizer state, on
+  // every rank: a collective over the job. `with_optimizer` false: the weights only.
+  struct Whole {
+    model::StateDict params;               // views (into the model, or a gathered copy they keep alive)
+    const Optimizer* optimizer = nullptr;  // the state (null without with_optimizer)
+    std::unique_ptr<Optimizer> owned;      // what `optimizer` points to when it was assembled
+  };
+  Whole whole_state(bool with_optimizer);
+
+  // The global name of rank-local parameter `name` (experts renumbered), and back (nullopt: an
+  // expert of another EP rank).
+  std::string global_name(const std::string& name) const { return rename_expert(name, first_expert_); }
+  std::optional<std::string> local_name(const std::string& global) const;
+
+ private:
+  struct Region {
+    std::span<float> params, grads;
+    std::vector<ParamRef> refs;
+    dist::Communicator* group = nullptr;             // where its gradients are reduced; null: nowhere
+    std::unique_ptr<DistributedOptimizer> dist_opt;  // sharded over `group`, or
+    std::unique_ptr<Optimizer> opt;                  // replicated
+  };
+  model::TrainModel& model_;
+  const dist::ProcessGroups* groups_;
+  OptimizerConfig cfg_;
+  std::vector<ParamRef> all_;  // every parameter of the rank, flat order
+  Region dense_, experts_;
+  Optimizer local_;  // the rank's whole state, only between checkpoint I/O and load() / saving
+  bool distributed_ = false;
+  int64_t first_expert_ = 0, local_experts_ = 0;
+  dist::Communicator* world_ = nullptr;  // where the norm and the finite check are agreed
+
+  static std::string rename_expert(const std::string& name, int64_t shift);
+  void gather_local_state();   // every region's state into local_ (a collective)
+  void release_local_state();  // local_ back to no state
+};
+
+}  // namespace moe::train
