@@ -53,17 +53,6 @@ McoreReader::McoreReader(const std::string& mcore_dir) : dir_(mcore_dir) {
       throw_input("{}: the parallel sizes must be integers", args_json.string());
     }
   }
-  // A training run records its parallel sizes in args.json but may save its checkpoints whole (one
-  // rank dir, gathered by the writer): the files on disk say which.
-  if (layout.world() > 1 || layout.ep > 1) {
-    const ShardSpec ranked(config_, layout, divisible_by);
-    if (!fs::exists(iter_dir_ / ranked.rank_dir(0, 0, 0)) && fs::exists(iter_dir_ / "mp_rank_00")) {
-      bool only_one = true;
-      for (const auto& e : fs::directory_iterator(iter_dir_))
-        only_one &= e.path().filename() == "mp_rank_00" || e.path().filename().string().rfind("mp_rank_", 0) != 0;
-      if (only_one) layout = dist::ParallelLayout{};
-    }
-  }
   spec_ = std::make_unique<ShardSpec>(config_, layout, divisible_by);
 }
 

@@ -1,6 +1,7 @@
 // The canonical state: every parameter under its Megatron-Core GPTModel name
 // (reference/megatron-format.md section 3), whole (unsharded). The only internal naming.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <string>
 
@@ -33,6 +34,18 @@ inline std::string expert_fc2(int e) { return "mlp.experts.linear_fc2.weight" + 
 inline const std::string kSharedFc1 = "mlp.shared_experts.linear_fc1.weight";
 inline const std::string kSharedFc2 = "mlp.shared_experts.linear_fc2.weight";
 inline const std::string kSharedGate = "mlp.shared_experts.gate_weight";
+// An expert tensor's index (the digits after "mlp.experts.linear_fcN.weight"), -1 for any other.
+inline int64_t expert_index(const std::string& name) {
+  if (name.find(".mlp.experts.linear_fc") == std::string::npos) return -1;
+  const size_t digits = name.find_last_not_of("0123456789") + 1;
+  return digits < name.size() ? std::stoll(name.substr(digits)) : -1;
+}
+// `name` with its expert index moved by `shift` (EP-local <-> global); other names unchanged.
+inline std::string shift_expert(const std::string& name, int64_t shift) {
+  const int64_t e = expert_index(name);
+  if (e < 0 || shift == 0) return name;
+  return name.substr(0, name.find_last_not_of("0123456789") + 1) + std::to_string(e + shift);
+}
 }  // namespace names
 
 }  // namespace moe::model

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include <fmt/format.h>
 #include "checkpoint/load_hf.h"
 #include "checkpoint/mcore_export.h"
 #include "core/error.h"
@@ -45,18 +46,17 @@ void check_finite(const Tensor& t, const std::string& name, int64_t iteration) {
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& dir, const model::ModelConfig& c, const model::StateDict& params,
-                            const model::StateDict& buffers, const Optimizer& opt, const LrScheduleConfig& lr,
-                            const TrainProgress& p, const CheckpointOptions& o) {
+CheckpointSave::CheckpointSave(const std::string& dir, int64_t iteration)
+    : dir_(dir), iteration_(iteration), staged_("--save", fs::path(dir) / iter_dir_name(iteration), true) {}
+
+void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, const dist::ParallelLayout& layout,
+                     const model::StateDict& params, const model::StateDict& buffers, const Optimizer& opt,
+                     const LrScheduleConfig& lr, const TrainProgress& p, const CheckpointOptions& o) {
   checkpoint::ExportOptions eo;
-  eo.dtype = o.dtype;
+  eo.dtype = o.dtype, eo.layout = layout;
   const model::ShardSpec spec(c, eo.layout, eo.make_vocab_size_divisible_by);
   const int64_t Vp = spec.padded_vocab();
-  // Each iteration dir is built beside its name and swapped in whole (core/output_dir.h); a
-  // failure (a value float16 cannot hold, a full disk) leaves no partial dir behind.
-  StagedDir iter_dir("--save", fs::path(dir) / iter_dir_name(p.iteration), true);
-  const fs::path tmp = iter_dir.path();
-  fs::create_directories(tmp / "mp_rank_00");
+  fs::create_directories(rank_dir);
 
   std::vector<std::pair<std::string, Tensor>> storages;
   auto add = [&](Tensor t) {
@@ -83,7 +83,6 @@ std::string save_checkpoint(const std::string& dir, const model::ModelConfig& c,
   for (int l = 0; l < c.num_layers; ++l)
     for (const auto& e : checkpoint::te_extra_states(c, l)) model_dict->set(e, PyValue::none());
   if (c.untie_embeddings_and_output_weights) model_dict->set("output_layer._extra_state", PyValue::none());
-
   auto root = PyValue::container(PyValue::kDict);
   root->set("args", checkpoint::megatron_args(c, eo, spec));
   root->set("checkpoint_version", PyValue::floating(3.0));
@@ -143,39 +142,52 @@ std::string save_checkpoint(const std::string& dir, const model::ModelConfig& c,
     list->items.push_back(r);
     root->set("rng_state", list);
   }
-  io::write_torch_file((tmp / "mp_rank_00" / "model_optim_rng.pt").string(), *root, storages);
-  iter_dir.commit();
-  if (!fs::exists(fs::path(dir) / "config.json")) checkpoint::copy_side_files(o.source_dir, dir, o.dtype, c);
+  io::write_torch_file((rank_dir / "model_optim_rng.pt").string(), *root, storages);
+}
+
+std::string CheckpointSave::finish(const model::ModelConfig& c, const model::StateDict* hf_params,
+                                   const model::StateDict& buffers, const CheckpointOptions& o) {
+  staged_.commit();
+  if (!fs::exists(fs::path(dir_) / "config.json")) checkpoint::copy_side_files(o.source_dir, dir_, o.dtype, c);
 
   // The HF copy is complete before the tracker names this iteration: a kill while it is written
   // leaves the previous iteration as the latest, and a resume saves this one again whole (QA #18).
   std::string hf;
-  if (o.save_safetensors) {
-    StagedDir hf_dir("--save", fs::path(dir) / ("checkpoint-" + std::to_string(p.iteration)), true);
+  if (o.save_safetensors && hf_params) {
+    StagedDir hf_dir("--save", fs::path(dir_) / ("checkpoint-" + std::to_string(iteration_)), true);
     model::StateDict out;
-    for (const auto& [name, t] : params) out[name] = t.to(o.dtype);
+    for (const auto& [name, t] : *hf_params) out[name] = t.to(o.dtype);
     for (const auto& [name, b] : buffers) out[name] = b;
     checkpoint::save_hf_weights(c, out, hf_dir.path().string());
     checkpoint::copy_side_files(o.source_dir, hf_dir.path(), o.dtype, c);
     hf_dir.commit();
     hf = hf_dir.target().string();
   }
-  write_file_atomic((fs::path(dir) / "latest_checkpointed_iteration.txt").string(), std::to_string(p.iteration));
-  log().info("saved checkpoint iteration {} to {}", p.iteration, dir);
+  write_file_atomic((fs::path(dir_) / "latest_checkpointed_iteration.txt").string(), std::to_string(iteration_));
+  log().info("saved checkpoint iteration {} to {}", iteration_, dir_);
   return hf;
 }
 
-ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Optimizer& opt, bool load_optim,
-                                bool load_rng,
-                                const std::function<std::optional<std::string>(const std::string&)>& local_name) {
-  ResumeState rs;
-  const int64_t iteration = checkpoint::read_checkpoint_tracker(dir);
-  const fs::path file = fs::path(dir) / iter_dir_name(iteration) / "mp_rank_00" / "model_optim_rng.pt";
-  if (!fs::exists(file))
-    throw_input("{}: missing; --load resumes from single-process checkpoints written by moectl pt/sft", file.string());
+std::string save_checkpoint(const std::string& dir, const model::ModelConfig& c, const model::StateDict& params,
+                            const model::StateDict& buffers, const Optimizer& opt, const LrScheduleConfig& lr,
+                            const TrainProgress& p, const CheckpointOptions& o) {
+  // Each iteration dir is built beside its name and swapped in whole (core/output_dir.h); a
+  // failure (a value float16 cannot hold, a full disk) leaves no partial dir behind.
+  CheckpointSave save(dir, p.iteration);
+  write_rank_file(save.staging() / "mp_rank_00", c, {}, params, buffers, opt, lr, p, o);
+  return save.finish(c, &params, buffers, o);
+}
+
+namespace {
+
+// One rank file's optimizer state and fp32 masters (names moved by `shift` to global ones, then to
+// the model's by local_name), and, from the first file, the data position.
+void load_rank_file(const fs::path& file, int64_t shift, bool first, model::TrainModel& m, Optimizer& opt,
+                    bool load_optim, bool load_rng,
+                    const std::function<std::optional<std::string>(const std::string&)>& local_name, ResumeState& rs) {
+  if (!fs::exists(file)) throw_input("{}: missing", file.string());
   const io::TorchFile f = io::TorchFile::open(file.string());
   const auto& root = *f.root();
-  rs.progress.iteration = iteration;
   if (auto od = root.get("optimizer"); od && load_optim) {
     auto names = od->get("param_names");
     auto masters = od->get("fp32_from_fp16_params");
@@ -189,7 +201,8 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
       opt.bind(in_address_order(refs));
     }
     for (size_t i = 0; i < names->items.size(); ++i) {
-      const auto mine = local_name ? local_name(names->items[i]->s) : std::optional<std::string>(names->items[i]->s);
+      const std::string global = model::names::shift_expert(names->items[i]->s, shift);
+      const auto mine = local_name ? local_name(global) : std::optional<std::string>(global);
       if (!mine) continue;  // another rank's part
       const std::string& name = *mine;
       auto pit = m.params().find(name);
@@ -220,7 +233,7 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
     }
     rs.had_optimizer = true;
   }
-  if (auto r = root.get("rng_state"); r && load_rng && r->kind == PyValue::kList && !r->items.empty()) {
+  if (auto r = root.get("rng_state"); first && r && load_rng && r->kind == PyValue::kList && !r->items.empty()) {
     const auto& d = *r->items[0];
     auto geti = [&](const char* k) {
       auto v = d.get(k);
@@ -230,6 +243,48 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
     rs.progress.consumed_samples = geti("moectl_consumed_samples");
     rs.progress.skipped_iters = geti("moectl_skipped_iters");
     rs.had_rng = true;
+  }
+}
+
+}  // namespace
+
+ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Optimizer& opt, bool load_optim,
+                                bool load_rng,
+                                const std::function<std::optional<std::string>(const std::string&)>& local_name) {
+  ResumeState rs;
+  const int64_t iteration = checkpoint::read_checkpoint_tracker(dir);
+  rs.progress.iteration = iteration;
+  // The rank files: one (mp_rank_00), or one per EP rank (mp_rank_00_EEE) holding its experts
+  // under EP-local indices, which `shift` turns into global ones.
+  const fs::path it_dir = fs::path(dir) / iter_dir_name(iteration);
+  std::vector<std::pair<fs::path, int64_t>> files;
+  if (fs::exists(it_dir / "mp_rank_00" / "model_optim_rng.pt")) {
+    files.push_back({it_dir / "mp_rank_00" / "model_optim_rng.pt", 0});
+  } else if (fs::is_directory(it_dir)) {
+    std::vector<std::string> ep_dirs;
+    for (const auto& e : fs::directory_iterator(it_dir)) {
+      const std::string n = e.path().filename().string();
+      if (n.size() == 14 && n.rfind("mp_rank_00_", 0) == 0 &&
+          n.find_first_not_of("0123456789", 11) == std::string::npos)
+        ep_dirs.push_back(n);
+    }
+    std::sort(ep_dirs.begin(), ep_dirs.end());
+    const int64_t E = m.config().num_experts, P = int64_t(ep_dirs.size());
+    for (int64_t q = 0; q < P; ++q) {
+      if (ep_dirs[size_t(q)] != fmt::format("mp_rank_00_{:03d}", q) || E % P != 0)
+        throw_input("{}: rank dirs {} are not the EP ranks of moectl's training checkpoints", it_dir.string(),
+                    ep_dirs[size_t(q)]);
+      files.push_back({it_dir / ep_dirs[size_t(q)] / "model_optim_rng.pt", q * (E / P)});
+    }
+  }
+  if (files.empty())
+    throw_input(
+        "{}: no mp_rank_00/ or mp_rank_00_EEE/ model_optim_rng.pt; --load resumes from checkpoints written "
+        "by moectl pt/sft",
+        it_dir.string());
+  for (size_t fi = 0; fi < files.size(); ++fi) {
+    const auto& [file, shift] = files[fi];
+    load_rank_file(file, shift, fi == 0, m, opt, load_optim, load_rng, local_name, rs);
   }
   return rs;
 }

@@ -6,11 +6,14 @@
 // written last. With save_safetensors, DIR/checkpoint-N/ is also a complete HF directory.
 #pragma once
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <string>
 
 #include "core/dtype.h"
+#include "core/output_dir.h"
+#include "dist/parallel_layout.h"
 #include "model/train_model.h"
 #include "train/data_loader.h"
 #include "train/lr_schedule.h"
@@ -31,8 +34,34 @@ struct TrainProgress {
   LoaderPosition data;
 };
 
-// Writes iteration `p.iteration` into `dir` (which holds args.json). Returns the path of the
-// HF copy when one was written, else "".
+// A save in steps, so that the ranks of a job write their own files into one iteration dir: the
+// writer opens the iteration's staging dir, every writing rank puts its rank dir in it, then the
+// writer finishes: the dir is published whole, then the side files and the HF copy, and last
+// the tracker, so a crash at any point leaves the previous iteration the latest.
+class CheckpointSave {
+ public:
+  CheckpointSave(const std::string& dir, int64_t iteration);
+  const std::filesystem::path& staging() const { return staged_.path(); }
+  // `hf_params` (global names, whole model) null: no HF copy. Returns its path, or "".
+  std::string finish(const model::ModelConfig& config, const model::StateDict* hf_params,
+                     const model::StateDict& buffers, const CheckpointOptions& o);
+
+ private:
+  std::string dir_;
+  int64_t iteration_;
+  StagedDir staged_;
+};
+
+// One rank's model_optim_rng.pt in `rank_dir` (made): `params` under the rank's own names (EP-local
+// expert indices, as Megatron's per-rank files hold them) with their optimizer state; `layout` is
+// the job's, recorded in the saved args.
+void write_rank_file(const std::filesystem::path& rank_dir, const model::ModelConfig& config,
+                     const dist::ParallelLayout& layout, const model::StateDict& params,
+                     const model::StateDict& buffers, const Optimizer& opt, const LrScheduleConfig& lr,
+                     const TrainProgress& p, const CheckpointOptions& o);
+
+// One process: writes iteration `p.iteration` into `dir` (which holds args.json). Returns the
+// path of the HF copy when one was written, else "".
 std::string save_checkpoint(const std::string& dir, const model::ModelConfig& config, const model::StateDict& params,
                             const model::StateDict& buffers, const Optimizer& opt, const LrScheduleConfig& lr,
                             const TrainProgress& p, const CheckpointOptions& o);

@@ -9,8 +9,6 @@ namespace moe::train {
 
 namespace {
 
-constexpr const char* kExpertKey = ".mlp.experts.linear_fc";
-
 void copy_state(const Optimizer& from, Optimizer& to, std::span<const ParamRef> refs) {
   to.set_steps(from.steps());
   if (!from.has_state()) return;
@@ -24,19 +22,11 @@ void copy_state(const Optimizer& from, Optimizer& to, std::span<const ParamRef> 
 
 }  // namespace
 
-std::string ParallelOptimizer::rename_expert(const std::string& name, int64_t shift) {
-  const size_t at = name.find(kExpertKey);
-  if (at == std::string::npos || shift == 0) return name;
-  const size_t digits = name.find_last_not_of("0123456789") + 1;  // ...weight<e>
-  return name.substr(0, digits) + std::to_string(std::stoll(name.substr(digits)) + shift);
-}
-
 std::optional<std::string> ParallelOptimizer::local_name(const std::string& global) const {
-  if (global.find(kExpertKey) == std::string::npos) return global;
-  const size_t digits = global.find_last_not_of("0123456789") + 1;
-  const int64_t e = std::stoll(global.substr(digits));
+  const int64_t e = model::names::expert_index(global);
+  if (e < 0) return global;
   if (e < first_expert_ || e >= first_expert_ + local_experts_) return std::nullopt;
-  return global.substr(0, digits) + std::to_string(e - first_expert_);
+  return model::names::shift_expert(global, -first_expert_);
 }
 
 ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainModel& model,
@@ -141,6 +131,16 @@ void ParallelOptimizer::gather_local_state() {
   }
 }
 
+bool ParallelOptimizer::writes_rank_file() const {
+  if (!groups_) return true;
+  return groups_->ep().size() > 1 ? groups_->edp().rank() == 0 : groups_->dp().rank() == 0;
+}
+
+const Optimizer& ParallelOptimizer::gather_rank_state() {
+  gather_local_state();
+  return local_;
+}
+
 void ParallelOptimizer::release_local_state() {
   local_.reset();
   local_.bind(all_);
@@ -165,7 +165,7 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
     for (const ParamRef& p : experts_.refs) {
       const Tensor& t = model_.params().at(p.name);
       const size_t off = size_t(q) * n + size_t(p.data - experts_.params.data());
-      w.params.emplace(rename_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_)),
+      w.params.emplace(model::names::shift_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_)),
                        gathered ? Tensor::borrow(t.shape(), DType::F32, experts + off, gathered) : t);
     }
   if (!with_optimizer) return w;
@@ -197,7 +197,8 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
       for (int q = 0; q < P; ++q)
         for (const ParamRef& p : experts_.refs) {
           const size_t off = size_t(q) * n + size_t(p.data - experts_.params.data());
-          const std::string g = rename_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_));
+          const std::string g =
+              model::names::shift_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_));
           auto dst = w.owned->state(g, key);
           std::copy_n(all.begin() + std::ptrdiff_t(off), dst.size(), dst.begin());
         }

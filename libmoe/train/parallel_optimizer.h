@@ -43,6 +43,14 @@ class ParallelOptimizer {
   Optimizer& local() { return local_; }
   void load();
 
+  // Checkpoints of a job: each EP rank's expert-data-parallel rank 0 writes the rank's file
+  // (its dense parameters and experts, EP-local names) with this state, gathered from the
+  // distributed optimizer's shards (a collective over every rank); release it after writing.
+  bool writes_rank_file() const;
+  int ep_rank() const { return groups_ ? groups_->ep().rank() : 0; }
+  const Optimizer& gather_rank_state();
+  void release_rank_state() { release_local_state(); }
+
   // The whole model (global names: every expert of every EP rank) and its optimizer state, on
   // every rank: a collective over the job. `with_optimizer` false: the weights only.
   struct Whole {
@@ -54,7 +62,7 @@ class ParallelOptimizer {
 
   // The global name of rank-local parameter `name` (experts renumbered), and back (nullopt: an
   // expert of another EP rank).
-  std::string global_name(const std::string& name) const { return rename_expert(name, first_expert_); }
+  std::string global_name(const std::string& name) const { return model::names::shift_expert(name, first_expert_); }
   std::optional<std::string> local_name(const std::string& global) const;
 
  private:
@@ -75,7 +83,6 @@ class ParallelOptimizer {
   int64_t first_expert_ = 0, local_experts_ = 0;
   dist::Communicator* world_ = nullptr;  // where the norm and the finite check are agreed
 
-  static std::string rename_expert(const std::string& name, int64_t shift);
   void gather_local_state();   // every region's state into local_ (a collective)
   void release_local_state();  // local_ back to no state
 };

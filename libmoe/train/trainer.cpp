@@ -24,6 +24,32 @@ namespace {
 
 model::MicroBatchView view(const MicroBatch& mb) { return {mb.tokens, mb.labels, mb.position_ids, mb.cu_seqlens}; }
 
+// A job's checkpoint in Megatron's per-rank layout: world rank 0 opens the iteration's staging
+// dir; each EP rank's expert-DP rank 0 writes mp_rank_00[_EEE] (its dense parameters and experts,
+// with their optimizer state); the HF copy is gathered whole; after a barrier rank 0 publishes the
+// dir, the copy and, last, the tracker. Every rank calls it (collectives).
+void save_job_checkpoint(const TrainerConfig& cfg, model::TrainModel& model, ParallelOptimizer& opt,
+                         const Optimizer& no_state, const LrScheduleConfig& lrc, const TrainProgress& prog) {
+  dist::Communicator& all = cfg.groups->dp();  // every rank of the job (TP = PP = CP = 1)
+  std::optional<CheckpointSave> save;
+  std::string staging;
+  if (cfg.writer) save.emplace(cfg.out_dir, prog.iteration), staging = save->staging().string();
+  staging = dist::broadcast_string(all, staging, 0);
+  const Optimizer* state = cfg.ckpt.save_optim ? &opt.gather_rank_state() : nullptr;
+  if (opt.writes_rank_file()) {
+    const auto& layout = cfg.groups->layout();
+    const std::string rank_dir = model::ShardSpec(model.config(), layout, 1).rank_dir(0, 0, opt.ep_rank());
+    write_rank_file(std::filesystem::path(staging) / rank_dir, model.config(), layout, model.params(), model.buffers(),
+                    state ? *state : no_state, lrc, prog, cfg.ckpt);
+  }
+  if (state) opt.release_rank_state();
+  ParallelOptimizer::Whole whole;
+  if (cfg.ckpt.save_safetensors) whole = opt.whole_state(false);
+  all.barrier();  // every rank file is complete
+  if (save)
+    save->finish(model.config(), cfg.ckpt.save_safetensors ? &whole.params : nullptr, model.buffers(), cfg.ckpt);
+}
+
 // The data-parallel group: this rank's share of every batch, and the sums over the ranks.
 struct DataParallel {
   dist::Communicator* group = nullptr;  // null: one process
@@ -128,13 +154,16 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   };
   auto save = [&](int64_t iter) {
     if (!cfg.save) return;
-    // The whole model and state under global names: a collective, every rank takes part.
-    const auto whole = opt.whole_state(cfg.ckpt.save_optim);
-    if (!cfg.writer) return;
     prog.iteration = iter, prog.data = loader.position();
     const Optimizer no_state(cfg.optim);
-    save_checkpoint(cfg.out_dir, mc, whole.params, model.buffers(), whole.optimizer ? *whole.optimizer : no_state, lrc,
-                    prog, cfg.ckpt);
+    if (!cfg.groups || cfg.groups->layout().world() == 1) {
+      const auto whole = opt.whole_state(cfg.ckpt.save_optim);  // the model's own tensors and state
+      save_checkpoint(cfg.out_dir, mc, whole.params, model.buffers(), whole.optimizer ? *whole.optimizer : no_state,
+                      lrc, prog, cfg.ckpt);
+    } else {
+      save_job_checkpoint(cfg, model, opt, no_state, lrc, prog);
+    }
+    if (!cfg.writer) return;
     res.last_checkpoint = cfg.out_dir;
     write_training_plots(cfg.out_dir, hist);
   };

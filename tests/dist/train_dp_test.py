@@ -19,6 +19,7 @@ Usage: train_dp_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -70,7 +71,20 @@ def train_log(save):
 
 
 def final_model(save, it):
-    return torch.load(os.path.join(run_dir(save), f"iter_{it:07d}", "mp_rank_00", "model_optim_rng.pt"))["model"]
+    """The whole model of a run's checkpoint: mp_rank_00, or the EP ranks' files merged (experts
+    renumbered from their EP-local indices)."""
+    it_dir = os.path.join(run_dir(save), f"iter_{it:07d}")
+    ranks = sorted(d for d in os.listdir(it_dir) if d.startswith("mp_rank_"))
+    if ranks == ["mp_rank_00"]:
+        return torch.load(os.path.join(it_dir, "mp_rank_00", "model_optim_rng.pt"))["model"]
+    out = {}
+    for q, r in enumerate(ranks):
+        model = torch.load(os.path.join(it_dir, r, "model_optim_rng.pt"))["model"]
+        nle = 8 // len(ranks)
+        for k, v in model.items():
+            m = re.match(r"(.*\.mlp\.experts\.linear_fc\d\.weight)(\d+)$", k)
+            out[f"{m.group(1)}{int(m.group(2)) + q * nle}" if m else k] = v
+    return out
 
 
 def rel(a, b):
@@ -144,6 +158,22 @@ args = json.load(open(os.path.join(run_dir("c0_np4_ep2_1"), "args.json")))
 check(args.get("world_size") == 4 and args.get("data_parallel_size") == 4
       and args.get("expert_model_parallel_size") == 2, "args.json records world_size 4, DP 4, EP 2")
 check(len(glob.glob(os.path.join(WORK, "c0_np2_ep1_1", "*"))) == 1, "DP2 made one run dir")
+
+# --- interop: the DP2 x EP2 run's rank files are Megatron's for EP2 (the names and shapes moectl
+# export writes for that layout, which the export tests hold to Megatron-Core's), each loading with
+# torch.load, holding its EP rank's experts under local indices
+run(["export", "--model", q3, "--to_mcore", "true", "--output_dir", "q3_ep2", "--expert_model_parallel_size", "2"])
+for q in range(2):
+    rank = f"mp_rank_00_{q:03d}"
+    got = torch.load(os.path.join(run_dir("c0_np4_ep2_1"), f"iter_{ITERS:07d}", rank, "model_optim_rng.pt"))
+    ref = torch.load(os.path.join(WORK, "q3_ep2", "iter_0000001", rank, "model_optim_rng.pt"))
+    shapes = lambda d: {k: tuple(v.shape) for k, v in d["model"].items() if torch.is_tensor(v)}
+    check(shapes(got) == shapes(ref), f"{rank}: tensor names and shapes as moectl export --expert_model_parallel_size 2")
+    check(got["args"].expert_model_parallel_size == 2 and "optimizer" in got, f"{rank}: args say EP2; optimizer state")
+    w_whole = final_model("c0_np1", ITERS)
+    w_rank = got["model"]["decoder.layers.0.mlp.experts.linear_fc1.weight1"].float()
+    diff = (w_rank - w_whole[f"decoder.layers.0.mlp.experts.linear_fc1.weight{4 * q + 1}"].float()).abs().max().item()
+    check(diff < 1e-2, f"{rank}: local expert 1 is global expert {4 * q + 1} (max diff {diff:.1e})")
 
 # --- the launcher: NPROC_PER_NODE=2 as with swift
 run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "nproc2"], env=dict(ENV, NPROC_PER_NODE="2"))
