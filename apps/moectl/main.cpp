@@ -2,7 +2,7 @@
 // moe::Error and are printed as one line; exit 2 for bad input, 1 for internal failures.
 // Command-line mistakes get the same treatment: one `moectl: error: ...` line, exit 2.
 // As one rank of a job (mpirun, srun), an error ends every rank (the others would wait in a
-// collective), messages name the rank, and only rank 0 logs at info level.
+// collective), messages name the rank, and only rank 0 logs warnings and info.
 #include <unistd.h>
 
 #include <cerrno>
@@ -52,8 +52,10 @@ void self_launch(int argc, char** argv) {
   const auto cmd = moe::dist::self_launch_command(argc, argv);
   if (!cmd) return;
   std::vector<char*> args;
-  for (const auto& a : *cmd) args.push_back(const_cast<char*>(a.c_str()));
+  std::string line;  // swift prints the launch line it runs the same way
+  for (const auto& a : *cmd) args.push_back(const_cast<char*>(a.c_str())), line += (line.empty() ? "" : " ") + a;
   args.push_back(nullptr);
+  std::fprintf(stderr, "run sh: `%s`\n", line.c_str());
   std::fflush(stdout);
   execv(args[0], args.data());
   moe::throw_input("could not start {}: {}", (*cmd)[0], std::strerror(errno));
@@ -89,7 +91,7 @@ int main(int argc, char** argv) {
     return fail("error", e.what(), e.exit_code());
   }
   if (const int n = moe::dist::threads_per_rank(g_launch)) moe::set_num_threads(n);
-  if (g_launch.rank != 0) moe::set_log_level(spdlog::level::warn);
+  if (g_launch.rank != 0) moe::set_log_level(spdlog::level::err);  // rank 0 speaks for the job
   CLI::App app{"moectl: Mixture-of-Experts models in native code (export, pt, sft, infer, plan)"};
   // swift's argparse semantics: a flag given twice keeps its last value. Set before the
   // subcommands exist, which copy these defaults; list options (--dataset a b) keep every value
