@@ -56,7 +56,6 @@ struct TrainArgs {
   int tp = 1, pp = 1, ep = 1, etp = 0, cp = 1, vpp = 1;
   bool use_distributed_optimizer = true;
   double distributed_timeout_minutes = 10;  // Megatron's default
-  std::string dispatcher = "alltoall";      // --moe_token_dispatcher_type
 };
 
 // The job's layout on `world` ranks, refused up front (on every rank, with the same line) when
@@ -74,8 +73,8 @@ moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world) {
   not_yet("--virtual_pipeline_model_parallel_size", l.vpp, "interleaved pipeline parallelism");
   not_yet("--context_parallel_size", l.cp, "context parallelism");
   not_yet("--expert_tensor_parallel_size", l.etp, "expert tensor parallelism");
-  if (a.dispatcher != "alltoall")
-    moe::throw_input("--moe_token_dispatcher_type {}: only alltoall (the default) is implemented", a.dispatcher);
+  if (const auto& d = a.m.moe.token_dispatcher; d != "alltoall" && d != "allgather")
+    moe::throw_input("--moe_token_dispatcher_type {}: not one of alltoall (the default), allgather", d);
   return l;
 }
 
@@ -380,7 +379,8 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline parallel size (1 in this version)");
   c->add_option("--virtual_pipeline_model_parallel_size", a->vpp, "Model chunks per pipeline rank (1)");
   c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (experts spread over this many ranks)");
-  c->add_option("--moe_token_dispatcher_type", a->dispatcher, "alltoall (allgather is not implemented)");
+  c->add_option("--moe_token_dispatcher_type", m.moe.token_dispatcher,
+                "alltoall | allgather: how tokens reach EP ranks");
   c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor parallel size (default: as TP)");
   c->add_option("--context_parallel_size", a->cp, "Context parallel size (1 in this version)");
   c->add_option("--distributed_timeout_minutes", a->distributed_timeout_minutes,

@@ -102,25 +102,45 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   s.y_perm = keep.take<float>(size_t(Rmax * D)).first(R * size_t(D));
   s.gu_R2F = keep.take<float>(size_t(Rmax * 2 * F)).first(R * size_t(2 * F));
   s.h_RF = recompute_act ? std::span<float>() : keep.take<float>(size_t(Rmax * F)).first(R * size_t(F));
-  disp.permute(x, D, s.x_perm.data());
-  if (dist::Communicator* ep = expert_group(ctx)) {
-    // Rows travel to their experts' owners, which run their local experts, and come back.
+  dist::Communicator* ep = expert_group(ctx);
+  if (ep && o.token_dispatcher == "allgather") {
+    // Every rank's tokens here; the local experts' outputs, weighted, summed back to their owners.
     s.ep = std::make_shared<ExpertParallelRows>();
     ExpertParallelRows& r = *s.ep;
-    const ExpertExchange& xc = r.exchange.emplace(be, disp, *ep, int64_t(w.fc1_E.size()));
-    const size_t RL = size_t(xc.local_rows());
+    const int64_t El = int64_t(w.fc1_E.size());
+    const AllGatherExchange& ag = r.gather.emplace(be, *ep, T, K, s.router.expert_TK, s.router.weight_TK, El);
+    const TokenDispatcher& ld = r.gather_disp.emplace(be, ag.local_routing(), El);
+    const size_t Ta = size_t(ag.total_tokens()), RL = size_t(ld.rows());
+    std::vector<float> x_all(Ta * size_t(D)), y_all(Ta * size_t(D), 0.0f);
+    ag.gather(x, D, x_all.data());
     r.x_local.resize(RL * size_t(D)), r.gu_local.resize(RL * size_t(2 * F)), r.y_local.resize(RL * size_t(D));
     if (!recompute_act) r.h_local.resize(RL * size_t(F));
-    xc.dispatch(s.x_perm.data(), D, r.x_local.data());
-    ops::grouped_swiglu(be, r.x_local.data(), D, F, xc.local_offsets(), xc.local_blocks(), w.fc1_E, w.fc2_E,
-                        r.gu_local.data(), recompute_act ? nullptr : r.h_local.data(), r.y_local.data());
-    xc.combine(r.y_local.data(), D, s.y_perm.data());
+    ld.permute(x_all.data(), D, r.x_local.data());
+    ops::grouped_swiglu(be, r.x_local.data(), D, F, ld.offsets(), ld.blocks(), w.fc1_E, w.fc2_E, r.gu_local.data(),
+                        recompute_act ? nullptr : r.h_local.data(), r.y_local.data());
+    ld.unpermute_add(r.y_local.data(), D, y_all.data());
+    ag.reduce_scatter(y_all.data(), D, y);
   } else {
-    ops::grouped_swiglu(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E, s.gu_R2F.data(),
-                        recompute_act ? nullptr : s.h_RF.data(), s.y_perm.data());
+    disp.permute(x, D, s.x_perm.data());
+    if (ep) {
+      // Rows travel to their experts' owners, which run their local experts, and come back.
+      s.ep = std::make_shared<ExpertParallelRows>();
+      ExpertParallelRows& r = *s.ep;
+      const ExpertExchange& xc = r.exchange.emplace(be, disp, *ep, int64_t(w.fc1_E.size()));
+      const size_t RL = size_t(xc.local_rows());
+      r.x_local.resize(RL * size_t(D)), r.gu_local.resize(RL * size_t(2 * F)), r.y_local.resize(RL * size_t(D));
+      if (!recompute_act) r.h_local.resize(RL * size_t(F));
+      xc.dispatch(s.x_perm.data(), D, r.x_local.data());
+      ops::grouped_swiglu(be, r.x_local.data(), D, F, xc.local_offsets(), xc.local_blocks(), w.fc1_E, w.fc2_E,
+                          r.gu_local.data(), recompute_act ? nullptr : r.h_local.data(), r.y_local.data());
+      xc.combine(r.y_local.data(), D, s.y_perm.data());
+    } else {
+      ops::grouped_swiglu(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E, s.gu_R2F.data(),
+                          recompute_act ? nullptr : s.h_RF.data(), s.y_perm.data());
+    }
+    ops::fill(be, y, 0.0f, T * D);
+    disp.unpermute_add(s.y_perm.data(), D, y);
   }
-  ops::fill(be, y, 0.0f, T * D);
-  disp.unpermute_add(s.y_perm.data(), D, y);
 
   if (m.shared_F > 0) {
     s.shared_out_TD = keep.take<float>(size_t(T * D));
@@ -160,20 +180,40 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
   const MoeScratch t = carve_moe_backward_scratch(*ctx.workspace, m);
   // Combine backward: each row's output gradient is its weight times the token's gradient, and
   // each weight's gradient is the token's gradient dotted with the row's output.
-  disp.unpermute_add_backward(dy, s.y_perm.data(), D, t.dy_perm.data(), t.dweight_TK.data());
-  if (s.ep) {  // the rows' gradients go to the experts' owners and the inputs' gradients come back
+  std::vector<float> dx_experts;  // allgather: the experts' input gradients for this rank's tokens
+  if (s.ep && s.ep->gather) {
+    // The group's output gradients here; the routing weights' and inputs' gradients summed back.
     const ExpertParallelRows& r = *s.ep;
-    const ExpertExchange& xc = *r.exchange;
+    const AllGatherExchange& ag = *r.gather;
+    const TokenDispatcher& ld = *r.gather_disp;
+    const size_t Ta = size_t(ag.total_tokens());
+    std::vector<float> dy_all(Ta * size_t(D)), dx_all(Ta * size_t(D), 0.0f), dweight_all(Ta * size_t(K));
     std::vector<float> dy_local(r.x_local.size()), dx_local(r.x_local.size());
-    xc.dispatch(t.dy_perm.data(), D, dy_local.data());
-    ops::grouped_swiglu_backward(be, r.x_local.data(), D, F, xc.local_offsets(), xc.local_blocks(), w.fc1_E, w.fc2_E,
+    ag.gather(dy, D, dy_all.data());
+    ld.unpermute_add_backward(dy_all.data(), r.y_local.data(), D, dy_local.data(), dweight_all.data());
+    ops::grouped_swiglu_backward(be, r.x_local.data(), D, F, ld.offsets(), ld.blocks(), w.fc1_E, w.fc2_E,
                                  r.gu_local.data(), r.h_local.empty() ? nullptr : r.h_local.data(), dy_local.data(),
                                  dx_local.data(), g.fc1_E, g.fc2_E);
-    xc.combine(dx_local.data(), D, t.dx_perm.data());
+    ld.permute_backward_add(dx_local.data(), D, dx_all.data());
+    ag.reduce_scatter(dweight_all.data(), K, t.dweight_TK.data());
+    dx_experts.resize(size_t(T * D));
+    ag.reduce_scatter(dx_all.data(), D, dx_experts.data());
   } else {
-    ops::grouped_swiglu_backward(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E,
-                                 s.gu_R2F.data(), s.h_RF.empty() ? nullptr : s.h_RF.data(), t.dy_perm.data(),
-                                 t.dx_perm.data(), g.fc1_E, g.fc2_E);
+    disp.unpermute_add_backward(dy, s.y_perm.data(), D, t.dy_perm.data(), t.dweight_TK.data());
+    if (s.ep) {  // the rows' gradients go to the experts' owners and the inputs' gradients come back
+      const ExpertParallelRows& r = *s.ep;
+      const ExpertExchange& xc = *r.exchange;
+      std::vector<float> dy_local(r.x_local.size()), dx_local(r.x_local.size());
+      xc.dispatch(t.dy_perm.data(), D, dy_local.data());
+      ops::grouped_swiglu_backward(be, r.x_local.data(), D, F, xc.local_offsets(), xc.local_blocks(), w.fc1_E, w.fc2_E,
+                                   r.gu_local.data(), r.h_local.empty() ? nullptr : r.h_local.data(), dy_local.data(),
+                                   dx_local.data(), g.fc1_E, g.fc2_E);
+      xc.combine(dx_local.data(), D, t.dx_perm.data());
+    } else {
+      ops::grouped_swiglu_backward(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E,
+                                   s.gu_R2F.data(), s.h_RF.empty() ? nullptr : s.h_RF.data(), t.dy_perm.data(),
+                                   t.dx_perm.data(), g.fc1_E, g.fc2_E);
+    }
   }
 
   // Router: d(logits) from the weights and the auxiliary losses, then its linear layer.
@@ -181,7 +221,8 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
                         t.dweight_TK.data(), aux_scale, t.dlogits_TE.data());
   ops::linear_backward_weight(be, t.dlogits_TE.data(), x, T, E, D, g.router.f32());
   ops::linear_backward_input(be, t.dlogits_TE.data(), T, w.router.f32(), E, D, dx, false);
-  disp.permute_backward_add(t.dx_perm.data(), D, dx);
+  if (dx_experts.empty()) disp.permute_backward_add(t.dx_perm.data(), D, dx);
+  else ops::add(be, dx, dx_experts.data(), T * D);
 
   if (m.shared_F > 0) {
     if (m.shared_gate)

@@ -11,6 +11,7 @@
 #include <span>
 
 #include "core/arena.h"
+#include "model/allgather_exchange.h"
 #include "model/batch.h"
 #include "model/context.h"
 #include "model/expert_exchange.h"
@@ -26,8 +27,10 @@ namespace moe::model {
 // routing, so these are the one activation not carved from the arenas: they are sized when the
 // counts are known, and freed with the micro-batch's activations.
 struct ExpertParallelRows {
-  std::optional<ExpertExchange> exchange;
-  std::vector<float> x_local, gu_local, h_local, y_local;  // [received rows, D | 2F | F | D]
+  std::optional<ExpertExchange> exchange;                  // alltoall: this rank's rows to the experts' owners
+  std::optional<AllGatherExchange> gather;                 // allgather: the group's tokens on every rank,
+  std::optional<TokenDispatcher> gather_disp;              // and the pairs routed to this rank's experts
+  std::vector<float> x_local, gu_local, h_local, y_local;  // the local experts' rows [R, D | 2F | F | D]
 };
 
 struct MoeSaved {

@@ -23,6 +23,7 @@ struct MoeTrainOptions {
   std::string token_drop_policy = "probs";       // probs | position
   bool enable_expert_bias = false;               // --moe_router_enable_expert_bias
   double bias_update_rate = 1e-3;                // --moe_router_bias_update_rate
+  std::string token_dispatcher = "alltoall";     // --moe_token_dispatcher_type: alltoall | allgather (under EP)
 };
 
 struct RouterSaved {

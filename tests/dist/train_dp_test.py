@@ -5,7 +5,7 @@ CLI:
   and DP2 x EP2 runs under mpirun (with and without the distributed optimizer) equal the
   one-process run to 1e-5 relative (fp32): a Qwen3-MoE model (8 experts, GQA, 4 layers) plain,
   with the aux-loss-free expert bias and with capacity dropping, and a Qwen2-MoE model with a
-  shared expert and a dense layer under seq_aux_loss;
+  shared expert and a dense layer under seq_aux_loss; both token dispatchers (alltoall, allgather);
 - resharding: DP2 x EP2 saved at iteration 2 resumes under EP4 and in one process with the losses
   of the run that never stopped; its checkpoint exports to the HF weights of the one-process run;
 - the launcher: NPROC_PER_NODE=2 moectl sft ... gives the losses of mpirun -np 2 (bitwise);
@@ -139,19 +139,22 @@ CASES = {
     "qwen2_moe shared expert": ["--model", q2, "--moe_router_load_balancing_type", "seq_aux_loss",
                                 "--moe_aux_loss_coeff", "0.02", "--moe_z_loss_coeff", "0.001"],
 }
-# (processes, EP, distributed optimizer): runs use the distributed optimizer (Megatron-SWIFT's
-# default) unless the third says otherwise.
-LAYOUTS = [(2, 1, True), (4, 1, True), (2, 1, False), (2, 2, True), (4, 4, True), (4, 2, True), (4, 2, False)]
+# (processes, EP, distributed optimizer, dispatcher): the distributed optimizer is Megatron-SWIFT's
+# default, alltoall its default dispatcher.
+LAYOUTS = [(2, 1, True, "alltoall"), (4, 1, True, "alltoall"), (2, 1, False, "alltoall"), (2, 2, True, "alltoall"),
+           (4, 4, True, "alltoall"), (4, 2, True, "alltoall"), (4, 2, False, "alltoall"), (2, 2, True, "allgather"),
+           (4, 2, True, "allgather")]
 for i, (name, extra) in enumerate(CASES.items()):
     ref = f"c{i}_np1"
     run(["sft"] + BASE + extra + ["--save", ref])
-    for np, ep, dopt in LAYOUTS:
-        got = f"c{i}_np{np}_ep{ep}_{int(dopt)}"
-        flags = ["--expert_model_parallel_size", str(ep), "--use_distributed_optimizer", str(dopt).lower()]
+    for np, ep, dopt, disp in LAYOUTS:
+        got = f"c{i}_np{np}_ep{ep}_{int(dopt)}" + ("" if disp == "alltoall" else "_" + disp)
+        flags = ["--expert_model_parallel_size", str(ep), "--use_distributed_optimizer", str(dopt).lower(),
+                 "--moe_token_dispatcher_type", disp]
         run(["sft"] + BASE + extra + flags + ["--save", got], np=np)
         what = f"DP{np // ep} x EP{ep}" if ep > 1 and np > ep else (f"EP{ep}" if ep > 1 else f"DP{np}")
-        same_run(ref, got, f"{name}: {what}{'' if dopt else ' (replicated optimizer)'} vs one process",
-                 weights_at=ITERS)
+        how = ("" if dopt else " (replicated optimizer)") + ("" if disp == "alltoall" else f" ({disp})")
+        same_run(ref, got, f"{name}: {what}{how} vs one process", weights_at=ITERS)
 
 # --- files: rank 0 alone writes, args.json has the parallel sizes
 args = json.load(open(os.path.join(run_dir("c0_np4_ep2_1"), "args.json")))
