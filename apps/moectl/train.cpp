@@ -55,7 +55,8 @@ struct TrainArgs {
   // Megatron's parallel sizes; data parallel is what the world leaves.
   int tp = 1, pp = 1, ep = 1, etp = 0, cp = 1, vpp = 1;
   bool use_distributed_optimizer = true;
-  double distributed_timeout_minutes = 10;  // Megatron's default
+  bool overlap_grad_reduce = false, overlap_param_gather = false;  // swift's defaults
+  double distributed_timeout_minutes = 10;                         // Megatron's default
 };
 
 // The job's layout on `world` ranks, refused up front (on every rank, with the same line) when
@@ -233,6 +234,10 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   t.out_dir = run_dir ? run_dir->path() : "";
   if (world) t.out_dir = moe::dist::broadcast_string(*world, t.out_dir, 0);
   t.groups = groups, t.writer = writer, t.distributed_optimizer = a.use_distributed_optimizer;
+  if (world && (a.overlap_grad_reduce || a.overlap_param_gather))
+    moe::log().warn(
+        "--overlap_grad_reduce/--overlap_param_gather: this version reduces gradients and gathers parameters after "
+        "the backward, not overlapped with it (the results are the same)");
   t.ckpt.dtype = dtype_from(a.torch_dtype, lm.config.params_dtype);
   t.ckpt.save_optim = !a.no_save_optim, t.ckpt.save_rng = !a.no_save_rng, t.ckpt.save_safetensors = a.save_safetensors;
   t.ckpt.source_dir = src;
@@ -385,6 +390,9 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--context_parallel_size", a->cp, "Context parallel size (1 in this version)");
   c->add_option("--distributed_timeout_minutes", a->distributed_timeout_minutes,
                 "End the job when a collective waits longer than this (a rank died or hung)");
+  c->add_option("--overlap_grad_reduce", a->overlap_grad_reduce, "Overlap the DP gradient reduction (not yet: warned)");
+  c->add_option("--overlap_param_gather", a->overlap_param_gather,
+                "Overlap the parameter all-gather (not yet: warned)");
   c->add_option("--use_distributed_optimizer", a->use_distributed_optimizer,
                 "Shard the optimizer state over the data-parallel ranks (Megatron-SWIFT's default)");
   c->callback([a, c] {
