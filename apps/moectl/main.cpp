@@ -18,6 +18,7 @@
 #include "core/parallel.h"
 #include "dist/launch.h"
 #include "dist/mpi_communicator.h"
+#include "swift_syntax.h"
 
 namespace {
 
@@ -113,8 +114,12 @@ int main(int argc, char** argv) {
     for (const CLI::App* c : app.get_subcommands([](CLI::App*) { return true; })) known |= c->check_name(name);
     if (!known) return usage_error("unknown command '" + name + "'; the commands are " + command_list(app));
   }
+  // swift's spellings: --a-b for --a_b, a bare boolean flag for true.
+  const std::vector<std::string> args = moectl::swift_argv(app, argc, argv);
+  std::vector<char*> arg_ptrs;
+  for (const auto& a : args) arg_ptrs.push_back(const_cast<char*>(a.c_str()));
   try {
-    app.parse(argc, argv);
+    app.parse(int(arg_ptrs.size()), arg_ptrs.data());
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
     return usage_error(parse_error_line(app, e));

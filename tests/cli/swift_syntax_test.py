@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Command lines as swift's parser reads them (issue 19): Megatron-LM's dashed spellings
+(--micro-batch-size) are the underscored flags, a bare boolean flag means true (also last on the
+line, and before another flag), --flag=value works, values are never respelled, and a flag given
+twice keeps its last value.
+Usage: swift_syntax_test.py MOECTL SRC_DIR WORK_DIR"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
+shutil.rmtree(WORK, ignore_errors=True)
+os.makedirs(WORK)
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+failures = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        failures.append(what)
+
+
+def run(args, expect=0):
+    p = subprocess.run([MOECTL] + args, capture_output=True, text=True, cwd=WORK, env=ENV)
+    assert p.returncode == expect, f"moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr[-2000:]}"
+    return p
+
+
+def args_of(save):
+    return json.load(open(glob.glob(os.path.join(WORK, save, "v*", "args.json"))[0]))
+
+
+run(["init", "--config", os.path.join(SRC, "configs", "tiny-moe"), "--output_dir", "m"])
+BASE = ["sft", "--model", "m", "--dataset", "self-cognition#8", "--model_name", "a-b", "--model_author", "--c",
+        "--train-iters", "1", "--global-batch-size", "2", "--micro_batch_size", "1", "--save_safetensors", "false"]
+# --model_author's value "--c" would be a flag: swift reads it as one too, so give the author as --flag=value.
+BASE[BASE.index("--c") - 1:BASE.index("--c") + 1] = ["--model_author=-c"]
+run(BASE + ["--packing", "--save", "bare"])
+a = args_of("bare")
+check(a["packing"] is True and a["train_iters"] == 1 and a["global_batch_size"] == 2,
+      "dashed spellings and a bare --packing before another flag")
+run(BASE + ["--save", "last", "--packing"])
+check(args_of("last")["packing"] is True, "a bare boolean flag last on the line")
+run(BASE + ["--save", "eq", "--packing=false", "--seed=7"])
+check(args_of("eq")["packing"] is False and args_of("eq")["seed"] == 7, "--flag=value")
+run(BASE + ["--save", "twice", "--seed", "3", "--seed", "5"])
+check(args_of("twice")["seed"] == 5, "a repeated flag keeps its last value")
+p = run(BASE + ["--save", "bad", "--packing", "maybe"], expect=2)
+check("--packing" in p.stderr and len(p.stderr.strip().splitlines()) == 1, "a bad boolean value: one line naming it")
+p = run(BASE + ["--save", "unk", "--no-such-flag", "1"], expect=2)
+check("--no_such_flag" in p.stderr, f"an unknown dashed flag is named (as respelled): {p.stderr.strip()}")
+
+if failures:
+    sys.exit(f"{len(failures)} failure(s)")
+print("all swift-syntax checks passed")
