@@ -24,6 +24,7 @@
 #include "dist/launch.h"
 #include "dist/mpi_communicator.h"
 #include "dist/process_groups.h"
+#include "megatron_knobs.h"
 #include "model/hf_config.h"
 #include "model/init_weights.h"
 #include "text/chat_template.h"
@@ -56,7 +57,8 @@ struct TrainArgs {
   int tp = 1, pp = 1, ep = 1, etp = 0, cp = 1, vpp = 1;
   bool use_distributed_optimizer = true;
   bool overlap_grad_reduce = false, overlap_param_gather = false;  // swift's defaults
-  double distributed_timeout_minutes = 10;                         // Megatron's default
+  MegatronKnobs knobs;
+  double distributed_timeout_minutes = 10;  // Megatron's default
 };
 
 // The job's layout on `world` ranks, refused up front (on every rank, with the same line) when
@@ -271,6 +273,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                          {"use_distributed_optimizer", a.use_distributed_optimizer},
                          {"make_vocab_size_divisible_by", 128},
                          {"train_type", "full"}};
+  args.update(given_knobs(cli, a.knobs));
   if (writer) moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
   moe::log().info("output_dir: {}", t.out_dir);
   if (layout.dp > 1) moe::log().info("{} processes: data parallel {} ({})", layout.world(), layout.dp, launch.launcher);
@@ -393,6 +396,7 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--overlap_grad_reduce", a->overlap_grad_reduce, "Overlap the DP gradient reduction (not yet: warned)");
   c->add_option("--overlap_param_gather", a->overlap_param_gather,
                 "Overlap the parameter all-gather (not yet: warned)");
+  add_megatron_knobs(c, a->knobs);
   c->add_option("--use_distributed_optimizer", a->use_distributed_optimizer,
                 "Shard the optimizer state over the data-parallel ranks (Megatron-SWIFT's default)");
   c->callback([a, c] {

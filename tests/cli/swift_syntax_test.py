@@ -2,7 +2,7 @@
 """Command lines as swift's parser reads them (issue 19): Megatron-LM's dashed spellings
 (--micro-batch-size) are the underscored flags, a bare boolean flag means true (also last on the
 line, and before another flag), --flag=value works, values are never respelled, and a flag given
-twice keeps its last value.
+twice keeps its last value; Megatron's GPU performance knobs are accepted, checked and recorded.
 Usage: swift_syntax_test.py MOECTL SRC_DIR WORK_DIR"""
 import glob
 import json
@@ -53,6 +53,17 @@ p = run(BASE + ["--save", "bad", "--packing", "maybe"], expect=2)
 check("--packing" in p.stderr and len(p.stderr.strip().splitlines()) == 1, "a bad boolean value: one line naming it")
 p = run(BASE + ["--save", "unk", "--no-such-flag", "1"], expect=2)
 check("--no_such_flag" in p.stderr, f"an unknown dashed flag is named (as respelled): {p.stderr.strip()}")
+
+# Megatron's performance knobs: accepted, checked, recorded (the quick start passes three of them).
+run(BASE + ["--save", "knobs", "--cross_entropy_loss_fusion", "true", "--num_workers", "4", "--dataset_num_proc", "4",
+            "--attention_backend", "flash", "--moe_grouped_gemm"])
+a = args_of("knobs")
+check(a.get("cross_entropy_loss_fusion") is True and a.get("num_workers") == 4 and a.get("attention_backend") == "flash"
+      and a.get("moe_grouped_gemm") is True, "knobs recorded in args.json")
+p = run(BASE + ["--save", "badknob", "--attention_backend", "flsh"], expect=2)
+check("--attention_backend" in p.stderr and "flash" in p.stderr, "a knob's bad value names the flag and the choices")
+p = run(BASE + ["--save", "badcount", "--num_workers", "-1"], expect=2)
+check("--num_workers" in p.stderr, "a negative worker count is refused")
 
 if failures:
     sys.exit(f"{len(failures)} failure(s)")

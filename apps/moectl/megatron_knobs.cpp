@@ -1,0 +1,84 @@
+#include "megatron_knobs.h"
+
+#include <vector>
+
+#include "core/log.h"
+
+namespace moectl {
+
+namespace {
+
+struct Knob {
+  const char* flag;
+  const char* what;
+};
+
+// Boolean knobs (swift/Megatron names; 4.x positive spellings where they exist).
+const std::vector<Knob> kBool = {
+    {"cross_entropy_loss_fusion", "fused cross-entropy kernel"},
+    {"moe_grouped_gemm", "grouped GEMM for the experts (the CPU engine always groups them)"},
+    {"moe_permute_fusion", "fused token permutation"},
+    {"moe_shared_expert_overlap", "shared expert overlapped with the dispatch"},
+    {"use_cpu_initialization", "initialise weights on the CPU"},
+    {"manual_gc", "Python garbage collection by hand"},
+    {"no_gradient_accumulation_fusion", "gradient accumulation fusion off"},
+    {"gradient_accumulation_fusion", "gradient accumulation fusion"},
+    {"no_masked_softmax_fusion", "masked softmax fusion off"},
+    {"masked_softmax_fusion", "masked softmax fusion"},
+    {"no_bias_dropout_fusion", "bias-dropout fusion off"},
+    {"bias_dropout_fusion", "bias-dropout fusion"},
+    {"no_bias_swiglu_fusion", "bias-SwiGLU fusion off"},
+    {"bias_swiglu_fusion", "bias-SwiGLU fusion"},
+    {"no_rope_fusion", "RoPE fusion off"},
+    {"apply_rope_fusion", "RoPE fusion"},
+    {"tp_comm_overlap", "TP communication overlapped with GEMMs"},
+    {"attention_softmax_in_fp32", "softmax in fp32 (the CPU engine always is)"},
+    {"lazy_tokenize", "tokenise rows when first read"},
+};
+// Integer knobs (>= 0): worker counts and intervals of the Python data pipeline.
+const std::vector<Knob> kCount = {
+    {"num_workers", "data loader worker processes"},
+    {"dataloader_num_workers", "data loader worker processes"},
+    {"dataset_num_proc", "tokenisation processes"},
+    {"manual_gc_interval", "steps between garbage collections"},
+};
+// Enumerated knobs: flag, allowed values.
+const std::vector<std::pair<Knob, std::vector<std::string>>> kEnum = {
+    {{"attention_backend", "attention kernel"}, {"flash", "fused", "unfused", "local", "auto"}},
+    {{"transformer_impl", "layer implementation"}, {"transformer_engine", "local"}},
+};
+
+}  // namespace
+
+void add_megatron_knobs(CLI::App* c, MegatronKnobs& k) {
+  c->add_option("--verbose", k.verbose, "Log the performance knobs given and what they tune");
+  for (const Knob& b : kBool)
+    c->add_option(std::string("--") + b.flag, k.flags[b.flag],
+                  std::string("GPU knob: ") + b.what + " (accepted; no effect on the CPU)");
+  for (const Knob& n : kCount)
+    c->add_option(std::string("--") + n.flag, k.counts[n.flag],
+                  std::string("Knob: ") + n.what + " (accepted; moectl reads data in-process)")
+        ->check(CLI::NonNegativeNumber);
+  for (const auto& [e, values] : kEnum)
+    c->add_option(std::string("--") + e.flag, k.names[e.flag],
+                  std::string("GPU knob: ") + e.what + " (accepted; no effect on the CPU)")
+        ->check(CLI::IsMember(values));
+}
+
+nlohmann::json given_knobs(const CLI::App& c, const MegatronKnobs& k) {
+  nlohmann::json out = nlohmann::json::object();
+  auto given = [&](const char* flag) { return c.count(std::string("--") + flag) > 0; };
+  auto note = [&](const char* flag, const char* what, const nlohmann::json& v) {
+    out[flag] = v;
+    if (k.verbose) moe::log().warn("--{} {}: {}; no effect on the CPU engine", flag, v.dump(), what);
+  };
+  for (const Knob& b : kBool)
+    if (given(b.flag)) note(b.flag, b.what, k.flags.at(b.flag));
+  for (const Knob& n : kCount)
+    if (given(n.flag)) note(n.flag, n.what, k.counts.at(n.flag));
+  for (const auto& [e, values] : kEnum)
+    if (given(e.flag)) note(e.flag, e.what, k.names.at(e.flag));
+  return out;
+}
+
+}  // namespace moectl
