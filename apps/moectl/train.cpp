@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "architecture_flags.h"
 #include "checkpoint/mcore_export.h"
 #include "commands.h"
 #include "core/allocator.h"
@@ -58,6 +59,7 @@ struct TrainArgs {
   bool use_distributed_optimizer = true;
   bool overlap_grad_reduce = false, overlap_param_gather = false;  // swift's defaults
   MegatronKnobs knobs;
+  ArchitectureFlags architecture;
   double distributed_timeout_minutes = 10;  // Megatron's default
 };
 
@@ -220,6 +222,8 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   moe::train::TrainerConfig t = a.t;
   t.max_length = a.max_length, t.packing = a.packing;
   // Everything that can be refused is checked before the run dir exists.
+  const nlohmann::json architecture =
+      check_architecture_flags(cli, a.architecture, lm.config, (fs::path(src) / "config.json").string());
   moe::model::validate_train_options(a.m, lm.config);
   if (layout.ep > 1 && lm.config.num_experts == 0)
     moe::throw_input("--expert_model_parallel_size {}: {} has no experts to spread", layout.ep, src);
@@ -274,6 +278,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                          {"make_vocab_size_divisible_by", 128},
                          {"train_type", "full"}};
   args.update(given_knobs(cli, a.knobs));
+  args.update(architecture);
   if (writer) moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
   moe::log().info("output_dir: {}", t.out_dir);
   if (layout.dp > 1) moe::log().info("{} processes: data parallel {} ({})", layout.world(), layout.dp, launch.launcher);
@@ -397,6 +402,7 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--overlap_param_gather", a->overlap_param_gather,
                 "Overlap the parameter all-gather (not yet: warned)");
   add_megatron_knobs(c, a->knobs);
+  add_architecture_flags(c, a->architecture);
   c->add_option("--use_distributed_optimizer", a->use_distributed_optimizer,
                 "Shard the optimizer state over the data-parallel ranks (Megatron-SWIFT's default)");
   c->callback([a, c] {

@@ -2,7 +2,8 @@
 """Command lines as swift's parser reads them (issue 19): Megatron-LM's dashed spellings
 (--micro-batch-size) are the underscored flags, a bare boolean flag means true (also last on the
 line, and before another flag), --flag=value works, values are never respelled, and a flag given
-twice keeps its last value; Megatron's GPU performance knobs are accepted, checked and recorded.
+twice keeps its last value; Megatron's GPU performance knobs are accepted, checked and recorded;
+architecture flags are checked against config.json.
 Usage: swift_syntax_test.py MOECTL SRC_DIR WORK_DIR"""
 import glob
 import json
@@ -64,6 +65,13 @@ p = run(BASE + ["--save", "badknob", "--attention_backend", "flsh"], expect=2)
 check("--attention_backend" in p.stderr and "flash" in p.stderr, "a knob's bad value names the flag and the choices")
 p = run(BASE + ["--save", "badcount", "--num_workers", "-1"], expect=2)
 check("--num_workers" in p.stderr, "a negative worker count is refused")
+
+# Architecture flags: equal to config.json is fine, a different value names both and the file.
+run(BASE + ["--save", "arch", "--num_layers", "4", "--hidden_size", "128", "--num_experts", "8", "--group_query_attention"])
+check(args_of("arch").get("num_layers") == 4, "architecture flags equal to config.json are accepted and recorded")
+p = run(BASE + ["--save", "arch_bad", "--num_experts", "64"], expect=2)
+check("--num_experts 64" in p.stderr and "config.json (8)" in p.stderr and not os.path.exists(os.path.join(WORK, "arch_bad")),
+      f"a different architecture value is refused naming both and the file: {p.stderr.strip()[:150]}")
 
 if failures:
     sys.exit(f"{len(failures)} failure(s)")
