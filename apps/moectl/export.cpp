@@ -85,6 +85,7 @@ std::function<void(uint64_t, uint64_t, int, int)> export_progress(const std::str
 // Runs both models on the same 16 tokens (fp32 compute) and fails above tolerance.
 void report_precision(const moe::checkpoint::LoadedModel& src, const moe::checkpoint::LoadedModel& dst) {
   std::vector<int32_t> ids;
+  ids.reserve(16);
   for (int i = 0; i < 16; ++i) ids.push_back(int32_t((i * 2654435761u + 17) % uint32_t(src.config.vocab_size)));
   const auto r = moe::checkpoint::compare_models(src, dst, ids);
   std::printf(

@@ -49,9 +49,10 @@ void render_dataset(const Args& a, const moe::text::Tokenizer& tok) {
     for (size_t i = 0; i < r.ids.size();) {
       size_t e = i;
       while (e < r.ids.size() && r.loss_mask[e] == r.loss_mask[i]) ++e;
-      std::string span = tok.decode(std::vector<int32_t>(r.ids.begin() + long(i), r.ids.begin() + long(e)));
-      if (r.loss_mask[i]) span = tty ? "\033[32m" + span + "\033[0m" : "[[" + span + "]]";
-      shown += span;
+      const bool trained = r.loss_mask[i] != 0;  // shown green on a terminal, else in [[ ]]
+      if (trained) shown += tty ? "\033[32m" : "[[";
+      shown += tok.decode(std::vector<int32_t>(r.ids.begin() + long(i), r.ids.begin() + long(e)));
+      if (trained) shown += tty ? "\033[0m" : "]]";
       i = e;
     }
     nlohmann::json out{{"ids", r.ids}, {"loss_mask", r.loss_mask}, {"text", tok.decode(r.ids)}};

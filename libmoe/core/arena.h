@@ -9,6 +9,7 @@
 // then placed above it).
 #pragma once
 #include <cstddef>
+#include <exception>
 #include <span>
 #include <type_traits>
 
@@ -58,7 +59,16 @@ class Arena {
 class ArenaScope {
  public:
   explicit ArenaScope(Arena& a) : a_(a), mark_(a.mark()) {}
-  ~ArenaScope() { a_.release(mark_); }
+  // release() throws only when something inside the scope released the arena below its mark, a bug
+  // a destructor cannot report by throwing: it terminates, with the check's message, as the escaping
+  // exception would have.
+  ~ArenaScope() {
+    try {
+      a_.release(mark_);
+    } catch (...) {
+      std::terminate();
+    }
+  }
   ArenaScope(const ArenaScope&) = delete;
   ArenaScope& operator=(const ArenaScope&) = delete;
 

@@ -60,7 +60,7 @@ fs::path aside_dir_for(const fs::path& target) {
 
 fs::path resolve_output_dir(const std::string& flag, const std::string& path, const std::vector<std::string>& inputs) {
   if (path.empty()) throw_input("{} is empty: name the directory to write", flag);
-  const fs::path t = normal_path(path);
+  fs::path t = normal_path(path);  // not const: returned, so moved out
   std::error_code ec;
   const fs::path cwd = normal_path(fs::current_path(ec));
   if (t == t.root_path())

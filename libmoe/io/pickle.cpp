@@ -113,6 +113,7 @@ class Writer {
   }
   void int_tuple(const std::vector<int64_t>& xs) {
     std::vector<PyPtr> items;
+    items.reserve(xs.size());
     for (int64_t x : xs) items.push_back(PyValue::integer(x));
     tuple(items);
   }
@@ -255,8 +256,10 @@ class Reader {
           break;
         }
         case 'c': {
-          std::string module = line(), name = line();
-          global(module + "." + name);
+          std::string qualified = line();  // module, then the name on the next line
+          qualified += '.';
+          qualified += line();
+          global(qualified);
           break;
         }
         case 0x93: {  // STACK_GLOBAL

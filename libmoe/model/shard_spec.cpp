@@ -61,6 +61,7 @@ std::vector<ShardSpec::RankFile> ShardSpec::rank_files() const {
   for (int pp = 0; pp < p_.pp; ++pp)
     for (int i = 0; i < period; ++i) seen.insert({pp, (i / p_.etp) % p_.ep, i % p_.tp});
   std::vector<RankFile> out;
+  out.reserve(seen.size());
   for (const auto& [pp, ep, tp] : seen) out.push_back({tp, pp, ep});
   return out;
 }

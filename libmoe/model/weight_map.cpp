@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "model/state_dict.h"
 
@@ -44,9 +45,11 @@ WeightMap WeightMap::for_config(const ModelConfig& c) {
   auto& R = m.rules_;
   const int64_t H = c.hidden_size, V = c.vocab_size, d = c.kv_channels;
   const int64_t nq = int64_t(c.num_attention_heads) * d, nkv = int64_t(c.num_query_groups) * d;
-  auto copy = [&](std::string mc, Shape s, std::string hf) { R.push_back({mc, s, {hf}, {s}, Fuse::kCopy}); };
+  auto copy = [&](std::string mc, Shape s, std::string hf) {
+    R.push_back({std::move(mc), s, {std::move(hf)}, {s}, Fuse::kCopy});
+  };
   auto gate_up = [&](std::string mc, int64_t F, std::string g, std::string u) {
-    R.push_back({mc, {2 * F, H}, {g, u}, {{F, H}, {F, H}}, Fuse::kGateUp});
+    R.push_back({std::move(mc), {2 * F, H}, {std::move(g), std::move(u)}, {{F, H}, {F, H}}, Fuse::kGateUp});
   };
 
   copy(names::kEmbedding, {V, H}, "model.embed_tokens.weight");

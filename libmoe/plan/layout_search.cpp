@@ -174,13 +174,13 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
   for (int tp : divisors(W)) {
     if (!allowed(f.tp, tp)) continue;
     if (!tp_ok(tp)) {
-      note(Layout{tp, 1, 1, 1, tp, 1, W / tp, 1, Recompute::kNone, tp > 1 && t.allow_sequence_parallel});
+      note(Layout{{tp, 1, 1, 1, tp, 1, W / tp}, 1, Recompute::kNone, tp > 1 && t.allow_sequence_parallel});
       continue;
     }
     for (int cp : divisors(W / tp)) {
       if (!allowed(f.cp, cp)) continue;
       if (!cp_ok(tp, cp)) {
-        note(Layout{tp, 1, 1, 1, 1, cp, W / (tp * cp), 1, Recompute::kNone, tp > 1 && t.allow_sequence_parallel});
+        note(Layout{{tp, 1, 1, 1, 1, cp, W / (tp * cp)}, 1, Recompute::kNone, tp > 1 && t.allow_sequence_parallel});
         continue;
       }
       for (int pp : divisors(W / (tp * cp))) {
@@ -190,7 +190,7 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
         if (!allowed(f.dp, dp)) continue;
         for (int mbs : mbs_list) {
           if (t.global_batch_size % (int64_t(mbs) * dp) != 0) {
-            note(Layout{tp, pp, 1, 1, 1, cp, dp, mbs, Recompute::kNone, tp > 1 && t.allow_sequence_parallel});
+            note(Layout{{tp, pp, 1, 1, 1, cp, dp}, mbs, Recompute::kNone, tp > 1 && t.allow_sequence_parallel});
             continue;
           }
           const int max_vpp =
@@ -205,7 +205,7 @@ SearchResult search_layouts(const ModelShape& m, const TrainingOptions& t, const
               if (!allowed(f.ep, ep) || fold % ep != 0) continue;
               for (int etp : m.is_moe() ? divisors(fold / ep) : std::vector<int>{tp}) {
                 if (m.is_moe() ? !allowed(f.etp, etp) : false) continue;
-                Layout l{tp, pp, vpp, ep, etp, cp, dp, mbs, Recompute::kNone, tp > 1 && t.allow_sequence_parallel};
+                Layout l{{tp, pp, vpp, ep, etp, cp, dp}, mbs, Recompute::kNone, tp > 1 && t.allow_sequence_parallel};
                 if (!check_layout(m, l, t, c, nullptr)) {
                   note(l);
                   continue;

@@ -101,8 +101,10 @@ StageMemory stage_memory(const ModelShape& m, const Layout& l, const TrainingOpt
   // The output layer, or with tied embeddings and PP > 1 the last stage's copy of them.
   if (last && (m.untie_embeddings_and_output_weights || !first)) dense += V * h / l.tp;
   if (last) dense += h;  // final norm
+  // Each EP rank holds a whole number of experts.
+  const int local_experts = m.is_moe() ? m.num_experts / l.ep : 0;
   const double experts =
-      m.is_moe() ? double(s.moe_layers) * double(m.num_experts / l.ep) * double(m.expert_params()) / l.etp : 0.0;
+      m.is_moe() ? double(s.moe_layers) * double(local_experts) * double(m.expert_params()) / l.etp : 0.0;
   r.dense_params = dense;
   r.expert_params = experts;
 

@@ -164,9 +164,9 @@ BpeTokenizer::BpeTokenizer(const json& j, const json& cfg, const std::string& sr
       added_tokens_.push_back(t);
     }
   }
-  id_to_token_.resize(size_t(max_id + 1));
-  special_.assign(size_t(max_id + 1), 0);
-  added_.assign(size_t(max_id + 1), 0);
+  id_to_token_.resize(size_t(max_id) + 1);
+  special_.assign(size_t(max_id) + 1, 0);
+  added_.assign(size_t(max_id) + 1, 0);
   for (const auto& [tok, id] : vocab_) id_to_token_[size_t(id)] = tok;
   for (const auto& t : added_tokens_) special_[size_t(t.id)] = t.special, added_[size_t(t.id)] = 1;
   if (m.contains("unk_token") && m["unk_token"].is_string()) unk_ = token_id(m["unk_token"].get<std::string>());
@@ -382,7 +382,7 @@ std::string BpeTokenizer::normalize(std::string_view text) const {
       case NormStep::kNfc: norm = nfc(norm); break;
       case NormStep::kNfkc: norm = nfkc(norm); break;
       case NormStep::kPrepend:
-        if (!norm.empty()) norm = st.a + norm;
+        if (!norm.empty()) norm.insert(0, st.a);
         break;  // HF prepends to non-empty text only
       case NormStep::kReplace: norm = replace_all(std::move(norm), st.a, st.b); break;
     }

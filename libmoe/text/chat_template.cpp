@@ -1,5 +1,7 @@
 #include "text/chat_template.h"
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 
 namespace moe::text {
@@ -128,7 +130,8 @@ class Inst : public ChatTemplate {
       const Message& m = msgs[i];
       if (m.role == "user") {
         std::string u = m.content;
-        if (first && !system.empty()) u = llama2_ ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + u : system + "\n\n" + u;
+        if (first && !system.empty())
+          u = llama2_ ? fmt::format("<<SYS>>\n{}\n<</SYS>>\n\n{}", system, u) : fmt::format("{}\n\n{}", system, u);
         // Llama-2 opens every exchange with bos; Mistral only the conversation.
         if (llama2_ || first) b.id(tok.bos_id(), false);
         b.text("[INST] " + u + " [/INST]", false);
