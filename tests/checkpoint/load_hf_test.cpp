@@ -57,7 +57,7 @@ void save_bin(const ModelConfig& c, const StateDict& state, const std::string& d
       storages.push_back({r.storage_key, t});
       wm[name] = file;
     }
-    io::write_torch_file(dir + "/" + file, *root, storages);
+    io::write_torch_file((std::filesystem::path(dir) / file).string(), *root, storages);
   }
   if (shards > 1) std::ofstream(dir + "/pytorch_model.bin.index.json") << nlohmann::json{{"weight_map", wm}}.dump();
 }

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "core/mapped_file.h"
 #include "core/rng.h"
@@ -26,7 +27,7 @@ namespace {
 
 // base, base + 0.25, base + 0.5, ... (exact in bf16 and f16 for the sizes used here)
 Tensor filled(Shape s, DType dt, float base) {
-  Tensor t(s, DType::F32);
+  Tensor t(std::move(s), DType::F32);
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = base + float(i) * 0.25f;
   return t.to(dt);
 }

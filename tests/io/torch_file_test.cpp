@@ -8,6 +8,8 @@
 #include <fstream>
 #include <iterator>
 #include <random>
+#include <string>
+#include <utility>
 
 #include "io/crc32.h"
 #include "io/torch_file.h"
@@ -23,7 +25,7 @@ namespace {
 bool have_torch() { return std::system("/usr/bin/python3 -c 'import torch' > /dev/null 2>&1") == 0; }
 
 Tensor iota(Shape s, DType dt) {
-  Tensor t(s, DType::F32);
+  Tensor t(std::move(s), DType::F32);
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = float(i) - 1.5f;
   return t.to(dt);
 }
@@ -146,7 +148,10 @@ TEST(TorchFile, ReadsTorchSaveFiles) {
 }
 
 TEST(TorchFile, RestrictedUnpicklerRefusesCode) {
-  const std::string evil = std::string("\x80\x02") + "cos\nsystem\nX\x02\x00\x00\x00lsR.";
+  using namespace std::string_literals;  // the pickle holds NUL bytes
+  const std::string evil =
+      "\x80\x02"
+      "cos\nsystem\nX\x02\x00\x00\x00lsR."s;
   EXPECT_NE(input_error([&] { pickle_loads(evil, "evil.pkl"); }).find("global 'os.system' is not allowed"),
             std::string::npos);
   const std::string inst = std::string("\x80\x02") + "(iposix\nsystem\n.";

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numeric>
 #include <set>
+#include <utility>
 
 #include "core/rng.h"
 #include "model/context.h"
@@ -91,7 +92,7 @@ TEST(MoeLayer, GroupedExpertsMatchSequentialPerTokenReference) {
   c.moe_router_pre_softmax = false;
   const int64_t T = 7, D = 8, F = 6;
   auto randt = [&](Shape s) {
-    Tensor t(s, DType::F32);
+    Tensor t(std::move(s), DType::F32);
     for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = float(rng.normal() * 0.5);
     return t;
   };

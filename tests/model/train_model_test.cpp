@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <utility>
 
 #include "infer/kv_cache.h"
 #include "model/hf_config.h"
@@ -40,7 +41,7 @@ Batch batch(int64_t V) {
 }
 
 StateDict run(const ModelConfig& c, const StateDict& init, TrainOptions o, double* loss) {
-  TrainModel m(c, init, o);
+  TrainModel m(c, init, std::move(o));
   const Batch b = batch(c.vocab_size);
   const StepStats st = m.forward_backward(b.view(), 1.0f / 13.0f, 1.0f);
   *loss = st.lm_loss_sum;

@@ -149,6 +149,7 @@ void expect_fd(const std::string& what, const std::function<double(const std::ve
   std::vector<size_t> idx;
   const std::vector<double> fd = fd_grad(f, x, &idx);
   std::vector<float> picked;
+  picked.reserve(idx.size());
   for (size_t i : idx) picked.push_back(grad[i]);
   check_values(what + " vs finite differences", picked.data(), fd, tol);
 }

@@ -20,6 +20,8 @@
 using namespace moe;
 using namespace moe::ops_test;
 namespace k = moe::kernels::cpu;
+// Lambdas capture loop bindings by copy ([&, T = T]): clang before 16, whose clang-tidy lints
+// this code, cannot capture structured bindings.
 
 namespace {
 
@@ -73,7 +75,7 @@ TEST(Embedding, ScatterAddIsGatherBackward) {
     const auto r = widen(dout);
     expect_fd(
         "embedding_scatter_add " + dims(T, V, D),
-        [&](const std::vector<double>& tb) {
+        [&, T = T, D = D](const std::vector<double>& tb) {
           double s = 0;
           for (int64_t t = 0; t < T; ++t)
             for (int64_t i = 0; i < D; ++i) s += r[size_t(t * D + i)] * tb[size_t(ids[size_t(t)] * D + i)];
@@ -143,7 +145,7 @@ TEST(Qkv, MergeIsSplitBackward) {
     EXPECT_TRUE(dqkv.intact());
     expect_fd(
         "qkv_merge " + dims(T, nh, ng),
-        [&](const std::vector<double>& x) {
+        [&, T = T, nh = nh, d = d, ng = ng](const std::vector<double>& x) {
           double s = 0;
           for (int64_t t = 0; t < T; ++t) {
             const double* r = x.data() + t * L.rows();
@@ -386,10 +388,12 @@ TEST(Gate, SharedExpertGateBackward) {
     const auto r = widen(dy), ld = widen(logit), sd = widen(shared);
     expect_fd(
         "shared_gate dlogit " + dims(T, D),
-        [&](const std::vector<double>& v) { return dotv(r, gate_ref(v, sd, T, D, true)); }, ld, dlogit.vec());
+        [&, T = T, D = D](const std::vector<double>& v) { return dotv(r, gate_ref(v, sd, T, D, true)); }, ld,
+        dlogit.vec());
     expect_fd(
         "shared_gate dshared " + dims(T, D),
-        [&](const std::vector<double>& v) { return dotv(r, gate_ref(ld, v, T, D, true)); }, sd, dshared.vec());
+        [&, T = T, D = D](const std::vector<double>& v) { return dotv(r, gate_ref(ld, v, T, D, true)); }, sd,
+        dshared.vec());
   }
 }
 

@@ -3,6 +3,7 @@
 // eos). run_parity.py compares both against the independent PyTorch reference.
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -16,19 +17,19 @@
 #include "infer/kv_cache.h"
 
 int main(int argc, char** argv) {
-  std::string model_dir, ids_arg;
-  int greedy = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i];
-    if (k == "--model") model_dir = argv[i + 1];
-    else if (k == "--ids") ids_arg = argv[i + 1];
-    else if (k == "--greedy") greedy = std::stoi(argv[i + 1]);
-  }
-  if (model_dir.empty() || ids_arg.empty()) {
-    std::fprintf(stderr, "usage: moe_forward_dump --model DIR --ids 1,2,3 [--greedy N]\n");
-    return 2;
-  }
   try {
+    std::string model_dir, ids_arg;
+    int greedy = 0;
+    for (int i = 1; i + 1 < argc; i += 2) {
+      std::string k = argv[i];
+      if (k == "--model") model_dir = argv[i + 1];
+      else if (k == "--ids") ids_arg = argv[i + 1];
+      else if (k == "--greedy") greedy = std::stoi(argv[i + 1]);
+    }
+    if (model_dir.empty() || ids_arg.empty()) {
+      std::fprintf(stderr, "usage: moe_forward_dump --model DIR --ids 1,2,3 [--greedy N]\n");
+      return 2;
+    }
     std::vector<int32_t> ids;
     std::stringstream ss(ids_arg);
     for (std::string tok; std::getline(ss, tok, ',');) ids.push_back(int32_t(std::stoi(tok)));
@@ -48,6 +49,9 @@ int main(int argc, char** argv) {
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe_forward_dump: %s\n", e.what());
     return e.exit_code();
+  } catch (const std::exception& e) {  // a bad number in the arguments, a failed write
+    std::fprintf(stderr, "moe_forward_dump: %s\n", e.what());
+    return 1;
   }
   return 0;
 }

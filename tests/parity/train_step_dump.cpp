@@ -6,6 +6,7 @@
 //                       [--aux_loss_coeff X] [--z_loss_coeff X] [--load_balancing_type T]
 //                       [--capacity_factor X] [--recompute none|selective|full]
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -30,13 +31,13 @@ std::vector<int32_t> ints(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> a;
-  for (int i = 1; i + 1 < argc; i += 2) a[argv[i]] = argv[i + 1];
-  if (!a.count("--model") || !a.count("--tokens") || !a.count("--labels") || !a.count("--cu") || !a.count("--out")) {
-    std::fprintf(stderr, "usage: moe_train_step_dump --model DIR --tokens .. --labels .. --cu .. --out DIR\n");
-    return 2;
-  }
   try {
+    std::map<std::string, std::string> a;
+    for (int i = 1; i + 1 < argc; i += 2) a[argv[i]] = argv[i + 1];
+    if (!a.count("--model") || !a.count("--tokens") || !a.count("--labels") || !a.count("--cu") || !a.count("--out")) {
+      std::fprintf(stderr, "usage: moe_train_step_dump --model DIR --tokens .. --labels .. --cu .. --out DIR\n");
+      return 2;
+    }
     auto loaded = moe::checkpoint::load_model(a["--model"]);
     moe::model::TrainOptions opt;
     if (a.count("--aux_loss_coeff")) opt.moe.aux_loss_coeff = std::stod(a["--aux_loss_coeff"]);
@@ -64,6 +65,9 @@ int main(int argc, char** argv) {
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe_train_step_dump: %s\n", e.what());
     return e.exit_code();
+  } catch (const std::exception& e) {  // a bad number in the arguments, a failed write
+    std::fprintf(stderr, "moe_train_step_dump: %s\n", e.what());
+    return 1;
   }
   return 0;
 }

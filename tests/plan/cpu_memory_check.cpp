@@ -145,6 +145,7 @@ nlohmann::json spawn_child(const std::string& dir, const Case& c, const std::str
   std::vector<std::string> args = {"/proc/self/exe",      "--child", dir, c.recompute, std::to_string(c.mbs),
                                    std::to_string(c.seq), out};
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid = 0;

@@ -107,7 +107,7 @@ TEST(plan_layout_search, PrunedSearchEnumeratesEveryValidLayout) {
           for (int vpp = 1; vpp <= 64; ++vpp)  // the search's cap on vpp
             for (int ep = 1; ep <= W; ++ep)
               for (int etp = 1; etp <= W; ++etp) {
-                Layout l{tp, pp, vpp, ep, etp, cp, dp, 2, Recompute::kNone, tp > 1 && t.allow_sequence_parallel};
+                Layout l{{tp, pp, vpp, ep, etp, cp, dp}, 2, Recompute::kNone, tp > 1 && t.allow_sequence_parallel};
                 if (invalid_reason(m, l, t, c).empty()) ++valid;
               }
         }

@@ -49,7 +49,7 @@ TEST(plan_memory_model, WeightsGradientsOptimizerByHand) {
   const MemoryEstimate e = estimate_memory(m, l, small_training());
   const double dense =
       2 * 12288 + 2 * 128 + 2 * 256 + 1024 * 64 + 1024 * 64 + 64;  // layers + embedding + output + final norm
-  const double experts = 2 * (4 / 2) * 6144;
+  const double experts = 2 * 2 * 6144;  // MoE layers x local experts (4 over EP2) x expert params
   EXPECT_DOUBLE_EQ(e.first.dense_params, dense);
   EXPECT_DOUBLE_EQ(e.first.expert_params, experts);
   EXPECT_DOUBLE_EQ(e.first.weights, 2 * (dense + experts));

@@ -12,6 +12,7 @@ using nlohmann::json;
 
 std::vector<std::string> roles(const std::vector<Message>& m) {
   std::vector<std::string> r;
+  r.reserve(m.size());
   for (const auto& x : m) r.push_back(x.role + ":" + x.content);
   return r;
 }

@@ -90,6 +90,7 @@ TEST(StreamDecoder, NeverEmitsHalfACharacter) {
   ASSERT_EQ(ids.size(), 7u);
   StreamDecoder s(*t);
   std::vector<std::string> out;
+  out.reserve(ids.size());
   for (int32_t id : ids) out.push_back(s.push(id));
   EXPECT_EQ(out, (std::vector<std::string>{"a", "", "\xc3\xa9", "", "", "", "\xf0\x9f\x98\x80"}));
   EXPECT_EQ(s.flush(), "");

@@ -29,6 +29,7 @@ std::vector<Sample> samples_of(const std::vector<int>& lens) {
 
 std::vector<int> varied(int n) {
   std::vector<int> lens;
+  lens.reserve(size_t(n));
   for (int i = 0; i < n; ++i) lens.push_back(3 + (i * 7) % 20);
   return lens;
 }
@@ -120,6 +121,7 @@ TEST(DataLoader, OrderIsAFunctionOfSeedAndEpoch) {
     DataLoader dl(s, 1, false, 64, seed);
     dl.restore({epoch, 0, seed});
     std::vector<int32_t> order;
+    order.reserve(12);
     for (int i = 0; i < 12; ++i) order.push_back(segments(dl.next(), s)[0]);
     return order;
   };
@@ -130,6 +132,7 @@ TEST(DataLoader, OrderIsAFunctionOfSeedAndEpoch) {
   DataLoader dl(s, 1, false, 64, 5);
   for (int i = 0; i < 12; ++i) dl.next();
   std::vector<int32_t> straight;
+  straight.reserve(12);
   for (int i = 0; i < 12; ++i) straight.push_back(segments(dl.next(), s)[0]);
   EXPECT_EQ(straight, epoch_order(5, 1));
   // Evaluation keeps the given order.

@@ -22,7 +22,7 @@ struct Fixture : ::testing::Test {
   std::unique_ptr<text::Tokenizer> tok = text::Tokenizer::load(tiny_dir());
   std::unique_ptr<text::ChatTemplate> tmpl = text::make_template("qwen3");
   testing::TempDir dir;
-  Datasets load(DatasetOptions o) { return load_datasets(o, *tok, *tmpl); }
+  Datasets load(const DatasetOptions& o) { return load_datasets(o, *tok, *tmpl); }
   std::string file(const std::string& name, const std::string& body) {
     testing::write_file(dir.file(name), body);
     return dir.file(name);

@@ -251,7 +251,7 @@ TEST_F(DatasetRows, SelfCognitionFillsPlaceholdersPerLanguage) {
   int zh = 0, en = 0, generic = 0, total = 0;
   for (const auto& line : [&] {
          std::vector<std::string> v;
-         std::string s = self_cognition_jsonl();
+         const std::string& s = self_cognition_jsonl();
          for (size_t p = 0, e; p < s.size(); p = e + 1) {
            e = s.find('\n', p);
            if (e == std::string::npos) e = s.size();

@@ -43,6 +43,7 @@ TEST(RunDir, QA07_RunsStartedTogetherGetDistinctDirs) {
   testing::TempDir t;
   std::vector<std::unique_ptr<RunDir>> dirs(8);
   std::vector<std::thread> th;
+  th.reserve(dirs.size());
   for (auto& d : dirs) th.emplace_back([&] { d = std::make_unique<RunDir>(t.path(), RunDirOptions{}); });
   for (auto& x : th) x.join();
   std::set<std::string> versions;
