@@ -59,6 +59,7 @@ struct TrainArgs {
   bool use_distributed_optimizer = true;
   bool overlap_grad_reduce = false, overlap_param_gather = false;  // swift's defaults
   MegatronKnobs knobs;
+  std::string tensorboard_dir;  // "": <run dir>/runs, as swift
   ArchitectureFlags architecture;
   double distributed_timeout_minutes = 10;  // Megatron's default
 };
@@ -240,6 +241,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   t.out_dir = run_dir ? run_dir->path() : "";
   if (world) t.out_dir = moe::dist::broadcast_string(*world, t.out_dir, 0);
   t.groups = groups, t.writer = writer, t.distributed_optimizer = a.use_distributed_optimizer;
+  t.tensorboard_dir = a.tensorboard_dir.empty() ? (fs::path(t.out_dir) / "runs").string() : a.tensorboard_dir;
   if (world && (a.overlap_grad_reduce || a.overlap_param_gather))
     moe::log().warn(
         "--overlap_grad_reduce/--overlap_param_gather: this version reduces gradients and gathers parameters after "
@@ -279,6 +281,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                          {"train_type", "full"}};
   args.update(given_knobs(cli, a.knobs));
   args.update(architecture);
+  args["tensorboard_dir"] = t.tensorboard_dir;
   if (writer) moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
   moe::log().info("output_dir: {}", t.out_dir);
   if (layout.dp > 1) moe::log().info("{} processes: data parallel {} ({})", layout.world(), layout.dp, launch.launcher);
@@ -398,6 +401,7 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--context_parallel_size", a->cp, "Context parallel size (1 in this version)");
   c->add_option("--distributed_timeout_minutes", a->distributed_timeout_minutes,
                 "End the job when a collective waits longer than this (a rank died or hung)");
+  c->add_option("--tensorboard_dir", a->tensorboard_dir, "TensorBoard event files (default: <run dir>/runs)");
   c->add_option("--overlap_grad_reduce", a->overlap_grad_reduce, "Overlap the DP gradient reduction (not yet: warned)");
   c->add_option("--overlap_param_gather", a->overlap_param_gather,
                 "Overlap the parameter all-gather (not yet: warned)");

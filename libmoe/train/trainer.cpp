@@ -10,6 +10,7 @@
 #include "train/data_loader.h"
 #include "train/metrics.h"
 #include "train/svg_plot.h"
+#include "train/tensorboard.h"
 
 namespace moe::train {
 
@@ -111,8 +112,13 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
                rs.had_optimizer ? "restored" : "fresh", rs.had_rng ? "restored" : "from the start");
   }
   const JsonlLog jl((fs::path(cfg.out_dir) / "logging.jsonl").string());
-  auto write_line = [&](const nlohmann::json& line) {
-    if (cfg.writer) jl.write(line);
+  // TensorBoard gets every number of each train and eval line (tags train/<key>, eval/<key>).
+  std::unique_ptr<TensorBoardWriter> tb;
+  if (cfg.writer && !cfg.tensorboard_dir.empty()) tb = std::make_unique<TensorBoardWriter>(cfg.tensorboard_dir);
+  auto write_line = [&](const nlohmann::json& line, const char* tb_prefix = nullptr, int64_t step = 0) {
+    if (!cfg.writer) return;
+    jl.write(line);
+    if (tb && tb_prefix) tb->line(tb_prefix, line, step);
   };
   PlotHistory hist;
   hist.expert_load.assign(size_t(mc.num_layers), std::vector<double>(size_t(std::max(mc.num_experts, 0)), 0.0));
@@ -148,7 +154,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
     const double acc = double(st.correct) / double(std::max<int64_t>(st.loss_tokens, 1));
     report.lines.push_back(eval_line({{"loss", loss}, {"acc", acc}}, iter, train_iters));
-    write_line(report.lines.back());
+    write_line(report.lines.back(), "eval", iter);
     hist.eval_loss.push_back({double(iter), loss});
     if (loss < res.best_eval_loss) res.best_eval_loss = loss, res.best_checkpoint = cfg.out_dir;
   };
@@ -245,7 +251,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       line["remaining_time"] = format_duration(per_it * double(train_iters - iter));
       line["memory(GiB)"] = peak_rss_gib();
       line["train_speed(s/it)"] = per_it;
-      write_line(line);
+      write_line(line, "train", iter);
       report.lines.push_back(std::move(line));
       win_loss = win_aux = win_z = win_time = 0, win_tokens = win_correct = win_steps = win_train_tokens = 0;
     }

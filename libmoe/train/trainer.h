@@ -62,6 +62,8 @@ struct TrainerConfig {
   bool writer = true;
   // --use_distributed_optimizer: with DP > 1, the optimizer state sharded over the DP group.
   bool distributed_optimizer = false;
+  // TensorBoard event files go here ("": none).
+  std::string tensorboard_dir;
 };
 
 struct TrainResult {
