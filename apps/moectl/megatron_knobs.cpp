@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "core/error.h"
 #include "core/log.h"
 
 namespace moectl {
@@ -48,9 +49,27 @@ const std::vector<std::pair<Knob, std::vector<std::string>>> kEnum = {
     {{"transformer_impl", "layer implementation"}, {"transformer_engine", "local"}},
 };
 
+// Flags of features moectl does not have yet: flag, the value that means "off", what it is.
+struct Later {
+  const char* flag;
+  const char* off;
+  const char* what;
+};
+const std::vector<Later> kLater = {
+    {"train_type", "full", "LoRA and other adapter training (--train_type full trains every weight)"},
+    {"fp8_format", "", "FP8 training"},
+    {"fp8_recipe", "", "FP8 training"},
+    {"wandb_project", "", "Weights & Biases logging (use --tensorboard_dir)"},
+    {"wandb_exp_name", "", "Weights & Biases logging (use --tensorboard_dir)"},
+    {"wandb_save_dir", "", "Weights & Biases logging (use --tensorboard_dir)"},
+};
+
 }  // namespace
 
 void add_megatron_knobs(CLI::App* c, MegatronKnobs& k) {
+  for (const Later& l : kLater)
+    c->add_option(std::string("--") + l.flag, k.later[l.flag], std::string("Not yet in moectl: ") + l.what);
+  c->add_option("--report_to", k.report_to, "tensorboard (written by default; others are not in moectl yet)");
   c->add_option("--verbose", k.verbose, "Log the performance knobs given and what they tune");
   for (const Knob& b : kBool)
     c->add_option(std::string("--") + b.flag, k.flags[b.flag],
@@ -68,6 +87,7 @@ void add_megatron_knobs(CLI::App* c, MegatronKnobs& k) {
 nlohmann::json given_knobs(const CLI::App& c, const MegatronKnobs& k) {
   nlohmann::json out = nlohmann::json::object();
   auto given = [&](const char* flag) { return c.count(std::string("--") + flag) > 0; };
+  if (given("train_type")) out["train_type"] = k.later.at("train_type");
   auto note = [&](const char* flag, const char* what, const nlohmann::json& v) {
     out[flag] = v;
     if (k.verbose) moe::log().warn("--{} {}: {}; no effect on the CPU engine", flag, v.dump(), what);
@@ -79,6 +99,16 @@ nlohmann::json given_knobs(const CLI::App& c, const MegatronKnobs& k) {
   for (const auto& [e, values] : kEnum)
     if (given(e.flag)) note(e.flag, e.what, k.names.at(e.flag));
   return out;
+}
+
+void refuse_missing_features(const CLI::App& c, const MegatronKnobs& k) {
+  auto given = [&](const char* flag) { return c.count(std::string("--") + flag) > 0; };
+  for (const Later& l : kLater)
+    if (given(l.flag) && k.later.at(l.flag) != l.off)
+      moe::throw_input("--{} {}: {} is not in moectl yet", l.flag, k.later.at(l.flag), l.what);
+  for (const auto& r : k.report_to)
+    if (r != "tensorboard" && r != "none")
+      moe::throw_input("--report_to {}: only tensorboard is written (to --tensorboard_dir, default <run>/runs)", r);
 }
 
 }  // namespace moectl

@@ -153,6 +153,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   namespace model = moe::model;
   namespace checkpoint = moe::checkpoint;
   validate_flags(a, cli);
+  refuse_missing_features(cli, a.knobs);
   // The job's ranks: MPI starts first, so a later error on any rank ends every rank (main.cpp).
   const auto launch = moe::dist::launch_env();
   std::unique_ptr<moe::dist::Communicator> world;

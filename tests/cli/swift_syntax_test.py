@@ -73,6 +73,14 @@ p = run(BASE + ["--save", "arch_bad", "--num_experts", "64"], expect=2)
 check("--num_experts 64" in p.stderr and "config.json (8)" in p.stderr and not os.path.exists(os.path.join(WORK, "arch_bad")),
       f"a different architecture value is refused naming both and the file: {p.stderr.strip()[:150]}")
 
+# Features moectl does not have yet: one line, exit 2, no run dir.
+for flags, word in ((["--train_type", "lora"], "LoRA"), (["--report_to", "wandb"], "tensorboard"),
+                    (["--fp8_format", "hybrid"], "FP8")):
+    p = run(BASE + ["--save", "later"] + flags, expect=2)
+    check(word in p.stderr and not os.path.exists(os.path.join(WORK, "later")), f"{' '.join(flags)}: {p.stderr.strip()}")
+run(BASE + ["--save", "full", "--train_type", "full", "--report_to", "tensorboard"])
+check(args_of("full").get("train_type") == "full", "--train_type full and --report_to tensorboard are accepted")
+
 if failures:
     sys.exit(f"{len(failures)} failure(s)")
 print("all swift-syntax checks passed")
