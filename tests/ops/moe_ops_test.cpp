@@ -369,6 +369,7 @@ TEST(Gate, SharedExpertGate) {
       auto want = gate_ref(widen(logit), widen(shared), T, D, gated);
       for (size_t i = 0; i < want.size(); ++i) want[i] += y0[i];
       std::vector<double> want_gate;
+      want_gate.reserve(logit.size());
       for (float l : logit) want_gate.push_back(gated ? 1 / (1 + std::exp(-double(l))) : 1.0);
       expect_close("shared_gate y " + dims(T, D), y, want, kTolF32);
       expect_close("shared_gate gate " + dims(T, D), gate, want_gate, kTolF32);
@@ -808,6 +809,7 @@ TEST(MoeOpsCuda, SharedExpertGate) {
       auto want = gate_ref(widen(logit), widen(shared), T, D, gated);
       for (size_t i = 0; i < want.size(); ++i) want[i] += y0[i];
       std::vector<double> want_gate;
+      want_gate.reserve(logit.size());
       for (float l : logit) want_gate.push_back(gated ? 1 / (1 + std::exp(-double(l))) : 1.0);
       expect_close("cuda shared_gate y " + dims(T, D), Y.fetch(), want, kTolF32);
       expect_close("cuda shared_gate gate " + dims(T, D), G.fetch(), want_gate, kTolF32);
