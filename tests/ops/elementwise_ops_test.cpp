@@ -260,10 +260,12 @@ TEST(ElementwiseCuda, RmsNormBackward) {
       const std::string what = shape({T, D}) + (in_place ? " in place" : "");
       expect_fd(
           "cuda rmsnorm dx " + what,
-          [&](const std::vector<double>& xv) { return dotv(r, rmsnorm_ref(xv, wd, T, D, 1e-6)); }, xd, dx.vec());
+          [&, T = T, D = D](const std::vector<double>& xv) { return dotv(r, rmsnorm_ref(xv, wd, T, D, 1e-6)); }, xd,
+          dx.vec());
       expect_fd(
           "cuda rmsnorm dw " + what,
-          [&](const std::vector<double>& wv) { return dotv(r, rmsnorm_ref(xd, wv, T, D, 1e-6)); }, wd, dw_only);
+          [&, T = T, D = D](const std::vector<double>& wv) { return dotv(r, rmsnorm_ref(xd, wv, T, D, 1e-6)); }, wd,
+          dw_only);
     }
 #endif
 }
@@ -296,8 +298,8 @@ TEST(ElementwiseCuda, SwigluBackward) {
     EXPECT_TRUE(DG.fetch().intact());
     const auto r = widen(dh);
     expect_fd(
-        "cuda swiglu " + shape({T, F}), [&](const std::vector<double>& v) { return dotv(r, swiglu_ref(v, T, F)); },
-        widen(gu), dgu.vec());
+        "cuda swiglu " + shape({T, F}),
+        [&, T = T, F = F](const std::vector<double>& v) { return dotv(r, swiglu_ref(v, T, F)); }, widen(gu), dgu.vec());
   }
 #endif
 }

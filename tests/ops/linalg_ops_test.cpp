@@ -76,10 +76,10 @@ TEST(GemmCuda, AllThreeLayouts) {
       for (bool acc : {false, true}) {
         if (layout == 2 && !acc) continue;  // the weight gradient always accumulates
         auto A = randn(size_t(M * K), rng), B = randn(size_t(N * K), rng), C0 = randn(size_t(M * N), rng);
-        auto a = [&](int64_t m, int64_t kk) {
+        auto a = [&, M = M, K = K](int64_t m, int64_t kk) {
           return double(layout == 2 ? A[size_t(kk * M + m)] : A[size_t(m * K + kk)]);
         };
-        auto b = [&](int64_t kk, int64_t n) {
+        auto b = [&, K = K, N = N](int64_t kk, int64_t n) {
           return double(layout == 0 ? B[size_t(n * K + kk)] : B[size_t(kk * N + n)]);
         };
         std::vector<double> want(static_cast<size_t>(M * N));
@@ -352,7 +352,7 @@ TEST(CrossEntropyCuda, LossAndGradientWithIgnoreLabel) {
     std::vector<int32_t> labels(static_cast<size_t>(T));
     for (int64_t t = 0; t < T; ++t) labels[size_t(t)] = t % 3 == 2 ? -100 : int32_t(rng.next() % uint64_t(V));
     const float scale = 0.25f;
-    auto loss_ref = [&](const std::vector<double>& l, int64_t* count, int64_t* correct) {
+    auto loss_ref = [&, T = T, V = V](const std::vector<double>& l, int64_t* count, int64_t* correct) {
       double s = 0;
       for (int64_t t = 0; t < T; ++t) {
         if (labels[size_t(t)] < 0) continue;

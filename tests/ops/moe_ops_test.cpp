@@ -532,7 +532,7 @@ TEST(MoeOpsCuda, EmbeddingScatterAdd) {
     const auto r = widen(dout);
     expect_fd(
         "cuda embedding_scatter_add " + dims(T, V, D),
-        [&](const std::vector<double>& tb) {
+        [&, T = T, D = D](const std::vector<double>& tb) {
           double s = 0;
           for (int64_t t = 0; t < T; ++t)
             for (int64_t i = 0; i < D; ++i) s += r[size_t(t * D + i)] * tb[size_t(ids[size_t(t)] * D + i)];
@@ -627,7 +627,7 @@ TEST(MoeOpsCuda, QkvMerge) {
     EXPECT_TRUE(D.fetch().intact());
     expect_fd(
         "cuda qkv_merge " + dims(T, nh, ng),
-        [&](const std::vector<double>& x) {
+        [&, T = T, nh = nh, d = d, ng = ng](const std::vector<double>& x) {
           double s = 0;
           for (int64_t t = 0; t < T; ++t) {
             const double* r = x.data() + t * L.rows();
@@ -834,10 +834,12 @@ TEST(MoeOpsCuda, SharedExpertGateBackward) {
     const auto r = widen(dy), ld = widen(logit), sd = widen(shared);
     expect_fd(
         "cuda shared_gate dlogit " + dims(T, D),
-        [&](const std::vector<double>& v) { return dotv(r, gate_ref(v, sd, T, D, true)); }, ld, dlogit.vec());
+        [&, T = T, D = D](const std::vector<double>& v) { return dotv(r, gate_ref(v, sd, T, D, true)); }, ld,
+        dlogit.vec());
     expect_fd(
         "cuda shared_gate dshared " + dims(T, D),
-        [&](const std::vector<double>& v) { return dotv(r, gate_ref(ld, v, T, D, true)); }, sd, dshared.vec());
+        [&, T = T, D = D](const std::vector<double>& v) { return dotv(r, gate_ref(ld, v, T, D, true)); }, sd,
+        dshared.vec());
   }
 #endif
 }
