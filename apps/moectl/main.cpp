@@ -3,6 +3,7 @@
 // Command-line mistakes get the same treatment: one `moectl: error: ...` line, exit 2.
 // As one rank of a job (mpirun, srun), an error ends every rank (the others would wait in a
 // collective), messages name the rank, and only rank 0 logs warnings and info.
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -54,7 +55,11 @@ void self_launch(int argc, char** argv) {
   if (!cmd) return;
   std::vector<char*> args;
   std::string line;  // swift prints the launch line it runs the same way
-  for (const auto& a : *cmd) args.push_back(const_cast<char*>(a.c_str())), line += (line.empty() ? "" : " ") + a;
+  for (const auto& a : *cmd) {
+    args.push_back(const_cast<char*>(a.c_str()));
+    if (!line.empty()) line += ' ';
+    line += a;
+  }
   args.push_back(nullptr);
   std::fprintf(stderr, "run sh: `%s`\n", line.c_str());
   std::fflush(stdout);
@@ -71,8 +76,8 @@ std::string parse_error_line(CLI::App& app, const CLI::ParseError& e) {
   if (dynamic_cast<const CLI::ExtrasError*>(&e)) {
     const auto rest = app.remaining(true);
     for (const auto& r : rest)
-      if (r.size() > 1 && r[0] == '-') return "unknown flag " + r + " for '" + cmd + "'" + see;
-    return "unexpected argument '" + (rest.empty() ? std::string("?") : rest.front()) + "' for '" + cmd + "'" + see;
+      if (r.size() > 1 && r[0] == '-') return fmt::format("unknown flag {} for '{}'{}", r, cmd, see);
+    return fmt::format("unexpected argument '{}' for '{}'{}", rest.empty() ? std::string("?") : rest.front(), cmd, see);
   }
   if (parsed.empty() && dynamic_cast<const CLI::RequiredError*>(&e))
     return "a command is required: " + command_list(app) + " (see moectl --help)";
@@ -84,7 +89,7 @@ std::string parse_error_line(CLI::App& app, const CLI::ParseError& e) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run_main(int argc, char** argv) {
   try {
     g_launch = moe::dist::launch_env();
     self_launch(argc, argv);
@@ -117,6 +122,7 @@ int main(int argc, char** argv) {
   // swift's spellings: --a-b for --a_b, a bare boolean flag for true.
   const std::vector<std::string> args = moectl::swift_argv(app, argc, argv);
   std::vector<char*> arg_ptrs;
+  arg_ptrs.reserve(args.size());
   for (const auto& a : args) arg_ptrs.push_back(const_cast<char*>(a.c_str()));
   try {
     app.parse(int(arg_ptrs.size()), arg_ptrs.data());
@@ -129,4 +135,12 @@ int main(int argc, char** argv) {
     return fail("internal error", e.what(), 1);
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {  // before the parse's own handlers (building the commands)
+    return fail("internal error", e.what(), 1);
+  }
 }

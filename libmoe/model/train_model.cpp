@@ -10,7 +10,7 @@
 namespace moe::model {
 
 TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions options,
-                       std::shared_ptr<const dist::ProcessGroups> groups)
+                       const std::shared_ptr<const dist::ProcessGroups>& groups)
     : cfg_(std::move(config)), opt_(std::move(options)) {
   validate_train_options(opt_, cfg_);
   // Training with the bias gives the model one (saved with it); a model that has one routes with

@@ -34,7 +34,7 @@ class TrainModel {
   // `params` holds the whole model (global names); this rank keeps its slice by ShardSpec. With
   // `groups` null: one process.
   TrainModel(ModelConfig config, const StateDict& params, TrainOptions options,
-             std::shared_ptr<const dist::ProcessGroups> groups = nullptr);
+             const std::shared_ptr<const dist::ProcessGroups>& groups = nullptr);
 
   const ModelConfig& config() const { return cfg_; }
   const TrainOptions& options() const { return opt_; }

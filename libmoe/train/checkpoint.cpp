@@ -59,7 +59,7 @@ void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, cons
   fs::create_directories(rank_dir);
 
   std::vector<std::pair<std::string, Tensor>> storages;
-  auto add = [&](Tensor t) {
+  auto add = [&](const Tensor& t) {
     const std::string key = std::to_string(storages.size());
     storages.push_back({key, t});
     return PyValue::tensor_ref(io::contiguous_ref(key, t.dtype(), t.shape()));
@@ -100,7 +100,7 @@ void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, cons
       for (const auto& k : opt.state_keys())  // torch's order; none before the first step or restore
         if (const auto v = opt.state(name, k); opt.has_state() && v.size() == size_t(t.numel())) {
           Tensor sv = borrow_f32(v, t.shape());
-          check_finite(sv, name + " " + k, p.iteration);
+          check_finite(sv, fmt::format("{} {}", name, k), p.iteration);
           entry->set(k, add(sv));
         }
       entry->set("step", PyValue::integer(opt.steps()));

@@ -2,6 +2,7 @@
 // trainer each iteration and saved with checkpoints: linear warmup from warmup_init to lr, then
 // cosine, linear, inverse-square-root or constant decay to min_lr at lr_decay_iters, min_lr after.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -31,7 +32,7 @@ class LrSchedule {
   // Warmup length in iterations; fractional with --lr_warmup_fraction (Megatron multiplies the
   // fraction by the decay steps without rounding), so the rounded value is for display only.
   double warmup() const { return warmup_; }
-  int64_t warmup_iters() const { return int64_t(warmup_ + 0.5); }
+  int64_t warmup_iters() const { return std::llround(warmup_); }  // warmup_ >= 0
   int64_t decay_iters() const { return decay_; }
   const LrScheduleConfig& config() const { return cfg_; }
 

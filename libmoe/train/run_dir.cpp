@@ -74,7 +74,7 @@ int next_version(const std::string& save) {
 namespace {
 
 fs::path checked_root(const std::string& save, const RunDirOptions& o) {
-  const fs::path root = resolve_output_dir("--save", save, o.add_version ? std::vector<std::string>{} : o.inputs);
+  fs::path root = resolve_output_dir("--save", save, o.add_version ? std::vector<std::string>{} : o.inputs);
   if (o.add_version)
     for (const auto& in : o.inputs) {
       std::error_code ec;

@@ -1,5 +1,6 @@
 #include "train/tensorboard.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <array>
@@ -107,7 +108,7 @@ void TensorBoardWriter::line(const std::string& prefix, const nlohmann::json& li
   for (const auto& [k, v] : line.items()) {
     if (!v.is_number()) continue;
     const std::string key = k.rfind("eval_", 0) == 0 ? k.substr(5) : k;
-    scalar(prefix + "/" + key, step, v.get<double>());
+    scalar(fmt::format("{}/{}", prefix, key), step, v.get<double>());
   }
   std::fflush(f_);
 }

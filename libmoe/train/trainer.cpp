@@ -222,7 +222,8 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     prog.consumed_samples += cfg.global_batch_size;
     for (int l = 0; l < mc.num_layers; ++l)
       for (int e = 0; e < mc.num_experts; ++e)
-        hist.expert_load[size_t(l)][size_t(e)] += double(st.tokens_per_expert[size_t(l * mc.num_experts + e)]);
+        hist.expert_load[size_t(l)][size_t(e)] +=
+            double(st.tokens_per_expert[size_t(l) * size_t(mc.num_experts) + size_t(e)]);
     win_time += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     win_loss += st.lm_loss_sum, win_tokens += st.loss_tokens, win_correct += st.correct;
     win_aux += st.aux_loss / accum, win_z += st.z_loss / accum, ++win_steps;

@@ -69,7 +69,8 @@ double read_bandwidth(size_t bytes) {
       total += sum(p + size_t(t) * chunk, chunk);
     }
     sink += total;
-    best = std::max(best, double(n / 32 * 32) * 4 / since(t0));
+    const int64_t read = int64_t(n / 32) * 32;  // floats read: whole 32-float blocks
+    best = std::max(best, double(read) * 4 / since(t0));
   }
   if (sink == 42) std::printf(" ");
   return best;

@@ -68,7 +68,7 @@ void all_reduce_checks(Communicator& c) {
 
 void reduce_scatter_gather_checks(Communicator& c) {
   const int n = c.size(), r = c.rank(), K = 37;
-  std::vector<float> send(size_t(n * K)), recv(K, -99);
+  std::vector<float> send(size_t(n) * K), recv(K, -99);
   for (int chunk = 0; chunk < n; ++chunk)
     for (int i = 0; i < K; ++i) send[size_t(chunk * K + i)] = val(r, chunk * K + i);
   c.reduce_scatter(send.data(), recv.data(), K, DataType::kF32, ReduceOp::kSum);
