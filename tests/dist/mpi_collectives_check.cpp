@@ -70,7 +70,7 @@ void reduce_scatter_gather_checks(Communicator& c) {
   const int n = c.size(), r = c.rank(), K = 37;
   std::vector<float> send(size_t(n) * K), recv(K, -99);
   for (int chunk = 0; chunk < n; ++chunk)
-    for (int i = 0; i < K; ++i) send[size_t(chunk * K + i)] = val(r, chunk * K + i);
+    for (int i = 0; i < K; ++i) send[size_t(chunk) * size_t(K) + size_t(i)] = val(r, chunk * K + i);
   c.reduce_scatter(send.data(), recv.data(), K, DataType::kF32, ReduceOp::kSum);
   for (int i = 0; i < K; ++i) {
     float want = 0;

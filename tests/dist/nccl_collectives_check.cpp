@@ -127,7 +127,8 @@ void all_reduce_checks(Communicator& c) {
   Dev<double> dbl(std::vector<double>{1e15 + r, 0.125 * r});
   c.all_reduce(dbl.ptr(), 2, DataType::kF64, ReduceOp::kSum);
   const auto hd = dbl.get();
-  EXPECT(hd[0] == 1e15 * n + n * (n - 1) / 2 && hd[1] == 0.125 * n * (n - 1) / 2, "f64 sum {} {}", hd[0], hd[1]);
+  const int64_t rank_sum = int64_t(n) * (n - 1) / 2;  // 0 + 1 + ... + (n - 1), exact
+  EXPECT(hd[0] == 1e15 * n + double(rank_sum) && hd[1] == 0.125 * double(rank_sum), "f64 sum {} {}", hd[0], hd[1]);
   // Large enough for NCCL's pipelined, multi-chunk path (12 MiB of f32).
   const int64_t L = int64_t(3) << 20;
   std::vector<float> lx(static_cast<size_t>(L));
@@ -136,7 +137,7 @@ void all_reduce_checks(Communicator& c) {
   c.all_reduce(large.ptr(), L, DataType::kF32, ReduceOp::kSum);
   const auto hl = large.get();
   int64_t wrong = 0;
-  for (int64_t i = 0; i < L; ++i) wrong += hl[size_t(i)] != float(n * (i % 1000) + n * (n - 1) / 2);
+  for (int64_t i = 0; i < L; ++i) wrong += hl[size_t(i)] != float(n * (i % 1000) + rank_sum);
   EXPECT(wrong == 0, "large f32 sum: {} of {} wrong", wrong, L);
   c.all_reduce(sum.ptr(), 0, DataType::kF32, ReduceOp::kSum);  // empty: legal, nothing changes
   EXPECT(sum.get() == hs, "an empty all_reduce changed the buffer");
