@@ -38,7 +38,6 @@ class DistributedOptimizer {
   // The update of this rank's shard, then every rank's parameters are the updated ones.
   void apply_step(double lr);
 
-  int64_t steps() const { return shard_opt_.steps(); }
   // The whole optimizer state into `full` (bound, if it is not, to every parameter in flat order,
   // as the trainer binds a single-process optimizer): a collective over the group.
   void gather_state(Optimizer& full) const;

@@ -108,14 +108,6 @@ bool ParallelOptimizer::step(double lr, double grad_bound) {
   return true;
 }
 
-int64_t ParallelOptimizer::steps() const {
-  for (const Region* r : {&dense_, &experts_}) {
-    if (r->dist_opt) return r->dist_opt->steps();
-    if (r->opt) return r->opt->steps();
-  }
-  return 0;
-}
-
 void ParallelOptimizer::load() {
   for (Region* r : {&dense_, &experts_}) {
     if (r->dist_opt) r->dist_opt->load_state(local_);

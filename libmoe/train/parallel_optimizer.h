@@ -36,7 +36,6 @@ class ParallelOptimizer {
   // One update on every rank, unless it would make a weight or state non-finite on any rank:
   // then nothing changes anywhere and false is returned on every rank.
   bool step(double lr, double grad_bound);
-  int64_t steps() const;
 
   // The rank's optimizer state over its own parameters (rank-local names), for a resume to fill
   // (load_training_state); load() then hands each region its part and lets it go.
@@ -60,9 +59,8 @@ class ParallelOptimizer {
   };
   Whole whole_state(bool with_optimizer);
 
-  // The global name of rank-local parameter `name` (experts renumbered), and back (nullopt: an
+  // The rank-local name of a checkpoint's global parameter name (experts renumbered; nullopt: an
   // expert of another EP rank).
-  std::string global_name(const std::string& name) const { return model::names::shift_expert(name, first_expert_); }
   std::optional<std::string> local_name(const std::string& global) const;
 
  private:
