@@ -100,14 +100,19 @@ void report_precision(const moe::checkpoint::LoadedModel& src, const moe::checkp
 
 void add_export_command(CLI::App& root) {
   struct Args {
-    std::string model, mcore_model, output_dir, dtype, max_shard_size = "5GB";
+    std::string model, mcore_model, output_dir, dtype, max_shard_size = "5GB", ckpt_format = "torch_dist";
+    int thread_count = 2;
     bool to_mcore = false, to_hf = false, overwrite = false, verbose = false, test_precision = false;
     int tp = 1, pp = 1, ep = 1, etp = -1;
   };
   auto a = std::make_shared<Args>();
   CLI::App* c = root.add_subcommand("export", "Convert between Hugging Face and Megatron checkpoint formats");
   c->add_option("--model", a->model, "Hugging Face model directory (with --to_mcore true)");
-  c->add_option("--mcore_model", a->mcore_model, "Megatron checkpoint directory (with --to_hf true)");
+  c->add_option("--mcore_model", a->mcore_model,
+                "Megatron checkpoint directory (with --to_hf true, or --to_mcore true to change its format/layout)");
+  c->add_option("--ckpt_format", a->ckpt_format,
+                "Megatron format written by --to_mcore: torch_dist (default, as Megatron-LM and swift) or torch");
+  c->add_option("--thread_count", a->thread_count, "torch_dist: .distcp files written in parallel (default 2)");
   c->add_option("--to_mcore", a->to_mcore, "HF -> Megatron (true|false)");
   c->add_option("--to_hf", a->to_hf, "Megatron -> HF (true|false)");
   c->add_option("--output_dir", a->output_dir, "Where the converted model is written")->required();
@@ -139,11 +144,18 @@ void add_export_command(CLI::App& root) {
     opt.layout = {.tp = a->tp, .pp = a->pp, .ep = a->ep, .etp = a->etp == -1 ? a->tp : a->etp};
     opt.max_shard_bytes = parse_size(a->max_shard_size);
     opt.progress = export_progress(a->to_mcore ? "to_mcore" : "to_hf", a->verbose);
+    opt.format = moe::checkpoint::parse_ckpt_format("--ckpt_format", a->ckpt_format);
+    if (a->thread_count < 1 || a->thread_count > 64)
+      moe::throw_input("--thread_count {}: expected 1 to 64 files per writer", a->thread_count);
+    opt.thread_count = a->thread_count;
     if (a->to_mcore) {
-      if (a->model.empty()) moe::throw_input("--to_mcore true needs --model HF_DIR");
-      moe::checkpoint::export_hf_to_mcore(a->model, a->output_dir, opt);
+      if (a->model.empty() == a->mcore_model.empty())
+        moe::throw_input("--to_mcore true needs --model HF_DIR or --mcore_model MCORE_DIR (one of them)");
+      const std::string src = a->model.empty() ? a->mcore_model : a->model;
+      moe::checkpoint::export_hf_to_mcore(src, a->output_dir, opt);
       if (a->test_precision)
-        report_precision(moe::checkpoint::load_hf_model(a->model),
+        report_precision(a->model.empty() ? moe::checkpoint::load_mcore_model(src, moe::DType::F32)
+                                          : moe::checkpoint::load_hf_model(src),
                          moe::checkpoint::load_mcore_model(a->output_dir, moe::DType::F32));
     } else {
       if (a->mcore_model.empty()) moe::throw_input("--to_hf true needs --mcore_model DIR");

@@ -48,6 +48,8 @@ struct TrainArgs {
   int64_t seed = 42;
   bool no_save_optim = false, no_save_rng = false, no_load_optim = false, no_load_rng = false;
   double init_method_std = 0.02;
+  std::string ckpt_format = "torch_dist";
+  int thread_count = 2;
   std::vector<std::string> dataset, val_dataset, model_name, model_author;
   double split_dataset_ratio = 0;
   int max_length = 2048;
@@ -236,6 +238,10 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   if (resuming && !fs::exists(fs::path(a.load) / "latest_checkpointed_iteration.txt"))
     moe::throw_input("--finetune false resumes a Megatron checkpoint, but {} has no latest_checkpointed_iteration.txt",
                      a.load);
+  t.ckpt.format = moe::checkpoint::parse_ckpt_format("--ckpt_format", a.ckpt_format);
+  if (a.thread_count < 1 || a.thread_count > 64)
+    moe::throw_input("--thread_count {}: expected 1 to 64 files per saving rank", a.thread_count);
+  t.ckpt.thread_count = a.thread_count;
   // The writer makes the run dir; the other ranks learn its name (they write nothing into it).
   std::optional<moe::train::RunDir> run_dir;
   if (writer) run_dir.emplace(save_root, rdo);
@@ -368,6 +374,9 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--eval_interval,--eval_steps", t.eval_interval, "Evaluate every N steps (and at the end)");
   c->add_option("--eval_iters", t.eval_iters, "Global batches per evaluation (-1: the whole validation set)");
   c->add_option("--log_interval,--logging_steps", t.log_interval, "Log every N steps");
+  c->add_option("--ckpt_format", a->ckpt_format,
+                "Checkpoint format: torch_dist (default, as Megatron-LM and swift) or torch (mp_rank_* files)");
+  c->add_option("--thread_count", a->thread_count, "torch_dist: .distcp files each saving rank writes at once");
   c->add_option("--no_save_optim", a->no_save_optim, "Leave the optimizer state out of checkpoints");
   c->add_option("--no_save_rng", a->no_save_rng, "Leave the data position out of checkpoints");
   c->add_option("--no_load_optim", a->no_load_optim, "Resume without the saved optimizer state");

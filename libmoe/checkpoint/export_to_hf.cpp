@@ -36,7 +36,7 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
   const ShardSpec& spec = r.spec();
   const WeightMap map = WeightMap::for_config(c);
   const auto& rules = map.rules();
-  r.open_all();
+  if (!r.dist()) r.open_all();
   for (const auto& rule : rules) r.check(rule);  // every piece, before anything is written
 
   std::vector<io::TensorDesc> descs;
@@ -77,18 +77,26 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
       for (size_t k; (k = next.fetch_add(1)) < rules.size();) {
         const WeightRule& rule = rules[k];
         struct Piece {
-          const io::TorchFile* file;
+          const MappedFile* file;
           std::pair<size_t, size_t> range;  // offset, size
         };
         std::vector<Piece> pieces;
         auto get = [&](int tp, int pp, int ep, const std::string& local) {
           const auto& rk = r.rank(tp, pp, ep);
           const io::TensorRef& ref = r.ref(rk, local);
-          pieces.push_back({rk.file.get(), rk.file->locate(ref)});
+          pieces.push_back({&rk.file->mapped(), rk.file->locate(ref)});
           return rk.file->tensor(ref);
         };
-        Tensor m = spec.merge(rule.mcore, r.stored_shape(rule), rule.buffer ? DType::F32 : *opt.dtype, get);
-        if (is_vocab_tensor(rule.mcore)) m = m.slice_rows(0, c.vocab_size);  // drop Megatron's padding rows
+        const DType want = rule.buffer ? DType::F32 : *opt.dtype;
+        Tensor m;
+        if (r.dist()) {
+          DistReader::Stored st;
+          m = r.dist_tensor(rule, want, &st);
+          if (st.file) pieces.push_back({st.file, {size_t(st.offset), size_t(st.size)}});
+        } else {
+          m = spec.merge(rule.mcore, r.stored_shape(rule), want, get);
+          if (is_vocab_tensor(rule.mcore)) m = m.slice_rows(0, c.vocab_size);  // drop Megatron's padding rows
+        }
         const std::vector<Tensor> hf = map.to_hf(rule, m);
         uint64_t bytes = 0;
         for (size_t i = 0; i < hf.size(); ++i) {
@@ -97,16 +105,15 @@ void export_mcore_to_hf(const std::string& mcore_dir, const std::string& out_dir
           const auto* p = static_cast<const unsigned char*>(hf[i].raw());
           const Piece* stored = nullptr;  // the rank file it lies in, when these are its stored bytes
           for (const auto& pc : pieces) {
-            const unsigned char* b = pc.file->mapped().data() + pc.range.first;
+            const unsigned char* b = pc.file->data() + pc.range.first;
             if (p >= b && p + sizes[d] <= b + pc.range.second) stored = &pc;
           }
           OutputFile& out = *outs[at[d].first];
-          if (stored)
-            out.copy_at(at[d].second, stored->file->mapped(), uint64_t(p - stored->file->mapped().data()), sizes[d]);
+          if (stored) out.copy_at(at[d].second, *stored->file, uint64_t(p - stored->file->data()), sizes[d]);
           else out.write_at(at[d].second, p, sizes[d]);
           bytes += sizes[d];
         }
-        for (const auto& pc : pieces) pc.file->mapped().drop_pages(pc.range.first, pc.range.second);
+        for (const auto& pc : pieces) pc.file->drop_pages(pc.range.first, pc.range.second);
         if (opt.progress) {
           std::lock_guard<std::mutex> lock(mu);
           bytes_done += bytes, tensors_done += int(hf.size());

@@ -1,7 +1,9 @@
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/load_hf.h"
@@ -70,7 +72,8 @@ io::PyPtr megatron_args(const ModelConfig& c, const ExportOptions& opt, const Sh
   b("moe_router_enable_expert_bias", c.moe_router_enable_expert_bias);
   i("moe_shared_expert_intermediate_size", c.moe_shared_expert_intermediate_size);
   b("bf16", opt.dtype == DType::BF16), b("fp16", opt.dtype == DType::F16);  // unset: fp32
-  a->set("ckpt_format", PyValue::str("torch"));
+  a->set("ckpt_format", PyValue::str(opt.format == CkptFormat::kTorchDist ? "torch_dist" : "torch"));
+  b("no_save_optim", true), b("no_save_rng", true);  // converted weights: Megatron requests neither
   return a;
 }
 
@@ -94,14 +97,84 @@ std::vector<std::string> te_extra_states(const ModelConfig& c, int layer) {
   return e;
 }
 
+namespace {
+
+// Where the canonical tensors of an export come from: an HF dir, or a Megatron dir of either
+// format. Bytes that lie as they are in a mapped file are copied file to file.
+class Source {
+ public:
+  explicit Source(const std::string& dir) {
+    if (fs::exists(fs::path(dir) / "latest_checkpointed_iteration.txt")) {
+      mc_ = std::make_unique<McoreReader>(dir);
+      c_ = mc_->config();
+      if (!mc_->dist()) mc_->open_all();
+      const WeightMap map = WeightMap::for_config(c_);
+      for (const auto& rule : map.rules()) mc_->check(rule);  // every key, before anything is written
+    } else {
+      c_ = load_hf_config(dir);
+      hf_ = std::make_unique<HfWeights>(dir, c_);
+    }
+  }
+  const ModelConfig& config() const { return c_; }
+  // The canonical tensor (vocabulary unpadded), in the dtype it is stored in where it can be.
+  Tensor canonical(const WeightRule& rule) const {
+    if (hf_) return hf_->canonical(rule);
+    const DType dt = rule.buffer ? DType::F32 : c_.params_dtype;
+    if (mc_->dist()) {
+      const DType stored = mc_->dist()->dtype(mc_->dist_shape_checked(rule).fqn);
+      DistReader::Stored st;
+      Tensor t = mc_->dist_tensor(rule, stored, &st);
+      if (st.file) {
+        std::lock_guard<std::mutex> lock(mu_);
+        stored_[rule.mcore] = st;
+      }
+      return t;
+    }
+    auto get = [&](int tp, int pp, int ep, const std::string& local) {
+      const auto& rk = mc_->rank(tp, pp, ep);
+      return rk.file->tensor(mc_->ref(rk, local));
+    };
+    Tensor t = mc_->spec().merge(rule.mcore, mc_->stored_shape(rule), dt, get);
+    return is_vocab_tensor(rule.mcore) ? t.slice_rows(0, c_.vocab_size) : t;
+  }
+  void release(const WeightRule& rule) const {
+    if (hf_) return hf_->release(rule);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = stored_.find(rule.mcore); it != stored_.end()) mc_->dist()->release(it->second), stored_.erase(it);
+  }
+  bool stored_in(const WeightRule& rule, const Tensor& t, const MappedFile** file, uint64_t* offset) const {
+    if (hf_) return hf_->stored_in(rule, t, file, offset);
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = stored_.find(rule.mcore);
+    if (it == stored_.end()) return false;
+    const auto* p = static_cast<const unsigned char*>(t.raw());
+    const unsigned char* b = it->second.file->data() + it->second.offset;
+    if (p < b || p + t.nbytes() > b + it->second.size) return false;
+    *file = it->second.file, *offset = uint64_t(p - it->second.file->data());
+    return true;
+  }
+  bool stored_parts(const WeightRule& rule, DType dtype, std::vector<HfWeights::StoredPart>* parts) const {
+    return hf_ && hf_->stored_parts(rule, dtype, parts);
+  }
+
+ private:
+  ModelConfig c_;
+  std::unique_ptr<HfWeights> hf_;
+  std::unique_ptr<McoreReader> mc_;
+  mutable std::mutex mu_;
+  mutable std::map<std::string, DistReader::Stored> stored_;
+};
+
+}  // namespace
+
 void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt_in) {
   resolve_output_dir("--output_dir", out_dir, {hf_dir});  // refused before anything is read
-  const ModelConfig c = load_hf_config(hf_dir);
+  // Canonical tensors are built one at a time from the mapped input files: memory stays around
+  // one tensor (and its slice), whatever the model size.
+  const Source weights(hf_dir);
+  const ModelConfig c = weights.config();
   ExportOptions opt = opt_in;
   opt.dtype = opt.dtype.value_or(c.params_dtype);
-  // Canonical tensors are built one at a time from the mapped HF files: memory stays around
-  // one tensor (and its slice), whatever the model size.
-  const HfWeights weights(hf_dir, c);
   const ShardSpec spec(c, opt.layout, opt.make_vocab_size_divisible_by);
   const dist::ParallelLayout& p = spec.layout();
   const auto staged = begin_output(hf_dir, out_dir, opt.overwrite);
@@ -122,16 +195,108 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
     }
     return t;
   };
-  // (canonical name, where its data comes from): every rule, plus, with tied embeddings over
-  // several stages, the last stage's own copy of the word embeddings as output_layer.weight.
-  std::vector<std::pair<std::string, std::string>> sources;
-  for (const auto& rule : map.rules()) sources.push_back({rule.mcore, rule.mcore});
-  if (!c.untie_embeddings_and_output_weights && p.pp > 1) sources.push_back({names::kOutput, names::kEmbedding});
   auto full_shape = [&](const std::string& src) {
     Shape s = rule_of.at(src)->shape;
     if (is_vocab_tensor(src)) s[0] = Vp;
     return s;
   };
+  auto write_side_files = [&] {
+    copy_side_files(hf_dir, tmp, *opt.dtype, c);
+    nlohmann::json aj{{"model_type", c.model_type},
+                      {"torch_dtype", torch_dtype_name(*opt.dtype)},
+                      {"ckpt_format", opt.format == CkptFormat::kTorchDist ? "torch_dist" : "torch"},
+                      {"tensor_model_parallel_size", p.tp},
+                      {"pipeline_model_parallel_size", p.pp},
+                      {"expert_model_parallel_size", p.ep},
+                      {"expert_tensor_parallel_size", p.etp},
+                      {"padded_vocab_size", Vp},
+                      {"make_vocab_size_divisible_by", opt.make_vocab_size_divisible_by},
+                      {"train_type", "full"}};
+    write_file_atomic((tmp / "args.json").string(), aj.dump(2) + "\n");
+    write_file_atomic((tmp / "latest_checkpointed_iteration.txt").string(), "1");  // last: marks it complete
+    staged->commit();
+  };
+
+  if (opt.format == CkptFormat::kTorchDist) {
+    // One chunk per sharded key, the whole global tensor: its canonical tensors (layers, then
+    // experts, in index order) streamed one after another, each copied file to file when its
+    // bytes are stored as they are.
+    const fs::path it_dir = tmp / "iter_0000001";
+    fs::create_directories(it_dir);
+    std::vector<std::string> order;
+    std::map<std::string, std::vector<std::pair<std::vector<int64_t>, const WeightRule*>>> members;
+    std::map<std::string, Shape> global;
+    for (const auto& rule : map.rules()) {
+      const DistKey k = dist_key(c, rule.mcore, full_shape(rule.mcore));
+      if (!members.count(k.fqn)) order.push_back(k.fqn), global[k.fqn] = k.global;
+      members[k.fqn].push_back({k.index, &rule});
+    }
+    uint64_t bytes_total = 0, bytes_done = 0;
+    for (const auto& rule : map.rules())
+      bytes_total += uint64_t(shape_numel(full_shape(rule.mcore))) * dtype_size(dtype_of(rule.mcore));
+    int tensors_done = 0;
+    std::vector<DistChunk> chunks;
+    for (const auto& fqn : order) {
+      auto& ms = members[fqn];
+      std::sort(ms.begin(), ms.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+      const Shape& g = global[fqn];
+      MOE_ASSERT(shape_numel(Shape(g.begin(), g.begin() + std::ptrdiff_t(ms[0].first.size()))) == int64_t(ms.size()),
+                 "{}: {} tensors do not fill its leading axes", fqn, ms.size());
+      DistChunk ch;
+      ch.fqn = fqn, ch.global = g, ch.dtype = dtype_of(ms[0].second->mcore);
+      ch.offsets.assign(g.size(), 0), ch.sizes = g;
+      const auto* list = &ms;
+      ch.fill = [&, list](io::TorchFileWriter::Sink& sink) {
+        std::vector<HfWeights::StoredPart> parts;
+        for (const auto& [index, rp] : *list) {
+          const WeightRule& rule = *rp;
+          const uint64_t n = uint64_t(shape_numel(full_shape(rule.mcore))) * dtype_size(dtype_of(rule.mcore));
+          if (rule.fuse != Fuse::kCopy && weights.stored_parts(rule, *opt.dtype, &parts)) {
+            std::vector<io::TorchFileWriter::FileBytes> runs;
+            for (const auto& r : map.mcore_runs(rule, dtype_size(*opt.dtype)))
+              runs.push_back({parts[r.part].file, parts[r.part].offset + r.offset, r.size});
+            sink.copy(runs);
+          } else {
+            const Tensor t = full_tensor(rule.mcore, weights.canonical(rule));
+            MOE_ASSERT(t.nbytes() == n, "{}: {} bytes, planned {}", rule.mcore, t.nbytes(), n);
+            const MappedFile* in = nullptr;
+            uint64_t at = 0;
+            if (weights.stored_in(rule, t, &in, &at)) sink.copy({{in, at, size_t(n)}});
+            else sink.write(t.raw(), t.nbytes());
+            weights.release(rule);
+          }
+        }
+      };
+      chunks.push_back(std::move(ch));
+    }
+    std::vector<DistObject> objects;
+    const auto extra = empty_extra_state();
+    for (const auto& k : dist_extra_state_keys(c)) objects.push_back({k, extra});
+    const auto records = write_dist_files(it_dir, 0, opt.thread_count, std::move(chunks), objects, [&](uint64_t b) {
+      bytes_done += b, ++tensors_done;
+      if (opt.progress) opt.progress(bytes_done, bytes_total, tensors_done, int(order.size()));
+    });
+    auto common = io::PyValue::container(io::PyValue::kDict);
+    common->set("args", megatron_args(c, opt, spec));
+    common->set("checkpoint_version", io::PyValue::floating(3.0));
+    common->set("iteration", io::PyValue::integer(1));
+    common->set("num_floating_point_operations_so_far", io::PyValue::integer(0));
+    auto content = io::PyValue::container(io::PyValue::kDict);
+    content->set("singleton_local_shards", io::PyValue::boolean(false));
+    content->set("chained_optim_avoid_prefix", io::PyValue::boolean(true));
+    common->set("content_metadata", content);
+    io::write_torch_file((it_dir / "common.pt").string(), *common, {});
+    finish_dist_checkpoint(it_dir, records);
+    write_side_files();
+    log().info("wrote {} sharded tensors and {} objects (torch_dist) to {}", order.size(), objects.size(), out_dir);
+    return;
+  }
+
+  // (canonical name, where its data comes from): every rule, plus, with tied embeddings over
+  // several stages, the last stage's own copy of the word embeddings as output_layer.weight.
+  std::vector<std::pair<std::string, std::string>> sources;
+  for (const auto& rule : map.rules()) sources.push_back({rule.mcore, rule.mcore});
+  if (!c.untie_embeddings_and_output_weights && p.pp > 1) sources.push_back({names::kOutput, names::kEmbedding});
 
   const int per_stage = c.num_layers / p.pp;
   const auto args = megatron_args(c, opt, spec);
@@ -217,19 +382,7 @@ void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, c
     w.finish();
     ++files;
   }
-  copy_side_files(hf_dir, tmp, *opt.dtype, c);
-  nlohmann::json aj{{"model_type", c.model_type},
-                    {"torch_dtype", torch_dtype_name(*opt.dtype)},
-                    {"tensor_model_parallel_size", p.tp},
-                    {"pipeline_model_parallel_size", p.pp},
-                    {"expert_model_parallel_size", p.ep},
-                    {"expert_tensor_parallel_size", p.etp},
-                    {"padded_vocab_size", Vp},
-                    {"make_vocab_size_divisible_by", opt.make_vocab_size_divisible_by},
-                    {"train_type", "full"}};
-  write_file_atomic((tmp / "args.json").string(), aj.dump(2) + "\n");
-  write_file_atomic((tmp / "latest_checkpointed_iteration.txt").string(), "1");  // last: marks it complete
-  staged->commit();
+  write_side_files();
   log().info("wrote {} rank files to {}", files, out_dir);
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "checkpoint/load_hf.h"
+#include "checkpoint/torch_dist.h"
 #include "core/dtype.h"
 #include "io/pickle.h"
 #include "model/shard_spec.h"
@@ -25,12 +26,15 @@ struct ExportOptions {
   bool overwrite = false;
   dist::ParallelLayout layout;                   // ranks to shard for (--to_mcore); read back from args.json (--to_hf)
   uint64_t max_shard_bytes = uint64_t(5) << 30;  // HF side: --max_shard_size
+  CkptFormat format = CkptFormat::kTorchDist;    // --ckpt_format (--to_mcore), Megatron's default
+  int thread_count = 2;                          // torch_dist: .distcp files written at once
   // Called after each tensor written (bytes and tensors done / total), e.g. to draw a bar.
   std::function<void(uint64_t bytes_done, uint64_t bytes_total, int tensors_done, int tensors_total)> progress;
 };
 
-// HF dir -> Megatron dir (tracker file written last; the whole directory renamed into place).
-void export_hf_to_mcore(const std::string& hf_dir, const std::string& out_dir, const ExportOptions& opt);
+// HF dir, or a Megatron dir in either format (recognised by its latest_checkpointed_iteration.txt)
+// -> Megatron dir in opt.format (tracker file written last; the whole directory renamed into place).
+void export_hf_to_mcore(const std::string& src_dir, const std::string& out_dir, const ExportOptions& opt);
 // The canonical state of a Megatron dir (any layout written above), merged, in `dtype`.
 LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype);
 // An HF directory, or a Megatron one (recognised by its latest_checkpointed_iteration.txt;

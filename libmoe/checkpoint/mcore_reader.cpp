@@ -54,6 +54,26 @@ McoreReader::McoreReader(const std::string& mcore_dir) : dir_(mcore_dir) {
     }
   }
   spec_ = std::make_unique<ShardSpec>(config_, layout, divisible_by);
+  if (detect_checkpoint_format(iter_dir_) == CkptFormat::kTorchDist) dist_ = std::make_unique<DistReader>(iter_dir_);
+}
+
+DistKey McoreReader::dist_shape_checked(const WeightRule& rule) const {
+  const DistKey k = dist_key(config_, rule.mcore, rule.shape);
+  const Shape& got = dist_->shape(k.fqn);
+  bool ok = got.size() == k.global.size();
+  for (size_t d = 0; ok && d < got.size(); ++d)  // Megatron allows any padded vocabulary that holds V rows
+    ok = got[d] == k.global[d] || (is_vocab_tensor(rule.mcore) && d == 0 && got[d] >= k.global[d]);
+  if (!ok)
+    throw_input("{}: tensor '{}' has global shape {} but config.json implies {}", (iter_dir_ / ".metadata").string(),
+                k.fqn, shape_str(got), shape_str(k.global));
+  return k;
+}
+
+Tensor McoreReader::dist_tensor(const WeightRule& rule, DType dtype, DistReader::Stored* stored) const {
+  const DistKey k = dist_shape_checked(rule);
+  Tensor t = dist_->read(k.fqn, k.index, dtype, stored);
+  if (is_vocab_tensor(rule.mcore) && t.dim(0) != config_.vocab_size) t = t.slice_rows(0, config_.vocab_size);
+  return t;
 }
 
 const McoreReader::Rank& McoreReader::rank(int tp, int pp, int ep) {
@@ -72,6 +92,10 @@ const McoreReader::Rank& McoreReader::rank(int tp, int pp, int ep) {
 }
 
 void McoreReader::check(const WeightRule& rule) {
+  if (dist_) {
+    dist_shape_checked(rule);
+    return;
+  }
   const Shape full = stored_shape(rule);
   spec_->for_each_piece(rule.mcore, [&](int tp, int pp, int ep, const std::string& local) {
     const Rank& r = rank(tp, pp, ep);
@@ -96,6 +120,10 @@ LoadedModel load_mcore_model(const std::string& mcore_dir, DType dtype) {
     const auto& rk = r.rank(tp, pp, ep);
     return rk.file->tensor(r.ref(rk, local));
   };
+  if (r.dist()) {
+    for (const auto& rule : map.rules()) m.state[rule.mcore] = r.dist_tensor(rule, rule.buffer ? DType::F32 : dtype);
+    return m;
+  }
   for (const auto& rule : map.rules()) {
     Tensor t = r.spec().merge(rule.mcore, r.stored_shape(rule), rule.buffer ? DType::F32 : dtype, get);
     if (is_vocab_tensor(rule.mcore)) t = t.slice_rows(0, c.vocab_size);  // drop Megatron's padding rows

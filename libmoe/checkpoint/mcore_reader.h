@@ -8,6 +8,7 @@
 #include <string>
 
 #include "checkpoint/mcore_export.h"
+#include "checkpoint/torch_dist.h"
 #include "core/output_dir.h"
 #include "io/torch_file.h"
 #include "model/state_dict.h"
@@ -37,9 +38,17 @@ class McoreReader {
  public:
   // Reads the tracker, config.json and args.json; InputError naming the file for any that is
   // missing or malformed.
+  // Detects the format of the iteration dir (torch_dist: .metadata read and checked whole here).
   explicit McoreReader(const std::string& mcore_dir);
   const ModelConfig& config() const { return config_; }
   const ShardSpec& spec() const { return *spec_; }
+  // torch_dist: the opened checkpoint; null for the legacy format (rank files).
+  const DistReader* dist() const { return dist_.get(); }
+  // A torch_dist checkpoint's canonical tensor (vocabulary rows past config.json's dropped), in
+  // `dtype`; `stored` as DistReader::read sets it. InputError naming .metadata when its key is
+  // missing or its global shape disagrees with config.json.
+  Tensor dist_tensor(const WeightRule& rule, DType dtype, DistReader::Stored* stored = nullptr) const;
+  DistKey dist_shape_checked(const WeightRule& rule) const;
 
   struct Rank {
     std::shared_ptr<io::TorchFile> file;
@@ -66,13 +75,15 @@ class McoreReader {
     if (is_vocab_tensor(rule.mcore)) s[0] = spec_->padded_vocab();
     return s;
   }
-  // Every piece of `rule` is present, with the shape the layout implies, inside its file.
+  // Every piece of `rule` is present, with the shape the layout implies, inside its file (the
+  // key and global shape for torch_dist).
   void check(const WeightRule& rule);
 
  private:
   std::filesystem::path dir_, iter_dir_;
   ModelConfig config_;
   std::unique_ptr<ShardSpec> spec_;
+  std::unique_ptr<DistReader> dist_;
   std::map<std::string, Rank> ranks_;  // rank dir -> opened file
 };
 

@@ -49,7 +49,19 @@ class Writer {
         break;
       }
       case PyValue::kStr: str(v.s); break;
-      case PyValue::kBytes: throw_internal("bytes values are not written by moectl's pickler");
+      case PyValue::kBytes: {
+        out += 'B';  // BINBYTES
+        for (int k = 0; k < 4; ++k) out += char((uint32_t(v.s.size()) >> (8 * k)) & 0xff);
+        out += v.s;
+        break;
+      }
+      case PyValue::kGlobal: qualified(v.s); break;
+      case PyValue::kObject:
+        qualified(v.s);
+        tuple(v.items);
+        out += v.b ? '\x81' : 'R';  // NEWOBJ: cls.__new__(cls, *args); REDUCE: cls(*args)
+        if (v.state) value(*v.state), out += 'b';
+        break;
       case PyValue::kList:
         out += ']';
         if (!v.items.empty()) {
@@ -96,6 +108,11 @@ class Writer {
     out += s;
   }
   void global(const char* module, const char* name) { out += std::string("c") + module + "\n" + name + "\n"; }
+  void qualified(const std::string& q) {
+    const size_t dot = q.rfind('.');
+    MOE_ASSERT(dot != std::string::npos, "global '{}' has no module", q);
+    global(q.substr(0, dot).c_str(), q.substr(dot + 1).c_str());
+  }
   void tuple(const std::vector<PyPtr>& items) {
     if (items.empty()) {
       out += ')';
@@ -121,7 +138,10 @@ class Writer {
     global("torch._utils", "_rebuild_tensor_v2");
     out += '(';
     out += '(';  // persistent id: ('storage', <storage class>, key, 'cpu', numel)
-    str("storage"), global("torch", storage_class(t.dtype)), str(t.storage_key), str("cpu"), integer(t.storage_numel);
+    str("storage");
+    if (t.unsupported_storage.empty()) global("torch", storage_class(t.dtype));
+    else qualified(t.unsupported_storage);  // e.g. torch.ByteStorage of TE's empty uint8 extra state
+    str(t.storage_key), str("cpu"), integer(t.storage_numel);
     out += "tQ";
     integer(t.offset);
     int_tuple(std::vector<int64_t>(t.shape.begin(), t.shape.end()));
@@ -163,7 +183,8 @@ bool storage_dtype(const std::string& cls, DType* dt) {
 
 class Reader {
  public:
-  Reader(std::string_view d, const std::string& where) : d_(d), where_(where) {}
+  Reader(std::string_view d, const std::string& where, const std::vector<std::string>& classes)
+      : d_(d), where_(where), classes_(classes) {}
 
   PyPtr run() {
     while (true) {
@@ -199,9 +220,10 @@ class Reader {
         case 0x8c: push(PyValue::str(std::string(take(byte())))); break;
         case 0x8d: push(PyValue::str(std::string(take(le(8))))); break;
         case 'C':
-        case 'B': {
+        case 'B':
+        case 0x8e: {  // SHORT_BINBYTES, BINBYTES, BINBYTES8
           auto p = PyValue::container(PyValue::kBytes);
-          p->s = std::string(take(op == 'C' ? byte() : le(4)));
+          p->s = std::string(take(op == 'C' ? byte() : op == 'B' ? le(4) : le(8)));
           push(p);
           break;
         }
@@ -280,7 +302,9 @@ class Reader {
         case 'b': {  // BUILD
           auto state = pop_value("BUILD");
           auto obj = top("BUILD");
-          if (obj->kind == PyValue::kNamespace && state->kind == PyValue::kDict) {
+          if (obj->kind == PyValue::kObject) {
+            obj->state = state;
+          } else if (obj->kind == PyValue::kNamespace && state->kind == PyValue::kDict) {
             obj->entries = state->entries;
           } else if (obj->kind == PyValue::kBytes && state->kind == PyValue::kTuple && !state->items.empty() &&
                      state->items[0]->kind == PyValue::kBytes) {  // BytesIO state: (value, position, dict)
@@ -376,11 +400,18 @@ class Reader {
         stack_.push_back(it);
         return;
       }
+    for (const auto& a : classes_)
+      if (name == a) {
+        stack_.push_back({PyValue::global(name), name, false});
+        return;
+      }
     fail("global '" + name + "' is not allowed in a checkpoint");
   }
   PyPtr call(const std::string& fn, const PyValue& args) {
     if (args.kind != PyValue::kTuple) fail("call of " + fn + " without an argument tuple");
     const auto& a = args.items;
+    for (const auto& c : classes_)
+      if (fn == c) return PyValue::object(fn, a, nullptr);
     if (fn == "collections.OrderedDict" && a.empty()) return PyValue::container(PyValue::kOrderedDict);
     if (fn == "argparse.Namespace" && a.empty()) return PyValue::container(PyValue::kNamespace);
     // TransformerEngine 1.x extra state: BytesIO(bytes) (its content arrives by BUILD).
@@ -441,6 +472,7 @@ class Reader {
 
   std::string_view d_;
   std::string where_;
+  const std::vector<std::string>& classes_;
   size_t pos_ = 0;
   std::vector<Item> stack_;
   std::map<uint32_t, Item> memo_;
@@ -448,6 +480,8 @@ class Reader {
 
 }  // namespace
 
-PyPtr pickle_loads(std::string_view data, const std::string& where) { return Reader(data, where).run(); }
+PyPtr pickle_loads(std::string_view data, const std::string& where, const std::vector<std::string>& classes) {
+  return Reader(data, where, classes).run();
+}
 
 }  // namespace moe::io

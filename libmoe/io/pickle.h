@@ -36,7 +36,25 @@ inline TensorRef contiguous_ref(const std::string& key, const Tensor& t) {
 }
 
 struct PyValue {
-  enum Kind { kNone, kBool, kInt, kFloat, kStr, kBytes, kList, kTuple, kDict, kOrderedDict, kNamespace, kTensor };
+  // kGlobal: a module-level name used as a value (`s` = "torch.bfloat16"). kObject: an instance
+  // of an allowed class (`s` = its qualified name) built from `items` (the constructor's
+  // arguments: cls.__new__(cls, *items) when `b`, else a call) and, when set, `state` (BUILD).
+  enum Kind {
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kStr,
+    kBytes,
+    kList,
+    kTuple,
+    kDict,
+    kOrderedDict,
+    kNamespace,
+    kTensor,
+    kGlobal,
+    kObject
+  };
   Kind kind = kNone;
   bool b = false;
   int64_t i = 0;
@@ -45,6 +63,7 @@ struct PyValue {
   std::vector<PyPtr> items;                      // list, tuple
   std::vector<std::pair<PyPtr, PyPtr>> entries;  // dict, OrderedDict, Namespace (str keys), in order
   TensorRef tensor;
+  PyPtr state;  // kObject: what BUILD set (a dict for dataclasses), or null
 
   static PyPtr none() { return std::make_shared<PyValue>(); }
   static PyPtr boolean(bool v) {
@@ -78,6 +97,30 @@ struct PyValue {
     return p;
   }
 
+  static PyPtr global(std::string qualified) {
+    auto p = std::make_shared<PyValue>();
+    p->kind = kGlobal, p->s = std::move(qualified);
+    return p;
+  }
+  // An object of class `qualified`: cls.__new__(cls, *args) then BUILD with `state` (dataclasses),
+  // or, with new_object false, cls(*args) (torch.Size, enums).
+  static PyPtr object(std::string qualified, std::vector<PyPtr> args, PyPtr state, bool new_object = true) {
+    auto p = std::make_shared<PyValue>();
+    p->kind = kObject, p->s = std::move(qualified), p->items = std::move(args), p->state = std::move(state);
+    p->b = new_object;
+    return p;
+  }
+  static PyPtr tuple(std::vector<PyPtr> xs) {
+    auto p = container(kTuple);
+    p->items = std::move(xs);
+    return p;
+  }
+  static PyPtr bytes(std::string v) {
+    auto p = container(kBytes);
+    p->s = std::move(v);
+    return p;
+  }
+
   // Dict-like lookup by string key; nullptr if absent or not a dict-like value.
   PyPtr get(std::string_view key) const;
   // Appends key -> value to a dict-like value.
@@ -89,7 +132,9 @@ struct PyValue {
 std::string pickle_dumps(const PyValue& root);
 
 // InputError naming `where` for any opcode or global outside what checkpoints use, or for a
-// malformed stream.
-PyPtr pickle_loads(std::string_view data, const std::string& where);
+// malformed stream. `classes`: further globals (qualified names) allowed for this stream, each
+// read as a kObject when called or instantiated, as a kGlobal otherwise (torch.distributed's
+// checkpoint metadata classes, dtypes, torch.Size); nothing else is.
+PyPtr pickle_loads(std::string_view data, const std::string& where, const std::vector<std::string>& classes = {});
 
 }  // namespace moe::io

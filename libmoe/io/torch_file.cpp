@@ -11,6 +11,7 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "core/error.h"
@@ -79,10 +80,47 @@ class ZipWriter {
   explicit ZipWriter(const std::string& path) : path_(path), tmp_(path + ".tmp") {
     const char* force = std::getenv("MOE_FORCE_ZIP64");
     force64_ = force && std::string(force) == "1";
-    f_ = std::make_unique<OutputFile>(tmp_);
+    owned_ = std::make_unique<OutputFile>(tmp_);
+    f_ = owned_.get();
+  }
+  // An archive written into `out` from byte `base` on (offsets inside it count from `base`, as
+  // torch.save into a stream does); the caller owns and closes the file.
+  ZipWriter(OutputFile& out, uint64_t base) : f_(&out), base_(base) {
+    const char* force = std::getenv("MOE_FORCE_ZIP64");
+    force64_ = force && std::string(force) == "1";
   }
   ~ZipWriter() {
-    if (f_) f_.reset(), std::remove(tmp_.c_str());
+    if (owned_) owned_.reset(), std::remove(tmp_.c_str());
+  }
+  size_t size() const { return off_; }
+  // An entry of `size` bytes produced piecewise by `fill` through `sink` (memory or file runs),
+  // checksummed as it goes; the header goes in front afterwards.
+  void add_streamed(const std::string& name, size_t size, const std::function<void(TorchFileWriter::Sink&)>& fill) {
+    const size_t data_at = off_ + local_header(name, 0, size, off_).size();
+    struct Impl : TorchFileWriter::Sink {
+      ZipWriter* z;
+      size_t at, end;
+      uint32_t crc = 0;
+      void write(const void* p, size_t n) override {
+        MOE_ASSERT(at + n <= end, "streamed storage overruns its size");
+        z->f_->write_at(z->base_ + at, p, n);
+        crc = crc32_update(crc, static_cast<const unsigned char*>(p), n);
+        at += n;
+      }
+      void copy(const std::vector<TorchFileWriter::FileBytes>& runs) override {
+        size_t n = 0;
+        for (const auto& r : runs) n += r.size;
+        MOE_ASSERT(at + n <= end, "streamed storage overruns its size");
+        crc = z->copy_runs(at, runs, crc);
+        at += n;
+      }
+    } sink;
+    sink.z = this, sink.at = data_at, sink.end = data_at + size;
+    fill(sink);
+    MOE_ASSERT(sink.at == sink.end, "streamed storage {} wrote {} of {} bytes", name, sink.at - data_at, size);
+    header(name, sink.crc, size);
+    MOE_ASSERT(off_ == data_at, "zip header of {} ends at {}, planned {}", name, off_, data_at);
+    off_ += size;
   }
   // A stored (uncompressed) entry whose data starts at a multiple of 64 bytes, padded with an
   // extra field as torch.save does, so that readers can map storages in place.
@@ -97,6 +135,19 @@ class ZipWriter {
   // mapping, so no page of a source joins this process's resident set); the header, whose
   // length does not depend on the checksum, goes in front afterwards.
   void add_from(const std::string& name, const std::vector<TorchFileWriter::FileBytes>& runs) {
+    size_t size = 0;
+    for (const auto& r : runs) size += r.size;
+    const size_t data_at = off_ + local_header(name, 0, size, off_).size();
+    const uint32_t crc = copy_runs(data_at, runs, 0);
+    header(name, crc, size);
+    MOE_ASSERT(off_ == data_at, "zip header of {} ends at {}, planned {}", name, off_, data_at);
+    off_ += size;
+  }
+  // Copies `runs` one after another to archive offset `data_at` and returns `crc` extended by
+  // their bytes: the kernel copies file to file (copy_file_range, as cp does) while this thread
+  // reads them once more with pread to checksum them (never through the mapping, so no page of
+  // a source joins this process's resident set, nor the output's page cache).
+  uint32_t copy_runs(size_t data_at, const std::vector<TorchFileWriter::FileBytes>& runs, uint32_t crc0) {
     size_t size = 0;
     std::vector<int> fds;
     struct Closer {
@@ -119,16 +170,12 @@ class ZipWriter {
       posix_fadvise(fds[k], off_t(r.offset), off_t(r.size), POSIX_FADV_SEQUENTIAL);
       size += r.size;
     }
-    const size_t data_at = off_ + local_header(name, 0, size, off_).size();
-    // The kernel copies the runs file to file (copy_file_range, as cp does) while this thread
-    // reads them once more with pread to checksum them: the two overlap, and the checksum
-    // read costs a copy into a small buffer, not into the output's page cache.
     auto copy = [&] {
-      size_t at = data_at;
+      size_t at = base_ + data_at;
       for (const auto& r : runs) f_->copy_at(at, *r.file, r.offset, r.size), at += r.size;
     };
     auto checksum = [&] {
-      uint32_t c = 0;
+      uint32_t c = crc0;
       for (size_t k = 0; k < runs.size(); ++k)
         c = pread_crc32(fd_of[k], runs[k].file->path(), runs[k].offset, runs[k].size, c);
       return c;
@@ -155,9 +202,7 @@ class ZipWriter {
       copier.join();
       if (error) std::rethrow_exception(error);
     }
-    header(name, crc, size);
-    MOE_ASSERT(off_ == data_at, "zip header of {} ends at {}, planned {}", name, off_, data_at);
-    off_ += size;
+    return crc;
   }
   // The local header of an entry of `size` bytes whose data follows at once, written at `at`.
   std::string local_header(const std::string& name, uint32_t crc, size_t size, size_t at) const {
@@ -216,8 +261,9 @@ class ZipWriter {
     put16(tail, 0);
     write(cd.data(), cd.size());
     write(tail.data(), tail.size());
-    f_->close();
-    f_.reset();
+    if (!owned_) return;  // inside a caller's file
+    owned_->close();
+    owned_.reset();
     std::filesystem::rename(tmp_, path_);
   }
 
@@ -228,11 +274,13 @@ class ZipWriter {
     size_t size, offset;
   };
   void write(const void* p, size_t n) {
-    f_->write_at(off_, p, n);
+    f_->write_at(base_ + off_, p, n);
     off_ += n;
   }
   std::string path_, tmp_;
-  std::unique_ptr<OutputFile> f_;
+  std::unique_ptr<OutputFile> owned_;
+  OutputFile* f_ = nullptr;
+  uint64_t base_ = 0;
   size_t off_ = 0;
   bool force64_ = false;
   std::vector<Entry> central_;
@@ -261,6 +309,7 @@ struct ReadFd {
 
 struct TorchFileWriter::Impl {
   explicit Impl(const std::string& path) : zip(path) {}
+  Impl(OutputFile& out, uint64_t base) : zip(out, base) {}
   ZipWriter zip;
 };
 
@@ -268,6 +317,18 @@ TorchFileWriter::TorchFileWriter(const std::string& path, const PyValue& root) :
   const std::string pkl = pickle_dumps(root);
   impl_->zip.add("archive/data.pkl", pkl.data(), pkl.size());
   impl_->zip.add("archive/byteorder", "little", 6);
+}
+
+TorchFileWriter::TorchFileWriter(OutputFile& out, uint64_t base, const PyValue& root)
+    : impl_(std::make_unique<Impl>(out, base)) {
+  const std::string pkl = pickle_dumps(root);
+  impl_->zip.add("archive/data.pkl", pkl.data(), pkl.size());
+  impl_->zip.add("archive/byteorder", "little", 6);
+}
+
+void TorchFileWriter::add_storage_streamed(const std::string& key, size_t size,
+                                           const std::function<void(Sink&)>& fill) {
+  impl_->zip.add_streamed("archive/data/" + key, size, fill);
 }
 
 TorchFileWriter::~TorchFileWriter() = default;
@@ -284,9 +345,10 @@ void TorchFileWriter::add_storage_from(const std::string& key, const std::vector
   impl_->zip.add_from("archive/data/" + key, runs);
 }
 
-void TorchFileWriter::finish() {
+uint64_t TorchFileWriter::finish() {
   impl_->zip.add("archive/version", "3\n", 2);
   impl_->zip.finish();
+  return impl_->zip.size();
 }
 
 void write_torch_file(const std::string& path, const PyValue& root,
@@ -301,17 +363,26 @@ void write_torch_file(const std::string& path, const PyValue& root,
 // the rest of its page-cache folio (up to megabytes on a warm cache), and touching one local
 // header per storage would thus map most of a large checkpoint. Only tensor() reads the mapping.
 TorchFile TorchFile::open(const std::string& path) {
+  auto file = MappedFile::open(path);
+  const size_t n = file->size();
+  return open_range(std::move(file), 0, n, path);
+}
+
+TorchFile TorchFile::open_range(std::shared_ptr<MappedFile> file, uint64_t base, uint64_t length,
+                                const std::string& where) {
   TorchFile t;
-  t.file_ = MappedFile::open(path);
-  const size_t n = t.file_->size();
-  auto bad = [&](const char* what) { throw_input("{}: not a readable torch checkpoint: {}", path, what); };
+  t.file_ = std::move(file);
+  const std::string& path = t.file_->path();
+  MOE_ASSERT(base + length <= t.file_->size(), "{}: archive range past the end of the file", where);
+  const size_t n = size_t(length);
+  auto bad = [&](const char* what) { throw_input("{}: not a readable torch archive: {}", where, what); };
   const ReadFd file_fd(path);
   const int fd = file_fd.fd;
-  // Bytes [off, off + len) of the file (callers check the range lies inside it).
+  // Bytes [off, off + len) of the archive (callers check the range lies inside it).
   auto read_at = [&](uint64_t off, uint64_t len) {
     std::string buf(size_t(len), '\0');
     for (size_t done = 0; done < len;) {
-      const ssize_t r = ::pread(fd, buf.data() + done, size_t(len) - done, off_t(off + done));
+      const ssize_t r = ::pread(fd, buf.data() + done, size_t(len) - done, off_t(base + off + done));
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) throw_input("{}: read failed: {}", path, std::strerror(errno));
       if (r == 0) bad("file shrank while being read");
@@ -374,7 +445,7 @@ TorchFile TorchFile::open(const std::string& path) {
     if (get32(u(lh)) != 0x04034b50) bad("corrupt local header");
     const uint64_t data = local + 30 + get16(u(lh) + 26) + get16(u(lh) + 28);
     if (data + size > n || data + size < data) bad("entry data runs past the end of the file");
-    t.entries_.push_back({name, size_t(data), size_t(size), crc});
+    t.entries_.push_back({name, size_t(base + data), size_t(size), crc});
     p += 46 + name_len + extra_len + comment_len;
   }
   t.verified_ = std::shared_ptr<std::atomic<bool>[]>(new std::atomic<bool>[t.entries_.size()]());
@@ -382,11 +453,11 @@ TorchFile TorchFile::open(const std::string& path) {
     const Entry& e = t.entries_[i];
     if (e.name.size() >= 8 && e.name.compare(e.name.size() - 8, 8, "data.pkl") == 0) {
       t.prefix_ = e.name.substr(0, e.name.size() - 8);
-      const std::string pkl = read_at(e.offset, e.size);
+      const std::string pkl = read_at(e.offset - base, e.size);
       // checked before unpickling, so a flipped bit is named as such, not as a strange pickle
-      if (crc32_update(0, pkl.data(), pkl.size()) != e.crc) checksum_mismatch(path, e.name);
+      if (crc32_update(0, pkl.data(), pkl.size()) != e.crc) checksum_mismatch(where, e.name);
       t.verified_[i] = true;
-      t.root_ = pickle_loads(pkl, path + ": " + e.name);
+      t.root_ = pickle_loads(pkl, where + ": " + e.name);
     }
   }
   if (!t.root_) bad("no data.pkl inside");

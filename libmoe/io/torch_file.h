@@ -6,6 +6,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -23,6 +24,9 @@ namespace moe::io {
 class TorchFileWriter {
  public:
   TorchFileWriter(const std::string& path, const PyValue& root);
+  // An archive written into `out` from byte `base` on, as torch.save into an open stream does
+  // (PyTorch's distributed checkpoint items): finish() returns its length; nothing is renamed.
+  TorchFileWriter(OutputFile& out, uint64_t base, const PyValue& root);
   ~TorchFileWriter();
   TorchFileWriter(const TorchFileWriter&) = delete;
   TorchFileWriter& operator=(const TorchFileWriter&) = delete;
@@ -39,7 +43,18 @@ class TorchFileWriter {
     size_t size;
   };
   void add_storage_from(const std::string& key, const std::vector<FileBytes>& runs);
-  void finish();
+  // A storage of `size` bytes that `fill` produces in order through the sink: bytes in memory,
+  // or runs of files copied by the kernel. Checksummed as they pass; a sink that ends short or
+  // overruns `size` is an internal error.
+  class Sink {
+   public:
+    virtual ~Sink() = default;
+    virtual void write(const void* p, size_t n) = 0;
+    virtual void copy(const std::vector<FileBytes>& runs) = 0;
+  };
+  void add_storage_streamed(const std::string& key, size_t size, const std::function<void(Sink&)>& fill);
+  // Returns the archive's length in bytes.
+  uint64_t finish();
 
  private:
   struct Impl;
@@ -55,6 +70,10 @@ class TorchFile {
   // InputError naming `path` for a malformed zip, a compressed entry, a missing data.pkl, a
   // data.pkl whose CRC-32 does not match or a pickle outside what checkpoints use.
   static TorchFile open(const std::string& path);
+  // The archive that lies at bytes [base, base + length) of `file` (an item of a PyTorch
+  // distributed checkpoint's .distcp file); errors name `where`.
+  static TorchFile open_range(std::shared_ptr<MappedFile> file, uint64_t base, uint64_t length,
+                              const std::string& where);
   const PyPtr& root() const { return root_; }
   // The tensor a TensorRef describes, borrowing the mapped file. Contiguous tensors only.
   // The first call for a storage checks the whole storage entry's CRC-32 (read with pread, on

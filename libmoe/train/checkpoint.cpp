@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <map>
 
 #include <fmt/format.h>
 #include "checkpoint/load_hf.h"
@@ -13,6 +14,7 @@
 #include "core/output_dir.h"
 #include "io/torch_file.h"
 #include "model/state_dict.h"
+#include "model/weight_map.h"
 
 namespace moe::train {
 
@@ -42,6 +44,30 @@ void check_finite(const Tensor& t, const std::string& name, int64_t iteration) {
         "(or bfloat16) or lower --lr",
         iteration, name, torch_dtype_name(t.dtype()));
   throw_internal("iteration {}: '{}' holds non-finite values; no checkpoint written", iteration, name);
+}
+
+}  // namespace
+
+namespace {
+
+io::PyPtr scheduler_state(const LrScheduleConfig& lr, int64_t iteration) {
+  auto sched = PyValue::container(PyValue::kDict);
+  sched->set("max_lr", PyValue::floating(lr.lr)), sched->set("min_lr", PyValue::floating(lr.min_lr));
+  sched->set("lr_warmup_steps", PyValue::integer(lr.warmup_iters));
+  sched->set("lr_decay_steps", PyValue::integer(lr.decay_iters)), sched->set("lr_decay_style", PyValue::str(lr.style));
+  sched->set("num_steps", PyValue::integer(iteration));
+  return sched;
+}
+
+// A namespace entry replaced in place (Megatron reads the first of duplicate keys nowhere, but
+// our reader would).
+void set_arg(io::PyValue& ns, const std::string& key, io::PyPtr v) {
+  for (auto& [k, x] : ns.entries)
+    if (k->s == key) {
+      x = std::move(v);
+      return;
+    }
+  ns.set(key, std::move(v));
 }
 
 }  // namespace
@@ -123,13 +149,7 @@ void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, cons
     od->set("optimizer", inner), od->set("fp32_from_fp16_params", masters), od->set("param_names", names);
     od->set("optimizer_type", PyValue::str(oc.type));
     root->set("optimizer", od);
-    auto sched = PyValue::container(PyValue::kDict);
-    sched->set("max_lr", PyValue::floating(lr.lr)), sched->set("min_lr", PyValue::floating(lr.min_lr));
-    sched->set("lr_warmup_steps", PyValue::integer(lr.warmup_iters));
-    sched->set("lr_decay_steps", PyValue::integer(lr.decay_iters)),
-        sched->set("lr_decay_style", PyValue::str(lr.style));
-    sched->set("num_steps", PyValue::integer(p.iteration));
-    root->set("opt_param_scheduler", sched);
+    root->set("opt_param_scheduler", scheduler_state(lr, p.iteration));
   }
   if (o.save_rng) {
     auto r = PyValue::container(PyValue::kDict);
@@ -145,8 +165,149 @@ void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, cons
   io::write_torch_file((rank_dir / "model_optim_rng.pt").string(), *root, storages);
 }
 
+void write_dist_rank(const fs::path& iter_dir, int rank, int ep_rank, int ep_size, const model::ModelConfig& c,
+                     const dist::ParallelLayout& layout, const model::StateDict& params,
+                     const model::StateDict& buffers, const Optimizer& opt, const LrScheduleConfig& lr,
+                     const TrainProgress& p, const CheckpointOptions& o) {
+  checkpoint::ExportOptions eo;
+  eo.dtype = o.dtype, eo.layout = layout, eo.format = checkpoint::CkptFormat::kTorchDist;
+  const model::ShardSpec spec(c, eo.layout, eo.make_vocab_size_divisible_by);
+  const int64_t Vp = spec.padded_vocab();
+  const int64_t shift = c.num_experts > 0 ? int64_t(ep_rank) * (c.num_experts / std::max(ep_size, 1)) : 0;
+  fs::create_directories(iter_dir);
+  struct Member {
+    std::vector<int64_t> index;
+    const std::string* name;
+    const Tensor* t;
+  };
+  struct Group {
+    Shape global;
+    std::vector<Member> members;
+    bool buffer;
+  };
+  std::vector<std::string> order;
+  std::map<std::string, Group> groups;
+  auto add = [&](const model::StateDict& sd, bool buffer) {
+    for (const auto& [name, t] : sd) {
+      const bool expert = model::names::expert_index(name) >= 0;
+      if (!expert && ep_rank != 0) continue;  // dense tensors: EP rank 0 writes them
+      Shape stored = t.shape();
+      if (is_vocab(name)) stored[0] = Vp;
+      const auto k = checkpoint::dist_key(c, model::names::shift_expert(name, shift), stored);
+      auto [it, fresh] = groups.try_emplace(k.fqn, Group{k.global, {}, buffer});
+      if (fresh) order.push_back(k.fqn);
+      it->second.members.push_back({k.index, &name, &t});
+    }
+  };
+  add(params, false), add(buffers, true);
+  std::vector<checkpoint::DistChunk> chunks;
+  // The chunk of `fqn` this rank holds: the box its members' indices span (they fill it), in
+  // index order; `bytes(member)` gives each member's tensor, padded to the stored shape.
+  auto chunk = [&](const std::string& fqn, const Group& g, DType dtype, std::function<Tensor(const Member&)> bytes) {
+    checkpoint::DistChunk ch;
+    ch.fqn = fqn, ch.global = g.global, ch.dtype = dtype;
+    const size_t lead = g.members[0].index.size();
+    ch.offsets.assign(g.global.size(), 0), ch.sizes = g.global;
+    int64_t count = 1;
+    for (size_t d = 0; d < lead; ++d) {
+      int64_t lo = g.members[0].index[d], hi = lo;
+      for (const auto& m : g.members) lo = std::min(lo, m.index[d]), hi = std::max(hi, m.index[d]);
+      ch.offsets[d] = lo, ch.sizes[d] = hi - lo + 1, count *= hi - lo + 1;
+    }
+    MOE_ASSERT(count == int64_t(g.members.size()), "{}: this rank's {} tensors do not fill a box", fqn,
+               g.members.size());
+    const auto* members = &g.members;
+    ch.fill = [members, bytes](io::TorchFileWriter::Sink& sink) {
+      for (const auto& m : *members) {
+        const Tensor t = bytes(m);
+        sink.write(t.raw(), t.nbytes());
+      }
+    };
+    chunks.push_back(std::move(ch));
+  };
+  auto padded = [&](const std::string& name, Tensor w) {
+    if (!is_vocab(name) || Vp == w.dim(0)) return w;
+    Tensor out({Vp, w.dim(1)}, w.dtype());
+    std::memcpy(out.raw(), w.raw(), w.nbytes());
+    return out;
+  };
+  for (auto& [fqn, g] : groups)
+    std::sort(g.members.begin(), g.members.end(), [](const Member& a, const Member& b) { return a.index < b.index; });
+  for (const auto& fqn : order) {
+    const Group& g = groups.at(fqn);
+    const DType dt = g.buffer ? DType::F32 : o.dtype;
+    chunk(fqn, g, dt, [&, dt](const Member& m) {
+      check_finite(*m.t, *m.name, p.iteration);
+      Tensor w = m.t->dtype() == dt ? *m.t : m.t->to(dt);
+      check_finite(w, *m.name, p.iteration);
+      return padded(*m.name, w);
+    });
+    if (!o.save_optim || g.buffer) continue;
+    // Megatron's distributed optimizer in torch_dist (fully sharded, model space): the fp32
+    // master and each moment under the parameter's own key and global shape.
+    chunk("optimizer.state.fp32_param." + fqn, g, DType::F32,
+          [&](const Member& m) { return padded(*m.name, m.t->to(DType::F32)); });
+    if (!opt.has_state()) continue;
+    for (const auto& k : opt.state_keys())
+      chunk("optimizer.state." + k + "." + fqn, g, DType::F32, [&, k](const Member& m) {
+        const auto v = opt.state(*m.name, k);
+        MOE_ASSERT(v.size() == size_t(m.t->numel()), "{}: optimizer state {} has {} values", *m.name, k, v.size());
+        const Tensor sv = borrow_f32(v, m.t->shape());
+        check_finite(sv, fmt::format("{} {}", *m.name, k), p.iteration);
+        return padded(*m.name, sv);
+      });
+  }
+  std::vector<checkpoint::DistObject> objects;
+  if (rank == 0) {
+    const auto extra = checkpoint::empty_extra_state();
+    for (const auto& k : checkpoint::dist_extra_state_keys(c)) objects.push_back({k, extra});
+  }
+  const auto records = checkpoint::write_dist_files(iter_dir, rank, o.thread_count, std::move(chunks), objects);
+  checkpoint::write_dist_records(iter_dir, rank, records);
+  if (rank != 0) return;
+  auto root = PyValue::container(PyValue::kDict);
+  auto args = checkpoint::megatron_args(c, eo, spec);
+  set_arg(*args, "no_save_optim", PyValue::boolean(!o.save_optim));
+  set_arg(*args, "no_save_rng", PyValue::boolean(true));  // moectl's data position is in common.pt
+  root->set("args", args);
+  root->set("checkpoint_version", PyValue::floating(3.0));
+  root->set("iteration", PyValue::integer(p.iteration));
+  root->set("num_floating_point_operations_so_far", PyValue::integer(0));
+  auto content = PyValue::container(PyValue::kDict);
+  content->set("singleton_local_shards", PyValue::boolean(false));
+  content->set("chained_optim_avoid_prefix", PyValue::boolean(true));
+  if (o.save_optim) content->set("distrib_optim_sharding_type", PyValue::str("fully_sharded_model_space"));
+  root->set("content_metadata", content);
+  if (o.save_optim) {
+    const auto& oc = opt.config();
+    auto group = PyValue::container(PyValue::kDict);
+    group->set("lr", PyValue::floating(lr.lr)), group->set("weight_decay", PyValue::floating(oc.weight_decay));
+    group->set("betas", PyValue::tuple({PyValue::floating(oc.beta1), PyValue::floating(oc.beta2)}));
+    group->set("eps", PyValue::floating(oc.eps)), group->set("step", PyValue::integer(opt.steps()));
+    auto groups_list = PyValue::container(PyValue::kList);
+    groups_list->items.push_back(group);
+    auto od = PyValue::container(PyValue::kDict);
+    od->set("param_groups", groups_list), od->set("step", PyValue::integer(opt.steps()));
+    od->set("optimizer_type", PyValue::str(oc.type));
+    root->set("optimizer", od);
+    root->set("opt_param_scheduler", scheduler_state(lr, p.iteration));
+  }
+  if (o.save_rng) {
+    auto r = PyValue::container(PyValue::kDict);
+    r->set("data_epoch", PyValue::integer(p.data.epoch));
+    r->set("data_index", PyValue::integer(p.data.index));
+    r->set("data_seed", PyValue::integer(int64_t(p.data.seed)));
+    r->set("consumed_samples", PyValue::integer(p.consumed_samples));
+    r->set("skipped_iters", PyValue::integer(p.skipped_iters));
+    root->set("moectl_progress", r);
+  }
+  io::write_torch_file((iter_dir / "common.pt").string(), *root, {});
+}
+
 std::string CheckpointSave::finish(const model::ModelConfig& c, const model::StateDict* hf_params,
                                    const model::StateDict& buffers, const CheckpointOptions& o) {
+  if (o.format == checkpoint::CkptFormat::kTorchDist)  // every rank's chunks are written: the coordinator's part
+    checkpoint::finish_dist_checkpoint(staged_.path(), checkpoint::read_dist_records(staged_.path()));
   staged_.commit();
   if (!fs::exists(fs::path(dir_) / "config.json")) checkpoint::copy_side_files(o.source_dir, dir_, o.dtype, c);
 
@@ -174,7 +335,9 @@ std::string save_checkpoint(const std::string& dir, const model::ModelConfig& c,
   // Each iteration dir is built beside its name and swapped in whole (core/output_dir.h); a
   // failure (a value float16 cannot hold, a full disk) leaves no partial dir behind.
   CheckpointSave save(dir, p.iteration);
-  write_rank_file(save.staging() / "mp_rank_00", c, {}, params, buffers, opt, lr, p, o);
+  if (o.format == checkpoint::CkptFormat::kTorchDist)
+    write_dist_rank(save.staging(), 0, 0, 1, c, {}, params, buffers, opt, lr, p, o);
+  else write_rank_file(save.staging() / "mp_rank_00", c, {}, params, buffers, opt, lr, p, o);
   return save.finish(c, &params, buffers, o);
 }
 
@@ -246,6 +409,62 @@ void load_rank_file(const fs::path& file, int64_t shift, bool first, model::Trai
   }
 }
 
+// The same from a torch_dist checkpoint: every parameter's master and moments read as the slice
+// of its key this rank holds (any layout wrote them), the step and data position from common.pt.
+void load_dist_state(const fs::path& it_dir, model::TrainModel& m, Optimizer& opt, bool load_optim, bool load_rng,
+                     const std::function<std::optional<std::string>(const std::string&)>& local_name, ResumeState& rs) {
+  const checkpoint::DistReader r(it_dir);
+  const auto common = r.common();
+  const model::ModelConfig& c = m.config();
+  if (auto od = common->get("optimizer"); od && load_optim) {
+    if (!opt.bound()) {  // the state's layout: the model's flat order
+      std::vector<ParamRef> refs;
+      for (auto& [name, t] : m.params())
+        refs.push_back({name, t.f32(), m.grads().at(name).f32(), size_t(t.numel()), decays(name)});
+      opt.bind(in_address_order(refs));
+    }
+    const model::WeightMap map = model::WeightMap::for_config(c);
+    for (const auto& rule : map.rules()) {
+      if (rule.buffer) continue;
+      const auto mine = local_name ? local_name(rule.mcore) : std::optional<std::string>(rule.mcore);
+      if (!mine) continue;  // another rank's part
+      auto pit = m.params().find(*mine);
+      if (pit == m.params().end()) continue;  // not trained by this model (none today)
+      const auto k = checkpoint::dist_key(c, rule.mcore, rule.shape);
+      auto read = [&](const std::string& fqn) {
+        Tensor t = r.read(fqn, k.index, DType::F32);
+        if (is_vocab(rule.mcore)) t = t.slice_rows(0, c.vocab_size);
+        if (t.shape() != pit->second.shape())
+          throw_input("{}: '{}' has shape {} per parameter, the model {}", (it_dir / ".metadata").string(), fqn,
+                      shape_str(t.shape()), shape_str(pit->second.shape()));
+        return t;
+      };
+      const Tensor master = read("optimizer.state.fp32_param." + k.fqn);
+      std::memcpy(pit->second.raw(), master.raw(), master.nbytes());
+      for (const auto& key : opt.state_keys()) {
+        const std::string fqn = "optimizer.state." + key + "." + k.fqn;
+        if (!r.has(fqn)) continue;  // saved before the first step
+        const Tensor t = read(fqn);
+        const std::span<float> dst = opt.state(*mine, key);
+        MOE_ASSERT(size_t(t.numel()) == dst.size(), "{}: {} values, the parameter {}", fqn, t.numel(), dst.size());
+        std::memcpy(dst.data(), t.data<float>(), dst.size() * sizeof(float));
+      }
+    }
+    if (auto st = od->get("step"); st && st->kind == PyValue::kInt) opt.set_steps(st->i);
+    rs.had_optimizer = true;
+  }
+  if (auto d = common->get("moectl_progress"); d && load_rng) {
+    auto geti = [&](const char* k) {
+      auto v = d->get(k);
+      return v && v->kind == PyValue::kInt ? v->i : int64_t(0);
+    };
+    rs.progress.data = {geti("data_epoch"), geti("data_index"), uint64_t(geti("data_seed"))};
+    rs.progress.consumed_samples = geti("consumed_samples");
+    rs.progress.skipped_iters = geti("skipped_iters");
+    rs.had_rng = true;
+  }
+}
+
 }  // namespace
 
 ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Optimizer& opt, bool load_optim,
@@ -257,6 +476,10 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
   // The rank files: one (mp_rank_00), or one per EP rank (mp_rank_00_EEE) holding its experts
   // under EP-local indices, which `shift` turns into global ones.
   const fs::path it_dir = fs::path(dir) / iter_dir_name(iteration);
+  if (checkpoint::detect_checkpoint_format(it_dir) == checkpoint::CkptFormat::kTorchDist) {
+    load_dist_state(it_dir, m, opt, load_optim, load_rng, local_name, rs);
+    return rs;
+  }
   std::vector<std::pair<fs::path, int64_t>> files;
   if (fs::exists(it_dir / "mp_rank_00" / "model_optim_rng.pt")) {
     files.push_back({it_dir / "mp_rank_00" / "model_optim_rng.pt", 0});

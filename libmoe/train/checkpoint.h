@@ -1,4 +1,8 @@
-// Training checkpoints in Megatron-LM's `torch` format for the single-process layout:
+// Training checkpoints in Megatron-LM's `torch_dist` format (checkpoint/torch_dist.h: sharded
+// keys, weights in the saved dtype, the fp32 masters and optimizer moments as Megatron's
+// distributed optimizer stores them, fully sharded per parameter under
+// optimizer.state.{fp32_param,exp_avg,exp_avg_sq}.<key>; common.pt holds args, iteration, the
+// scheduler, the step and moectl's data position) or in its legacy `torch` format:
 // DIR/iter_NNNNNNN/mp_rank_00/model_optim_rng.pt with `args`, `checkpoint_version`,
 // `iteration`, `model` (canonical names, vocabulary padded, TE `_extra_state` entries) and
 // optionally `optimizer` (torch's state_dict layout plus fp32 master weights),
@@ -11,6 +15,7 @@
 #include <optional>
 #include <string>
 
+#include "checkpoint/torch_dist.h"
 #include "core/dtype.h"
 #include "core/output_dir.h"
 #include "dist/parallel_layout.h"
@@ -24,7 +29,9 @@ namespace moe::train {
 struct CheckpointOptions {
   DType dtype = DType::BF16;  // model weights as saved (fp32 masters go with the optimizer)
   bool save_optim = true, save_rng = true, save_safetensors = true;
-  std::string source_dir;  // config.json and tokenizer files come from here
+  std::string source_dir;                                              // config.json and tokenizer files come from here
+  checkpoint::CkptFormat format = checkpoint::CkptFormat::kTorchDist;  // --ckpt_format
+  int thread_count = 2;  // torch_dist: .distcp files per writing rank, written at once
 };
 
 struct TrainProgress {
@@ -59,6 +66,15 @@ void write_rank_file(const std::filesystem::path& rank_dir, const model::ModelCo
                      const dist::ParallelLayout& layout, const model::StateDict& params,
                      const model::StateDict& buffers, const Optimizer& opt, const LrScheduleConfig& lr,
                      const TrainProgress& p, const CheckpointOptions& o);
+
+// torch_dist: one rank's chunks into the iteration's staging dir (`rank`: its world rank, naming
+// its __RANK_I.distcp files; `params` under the rank's own names, experts EP-local on EP rank
+// `ep_rank` of `ep_size`, dense tensors written by EP rank 0 only), their records beside them;
+// rank 0 also writes common.pt. CheckpointSave::finish() then writes .metadata and metadata.json.
+void write_dist_rank(const std::filesystem::path& iter_dir, int rank, int ep_rank, int ep_size,
+                     const model::ModelConfig& config, const dist::ParallelLayout& layout,
+                     const model::StateDict& params, const model::StateDict& buffers, const Optimizer& opt,
+                     const LrScheduleConfig& lr, const TrainProgress& p, const CheckpointOptions& o);
 
 // One process: writes iteration `p.iteration` into `dir` (which holds args.json). Returns the
 // path of the HF copy when one was written, else "".

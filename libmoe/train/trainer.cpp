@@ -39,9 +39,14 @@ void save_job_checkpoint(const TrainerConfig& cfg, model::TrainModel& model, Par
   const Optimizer* state = cfg.ckpt.save_optim ? &opt.gather_rank_state() : nullptr;
   if (opt.writes_rank_file()) {
     const auto& layout = cfg.groups->layout();
-    const std::string rank_dir = model::ShardSpec(model.config(), layout, 1).rank_dir(0, 0, opt.ep_rank());
-    write_rank_file(std::filesystem::path(staging) / rank_dir, model.config(), layout, model.params(), model.buffers(),
-                    state ? *state : no_state, lrc, prog, cfg.ckpt);
+    if (cfg.ckpt.format == checkpoint::CkptFormat::kTorchDist) {  // every writing rank its own chunks
+      write_dist_rank(staging, all.rank(), opt.ep_rank(), layout.ep, model.config(), layout, model.params(),
+                      model.buffers(), state ? *state : no_state, lrc, prog, cfg.ckpt);
+    } else {
+      const std::string rank_dir = model::ShardSpec(model.config(), layout, 1).rank_dir(0, 0, opt.ep_rank());
+      write_rank_file(std::filesystem::path(staging) / rank_dir, model.config(), layout, model.params(),
+                      model.buffers(), state ? *state : no_state, lrc, prog, cfg.ckpt);
+    }
   }
   if (state) opt.release_rank_state();
   ParallelOptimizer::Whole whole;

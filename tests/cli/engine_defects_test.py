@@ -38,6 +38,8 @@ def run(args):
 
 
 def model_of(d, it):
+    """The legacy rank file's model dict (these checks write --ckpt_format torch; torch_dist is
+    covered by export_test.py's and train_test.py's independent reader)."""
     return torch.load(os.path.join(d, f"iter_{it:07d}", "mp_rank_00", "model_optim_rng.pt"))["model"]
 
 
@@ -54,14 +56,15 @@ def safetensors_dtypes(d):
 # --- export keeps the source dtype
 hf32 = os.path.join(WORK, "hf32")
 run(["init", "--config", os.path.join(SRC, "configs", "tiny-moe"), "--output_dir", hf32, "--torch_dtype", "float32"])
-run(["export", "--model", hf32, "--to_mcore", "true", "--output_dir", "mc32"])
+run(["export", "--model", hf32, "--to_mcore", "true", "--output_dir", "mc32", "--ckpt_format", "torch"])
 mc32 = os.path.join(WORK, "mc32")
 check(json.load(open(os.path.join(mc32, "config.json")))["torch_dtype"] == "float32", "to_mcore: config.json dtype")
 dts = {t.dtype for t in model_of(mc32, 1).values() if torch.is_tensor(t)}
 check(dts == {torch.float32}, f"to_mcore from fp32 wrote {dts}")
 run(["export", "--mcore_model", mc32, "--to_hf", "true", "--output_dir", "hf32_back"])
 check(set(safetensors_dtypes(os.path.join(WORK, "hf32_back")).values()) == {"F32"}, "to_hf from fp32 changed dtype")
-run(["export", "--model", hf32, "--to_mcore", "true", "--output_dir", "mc16", "--torch_dtype", "bfloat16"])
+run(["export", "--model", hf32, "--to_mcore", "true", "--output_dir", "mc16", "--torch_dtype", "bfloat16",
+     "--ckpt_format", "torch"])
 dts = {t.dtype for t in model_of(os.path.join(WORK, "mc16"), 1).values() if torch.is_tensor(t)}
 check(dts == {torch.bfloat16}, f"--torch_dtype bfloat16 wrote {dts}")
 
@@ -73,7 +76,7 @@ moe_layer = next(i for i in range(cfg["num_hidden_layers"]) if str(i) not in map
 common = ["--model", hf, "--dataset", "self-cognition#32", "--model_name", "x", "--model_author", "y",
           "--max_length", "96", "--micro_batch_size", "2", "--global_batch_size", "4", "--lr", "1e-3",
           "--lr_decay_iters", "4", "--moe_router_enable_expert_bias", "true", "--moe_router_bias_update_rate", "0.05",
-          "--save_interval", "2", "--add_version", "false"]
+          "--save_interval", "2", "--add_version", "false", "--ckpt_format", "torch"]
 run(["sft", "--save", "straight", "--train_iters", "4"] + common)
 straight = os.path.join(WORK, "straight")
 key = f"decoder.layers.{moe_layer}.mlp.router.expert_bias"
@@ -102,7 +105,7 @@ check(not diff, f"resumed run differs from the straight run in {diff[:3]}")
 run(["export", "--mcore_model", straight, "--to_hf", "true", "--output_dir", "bias_hf"])
 exported = hf_model.load_safetensors_dir(os.path.join(WORK, "bias_hf"))
 check(torch.equal(exported[hf_key], bias), "export --to_hf lost or changed the bias")
-run(["export", "--model", "bias_hf", "--to_mcore", "true", "--output_dir", "bias_mc"])
+run(["export", "--model", "bias_hf", "--to_mcore", "true", "--output_dir", "bias_mc", "--ckpt_format", "torch"])
 check(torch.equal(model_of(os.path.join(WORK, "bias_mc"), 1)[key], bias), "export --to_mcore lost or changed the bias")
 p = run(["infer", "--model", os.path.join(straight, "checkpoint-4"), "--max_new_tokens", "4", "--temperature", "0",
          "--stream", "false"])  # interactive on an empty stdin: loads the model with its bias

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`moectl export` round trips: HF -> Megatron (legacy torch layout, single rank) -> HF is
+"""`moectl export` round trips in the legacy `torch` format (--ckpt_format torch; torch_dist, the
+default, is torch_dist_test.py's): HF -> Megatron (single rank or sharded) -> HF is
 bit-identical (same tensor names, dtypes and bytes) for every family, tied and untied, bf16 and
 fp32, and across a bf16 -> fp32 -> bf16 dtype change; torch.load reads the Megatron file with
 Megatron's keys, padded vocabulary and per-group fused QKV; bad input exits 2 with one line.
@@ -148,7 +149,8 @@ def case(family, dtype, via=None, layout=(1, 1, 1), config_dir=None, etp=None):
         base = os.path.join(WORK, name)
         hf_model.write_random_model(config_dir or os.path.join(SRC, "configs", "tiny", family), base + "_hf", dtype, seed=5)
         mid = via or dtype
-        run(["export", "--model", base + "_hf", "--to_mcore", "true", "--torch_dtype", mid, "--output_dir", base + "_mc",
+        run(["export", "--model", base + "_hf", "--to_mcore", "true", "--ckpt_format", "torch", "--torch_dtype", mid,
+             "--output_dir", base + "_mc",
              "--tensor_model_parallel_size", str(tp), "--pipeline_model_parallel_size", str(pp),
              "--expert_model_parallel_size", str(ep)] + (["--expert_tensor_parallel_size", str(etp)] if etp else []))
         run(["export", "--mcore_model", base + "_mc", "--to_hf", "true", "--torch_dtype", dtype, "--output_dir",

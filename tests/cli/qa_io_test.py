@@ -48,7 +48,7 @@ def one_error_line(tag, args, needles, stdin=None):
 
 hf, mc = os.path.join(WORK, "hf"), os.path.join(WORK, "mc")
 run(["init", "--config", os.path.join(SRC, "configs", "tiny-moe"), "--output_dir", hf])
-run(["export", "--model", hf, "--to_mcore", "true", "--output_dir", mc])
+run(["export", "--model", hf, "--to_mcore", "true", "--output_dir", mc, "--ckpt_format", "torch"])
 
 # --- QA09: a flipped bit in a storage of the rank file
 bad = os.path.join(WORK, "bad")

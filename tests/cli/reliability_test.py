@@ -152,7 +152,8 @@ check(not os.path.exists(os.path.join(WORK, "bad")) or os.listdir(os.path.join(W
       f"QA03: bad flags left run dirs {os.listdir(os.path.join(WORK, 'bad')) if os.path.exists(os.path.join(WORK, 'bad')) else ''}")
 
 # --lr 1e30 is finite: the steps that would overflow are skipped and counted; nothing saved is NaN.
-p = run(["sft", "--model", hf] + tiny + ["--lr", "1e30", "--save", "huge", "--torch_dtype", "float32"])
+p = run(["sft", "--model", hf] + tiny + ["--lr", "1e30", "--save", "huge", "--torch_dtype", "float32",
+                                        "--ckpt_format", "torch"])
 rd = glob.glob(os.path.join(WORK, "huge", "v*"))[0]
 ck = torch.load(os.path.join(rd, "iter_0000002", "mp_rank_00", "model_optim_rng.pt"))
 tensors = list(ck["model"].values()) + list(ck["optimizer"]["fp32_from_fp16_params"])

@@ -3,7 +3,9 @@
 - the Megatron-SWIFT quick start: HF -> mcore -> sft on self-cognition -> the run dir holds
   args.json, logging.jsonl with swift's keys, images/*.svg, a Megatron checkpoint torch.load reads
   with the optimizer state, and an HF copy infer reads; the loss falls;
-- resuming (--finetune false) from iteration 10 ends bit-identical to an uninterrupted run;
+- resuming (--finetune false) from iteration 10 ends bit-identical to an uninterrupted run, with
+  checkpoints in torch_dist (the default; read by the independent reader in dcp_reader.py) and in
+  the legacy torch format;
 - pt from a config-only dir (random init) with packing on a text dataset;
 - bad input: one-line errors, exit 2, no run dir written.
 Usage: train_test.py MOECTL SRC_DIR WORK_DIR"""
@@ -19,6 +21,8 @@ import xml.etree.ElementTree as ET
 import torch
 
 MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
+sys.path.insert(0, os.path.join(SRC, "tests", "cli"))
+import dcp_reader  # noqa: E402
 shutil.rmtree(WORK, ignore_errors=True)
 os.makedirs(WORK)
 failures = []
@@ -53,7 +57,8 @@ common = ["--dataset", "self-cognition#160", "--model_name", "小黄", "Xiao Hua
 run(["sft", "--load", mcore, "--train_iters", "20", "--save", "quick", "--split_dataset_ratio", "0.05"] + common)
 d = run_dir(os.path.join(WORK, "quick"))
 for f in ["args.json", "logging.jsonl", "latest_checkpointed_iteration.txt", "config.json", "tokenizer.json",
-          "iter_0000020/mp_rank_00/model_optim_rng.pt", "checkpoint-20/model.safetensors", "checkpoint-20/config.json"]:
+          "iter_0000020/metadata.json", "iter_0000020/.metadata", "iter_0000020/common.pt",
+          "checkpoint-20/model.safetensors", "checkpoint-20/config.json"]:
     check(os.path.exists(os.path.join(d, f)), f"run dir lacks {f}")
 lines = [json.loads(l) for l in open(os.path.join(d, "logging.jsonl"))]
 train = [l for l in lines if "loss" in l]
@@ -70,13 +75,19 @@ for svg in ["train_loss", "learning_rate", "grad_norm", "eval_loss", "expert_loa
         ET.parse(os.path.join(d, "images", svg + ".svg"))
     except Exception as e:  # noqa: BLE001
         check(False, f"images/{svg}.svg: {e}")
-ck = torch.load(os.path.join(d, "iter_0000020/mp_rank_00/model_optim_rng.pt"))
-check(ck["iteration"] == 20, "iteration key")
-check("decoder.layers.0.mlp.router.weight" in ck["model"], "canonical names in model")
-check(ck["model"]["embedding.word_embeddings.weight"].shape[0] % 128 == 0, "vocab padded")
-opt = ck["optimizer"]
-check(len(opt["param_names"]) == len(opt["fp32_from_fp16_params"]), "optimizer masters per parameter")
-check(all("exp_avg" in s and "exp_avg_sq" in s for s in opt["optimizer"]["state"].values()), "adam state")
+ck = torch.load(os.path.join(d, "iter_0000020/common.pt"))
+check(ck["iteration"] == 20 and ck["args"].ckpt_format == "torch_dist", "common.pt iteration / ckpt_format")
+check(ck["optimizer"]["step"] == 20, f"optimizer step {ck['optimizer']}")
+tens, objs, _ = dcp_reader.read_checkpoint(os.path.join(d, "iter_0000020"))
+L = json.load(open(os.path.join(d, "config.json")))["num_hidden_layers"]
+check(tens["decoder.layers.mlp.router.weight"].shape[0] == L, "layer axis stacked in the router key")
+check(tens["embedding.word_embeddings.weight"].shape[0] % 128 == 0, "vocab padded")
+weights = [k for k in tens if not k.startswith("optimizer.")]
+for k in weights:
+    for s in ["fp32_param", "exp_avg", "exp_avg_sq"]:
+        o = tens.get(f"optimizer.state.{s}.{k}")
+        check(o is not None and o.shape == tens[k].shape and o.dtype == torch.float32, f"optimizer {s} of {k}")
+check(any(k.startswith("decoder.layers.self_attention.linear_qkv._extra_state/shard_") for k in objs), "extra states")
 # The trained model answers with its new identity (greedy), from the HF copy and after export.
 ans = subprocess.run([MOECTL, "infer", "--model", os.path.join(d, "checkpoint-20"), "--max_new_tokens", "24",
                       "--temperature", "0"], input="who are you?\n", capture_output=True, text=True).stdout
@@ -88,18 +99,32 @@ check(os.path.exists(os.path.join(hf2, "model.safetensors")), "export --to_hf of
 # --- exact resume: 10 + 10 iterations == 20 iterations
 every_step = [("1" if prev == "--log_interval" else a) for prev, a in zip([""] + common, common)]
 sched = ["--lr_decay_iters", "20", "--save_interval", "10", "--torch_dtype", "float32", "--clip_grad", "0.5"] + every_step
-run(["sft", "--load", mcore, "--train_iters", "20", "--save", "full"] + sched)
-run(["sft", "--load", mcore, "--train_iters", "10", "--save", "half"] + sched)
-run(["sft", "--load", run_dir(os.path.join(WORK, "half")), "--finetune", "false", "--train_iters", "20",
-     "--save", "resumed"] + sched)
-a = torch.load(os.path.join(run_dir(os.path.join(WORK, "full")), "iter_0000020/mp_rank_00/model_optim_rng.pt"))
-b = torch.load(os.path.join(run_dir(os.path.join(WORK, "resumed")), "iter_0000020/mp_rank_00/model_optim_rng.pt"))
-same = all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"] if torch.is_tensor(a["model"][k]))
-check(same, "resumed run differs from the uninterrupted one")
-la = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "full")), "logging.jsonl"))]
-lb = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, "resumed")), "logging.jsonl"))]
-last10 = lambda ls: [(l["iteration"], l["loss"], l["grad_norm"]) for l in ls if "loss" in l][-10:]
-check(last10(la) == last10(lb) and len(last10(la)) == 10, f"iterations 11-20 differ after resume:\n{last10(la)}\n{last10(lb)}")
+for fmt in ["torch_dist", "torch"]:
+    fs_ = ["--ckpt_format", fmt]
+    full, half, resumed = (f"{x}_{fmt}" for x in ("full", "half", "resumed"))
+    run(["sft", "--load", mcore, "--train_iters", "20", "--save", full] + sched + fs_)
+    run(["sft", "--load", mcore, "--train_iters", "10", "--save", half] + sched + fs_)
+    run(["sft", "--load", run_dir(os.path.join(WORK, half)), "--finetune", "false", "--train_iters", "20",
+         "--save", resumed] + sched + fs_)
+    if fmt == "torch":
+        a = torch.load(os.path.join(run_dir(os.path.join(WORK, full)), "iter_0000020/mp_rank_00/model_optim_rng.pt"))
+        b = torch.load(os.path.join(run_dir(os.path.join(WORK, resumed)), "iter_0000020/mp_rank_00/model_optim_rng.pt"))
+        opt = a["optimizer"]
+        check(len(opt["param_names"]) == len(opt["fp32_from_fp16_params"]), "optimizer masters per parameter")
+        check(all("exp_avg" in s and "exp_avg_sq" in s for s in opt["optimizer"]["state"].values()), "adam state")
+        a, b = a["model"], b["model"]
+    else:
+        a = dcp_reader.read_checkpoint(os.path.join(run_dir(os.path.join(WORK, full)), "iter_0000020"))[0]
+        b = dcp_reader.read_checkpoint(os.path.join(run_dir(os.path.join(WORK, resumed)), "iter_0000020"))[0]
+        check(any(k.startswith("optimizer.state.exp_avg_sq.") for k in a), "torch_dist: no optimizer state saved")
+    same = sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+    check(same, f"{fmt}: resumed run differs from the uninterrupted one")
+    la = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, full)), "logging.jsonl"))]
+    lb = [json.loads(l) for l in open(os.path.join(run_dir(os.path.join(WORK, resumed)), "logging.jsonl"))]
+    last10 = lambda ls: [(l["iteration"], l["loss"], l["grad_norm"]) for l in ls if "loss" in l][-10:]
+    check(last10(la) == last10(lb) and len(last10(la)) == 10,
+          f"{fmt}: iterations 11-20 differ after resume:\n{last10(la)}\n{last10(lb)}")
+    print(f"ok   {fmt}: resumed at iteration 10, iteration 20 bit-identical to the uninterrupted run")
 
 # --- pt from a config-only dir (random init), packed text rows
 cfg_only = os.path.join(WORK, "cfg")
