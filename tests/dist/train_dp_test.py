@@ -34,6 +34,8 @@ shutil.rmtree(WORK, ignore_errors=True)
 os.makedirs(WORK)
 sys.path.insert(0, os.path.join(SRC, "tests", "parity"))
 import hf_model  # noqa: E402
+sys.path.insert(0, os.path.join(SRC, "tests", "cli"))
+import dcp_reader  # noqa: E402
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
            OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
@@ -71,9 +73,26 @@ def train_log(save):
 
 
 def final_model(save, it):
-    """The whole model of a run's checkpoint: mp_rank_00, or the EP ranks' files merged (experts
-    renumbered from their EP-local indices)."""
+    """The whole model of a run's checkpoint under per-layer names: torch_dist (every rank's chunks
+    assembled by the independent reader, the layer and expert axes unstacked), mp_rank_00, or the
+    EP ranks' files merged (experts renumbered from their EP-local indices)."""
     it_dir = os.path.join(run_dir(save), f"iter_{it:07d}")
+    if os.path.exists(os.path.join(it_dir, "metadata.json")):
+        out = {}
+        for k, v in dcp_reader.read_checkpoint(it_dir)[0].items():
+            if k.startswith("optimizer."):
+                continue
+            if not k.startswith("decoder.layers."):
+                out[k] = v
+                continue
+            rest = k[len("decoder.layers."):]
+            for i in range(v.shape[0]):
+                if rest.startswith("mlp.experts.experts."):
+                    for e in range(v.shape[1]):
+                        out[f"decoder.layers.{i}.mlp.experts.{rest[len('mlp.experts.experts.'):]}{e}"] = v[i, e]
+                else:
+                    out[f"decoder.layers.{i}.{rest}"] = v[i]
+        return out
     ranks = sorted(d for d in os.listdir(it_dir) if d.startswith("mp_rank_"))
     if ranks == ["mp_rank_00"]:
         return torch.load(os.path.join(it_dir, "mp_rank_00", "model_optim_rng.pt"))["model"]
@@ -162,13 +181,25 @@ check(args.get("world_size") == 4 and args.get("data_parallel_size") == 4
       and args.get("expert_model_parallel_size") == 2, "args.json records world_size 4, DP 4, EP 2")
 check(len(glob.glob(os.path.join(WORK, "c0_np2_ep1_1", "*"))) == 1, "DP2 made one run dir")
 
-# --- interop: the DP2 x EP2 run's rank files are Megatron's for EP2 (the names and shapes moectl
-# export writes for that layout, which the export tests hold to Megatron-Core's), each loading with
-# torch.load, holding its EP rank's experts under local indices
-run(["export", "--model", q3, "--to_mcore", "true", "--output_dir", "q3_ep2", "--expert_model_parallel_size", "2"])
+# --- interop: a DP2 x EP2 run saving --ckpt_format torch writes Megatron's rank files for EP2 (the
+# names and shapes moectl export writes for that layout, which the export tests hold to
+# Megatron-Core's), each loading with torch.load, holding its EP rank's experts under local
+# indices; the same run saving torch_dist (the default: each EP rank its own chunks, rank 0 the
+# .metadata) holds the same model
+run(["sft"] + BASE + CASES["qwen3_moe"] + ["--expert_model_parallel_size", "2", "--ckpt_format", "torch", "--save",
+                                           "c0_np4_ep2_legacy"], np=4)
+legacy, dist_ = final_model("c0_np4_ep2_legacy", ITERS), final_model("c0_np4_ep2_1", ITERS)
+check(sorted(legacy) == sorted(dist_) and all(torch.equal(legacy[k], dist_[k]) for k in legacy),
+      "DP2 x EP2: the torch_dist checkpoint holds the legacy rank files' model exactly")
+it_td = os.path.join(run_dir("c0_np4_ep2_1"), f"iter_{ITERS:07d}")
+distcp = sorted(f for f in os.listdir(it_td) if f.endswith(".distcp"))
+check(len(distcp) == 4 and len({f.split("_")[2] for f in distcp}) == 2 and "__0_0.distcp" in distcp,
+      f"DP2 x EP2 torch_dist: two writing ranks, two files each: {distcp}")
+run(["export", "--model", q3, "--to_mcore", "true", "--ckpt_format", "torch", "--output_dir", "q3_ep2",
+     "--expert_model_parallel_size", "2"])
 for q in range(2):
     rank = f"mp_rank_00_{q:03d}"
-    got = torch.load(os.path.join(run_dir("c0_np4_ep2_1"), f"iter_{ITERS:07d}", rank, "model_optim_rng.pt"))
+    got = torch.load(os.path.join(run_dir("c0_np4_ep2_legacy"), f"iter_{ITERS:07d}", rank, "model_optim_rng.pt"))
     ref = torch.load(os.path.join(WORK, "q3_ep2", "iter_0000001", rank, "model_optim_rng.pt"))
     shapes = lambda d: {k: tuple(v.shape) for k, v in d["model"].items() if torch.is_tensor(v)}
     check(shapes(got) == shapes(ref), f"{rank}: tensor names and shapes as moectl export --expert_model_parallel_size 2")
