@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "core/parallel.h"
@@ -15,6 +14,11 @@
 namespace moe::kernels::cpu {
 
 namespace {
+
+// Queries go in blocks of kBlock rows; a block only meets the keys it can see (positions up to
+// its last row), so the masked upper triangle beyond the block is never multiplied. Halves the
+// work of a long sequence against the square L x L product.
+constexpr int64_t kBlock = 128;
 
 // One work item is (sequence, kv group): the group's query heads run one after another, so the
 // key/value gradients of a group are written by one thread only.
@@ -29,26 +33,27 @@ void for_each_seq_group(const VarlenAttention& a, F&& fn) {
   parallel_items(cost, [&](int64_t i) { fn(i / a.ng, i % a.ng); });
 }
 
-// P[L, L] = causal softmax(scale · q_h k_gᵀ), rows given their log-sum-exp (computed if lse_in
-// is null and written to lse_out).
-void probabilities(const VarlenAttention& a, int64_t L, const float* qh, const float* kg, const float* lse_in,
-                   float* lse_out, float* P) {
+// P[tc, Sc] = causal softmax(scale · q kᵀ) for the query rows t0 .. t0+tc-1 of a sequence
+// (qh points at row t0) against its keys 0 .. Sc-1 (Sc = t0 + tc). Rows are normalised by
+// their log-sum-exp, given (lse_in) or computed and written (lse_out); both point at row t0.
+void probabilities(const VarlenAttention& a, int64_t t0, int64_t tc, int64_t Sc, const float* qh, const float* kg,
+                   const float* lse_in, float* lse_out, float* P) {
   const int64_t ldq = a.nh * a.d, ldk = a.ng * a.d;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(L), int(L), int(a.d), a.scale, qh, int(ldq), kg, int(ldk),
-              0.0f, P, int(L));
-  for (int64_t i = 0; i < L; ++i) {
-    float* p = P + i * L;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tc), int(Sc), int(a.d), a.scale, qh, int(ldq), kg, int(ldk),
+              0.0f, P, int(Sc));
+  for (int64_t i = 0; i < tc; ++i) {
+    float* p = P + i * Sc;
+    const int64_t n = t0 + i + 1;  // keys this row sees
     if (lse_in) {
-      exp_shift_sum(p, i + 1, lse_in[i * a.nh]);  // p <- exp(p - lse)
+      exp_shift_sum(p, n, lse_in[i * a.nh]);  // p <- exp(p - lse)
     } else {
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j <= i; ++j) m = std::max(m, p[j]);
-      const double s = exp_shift_sum(p, i + 1, m);  // p <- exp(p - m), vectorised
+      const float m = max_value(p, n);
+      const double s = exp_shift_sum(p, n, m);  // p <- exp(p - m), vectorised
       lse_out[i * a.nh] = m + float(std::log(s));
       const float inv = float(1.0 / s);
-      for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
+      for (int64_t j = 0; j < n; ++j) p[j] *= inv;
     }
-    std::fill(p + i + 1, p + L, 0.0f);
+    std::fill(p + n, p + Sc, 0.0f);
   }
 }
 
@@ -58,13 +63,18 @@ void attention_varlen_forward(const VarlenAttention& a, const float* q, const fl
                               float* lse) {
   const int64_t r = a.nh / a.ng, ldq = a.nh * a.d, ldk = a.ng * a.d;
   for_each_seq_group(a, [&](int64_t s, int64_t g) {
-    const int64_t t0 = a.cu_seqlens[s], L = a.cu_seqlens[s + 1] - t0;
+    const int64_t s0 = a.cu_seqlens[s], L = a.cu_seqlens[s + 1] - s0;
     thread_local std::vector<float> P;
-    P.resize(size_t(L * L));
+    P.resize(size_t(std::min(L, kBlock) * L));
+    const float* kg = k + s0 * ldk + g * a.d;
+    const float* vg = v + s0 * ldk + g * a.d;
     for (int64_t h = g * r; h < (g + 1) * r; ++h) {
-      probabilities(a, L, q + t0 * ldq + h * a.d, k + t0 * ldk + g * a.d, nullptr, lse + t0 * a.nh + h, P.data());
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(L), int(a.d), int(L), 1.0f, P.data(), int(L),
-                  v + t0 * ldk + g * a.d, int(ldk), 0.0f, out + t0 * ldq + h * a.d, int(ldq));
+      for (int64_t t0 = 0; t0 < L; t0 += kBlock) {
+        const int64_t tc = std::min(kBlock, L - t0), Sc = t0 + tc, row = s0 + t0;
+        probabilities(a, t0, tc, Sc, q + row * ldq + h * a.d, kg, nullptr, lse + row * a.nh + h, P.data());
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(tc), int(a.d), int(Sc), 1.0f, P.data(), int(Sc), vg,
+                    int(ldk), 0.0f, out + row * ldq + h * a.d, int(ldq));
+      }
     }
   });
 }
@@ -73,40 +83,45 @@ void attention_varlen_backward(const VarlenAttention& a, const float* q, const f
                                const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
   const int64_t r = a.nh / a.ng, ldq = a.nh * a.d, ldk = a.ng * a.d;
   for_each_seq_group(a, [&](int64_t s, int64_t g) {
-    const int64_t t0 = a.cu_seqlens[s], L = a.cu_seqlens[s + 1] - t0;
+    const int64_t s0 = a.cu_seqlens[s], L = a.cu_seqlens[s + 1] - s0;
     thread_local std::vector<float> P, dP;
-    P.resize(size_t(L * L)), dP.resize(size_t(L * L));
-    float* dkg = dk + t0 * ldk + g * a.d;
-    float* dvg = dv + t0 * ldk + g * a.d;
+    P.resize(size_t(std::min(L, kBlock) * L)), dP.resize(P.size());
+    float* dkg = dk + s0 * ldk + g * a.d;
+    float* dvg = dv + s0 * ldk + g * a.d;
     for (int64_t i = 0; i < L; ++i) {
       std::memset(dkg + i * ldk, 0, size_t(a.d) * sizeof(float));
       std::memset(dvg + i * ldk, 0, size_t(a.d) * sizeof(float));
     }
-    const float* kg = k + t0 * ldk + g * a.d;
-    const float* vg = v + t0 * ldk + g * a.d;
+    const float* kg = k + s0 * ldk + g * a.d;
+    const float* vg = v + s0 * ldk + g * a.d;
     for (int64_t h = g * r; h < (g + 1) * r; ++h) {
-      const float* qh = q + t0 * ldq + h * a.d;
-      const float* oh = out + t0 * ldq + h * a.d;
-      const float* doh = dout + t0 * ldq + h * a.d;
-      probabilities(a, L, qh, kg, lse + t0 * a.nh + h, nullptr, P.data());
-      // dv += Pᵀ dO; dP = dO vᵀ
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(L), int(a.d), int(L), 1.0f, P.data(), int(L), doh,
-                  int(ldq), 1.0f, dvg, int(ldk));
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(L), int(L), int(a.d), 1.0f, doh, int(ldq), vg, int(ldk),
-                  0.0f, dP.data(), int(L));
-      // dS = P ∘ (dP − rowsum(dO ∘ O)), scaled here once for both dq and dk.
-      for (int64_t i = 0; i < L; ++i) {
-        double di = 0;
-        for (int64_t j = 0; j < a.d; ++j) di += double(doh[i * ldq + j]) * oh[i * ldq + j];
-        float* ds = dP.data() + i * L;
-        const float* p = P.data() + i * L;
-        for (int64_t j = 0; j <= i; ++j) ds[j] = a.scale * p[j] * (ds[j] - float(di));
-        std::fill(ds + i + 1, ds + L, 0.0f);
+      for (int64_t t0 = 0; t0 < L; t0 += kBlock) {
+        // The block's rows t0 .. t0+tc-1 against keys 0 .. Sc-1.
+        const int64_t tc = std::min(kBlock, L - t0), Sc = t0 + tc, row = s0 + t0;
+        const float* qh = q + row * ldq + h * a.d;
+        const float* oh = out + row * ldq + h * a.d;
+        const float* doh = dout + row * ldq + h * a.d;
+        probabilities(a, t0, tc, Sc, qh, kg, lse + row * a.nh + h, nullptr, P.data());
+        // dv += Pᵀ dO; dP = dO vᵀ
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(Sc), int(a.d), int(tc), 1.0f, P.data(), int(Sc), doh,
+                    int(ldq), 1.0f, dvg, int(ldk));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tc), int(Sc), int(a.d), 1.0f, doh, int(ldq), vg,
+                    int(ldk), 0.0f, dP.data(), int(Sc));
+        // dS = P ∘ (dP − rowsum(dO ∘ O)), scaled here once for both dq and dk.
+        for (int64_t i = 0; i < tc; ++i) {
+          double di = 0;
+          for (int64_t j = 0; j < a.d; ++j) di += double(doh[i * ldq + j]) * oh[i * ldq + j];
+          float* ds = dP.data() + i * Sc;
+          const float* p = P.data() + i * Sc;
+          const int64_t n = t0 + i + 1;
+          for (int64_t j = 0; j < n; ++j) ds[j] = a.scale * p[j] * (ds[j] - float(di));
+          std::fill(ds + n, ds + Sc, 0.0f);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(tc), int(a.d), int(Sc), 1.0f, dP.data(), int(Sc), kg,
+                    int(ldk), 0.0f, dq + row * ldq + h * a.d, int(ldq));
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(Sc), int(a.d), int(tc), 1.0f, dP.data(), int(Sc), qh,
+                    int(ldq), 1.0f, dkg, int(ldk));
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(L), int(a.d), int(L), 1.0f, dP.data(), int(L), kg,
-                  int(ldk), 0.0f, dq + t0 * ldq + h * a.d, int(ldq));
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(L), int(a.d), int(L), 1.0f, dP.data(), int(L), qh,
-                  int(ldq), 1.0f, dkg, int(ldk));
     }
   });
 }

@@ -21,8 +21,9 @@ CrossEntropySums cross_entropy_forward_backward(float* logits_TV, int64_t T, int
         std::fill(x, x + V, 0.0f);
         continue;
       }
-      const int64_t arg = std::max_element(x, x + V) - x;
-      const float m = x[arg], x_label = x[label];
+      // The first index of the maximum, as argmax: the vectorised max, then a plain search.
+      const float m = max_value(x, V), x_label = x[label];
+      const int64_t arg = std::find(x, x + V, m) - x;
       // x <- exp(x - m) in place (vectorised; the sum in double), then softmax = x / s.
       const double s = exp_shift_sum(x, V, m);
       loss_T[size_t(t)] = double(m) + std::log(s) - double(x_label);

@@ -9,9 +9,13 @@ namespace moe::kernels::cpu {
 double exp_shift_sum(float* x, int64_t n, float shift);
 // y[i] = x[i] / (1 + exp(-x[i])) * u[i]  (SiLU(gate) * up)
 void silu_mul(const float* x, const float* u, float* y, int64_t n);
+// max(x[0..n)), -inf for n = 0; NaNs are skipped. The scalar loop is a serial chain that
+// compilers do not vectorise without -ffast-math.
+float max_value(const float* x, int64_t n);
 
 // The AVX2 bodies (vexp_avx2.cpp); callers use the functions above.
 double exp_shift_sum_avx2(float* x, int64_t n, float shift);
 void silu_mul_avx2(const float* x, const float* u, float* y, int64_t n);
+float max_value_avx2(const float* x, int64_t n);
 
 }  // namespace moe::kernels::cpu

@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <limits>
 
 #include "kernels/cpu/vexp.h"
 
@@ -59,6 +60,27 @@ void silu_mul_avx2(const float* x, const float* u, float* y, int64_t n) {
     _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_div_ps(g, den), _mm256_loadu_ps(u + i)));
   }
   for (; i < n; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i])) * u[i];
+}
+
+float max_value_avx2(const float* x, int64_t n) {
+  // Four independent accumulators hide maxps' latency. _mm256_max_ps(v, m) returns m when v
+  // is NaN, as the scalar loop skips it.
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
+    m1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), m1);
+    m2 = _mm256_max_ps(_mm256_loadu_ps(x + i + 16), m2);
+    m3 = _mm256_max_ps(_mm256_loadu_ps(x + i + 24), m3);
+  }
+  for (; i + 8 <= n; i += 8) m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
+  float m = -std::numeric_limits<float>::infinity();
+  for (float v : lanes) m = v > m ? v : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
 }
 
 }  // namespace moe::kernels::cpu
