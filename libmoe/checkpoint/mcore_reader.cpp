@@ -58,7 +58,7 @@ McoreReader::McoreReader(const std::string& mcore_dir) : dir_(mcore_dir) {
 }
 
 DistKey McoreReader::dist_shape_checked(const WeightRule& rule) const {
-  const DistKey k = dist_key(config_, rule.mcore, rule.shape);
+  DistKey k = dist_key(config_, rule.mcore, rule.shape);
   const Shape& got = dist_->shape(k.fqn);
   bool ok = got.size() == k.global.size();
   for (size_t d = 0; ok && d < got.size(); ++d)  // Megatron allows any padded vocabulary that holds V rows

@@ -338,9 +338,9 @@ void finish_dist_checkpoint(const fs::path& dir, const std::vector<DistRecord>& 
     for (int64_t x : xs) items.push_back(PyValue::integer(x));
     return PyValue::object("torch.Size", {PyValue::tuple(items)}, nullptr, false);
   };
-  auto dataclass = [](const std::string& cls, std::vector<std::pair<std::string, PyPtr>> fields) {
+  auto dataclass = [](const std::string& cls, const std::vector<std::pair<std::string, PyPtr>>& fields) {
     auto st = PyValue::container(PyValue::kDict);
-    for (auto& [k, v] : fields) st->set(k, std::move(v));
+    for (const auto& [k, v] : fields) st->set(k, v);
     return PyValue::object(cls, {}, st);
   };
   // Tensors in first-seen order, their chunks in record order.

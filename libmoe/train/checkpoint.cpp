@@ -203,7 +203,8 @@ void write_dist_rank(const fs::path& iter_dir, int rank, int ep_rank, int ep_siz
   std::vector<checkpoint::DistChunk> chunks;
   // The chunk of `fqn` this rank holds: the box its members' indices span (they fill it), in
   // index order; `bytes(member)` gives each member's tensor, padded to the stored shape.
-  auto chunk = [&](const std::string& fqn, const Group& g, DType dtype, std::function<Tensor(const Member&)> bytes) {
+  auto chunk = [&](const std::string& fqn, const Group& g, DType dtype,
+                   const std::function<Tensor(const Member&)>& bytes) {
     checkpoint::DistChunk ch;
     ch.fqn = fqn, ch.global = g.global, ch.dtype = dtype;
     const size_t lead = g.members[0].index.size();
@@ -249,7 +250,7 @@ void write_dist_rank(const fs::path& iter_dir, int rank, int ep_rank, int ep_siz
           [&](const Member& m) { return padded(*m.name, m.t->to(DType::F32)); });
     if (!opt.has_state()) continue;
     for (const auto& k : opt.state_keys())
-      chunk("optimizer.state." + k + "." + fqn, g, DType::F32, [&, k](const Member& m) {
+      chunk(fmt::format("optimizer.state.{}.{}", k, fqn), g, DType::F32, [&, k](const Member& m) {
         const auto v = opt.state(*m.name, k);
         MOE_ASSERT(v.size() == size_t(m.t->numel()), "{}: optimizer state {} has {} values", *m.name, k, v.size());
         const Tensor sv = borrow_f32(v, m.t->shape());
