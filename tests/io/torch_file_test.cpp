@@ -394,3 +394,67 @@ TEST(TorchFile, FlippedPickleBitIsRefused) {
   EXPECT_NE(e.find(path), std::string::npos) << e;
   EXPECT_NE(e.find("'archive/data.pkl': checksum mismatch (file corrupted)"), std::string::npos) << e;
 }
+
+// PyTorch's distributed checkpoints: torch.save archives appended inside one file, each opened
+// over its byte range; a storage streamed piecewise (memory, then bytes copied from a file).
+TEST(TorchFile, ArchivesInsideOneFileWithStreamedStorages) {
+  TempDir d;
+  const Tensor a = iota({3, 5}, DType::BF16), b = iota({7}, DType::F32);
+  moe::testing::write_file(d.file("src.bin"),
+                           std::string("xyz") + std::string(static_cast<const char*>(b.raw()), b.nbytes()));
+  auto src = MappedFile::open(d.file("src.bin"));
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  {
+    OutputFile out(d.file("__0_0.distcp"));
+    uint64_t base = 0;
+    for (int i = 0; i < 2; ++i) {
+      const Tensor& t = i == 0 ? a : b;
+      TorchFileWriter w(out, base, *PyValue::tensor_ref(contiguous_ref("0", t)));
+      w.add_storage_streamed("0", t.nbytes(), [&](TorchFileWriter::Sink& sink) {
+        if (i == 0) {
+          sink.write(t.raw(), 4), sink.write(static_cast<const char*>(t.raw()) + 4, t.nbytes() - 4);
+        } else {
+          sink.copy({{src.get(), 3, t.nbytes()}});  // the same bytes, from a file
+        }
+      });
+      const uint64_t len = w.finish();
+      ranges.push_back({base, len});
+      base = (base + len + 63) / 64 * 64 + 64 * uint64_t(i + 1);  // items need not touch
+    }
+    out.close();
+  }
+  auto file = MappedFile::open(d.file("__0_0.distcp"));
+  for (int i = 0; i < 2; ++i) {
+    const TorchFile f = TorchFile::open_range(file, ranges[size_t(i)].first, ranges[size_t(i)].second, "item");
+    ASSERT_EQ(f.root()->kind, PyValue::kTensor);
+    const Tensor got = f.tensor(f.root()->tensor), &want = i == 0 ? a : b;
+    ASSERT_EQ(got.shape(), want.shape());
+    EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0) << "item " << i;
+  }
+  // A streamed storage that ends short is an internal error, never a silent short entry.
+  OutputFile out(d.file("short.distcp"));
+  TorchFileWriter w(out, 0, *PyValue::tensor_ref(contiguous_ref("0", a)));
+  EXPECT_ANY_THROW(w.add_storage_streamed("0", a.nbytes(), [&](TorchFileWriter::Sink& s) { s.write(a.raw(), 2); }));
+}
+
+// Objects of classes a stream allows (PyTorch's checkpoint metadata) are written and read back;
+// without the allowance the same bytes are refused by name.
+TEST(TorchFile, PickleObjectsOfAllowedClassesOnly) {
+  const std::string cls = "torch.distributed.checkpoint.metadata.ChunkStorageMetadata";
+  auto size =
+      PyValue::object("torch.Size", {PyValue::tuple({PyValue::integer(2), PyValue::integer(300)})}, nullptr, false);
+  auto st = PyValue::container(PyValue::kDict);
+  st->set("offsets", size), st->set("dtype", PyValue::global("torch.bfloat16"));
+  const std::string bytes = pickle_dumps(*PyValue::object(cls, {}, st));
+  EXPECT_NE(input_error([&] { pickle_loads(bytes, "m"); }).find("not allowed"), std::string::npos);
+  const PyPtr v = pickle_loads(bytes, "m", {cls, "torch.Size", "torch.bfloat16"});
+  ASSERT_EQ(v->kind, PyValue::kObject);
+  EXPECT_EQ(v->s, cls);
+  ASSERT_TRUE(v->state);
+  const PyPtr off = v->state->get("offsets");
+  ASSERT_TRUE(off && off->kind == PyValue::kObject && off->s == "torch.Size" && off->items.size() == 1);
+  ASSERT_EQ(off->items[0]->items.size(), 2u);
+  EXPECT_EQ(off->items[0]->items[1]->i, 300);
+  EXPECT_EQ(v->state->get("dtype")->kind, PyValue::kGlobal);
+  EXPECT_EQ(v->state->get("dtype")->s, "torch.bfloat16");
+}
