@@ -1,5 +1,6 @@
 #include "megatron_knobs.h"
 
+#include <cctype>
 #include <vector>
 
 #include "core/error.h"
@@ -35,6 +36,13 @@ const std::vector<Knob> kBool = {
     {"tp_comm_overlap", "TP communication overlapped with GEMMs"},
     {"attention_softmax_in_fp32", "softmax in fp32 (the CPU engine always is)"},
     {"lazy_tokenize", "tokenise rows when first read"},
+    {"bf16", "bf16 mixed-precision compute (the CPU engine computes in fp32 and saves --torch_dtype)"},
+    {"apply_query_key_layer_scaling", "Q·Kᵀ scaled by 1/layer for fp16 (the CPU engine computes in fp32)"},
+    {"deterministic_mode", "deterministic kernels (the CPU engine always is: same input, same bits)"},
+    {"no_create_attention_mask_in_dataloader", "attention mask built by the data loader (moectl needs none)"},
+    {"no_initialization", "no random initialisation before loading (moectl never initialises what it loads)"},
+    {"auto_detect_ckpt_format", "checkpoint format detected from the directory (moectl always detects it)"},
+    {"log_throughput", "throughput in the log (moectl always logs tokens/s)"},
 };
 // Integer knobs (>= 0): worker counts and intervals of the Python data pipeline.
 const std::vector<Knob> kCount = {
@@ -42,14 +50,20 @@ const std::vector<Knob> kCount = {
     {"dataloader_num_workers", "data loader worker processes"},
     {"dataset_num_proc", "tokenisation processes"},
     {"manual_gc_interval", "steps between garbage collections"},
+    {"logging_level", "Python logging level of Megatron's loggers (moectl's: --verbose)"},
+    {"tensorboard_queue_size", "queued TensorBoard events (moectl writes each one directly)"},
 };
 // Enumerated knobs: flag, allowed values.
 const std::vector<std::pair<Knob, std::vector<std::string>>> kEnum = {
     {{"attention_backend", "attention kernel"}, {"flash", "fused", "unfused", "local", "auto"}},
     {{"transformer_impl", "layer implementation"}, {"transformer_engine", "local"}},
+    {{"distributed_backend", "process-group backend (CPU processes talk over MPI)"}, {"nccl", "gloo"}},
+    // external comes with --streaming, which is not in moectl yet.
+    {{"dataloader_type", "Megatron's sampler (moectl reads the global batch in swift's order)"}, {"single", "cyclic"}},
 };
 
-// Flags of features moectl does not have yet: flag, the value that means "off", what it is.
+// Flags of features moectl does not have yet: flag, the value that means "off" (what moectl does;
+// "" = any value is the feature), what it is.
 struct Later {
   const char* flag;
   const char* off;
@@ -57,6 +71,13 @@ struct Later {
 };
 const std::vector<Later> kLater = {
     {"train_type", "full", "LoRA and other adapter training (--train_type full trains every weight)"},
+    {"fp16", "false", "fp16 training with loss scaling (use --torch_dtype float16 to save fp16 weights)"},
+    {"calculate_per_token_loss", "true",
+     "averaging the loss per micro-batch (moectl divides by the global batch's tokens, swift's default)"},
+    {"exit_on_missing_checkpoint", "true", "starting from random weights when --load holds no checkpoint"},
+    {"streaming", "false", "reading the dataset lazily in one pass (--streaming)"},
+    {"decoder_first_pipeline_num_layers", "", "uneven pipeline stages (pipeline parallelism)"},
+    {"decoder_last_pipeline_num_layers", "", "uneven pipeline stages (pipeline parallelism)"},
     {"fp8_format", "", "FP8 training"},
     {"fp8_recipe", "", "FP8 training"},
     {"wandb_project", "", "Weights & Biases logging (use --tensorboard_dir)"},
@@ -64,11 +85,30 @@ const std::vector<Later> kLater = {
     {"wandb_save_dir", "", "Weights & Biases logging (use --tensorboard_dir)"},
 };
 
+// A boolean's spellings as one word, so --fp16 0 and --fp16 False both mean "false".
+std::string canonical_bool(std::string v) {
+  for (char& ch : v) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (v == "0" || v == "no" || v == "off" || v == "f") return "false";
+  if (v == "1" || v == "yes" || v == "on" || v == "t") return "true";
+  return v;
+}
+
 }  // namespace
 
 void add_megatron_knobs(CLI::App* c, MegatronKnobs& k) {
-  for (const Later& l : kLater)
-    c->add_option(std::string("--") + l.flag, k.later[l.flag], std::string("Not yet in moectl: ") + l.what);
+  for (const Later& l : kLater) {
+    CLI::Option* o =
+        c->add_option(std::string("--") + l.flag, k.later[l.flag], std::string("Not yet in moectl: ") + l.what);
+    const std::string off = l.off;
+    if (off == "true" || off == "false")  // a boolean: bare --flag means true, as swift's parser
+      // (a validator without a description keeps the type name swift_syntax looks for)
+      o->type_name("BOOLEAN")->check(CLI::Validator(
+          [](std::string& v) {
+            const std::string b = canonical_bool(v);
+            return b == "true" || b == "false" ? std::string() : "not a boolean (true|false)";
+          },
+          "", "boolean"));
+  }
   c->add_option("--report_to", k.report_to, "tensorboard (written by default; others are not in moectl yet)");
   c->add_option("--verbose", k.verbose, "Log the performance knobs given and what they tune");
   for (const Knob& b : kBool)
@@ -104,7 +144,7 @@ nlohmann::json given_knobs(const CLI::App& c, const MegatronKnobs& k) {
 void refuse_missing_features(const CLI::App& c, const MegatronKnobs& k) {
   auto given = [&](const char* flag) { return c.count(std::string("--") + flag) > 0; };
   for (const Later& l : kLater)
-    if (given(l.flag) && k.later.at(l.flag) != l.off)
+    if (given(l.flag) && (l.off[0] == '\0' || canonical_bool(k.later.at(l.flag)) != l.off))
       moe::throw_input("--{} {}: {} is not in moectl yet", l.flag, k.later.at(l.flag), l.what);
   for (const auto& r : k.report_to)
     if (r != "tensorboard" && r != "none")

@@ -73,9 +73,42 @@ p = run(BASE + ["--save", "arch_bad", "--num_experts", "64"], expect=2)
 check("--num_experts 64" in p.stderr and "config.json (8)" in p.stderr and not os.path.exists(os.path.join(WORK, "arch_bad")),
       f"a different architecture value is refused naming both and the file: {p.stderr.strip()[:150]}")
 
+# What every family fixes, names, JSON values and the extra-kwargs object: equal is fine.
+run(BASE + ["--save", "arch2", "--model_type", "qwen3_moe", "--normalization", "RMSNorm", "--swiglu",
+            "--disable_bias_linear", "true", "--position_embedding_type", "rope", "--rotary_percent", "1.0",
+            "--attention_dropout", "0.", "--padded_vocab_size", str(json.load(open(os.path.join(WORK, "m", "config.json")))["vocab_size"]),
+            "--rope_scaling", "null", "--extra_megatron_kwargs", '{"num_layers": 4, "qk_layernorm": true}'])
+a = args_of("arch2")
+check(a.get("model_type") == "qwen3_moe" and a.get("swiglu") is True and a.get("extra_megatron_kwargs") == {"num_layers": 4, "qk_layernorm": True},
+      "names, fixed-by-family flags and --extra_megatron_kwargs equal to config.json are accepted and recorded")
+for flags, words in ((["--normalization", "LayerNorm"], ["--normalization LayerNorm", "RMSNorm"]),
+                     (["--model_type", "mixtral"], ["--model_type mixtral", "qwen3_moe"]),
+                     (["--hidden_dropout", "0.1"], ["--hidden_dropout 0.1", "(0)"]),
+                     (["--rope_scaling", '{"rope_type": "yarn", "factor": 4.0}'], ["--rope_scaling", "null"]),
+                     (["--rope_scaling", "yarn"], ["--rope_scaling yarn", "JSON"]),
+                     (["--megatron_extra_kwargs", '{"num_experts": 64}'], ["--num_experts 64", "config.json (8)"]),
+                     (["--extra_megatron_kwargs", '{"lr": 1}'], ["key lr", "--lr"]),
+                     (["--extra_megatron_kwargs", "[1]"], ["--extra_megatron_kwargs", "JSON object"])):
+    p = run(BASE + ["--save", "arch_bad2"] + flags, expect=2)
+    check(all(w in p.stderr for w in words) and len(p.stderr.strip().splitlines()) == 1
+          and not os.path.exists(os.path.join(WORK, "arch_bad2")), f"{' '.join(flags)}: {p.stderr.strip()[:160]}")
+
+# The numeric and bookkeeping knobs of the parameter list: accepted, checked, recorded.
+run(BASE + ["--save", "knobs2", "--bf16", "true", "--deterministic_mode", "--distributed_backend", "nccl",
+            "--dataloader_type", "cyclic", "--logging_level", "20", "--no_initialization", "--auto_detect_ckpt_format",
+            "--calculate_per_token_loss", "true", "--exit_on_missing_checkpoint", "--streaming", "false", "--fp16", "false"])
+a = args_of("knobs2")
+check(a.get("bf16") is True and a.get("distributed_backend") == "nccl" and a.get("logging_level") == 20,
+      "bf16, distributed_backend, logging_level, ... recorded; the 'off' values of features moectl lacks accepted")
+p = run(BASE + ["--save", "badknob2", "--dataloader_type", "external"], expect=2)
+check("--dataloader_type" in p.stderr, "--dataloader_type external (needs --streaming) is refused")
+
 # Features moectl does not have yet: one line, exit 2, no run dir.
 for flags, word in ((["--train_type", "lora"], "LoRA"), (["--report_to", "wandb"], "tensorboard"),
-                    (["--fp8_format", "hybrid"], "FP8")):
+                    (["--fp8_format", "hybrid"], "FP8"), (["--fp16", "true"], "loss scaling"),
+                    (["--calculate_per_token_loss", "false"], "per micro-batch"),
+                    (["--exit_on_missing_checkpoint", "0"], "random weights"), (["--streaming"], "lazily"),
+                    (["--decoder_first_pipeline_num_layers", "2"], "pipeline")):
     p = run(BASE + ["--save", "later"] + flags, expect=2)
     check(word in p.stderr and not os.path.exists(os.path.join(WORK, "later")), f"{' '.join(flags)}: {p.stderr.strip()}")
 run(BASE + ["--save", "full", "--train_type", "full", "--report_to", "tensorboard"])
