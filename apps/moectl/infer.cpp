@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -28,7 +29,8 @@ namespace moectl {
 namespace {
 
 struct InferArgs {
-  std::string model, system, template_name, val_dataset, result_path;
+  std::string model, system, template_name, result_path, infer_backend = "transformers";
+  std::vector<std::string> val_dataset, adapters;
   bool system_given = false;  // --system '' means no system prompt, not the template's
   bool stream = true, logprobs = false, verbose = false;
   // Wide types, so an out-of-range value reaches our range check rather than wrapping.
@@ -41,6 +43,17 @@ namespace fs = std::filesystem;
 
 // Every numeric flag, checked before the model loads: one line naming the flag and its range.
 void validate_flags(const InferArgs& a) {
+  // swift's backends: transformers (3.x: pt) is the in-process engine, which moectl's is.
+  if (a.infer_backend == "pt")
+    moe::log().warn("--infer_backend pt is swift 3.x's name for transformers: moectl's own engine answers");
+  else if (a.infer_backend != "transformers")
+    moe::throw_input(
+        "--infer_backend {}: moectl answers with its own engine, swift's transformers backend; pass --infer_backend "
+        "transformers (or leave it out)",
+        a.infer_backend);
+  if (!a.adapters.empty())
+    moe::throw_input("--adapters {}: LoRA adapters are not in moectl yet; merge them into the model first",
+                     a.adapters.front());
   auto check = [](const char* name, const std::optional<double>& v) {
     if (!v) return;
     const std::string why = moe::infer::sampling_value_problem(name, *v);
@@ -134,17 +147,22 @@ nlohmann::json logprobs_json(const moe::infer::GenerationResult& r, const moe::t
 
 void run_batch(const InferArgs& a, moe::infer::ChatSession& chat, const moe::infer::GenerationConfig& cfg,
                const moe::text::Tokenizer& tok) {
-  std::ifstream in(a.val_dataset);
-  if (!in) moe::throw_input("--val_dataset {}: cannot open", a.val_dataset);
-  // Parse every row first, so a bad row fails before any generation work.
+  // Parse every row of every file first (in the order given, as swift concatenates them), so a
+  // bad row fails before any generation work.
   std::vector<moe::text::ChatRow> rows;
-  std::string line;
-  for (int n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = a.val_dataset + ":" + std::to_string(n);
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded()) moe::throw_input("{}: not valid JSON", where);
-    rows.push_back(moe::text::parse_chat_row(j, where));
+  std::vector<std::string> origin;  // file:line of each row, for its warning
+  for (const std::string& file : a.val_dataset) {
+    std::ifstream in(file);
+    if (!in) moe::throw_input("--val_dataset {}: cannot open", file);
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      const std::string where = file + ":" + std::to_string(n);
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded()) moe::throw_input("{}: not valid JSON", where);
+      rows.push_back(moe::text::parse_chat_row(j, where));
+      origin.push_back(where);
+    }
   }
   RemoveUnlessKept tmp{a.result_path + ".tmp"};
   size_t failed = 0;
@@ -170,7 +188,7 @@ void run_batch(const InferArgs& a, moe::infer::ChatSession& chat, const moe::inf
         o["response"] = nullptr;
         o["finish_reason"] = "error";
         o["error"] = e.what();
-        moe::log().warn("{} row {}: {}", a.val_dataset, i + 1, e.what());
+        moe::log().warn("{}: {}", origin[i], e.what());
       }
       out << o.dump() << "\n";
     }
@@ -257,7 +275,12 @@ void add_infer_command(CLI::App& root) {
       ->each([a](const std::string&) { a->system_given = true; });
   c->add_option("--seed", a->seed, "Random seed for sampling");
   c->add_option("--template", a->template_name, "Chat template (default from model_type; raw = plain completion)");
-  c->add_option("--val_dataset", a->val_dataset, "Answer every row of this .jsonl (messages or query/response)");
+  c->add_option("--val_dataset", a->val_dataset,
+                "Answer every row of these .jsonl files, in order (messages or query/response)");
+  c->add_option("--infer_backend", a->infer_backend,
+                "transformers (pt in swift 3.x): moectl's engine; vllm, sglang, lmdeploy are not in moectl")
+      ->check(CLI::IsMember({"transformers", "pt", "vllm", "sglang", "lmdeploy"}));
+  c->add_option("--adapters", a->adapters, "Not yet in moectl: LoRA adapters");
   c->add_option("--result_path", a->result_path,
                 "Answers as JSON lines: replaced in batch mode (default infer_result/<time>.jsonl), appended per turn "
                 "in the REPL");

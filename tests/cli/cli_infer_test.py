@@ -236,11 +236,36 @@ def test_bad_dataset_row():
     assert not os.path.exists(out), "a failed run left a result file"
 
 
+def test_several_val_datasets_and_backends():
+    # swift's list-valued --val_dataset: the rows of every file, in order; --infer_backend
+    # transformers/pt is moectl's engine (the same answers), the others one line and exit 2.
+    a, b = os.path.join(WORK, "va.jsonl"), os.path.join(WORK, "vb.jsonl")
+    write_rows(a, ROWS[:2])
+    write_rows(b, ROWS[2:])
+    greedy = ["--max_new_tokens", "6", "--temperature", "0", "--repetition_penalty", "1.0"]
+    one, two = os.path.join(WORK, "one.jsonl"), os.path.join(WORK, "two.jsonl")
+    run(["infer", "--model", MODEL, "--val_dataset", os.path.join(WORK, "rows.jsonl"), "--result_path", one] + greedy)
+    p = run(["infer", "--model", MODEL, "--val_dataset", a, b, "--result_path", two, "--infer_backend", "pt"] + greedy)
+    assert "transformers" in p.stderr, p.stderr
+    assert [json.loads(l) for l in open(two)] == [json.loads(l) for l in open(one)]
+    for flags, word in ((["--infer_backend", "vllm"], "transformers"), (["--adapters", "lora_dir"], "LoRA"),
+                        (["--infer_backend", "tgi"], "--infer_backend")):
+        p = run(["infer", "--model", MODEL, "--val_dataset", a, "--result_path", os.path.join(WORK, "x.jsonl")] + flags,
+                expect_rc=2)
+        assert word in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not os.path.exists(os.path.join(WORK, "x.jsonl"))
+    # a missing second file fails before any answer is written
+    p = run(["infer", "--model", MODEL, "--val_dataset", a, os.path.join(WORK, "nope.jsonl"), "--result_path",
+             os.path.join(WORK, "y.jsonl")], expect_rc=2)
+    assert "nope.jsonl" in p.stderr and not os.path.exists(os.path.join(WORK, "y.jsonl")), p.stderr
+
+
 for t in [test_init_writes_hf_dir, test_batch_rows_and_logprobs, test_sampling_is_seeded,
           test_interactive_through_pipe, test_raw_template_completion, test_truncated_safetensors,
           test_header_longer_than_file, test_overlapping_offsets, test_unknown_dtype, test_shape_size_mismatch,
           test_shape_disagrees_with_config, test_tensor_missing_from_index, test_config_not_json,
-          test_unknown_model_type, test_missing_model_dir, test_bad_dataset_row]:
+          test_unknown_model_type, test_missing_model_dir, test_bad_dataset_row,
+          test_several_val_datasets_and_backends]:
     case(t)
 print(f"{len(failures)} failed" if failures else "all passed")
 sys.exit(1 if failures else 0)
