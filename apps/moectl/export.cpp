@@ -117,7 +117,10 @@ void add_export_command(CLI::App& root) {
   c->add_option("--to_hf", a->to_hf, "Megatron -> HF (true|false)");
   c->add_option("--output_dir", a->output_dir, "Where the converted model is written")->required();
   c->add_option("--torch_dtype", a->dtype, "bfloat16 | float16 | float32 (default: the source's dtype)");
-  c->add_option("--overwrite", a->overwrite, "Replace an existing non-empty output directory (true|false)");
+  // swift's --exist_ok lets an export go to an existing directory; moectl replaces it whole (staged
+  // beside it and renamed), so no file of an earlier export mixes with the new one.
+  c->add_option("--overwrite,--exist_ok", a->overwrite,
+                "Replace an existing non-empty output directory (true|false; --exist_ok is swift's name)");
   c->add_option("--tensor_model_parallel_size", a->tp, "Tensor-parallel ranks to shard for (--to_mcore)");
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline stages to shard for (--to_mcore)");
   c->add_option("--expert_model_parallel_size", a->ep, "Expert-parallel ranks to shard for (--to_mcore)");

@@ -287,6 +287,14 @@ try:
     p = run(["export", "--model", os.path.join(WORK, "qwen2_bfloat16_hf"), "--to_mcore", "true", "--output_dir",
              os.path.join(WORK, "qwen2_bfloat16_mc")], rc=2)
     assert "--overwrite" in p.stderr, p.stderr
+    # swift's --exist_ok (a bare boolean, too) replaces a non-empty directory whole, as --overwrite
+    ex = os.path.join(WORK, "exist_ok_mc")
+    os.makedirs(ex)
+    open(os.path.join(ex, "stale.txt"), "w").write("from an earlier export")
+    run(["export", "--model", os.path.join(WORK, "qwen2_bfloat16_hf"), "--to_mcore", "true", "--output_dir", ex,
+         "--ckpt_format", "torch", "--exist_ok"])
+    assert os.path.isdir(os.path.join(ex, "iter_0000001")) and not os.path.exists(os.path.join(ex, "stale.txt")), \
+        os.listdir(ex)
     p = run(["export", "--model", os.path.join(WORK, "qwen2_bfloat16_hf"), "--to_mcore", "true",
              "--tensor_model_parallel_size", "3", "--output_dir", os.path.join(WORK, "tp2")], rc=2)
     assert "--tensor_model_parallel_size 3" in p.stderr, p.stderr
