@@ -58,6 +58,7 @@ struct TrainArgs {
   moe::model::TrainOptions m;
   // Megatron's parallel sizes; data parallel is what the world leaves.
   int tp = 1, pp = 1, ep = 1, etp = 0, cp = 1, vpp = 1;
+  bool sequence_parallel = false;  // Megatron ignores it with TP 1
   bool use_distributed_optimizer = true;
   bool overlap_grad_reduce = false, overlap_param_gather = false;  // swift's defaults
   MegatronKnobs knobs;
@@ -76,11 +77,26 @@ moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world) {
           "{} {}: {} is not implemented in training yet; data and expert parallelism are (leave the flag out)", flag, v,
           what);
   };
-  not_yet("--tensor_model_parallel_size", l.tp, "tensor parallelism");
   not_yet("--pipeline_model_parallel_size", l.pp, "pipeline parallelism");
   not_yet("--virtual_pipeline_model_parallel_size", l.vpp, "interleaved pipeline parallelism");
   not_yet("--context_parallel_size", l.cp, "context parallelism");
-  not_yet("--expert_tensor_parallel_size", l.etp, "expert tensor parallelism");
+  if (l.tp > 1 && a.sequence_parallel)
+    moe::throw_input(
+        "--sequence_parallel true with --tensor_model_parallel_size {}: sequence parallelism is not implemented in "
+        "training yet (tensor parallelism without it is; pass --sequence_parallel false)",
+        l.tp);
+  // Without sequence parallelism every TP rank holds every token, so experts split like the dense
+  // layers (ETP = TP, Megatron's default) and never over EP as well (Megatron asks for SP there).
+  if (l.tp > 1 && l.ep > 1)
+    moe::throw_input(
+        "--tensor_model_parallel_size {} with --expert_model_parallel_size {}: tensor and expert parallelism "
+        "together need sequence parallelism (as in Megatron), which is not implemented yet; use one of them",
+        l.tp, l.ep);
+  if (l.etp != l.tp)
+    moe::throw_input(
+        "--expert_tensor_parallel_size {} with --tensor_model_parallel_size {}: expert tensor parallelism other than "
+        "TP is not implemented yet (leave the flag out: it defaults to TP, as in Megatron)",
+        l.etp, l.tp);
   if (const auto& d = a.m.moe.token_dispatcher; d != "alltoall" && d != "allgather")
     moe::throw_input("--moe_token_dispatcher_type {}: not one of alltoall (the default), allgather", d);
   return l;
@@ -283,6 +299,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                          {"expert_model_parallel_size", layout.ep},
                          {"expert_tensor_parallel_size", layout.etp},
                          {"context_parallel_size", layout.cp},
+                         {"sequence_parallel", a.sequence_parallel && layout.tp > 1},
                          {"use_distributed_optimizer", a.use_distributed_optimizer},
                          {"make_vocab_size_divisible_by", 128},
                          {"train_type", "full"}};
@@ -401,7 +418,9 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--moe_token_drop_policy", m.moe.token_drop_policy, "probs | position");
   c->add_option("--moe_router_enable_expert_bias", m.moe.enable_expert_bias, "Aux-loss-free balancing bias");
   c->add_option("--moe_router_bias_update_rate", m.moe.bias_update_rate, "Expert bias step");
-  c->add_option("--tensor_model_parallel_size", a->tp, "Tensor parallel size (1 in this version)");
+  c->add_option("--tensor_model_parallel_size", a->tp,
+                "Tensor parallel size (heads, query groups and MLP widths split)");
+  c->add_option("--sequence_parallel", a->sequence_parallel, "Sequence parallelism with TP > 1 (not implemented yet)");
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline parallel size (1 in this version)");
   c->add_option("--virtual_pipeline_model_parallel_size", a->vpp, "Model chunks per pipeline rank (1)");
   c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (experts spread over this many ranks)");

@@ -30,7 +30,7 @@ AttentionSaved carve_attention_saved(Arena& keep, int64_t T, int64_t nh, int64_t
 }
 
 AttentionScratch carve_attention_backward_scratch(Arena& ws, int64_t T, int64_t nh, int64_t ng, int64_t d,
-                                                  bool qk_layernorm) {
+                                                  bool qk_layernorm, bool tp) {
   AttentionScratch s;
   s.dout = ws.take<float>(size_t(T * nh * d));
   s.dq = ws.take<float>(size_t(T * nh * d));
@@ -42,6 +42,7 @@ AttentionScratch carve_attention_backward_scratch(Arena& ws, int64_t T, int64_t 
     s.v_unused = ws.take<float>(size_t(T * ng * d));
   }
   s.dqkv = ws.take<float>(size_t(T * ng * (nh / ng + 2) * d));
+  if (qk_layernorm && tp) s.dnorms_2d = ws.take<float>(size_t(2 * d));
   return s;
 }
 
@@ -73,6 +74,7 @@ void attention_forward(const Context& ctx, const ModelConfig& c, const Attention
     ops::causal_attention(be, shape, s.q.data(), b.cache->keys(layer), b.cache->values(layer), s.out.data());
   }
   ops::linear(be, s.out.data(), T, w.proj, nullptr, y);
+  tp_all_reduce(ctx, y, T * c.hidden_size);  // linear_proj is row-parallel: each TP rank's heads add up
 }
 
 void attention_backward(const Context& ctx, const ModelConfig& c, const AttentionWeights& w, AttentionWeights& g,
@@ -82,7 +84,8 @@ void attention_backward(const Context& ctx, const ModelConfig& c, const Attentio
   const int64_t T = b.size(), D = c.hidden_size, nh = ctx.local.heads, ng = ctx.local.query_groups;
   const int64_t d = c.kv_channels, rows = ng * (nh / ng + 2) * d;
   ArenaScope scope(*ctx.workspace);
-  const AttentionScratch t = carve_attention_backward_scratch(*ctx.workspace, T, nh, ng, d, c.qk_layernorm);
+  const bool tp = tp_size(ctx) > 1;
+  const AttentionScratch t = carve_attention_backward_scratch(*ctx.workspace, T, nh, ng, d, c.qk_layernorm, tp);
   ops::linear_backward_weight(be, dy, s.out.data(), T, D, nh * d, g.proj.f32());
   ops::linear_backward_input(be, dy, T, w.proj.f32(), D, nh * d, t.dout.data(), false);
   ops::attention_varlen_backward(be, varlen(ctx, c, b), s.q.data(), s.k.data(), s.v.data(), s.out.data(), s.lse.data(),
@@ -93,14 +96,24 @@ void attention_backward(const Context& ctx, const ModelConfig& c, const Attentio
     // The norms' inputs are the raw projections, still in the saved qkv buffer.
     ops::qkv_split(be, s.qkv.data(), T, nh, ng, d, t.q_raw.data(), t.k_raw.data(), t.v_unused.data());
     const float eps = float(c.norm_epsilon);
-    ops::rmsnorm_backward(be, t.q_raw.data(), T * nh, d, w.q_norm.f32(), eps, t.dq.data(), t.dq.data(), g.q_norm.f32());
-    ops::rmsnorm_backward(be, t.k_raw.data(), T * ng, d, w.k_norm.f32(), eps, t.dk.data(), t.dk.data(), g.k_norm.f32());
+    // Under TP the norms' gradients come from this rank's heads only: summed over TP first.
+    float* dq_norm = tp ? t.dnorms_2d.data() : g.q_norm.f32();
+    float* dk_norm = tp ? t.dnorms_2d.data() + d : g.k_norm.f32();
+    if (tp) ops::fill(be, t.dnorms_2d.data(), 0.0f, 2 * d);
+    ops::rmsnorm_backward(be, t.q_raw.data(), T * nh, d, w.q_norm.f32(), eps, t.dq.data(), t.dq.data(), dq_norm);
+    ops::rmsnorm_backward(be, t.k_raw.data(), T * ng, d, w.k_norm.f32(), eps, t.dk.data(), t.dk.data(), dk_norm);
+    if (tp) {
+      tp_all_reduce(ctx, t.dnorms_2d.data(), 2 * d);
+      ops::add(be, g.q_norm.f32(), dq_norm, d);
+      ops::add(be, g.k_norm.f32(), dk_norm, d);
+    }
   }
   const std::span<float> dqkv = t.dqkv;
   ops::qkv_merge(be, t.dq.data(), t.dk.data(), t.dv.data(), T, nh, ng, d, dqkv.data());
   if (has(w.qkv_bias)) ops::bias_backward(be, dqkv.data(), T, rows, g.qkv_bias.f32());
   ops::linear_backward_weight(be, dqkv.data(), x, T, rows, D, g.qkv.f32());
   ops::linear_backward_input(be, dqkv.data(), T, w.qkv.f32(), rows, D, dx, false);
+  tp_all_reduce(ctx, dx, T * D);  // linear_qkv is column-parallel: the input's gradient sums over TP
 }
 
 }  // namespace moe::model

@@ -4,7 +4,9 @@
 // output projection. The forward carves from `keep` exactly what the backward needs: training
 // keeps them per layer until the backward, inference carves them from the workspace and lets
 // them go after the layer. The backward's temporaries come from the context's workspace arena.
-// Weight gradients accumulate.
+// Weight gradients accumulate. Under tensor parallelism (ctx's TP group) the rank holds whole
+// query groups: QKV is column-parallel, linear_proj row-parallel, and the output and the input's
+// gradient are summed over TP here.
 #pragma once
 #include <cstdint>
 #include <span>
@@ -28,11 +30,13 @@ struct AttentionSaved {
 // workspace is planned from).
 AttentionSaved carve_attention_saved(Arena& keep, int64_t T, int64_t nh, int64_t ng, int64_t d);
 // The backward's workspace: d(out), dq, dk, dv, (the raw q and k with q/k norm), d(qkv).
+// Under tensor parallelism (tp) with q/k norm also the norms' gradients of this rank's heads, summed
+// over TP before they accumulate (the norm weights are shared by every rank's heads).
 struct AttentionScratch {
-  std::span<float> dout, dq, dk, dv, q_raw, k_raw, v_unused, dqkv;
+  std::span<float> dout, dq, dk, dv, q_raw, k_raw, v_unused, dqkv, dnorms_2d;
 };
 AttentionScratch carve_attention_backward_scratch(Arena& ws, int64_t T, int64_t nh, int64_t ng, int64_t d,
-                                                  bool qk_layernorm);
+                                                  bool qk_layernorm, bool tp = false);
 
 // x_TD: normalised input; y_TD overwritten. `rope` must cover every position. `layer` indexes
 // the batch's KV cache.

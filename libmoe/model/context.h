@@ -25,6 +25,12 @@ struct Context {
   std::shared_ptr<Arena> workspace;
 };
 
+// The tensor-parallel group's size (1 with one process).
+inline int tp_size(const Context& ctx) { return ctx.groups ? ctx.groups->tp().size() : 1; }
+// A row-parallel layer's partial sums (or a column-parallel layer's partial input gradient) summed
+// over the tensor-parallel group, in place; nothing with one TP rank.
+void tp_all_reduce(const Context& ctx, float* buf, int64_t n);
+
 // A one-process CPU context for `c`.
 Context single_process_context(const ModelConfig& c);
 

@@ -18,7 +18,7 @@ int64_t max_rows(const MoeDims& m) { return TokenDispatcher::max_rows(m.T, m.K, 
 
 // The backward's own temporaries (the shared expert's come after them, in swiglu_mlp_backward).
 struct MoeScratch {
-  std::span<float> dy_perm, dweight_TK, dx_perm, dlogits_TE, dshared_TD, dgate_logit_T;
+  std::span<float> dy_perm, dweight_TK, dx_perm, dlogits_TE, dshared_TD, dgate_logit_T, dx_partial_TD;
 };
 
 MoeScratch carve_moe_backward_scratch(Arena& ws, const MoeDims& m) {
@@ -32,6 +32,7 @@ MoeScratch carve_moe_backward_scratch(Arena& ws, const MoeDims& m) {
     s.dshared_TD = ws.take<float>(size_t(m.T * m.D));
     if (m.shared_gate) s.dgate_logit_T = ws.take<float>(size_t(m.T));
   }
+  if (m.tp_partial) s.dx_partial_TD = ws.take<float>(size_t(m.T * m.D));
   return s;
 }
 
@@ -48,9 +49,14 @@ MoeDims moe_dims(int64_t T, int64_t D, int64_t E, int64_t K, int64_t F, int64_t 
 }
 
 MoeDims moe_dims(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, int64_t T) {
-  (void)ctx;  // routing is over every expert; under EP only the grouped experts are local
-  return moe_dims(T, c.hidden_size, c.num_experts, c.moe_router_topk, c.moe_ffn_hidden_size,
-                  c.moe_shared_expert_intermediate_size, c.moe_shared_expert_gate, o);
+  // Routing is over every expert; under EP only the grouped experts are local, under TP each
+  // expert's and the shared expert's width is the rank's slice (ShardSpec's local shapes).
+  const bool tp = tp_size(ctx) > 1;
+  MoeDims m =
+      moe_dims(T, c.hidden_size, c.num_experts, c.moe_router_topk, tp ? ctx.local.moe_ffn : c.moe_ffn_hidden_size,
+               tp ? ctx.local.shared_ffn : c.moe_shared_expert_intermediate_size, c.moe_shared_expert_gate, o);
+  m.tp_partial = tp;
+  return m;
 }
 
 void carve_moe_saved(Arena& keep, const MoeDims& m, bool recompute_act) {
@@ -137,6 +143,9 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
     } else {
       ops::grouped_swiglu(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E, s.gu_R2F.data(),
                           recompute_act ? nullptr : s.h_RF.data(), s.y_perm.data());
+      // Each TP rank ran its slice of every expert (fc2 row-parallel): the rows' outputs add up
+      // before the routing weights apply, so the router's gradient sees whole outputs.
+      tp_all_reduce(ctx, s.y_perm.data(), int64_t(R) * D);
     }
     ops::fill(be, y, 0.0f, T * D);
     disp.unpermute_add(s.y_perm.data(), D, y);
@@ -147,6 +156,7 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
     if (m.shared_gate) s.gate_logit_T = keep.take<float>(size_t(T)), s.gate_T = keep.take<float>(size_t(T));
     swiglu_mlp_forward(ctx, x, T, w.shared_fc1, w.shared_fc2, keep, s.shared, s.shared_out_TD.data(), false,
                        recompute_act);
+    tp_all_reduce(ctx, s.shared_out_TD.data(), T * D);  // whole before the (replicated) gate scales it
     if (m.shared_gate) {
       ops::linear(be, x, T, w.shared_gate, nullptr, s.gate_logit_T.data());
       ops::shared_gate(be, s.gate_logit_T.data(), s.shared_out_TD.data(), T, D, s.gate_T.data(), y);
@@ -221,16 +231,26 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
                         t.dweight_TK.data(), aux_scale, t.dlogits_TE.data());
   ops::linear_backward_weight(be, t.dlogits_TE.data(), x, T, E, D, g.router.f32());
   ops::linear_backward_input(be, t.dlogits_TE.data(), T, w.router.f32(), E, D, dx, false);
-  if (dx_experts.empty()) disp.permute_backward_add(t.dx_perm.data(), D, dx);
-  else ops::add(be, dx, dx_experts.data(), T * D);
+  // Under TP the experts' and the shared expert's input gradients are partial sums: they gather in
+  // their own buffer, summed over TP once, then join the router's and the gate's (whole already).
+  float* dxp = m.tp_partial ? t.dx_partial_TD.data() : dx;
+  if (m.tp_partial) ops::fill(be, dxp, 0.0f, T * D);
+  if (dx_experts.empty()) disp.permute_backward_add(t.dx_perm.data(), D, dxp);
+  else ops::add(be, dxp, dx_experts.data(), T * D);
 
   if (m.shared_F > 0) {
     if (m.shared_gate)
       ops::shared_gate_backward(be, dy, s.shared_out_TD.data(), s.gate_T.data(), T, D, t.dshared_TD.data(),
                                 t.dgate_logit_T.data());
     else ops::copy(be, t.dshared_TD.data(), dy, T * D);
-    swiglu_mlp_backward(ctx, x, T, w.shared_fc1, w.shared_fc2, s.shared, t.dshared_TD.data(), dx, true, g.shared_fc1,
+    swiglu_mlp_backward(ctx, x, T, w.shared_fc1, w.shared_fc2, s.shared, t.dshared_TD.data(), dxp, true, g.shared_fc1,
                         g.shared_fc2);
+  }
+  if (m.tp_partial) {
+    tp_all_reduce(ctx, dxp, T * D);
+    ops::add(be, dx, dxp, T * D);
+  }
+  if (m.shared_F > 0) {
     if (m.shared_gate) {
       ops::linear_backward_weight(be, t.dgate_logit_T.data(), x, T, 1, D, g.shared_gate.f32());
       ops::linear_backward_input(be, t.dgate_logit_T.data(), T, w.shared_gate.f32(), 1, D, dx, true);

@@ -51,6 +51,10 @@ struct MoeDims {
   int64_t shared_F = 0;  // 0: no shared expert
   bool shared_gate = false;
   int64_t capacity = 0, pad_to = 0;  // router capacity (0: dropless), padded rows per expert
+  // Tensor parallel (experts split over ETP = TP, the shared expert over TP): their outputs are
+  // partial sums, all-reduced before the routing weights and the gate apply; the backward sums
+  // their input gradients in a buffer of its own (T x D) before adding the router's.
+  bool tp_partial = false;
 };
 MoeDims moe_dims(int64_t T, int64_t D, int64_t E, int64_t K, int64_t F, int64_t shared_F, bool shared_gate,
                  const MoeTrainOptions& o);

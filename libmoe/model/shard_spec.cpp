@@ -27,8 +27,13 @@ ShardSpec::ShardSpec(const ModelConfig& c, const dist::ParallelLayout& p, int di
         "checkpoint names files by TP and EP rank only, so more expert tensor-parallel ranks than TP ranks "
         "would write the same file (use a smaller ETP)",
         p.etp, p.tp);
+  if (c.num_attention_heads % p.tp)
+    throw_input("--tensor_model_parallel_size {} must divide num_attention_heads {} (each rank holds whole heads)",
+                p.tp, c.num_attention_heads);
   if (c.num_query_groups % p.tp)
-    throw_input("--tensor_model_parallel_size {} must divide num_key_value_heads {}", p.tp, c.num_query_groups);
+    throw_input(
+        "--tensor_model_parallel_size {} must divide num_key_value_heads {} (each rank holds whole query groups)", p.tp,
+        c.num_query_groups);
   if (c.num_layers % p.pp)
     throw_input("--pipeline_model_parallel_size {} must divide num_hidden_layers {}", p.pp, c.num_layers);
   if (p.ep > 1 && (c.num_experts == 0 || c.num_experts % p.ep))
@@ -171,6 +176,8 @@ LocalShapes ShardSpec::local_shapes(int tp, int pp, int ep) const {
   const int64_t vocab = p_.tp == 1 ? c_.vocab_size : padded_vocab_;
   s.vocab_rows = vocab / p_.tp, s.vocab_begin = int64_t(tp) * s.vocab_rows;
   s.layers = c_.num_layers / p_.pp, s.layer_begin = pp * s.layers;
+  s.ffn = c_.ffn_hidden_size / p_.tp, s.shared_ffn = c_.moe_shared_expert_intermediate_size / p_.tp;
+  s.moe_ffn = c_.num_experts > 0 ? c_.moe_ffn_hidden_size / p_.etp : 0;
   return s;
 }
 

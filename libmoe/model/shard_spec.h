@@ -20,6 +20,8 @@ struct LocalShapes {
   int64_t expert_begin = 0, experts = 0;    // this EP rank's experts [begin, begin + experts)
   int64_t vocab_begin = 0, vocab_rows = 0;  // this TP rank's rows of the (padded) vocabulary
   int layer_begin = 0, layers = 0;          // this pipeline stage's layers
+  // MLP widths on this rank: the dense MLP and the shared expert split over TP, each expert over ETP.
+  int64_t ffn = 0, moe_ffn = 0, shared_ffn = 0;
 };
 
 class ShardSpec {
@@ -64,6 +66,9 @@ class ShardSpec {
   // The rank files merge() reads for `name`, in piece order: visit(tp, pp, ep, local name).
   template <class Visit>
   void for_each_piece(const std::string& name, Visit&& visit) const;
+  // Whether canonical tensor `name` is split over tensor-parallel ranks (TP, or ETP for experts);
+  // false: every TP rank holds the same copy (norms, router, shared-expert gate).
+  bool tp_split(const std::string& name) const { return split_ways(where(name)) > 1; }
 
  private:
   enum class Split { kReplicated, kRows, kCols, kGatedRows };

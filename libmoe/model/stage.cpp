@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "model/vocab_parallel.h"
 #include "model/workspace.h"
 
 namespace moe::model {
@@ -97,6 +98,7 @@ void Stage::layer_forward(int i, const Batch& b, const float* x_in, float* x_out
   Arena& branch = keep && !a.mlp_kept ? ws : saved;
   if (w.is_moe) moe_layer_forward(ctx_, cfg_, opt_.moe, w.moe, h2.data(), b, act, branch, a.moe, y.data());
   else swiglu_mlp_forward(ctx_, h2.data(), T, w.mlp.fc1, w.mlp.fc2, branch, a.mlp, y.data(), false, act);
+  if (!w.is_moe) tp_all_reduce(ctx_, y.data(), T * D);  // fc2 is row-parallel (the MoE layer reduces its own)
   ops::add(be, x_out, y.data(), T * D);
   if (keep && !a.mlp_kept) a.moe = {}, a.mlp = {};
   a.complete = keep;
@@ -133,6 +135,7 @@ void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float
   const std::span<float> dh = ws.take<float>(TD);
   if (w.is_moe) moe_layer_backward(ctx_, cfg_, opt_.moe, w.moe, g.moe, h2, b, a.moe, dx, aux_scale, dh.data());
   else swiglu_mlp_backward(ctx_, h2, T, w.mlp.fc1, w.mlp.fc2, a.mlp, dx, dh.data(), false, g.mlp.fc1, g.mlp.fc2);
+  if (!w.is_moe) tp_all_reduce(ctx_, dh.data(), T * D);  // fc1 is column-parallel
   ops::rmsnorm_backward(be, a.x_mid.data(), T, D, w.pre_mlp_norm.f32(), eps, dh.data(), dh.data(),
                         g.pre_mlp_norm.f32());
   ops::add(be, dx, dh.data(), T * D);
@@ -151,7 +154,8 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
   int32_t max_pos = 0;
   for (int32_t p : b.positions) max_pos = std::max(max_pos, p);
   rope_.reserve(int64_t(max_pos) + 1);
-  ops::embedding_gather(ctx_.backend, w_.embedding, b.tokens, acts.x.data());
+  if (tp_size(ctx_) > 1) vocab_parallel_embedding(ctx_, w_.embedding, b.tokens, acts.x.data());
+  else ops::embedding_gather(ctx_.backend, w_.embedding, b.tokens, acts.x.data());
   if (!inference) acts.layers.resize(size_t(L));
   auto collect = [&](int i) {
     if (!st || !w_.layers[size_t(i)].is_moe) return;
@@ -204,6 +208,8 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
 void Stage::forward_logits(const Batch& b, StageActs& acts, float* logits, bool all_logits) {
   const int64_t T = b.size(), D = cfg_.hidden_size;
   if (T == 0) return;
+  // The generator runs one process; the vocabulary-parallel head would need its logits gathered.
+  if (tp_size(ctx_) > 1) throw_internal("inference under tensor parallelism is not implemented");
   check_batch(b);
   if (b.cache) b.cache->reserve(b.cache->length() + T);
   begin(acts, T, StageCall::kInference);
@@ -217,9 +223,16 @@ void Stage::forward_logits(const Batch& b, StageActs& acts, float* logits, bool 
 
 StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float loss_scale, float* logits_out) {
   const Backend& be = ctx_.backend;
-  const int64_t T = b.size(), D = cfg_.hidden_size, V = cfg_.vocab_size;
+  const int64_t T = b.size(), D = cfg_.hidden_size;
   check_batch(b);
   begin(acts, T, keep ? StageCall::kTrain : StageCall::kEvaluate);
+  // Under TP this rank's columns of the logits: its rows of the LM head, the padding rows past the
+  // model's vocabulary left out (Megatron keeps them in the softmax; the one-process run has none).
+  const bool tp = tp_size(ctx_) > 1;
+  const int64_t V =
+      tp ? std::clamp<int64_t>(cfg_.vocab_size - ctx_.local.vocab_begin, 0, ctx_.local.vocab_rows) : cfg_.vocab_size;
+  const Tensor head = tp ? w_.output.slice_rows(0, V) : w_.output;
+  if (tp && logits_out) throw_internal("the head's logits are not gathered under tensor parallelism");
   StepStats st;
   st.tokens_per_expert.assign(w_.layers.size() * size_t(std::max(cfg_.num_experts, 0)), 0);
   run_layers(b, acts, keep, false, &st);
@@ -245,16 +258,18 @@ StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float 
     const std::span<const int64_t> chunk = rows.subspan(c, size_t(n));
     ops::gather_rows(be, acts.hf.data(), D, chunk, hc.data());
     for (int64_t j = 0; j < n; ++j) lc[size_t(j)] = b.labels[size_t(chunk[size_t(j)])];
-    ops::linear(be, hc.data(), n, w_.output, nullptr, logits.data());
+    ops::linear(be, hc.data(), n, head, nullptr, logits.data());
     if (logits_out) ops::copy(be, logits_out + int64_t(c) * V, logits.data(), n * V);
-    const auto ce = ops::cross_entropy(be, logits.data(), n, V, lc.data(), loss_scale);
+    const auto ce = tp ? vocab_parallel_cross_entropy(ctx_, logits.data(), n, V, lc.data(), loss_scale)
+                       : ops::cross_entropy(be, logits.data(), n, V, lc.data(), loss_scale);
     st.lm_loss_sum += ce.loss, st.loss_tokens += ce.count, st.correct += ce.correct;
     if (!keep) continue;
     ops::linear_backward_weight(be, logits.data(), hc.data(), n, V, D, g_->output.f32());
     ops::linear_backward_input(be, logits.data(), n, w_.output.f32(), V, D, dhc.data(), false);
     ops::scatter_rows(be, dhc.data(), D, chunk, acts.dhf.data());
   }
-  if (!keep) acts.arena.reset();  // nothing for a backward
+  if (keep) tp_all_reduce(ctx_, acts.dhf.data(), T * D);  // the head is column-parallel over the vocabulary
+  if (!keep) acts.arena.reset();                          // nothing for a backward
   return st;
 }
 
@@ -283,7 +298,8 @@ void Stage::backward(const Batch& b, StageActs& acts, float aux_scale) {
     }
     for (int i = end; i-- > first;) layer_backward(i, b, acts.layers[size_t(i)], dx.data(), aux_scale);
   }
-  ops::embedding_scatter_add(be, dx.data(), b.tokens, D, g_->embedding.f32());
+  if (tp_size(ctx_) > 1) vocab_parallel_embedding_backward(ctx_, dx.data(), b.tokens, D, g_->embedding.f32());
+  else ops::embedding_scatter_add(be, dx.data(), b.tokens, D, g_->embedding.f32());
   acts.arena.reset();  // the micro-batch's activations are consumed
 }
 

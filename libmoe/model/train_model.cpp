@@ -18,11 +18,14 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   if (opt_.moe.enable_expert_bias && cfg_.num_experts > 0) cfg_.moe_router_enable_expert_bias = true;
   check_state(cfg_, params, true);
   // This rank's slices, from ShardSpec (with one process, the whole tensors).
-  const int ep_rank = groups ? groups->ep().rank() : 0;
-  const ShardSpec spec = groups ? ShardSpec(cfg_, groups->layout(), 1) : single_process_spec(cfg_);
-  const StateDict local = rank_state(spec, cfg_, params, 0, 0, ep_rank);
+  // Under TP the vocabulary is padded as Megatron pads it (128 x TP rows), so that each rank's
+  // embedding and head rows are those of its rank file.
+  const int tp_rank = groups ? groups->tp().rank() : 0, ep_rank = groups ? groups->ep().rank() : 0;
+  const ShardSpec spec =
+      groups ? ShardSpec(cfg_, groups->layout(), kMakeVocabSizeDivisibleBy) : single_process_spec(cfg_);
+  const StateDict local = rank_state(spec, cfg_, params, tp_rank, 0, ep_rank);
   Context ctx = single_process_context(cfg_);
-  if (groups) ctx.groups = groups, ctx.local = spec.local_shapes(0, 0, ep_rank);
+  if (groups) ctx.groups = groups, ctx.local = spec.local_shapes(tp_rank, 0, ep_rank);
   first_expert_ = ctx.local.expert_begin, local_experts_ = ctx.local.experts;
 
   // What this rank trains, in flat order: the WeightMap's dense tensors, then its experts.
@@ -34,7 +37,10 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   std::vector<Slot> slots;
   const WeightMap map = WeightMap::for_config(cfg_);
   for (const auto& rule : map.rules())
-    if (rule.mcore.find(".mlp.experts.") == std::string::npos) slots.push_back({rule.mcore, rule.shape, rule.buffer});
+    if (rule.mcore.find(".mlp.experts.") == std::string::npos) {
+      const auto it = local.find(rule.mcore);  // this rank's slice (a buffer may be absent: zeros)
+      slots.push_back({rule.mcore, it != local.end() ? it->second.shape() : rule.shape, rule.buffer});
+    }
   for (const Slot& sl : slots)
     if (!sl.buffer) dense_numel_ += size_t(shape_numel(sl.shape));
   for (int i = 0; i < cfg_.num_layers; ++i)

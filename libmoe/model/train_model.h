@@ -6,7 +6,9 @@
 // The flat buffers hold the dense parameters first (WeightMap order), then the experts (by layer,
 // local expert, fc1 then fc2): the two regions are reduced over different groups (dense over DP,
 // experts over expert-DP). Under expert parallelism a rank holds only its EP rank's experts, under
-// EP-local names (weight0 .. weight{E/EP - 1}), as Megatron's per-rank checkpoints name them.
+// EP-local names (weight0 .. weight{E/EP - 1}), as Megatron's per-rank checkpoints name them;
+// under tensor parallelism it holds its TP rank's slices (ShardSpec), with the padded vocabulary's
+// rows of that rank.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -19,6 +21,10 @@
 #include "model/train_options.h"
 
 namespace moe::model {
+
+// Megatron's --make_vocab_size_divisible_by default, which moectl's training always uses (args.json
+// records it): under TP the padded vocabulary is a multiple of it times TP.
+inline constexpr int kMakeVocabSizeDivisibleBy = 128;
 
 struct MicroBatchView {
   std::span<const int32_t> tokens;        // [T]

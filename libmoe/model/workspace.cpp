@@ -7,6 +7,7 @@
 #include "model/attention.h"
 #include "model/mlp.h"
 #include "model/moe_layer.h"
+#include "model/vocab_parallel.h"
 
 namespace moe::model {
 
@@ -30,7 +31,9 @@ Flags flags(const RecomputeOptions& r, bool moe, bool keep) {
 }
 
 MoeDims moe_of(const StageShape& s, const TrainOptions& o, int64_t T) {
-  return moe_dims(T, s.hidden, s.experts, s.topk, s.moe_ffn, s.shared_ffn, s.shared_gate, o.moe);
+  MoeDims m = moe_dims(T, s.hidden, s.experts, s.topk, s.moe_ffn, s.shared_ffn, s.shared_gate, o.moe);
+  m.tp_partial = s.tp > 1;
+  return m;
 }
 
 // The branch's (MoE or dense MLP) kept activations and then its forward temporaries, as
@@ -80,7 +83,7 @@ void layer_backward(const StageShape& s, const TrainOptions& o, int64_t T, bool 
   if (moe) ws.take<std::byte>(moe_backward_scratch_bytes(moe_of(s, o, T), f.act));
   else carve_swiglu_backward_scratch(ws, T, s.ffn, f.act);
   ws.release(mark);
-  carve_attention_backward_scratch(ws, T, s.heads, s.query_groups, s.head_dim, s.qk_layernorm);
+  carve_attention_backward_scratch(ws, T, s.heads, s.query_groups, s.head_dim, s.qk_layernorm, s.tp > 1);
 }
 
 LayerBytes layer_bytes(const StageShape& s, const TrainOptions& o, int64_t T, bool moe, bool whole) {
@@ -140,6 +143,11 @@ StageShape stage_shape(const Context& ctx, const ModelConfig& c, int begin, int 
   s.experts = c.num_experts, s.topk = c.moe_router_topk, s.moe_ffn = c.moe_ffn_hidden_size;
   s.shared_ffn = c.moe_shared_expert_intermediate_size, s.shared_gate = c.moe_shared_expert_gate;
   for (int i = begin; i < end; ++i) s.moe_layers.push_back(c.is_moe_layer(i));
+  s.tp = tp_size(ctx);
+  if (s.tp > 1) {  // this rank's slices (ShardSpec's local shapes)
+    s.ffn = ctx.local.ffn, s.moe_ffn = ctx.local.moe_ffn, s.shared_ffn = ctx.local.shared_ffn;
+    s.vocab = ctx.local.vocab_rows;
+  }
   return s;
 }
 
@@ -172,6 +180,10 @@ StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64
   // Stage::begin: the step's buffers.
   for (int n = 0; n < (train ? 4 : 3); ++n) mb.take<float>(size_t(T * D));
   w.step = mb.used();
+  if (s.tp > 1) {  // the vocabulary-parallel embedding's local ids, before the layers
+    ArenaScope scope(ws);
+    ws.take<int32_t>(size_t(T));
+  }
   // Stage::run_layers.
   for (size_t c = 0; c < chunks.size(); ++c)
     for (int i = chunks[c].first; i < chunks[c].second; ++i) {
@@ -213,6 +225,7 @@ StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64
     head.take<int64_t>(size_t(T));  // labelled rows
     head.take<float>(size_t(n * D)), head.take<float>(size_t(n * s.vocab)), head.take<int32_t>(size_t(n));
     if (train) head.take<float>(size_t(n * D));
+    if (s.tp > 1) carve_vocab_parallel_scratch(head, n);
     w.head = head.high_water();
   }
   if (train) {  // Stage::backward
@@ -225,6 +238,10 @@ StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64
         for (int i = first; i < end; ++i) layer_forward(s, o, T, s.moe_layers[size_t(i)], true, i == first, bw, bw);
       }
       for (int i = end; i-- > first;) layer_backward(s, o, T, s.moe_layers[size_t(i)], bw);
+    }
+    if (s.tp > 1) {  // the embedding's local ids
+      ArenaScope scope(bw);
+      bw.take<int32_t>(size_t(T));
     }
     w.backward = bw.high_water();
   }

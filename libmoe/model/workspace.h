@@ -27,6 +27,7 @@ struct StageShape {
   int64_t experts = 0, topk = 0, moe_ffn = 0, shared_ffn = 0;
   bool shared_gate = false;
   std::vector<bool> moe_layers;  // per layer of the stage: MoE (true) or dense MLP
+  int tp = 1;                    // tensor-parallel ranks: widths and vocab rows above are this rank's
 };
 // The shape of layers [begin, end) of `c` on the rank `ctx` describes.
 StageShape stage_shape(const Context& ctx, const ModelConfig& c, int begin, int end);

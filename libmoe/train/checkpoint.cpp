@@ -81,7 +81,7 @@ void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, cons
   checkpoint::ExportOptions eo;
   eo.dtype = o.dtype, eo.layout = layout;
   const model::ShardSpec spec(c, eo.layout, eo.make_vocab_size_divisible_by);
-  const int64_t Vp = spec.padded_vocab();
+  const int64_t Vp = spec.padded_vocab() / layout.tp;  // a TP rank's rows (its slices are padded already)
   fs::create_directories(rank_dir);
 
   std::vector<std::pair<std::string, Tensor>> storages;
@@ -346,9 +346,16 @@ namespace {
 
 // One rank file's optimizer state and fp32 masters (names moved by `shift` to global ones, then to
 // the model's by local_name), and, from the first file, the data position.
+// A checkpoint's tensor of `name` as the model holds it: this rank's slice when it is whole.
+Tensor as_local(const ToLocal& to_local, const std::string& name, const Tensor& t, const Shape& model_shape) {
+  if (!to_local || t.shape() == model_shape || shape_numel(t.shape()) <= shape_numel(model_shape)) return t;
+  return to_local(name, t);
+}
+
 void load_rank_file(const fs::path& file, int64_t shift, bool first, model::TrainModel& m, Optimizer& opt,
                     bool load_optim, bool load_rng,
-                    const std::function<std::optional<std::string>(const std::string&)>& local_name, ResumeState& rs) {
+                    const std::function<std::optional<std::string>(const std::string&)>& local_name,
+                    const ToLocal& to_local, ResumeState& rs) {
   if (!fs::exists(file)) throw_input("{}: missing", file.string());
   const io::TorchFile f = io::TorchFile::open(file.string());
   const auto& root = *f.root();
@@ -372,7 +379,7 @@ void load_rank_file(const fs::path& file, int64_t shift, bool first, model::Trai
       auto pit = m.params().find(name);
       if (pit == m.params().end())
         throw_input("{}: optimizer state for unknown parameter '{}'", file.string(), names->items[i]->s);
-      Tensor master = f.tensor(masters->items.at(i)->tensor);
+      Tensor master = as_local(to_local, name, f.tensor(masters->items.at(i)->tensor), pit->second.shape());
       if (master.shape() != pit->second.shape() || master.dtype() != DType::F32)
         throw_input("{}: fp32 master of '{}' has shape {}, the model {}", file.string(), name,
                     shape_str(master.shape()), shape_str(pit->second.shape()));
@@ -381,7 +388,7 @@ void load_rank_file(const fs::path& file, int64_t shift, bool first, model::Trai
         if (k->kind != PyValue::kInt || k->i != int64_t(i)) continue;
         for (const auto& [sk, sv] : v->entries) {
           if (sv->kind == PyValue::kTensor) {
-            Tensor t = f.tensor(sv->tensor);
+            Tensor t = as_local(to_local, name, f.tensor(sv->tensor), pit->second.shape());
             // A key this optimizer does not keep (another --optimizer's) is not used by its steps.
             const auto& keys = opt.state_keys();
             if (std::find(keys.begin(), keys.end(), sk->s) == keys.end()) continue;
@@ -413,7 +420,8 @@ void load_rank_file(const fs::path& file, int64_t shift, bool first, model::Trai
 // The same from a torch_dist checkpoint: every parameter's master and moments read as the slice
 // of its key this rank holds (any layout wrote them), the step and data position from common.pt.
 void load_dist_state(const fs::path& it_dir, model::TrainModel& m, Optimizer& opt, bool load_optim, bool load_rng,
-                     const std::function<std::optional<std::string>(const std::string&)>& local_name, ResumeState& rs) {
+                     const std::function<std::optional<std::string>(const std::string&)>& local_name,
+                     const ToLocal& to_local, ResumeState& rs) {
   const checkpoint::DistReader r(it_dir);
   const auto common = r.common();
   const model::ModelConfig& c = m.config();
@@ -435,6 +443,7 @@ void load_dist_state(const fs::path& it_dir, model::TrainModel& m, Optimizer& op
       auto read = [&](const std::string& fqn) {
         Tensor t = r.read(fqn, k.index, DType::F32);
         if (is_vocab(rule.mcore)) t = t.slice_rows(0, c.vocab_size);
+        t = as_local(to_local, *mine, t, pit->second.shape());
         if (t.shape() != pit->second.shape())
           throw_input("{}: '{}' has shape {} per parameter, the model {}", (it_dir / ".metadata").string(), fqn,
                       shape_str(t.shape()), shape_str(pit->second.shape()));
@@ -470,7 +479,8 @@ void load_dist_state(const fs::path& it_dir, model::TrainModel& m, Optimizer& op
 
 ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Optimizer& opt, bool load_optim,
                                 bool load_rng,
-                                const std::function<std::optional<std::string>(const std::string&)>& local_name) {
+                                const std::function<std::optional<std::string>(const std::string&)>& local_name,
+                                const ToLocal& to_local) {
   ResumeState rs;
   const int64_t iteration = checkpoint::read_checkpoint_tracker(dir);
   rs.progress.iteration = iteration;
@@ -478,10 +488,15 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
   // under EP-local indices, which `shift` turns into global ones.
   const fs::path it_dir = fs::path(dir) / iter_dir_name(iteration);
   if (checkpoint::detect_checkpoint_format(it_dir) == checkpoint::CkptFormat::kTorchDist) {
-    load_dist_state(it_dir, m, opt, load_optim, load_rng, local_name, rs);
+    load_dist_state(it_dir, m, opt, load_optim, load_rng, local_name, to_local, rs);
     return rs;
   }
   std::vector<std::pair<fs::path, int64_t>> files;
+  if (fs::exists(it_dir / "mp_rank_01") || fs::exists(it_dir / "mp_rank_01_000"))
+    throw_input(
+        "{}: a legacy --ckpt_format torch checkpoint saved under tensor parallelism (mp_rank_01) cannot be resumed "
+        "yet; save with --ckpt_format torch_dist (the default), or load its weights with --finetune true",
+        it_dir.string());
   if (fs::exists(it_dir / "mp_rank_00" / "model_optim_rng.pt")) {
     files.push_back({it_dir / "mp_rank_00" / "model_optim_rng.pt", 0});
   } else if (fs::is_directory(it_dir)) {
@@ -508,7 +523,7 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
         it_dir.string());
   for (size_t fi = 0; fi < files.size(); ++fi) {
     const auto& [file, shift] = files[fi];
-    load_rank_file(file, shift, fi == 0, m, opt, load_optim, load_rng, local_name, rs);
+    load_rank_file(file, shift, fi == 0, m, opt, load_optim, load_rng, local_name, to_local, rs);
   }
   return rs;
 }

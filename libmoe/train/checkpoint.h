@@ -90,8 +90,13 @@ struct ResumeState {
 };
 // `local_name` maps a checkpoint's (global) parameter name to the model's, nullopt for a tensor
 // this rank does not hold (another EP rank's expert); absent: names are the model's.
+// `to_local` (absent: none) turns a whole tensor of a checkpoint into this rank's slice (a tensor-parallel
+// rank's part, by ShardSpec); it is applied where a checkpoint's tensor is larger than the model's.
+// A legacy checkpoint written under tensor parallelism (mp_rank_01 ...) is refused for resuming.
+using ToLocal = std::function<Tensor(const std::string& name, const Tensor& whole)>;
 ResumeState load_training_state(const std::string& dir, model::TrainModel& model, Optimizer& opt, bool load_optim,
                                 bool load_rng,
-                                const std::function<std::optional<std::string>(const std::string&)>& local_name = {});
+                                const std::function<std::optional<std::string>(const std::string&)>& local_name = {},
+                                const ToLocal& to_local = {});
 
 }  // namespace moe::train

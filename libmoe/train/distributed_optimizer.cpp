@@ -8,7 +8,8 @@
 namespace moe::train {
 
 DistributedOptimizer::DistributedOptimizer(const OptimizerConfig& cfg, std::span<float> params, std::span<float> grads,
-                                           std::span<const ParamRef> refs, dist::Communicator& dp)
+                                           std::span<const ParamRef> refs, dist::Communicator& dp,
+                                           const std::function<bool(const std::string&)>& counted_in_norm)
     : params_(params), grads_(grads), dp_(dp), shard_opt_(cfg) {
   MOE_ASSERT(params.size() == grads.size(), "distributed optimizer: {} parameters but {} gradients", params.size(),
              grads.size());
@@ -27,6 +28,7 @@ DistributedOptimizer::DistributedOptimizer(const OptimizerConfig& cfg, std::span
     if (lo >= hi) continue;
     pieces_.push_back({p.name, params.data() + lo, shard_grad_.data() + (lo - begin_), hi - lo, p.decay});
     piece_offset_.push_back(lo - off);
+    if (!counted_in_norm || counted_in_norm(p.name)) counted_pieces_.push_back(pieces_.back());
   }
   shard_opt_.bind(pieces_);
 }
@@ -40,7 +42,7 @@ double DistributedOptimizer::reduce_gradients() {
     dp_.all_reduce(grads_.data() + chunk_ * size, int64_t(tail), dist::DataType::kF32, dist::ReduceOp::kSum);
     if (end_ == n) std::memcpy(shard_grad_.data() + chunk_, grads_.data() + chunk_ * size, tail * sizeof(float));
   }
-  return grad_sum_of_squares(pieces_);
+  return grad_sum_of_squares(counted_pieces_);
 }
 
 void DistributedOptimizer::scale_gradients(float factor) { scale_grads(pieces_, factor); }

@@ -13,7 +13,9 @@
 // rank (a collective) for the writer to save, and load_state() takes this rank's slice of a
 // whole state read from any checkpoint, so a run resumes under any DP size.
 #pragma once
+#include <functional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "dist/communicator.h"
@@ -25,11 +27,14 @@ class DistributedOptimizer {
  public:
   // `params` and `grads` are the model's flat buffers (same length); `refs` every parameter as a
   // view into them, in any order. The group must outlive this object.
+  // `counted_in_norm` (absent: all) says which parameters' squares reduce_gradients() returns: under
+  // tensor parallelism a TP rank other than 0 leaves out the parameters every TP rank holds whole.
   DistributedOptimizer(const OptimizerConfig& cfg, std::span<float> params, std::span<float> grads,
-                       std::span<const ParamRef> refs, dist::Communicator& dp);
+                       std::span<const ParamRef> refs, dist::Communicator& dp,
+                       const std::function<bool(const std::string&)>& counted_in_norm = {});
 
-  // The gradients summed over the group into this rank's shard; returns the shard's sum of
-  // squares (the caller sums them over the ranks for the global norm).
+  // The gradients summed over the group into this rank's shard; returns the sum of squares of the
+  // shard's counted parameters (the caller sums them over the ranks for the global norm).
   double reduce_gradients();
   // The shard's gradients times `factor` (clipping).
   void scale_gradients(float factor);
@@ -51,6 +56,7 @@ class DistributedOptimizer {
   std::vector<float> shard_grad_;           // the summed gradients of [begin, end)
   std::vector<ParamRef> all_;               // every parameter, in flat order
   std::vector<ParamRef> pieces_;            // the parameters' parts inside the shard, in flat order
+  std::vector<ParamRef> counted_pieces_;    // those counted in the gradient norm
   std::vector<size_t> piece_offset_;        // where each piece starts inside its parameter
   mutable std::vector<float> scratch_;      // a chunk, for in-place all-gathers
   Optimizer shard_opt_;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "model/state_dict.h"
 
 namespace moe::train {
 
@@ -46,18 +47,56 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
     dense_.refs = all_, experts_.refs.clear();
   } else {
     const auto& l = groups->layout();
-    MOE_ASSERT(l.tp == 1 && l.pp == 1 && l.cp == 1, "the optimizer step supports data and expert parallelism only");
-    world_ = &groups->dp();  // with TP = PP = CP = 1 the DP group is every rank
+    MOE_ASSERT(l.pp == 1 && l.cp == 1, "the optimizer step supports data, tensor and expert parallelism only");
+    MOE_ASSERT(l.tp == 1 || l.ep == 1, "tensor with expert parallelism needs sequence parallelism");
+    world_ = &groups->dp();  // with PP = CP = 1 the DP and TP groups span every rank
     if (groups->dp().size() > 1) dense_.group = &groups->dp();
     if (groups->edp().size() > 1) experts_.group = &groups->edp();
+    if (l.tp > 1) {
+      tp_ = &groups->tp();
+      spec_ = std::make_unique<model::ShardSpec>(model.config(), l, model::kMakeVocabSizeDivisibleBy);
+    }
   }
   distributed_ = distributed && world_ != nullptr;
+  const auto counted = [this](const std::string& n) { return counted_in_norm(n); };
   for (Region* r : {&dense_, &experts_}) {
+    for (const ParamRef& p : r->refs)
+      if (counted_in_norm(p.name)) r->counted.push_back(p);
     if (r->refs.empty()) continue;
     if (distributed_ && r->group)
-      r->dist_opt = std::make_unique<DistributedOptimizer>(cfg, r->params, r->grads, r->refs, *r->group);
+      r->dist_opt = std::make_unique<DistributedOptimizer>(cfg, r->params, r->grads, r->refs, *r->group, counted);
     else (r->opt = std::make_unique<Optimizer>(cfg))->bind(r->refs);
   }
+}
+
+bool ParallelOptimizer::counted_in_norm(const std::string& name) const {
+  // Megatron's param_is_not_tensor_parallel_duplicate: split, or on TP rank 0.
+  return !tp_ || tp_->rank() == 0 || spec_->tp_split(name);
+}
+
+Tensor ParallelOptimizer::gather_tp(const std::string& name, const float* local, const Shape& local_shape) const {
+  const int64_t n = shape_numel(local_shape);
+  if (!spec_->tp_split(name)) return Tensor::borrow(local_shape, DType::F32, local, nullptr).to(DType::F32);
+  std::vector<float> all(size_t(n) * size_t(tp_->size()));
+  tp_->all_gather(local, all.data(), n, dist::DataType::kF32);
+  Shape full = local_shape;
+  const bool vocab = name == model::names::kEmbedding || name == model::names::kOutput;
+  std::string local_name;
+  Shape piece;
+  // The whole shape: the piece's dimension that ShardSpec splits times TP.
+  for (size_t d = 0; d < full.size(); ++d) {
+    Shape guess = local_shape;
+    guess[d] *= tp_->size();
+    if (spec_->local_part(name, guess, 0, 0, 0, &local_name, &piece) && piece == local_shape) {
+      full = guess;
+      break;
+    }
+  }
+  Tensor t = spec_->merge(name, full, DType::F32, [&](int tp, int, int, const std::string&) {
+    return Tensor::borrow(local_shape, DType::F32, all.data() + size_t(tp) * size_t(n), nullptr);
+  });
+  if (vocab) t = t.slice_rows(0, model_.config().vocab_size).to(DType::F32);
+  return t;
 }
 
 double ParallelOptimizer::reduce_and_clip(double max_norm) {
@@ -72,7 +111,7 @@ double ParallelOptimizer::reduce_and_clip(double max_norm) {
     }
     if (r->group)
       r->group->all_reduce(r->grads.data(), int64_t(r->grads.size()), dist::DataType::kF32, dist::ReduceOp::kSum);
-    (r == &dense_ ? dense_rep : expert_rep) = grad_sum_of_squares(r->refs);
+    (r == &dense_ ? dense_rep : expert_rep) = grad_sum_of_squares(r->counted);
   }
   if (world_) {
     // Over the job: shards are disjoint; every EP rank holds different experts; dense copies are equal.
@@ -81,7 +120,9 @@ double ParallelOptimizer::reduce_and_clip(double max_norm) {
     world_->all_reduce(&sharded, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
     expert_rep = ep_part[0];
   }
-  const double norm = std::sqrt(sharded + dense_rep + expert_rep);
+  double total = sharded + dense_rep + expert_rep;
+  if (tp_) tp_->all_reduce(&total, 1, dist::DataType::kF64, dist::ReduceOp::kSum);  // each TP rank its slices
+  const double norm = std::sqrt(total);
   const float f = clip_factor(norm, max_norm);
   if (f != 1.0f)
     for (Region* r : {&dense_, &experts_}) {
@@ -100,6 +141,7 @@ bool ParallelOptimizer::step(double lr, double grad_bound) {
     bad += ok ? 0 : 1;
   }
   if (world_) world_->all_reduce(&bad, 1, dist::DataType::kI32, dist::ReduceOp::kSum);
+  if (tp_) tp_->all_reduce(&bad, 1, dist::DataType::kI32, dist::ReduceOp::kSum);
   if (bad > 0) return false;
   for (Region* r : {&dense_, &experts_}) {
     if (r->dist_opt) r->dist_opt->apply_step(lr);
@@ -160,6 +202,9 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
       w.params.emplace(model::names::shift_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_)),
                        gathered ? Tensor::borrow(t.shape(), DType::F32, experts + off, gathered) : t);
     }
+  if (tp_) {  // every TP rank's slices (EP is 1): the whole tensors, in the model's order on every rank
+    for (const ParamRef& p : all_) w.params[p.name] = gather_tp(p.name, p.data, model_.params().at(p.name).shape());
+  }
   if (!with_optimizer) return w;
   if (!world_) {  // one process: the model's own optimizer already holds the whole state
     w.optimizer = dense_.opt.get();
@@ -174,7 +219,14 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
   }
   w.owned->bind(in_address_order(refs));
   w.owned->set_steps(local_.steps());
-  if (local_.has_state()) {
+  if (tp_ && local_.has_state()) {
+    for (const auto& key : local_.state_keys())
+      for (const ParamRef& p : all_) {
+        const Tensor t = gather_tp(p.name, local_.state(p.name, key).data(), model_.params().at(p.name).shape());
+        auto dst = w.owned->state(p.name, key);
+        std::copy_n(t.f32(), dst.size(), dst.begin());
+      }
+  } else if (local_.has_state()) {
     std::vector<float> mine(n), all(n * size_t(P));
     for (const auto& key : local_.state_keys()) {  // (w.optimizer's keys: the same config)
       for (const ParamRef& p : dense_.refs) {

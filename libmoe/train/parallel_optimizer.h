@@ -3,7 +3,9 @@
 //
 // The model's flat buffers have two regions (model/train_model.h): dense parameters, replicated
 // on every data-parallel rank and reduced over the DP group; and this rank's experts, replicated
-// over the expert-data-parallel group (EDP) and reduced over it. Each region is stepped by a
+// over the expert-data-parallel group (EDP) and reduced over it. Under tensor parallelism each
+// rank holds its TP slices; the parameters TP does not split (norms, router, gates) get equal
+// gradients on every TP rank, so nothing is reduced over TP, and the norm counts them once. Each region is stepped by a
 // replicated optimizer or, with --use_distributed_optimizer, by a DistributedOptimizer sharded
 // over its group. The gradient norm is the whole model's (every rank's shard of every region),
 // and a step that would make any rank's weights non-finite is skipped on every rank.
@@ -67,6 +69,7 @@ class ParallelOptimizer {
   struct Region {
     std::span<float> params, grads;
     std::vector<ParamRef> refs;
+    std::vector<ParamRef> counted;                   // refs counted in the gradient norm on this rank
     dist::Communicator* group = nullptr;             // where its gradients are reduced; null: nowhere
     std::unique_ptr<DistributedOptimizer> dist_opt;  // sharded over `group`, or
     std::unique_ptr<Optimizer> opt;                  // replicated
@@ -79,7 +82,15 @@ class ParallelOptimizer {
   Optimizer local_;  // the rank's whole state, only between checkpoint I/O and load() / saving
   bool distributed_ = false;
   int64_t first_expert_ = 0, local_experts_ = 0;
-  dist::Communicator* world_ = nullptr;  // where the norm and the finite check are agreed
+  dist::Communicator* world_ = nullptr;  // where the norm and the finite check are agreed (with tp_)
+  // Tensor parallelism: the TP group (null with one TP rank), and which parameters it splits (the
+  // others every TP rank holds whole, with equal gradients: counted in the norm on TP rank 0 only).
+  dist::Communicator* tp_ = nullptr;
+  std::unique_ptr<model::ShardSpec> spec_;
+  bool counted_in_norm(const std::string& name) const;
+  // The whole tensor `name` from every TP rank's slice `local` (a collective over TP, in the same
+  // parameter order on every rank), the vocabulary's padding rows dropped.
+  Tensor gather_tp(const std::string& name, const float* local, const Shape& local_shape) const;
 
   void gather_local_state();   // every region's state into local_ (a collective)
   void release_local_state();  // local_ back to no state

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
+#include "model/rank_state.h"
 #include "train/data_loader.h"
 #include "train/metrics.h"
 #include "train/svg_plot.h"
@@ -25,33 +26,55 @@ namespace {
 
 model::MicroBatchView view(const MicroBatch& mb) { return {mb.tokens, mb.labels, mb.position_ids, mb.cu_seqlens}; }
 
+// Over every rank of a job (PP = CP = 1: the DP groups, then the TP groups, which together span
+// the world): root 0's string on every rank, and a barrier.
+std::string job_broadcast(const dist::ProcessGroups& g, std::string s) {
+  s = dist::broadcast_string(g.dp(), std::move(s), 0);  // world rank 0 to its DP group (TP rank 0)
+  return dist::broadcast_string(g.tp(), std::move(s), 0);
+}
+void job_barrier(const dist::ProcessGroups& g) {
+  g.dp().barrier();
+  g.tp().barrier();  // TP rank 0's DP group has passed, so every DP group has
+}
+
 // A job's checkpoint in Megatron's per-rank layout: world rank 0 opens the iteration's staging
-// dir; each EP rank's expert-DP rank 0 writes mp_rank_00[_EEE] (its dense parameters and experts,
-// with their optimizer state); the HF copy is gathered whole; after a barrier rank 0 publishes the
-// dir, the copy and, last, the tracker. Every rank calls it (collectives).
+// dir. Legacy format: each (TP, EP) rank's expert-DP rank 0 writes mp_rank_TT[_EEE] (its dense
+// slices and experts, with their optimizer state). torch_dist: each EP rank writes its chunks;
+// under TP the TP slices are gathered first and world rank 0 writes the global tensors whole. The
+// HF copy is gathered whole; after a barrier rank 0 publishes the dir, the copy and, last, the
+// tracker. Every rank calls it (collectives).
 void save_job_checkpoint(const TrainerConfig& cfg, model::TrainModel& model, ParallelOptimizer& opt,
                          const Optimizer& no_state, const LrScheduleConfig& lrc, const TrainProgress& prog) {
-  dist::Communicator& all = cfg.groups->dp();  // every rank of the job (TP = PP = CP = 1)
+  const dist::ProcessGroups& g = *cfg.groups;
+  const auto& layout = g.layout();
   std::optional<CheckpointSave> save;
   std::string staging;
   if (cfg.writer) save.emplace(cfg.out_dir, prog.iteration), staging = save->staging().string();
-  staging = dist::broadcast_string(all, staging, 0);
-  const Optimizer* state = cfg.ckpt.save_optim ? &opt.gather_rank_state() : nullptr;
-  if (opt.writes_rank_file()) {
-    const auto& layout = cfg.groups->layout();
-    if (cfg.ckpt.format == checkpoint::CkptFormat::kTorchDist) {  // every writing rank its own chunks
-      write_dist_rank(staging, all.rank(), opt.ep_rank(), layout.ep, model.config(), layout, model.params(),
-                      model.buffers(), state ? *state : no_state, lrc, prog, cfg.ckpt);
-    } else {
-      const std::string rank_dir = model::ShardSpec(model.config(), layout, 1).rank_dir(0, 0, opt.ep_rank());
-      write_rank_file(std::filesystem::path(staging) / rank_dir, model.config(), layout, model.params(),
-                      model.buffers(), state ? *state : no_state, lrc, prog, cfg.ckpt);
+  staging = job_broadcast(g, staging);
+  const bool dist_format = cfg.ckpt.format == checkpoint::CkptFormat::kTorchDist;
+  if (dist_format && layout.tp > 1) {
+    const auto whole = opt.whole_state(cfg.ckpt.save_optim);  // a collective over the job
+    if (cfg.writer)
+      write_dist_rank(staging, 0, 0, 1, model.config(), layout, whole.params, model.buffers(),
+                      whole.optimizer ? *whole.optimizer : no_state, lrc, prog, cfg.ckpt);
+  } else {
+    const Optimizer* state = cfg.ckpt.save_optim ? &opt.gather_rank_state() : nullptr;
+    if (opt.writes_rank_file()) {
+      if (dist_format) {  // every writing rank its own chunks
+        write_dist_rank(staging, g.dp().rank(), opt.ep_rank(), layout.ep, model.config(), layout, model.params(),
+                        model.buffers(), state ? *state : no_state, lrc, prog, cfg.ckpt);
+      } else {
+        const std::string rank_dir = model::ShardSpec(model.config(), layout, model::kMakeVocabSizeDivisibleBy)
+                                         .rank_dir(g.tp().rank(), 0, opt.ep_rank());
+        write_rank_file(std::filesystem::path(staging) / rank_dir, model.config(), layout, model.params(),
+                        model.buffers(), state ? *state : no_state, lrc, prog, cfg.ckpt);
+      }
     }
+    if (state) opt.release_rank_state();
   }
-  if (state) opt.release_rank_state();
   ParallelOptimizer::Whole whole;
   if (cfg.ckpt.save_safetensors) whole = opt.whole_state(false);
-  all.barrier();  // every rank file is complete
+  job_barrier(g);  // every rank file is complete
   if (save)
     save->finish(model.config(), cfg.ckpt.save_safetensors ? &whole.params : nullptr, model.buffers(), cfg.ckpt);
 }
@@ -108,8 +131,18 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   ParallelOptimizer opt(cfg.optim, model, cfg.groups.get(), cfg.distributed_optimizer);
   TrainProgress prog;
   if (!cfg.resume_dir.empty()) {
-    auto rs = load_training_state(cfg.resume_dir, model, opt.local(), cfg.load_optim, cfg.load_rng,
-                                  [&](const std::string& n) { return opt.local_name(n); });
+    // Under TP a checkpoint's whole tensors (any saved layout) are cut to this rank's slices.
+    ToLocal to_local;
+    if (cfg.groups && cfg.groups->layout().tp > 1) {
+      const model::ShardSpec spec(mc, cfg.groups->layout(), model::kMakeVocabSizeDivisibleBy);
+      to_local = [spec, &mc, tp = cfg.groups->tp().rank()](const std::string& name, const Tensor& whole) {
+        const model::StateDict one = model::rank_state(spec, mc, {{name, whole}}, tp, 0, 0);
+        return one.begin()->second;
+      };
+    }
+    auto rs = load_training_state(
+        cfg.resume_dir, model, opt.local(), cfg.load_optim, cfg.load_rng,
+        [&](const std::string& n) { return opt.local_name(n); }, to_local);
     opt.load();
     prog = rs.progress;
     if (rs.had_rng) loader.restore(prog.data);
