@@ -154,6 +154,18 @@ run(["sft"] + BASE + CASES["qwen3_moe"] + qs + ["--save", "qs_np1"])
 run(["sft"] + BASE + CASES["qwen3_moe"] + TP2 + qs + ["--save", "qs_tp2"], env=dict(ENV, NPROC_PER_NODE="2"))
 same_run("qs_np1", "qs_tp2", "NPROC_PER_NODE=2 --tensor_model_parallel_size 2 --recompute_granularity selective")
 
+# --- the HF copy (--save_safetensors) of a TP2 run is the whole model, equal to the one-process copy
+hf = [a if a != "false" or BASE[i - 1] != "--save_safetensors" else "true" for i, a in enumerate(BASE)]
+run(["sft"] + hf + CASES["qwen3_moe"] + ["--save", "hf_np1"])
+run(["sft"] + hf + CASES["qwen3_moe"] + TP2 + ["--save", "hf_tp2"], np=2)
+a_hf = hf_model.load_safetensors_dir(os.path.join(run_dir("hf_np1"), f"checkpoint-{ITERS}"))
+b_hf = hf_model.load_safetensors_dir(os.path.join(run_dir("hf_tp2"), f"checkpoint-{ITERS}"))
+same = set(a_hf) == set(b_hf) and all(a_hf[k].shape == b_hf[k].shape for k in a_hf)
+num = sum(((a_hf[k].double() - b_hf[k].double()) ** 2).sum().item() for k in a_hf) if same else 1.0
+den = sum((a_hf[k].double() ** 2).sum().item() for k in a_hf)
+check(same and (num / den) ** 0.5 <= 1e-5, f"TP2 HF copy: whole tensors equal to one process's (|dw|/|w| = "
+      f"{(num / den) ** 0.5:.1e})")
+
 # --- legacy rank files: Megatron's per-rank names and shapes for TP2
 run(["sft"] + BASE + CASES["qwen3_moe"] + TP2 + ["--ckpt_format", "torch", "--save", "legacy_tp2"], np=2)
 run(["export", "--model", q3, "--to_mcore", "true", "--ckpt_format", "torch", "--output_dir", "q3_tp2"] + TP2)
