@@ -42,7 +42,6 @@ const std::vector<Knob> kBool = {
     {"no_create_attention_mask_in_dataloader", "attention mask built by the data loader (moectl needs none)"},
     {"no_initialization", "no random initialisation before loading (moectl never initialises what it loads)"},
     {"auto_detect_ckpt_format", "checkpoint format detected from the directory (moectl always detects it)"},
-    {"log_throughput", "throughput in the log (moectl always logs tokens/s)"},
 };
 // Integer knobs (>= 0): worker counts and intervals of the Python data pipeline.
 const std::vector<Knob> kCount = {
@@ -76,6 +75,7 @@ const std::vector<Later> kLater = {
      "averaging the loss per micro-batch (moectl divides by the global batch's tokens, swift's default)"},
     {"exit_on_missing_checkpoint", "true", "starting from random weights when --load holds no checkpoint"},
     {"streaming", "false", "reading the dataset lazily in one pass (--streaming)"},
+    {"log_params_norm", "false", "the parameters' norm in the log"},
     {"decoder_first_pipeline_num_layers", "", "uneven pipeline stages (pipeline parallelism)"},
     {"decoder_last_pipeline_num_layers", "", "uneven pipeline stages (pipeline parallelism)"},
     {"fp8_format", "", "FP8 training"},

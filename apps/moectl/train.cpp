@@ -63,6 +63,8 @@ struct TrainArgs {
   bool overlap_grad_reduce = false, overlap_param_gather = false;  // swift's defaults
   MegatronKnobs knobs;
   std::string tensorboard_dir;  // "": <run dir>/runs, as swift
+  bool no_log_learning_rate_to_tensorboard = false;
+  int seq_length = 0;  // Megatron's; 0: --max_length, as swift sets it
   ArchitectureFlags architecture;
   double distributed_timeout_minutes = 10;  // Megatron's default
 };
@@ -126,6 +128,17 @@ void validate_flags(const TrainArgs& a, const CLI::App& c) {
                      t.micro_batch_size);
   positive("--log_interval", t.log_interval);
   positive("--max_length", a.max_length);
+  positive("--tensorboard_log_interval", t.tensorboard.log_interval);
+  if (c.count("--seq_length")) {
+    // swift: seq_length defaults to max_length, and --max_length is what limits a sample: one
+    // below --max_length could not hold the samples.
+    positive("--seq_length", a.seq_length);
+    if (a.seq_length < a.max_length)
+      moe::throw_input(
+          "--seq_length {} is below --max_length {}: samples are cut to --max_length; leave "
+          "--seq_length out or make it at least --max_length",
+          a.seq_length, a.max_length);
+  }
   if (t.save_interval < 0)
     moe::throw_input("--save_interval must be >= 1 (0: only at the end), got {}", t.save_interval);
   if (t.eval_interval < 0)
@@ -306,6 +319,13 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   args.update(given_knobs(cli, a.knobs));
   args.update(architecture);
   args["tensorboard_dir"] = t.tensorboard_dir;
+  args["tensorboard_log_interval"] = t.tensorboard.log_interval;
+  args["log_timers_to_tensorboard"] = t.tensorboard.timers;
+  args["log_memory_to_tensorboard"] = t.tensorboard.memory;
+  args["log_validation_ppl_to_tensorboard"] = t.tensorboard.validation_ppl;
+  args["no_log_learning_rate_to_tensorboard"] = !t.tensorboard.learning_rate;
+  args["log_throughput"] = t.tensorboard.throughput;
+  args["seq_length"] = a.seq_length > 0 ? a.seq_length : a.max_length;
   if (writer) moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
   moe::log().info("output_dir: {}", t.out_dir);
   if (layout.dp > 1) moe::log().info("{} processes: data parallel {} ({})", layout.world(), layout.dp, launch.launcher);
@@ -431,6 +451,18 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--distributed_timeout_minutes", a->distributed_timeout_minutes,
                 "End the job when a collective waits longer than this (a rank died or hung)");
   c->add_option("--tensorboard_dir", a->tensorboard_dir, "TensorBoard event files (default: <run dir>/runs)");
+  c->add_option("--tensorboard_log_interval", a->t.tensorboard.log_interval,
+                "Iterations between Megatron's TensorBoard scalars (lm loss, learning-rate, grad-norm, ...)");
+  c->add_option("--log_timers_to_tensorboard", a->t.tensorboard.timers, "TensorBoard: iteration-time (true|false)");
+  c->add_option("--log_memory_to_tensorboard", a->t.tensorboard.memory,
+                "TensorBoard: mem-max-allocated-bytes, the process's peak RSS (true|false)");
+  c->add_option("--log_validation_ppl_to_tensorboard", a->t.tensorboard.validation_ppl,
+                "TensorBoard: lm loss validation ppl (true|false)");
+  c->add_option("--no_log_learning_rate_to_tensorboard", a->no_log_learning_rate_to_tensorboard,
+                "TensorBoard: leave learning-rate out (true|false)");
+  c->add_option("--log_throughput", a->t.tensorboard.throughput,
+                "TensorBoard: throughput, TFLOP/s per process (true|false; the log always has tokens/s)");
+  c->add_option("--seq_length", a->seq_length, "Megatron's sequence length (default and minimum: --max_length)");
   c->add_option("--overlap_grad_reduce", a->overlap_grad_reduce, "Overlap the DP gradient reduction (not yet: warned)");
   c->add_option("--overlap_param_gather", a->overlap_param_gather,
                 "Overlap the parameter all-gather (not yet: warned)");
@@ -440,6 +472,9 @@ void add_command(CLI::App& root, bool pretrain) {
                 "Shard the optimizer state over the data-parallel ranks (Megatron-SWIFT's default)");
   c->callback([a, c] {
     a->t.seed = uint64_t(a->seed);
+    // A --seq_length alone is the sample limit (swift sets each from the other).
+    if (c->count("--seq_length") && !c->count("--max_length")) a->max_length = a->seq_length;
+    a->t.tensorboard.learning_rate = !a->no_log_learning_rate_to_tensorboard;
     moe::model::parse_recompute(a->recompute_granularity, &a->m.recompute.granularity);  // checked in run()
     run(*a, *c);
   });

@@ -193,6 +193,16 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     const double acc = double(st.correct) / double(std::max<int64_t>(st.loss_tokens, 1));
     report.lines.push_back(eval_line({{"loss", loss}, {"acc", acc}}, iter, train_iters));
     write_line(report.lines.back(), "eval", iter);
+    if (tb) {  // Megatron's validation tags
+      const int64_t samples = int64_t(iter) * cfg.global_batch_size;
+      tb->scalar("lm loss validation", iter, loss);
+      tb->scalar("lm loss validation vs samples", samples, loss);
+      if (cfg.tensorboard.validation_ppl) {
+        const double ppl = std::exp(std::min(loss, 20.0));  // Megatron clamps the exponent at 20
+        tb->scalar("lm loss validation ppl", iter, ppl);
+        tb->scalar("lm loss validation ppl vs samples", samples, ppl);
+      }
+    }
     hist.eval_loss.push_back({double(iter), loss});
     if (loss < res.best_eval_loss) res.best_eval_loss = loss, res.best_checkpoint = cfg.out_dir;
   };
@@ -265,6 +275,29 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     win_time += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     win_loss += st.lm_loss_sum, win_tokens += st.loss_tokens, win_correct += st.correct;
     win_aux += st.aux_loss / accum, win_z += st.z_loss / accum, ++win_steps;
+    if (tb && iter % std::max(cfg.tensorboard.log_interval, 1) == 0) {
+      // Megatron's tags for this iteration (training_log): each also against consumed samples.
+      const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      auto both = [&](const std::string& tag, double v) {
+        tb->scalar(tag, iter, v);
+        tb->scalar(tag + " vs samples", prog.consumed_samples, v);
+      };
+      if (cfg.tensorboard.learning_rate) both("learning-rate", lr);
+      both("batch-size", double(cfg.global_batch_size));
+      both("lm loss", loss);
+      if (mc.num_experts > 0) {
+        both("load_balancing_loss", st.aux_loss / double(accum));
+        both("z_loss", st.z_loss / double(accum));
+      }
+      tb->scalar("world-size", iter, double(cfg.groups ? cfg.groups->layout().world() : 1));
+      both("grad-norm", grad_norm);
+      if (cfg.tensorboard.timers) tb->scalar("iteration-time", iter, step_s);
+      if (cfg.tensorboard.throughput) {
+        const double tflops = double(loss_tokens) * flops_per_token / std::max(step_s, 1e-9) / 1e12;
+        tb->scalar("throughput", iter, tflops / double(cfg.groups ? cfg.groups->layout().world() : 1));
+      }
+      if (cfg.tensorboard.memory) tb->scalar("mem-max-allocated-bytes", iter, peak_rss_gib() * double(1 << 30));
+    }
     hist.loss.push_back({double(iter), loss}), hist.lr.push_back({double(iter), lr});
     hist.grad_norm.push_back({double(iter), grad_norm});
     res.last_loss = loss;

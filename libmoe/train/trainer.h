@@ -64,6 +64,17 @@ struct TrainerConfig {
   bool distributed_optimizer = false;
   // TensorBoard event files go here ("": none).
   std::string tensorboard_dir;
+  // Megatron's TensorBoard options: its per-iteration tags ("lm loss", "learning-rate",
+  // "grad-norm", ... and each "... vs samples") every this many iterations, beside the
+  // train/<key> and eval/<key> copies of logging.jsonl's lines.
+  struct TensorBoardOptions {
+    int log_interval = 1;         // --tensorboard_log_interval
+    bool learning_rate = true;    // not --no_log_learning_rate_to_tensorboard
+    bool timers = false;          // --log_timers_to_tensorboard: iteration-time
+    bool memory = false;          // --log_memory_to_tensorboard: mem-max-allocated-bytes (peak RSS)
+    bool validation_ppl = false;  // --log_validation_ppl_to_tensorboard
+    bool throughput = true;       // --log_throughput: throughput (TFLOP/s per process)
+  } tensorboard;
 };
 
 struct TrainResult {

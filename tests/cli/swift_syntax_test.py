@@ -103,12 +103,18 @@ check(a.get("bf16") is True and a.get("distributed_backend") == "nccl" and a.get
 p = run(BASE + ["--save", "badknob2", "--dataloader_type", "external"], expect=2)
 check("--dataloader_type" in p.stderr, "--dataloader_type external (needs --streaming) is refused")
 
+# --seq_length: alone it is the sample limit (swift sets max_length from it); below --max_length it is refused.
+run(BASE + ["--save", "seq", "--seq_length", "96"])
+check(args_of("seq")["max_length"] == 96 and args_of("seq")["seq_length"] == 96, "--seq_length alone sets max_length")
+p = run(BASE + ["--save", "seq_bad", "--seq_length", "32", "--max_length", "64"], expect=2)
+check("--seq_length 32" in p.stderr and "--max_length 64" in p.stderr, f"--seq_length below --max_length: {p.stderr.strip()}")
+
 # Features moectl does not have yet: one line, exit 2, no run dir.
 for flags, word in ((["--train_type", "lora"], "LoRA"), (["--report_to", "wandb"], "tensorboard"),
                     (["--fp8_format", "hybrid"], "FP8"), (["--fp16", "true"], "loss scaling"),
                     (["--calculate_per_token_loss", "false"], "per micro-batch"),
                     (["--exit_on_missing_checkpoint", "0"], "random weights"), (["--streaming"], "lazily"),
-                    (["--decoder_first_pipeline_num_layers", "2"], "pipeline")):
+                    (["--decoder_first_pipeline_num_layers", "2"], "pipeline"), (["--log_params_norm"], "norm")):
     p = run(BASE + ["--save", "later"] + flags, expect=2)
     check(word in p.stderr and not os.path.exists(os.path.join(WORK, "later")), f"{' '.join(flags)}: {p.stderr.strip()}")
 run(BASE + ["--save", "full", "--train_type", "full", "--report_to", "tensorboard"])

@@ -6,6 +6,7 @@ every train and eval line of logging.jsonl is there as train/<key> or eval/<key>
 Usage: tensorboard_test.py MOECTL SRC_DIR WORK_DIR"""
 import glob
 import json
+import math
 import os
 import shutil
 import struct
@@ -147,6 +148,53 @@ for save, extra in (("default", []), ("given", ["--tensorboard_dir", "tb_here"])
     if extra:
         check(json.load(open(os.path.join(run, "args.json")))["tensorboard_dir"] == "tb_here",
               "args.json records --tensorboard_dir")
+
+# Megatron's own tags (training_log): every --tensorboard_log_interval iterations, equal to the
+# iteration's numbers (logging.jsonl with --log_interval 1 holds each), and each "vs samples".
+MEG = list(ARGS)
+MEG[MEG.index("--log_interval") + 1] = "1"
+for save, extra, every in (("megatron", ["--log_timers_to_tensorboard", "--log_memory_to_tensorboard", "true",
+                                         "--log_validation_ppl_to_tensorboard"], 1),
+                           ("sparse", ["--tensorboard_log_interval", "2", "--no_log_learning_rate_to_tensorboard",
+                                       "--log_throughput", "false"], 2)):
+    p = subprocess.run([MOECTL] + MEG + ["--save", save] + extra, cwd=WORK, env=ENV, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    run = glob.glob(os.path.join(WORK, save, "v*"))[0]
+    got, _ = scalars(read_events(glob.glob(os.path.join(run, "runs", "events.out.tfevents.*"))[0])[0])
+    lines = [json.loads(l) for l in open(os.path.join(run, "logging.jsonl"))]
+    train = {int(str(l["iteration"]).split("/")[0]): l for l in lines if "loss" in l and "iteration" in l}
+    evals = {int(str(l["iteration"]).split("/")[0]): l for l in lines if "eval_loss" in l}
+    want = {}
+    for it, l in train.items():
+        if it % every:
+            continue
+        samples = it * 4
+        for tag, v in (("lm loss", l["loss"]), ("grad-norm", l["grad_norm"]), ("batch-size", 4),
+                       ("load_balancing_loss", l["load_balancing_loss"]), ("z_loss", l["z_loss"])) + \
+                      ((("learning-rate", l["learning_rate"]),) if save == "megatron" else ()):
+            want[(tag, it)] = want[(tag + " vs samples", samples)] = float(v)
+    for it, l in evals.items():
+        want[("lm loss validation", it)] = l["eval_loss"]
+        if save == "megatron":
+            want[("lm loss validation ppl", it)] = math.exp(l["eval_loss"])
+    missing = [k for k in want if k not in got]
+    worst = max((abs(got[k] - v) / max(abs(v), 1e-30) for k, v in want.items() if k in got), default=0.0)
+    check(not missing and worst < 1e-6 and len(want) > 20,
+          f"{save}: Megatron's tags equal the iterations' numbers ({len(want)} scalars, missing {missing[:3]}, "
+          f"worst {worst:.1e})")
+    odd = [k for k in got if k[0] == "lm loss" and k[1] % every]
+    check(not odd, f"{save}: Megatron's tags only every {every} iteration(s) ({odd[:3]})")
+    if save == "megatron":
+        check(all(("iteration-time", it) in got and got[("iteration-time", it)] > 0 for it in train)
+              and all(got.get(("mem-max-allocated-bytes", it), 0) > 2 ** 20 for it in train)
+              and all(got.get(("throughput", it), 0) > 0 for it in train),
+              "--log_timers/--log_memory_to_tensorboard: iteration-time, mem-max-allocated-bytes; throughput")
+    else:
+        check(not any(k[0].startswith("learning-rate") or k[0] in ("throughput", "iteration-time") for k in got),
+              "--no_log_learning_rate_to_tensorboard, --log_throughput false and no timers: those tags absent")
+        a = json.load(open(os.path.join(run, "args.json")))
+        check(a["tensorboard_log_interval"] == 2 and a["no_log_learning_rate_to_tensorboard"] is True,
+              "args.json records the TensorBoard options")
 
 if failures:
     sys.exit(f"{len(failures)} failure(s)")
