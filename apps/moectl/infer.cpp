@@ -2,6 +2,7 @@
 // batch (--val_dataset -> --result_path), with swift's flags.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstdio>
@@ -35,7 +36,7 @@ struct InferArgs {
   bool stream = true, logprobs = false, verbose = false;
   // Wide types, so an out-of-range value reaches our range check rather than wrapping.
   std::optional<double> temperature, top_p, repetition_penalty, top_k;
-  int64_t max_new_tokens = 512, top_logprobs = 0;
+  int64_t max_new_tokens = 512, top_logprobs = 0, max_batch_size = 1;
   uint64_t seed = 42;
 };
 
@@ -68,6 +69,9 @@ void validate_flags(const InferArgs& a) {
   if (a.top_logprobs < 0 || a.top_logprobs > 20)
     moe::throw_input("--top_logprobs {}: must be from 0 to 20 (as OpenAI's API)", a.top_logprobs);
   if (a.top_logprobs > 0 && !a.logprobs) moe::throw_input("--top_logprobs needs --logprobs true");
+  if (a.max_batch_size == 0 || a.max_batch_size < -1 || a.max_batch_size > INT_MAX)
+    moe::throw_input("--max_batch_size {}: rows decoded together, >= 1 (-1: every row of the dataset)",
+                     a.max_batch_size);
 }
 
 // Checked before the model loads, so a bad path costs nothing: the answers go to a sibling
@@ -169,28 +173,48 @@ void run_batch(const InferArgs& a, moe::infer::ChatSession& chat, const moe::inf
   {
     std::ofstream out(tmp.path, std::ios::trunc);
     if (!out) moe::throw_input("--result_path {}: cannot create {}", a.result_path, tmp.path);
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const auto& row = rows[i];
-      std::string reply;
-      nlohmann::json o{{"labels", row.label}, {"messages", messages_json(row.prompt)}};
-      try {
-        auto res = chat.complete(row.prompt, cfg, {}, &reply);
-        o["response"] = reply;
-        o["prompt_tokens"] = res.prompt_tokens;
-        o["completion_tokens"] = res.ids.size();
-        o["finish_reason"] = res.finish_reason;
-        if (a.logprobs) o["logprobs"] = logprobs_json(res, tok);
-        if (a.verbose) print_speed(res, false);
-      } catch (const moe::infer::RequestError& e) {
-        // One row that cannot be answered (e.g. longer than the context) gets an error entry
-        // in its place, so the result file still lines up with the dataset.
-        ++failed;
-        o["response"] = nullptr;
-        o["finish_reason"] = "error";
-        o["error"] = e.what();
-        moe::log().warn("{}: {}", origin[i], e.what());
+    // Rows go in groups of --max_batch_size, each group decoded together (swift's transformers
+    // backend batches the same way); the answers are written in the dataset's order.
+    const size_t group = a.max_batch_size < 0 ? std::max<size_t>(rows.size(), 1) : size_t(a.max_batch_size);
+    for (size_t g0 = 0; g0 < rows.size(); g0 += group) {
+      const size_t g1 = std::min(rows.size(), g0 + group);
+      std::vector<std::vector<moe::text::Message>> prompts;
+      for (size_t i = g0; i < g1; ++i) prompts.push_back(rows[i].prompt);
+      std::vector<std::string> replies, errors;
+      std::vector<moe::infer::GenerationResult> results;
+      if (group == 1) {  // one row: the session's own path (its prefix cache across rows)
+        replies.resize(1), errors.resize(1);
+        try {
+          results.push_back(chat.complete(prompts[0], cfg, {}, &replies[0]));
+        } catch (const moe::infer::RequestError& e) {
+          results.emplace_back();
+          errors[0] = e.what();
+        }
+      } else {
+        results = chat.complete_batch(prompts, cfg, &replies, &errors);
       }
-      out << o.dump() << "\n";
+      for (size_t j = 0; j < results.size(); ++j) {
+        const size_t i = g0 + j;
+        const auto& res = results[j];
+        nlohmann::json o{{"labels", rows[i].label}, {"messages", messages_json(rows[i].prompt)}};
+        if (errors[j].empty()) {
+          o["response"] = replies[j];
+          o["prompt_tokens"] = res.prompt_tokens;
+          o["completion_tokens"] = res.ids.size();
+          o["finish_reason"] = res.finish_reason;
+          if (a.logprobs) o["logprobs"] = logprobs_json(res, tok);
+          if (a.verbose) print_speed(res, false);
+        } else {
+          // One row that cannot be answered (e.g. longer than the context) gets an error entry
+          // in its place, so the result file still lines up with the dataset.
+          ++failed;
+          o["response"] = nullptr;
+          o["finish_reason"] = "error";
+          o["error"] = errors[j];
+          moe::log().warn("{}: {}", origin[i], errors[j]);
+        }
+        out << o.dump() << "\n";
+      }
     }
     out.flush();
     if (!out) moe::throw_input("--result_path {}: writing {} failed (disk full?)", a.result_path, tmp.path);
@@ -277,6 +301,8 @@ void add_infer_command(CLI::App& root) {
   c->add_option("--template", a->template_name, "Chat template (default from model_type; raw = plain completion)");
   c->add_option("--val_dataset", a->val_dataset,
                 "Answer every row of these .jsonl files, in order (messages or query/response)");
+  c->add_option("--max_batch_size", a->max_batch_size,
+                "Rows of --val_dataset decoded together (default 1; -1: all); same answers, more rows/s");
   c->add_option("--infer_backend", a->infer_backend,
                 "transformers (pt in swift 3.x): moectl's engine; vllm, sglang, lmdeploy are not in moectl")
       ->check(CLI::IsMember({"transformers", "pt", "vllm", "sglang", "lmdeploy"}));

@@ -21,6 +21,11 @@ class ChatSession {
   // Generates a reply to `messages` (the whole conversation, ending with a user turn).
   GenerationResult complete(const std::vector<text::Message>& messages, GenerationConfig cfg,
                             const std::function<void(const std::string&)>& on_text, std::string* reply);
+  // Replies to several conversations together (generate_batch): replies[i] is rows[i]'s text, or
+  // (*errors)[i] says why that row could not be answered.
+  std::vector<GenerationResult> complete_batch(const std::vector<std::vector<text::Message>>& rows,
+                                               GenerationConfig cfg, std::vector<std::string>* replies,
+                                               std::vector<std::string>* errors);
   // Adds a user turn, answers it and appends both turns to the history. A RequestError (the
   // line is not UTF-8, the conversation no longer fits the context) leaves the history unchanged.
   GenerationResult turn(const std::string& user, const GenerationConfig& cfg,
@@ -32,6 +37,13 @@ class ChatSession {
   const std::vector<int32_t>& stop_ids() const { return stop_ids_; }
 
  private:
+  // The template's rendering of `messages` (with the session's system prompt when they have
+  // none), ready for the reply.
+  std::vector<int32_t> prompt_ids(const std::vector<text::Message>& messages) const;
+  // The text of generated ids, special tokens skipped.
+  std::string text_of(const std::vector<int32_t>& ids) const;
+
+  model::Transformer& model_;
   Generator gen_;
   const text::Tokenizer& tok_;
   const text::ChatTemplate& tmpl_;

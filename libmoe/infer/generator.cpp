@@ -35,28 +35,72 @@ void require_finite(std::span<const float> logits, int64_t position) {
 }
 }  // namespace
 
+namespace {
+
+// The room a prompt leaves in the model's context: RequestError when none, max_new_tokens
+// clipped to it (with swift's warning) otherwise.
+int room_for(const model::ModelConfig& c, int64_t prompt_tokens, int max_new_tokens) {
+  const int64_t ctx = c.max_position_embeddings;
+  int max_new = max_new_tokens;
+  if (ctx > 0) {
+    if (prompt_tokens >= ctx)
+      throw RequestError(
+          fmt::format("the prompt is {} tokens; the model's context (max_position_embeddings in "
+                      "config.json) is {} tokens, answer included: shorten the prompt",
+                      prompt_tokens, ctx));
+    if (int64_t(max_new) > ctx - prompt_tokens) {
+      max_new = int(ctx - prompt_tokens);
+      log().warn("max_model_len({}) - num_tokens({}) < max_new_tokens({}): generating at most {} tokens", ctx,
+                 prompt_tokens, max_new_tokens, max_new);
+    }
+  }
+  return max_new;
+}
+
+// One sequence being generated: what it has produced and how it samples.
+struct Row {
+  std::vector<int32_t> history;  // prompt + generated ids
+  Sampler sampler;
+  GenerationResult res;
+  int max_new = 0;
+  bool done = false;
+};
+
+// Takes the next token of `r` from its logits (at position history.size() - 1): sampled, then
+// either a stop (done), or appended and reported. Done also after max_new tokens or when
+// on_token says stop.
+void take(Row& r, std::span<float> logits, const GenerationConfig& cfg, const std::function<bool(int32_t)>& on_token) {
+  require_finite(logits, int64_t(r.history.size()) - 1);
+  std::vector<float> raw;
+  if (cfg.logprobs) raw.assign(logits.begin(), logits.end());  // the model's distribution, before penalties
+  const int32_t id = r.sampler.sample(logits, r.history);      // edits the logits in place
+  if (std::find(cfg.stop_ids.begin(), cfg.stop_ids.end(), id) != cfg.stop_ids.end()) {
+    r.res.finish_reason = "stop";
+    r.done = true;
+    return;
+  }
+  if (cfg.logprobs) {
+    TokenLogprob lp{};
+    lp.id = id;
+    lp.logprob = token_logprob(raw, id, cfg.top_logprobs, &lp.top);
+    r.res.logprobs.push_back(std::move(lp));
+  }
+  r.history.push_back(id);
+  r.res.ids.push_back(id);
+  if ((on_token && !on_token(id)) || int64_t(r.res.ids.size()) >= r.max_new) r.done = true;
+}
+
+}  // namespace
+
 GenerationResult Generator::generate(const std::vector<int32_t>& prompt, const GenerationConfig& cfg,
                                      const std::function<bool(int32_t)>& on_token) {
   if (prompt.empty()) throw_input("the prompt is empty: nothing to continue from");
   const int64_t V = model_.config().vocab_size;
-  GenerationResult res;
-  res.prompt_tokens = int64_t(prompt.size());
+  Row r{prompt, Sampler(cfg.sampling), {}, 0, false};
+  r.res.prompt_tokens = int64_t(prompt.size());
   // Refuse before the prefill: a prompt past the context is slow (quadratic attention), needs
   // memory for all of it, and rope positions beyond max_position_embeddings were never trained.
-  const int64_t ctx = model_.config().max_position_embeddings;
-  int max_new = cfg.max_new_tokens;
-  if (ctx > 0) {
-    if (res.prompt_tokens >= ctx)
-      throw RequestError(
-          fmt::format("the prompt is {} tokens; the model's context (max_position_embeddings in "
-                      "config.json) is {} tokens, answer included: shorten the prompt",
-                      res.prompt_tokens, ctx));
-    if (int64_t(max_new) > ctx - res.prompt_tokens) {
-      max_new = int(ctx - res.prompt_tokens);
-      log().warn("max_model_len({}) - num_tokens({}) < max_new_tokens({}): generating at most {} tokens", ctx,
-                 res.prompt_tokens, cfg.max_new_tokens, max_new);
-    }
-  }
+  r.max_new = room_for(model_.config(), r.res.prompt_tokens, cfg.max_new_tokens);
 
   // Reuse the cached prefix; always recompute at least the last prompt token for its logits.
   size_t keep = 0;
@@ -66,44 +110,85 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt, const G
   cached_.resize(keep);
 
   std::vector<float> logits(static_cast<size_t>(V));
-  std::vector<int32_t> history = prompt;
-  Sampler sampler(cfg.sampling);
   auto t0 = std::chrono::steady_clock::now();
   std::span<const int32_t> fresh(prompt.data() + keep, prompt.size() - keep);
   model_.forward(fresh, cache_, logits.data());
   cached_.insert(cached_.end(), fresh.begin(), fresh.end());
-  require_finite(logits, res.prompt_tokens - 1);
-  res.prefilled_tokens = int64_t(fresh.size());
-  res.prefill_seconds = seconds_since(t0);
+  r.res.prefilled_tokens = int64_t(fresh.size());
+  r.res.prefill_seconds = seconds_since(t0);
 
   t0 = std::chrono::steady_clock::now();
-  res.finish_reason = "length";
-  for (int step = 0; step < max_new; ++step) {
-    if (step > 0) {
-      int32_t last = history.back();
-      model_.forward(std::span<const int32_t>(&last, 1), cache_, logits.data());
-      cached_.push_back(last);
-      require_finite(logits, int64_t(history.size()) - 1);
-    }
-    TokenLogprob lp{};
-    std::vector<float> raw;
-    if (cfg.logprobs) raw = logits;  // logprobs describe the model's distribution, before penalties
-    const int32_t id = sampler.sample(logits, history);
-    if (std::find(cfg.stop_ids.begin(), cfg.stop_ids.end(), id) != cfg.stop_ids.end()) {
-      res.finish_reason = "stop";
-      break;
-    }
-    if (cfg.logprobs) {
-      lp.id = id;
-      lp.logprob = token_logprob(raw, id, cfg.top_logprobs, &lp.top);
-      res.logprobs.push_back(std::move(lp));
-    }
-    history.push_back(id);
-    res.ids.push_back(id);
-    if (on_token && !on_token(id)) break;
+  r.res.finish_reason = "length";
+  r.done = r.max_new <= 0;
+  while (!r.done) {
+    take(r, logits, cfg, on_token);
+    if (r.done) break;
+    const int32_t last = r.history.back();
+    model_.forward(std::span<const int32_t>(&last, 1), cache_, logits.data());
+    cached_.push_back(last);
   }
-  res.decode_seconds = seconds_since(t0);
-  return res;
+  r.res.decode_seconds = seconds_since(t0);
+  return std::move(r.res);
+}
+
+std::vector<GenerationResult> generate_batch(model::Transformer& model,
+                                             const std::vector<std::vector<int32_t>>& prompts,
+                                             const GenerationConfig& cfg, std::vector<std::string>* errors) {
+  const int64_t V = model.config().vocab_size;
+  const size_t n = prompts.size();
+  std::vector<Row> rows(n, Row{{}, Sampler(cfg.sampling), {}, 0, false});
+  std::vector<KvCache> caches(n, KvCache(model.config()));
+  std::vector<float> logits(n * size_t(V));
+  errors->assign(n, "");
+  // Each prompt prefilled alone (as generate() does, to the same bits), its first token taken.
+  for (size_t i = 0; i < n; ++i) {
+    Row& r = rows[i];
+    r.history = prompts[i];
+    r.res.prompt_tokens = int64_t(prompts[i].size());
+    r.res.finish_reason = "length";
+    try {
+      if (prompts[i].empty()) throw RequestError("the prompt is empty: nothing to continue from");
+      r.max_new = room_for(model.config(), r.res.prompt_tokens, cfg.max_new_tokens);
+    } catch (const RequestError& e) {
+      (*errors)[i] = e.what();
+      r.done = true;
+      continue;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    model.forward(prompts[i], caches[i], logits.data());
+    r.res.prefilled_tokens = r.res.prompt_tokens;
+    r.res.prefill_seconds = seconds_since(t0);
+    r.done = r.max_new <= 0;
+    if (!r.done) take(r, std::span<float>(logits.data(), size_t(V)), cfg, {});
+  }
+  // Then one batched forward per step over the rows still going: each row's last token at its
+  // own position against its own cache.
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<int32_t> ids, cu;
+  std::vector<model::KvStore*> live_caches;
+  std::vector<size_t> live;
+  while (true) {
+    ids.clear(), live_caches.clear(), live.clear(), cu.assign(1, 0);
+    for (size_t i = 0; i < n; ++i) {
+      if (rows[i].done) continue;
+      live.push_back(i);
+      ids.push_back(rows[i].history.back());
+      live_caches.push_back(&caches[i]);
+      cu.push_back(int32_t(ids.size()));
+    }
+    if (live.empty()) break;
+    model.forward_batch(ids, cu, live_caches, logits.data());
+    for (size_t j = 0; j < live.size(); ++j)
+      take(rows[live[j]], std::span<float>(logits.data() + j * size_t(V), size_t(V)), cfg, {});
+  }
+  const double decode_s = seconds_since(t0);
+  std::vector<GenerationResult> out;
+  out.reserve(n);
+  for (Row& r : rows) {
+    r.res.decode_seconds = decode_s;
+    out.push_back(std::move(r.res));
+  }
+  return out;
 }
 
 }  // namespace moe::infer

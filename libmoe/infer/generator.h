@@ -3,6 +3,7 @@
 // reused across calls when the new prompt extends what the cache already holds.
 #pragma once
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
@@ -67,5 +68,16 @@ class Generator {
   KvCache cache_;
   std::vector<int32_t> cached_;  // the ids whose keys/values the cache holds
 };
+
+// Generates continuations of several prompts together (swift's --max_batch_size): each prompt is
+// prefilled alone, then every step runs one forward over all rows still going (each at its own
+// position, with its own cache), which reads the weights once for all of them. A row's tokens,
+// logprobs and finish reason equal what Generator::generate gives it alone (the batched rows are
+// computed row by row to the same bits, up to kernels' many-token paths past 8 rows). A row
+// that cannot be served gets its RequestError's message in (*errors)[i] and an empty result;
+// NonFiniteLogits ends the batch.
+std::vector<GenerationResult> generate_batch(model::Transformer& model,
+                                             const std::vector<std::vector<int32_t>>& prompts,
+                                             const GenerationConfig& cfg, std::vector<std::string>* errors);
 
 }  // namespace moe::infer

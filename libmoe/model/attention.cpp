@@ -16,6 +16,27 @@ ops::VarlenAttention varlen(const Context& ctx, const ModelConfig& c, const Batc
 
 bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 
+// The attention of one micro-batch's (or one sequence's) rotated q, k, v: over the sequence itself
+// when nothing is cached (the packed kernel training uses), else over the cache they join.
+void attend(const Context& ctx, const ModelConfig& c, int layer, const Batch& b, const float* q, const float* k,
+            const float* v, float* out, float* lse) {
+  const Backend& be = ctx.backend;
+  const int64_t T = b.size(), nh = ctx.local.heads, ng = ctx.local.query_groups, d = c.kv_channels;
+  const int64_t pos0 = b.cache ? b.cache->length() : 0;
+  if (b.cache) {  // the new keys and values join the cache
+    ops::copy(be, b.cache->keys(layer) + pos0 * ng * d, k, T * ng * d);
+    ops::copy(be, b.cache->values(layer) + pos0 * ng * d, v, T * ng * d);
+  }
+  if (pos0 == 0) {
+    // No earlier positions: the packed-sequence kernel training uses, so a prompt's logits are
+    // bitwise those of the training forward.
+    ops::attention_varlen(be, varlen(ctx, c, b), q, k, v, out, lse);
+  } else {
+    const ops::AttentionShape shape{T, pos0, nh, ng, d, float(1.0 / std::sqrt(double(d)))};
+    ops::causal_attention(be, shape, q, b.cache->keys(layer), b.cache->values(layer), out);
+  }
+}
+
 }  // namespace
 
 AttentionSaved carve_attention_saved(Arena& keep, int64_t T, int64_t nh, int64_t ng, int64_t d) {
@@ -60,18 +81,18 @@ void attention_forward(const Context& ctx, const ModelConfig& c, const Attention
   }
   ops::rope(be, s.q.data(), T, nh, d, b.positions.data(), rope.cos(), rope.sin());
   ops::rope(be, s.k.data(), T, ng, d, b.positions.data(), rope.cos(), rope.sin());
-  const int64_t pos0 = b.cache ? b.cache->length() : 0;
-  if (b.cache) {  // the new keys and values join the cache
-    ops::copy(be, b.cache->keys(layer) + pos0 * ng * d, s.k.data(), T * ng * d);
-    ops::copy(be, b.cache->values(layer) + pos0 * ng * d, s.v.data(), T * ng * d);
-  }
-  if (pos0 == 0) {
-    // No earlier positions: the packed-sequence kernel training uses, so a prompt's logits are
-    // bitwise those of the training forward.
-    ops::attention_varlen(be, varlen(ctx, c, b), s.q.data(), s.k.data(), s.v.data(), s.out.data(), s.lse.data());
+  if (!b.caches.empty()) {  // batched decode: each sequence against its own cache
+    for (size_t q = 0; q + 1 < b.cu_seqlens.size(); ++q) {
+      const int64_t t0 = b.cu_seqlens[q], n = b.cu_seqlens[q + 1] - t0;
+      KvStore& kv = *b.caches[q];
+      const int32_t seq[2] = {0, int32_t(n)};
+      const Batch one{
+          b.tokens.subspan(size_t(t0), size_t(n)), b.positions.subspan(size_t(t0), size_t(n)), seq, {}, &kv};
+      attend(ctx, c, layer, one, s.q.data() + t0 * nh * d, s.k.data() + t0 * ng * d, s.v.data() + t0 * ng * d,
+             s.out.data() + t0 * nh * d, s.lse.data() + t0 * nh);
+    }
   } else {
-    const ops::AttentionShape shape{T, pos0, nh, ng, d, float(1.0 / std::sqrt(double(d)))};
-    ops::causal_attention(be, shape, s.q.data(), b.cache->keys(layer), b.cache->values(layer), s.out.data());
+    attend(ctx, c, layer, b, s.q.data(), s.k.data(), s.v.data(), s.out.data(), s.lse.data());
   }
   ops::linear(be, s.out.data(), T, w.proj, nullptr, y);
   tp_all_reduce(ctx, y, T * c.hidden_size);  // linear_proj is row-parallel: each TP rank's heads add up

@@ -1,7 +1,8 @@
 // One micro-batch as every module sees it: prefill, decode and packed training go through the
 // same code. Tokens of all sequences are concatenated (cu_seqlens marks where each starts, and
 // attention never crosses a boundary); positions are each token's position in its sequence. An
-// inference batch carries the KV cache: its tokens follow the cached positions of one sequence.
+// inference batch carries the KV cache: its tokens follow the cached positions of one sequence,
+// or, batched decode, each sequence's tokens follow the positions of its own cache.
 #pragma once
 #include <cstdint>
 #include <span>
@@ -16,6 +17,7 @@ struct Batch {
   std::span<const int32_t> cu_seqlens;  // [S + 1]: 0 .. T
   std::span<const int32_t> labels;      // [T] target per position or -100; empty for inference
   KvStore* cache = nullptr;             // inference: earlier positions' keys and values; appended to
+  std::span<KvStore* const> caches;     // batched inference: one cache per sequence (instead of cache)
   int64_t size() const { return int64_t(tokens.size()); }
 };
 

@@ -54,6 +54,8 @@ void Stage::check_batch(const Batch& b) const {
   for (size_t s = 1; s < b.cu_seqlens.size(); ++s)
     if (b.cu_seqlens[s] < b.cu_seqlens[s - 1]) throw_internal("micro-batch: cu_seqlens not increasing");
   if (b.cache && b.cu_seqlens.size() != 2) throw_internal("an inference batch with a KV cache holds one sequence");
+  if (!b.caches.empty() && (b.cache || b.caches.size() + 1 != b.cu_seqlens.size()))
+    throw_internal("a batched inference batch holds one KV cache per sequence");
   for (int64_t t = 0; t < T; ++t) {
     if (b.tokens[size_t(t)] < 0 || b.tokens[size_t(t)] >= V)
       throw_input("token id {} is outside the vocabulary [0, {})", b.tokens[size_t(t)], V);
@@ -203,6 +205,7 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
       std::swap(acts.x, acts.x_next);
     }
   if (b.cache) b.cache->advance(T);
+  for (size_t q = 0; q < b.caches.size(); ++q) b.caches[q]->advance(b.cu_seqlens[q + 1] - b.cu_seqlens[q]);
 }
 
 void Stage::forward_logits(const Batch& b, StageActs& acts, float* logits, bool all_logits) {
@@ -212,8 +215,21 @@ void Stage::forward_logits(const Batch& b, StageActs& acts, float* logits, bool 
   if (tp_size(ctx_) > 1) throw_internal("inference under tensor parallelism is not implemented");
   check_batch(b);
   if (b.cache) b.cache->reserve(b.cache->length() + T);
+  for (size_t q = 0; q < b.caches.size(); ++q)
+    b.caches[q]->reserve(b.caches[q]->length() + b.cu_seqlens[q + 1] - b.cu_seqlens[q]);
   begin(acts, T, StageCall::kInference);
   run_layers(b, acts, false, true, nullptr);
+  if (!b.caches.empty() && !all_logits) {
+    // Batched decode: the logits of each sequence's last token, [S, V]. Each row is computed as
+    // alone (a row's norm and gemv never mix rows), so a sequence decodes to the same bits.
+    const int64_t S = int64_t(b.caches.size());
+    for (int64_t q = 0; q < S; ++q)
+      ops::copy(ctx_.backend, acts.x_next.data() + q * D, acts.x.data() + (b.cu_seqlens[size_t(q) + 1] - 1) * D, D);
+    ops::rmsnorm(ctx_.backend, acts.x_next.data(), S, D, w_.final_norm.f32(), float(cfg_.norm_epsilon), acts.hf.data());
+    ops::linear(ctx_.backend, acts.hf.data(), S, w_.output, nullptr, logits);
+    acts.arena.reset();
+    return;
+  }
   const int64_t first = all_logits ? 0 : T - 1, n = T - first;
   ops::rmsnorm(ctx_.backend, acts.x.data() + first * D, n, D, w_.final_norm.f32(), float(cfg_.norm_epsilon),
                acts.hf.data());

@@ -44,6 +44,18 @@ void Transformer::forward(std::span<const int32_t> ids, float* logits, bool all_
   run(ids, nullptr, logits, all_logits);
 }
 
+void Transformer::forward_batch(std::span<const int32_t> ids, std::span<const int32_t> cu_seqlens,
+                                std::span<KvStore* const> caches, float* logits) {
+  if (caches.size() + 1 != cu_seqlens.size()) throw_internal("forward_batch: one cache per sequence");
+  positions_.resize(ids.size());
+  for (size_t q = 0; q < caches.size(); ++q)
+    for (int32_t t = cu_seqlens[q]; t < cu_seqlens[q + 1]; ++t)
+      positions_[size_t(t)] = int32_t(caches[q]->length() + (t - cu_seqlens[q]));
+  Batch b{ids, positions_, cu_seqlens, {}, nullptr};
+  b.caches = caches;
+  stage_->forward_logits(b, acts_, logits, false);
+}
+
 void Transformer::run(std::span<const int32_t> ids, KvStore* cache, float* logits, bool all_logits) {
   const int64_t T = int64_t(ids.size()), pos0 = cache ? cache->length() : 0;
   positions_.resize(size_t(T));

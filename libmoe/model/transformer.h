@@ -28,6 +28,11 @@ class Transformer {
   // Without a cache: `ids` are one sequence from position 0 (the logits equal those of the
   // call above with an empty cache).
   void forward(std::span<const int32_t> ids, float* logits, bool all_logits = false);
+  // Batched decode: sequence q's tokens ids[cu_seqlens[q] .. cu_seqlens[q+1]) run at positions
+  // caches[q]->length() .. and join that cache. Writes the logits of each sequence's last token,
+  // [S, V], each equal to what forward() with that sequence and cache alone gives.
+  void forward_batch(std::span<const int32_t> ids, std::span<const int32_t> cu_seqlens,
+                     std::span<KvStore* const> caches, float* logits);
 
  private:
   void run(std::span<const int32_t> ids, KvStore* cache, float* logits, bool all_logits);

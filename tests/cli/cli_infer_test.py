@@ -260,12 +260,40 @@ def test_several_val_datasets_and_backends():
     assert "nope.jsonl" in p.stderr and not os.path.exists(os.path.join(WORK, "y.jsonl")), p.stderr
 
 
+def test_max_batch_size():
+    # swift's --max_batch_size: rows decoded together give the answers they get one at a time
+    # (greedy and seeded sampling), a row too long for the context keeps its error entry in place.
+    rows = ROWS + [{"messages": [{"role": "user", "content": "word " * 5000}]}] + [
+        {"messages": [{"role": "user", "content": f"Say {i} things about the number {i * 7}."}]} for i in range(6)]
+    data = os.path.join(WORK, "batch_rows.jsonl")
+    write_rows(data, rows)
+    for mode in (["--temperature", "0", "--repetition_penalty", "1.0", "--logprobs", "true", "--top_logprobs", "2"],
+                 ["--temperature", "0.9", "--top_k", "20", "--seed", "11", "--repetition_penalty", "1.05"]):
+        outs = {}
+        for n in ("1", "8", "-1", "3"):
+            out = os.path.join(WORK, f"batch_{n}.jsonl")
+            run(["infer", "--model", MODEL, "--val_dataset", data, "--result_path", out, "--max_new_tokens", "10",
+                 "--max_batch_size", n] + mode)
+            outs[n] = [json.loads(l) for l in open(out)]
+        one = outs["1"]
+        assert len(one) == len(rows) and one[3]["finish_reason"] == "error" and "context" in one[3]["error"], one[3]
+        for n, got in outs.items():
+            assert [r["response"] for r in got] == [r["response"] for r in one], (n, mode)
+            assert [r["finish_reason"] for r in got] == [r["finish_reason"] for r in one], n
+            for a, b in zip(got, one):
+                for x, y in zip((a.get("logprobs") or {}).get("content", []), (b.get("logprobs") or {}).get("content", [])):
+                    assert x["id"] == y["id"] and abs(x["logprob"] - y["logprob"]) < 1e-4, (n, x, y)
+    p = run(["infer", "--model", MODEL, "--val_dataset", data, "--result_path", os.path.join(WORK, "z.jsonl"),
+             "--max_batch_size", "0"], expect_rc=2)
+    assert "--max_batch_size 0" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
 for t in [test_init_writes_hf_dir, test_batch_rows_and_logprobs, test_sampling_is_seeded,
           test_interactive_through_pipe, test_raw_template_completion, test_truncated_safetensors,
           test_header_longer_than_file, test_overlapping_offsets, test_unknown_dtype, test_shape_size_mismatch,
           test_shape_disagrees_with_config, test_tensor_missing_from_index, test_config_not_json,
           test_unknown_model_type, test_missing_model_dir, test_bad_dataset_row,
-          test_several_val_datasets_and_backends]:
+          test_several_val_datasets_and_backends, test_max_batch_size]:
     case(t)
 print(f"{len(failures)} failed" if failures else "all passed")
 sys.exit(1 if failures else 0)
