@@ -463,9 +463,11 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--log_throughput", a->t.tensorboard.throughput,
                 "TensorBoard: throughput, TFLOP/s per process (true|false; the log always has tokens/s)");
   c->add_option("--seq_length", a->seq_length, "Megatron's sequence length (default and minimum: --max_length)");
-  c->add_option("--overlap_grad_reduce", a->overlap_grad_reduce, "Overlap the DP gradient reduction (not yet: warned)");
+  // Performance knobs: the reduction and the gather run after the backward, overlapped with nothing.
+  c->add_option("--overlap_grad_reduce", a->overlap_grad_reduce,
+                "Knob: overlap the DP gradient reduction with the backward (accepted; not overlapped yet: warned)");
   c->add_option("--overlap_param_gather", a->overlap_param_gather,
-                "Overlap the parameter all-gather (not yet: warned)");
+                "Knob: overlap the parameter all-gather with the forward (accepted; not overlapped yet: warned)");
   add_megatron_knobs(c, a->knobs);
   add_architecture_flags(c, a->architecture);
   c->add_option("--use_distributed_optimizer", a->use_distributed_optimizer,
