@@ -1,11 +1,14 @@
 #include "train/dataset.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <exception>
 #include <filesystem>
 #include <numeric>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -218,14 +221,42 @@ bool truncate(Sample& s, const DatasetOptions& o) {
   return true;
 }
 
+// Every row tokenised, on --dataset_num_proc threads (each row is independent; the tokenizers
+// are safe to share). The samples keep the rows' order, and a bad row fails with the error of
+// the first bad row, so the result does not depend on the thread count.
+std::vector<Sample> tokenize_all(std::vector<Row> rows, const DatasetOptions& o, const text::Tokenizer& tok,
+                                 const text::ChatTemplate& tmpl) {
+  std::vector<Sample> out(rows.size());
+  const size_t threads = std::clamp<size_t>(size_t(std::max(o.num_proc, 1)), 1, std::max<size_t>(rows.size(), 1));
+  std::vector<std::exception_ptr> error(rows.size());
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < rows.size(); i = next++) {
+      try {
+        out[i] = tokenize(std::move(rows[i]), o, tok, tmpl);
+      } catch (...) {
+        error[i] = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  for (const auto& e : error)
+    if (e) std::rethrow_exception(e);
+  return out;
+}
+
 std::vector<Sample> build(const std::vector<std::string>& specs, const DatasetOptions& o, std::mt19937_64& rng,
                           const text::Tokenizer& tok, const text::ChatTemplate& tmpl, Datasets& d) {
   std::vector<Sample> out;
   for (const auto& spec : specs) {
     std::vector<Sample> dummies;
-    for (auto& row : load_spec(spec, o, rng, tok, &dummies)) {
+    std::vector<Row> rows = load_spec(spec, o, rng, tok, &dummies);
+    std::vector<Sample> samples = tokenize_all(std::move(rows), o, tok, tmpl);
+    for (auto& s : samples) {
       ++d.rows_read;
-      Sample s = tokenize(std::move(row), o, tok, tmpl);
       if (!truncate(s, o)) {
         ++d.dropped_too_long;
         continue;

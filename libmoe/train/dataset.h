@@ -29,6 +29,7 @@ struct DatasetOptions {
   std::string truncation_strategy = "delete";  // delete | left | right
   uint64_t seed = 42;
   bool pretrain = false;  // pt: loss on every token
+  int num_proc = 1;       // --dataset_num_proc: rows tokenised on this many threads (same result)
 };
 
 struct Datasets {

@@ -114,6 +114,28 @@ TEST_F(DatasetRows, HashNRepeatsWholeSetThenSamplesTheRest) {
   EXPECT_EQ(count.size(), 5u);
 }
 
+TEST_F(DatasetRows, TokenisedOnSeveralThreadsAsOnOne) {
+  // --dataset_num_proc: the same samples in the same order, and the first bad row's error.
+  const std::string f = numbered("many.jsonl", 300);
+  DatasetOptions o;
+  o.specs = {f, "self-cognition#40"};
+  o.model_name = {"n"}, o.model_author = {"a"};
+  const auto one = load(o);
+  o.num_proc = 4;
+  const auto four = load(o);
+  ASSERT_EQ(four.train.size(), one.train.size());
+  ASSERT_EQ(one.train.size(), 340u);
+  for (size_t i = 0; i < one.train.size(); ++i) expect_same(four.train[i], one.train[i]);
+  const std::string bad = file("bad.jsonl", std::string(R"({"query": "q", "response": "r"})") + "\n" +
+                                                R"({"prompt": "no"})" + "\n" + R"({"nothing": 1})" + "\n");
+  o.specs = {bad};
+  o.num_proc = 1;
+  const std::string e1 = testing::input_error([&] { load(o); });
+  o.num_proc = 3;
+  EXPECT_EQ(testing::input_error([&] { load(o); }), e1);
+  EXPECT_NE(e1.find("bad.jsonl:2"), std::string::npos) << e1;
+}
+
 TEST_F(DatasetRows, HashNBelowSizeSamplesWithoutReplacementBySeed) {
   const std::string f = numbered("twenty.jsonl", 20);
   DatasetOptions o;
