@@ -76,8 +76,6 @@ const std::vector<Later> kLater = {
     {"exit_on_missing_checkpoint", "true", "starting from random weights when --load holds no checkpoint"},
     {"streaming", "false", "reading the dataset lazily in one pass (--streaming)"},
     {"log_params_norm", "false", "the parameters' norm in the log"},
-    {"decoder_first_pipeline_num_layers", "", "uneven pipeline stages (pipeline parallelism)"},
-    {"decoder_last_pipeline_num_layers", "", "uneven pipeline stages (pipeline parallelism)"},
     {"fp8_format", "", "FP8 training"},
     {"fp8_recipe", "", "FP8 training"},
     {"wandb_project", "", "Weights & Biases logging (use --tensorboard_dir)"},

@@ -58,7 +58,9 @@ struct TrainArgs {
   moe::model::TrainOptions m;
   // Megatron's parallel sizes; data parallel is what the world leaves.
   int tp = 1, pp = 1, ep = 1, etp = 0, cp = 1, vpp = 1;
-  bool sequence_parallel = false;  // Megatron ignores it with TP 1
+  int first_stage_layers = 0, last_stage_layers = 0;  // --decoder_first/last_pipeline_num_layers (0: even)
+  int layers_per_virtual_stage = 0;                   // --num_layers_per_virtual_pipeline_stage
+  bool sequence_parallel = false;                     // Megatron ignores it with TP 1
   bool use_distributed_optimizer = true;
   bool overlap_grad_reduce = false, overlap_param_gather = false;  // swift's defaults
   MegatronKnobs knobs;
@@ -72,15 +74,23 @@ struct TrainArgs {
 // The job's layout on `world` ranks, refused up front (on every rank, with the same line) when
 // the sizes do not fit the world or need a parallelism this version does not train with yet.
 moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world) {
-  const auto l = moe::dist::ParallelLayout::from_flags(world, a.tp, a.pp, a.ep, a.etp, a.cp, a.vpp);
+  auto l = moe::dist::ParallelLayout::from_flags(world, a.tp, a.pp, a.ep, a.etp, a.cp, a.vpp);
+  l.first_stage_layers = a.first_stage_layers, l.last_stage_layers = a.last_stage_layers;
+  if (a.layers_per_virtual_stage != 0 && l.pp == 1)
+    moe::throw_input(
+        "--num_layers_per_virtual_pipeline_stage {} needs --pipeline_model_parallel_size > 1 (interleaving splits a "
+        "pipeline)",
+        a.layers_per_virtual_stage);
   auto not_yet = [](const char* flag, int v, const char* what) {
     if (v > 1)
       moe::throw_input(
-          "{} {}: {} is not implemented in training yet; data and expert parallelism are (leave the flag out)", flag, v,
-          what);
+          "{} {}: {} is not implemented in training yet; data, tensor, pipeline and expert parallelism are (leave the "
+          "flag out)",
+          flag, v, what);
   };
-  not_yet("--pipeline_model_parallel_size", l.pp, "pipeline parallelism");
-  not_yet("--virtual_pipeline_model_parallel_size", l.vpp, "interleaved pipeline parallelism");
+  not_yet("--virtual_pipeline_model_parallel_size", l.vpp, "interleaved pipeline parallelism (virtual stages)");
+  not_yet("--num_layers_per_virtual_pipeline_stage", a.layers_per_virtual_stage,
+          "interleaved pipeline parallelism (virtual stages)");
   not_yet("--context_parallel_size", l.cp, "context parallelism");
   if (l.tp > 1 && a.sequence_parallel)
     moe::throw_input(
@@ -309,6 +319,8 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                          {"tensor_model_parallel_size", layout.tp},
                          {"pipeline_model_parallel_size", layout.pp},
                          {"virtual_pipeline_model_parallel_size", layout.vpp},
+                         {"decoder_first_pipeline_num_layers", layout.first_stage_layers},
+                         {"decoder_last_pipeline_num_layers", layout.last_stage_layers},
                          {"expert_model_parallel_size", layout.ep},
                          {"expert_tensor_parallel_size", layout.etp},
                          {"context_parallel_size", layout.cp},
@@ -362,6 +374,12 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                              moe::dist::collective_kind_name(moe::dist::CollectiveKind(k)), ct.seconds[size_t(k)],
                              ct.calls[size_t(k)], double(ct.bytes[size_t(k)]) / 1e6);
     if (writer) std::printf("communication: %.3f s in collectives: %s\n", ct.total_seconds(), parts.c_str());
+  }
+  if (writer && r.pipeline_stages > 1 && r.pipeline_total_s > 0) {  // stage 0's idle share vs 1F1B's
+    const int p = r.pipeline_stages, m = r.pipeline_micro_batches;
+    std::printf("pipeline bubble: %.3f of stage %d's schedule time (%d stages, %d micro-batches; 1F1B formula %.3f)\n",
+                1.0 - r.pipeline_compute_s / r.pipeline_total_s, r.pipeline_stage, p, m,
+                double(p - 1) / double(m + p - 1));
   }
 }
 
@@ -441,8 +459,14 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--tensor_model_parallel_size", a->tp,
                 "Tensor parallel size (heads, query groups and MLP widths split)");
   c->add_option("--sequence_parallel", a->sequence_parallel, "Sequence parallelism with TP > 1 (not implemented yet)");
-  c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline parallel size (1 in this version)");
-  c->add_option("--virtual_pipeline_model_parallel_size", a->vpp, "Model chunks per pipeline rank (1)");
+  c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline parallel size (stages of layers, 1F1B schedule)");
+  c->add_option("--decoder_first_pipeline_num_layers", a->first_stage_layers,
+                "Layers of the first pipeline stage (default: an even split)");
+  c->add_option("--decoder_last_pipeline_num_layers", a->last_stage_layers,
+                "Layers of the last pipeline stage (default: an even split)");
+  c->add_option("--virtual_pipeline_model_parallel_size", a->vpp, "Model chunks per pipeline rank (1 in this version)");
+  c->add_option("--num_layers_per_virtual_pipeline_stage", a->layers_per_virtual_stage,
+                "Layers per virtual pipeline chunk (not implemented yet)");
   c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (experts spread over this many ranks)");
   c->add_option("--moe_token_dispatcher_type", m.moe.token_dispatcher,
                 "alltoall | allgather: how tokens reach EP ranks");

@@ -48,6 +48,9 @@ McoreReader::McoreReader(const std::string& mcore_dir) : dir_(mcore_dir) {
       layout.tp = aj.value("tensor_model_parallel_size", 1), layout.pp = aj.value("pipeline_model_parallel_size", 1);
       layout.ep = aj.value("expert_model_parallel_size", 1);
       layout.etp = aj.value("expert_tensor_parallel_size", layout.tp);  // Megatron's default: TP
+      // Uneven pipeline stages as the training run split them (0: even).
+      layout.first_stage_layers = aj.value("decoder_first_pipeline_num_layers", 0);
+      layout.last_stage_layers = aj.value("decoder_last_pipeline_num_layers", 0);
       divisible_by = aj.value("make_vocab_size_divisible_by", divisible_by);
     } catch (const nlohmann::json::exception&) {
       throw_input("{}: the parallel sizes must be integers", args_json.string());

@@ -1,5 +1,7 @@
 #include "dist/parallel_layout.h"
 
+#include <tuple>
+
 #include <fmt/format.h>
 
 #include "core/error.h"
@@ -10,7 +12,7 @@ namespace {
 
 // The rules that hold whatever the world size: every size positive, interleaving needs a pipeline.
 std::string size_error(const ParallelLayout& l) {
-  const auto [tp, pp, vpp, ep, etp, cp, dp] = l;
+  const auto [tp, pp, vpp, ep, etp, cp, dp] = std::tuple(l.tp, l.pp, l.vpp, l.ep, l.etp, l.cp, l.dp);
   const std::pair<const char*, int> sizes[] = {{"--tensor_model_parallel_size", tp},
                                                {"--pipeline_model_parallel_size", pp},
                                                {"--virtual_pipeline_model_parallel_size", vpp},

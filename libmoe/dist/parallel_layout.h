@@ -19,10 +19,20 @@ struct ParallelLayout {
   int etp = 1;  // --expert_tensor_parallel_size (Megatron defaults it to tp; see from_flags)
   int cp = 1;   // --context_parallel_size
   int dp = 1;   // data-parallel size: what the world leaves, world / (tp x pp x cp)
+  // Uneven pipeline stages (--decoder_first_pipeline_num_layers / --decoder_last_pipeline_num_layers):
+  // the first / last stage's layers, the others splitting the rest evenly; 0: an even split.
+  int first_stage_layers = 0, last_stage_layers = 0;
 
   // Attention layers use tp x cp x dp x pp ranks; MoE layers fold the same tp x cp x dp ranks of a
   // stage into etp x ep x edp (MoE parallel folding), so edp needs ep x etp to divide tp x cp x dp.
   int world() const { return tp * pp * cp * dp; }
+  // The same layout seen from within one pipeline stage (pp and vpp 1, no uneven split): how a
+  // stage's tensors split over its TP and EP ranks, under global layer numbers.
+  ParallelLayout stage_view() const {
+    ParallelLayout l = *this;
+    l.pp = l.vpp = 1, l.first_stage_layers = l.last_stage_layers = 0;
+    return l;
+  }
   int edp() const { return tp * cp * dp / (ep * etp); }
   bool operator==(const ParallelLayout&) const = default;
 

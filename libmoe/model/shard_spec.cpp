@@ -34,8 +34,7 @@ ShardSpec::ShardSpec(const ModelConfig& c, const dist::ParallelLayout& p, int di
     throw_input(
         "--tensor_model_parallel_size {} must divide num_key_value_heads {} (each rank holds whole query groups)", p.tp,
         c.num_query_groups);
-  if (c.num_layers % p.pp)
-    throw_input("--pipeline_model_parallel_size {} must divide num_hidden_layers {}", p.pp, c.num_layers);
+  stage_begin_ = pipeline_stage_begins(c.num_layers, p);
   if (p.ep > 1 && (c.num_experts == 0 || c.num_experts % p.ep))
     throw_input("--expert_model_parallel_size {} must divide the number of experts {}", p.ep, c.num_experts);
   auto check_ffn = [&](int64_t f, const char* what) {
@@ -48,6 +47,44 @@ ShardSpec::ShardSpec(const ModelConfig& c, const dist::ParallelLayout& p, int di
     check_ffn(c.moe_shared_expert_intermediate_size, "shared_expert_intermediate_size");
   const int64_t m = int64_t(divisible_by) * p.tp;  // Megatron pads to a multiple of divisible_by x TP
   padded_vocab_ = (c.vocab_size + m - 1) / m * m;
+}
+
+std::vector<int> pipeline_stage_begins(int L, const dist::ParallelLayout& p) {
+  const int F = p.first_stage_layers, Z = p.last_stage_layers;
+  if (F < 0 || Z < 0)
+    throw_input("--decoder_first_pipeline_num_layers {} / --decoder_last_pipeline_num_layers {}: must be >= 0", F, Z);
+  if ((F > 0 || Z > 0) && p.pp == 1)
+    throw_input(
+        "--decoder_first_pipeline_num_layers {} / --decoder_last_pipeline_num_layers {} need "
+        "--pipeline_model_parallel_size > 1",
+        F, Z);
+  std::vector<int> begin(size_t(p.pp) + 1, 0);
+  if (F == 0 && Z == 0) {
+    if (L % p.pp)
+      throw_input("--pipeline_model_parallel_size {} must divide num_hidden_layers {} ({} layers per stage)", p.pp, L,
+                  double(L) / p.pp);
+    for (int s = 0; s <= p.pp; ++s) begin[size_t(s)] = s * (L / p.pp);
+    return begin;
+  }
+  const int middle = p.pp - (F > 0 ? 1 : 0) - (Z > 0 ? 1 : 0), rest = L - F - Z;
+  if (rest < 0 || (middle == 0 && rest != 0) || (middle > 0 && (rest % middle != 0 || rest / middle < 1)))
+    throw_input(
+        "--decoder_first_pipeline_num_layers {} and --decoder_last_pipeline_num_layers {} leave {} of "
+        "num_hidden_layers {} for the {} other stage(s) of --pipeline_model_parallel_size {}: they must split "
+        "evenly, at least one layer each",
+        F, Z, rest, L, middle, p.pp);
+  const int each = middle > 0 ? rest / middle : 0;
+  for (int s = 0; s < p.pp; ++s) {
+    const int n = s == 0 && F > 0 ? F : s == p.pp - 1 && Z > 0 ? Z : each;
+    begin[size_t(s) + 1] = begin[size_t(s)] + n;
+  }
+  return begin;
+}
+
+int ShardSpec::stage_of_layer(int layer) const {
+  int s = 0;
+  while (s + 1 < p_.pp && layer >= stage_begin_[size_t(s) + 1]) ++s;
+  return s;
 }
 
 std::string ShardSpec::rank_dir(int tp, int pp, int ep) const {
@@ -98,23 +135,21 @@ ShardSpec::Where ShardSpec::where(const std::string& name) const {
 }
 
 bool ShardSpec::holds(const Where& w, int pp, int ep) const {
-  const int per_stage = c_.num_layers / p_.pp;
   if (w.first_stage && pp != 0) return false;
   if (w.last_stage && pp != p_.pp - 1) return false;
-  if (w.layer >= 0 && w.layer / per_stage != pp) return false;
+  if (w.layer >= 0 && stage_of_layer(w.layer) != pp) return false;
   if (w.expert >= 0 && w.expert / (c_.num_experts / p_.ep) != ep) return false;
   return true;
 }
 
 std::string ShardSpec::local_name(const std::string& name, const Where& w) const {
   if (w.layer < 0) return name;
-  const int per_stage = c_.num_layers / p_.pp;
   std::string rest = name.substr(name.find('.', 15) + 1);
   if (w.expert >= 0) {
     const int nle = c_.num_experts / p_.ep;
     rest = rest.substr(0, rest.size() - std::to_string(w.expert).size()) + std::to_string(w.expert % nle);
   }
-  return names::layer(w.layer - (w.layer / per_stage) * per_stage) + rest;
+  return names::layer(w.layer - stage_begin_[size_t(stage_of_layer(w.layer))]) + rest;
 }
 
 bool ShardSpec::local_part(const std::string& name, const Shape& full, int /*tp*/, int pp, int ep, std::string* local,
@@ -175,7 +210,7 @@ LocalShapes ShardSpec::local_shapes(int tp, int pp, int ep) const {
   s.experts = c_.num_experts / p_.ep, s.expert_begin = int64_t(ep) * s.experts;
   const int64_t vocab = p_.tp == 1 ? c_.vocab_size : padded_vocab_;
   s.vocab_rows = vocab / p_.tp, s.vocab_begin = int64_t(tp) * s.vocab_rows;
-  s.layers = c_.num_layers / p_.pp, s.layer_begin = pp * s.layers;
+  s.layer_begin = stage_begin_[size_t(pp)], s.layers = stage_begin_[size_t(pp) + 1] - s.layer_begin;
   s.ffn = c_.ffn_hidden_size / p_.tp, s.shared_ffn = c_.moe_shared_expert_intermediate_size / p_.tp;
   s.moe_ffn = c_.num_experts > 0 ? c_.moe_ffn_hidden_size / p_.etp : 0;
   return s;

@@ -31,6 +31,10 @@ class ShardSpec {
   ShardSpec(const ModelConfig& c, const dist::ParallelLayout& layout, int make_vocab_size_divisible_by);
   const dist::ParallelLayout& layout() const { return p_; }
   int64_t padded_vocab() const { return padded_vocab_; }
+  // Pipeline stage `pp`'s layers are [stage_begin(pp), stage_begin(pp + 1)) (even, or uneven by the
+  // layout's first/last stage layers); the stage that holds global layer `layer`.
+  int stage_begin(int pp) const { return stage_begin_[size_t(pp)]; }
+  int stage_of_layer(int layer) const;
   // Megatron's per-rank directory: mp_rank_TT[_PPP][_EEE].
   std::string rank_dir(int tp, int pp, int ep) const;
   // The shapes rank (tp, pp, ep) holds: the engine sizes every module from them. With the
@@ -87,7 +91,13 @@ class ShardSpec {
   ModelConfig c_;
   dist::ParallelLayout p_;
   int64_t padded_vocab_;
+  std::vector<int> stage_begin_;  // pp + 1 entries
 };
+
+// The first layer of every pipeline stage of `layout` and num_layers last (pp + 1 entries):
+// Megatron's split, even or with the first/last stage's layers given. InputError naming the flags
+// and numbers when the layers do not split that way.
+std::vector<int> pipeline_stage_begins(int num_layers, const dist::ParallelLayout& layout);
 
 }  // namespace moe::model
 

@@ -20,6 +20,7 @@ bool has_module(const RecomputeOptions& r, const std::string& m) {
 Stage::Stage(Context ctx, const ModelConfig& c, StageWeights weights, StageWeights* grads, TrainOptions options)
     : ctx_(std::move(ctx)), cfg_(c), w_(std::move(weights)), g_(grads), opt_(std::move(options)), rope_(cfg_) {
   if (!ctx_.workspace) ctx_.workspace = std::make_shared<Arena>();
+  first_ = w_.embedding.defined(), last_ = w_.final_norm.defined();
   shape_ = stage_shape(ctx_, cfg_, 0, 0);
   for (const LayerWeights& l : w_.layers) shape_.moe_layers.push_back(l.is_moe);
   chunks_ = layer_chunks(opt_.recompute, int(w_.layers.size()), &chunk_recomputed_);
@@ -149,15 +150,21 @@ void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float
   a = {};
 }
 
-void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st) {
+void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st, const float* input) {
   const int64_t T = b.size();
   const int L = int(w_.layers.size());
   const size_t E = size_t(std::max(cfg_.num_experts, 0));
   int32_t max_pos = 0;
   for (int32_t p : b.positions) max_pos = std::max(max_pos, p);
   rope_.reserve(int64_t(max_pos) + 1);
-  if (tp_size(ctx_) > 1) vocab_parallel_embedding(ctx_, w_.embedding, b.tokens, acts.x.data());
-  else ops::embedding_gather(ctx_.backend, w_.embedding, b.tokens, acts.x.data());
+  if (!first_) {
+    MOE_ASSERT(input != nullptr, "a pipeline stage without the embedding needs the previous stage's output");
+    ops::copy(ctx_.backend, acts.x.data(), input, T * cfg_.hidden_size);
+  } else if (tp_size(ctx_) > 1) {
+    vocab_parallel_embedding(ctx_, w_.embedding, b.tokens, acts.x.data());
+  } else {
+    ops::embedding_gather(ctx_.backend, w_.embedding, b.tokens, acts.x.data());
+  }
   if (!inference) acts.layers.resize(size_t(L));
   auto collect = [&](int i) {
     if (!st || !w_.layers[size_t(i)].is_moe) return;
@@ -213,12 +220,13 @@ void Stage::forward_logits(const Batch& b, StageActs& acts, float* logits, bool 
   if (T == 0) return;
   // The generator runs one process; the vocabulary-parallel head would need its logits gathered.
   if (tp_size(ctx_) > 1) throw_internal("inference under tensor parallelism is not implemented");
+  if (!first_ || !last_) throw_internal("inference over one pipeline stage of several is not implemented");
   check_batch(b);
   if (b.cache) b.cache->reserve(b.cache->length() + T);
   for (size_t q = 0; q < b.caches.size(); ++q)
     b.caches[q]->reserve(b.caches[q]->length() + b.cu_seqlens[q + 1] - b.cu_seqlens[q]);
   begin(acts, T, StageCall::kInference);
-  run_layers(b, acts, false, true, nullptr);
+  run_layers(b, acts, false, true, nullptr, nullptr);
   if (!b.caches.empty() && !all_logits) {
     // Batched decode: the logits of each sequence's last token, [S, V]. Each row is computed as
     // alone (a row's norm and gemv never mix rows), so a sequence decodes to the same bits.
@@ -237,7 +245,8 @@ void Stage::forward_logits(const Batch& b, StageActs& acts, float* logits, bool 
   acts.arena.reset();
 }
 
-StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float loss_scale, float* logits_out) {
+StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float loss_scale, float* logits_out,
+                              const float* input) {
   const Backend& be = ctx_.backend;
   const int64_t T = b.size(), D = cfg_.hidden_size;
   check_batch(b);
@@ -247,11 +256,15 @@ StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float 
   const bool tp = tp_size(ctx_) > 1;
   const int64_t V =
       tp ? std::clamp<int64_t>(cfg_.vocab_size - ctx_.local.vocab_begin, 0, ctx_.local.vocab_rows) : cfg_.vocab_size;
-  const Tensor head = tp ? w_.output.slice_rows(0, V) : w_.output;
+  const Tensor head = tp && last_ ? w_.output.slice_rows(0, V) : w_.output;
   if (tp && logits_out) throw_internal("the head's logits are not gathered under tensor parallelism");
   StepStats st;
   st.tokens_per_expert.assign(w_.layers.size() * size_t(std::max(cfg_.num_experts, 0)), 0);
-  run_layers(b, acts, keep, false, &st);
+  run_layers(b, acts, keep, false, &st, input);
+  if (!last_) {  // a pipeline stage before the last: its output stays in acts.x for the next stage
+    if (keep) ops::fill(be, acts.dhf.data(), 0.0f, T * D);
+    return st;
+  }
 
   // Final norm and LM head with the loss, chunk by chunk over the labelled tokens only; the
   // chunk's buffers as stage_workspace counts them.
@@ -289,7 +302,7 @@ StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float 
   return st;
 }
 
-void Stage::backward(const Batch& b, StageActs& acts, float aux_scale) {
+void Stage::backward(const Batch& b, StageActs& acts, float aux_scale, const float* grad_output, float* grad_input) {
   MOE_ASSERT(g_ != nullptr, "backward on an inference stage");
   MOE_ASSERT(!acts.dhf.empty() || b.size() == 0, "backward without a training forward");
   const Backend& be = ctx_.backend;
@@ -299,8 +312,13 @@ void Stage::backward(const Batch& b, StageActs& acts, float aux_scale) {
   // Final norm, then the layers in reverse, rerunning recomputed chunks first (their
   // activations carved from the workspace, as stage_workspace counts them).
   const std::span<float> dx = acts.hf;  // reuse
-  ops::rmsnorm_backward(be, acts.x.data(), T, D, w_.final_norm.f32(), float(cfg_.norm_epsilon), acts.dhf.data(),
-                        dx.data(), g_->final_norm.f32());
+  if (last_) {
+    ops::rmsnorm_backward(be, acts.x.data(), T, D, w_.final_norm.f32(), float(cfg_.norm_epsilon), acts.dhf.data(),
+                          dx.data(), g_->final_norm.f32());
+  } else {
+    MOE_ASSERT(grad_output != nullptr, "a pipeline stage without the head needs the next stage's input gradient");
+    ops::copy(be, dx.data(), grad_output, T * D);
+  }
   for (size_t c = chunks_.size(); c-- > 0;) {
     ArenaScope scope(ws);
     const auto [first, end] = chunks_[c];
@@ -314,8 +332,14 @@ void Stage::backward(const Batch& b, StageActs& acts, float aux_scale) {
     }
     for (int i = end; i-- > first;) layer_backward(i, b, acts.layers[size_t(i)], dx.data(), aux_scale);
   }
-  if (tp_size(ctx_) > 1) vocab_parallel_embedding_backward(ctx_, dx.data(), b.tokens, D, g_->embedding.f32());
-  else ops::embedding_scatter_add(be, dx.data(), b.tokens, D, g_->embedding.f32());
+  if (!first_) {
+    MOE_ASSERT(grad_input != nullptr, "a pipeline stage without the embedding hands its input gradient back");
+    ops::copy(be, grad_input, dx.data(), T * D);
+  } else if (tp_size(ctx_) > 1) {
+    vocab_parallel_embedding_backward(ctx_, dx.data(), b.tokens, D, g_->embedding.f32());
+  } else {
+    ops::embedding_scatter_add(be, dx.data(), b.tokens, D, g_->embedding.f32());
+  }
   acts.arena.reset();  // the micro-batch's activations are consumed
 }
 

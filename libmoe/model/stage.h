@@ -67,13 +67,22 @@ class Stage {
   // Training (keep = true) or evaluation: the forward with the loss over labelled tokens; when
   // keeping, the head's gradient (loss_scale per token) is computed too and acts hold what
   // backward() needs. `logits_out` (optional, [labelled tokens, V]) receives the head's logits.
-  StepStats forward_loss(const Batch& b, StageActs& acts, bool keep, float loss_scale, float* logits_out = nullptr);
-  // Gradients of this micro-batch accumulated into the grads views; acts are consumed.
-  void backward(const Batch& b, StageActs& acts, float aux_scale);
+  // A pipeline stage without the embedding (StageWeights.embedding undefined) starts from `input`
+  // ([T, D], the previous stage's output); one without the head (final_norm undefined) computes no
+  // loss and leaves its output in acts.x ([T, D]) until `acts` serve another call.
+  StepStats forward_loss(const Batch& b, StageActs& acts, bool keep, float loss_scale, float* logits_out = nullptr,
+                         const float* input = nullptr);
+  // Gradients of this micro-batch accumulated into the grads views; acts are consumed. Without the
+  // head the backward starts from `grad_output` ([T, D], the next stage's input gradient); without
+  // the embedding it ends by writing the gradient of its input to `grad_input` ([T, D]).
+  void backward(const Batch& b, StageActs& acts, float aux_scale, const float* grad_output = nullptr,
+                float* grad_input = nullptr);
+  bool first() const { return first_; }
+  bool last() const { return last_; }
 
  private:
   void begin(StageActs& acts, int64_t T, StageCall call);
-  void run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st);
+  void run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st, const float* input);
   void layer_forward(int i, const Batch& b, const float* x_in, float* x_out, LayerActs& a, bool keep, Arena& saved);
   void layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float aux_scale);
   void check_batch(const Batch& b) const;
@@ -83,6 +92,7 @@ class Stage {
   StageWeights w_;
   StageWeights* g_;
   TrainOptions opt_;
+  bool first_ = true, last_ = true;  // holds the embedding / the final norm and head
   RopeTable rope_;
   StageShape shape_;
   std::vector<std::pair<int, int>> chunks_;  // [begin, end) layer chunks (full recompute)

@@ -1,6 +1,7 @@
 // The canonical state: every parameter under its Megatron-Core GPTModel name
 // (reference/megatron-format.md section 3), whole (unsharded). The only internal naming.
 #pragma once
+#include <cctype>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -45,6 +46,19 @@ inline std::string shift_expert(const std::string& name, int64_t shift) {
   const int64_t e = expert_index(name);
   if (e < 0 || shift == 0) return name;
   return name.substr(0, name.find_last_not_of("0123456789") + 1) + std::to_string(e + shift);
+}
+// A layer tensor's layer number ("decoder.layers.N."), -1 for any other name.
+inline int layer_index(const std::string& name) {
+  static const std::string prefix = "decoder.layers.";
+  if (name.rfind(prefix, 0) != 0 || name.size() <= prefix.size() || !std::isdigit(uint8_t(name[prefix.size()])))
+    return -1;
+  return std::stoi(name.substr(prefix.size()));
+}
+// `name` with its layer number moved by `shift` (global <-> stage-local); other names unchanged.
+inline std::string shift_layer(const std::string& name, int shift) {
+  const int i = layer_index(name);
+  if (i < 0 || shift == 0) return name;
+  return layer(i + shift) + name.substr(name.find('.', 15) + 1);
 }
 }  // namespace names
 

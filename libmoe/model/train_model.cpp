@@ -21,12 +21,28 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   // Under TP the vocabulary is padded as Megatron pads it (128 x TP rows), so that each rank's
   // embedding and head rows are those of its rank file.
   const int tp_rank = groups ? groups->tp().rank() : 0, ep_rank = groups ? groups->ep().rank() : 0;
+  // The TP and EP slices under global layer names (a stage's view), then this stage's part.
   const ShardSpec spec =
-      groups ? ShardSpec(cfg_, groups->layout(), kMakeVocabSizeDivisibleBy) : single_process_spec(cfg_);
+      groups ? ShardSpec(cfg_, groups->layout().stage_view(), kMakeVocabSizeDivisibleBy) : single_process_spec(cfg_);
   const StateDict local = rank_state(spec, cfg_, params, tp_rank, 0, ep_rank);
   Context ctx = single_process_context(cfg_);
   if (groups) ctx.groups = groups, ctx.local = spec.local_shapes(tp_rank, 0, ep_rank);
   first_expert_ = ctx.local.expert_begin, local_experts_ = ctx.local.experts;
+  const int pp = groups ? groups->layout().pp : 1, pp_rank = groups ? groups->pp().rank() : 0;
+  layer_end_ = cfg_.num_layers;
+  if (pp > 1) {
+    const ShardSpec stages(cfg_, groups->layout(), kMakeVocabSizeDivisibleBy);
+    layer_begin_ = stages.stage_begin(pp_rank), layer_end_ = stages.stage_begin(pp_rank + 1);
+  }
+  const bool first = pp_rank == 0, last = pp_rank == pp - 1;
+  // The last stage's own copy of a tied embedding (Megatron's output_layer.weight under PP).
+  const bool tied_copy = pp > 1 && last && !cfg_.untie_embeddings_and_output_weights;
+  auto on_stage = [&](const std::string& name) {
+    if (name == names::kEmbedding) return first;
+    if (name == names::kFinalNorm || name == names::kOutput) return last;
+    const int layer = names::layer_index(name);
+    return layer < 0 || (layer >= layer_begin_ && layer < layer_end_);
+  };
 
   // What this rank trains, in flat order: the WeightMap's dense tensors, then its experts.
   struct Slot {
@@ -37,13 +53,14 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   std::vector<Slot> slots;
   const WeightMap map = WeightMap::for_config(cfg_);
   for (const auto& rule : map.rules())
-    if (rule.mcore.find(".mlp.experts.") == std::string::npos) {
+    if (rule.mcore.find(".mlp.experts.") == std::string::npos && on_stage(rule.mcore)) {
       const auto it = local.find(rule.mcore);  // this rank's slice (a buffer may be absent: zeros)
       slots.push_back({rule.mcore, it != local.end() ? it->second.shape() : rule.shape, rule.buffer});
     }
+  if (tied_copy) slots.push_back({names::kOutput, local.at(names::kEmbedding).shape(), false});
   for (const Slot& sl : slots)
     if (!sl.buffer) dense_numel_ += size_t(shape_numel(sl.shape));
-  for (int i = 0; i < cfg_.num_layers; ++i)
+  for (int i = layer_begin_; i < layer_end_; ++i)
     if (cfg_.is_moe_layer(i))
       for (int64_t e = 0; e < local_experts_; ++e)
         for (const std::string& n : {names::expert_fc1(int(e)), names::expert_fc2(int(e))}) {
@@ -57,7 +74,7 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   grad_flat_ = std::shared_ptr<float[]>(new float[numel_]());
   size_t at = 0;
   for (const Slot& sl : slots) {
-    auto it = local.find(sl.name);
+    auto it = local.find(tied_copy && sl.name == names::kOutput ? std::string(names::kEmbedding) : sl.name);
     if (sl.buffer) {  // not trained by the optimizer; zeros when the checkpoint has none yet
       Tensor b(sl.shape, DType::F32);
       if (it != local.end()) {
@@ -79,9 +96,47 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   with_buffers.insert(buffers_.begin(), buffers_.end());
   ModelConfig no_buffers = cfg_;  // gradients exist for parameters only
   no_buffers.moe_router_enable_expert_bias = false;
-  const int L = cfg_.num_layers, El = int(local_experts_);
-  grad_views_ = stage_weights(no_buffers, grads_, 0, L, El);
-  stage_ = std::make_unique<Stage>(ctx, cfg_, stage_weights(cfg_, with_buffers, 0, L, El), &grad_views_, opt_);
+  const int El = int(local_experts_);
+  if (pp == 1) {
+    grad_views_ = stage_weights(no_buffers, grads_, 0, cfg_.num_layers, El);
+    stage_ = std::make_unique<Stage>(ctx, cfg_, stage_weights(cfg_, with_buffers, 0, cfg_.num_layers, El), &grad_views_,
+                                     opt_);
+    return;
+  }
+  // A pipeline stage: its layers, the embedding only on the first, the final norm and head on the last.
+  auto part = [&](const ModelConfig& c, const StateDict& s) {
+    StageWeights w;
+    for (int i = layer_begin_; i < layer_end_; ++i) w.layers.push_back(layer_weights(c, s, i, El));
+    if (first) w.embedding = s.at(names::kEmbedding);
+    if (last) w.final_norm = s.at(names::kFinalNorm), w.output = s.at(names::kOutput);
+    return w;
+  };
+  grad_views_ = part(no_buffers, grads_);
+  stage_ = std::make_unique<Stage>(ctx, cfg_, part(cfg_, with_buffers), &grad_views_, opt_);
+}
+
+StepStats TrainModel::global_stats(StepStats st) const {
+  if (layer_begin_ == 0 && layer_end_ == cfg_.num_layers) return st;
+  const size_t E = size_t(std::max(cfg_.num_experts, 0));
+  std::vector<int64_t> all(size_t(cfg_.num_layers) * E, 0);
+  std::copy(st.tokens_per_expert.begin(), st.tokens_per_expert.end(), all.begin() + std::ptrdiff_t(layer_begin_ * E));
+  st.tokens_per_expert = std::move(all);
+  return st;
+}
+
+StageActs& TrainModel::slot_acts(int slot) {
+  while (slots_.size() <= size_t(slot)) slots_.push_back(std::make_unique<StageActs>());
+  return *slots_[size_t(slot)];
+}
+
+StepStats TrainModel::forward_stage(const MicroBatchView& mb, int slot, bool keep, float loss_scale,
+                                    const float* input) {
+  return global_stats(stage_->forward_loss(batch(mb), slot_acts(slot), keep, loss_scale, nullptr, input));
+}
+
+void TrainModel::backward_stage(const MicroBatchView& mb, int slot, float aux_scale, const float* grad_output,
+                                float* grad_input) {
+  stage_->backward(batch(mb), slot_acts(slot), aux_scale, grad_output, grad_input);
 }
 
 void TrainModel::zero_grad() { std::memset(grad_flat_.get(), 0, numel_ * sizeof(float)); }
@@ -89,8 +144,8 @@ void TrainModel::zero_grad() { std::memset(grad_flat_.get(), 0, numel_ * sizeof(
 void TrainModel::update_expert_bias(const std::vector<int64_t>& tpe) {
   if (!opt_.moe.enable_expert_bias) return;
   const size_t E = size_t(cfg_.num_experts);
-  for (int i = 0; i < cfg_.num_layers; ++i) {
-    Tensor& b = stage_->weights().layers[size_t(i)].moe.expert_bias;
+  for (int i = layer_begin_; i < layer_end_; ++i) {
+    Tensor& b = stage_->weights().layers[size_t(i - layer_begin_)].moe.expert_bias;
     if (cfg_.is_moe_layer(i) && b.defined() && b.numel() > 0)
       model::update_expert_bias(b.f32(), std::span(tpe).subspan(size_t(i) * E, E), opt_.moe.bias_update_rate);
   }
@@ -98,12 +153,14 @@ void TrainModel::update_expert_bias(const std::vector<int64_t>& tpe) {
 
 StepStats TrainModel::forward_backward(const MicroBatchView& mb, float loss_scale, float aux_scale) {
   const Batch b = batch(mb);
+  MOE_ASSERT(stage_->first() && stage_->last(), "forward_backward on one pipeline stage of several");
   StepStats st = stage_->forward_loss(b, acts_, true, loss_scale);
   stage_->backward(b, acts_, aux_scale);
   return st;
 }
 
 StepStats TrainModel::evaluate(const MicroBatchView& mb, float* logits_out) {
+  MOE_ASSERT(stage_->first() && stage_->last(), "evaluate on one pipeline stage of several");
   return stage_->forward_loss(batch(mb), acts_, false, 0.0f, logits_out);
 }
 

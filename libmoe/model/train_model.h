@@ -8,7 +8,10 @@
 // experts over expert-DP). Under expert parallelism a rank holds only its EP rank's experts, under
 // EP-local names (weight0 .. weight{E/EP - 1}), as Megatron's per-rank checkpoints name them;
 // under tensor parallelism it holds its TP rank's slices (ShardSpec), with the padded vocabulary's
-// rows of that rank.
+// rows of that rank. Under pipeline parallelism it holds its stage's layers (global layer names),
+// the embedding on the first stage and the final norm and head on the last; with tied embeddings
+// the last stage keeps its own copy of the embedding as output_layer.weight (as Megatron does),
+// kept equal by summing the two gradients (train/parallel_optimizer.h).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -66,6 +69,20 @@ class TrainModel {
   // logits: the training forward's, for comparing with inference.
   StepStats evaluate(const MicroBatchView& mb, float* logits_out = nullptr);
   void zero_grad();
+
+  // Pipeline parallelism: this rank's stage, one micro-batch at a time, several in flight (each
+  // in its own activation slot, 0 .. slots-1). Statistics come under global layer indices (this
+  // stage's layers filled). Without the embedding `input` is the previous stage's output; without
+  // the head the stage's output is stage_output(slot) until the slot serves again. The backward
+  // takes the next stage's input gradient (`grad_output`, without the head) and writes its own
+  // input's gradient to `grad_input` (without the embedding).
+  bool first_stage() const { return stage_->first(); }
+  bool last_stage() const { return stage_->last(); }
+  int layer_begin() const { return layer_begin_; }
+  int layer_end() const { return layer_end_; }
+  StepStats forward_stage(const MicroBatchView& mb, int slot, bool keep, float loss_scale, const float* input);
+  const float* stage_output(int slot) const { return slot_acts(slot).x.data(); }
+  void backward_stage(const MicroBatchView& mb, int slot, float aux_scale, const float* grad_output, float* grad_input);
   // The stage and the micro-batch activations it carves (their arenas' sizes are its workspace).
   Stage& stage() { return *stage_; }
   const StageActs& activations() const { return acts_; }
@@ -74,6 +91,9 @@ class TrainModel {
 
  private:
   Batch batch(const MicroBatchView& mb) const { return {mb.tokens, mb.position_ids, mb.cu_seqlens, mb.labels}; }
+  StepStats global_stats(StepStats st) const;  // the stage's per-layer statistics at global layer indices
+  StageActs& slot_acts(int slot);
+  const StageActs& slot_acts(int slot) const { return *slots_.at(size_t(slot)); }
 
   ModelConfig cfg_;
   TrainOptions opt_;
@@ -83,7 +103,9 @@ class TrainModel {
   StateDict params_, grads_, buffers_;
   StageWeights grad_views_;
   std::unique_ptr<Stage> stage_;
-  StageActs acts_;  // one micro-batch in flight at a time; its buffers reused
+  StageActs acts_;                                 // one micro-batch in flight at a time; its buffers reused
+  std::vector<std::unique_ptr<StageActs>> slots_;  // pipeline: the micro-batches in flight
+  int layer_begin_ = 0, layer_end_ = 0;            // this stage's layers [begin, end)
 };
 
 }  // namespace moe::model

@@ -4,8 +4,10 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <set>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include "checkpoint/load_hf.h"
 #include "checkpoint/mcore_export.h"
 #include "core/error.h"
@@ -77,9 +79,10 @@ CheckpointSave::CheckpointSave(const std::string& dir, int64_t iteration)
 
 void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, const dist::ParallelLayout& layout,
                      const model::StateDict& params, const model::StateDict& buffers, const Optimizer& opt,
-                     const LrScheduleConfig& lr, const TrainProgress& p, const CheckpointOptions& o) {
+                     const LrScheduleConfig& lr, const TrainProgress& p, const CheckpointOptions& o, int layer_offset) {
   checkpoint::ExportOptions eo;
   eo.dtype = o.dtype, eo.layout = layout;
+  auto file_name = [&](const std::string& n) { return model::names::shift_layer(n, -layer_offset); };
   const model::ShardSpec spec(c, eo.layout, eo.make_vocab_size_divisible_by);
   const int64_t Vp = spec.padded_vocab() / layout.tp;  // a TP rank's rows (its slices are padded already)
   fs::create_directories(rank_dir);
@@ -100,15 +103,21 @@ void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, cons
       std::memcpy(padded.raw(), w.raw(), w.nbytes());
       w = padded;
     }
-    model_dict->set(name, add(w));
+    model_dict->set(file_name(name), add(w));
   }
   for (const auto& [name, b] : buffers) {  // the expert bias, fp32 as Megatron keeps it
     check_finite(b, name, p.iteration);
-    model_dict->set(name, add(b));
+    model_dict->set(file_name(name), add(b));
   }
-  for (int l = 0; l < c.num_layers; ++l)
-    for (const auto& e : checkpoint::te_extra_states(c, l)) model_dict->set(e, PyValue::none());
-  if (c.untie_embeddings_and_output_weights) model_dict->set("output_layer._extra_state", PyValue::none());
+  // The TE extra states of the layers this file holds (the whole model's, or a stage's).
+  std::set<int> file_layers;
+  for (const auto& [name, t] : params)
+    if (const int l = model::names::layer_index(name); l >= 0) file_layers.insert(l);
+  if (layout.pp == 1)
+    for (int l = 0; l < c.num_layers; ++l) file_layers.insert(l);
+  for (int l : file_layers)
+    for (const auto& e : checkpoint::te_extra_states(c, l)) model_dict->set(file_name(e), PyValue::none());
+  if (params.count(model::names::kOutput)) model_dict->set("output_layer._extra_state", PyValue::none());
   auto root = PyValue::container(PyValue::kDict);
   root->set("args", checkpoint::megatron_args(c, eo, spec));
   root->set("checkpoint_version", PyValue::floating(3.0));
@@ -131,7 +140,7 @@ void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, cons
         }
       entry->set("step", PyValue::integer(opt.steps()));
       st->entries.push_back({PyValue::integer(i), entry});
-      names->items.push_back(PyValue::str(name)), index->items.push_back(PyValue::integer(i));
+      names->items.push_back(PyValue::str(file_name(name))), index->items.push_back(PyValue::integer(i));
       masters->items.push_back(add(t));
       ++i;
     }
@@ -492,6 +501,16 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
     return rs;
   }
   std::vector<std::pair<fs::path, int64_t>> files;
+  // Per-stage rank files (mp_rank_00_PPP) look like EP ranks' by name: the run's args.json tells.
+  if (const fs::path aj = fs::path(dir) / "args.json"; fs::exists(aj)) {
+    const auto args = nlohmann::json::parse(read_text_file(aj.string()), nullptr, false);
+    if (args.is_object() && args.value("pipeline_model_parallel_size", 1) > 1)
+      throw_input(
+          "{}: a legacy --ckpt_format torch checkpoint saved under pipeline parallelism (per-stage mp_rank_00_PPP "
+          "dirs) cannot be resumed yet; save with --ckpt_format torch_dist (the default), or load its weights with "
+          "--finetune true",
+          it_dir.string());
+  }
   if (fs::exists(it_dir / "mp_rank_01") || fs::exists(it_dir / "mp_rank_01_000"))
     throw_input(
         "{}: a legacy --ckpt_format torch checkpoint saved under tensor parallelism (mp_rank_01) cannot be resumed "

@@ -61,11 +61,12 @@ class CheckpointSave {
 
 // One rank's model_optim_rng.pt in `rank_dir` (made): `params` under the rank's own names (EP-local
 // expert indices, as Megatron's per-rank files hold them) with their optimizer state; `layout` is
-// the job's, recorded in the saved args.
+// the job's, recorded in the saved args. A pipeline stage's layers are numbered from 0 in the file
+// (Megatron's stage-local numbering): `layer_offset` is the stage's first global layer.
 void write_rank_file(const std::filesystem::path& rank_dir, const model::ModelConfig& config,
                      const dist::ParallelLayout& layout, const model::StateDict& params,
                      const model::StateDict& buffers, const Optimizer& opt, const LrScheduleConfig& lr,
-                     const TrainProgress& p, const CheckpointOptions& o);
+                     const TrainProgress& p, const CheckpointOptions& o, int layer_offset = 0);
 
 // torch_dist: one rank's chunks into the iteration's staging dir (`rank`: its world rank, naming
 // its __RANK_I.distcp files; `params` under the rank's own names, experts EP-local on EP rank

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 
 #include "core/error.h"
 #include "model/state_dict.h"
@@ -47,14 +48,21 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
     dense_.refs = all_, experts_.refs.clear();
   } else {
     const auto& l = groups->layout();
-    MOE_ASSERT(l.pp == 1 && l.cp == 1, "the optimizer step supports data, tensor and expert parallelism only");
+    MOE_ASSERT(l.cp == 1, "the optimizer step supports data, tensor, pipeline and expert parallelism only");
     MOE_ASSERT(l.tp == 1 || l.ep == 1, "tensor with expert parallelism needs sequence parallelism");
-    world_ = &groups->dp();  // with PP = CP = 1 the DP and TP groups span every rank
+    world_ = &groups->dp();  // with CP = 1 the DP, TP and pipeline groups span every rank
     if (groups->dp().size() > 1) dense_.group = &groups->dp();
     if (groups->edp().size() > 1) experts_.group = &groups->edp();
     if (l.tp > 1) {
       tp_ = &groups->tp();
-      spec_ = std::make_unique<model::ShardSpec>(model.config(), l, model::kMakeVocabSizeDivisibleBy);
+      spec_ = std::make_unique<model::ShardSpec>(model.config(), l.stage_view(), model::kMakeVocabSizeDivisibleBy);
+    }
+    if (l.pp > 1) {
+      pp_ = &groups->pp();
+      if (!model.config().untie_embeddings_and_output_weights && groups->embedding().size() > 1) {
+        emb_ = &groups->embedding();
+        tied_name_ = model.first_stage() ? model::names::kEmbedding : model::names::kOutput;
+      }
     }
   }
   distributed_ = distributed && world_ != nullptr;
@@ -70,7 +78,9 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
 }
 
 bool ParallelOptimizer::counted_in_norm(const std::string& name) const {
-  // Megatron's param_is_not_tensor_parallel_duplicate: split, or on TP rank 0.
+  // Megatron's param_is_not_shared (the tied output copy) and param_is_not_tensor_parallel_duplicate
+  // (split, or on TP rank 0).
+  if (emb_ && name == model::names::kOutput) return false;
   return !tp_ || tp_->rank() == 0 || spec_->tp_split(name);
 }
 
@@ -103,6 +113,10 @@ double ParallelOptimizer::reduce_and_clip(double max_norm) {
   // Sum of squares of what this rank holds, counted once over the job: sharded regions count
   // their shard; a replicated region counts once per copy group (the experts once per EP rank).
   double sharded = 0, dense_rep = 0, expert_rep = 0;
+  if (emb_) {  // the tied embedding's two gradients summed, before any DP reduction
+    Tensor& g = model_.grads().at(tied_name_);
+    emb_->all_reduce(g.f32(), g.numel(), dist::DataType::kF32, dist::ReduceOp::kSum);
+  }
   for (Region* r : {&dense_, &experts_}) {
     if (r->refs.empty()) continue;
     if (r->dist_opt) {
@@ -122,6 +136,7 @@ double ParallelOptimizer::reduce_and_clip(double max_norm) {
   }
   double total = sharded + dense_rep + expert_rep;
   if (tp_) tp_->all_reduce(&total, 1, dist::DataType::kF64, dist::ReduceOp::kSum);  // each TP rank its slices
+  if (pp_) pp_->all_reduce(&total, 1, dist::DataType::kF64, dist::ReduceOp::kSum);  // each stage its layers
   const double norm = std::sqrt(total);
   const float f = clip_factor(norm, max_norm);
   if (f != 1.0f)
@@ -142,6 +157,7 @@ bool ParallelOptimizer::step(double lr, double grad_bound) {
   }
   if (world_) world_->all_reduce(&bad, 1, dist::DataType::kI32, dist::ReduceOp::kSum);
   if (tp_) tp_->all_reduce(&bad, 1, dist::DataType::kI32, dist::ReduceOp::kSum);
+  if (pp_) pp_->all_reduce(&bad, 1, dist::DataType::kI32, dist::ReduceOp::kSum);
   if (bad > 0) return false;
   for (Region* r : {&dense_, &experts_}) {
     if (r->dist_opt) r->dist_opt->apply_step(lr);
@@ -205,7 +221,10 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
   if (tp_) {  // every TP rank's slices (EP is 1): the whole tensors, in the model's order on every rank
     for (const ParamRef& p : all_) w.params[p.name] = gather_tp(p.name, p.data, model_.params().at(p.name).shape());
   }
-  if (!with_optimizer) return w;
+  if (!with_optimizer) {
+    if (pp_) gather_stages(w);
+    return w;
+  }
   if (!world_) {  // one process: the model's own optimizer already holds the whole state
     w.optimizer = dense_.opt.get();
     return w;
@@ -249,7 +268,93 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
     }
   }
   release_local_state();
+  if (pp_) gather_stages(w);
   return w;
+}
+
+void ParallelOptimizer::gather_stages(Whole& w) const {
+  // Each stage in turn broadcasts its tensors' names and shapes (a line each), then their values
+  // and, when there is state, each state key's values, in that order, as one buffer.
+  const Optimizer* opt = w.optimizer;
+  const bool with_state = opt && opt->has_state();
+  const std::vector<std::string> keys = with_state ? opt->state_keys() : std::vector<std::string>{};
+  Whole out;
+  std::vector<std::pair<std::string, Tensor>> states;  // "key\nname" -> values
+  for (int s = 0; s < pp_->size(); ++s) {
+    std::string list;
+    std::vector<const Tensor*> mine;
+    if (pp_->rank() == s)
+      for (const auto& [name, t] : w.params) {
+        if (emb_ && name == model::names::kOutput) continue;  // the tied copy: the embedding is saved
+        std::string line = name;
+        for (int64_t d : t.shape()) line += " " + std::to_string(d);
+        list += line + "\n";
+        mine.push_back(&t);
+      }
+    list = dist::broadcast_string(*pp_, list, s);
+    std::vector<std::pair<std::string, Shape>> entries;
+    size_t total = 0;
+    for (size_t at = 0; at < list.size();) {
+      const size_t end = list.find('\n', at);
+      std::istringstream line(list.substr(at, end - at));
+      std::string name;
+      line >> name;
+      Shape shape;
+      for (int64_t d = 0; line >> d;) shape.push_back(d);
+      total += size_t(shape_numel(shape));
+      entries.push_back({name, shape});
+      at = end + 1;
+    }
+    std::vector<float> buf(total * (1 + keys.size()));
+    if (pp_->rank() == s) {
+      size_t at = 0;
+      for (const Tensor* t : mine)
+        std::copy_n(t->f32(), t->numel(), buf.begin() + std::ptrdiff_t(at)), at += size_t(t->numel());
+      for (const auto& key : keys)
+        for (size_t i = 0; i < entries.size(); ++i) {
+          const auto v = opt->state(entries[i].first, key);
+          std::copy(v.begin(), v.end(), buf.begin() + std::ptrdiff_t(at)), at += v.size();
+        }
+    }
+    pp_->broadcast(buf.data(), int64_t(buf.size()), dist::DataType::kF32, s);
+    size_t at = 0;
+    for (size_t k = 0; k <= keys.size(); ++k)
+      for (const auto& [name, shape] : entries) {
+        Tensor t(shape, DType::F32);
+        std::copy_n(buf.begin() + std::ptrdiff_t(at), t.numel(), t.f32());
+        at += size_t(t.numel());
+        if (k == 0) out.params.emplace(name, t);
+        else states.push_back({keys[k - 1] + "\n" + name, t});
+      }
+  }
+  if (opt) {
+    out.owned = std::make_unique<Optimizer>(cfg_);
+    out.optimizer = out.owned.get();
+    std::vector<ParamRef> refs;
+    for (auto& [name, t] : out.params) refs.push_back({name, t.f32(), t.f32(), size_t(t.numel()), decays(name)});
+    out.owned->bind(refs);
+    out.owned->set_steps(opt->steps());
+    for (const auto& [kn, t] : states) {
+      const size_t nl = kn.find('\n');
+      auto dst = out.owned->state(kn.substr(nl + 1), kn.substr(0, nl));
+      std::copy_n(t.f32(), dst.size(), dst.begin());
+    }
+  }
+  w = std::move(out);
+}
+
+void ParallelOptimizer::sync_tied_output(bool with_state) {
+  if (!emb_) return;
+  // Root 0 of the embedding group is the first stage: its embedding onto the last stage's copy.
+  Tensor& p = model_.params().at(tied_name_);
+  emb_->broadcast(p.f32(), p.numel(), dist::DataType::kF32, 0);
+  int32_t state = with_state && local_.has_state() ? 1 : 0;
+  emb_->all_reduce(&state, 1, dist::DataType::kI32, dist::ReduceOp::kMax);
+  if (state == 0) return;
+  for (const auto& key : local_.state_keys()) {
+    const std::span<float> v = local_.state(tied_name_, key);
+    emb_->broadcast(v.data(), int64_t(v.size()), dist::DataType::kF32, 0);
+  }
 }
 
 }  // namespace moe::train

@@ -10,6 +10,11 @@
 // over its group. The gradient norm is the whole model's (every rank's shard of every region),
 // and a step that would make any rank's weights non-finite is skipped on every rank.
 //
+// Under pipeline parallelism each stage holds its layers: the norm and the skip decision are
+// summed over the pipeline group; with tied embeddings the first stage's embedding and the last
+// stage's output copy get the sum of both gradients (Megatron's embedding-group all-reduce) and the
+// copy is not counted in the norm.
+//
 // Checkpoints keep the single-process layout: whole_state() assembles the whole model and its
 // optimizer state under global names (a collective), and load() takes a rank's part of a state
 // read from any checkpoint, so a run resumes under any DP x EP layout.
@@ -65,6 +70,11 @@ class ParallelOptimizer {
   // expert of another EP rank).
   std::optional<std::string> local_name(const std::string& global) const;
 
+  // After a resume filled local(): the last stage's copy of a tied embedding (weights, and the
+  // optimizer state when `with_state`) set from the first stage's embedding. A collective over
+  // the embedding group; nothing without pipeline parallelism or tying.
+  void sync_tied_output(bool with_state);
+
  private:
   struct Region {
     std::span<float> params, grads;
@@ -86,6 +96,13 @@ class ParallelOptimizer {
   // Tensor parallelism: the TP group (null with one TP rank), and which parameters it splits (the
   // others every TP rank holds whole, with equal gradients: counted in the norm on TP rank 0 only).
   dist::Communicator* tp_ = nullptr;
+  // Pipeline parallelism: the pipeline group (null with one stage), and the embedding group with
+  // the name of the tied tensor this rank holds in it ("" when nothing is tied here).
+  dist::Communicator* pp_ = nullptr;
+  dist::Communicator* emb_ = nullptr;
+  std::string tied_name_;
+  // The whole model from every stage's part (a collective over the pipeline group).
+  void gather_stages(Whole& w) const;
   std::unique_ptr<model::ShardSpec> spec_;
   bool counted_in_norm(const std::string& name) const;
   // The whole tensor `name` from every TP rank's slice `local` (a collective over TP, in the same

@@ -10,6 +10,7 @@
 #include "model/rank_state.h"
 #include "train/data_loader.h"
 #include "train/metrics.h"
+#include "train/pipeline_schedule.h"
 #include "train/svg_plot.h"
 #include "train/tensorboard.h"
 
@@ -26,15 +27,17 @@ namespace {
 
 model::MicroBatchView view(const MicroBatch& mb) { return {mb.tokens, mb.labels, mb.position_ids, mb.cu_seqlens}; }
 
-// Over every rank of a job (PP = CP = 1: the DP groups, then the TP groups, which together span
-// the world): root 0's string on every rank, and a barrier.
+// Over every rank of a job (CP = 1: the DP groups, then the TP groups, then the pipelines, which
+// together span the world): root 0's string on every rank, and a barrier.
 std::string job_broadcast(const dist::ProcessGroups& g, std::string s) {
   s = dist::broadcast_string(g.dp(), std::move(s), 0);  // world rank 0 to its DP group (TP rank 0)
-  return dist::broadcast_string(g.tp(), std::move(s), 0);
+  s = dist::broadcast_string(g.tp(), std::move(s), 0);  // to the first stage
+  return dist::broadcast_string(g.pp(), std::move(s), 0);
 }
 void job_barrier(const dist::ProcessGroups& g) {
   g.dp().barrier();
-  g.tp().barrier();  // TP rank 0's DP group has passed, so every DP group has
+  g.tp().barrier();  // TP rank 0's DP group has passed, so every DP group of the stage has
+  g.pp().barrier();  // and every stage's
 }
 
 // A job's checkpoint in Megatron's per-rank layout: world rank 0 opens the iteration's staging
@@ -52,7 +55,7 @@ void save_job_checkpoint(const TrainerConfig& cfg, model::TrainModel& model, Par
   if (cfg.writer) save.emplace(cfg.out_dir, prog.iteration), staging = save->staging().string();
   staging = job_broadcast(g, staging);
   const bool dist_format = cfg.ckpt.format == checkpoint::CkptFormat::kTorchDist;
-  if (dist_format && layout.tp > 1) {
+  if (dist_format && (layout.tp > 1 || layout.pp > 1)) {
     const auto whole = opt.whole_state(cfg.ckpt.save_optim);  // a collective over the job
     if (cfg.writer)
       write_dist_rank(staging, 0, 0, 1, model.config(), layout, whole.params, model.buffers(),
@@ -64,10 +67,11 @@ void save_job_checkpoint(const TrainerConfig& cfg, model::TrainModel& model, Par
         write_dist_rank(staging, g.dp().rank(), opt.ep_rank(), layout.ep, model.config(), layout, model.params(),
                         model.buffers(), state ? *state : no_state, lrc, prog, cfg.ckpt);
       } else {
+        // Megatron's per-stage file: mp_rank_TT_PPP[_EEE], layers numbered from 0 within the stage.
         const std::string rank_dir = model::ShardSpec(model.config(), layout, model::kMakeVocabSizeDivisibleBy)
-                                         .rank_dir(g.tp().rank(), 0, opt.ep_rank());
+                                         .rank_dir(g.tp().rank(), g.pp().rank(), opt.ep_rank());
         write_rank_file(std::filesystem::path(staging) / rank_dir, model.config(), layout, model.params(),
-                        model.buffers(), state ? *state : no_state, lrc, prog, cfg.ckpt);
+                        model.buffers(), state ? *state : no_state, lrc, prog, cfg.ckpt, model.layer_begin());
       }
     }
     if (state) opt.release_rank_state();
@@ -101,11 +105,29 @@ struct DataParallel {
   }
 };
 
+// The pipeline: every stage runs the same micro-batches; the last computes the loss, each its own
+// layers' MoE numbers. Summed over the stages, every rank (the writer on the first stage too)
+// holds the step's statistics, and decides the skip the same way.
+struct Pipeline {
+  dist::Communicator* group = nullptr;  // null: no pipeline parallelism
+  PipelineTimes times;
+  explicit Pipeline(const dist::ProcessGroups* g) {
+    if (g && g->pp().size() > 1) group = &g->pp();
+  }
+  void sum(model::StepStats& st) const {
+    if (!group) return;
+    DataParallel over{nullptr};
+    over.group = group;
+    over.sum(st);
+  }
+};
+
 }  // namespace
 
 TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, const Datasets& data) {
   const auto& mc = model.config();
   const DataParallel dp(cfg.groups.get());
+  Pipeline pipe(cfg.groups.get());
   if (cfg.global_batch_size % (cfg.micro_batch_size * dp.size) != 0)
     throw_input(
         "--global_batch_size {} must be a multiple of --micro_batch_size {} x the data-parallel size {} (world size / "
@@ -134,7 +156,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     // Under TP a checkpoint's whole tensors (any saved layout) are cut to this rank's slices.
     ToLocal to_local;
     if (cfg.groups && cfg.groups->layout().tp > 1) {
-      const model::ShardSpec spec(mc, cfg.groups->layout(), model::kMakeVocabSizeDivisibleBy);
+      const model::ShardSpec spec(mc, cfg.groups->layout().stage_view(), model::kMakeVocabSizeDivisibleBy);
       to_local = [spec, &mc, tp = cfg.groups->tp().rank()](const std::string& name, const Tensor& whole) {
         const model::StateDict one = model::rank_state(spec, mc, {{name, whole}}, tp, 0, 0);
         return one.begin()->second;
@@ -143,6 +165,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     auto rs = load_training_state(
         cfg.resume_dir, model, opt.local(), cfg.load_optim, cfg.load_rng,
         [&](const std::string& n) { return opt.local_name(n); }, to_local);
+    opt.sync_tied_output(rs.had_optimizer);  // the last stage's copy of a tied embedding
     opt.load();
     prog = rs.progress;
     if (rs.had_rng) loader.restore(prog.data);
@@ -182,13 +205,28 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     // micro-batches: a rank left without one reruns its last and drops the result.
     const bool lockstep = cfg.groups && cfg.groups->ep().size() > 1;
     const int64_t rounds = (batches + dp.size - 1) / dp.size * dp.size;
+    std::vector<MicroBatch> staged;  // pipeline: this rank's micro-batches, run through the stages at once
+    std::vector<bool> counted;
     for (int64_t b = 0; b < rounds; ++b) {
       if (b < batches) ev.next(mb);
       if (!dp.mine(size_t(b))) continue;
-      if (b < batches) st.add(model.evaluate(view(mb)));
-      else if (lockstep) model.evaluate(view(mb));
+      if (pipe.group) {
+        if (b < batches || lockstep) staged.push_back(mb), counted.push_back(b < batches);
+      } else if (b < batches) {
+        st.add(model.evaluate(view(mb)));
+      } else if (lockstep) {
+        model.evaluate(view(mb));
+      }
+    }
+    if (pipe.group) {
+      std::vector<model::MicroBatchView> views;
+      for (const auto& m : staged) views.push_back(view(m));
+      const auto per_batch = run_forward(model, *pipe.group, views);
+      for (size_t i = 0; i < per_batch.size(); ++i)
+        if (counted[i]) st.add(per_batch[i]);
     }
     dp.sum(st);
+    pipe.sum(st);
     const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
     const double acc = double(st.correct) / double(std::max<int64_t>(st.loss_tokens, 1));
     report.lines.push_back(eval_line({{"loss", loss}, {"acc", acc}}, iter, train_iters));
@@ -248,12 +286,19 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     model::StepStats st;
     st.tokens_per_expert.assign(size_t(mc.num_layers) * size_t(std::max(mc.num_experts, 0)), 0);
     const float loss_scale = 1.0f / float(std::max<int64_t>(loss_tokens, 1));
+    if (pipe.group) {  // this DP rank's micro-batches through the pipeline, 1F1B
+      std::vector<model::MicroBatchView> mine;
+      for (size_t j = 0; j < mbs.size(); ++j)
+        if (dp.mine(j)) mine.push_back(view(mbs[j]));
+      st.add(run_1f1b(model, *pipe.group, mine, loss_scale, 1.0f / float(accum), &pipe.times));
+    }
     for (size_t j = 0; j < mbs.size(); ++j) {
-      if (dp.mine(j)) st.add(model.forward_backward(view(mbs[j]), loss_scale, 1.0f / float(accum)));
+      if (!pipe.group && dp.mine(j)) st.add(model.forward_backward(view(mbs[j]), loss_scale, 1.0f / float(accum)));
       win_train_tokens += int64_t(mbs[j].tokens.size());
     }
     const double grad_norm = opt.reduce_and_clip(cfg.clip_grad);
     dp.sum(st);
+    pipe.sum(st);
     const double loss = st.lm_loss_sum / double(std::max<int64_t>(st.loss_tokens, 1));
     const double lr = sched.lr_at(iter - 1);  // Megatron: the schedule steps after the update
     // The gradients' bound after clipping: every element is at most the global L2 norm.
@@ -338,6 +383,11 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   }
   save(train_iters);
   if (cfg.writer) write_training_plots(cfg.out_dir, hist);
+  if (pipe.group) {
+    res.pipeline_stage = pipe.group->rank(), res.pipeline_stages = pipe.group->size();
+    res.pipeline_micro_batches = accum / dp.size;
+    res.pipeline_compute_s = pipe.times.compute_s, res.pipeline_total_s = pipe.times.total_s;
+  }
   nlohmann::json fin = summary_line(res.last_checkpoint, res.best_checkpoint, res.best_eval_loss);
   fin["global_step"] = train_iters;
   fin["memory(GiB)"] = peak_rss_gib();

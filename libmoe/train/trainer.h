@@ -81,6 +81,10 @@ struct TrainResult {
   int64_t iterations = 0, skipped = 0;
   double last_loss = 0, best_eval_loss = 0;
   std::string last_checkpoint, best_checkpoint;
+  // Pipeline parallelism: this rank's stage, the micro-batches per pipeline and global batch, and
+  // its schedule's compute and total seconds (1 - compute / total: the bubble, waits included).
+  int pipeline_stage = 0, pipeline_stages = 1, pipeline_micro_batches = 0;
+  double pipeline_compute_s = 0, pipeline_total_s = 0;
 };
 
 // Runs the loop; `model` starts from the loaded or initialised weights.

@@ -1,0 +1,37 @@
+// Pipeline-parallel schedules (DESIGN.md section 3): one rank's stage (model::TrainModel's) run
+// over a global batch's micro-batches with Megatron-Core's non-interleaved 1F1B order — warm-up
+// forwards, steady one-forward-one-backward, cool-down backwards — and a forward-only pass for
+// evaluation. Activations go to the next stage and their gradients back to the previous one
+// point to point over the pipeline group; the trainer calls these on every rank of a pipeline
+// with the same micro-batches (every stage reads the same data, so message sizes are known).
+#pragma once
+#include <span>
+
+#include "dist/communicator.h"
+#include "model/train_model.h"
+
+namespace moe::train {
+
+// Time spent computing (forwards and backwards) and in the whole schedule, summed over calls:
+// 1 - compute / total is this rank's pipeline bubble (waits included).
+struct PipelineTimes {
+  double compute_s = 0, total_s = 0;
+};
+
+// Forward and backward of every micro-batch through this rank's stage, gradients accumulated;
+// the statistics this stage computed (the loss on the last stage, its layers' MoE numbers).
+// Deadlock-free with blocking sends: of two neighbours exchanging in one step, the earlier stage
+// sends first and the later receives first.
+model::StepStats run_1f1b(model::TrainModel& m, dist::Communicator& pp, std::span<const model::MicroBatchView> mbs,
+                          float loss_scale, float aux_scale, PipelineTimes* times = nullptr);
+
+// Forward only (evaluation): one statistics entry per micro-batch, this stage's part.
+std::vector<model::StepStats> run_forward(model::TrainModel& m, dist::Communicator& pp,
+                                          std::span<const model::MicroBatchView> mbs);
+
+// Megatron's 1F1B warm-up: forwards before the first backward on stage `rank` of `stages`.
+inline int warmup_forwards(int stages, int rank, int micro_batches) {
+  return std::min(stages - rank - 1, micro_batches);
+}
+
+}  // namespace moe::train

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Pipeline-parallel training (issue 15, 1F1B) equals the single process, end to end through the CLI:
+- layout parity: per-iteration loss and grad norm, and the final weights, under mpirun equal the
+  one-process run to 1e-5 relative (fp32): PP2 (Qwen3-MoE, with and without the distributed
+  optimizer), PP4 with an uneven first stage (6 layers as 3 + 1 + 1 + 1), PP2 with an uneven last
+  stage, PP2 x DP2, PP2 x EP2, a dense Qwen2 with tied embeddings under PP2, PP2 x DP2 and PP2 x TP2
+  (the embedding-group gradient all-reduce), selective and full recompute under PP2; evaluation
+  through the pipeline; the HF copy of a PP2 run is the whole model;
+- checkpoints: --ckpt_format torch writes Megatron's per-stage rank dirs mp_rank_00_000 /
+  mp_rank_00_001 with stage-local layer numbers, the names and shapes moectl export
+  --pipeline_model_parallel_size 2 writes; torch_dist holds the global model (global layer indices);
+  a legacy PP2 checkpoint's resume is refused (exit 2) but --finetune loads it, and the rank files of
+  an uneven split export to the one-process model;
+- resharding (torch_dist): PP2 saved at iteration 2 resumes in one process, and a one-process save
+  resumes under PP2 (tied embeddings too), with the losses of the run that never stopped;
+- bad layouts (layers not divisible by the stages, an uneven split that does not divide, VPP without
+  PP, VPP with PP: not yet) end every rank at start with exit 2 and one line naming the numbers;
+- the pipeline bubble of PP2 with 8 micro-batches is printed beside the 1F1B formula (a benchmark
+  line; no bound on a shared 2-core machine).
+Usage: train_pp_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import torch
+
+MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
+MPIEXEC = sys.argv[4]
+shutil.rmtree(WORK, ignore_errors=True)
+os.makedirs(WORK)
+sys.path.insert(0, os.path.join(SRC, "tests", "parity"))
+import hf_model  # noqa: E402
+sys.path.insert(0, os.path.join(SRC, "tests", "cli"))
+import dcp_reader  # noqa: E402
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+ENV.pop("NPROC_PER_NODE", None)
+failures = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        failures.append(what)
+
+
+def mpirun(np):
+    return [MPIEXEC, "-np", str(np), "--oversubscribe"] if np > 1 else []
+
+
+def run(args, np=1, expect=0):
+    p = subprocess.run(mpirun(np) + [MOECTL] + args, capture_output=True, text=True, cwd=WORK, env=ENV, timeout=300)
+    if expect is not None:
+        assert p.returncode == expect, f"np {np} moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr[-3000:]}"
+    return p
+
+
+def run_dir(save):
+    dirs = sorted(glob.glob(os.path.join(WORK, save, "v*")))
+    assert len(dirs) == 1, f"{save}: run dirs {dirs}"
+    return dirs[0]
+
+
+def log_rows(save):
+    return [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
+
+
+def train_log(save):
+    return [(r["loss"], r["grad_norm"]) for r in log_rows(save) if "grad_norm" in r]
+
+
+def dist_model(save, it):
+    """A torch_dist checkpoint's model tensors (global keys) read by the independent reader."""
+    it_dir = os.path.join(run_dir(save), f"iter_{it:07d}")
+    return {k: v for k, v in dcp_reader.read_checkpoint(it_dir)[0].items() if not k.startswith("optimizer.")}
+
+
+def rel(a, b):
+    return abs(a - b) / max(abs(a), abs(b), 1e-30)
+
+
+def same_run(ref, got, what, tol=1e-5, weights_at=None):
+    a, b = train_log(ref), train_log(got)
+    check(len(a) == len(b) and len(a) > 0, f"{what}: {len(b)} logged iterations, expected {len(a)}")
+    worst = max((max(rel(x[0], y[0]), rel(x[1], y[1])) for x, y in zip(a, b)), default=0.0)
+    check(worst <= tol, f"{what}: loss and grad norm per iteration within {tol} (worst {worst:.2e})")
+    if weights_at:
+        # Relative in L2 over the whole model (see train_dp_test.py).
+        wa, wb = dist_model(ref, weights_at), dist_model(got, weights_at)
+        check(sorted(wa) == sorted(wb), f"{what}: the checkpoints hold the same tensors")
+        num = den = 0.0
+        for k, t in wa.items():
+            if torch.is_tensor(t) and t.is_floating_point() and k in wb:
+                if t.shape != wb[k].shape:
+                    check(False, f"{what}: {k} global shape {tuple(wb[k].shape)}, expected {tuple(t.shape)}")
+                    continue
+                num += ((t.double() - wb[k].double()) ** 2).sum().item()
+                den += (t.double() ** 2).sum().item()
+        d = (num / max(den, 1e-30)) ** 0.5
+        check(d <= tol, f"{what}: final weights within {tol} (|dw|/|w| = {d:.2e})")
+
+
+# --- models
+q3 = os.path.join(WORK, "q3")  # 4 layers, 8 experts
+run(["init", "--config", os.path.join(SRC, "configs", "tiny-moe"), "--output_dir", q3, "--torch_dtype", "float32"])
+
+
+def hf_dir(name, family, seed, **overrides):
+    cfg = json.load(open(os.path.join(SRC, "configs", "tiny", family, "config.json")))
+    cfg.update(bos_token_id=None, eos_token_id=None, **overrides)
+    cdir = os.path.join(WORK, name + "cfg")
+    os.makedirs(cdir)
+    json.dump(cfg, open(os.path.join(cdir, "config.json"), "w"))
+    out = os.path.join(WORK, name)
+    hf_model.write_random_model(cdir, out, dtype="float32", seed=seed)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(q3, f), out)
+    return out
+
+
+q3x6 = hf_dir("q3x6", "qwen3_moe", 7, num_hidden_layers=6, vocab_size=1024)
+tied = hf_dir("tied", "qwen2", 5, num_hidden_layers=4, vocab_size=1000, tie_word_embeddings=True)
+
+ITERS = 5
+BASE = ["--dataset", "self-cognition#96", "--model_name", "小黄", "Xiao Huang", "--model_author", "魔搭", "ModelScope",
+        "--train_iters", str(ITERS), "--micro_batch_size", "2", "--global_batch_size", "8", "--log_interval", "1",
+        "--lr", "1e-3", "--lr_warmup_iters", "1", "--save_safetensors", "false", "--eval_interval", "0"]
+PP2 = ["--pipeline_model_parallel_size", "2"]
+# name: (model flags, [(np, layout flags, what)])
+CASES = {
+    "qwen3_moe": (["--model", q3], [
+        (2, PP2, "PP2"),
+        (2, PP2 + ["--use_distributed_optimizer", "false"], "PP2 (replicated optimizer)"),
+        (4, PP2, "PP2 x DP2"),
+        (4, PP2 + ["--expert_model_parallel_size", "2"], "PP2 x EP2"),
+    ]),
+    "qwen3_moe 6 layers": (["--model", q3x6], [
+        (4, ["--pipeline_model_parallel_size", "4", "--decoder_first_pipeline_num_layers", "3"],
+         "PP4, first stage 3 layers"),
+        (2, PP2 + ["--decoder_last_pipeline_num_layers", "2"], "PP2, last stage 2 layers"),
+    ]),
+    "qwen2 dense, tied embeddings": (["--model", tied], [(2, PP2, "PP2"), (4, PP2, "PP2 x DP2"),
+                                                         (4, PP2 + ["--tensor_model_parallel_size", "2"],
+                                                          "PP2 x TP2")]),
+    "recompute selective": (["--model", q3, "--recompute_granularity", "selective"], [(2, PP2, "PP2")]),
+    "recompute full": (["--model", q3, "--recompute_granularity", "full", "--recompute_method", "uniform",
+                        "--recompute_num_layers", "1"], [(2, PP2, "PP2")]),
+}
+for i, (name, (model, layouts)) in enumerate(CASES.items()):
+    ref = f"c{i}_np1"
+    run(["sft"] + BASE + model + ["--save", ref])
+    for j, (np, flags, what) in enumerate(layouts):
+        got = f"c{i}_{j}"
+        run(["sft"] + BASE + model + flags + ["--save", got], np=np)
+        same_run(ref, got, f"{name}: {what} vs one process", weights_at=ITERS)
+args = json.load(open(os.path.join(run_dir("c0_2"), "args.json")))
+check(args.get("world_size") == 4 and args.get("pipeline_model_parallel_size") == 2
+      and args.get("data_parallel_size") == 2, "args.json records world_size 4, PP 2, DP 2")
+args = json.load(open(os.path.join(run_dir("c1_0"), "args.json")))
+check(args.get("decoder_first_pipeline_num_layers") == 3, "args.json records decoder_first_pipeline_num_layers 3")
+# A tied checkpoint holds no output_layer (the last stage's copy is the embedding's).
+check(not any(k.startswith("output_layer") for k in dist_model("c2_0", ITERS)),
+      "tied embeddings under PP2: the torch_dist checkpoint has no output_layer")
+
+# --- the HF copy (--save_safetensors) of a PP2 run is the whole model, equal to the one-process copy
+hf = [a if a != "false" or BASE[i - 1] != "--save_safetensors" else "true" for i, a in enumerate(BASE)]
+run(["sft"] + hf + CASES["qwen3_moe"][0] + ["--save", "hf_np1"])
+run(["sft"] + hf + CASES["qwen3_moe"][0] + PP2 + ["--save", "hf_pp2"], np=2)
+a_hf = hf_model.load_safetensors_dir(os.path.join(run_dir("hf_np1"), f"checkpoint-{ITERS}"))
+b_hf = hf_model.load_safetensors_dir(os.path.join(run_dir("hf_pp2"), f"checkpoint-{ITERS}"))
+same = set(a_hf) == set(b_hf) and all(a_hf[k].shape == b_hf[k].shape for k in a_hf)
+num = sum(((a_hf[k].double() - b_hf[k].double()) ** 2).sum().item() for k in a_hf) if same else 1.0
+den = sum((a_hf[k].double() ** 2).sum().item() for k in a_hf)
+check(same and (num / den) ** 0.5 <= 1e-5, f"PP2 HF copy: whole tensors equal to one process's (|dw|/|w| = "
+      f"{(num / den) ** 0.5:.1e})")
+
+# --- evaluation through the pipeline: the eval lines equal the one process's
+ev = ["--eval_interval", "2", "--split_dataset_ratio", "0.1"]
+run(["sft"] + BASE + CASES["qwen3_moe"][0] + ev + ["--save", "ev_np1"])
+run(["sft"] + BASE + CASES["qwen3_moe"][0] + ev + PP2 + ["--save", "ev_pp2"], np=2)
+ea = [r["eval_loss"] for r in log_rows("ev_np1") if "eval_loss" in r]
+eb = [r["eval_loss"] for r in log_rows("ev_pp2") if "eval_loss" in r]
+check(len(ea) >= 2 and len(ea) == len(eb) and all(rel(a, b) <= 1e-5 for a, b in zip(ea, eb)),
+      f"PP2 evaluation losses {eb} equal one process's {ea}")
+
+# --- legacy rank files: Megatron's per-stage dirs, layers numbered within the stage
+run(["sft"] + BASE + CASES["qwen3_moe"][0] + PP2 + ["--ckpt_format", "torch", "--save", "legacy_pp2"], np=2)
+run(["export", "--model", q3, "--to_mcore", "true", "--ckpt_format", "torch", "--output_dir", "q3_pp2"] + PP2)
+it_dir = os.path.join(run_dir("legacy_pp2"), f"iter_{ITERS:07d}")
+check(sorted(os.listdir(it_dir)) == ["mp_rank_00_000", "mp_rank_00_001"], f"PP2 rank dirs: {sorted(os.listdir(it_dir))}")
+whole = dist_model("c0_np1", ITERS)
+for s in range(2):
+    got = torch.load(os.path.join(it_dir, f"mp_rank_00_{s:03d}", "model_optim_rng.pt"))
+    ref = torch.load(os.path.join(WORK, "q3_pp2", "iter_0000001", f"mp_rank_00_{s:03d}", "model_optim_rng.pt"))
+    shapes = lambda d: {k: tuple(v.shape) for k, v in d["model"].items() if torch.is_tensor(v)}
+    check(shapes(got) == shapes(ref), f"mp_rank_00_{s:03d}: names and shapes as moectl export "
+          f"--pipeline_model_parallel_size 2 ({sorted(set(shapes(got)) ^ set(shapes(ref)))[:3]})")
+    check(got["args"].pipeline_model_parallel_size == 2 and "optimizer" in got, f"mp_rank_00_{s:03d}: args PP2, optimizer")
+    # Stage s's local layer 0 is global layer 2s.
+    q = got["model"]["decoder.layers.0.self_attention.linear_qkv.weight"].float()
+    w = whole["decoder.layers.self_attention.linear_qkv.weight"][2 * s].float()
+    diff = (q - w).abs().max().item()
+    check(diff < 1e-2, f"mp_rank_00_{s:03d}: local layer 0 is global layer {2 * s} of the one-process model "
+          f"(max diff {diff:.1e})")
+
+
+# --- resharding (torch_dist): PP2 saved at iteration 2 -> one process; one process saved at 2 -> PP2
+def stopped_at_2(save):
+    src = run_dir(save)
+    dst = os.path.join(WORK, save + "_half", "v0-saved")
+    shutil.copytree(src, dst)
+    open(os.path.join(dst, "latest_checkpointed_iteration.txt"), "w").write("2")
+    shutil.rmtree(os.path.join(dst, f"iter_{ITERS:07d}"))
+    return dst
+
+
+for model_name, src_np, dst_np in (("qwen3_moe", 2, 1), ("qwen3_moe", 1, 2), ("qwen2 dense, tied embeddings", 2, 1),
+                                   ("qwen2 dense, tied embeddings", 1, 2)):
+    model = CASES[model_name][0]
+    save = f"res_{model_name.split()[0]}_np{src_np}"
+    run(["sft"] + BASE + model + (PP2 if src_np == 2 else []) + ["--save", save, "--save_interval", "2"], np=src_np)
+    ck = stopped_at_2(save)
+    out = f"{save}_to_np{dst_np}"
+    run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", out] + (PP2 if dst_np == 2 else []),
+        np=dst_np)
+    full, resumed = train_log(save), train_log(out)
+    worst = max((rel(a[0], b[0]) for a, b in zip(full[2:], resumed)), default=1.0)
+    check(len(resumed) == ITERS - 2 and worst <= 1e-6,
+          f"{model_name}: PP{src_np} saved at 2 -> PP{dst_np}: losses of iterations 3..{ITERS} as uninterrupted "
+          f"(worst {worst:.1e})")
+
+# A legacy PP2 checkpoint does not resume (yet): one line, exit 2; its weights load with --finetune, and
+# so do an uneven split's (the reader takes the stages from args.json).
+p = run(["sft"] + BASE + ["--load", run_dir("legacy_pp2"), "--finetune", "false", "--save", "legacy_resume"],
+        expect=None)
+check(p.returncode == 2 and "saved under pipeline parallelism" in p.stderr,
+      f"legacy PP2 checkpoint: resume refused with exit 2 (exit {p.returncode})")
+run(["sft"] + BASE + ["--load", run_dir("legacy_pp2"), "--finetune", "true", "--save", "legacy_ft", "--train_iters",
+                      "2"])
+uneven = ["--pipeline_model_parallel_size", "2", "--decoder_first_pipeline_num_layers", "1"]
+run(["sft"] + BASE + CASES["qwen3_moe"][0] + uneven + ["--ckpt_format", "torch", "--save", "legacy_uneven"], np=2)
+run(["export", "--mcore_model", run_dir("legacy_uneven"), "--to_hf", "true", "--output_dir", "uneven_hf"])
+run(["export", "--mcore_model", run_dir("c0_np1"), "--to_hf", "true", "--output_dir", "np1_hf"])
+a_hf = hf_model.load_safetensors_dir(os.path.join(WORK, "np1_hf"))
+b_hf = hf_model.load_safetensors_dir(os.path.join(WORK, "uneven_hf"))
+same = set(a_hf) == set(b_hf)
+num = sum(((a_hf[k].double() - b_hf[k].double()) ** 2).sum().item() for k in a_hf) if same else 1.0
+den = sum((a_hf[k].double() ** 2).sum().item() for k in a_hf)
+check(same and (num / den) ** 0.5 <= 1e-2, f"legacy rank files of PP2 with a 1-layer first stage export to the "
+      f"one-process model (bf16 saves, |dw|/|w| = {(num / den) ** 0.5:.1e})")
+
+# --- bad layouts: one line, exit 2, on every rank, before any work
+BAD = [
+    (3, ["--pipeline_model_parallel_size", "3", "--global_batch_size", "6"],
+     "--pipeline_model_parallel_size 3 must divide num_hidden_layers 4"),
+    (2, PP2 + ["--decoder_first_pipeline_num_layers", "4"],
+     "--decoder_first_pipeline_num_layers 4 and --decoder_last_pipeline_num_layers 0 leave 0 of num_hidden_layers 4"),
+    (1, ["--virtual_pipeline_model_parallel_size", "2"],
+     "--virtual_pipeline_model_parallel_size 2 needs --pipeline_model_parallel_size > 1"),
+    (1, ["--num_layers_per_virtual_pipeline_stage", "1"],
+     "--num_layers_per_virtual_pipeline_stage 1 needs --pipeline_model_parallel_size > 1"),
+    (2, PP2 + ["--virtual_pipeline_model_parallel_size", "2"],
+     "--virtual_pipeline_model_parallel_size 2: interleaved pipeline parallelism (virtual stages) is not implemented"),
+]
+for np, flags, msg in BAD:
+    save = "bad_" + "_".join(f.strip("-") for f in flags)
+    p = run(["sft"] + BASE + CASES["qwen3_moe"][0] + flags + ["--save", save], np=np, expect=None)
+    lines = {re.sub(r"^moectl: error \(rank \d+ of \d+\)", "moectl: error", l) for l in p.stderr.splitlines()
+             if l.startswith("moectl: error")}
+    check(p.returncode == 2 and msg in p.stderr and len(lines) == 1 and not os.path.exists(os.path.join(WORK, save)),
+          f"{' '.join(flags)}: exit 2 with one line naming the rule (exit {p.returncode}): {sorted(lines)[:1]}")
+
+# --- the bubble of PP2 over 8 micro-batches (printed; a benchmark line, not a bound)
+p = run(["sft"] + BASE + CASES["qwen3_moe"][0] + PP2 + ["--global_batch_size", "16", "--save", "bubble"], np=2)
+line = [l for l in p.stdout.splitlines() if l.startswith("pipeline bubble:")]
+check(len(line) == 1 and "8 micro-batches" in line[0] and "1F1B formula 0.111" in line[0],
+      f"PP2 bubble line: {line}")
+
+if failures:
+    print(f"{len(failures)} failure(s)")
+    sys.exit(1)
+print("all pipeline-parallel checks passed")
