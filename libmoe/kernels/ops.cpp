@@ -11,6 +11,7 @@
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gate.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/grouped_gemv.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/qkv.h"
@@ -329,6 +330,7 @@ void grouped_swiglu(const Backend& b, const float* x, int64_t D, int64_t F, std:
                     float* gu, float* h, float* y) {
   if (!b.is_cpu())
     CUDA_BRANCH("grouped_swiglu", return grouped_swiglu_cuda(b, x, D, F, offsets, blocks, fc1, fc2, gu, h, y));
+  if (k::grouped_gemv_applies(blocks)) return k::grouped_swiglu_gemv(x, D, F, offsets, blocks, fc1, fc2, gu, h, y);
   for_each_expert(blocks, [&](int64_t e) {
     const int64_t off = offsets[size_t(e)], n = blocks[size_t(e)];
     float* gu_e = gu + off * 2 * F;

@@ -10,7 +10,7 @@
 // fine-grained (32 x ffn 256, top-4, 151,680 vocab) and Qwen3-30B-A3B cut to 4 layers
 // (128 x ffn 768, top-8, 151,936 vocab). Every number printed is the median over rounds; each
 // round measures its own ceilings. `--quick` uses small models (a smoke run for ctest);
-// `--shape NAME` (current, fine, qwen3-30b) and `--rounds N` pick a subset.
+// `--shape NAME` (current, fine, qwen3-30b), `--dtype f32|bf16` and `--rounds N` pick a subset.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -261,17 +261,20 @@ Row run(const BenchShape& sh, DType dt, bool quick, int rounds, const ReadBuffer
 int main(int argc, char** argv) {
   bool quick = false;
   int rounds = 3;
-  std::string only;
+  std::string only, only_dtype;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     else if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) rounds = std::max(1, std::atoi(argv[++i]));
     else if (std::strcmp(argv[i], "--shape") == 0 && i + 1 < argc) only = argv[++i];
+    else if (std::strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) only_dtype = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--quick] [--rounds N] [--shape current|fine|qwen3-30b]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--rounds N] [--shape current|fine|qwen3-30b] [--dtype f32|bf16]\n",
+                   argv[0]);
       return 2;
     }
   }
   if (quick) rounds = 1;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows when the output is a file
   std::printf("threads: %d, AVX2/FMA/F16C: %s\n", num_threads(), cpu_has_avx2_fma_f16c() ? "yes" : "no");
   // The ceiling from several fresh buffers, every method; the last buffer stays for the
   // re-measurements around each decode.
@@ -296,7 +299,9 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   for (const BenchShape& sh : shapes(quick)) {
     if (!only.empty() && sh.name != only) continue;
-    for (DType dt : {DType::F32, DType::BF16}) rows.push_back(run(sh, dt, quick, rounds, *buf));
+    for (DType dt : {DType::F32, DType::BF16})
+      if (only_dtype.empty() || only_dtype == (dt == DType::F32 ? "f32" : "bf16"))
+        rows.push_back(run(sh, dt, quick, rounds, *buf));
   }
   std::printf("\nmedians of %d rounds (each ratio against the ceiling measured around it):\n", rounds);
   std::printf("%-10s %-5s | %9s %7s %7s %8s | %9s %8s %7s\n", "shape", "dtype", "dec tok/s", "GB/s", "% read",

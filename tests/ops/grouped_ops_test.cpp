@@ -78,6 +78,48 @@ TEST(GroupedSwiglu, Forward) {
   }
 }
 
+// Decode (every expert a few rows): the grouped GEMV path, whole experts per thread or all
+// experts' rows split over the threads, gives bitwise what linear() + swiglu give per expert.
+TEST(GroupedSwiglu, FewRowsPerExpertEqualPerExpertLinearBitwise) {
+  OpRow row("grouped_swiglu", "fwd (decode)", On::Cpu);
+  Rng rng(43);
+  const int64_t D = 256, F = 96, E = 32;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (const std::vector<int64_t>& busy_rows :
+         std::vector<std::vector<int64_t>>{{1}, {2, 1}, {1, 1, 1, 1, 1, 1, 1, 1}, {8, 3, 1, 5}})
+      for (bool keep_h : {true, false}) {
+        std::vector<int64_t> blocks(size_t(E), 0), offsets(size_t(E), 0);
+        for (size_t i = 0; i < busy_rows.size(); ++i) blocks[(i * 7 + 3) % size_t(E)] = busy_rows[i];
+        for (int64_t e = 1; e < E; ++e) offsets[size_t(e)] = offsets[size_t(e - 1)] + blocks[size_t(e - 1)];
+        const int64_t R = offsets.back() + blocks.back();
+        auto x = randn(size_t(R * D), rng);
+        std::vector<Tensor> fc1, fc2;
+        for (int64_t e = 0; e < E; ++e) {
+          auto w1 = randn(size_t(2 * F * D), rng, 0.3), w2 = randn(size_t(D * F), rng, 0.3);
+          fc1.push_back(Tensor::borrow({2 * F, D}, DType::F32, w1.data(), nullptr).to(dt));
+          fc2.push_back(Tensor::borrow({D, F}, DType::F32, w2.data(), nullptr).to(dt));
+        }
+        Guarded<float> gu(size_t(R * 2 * F), qnan()), h(size_t(R * F), qnan()), y(size_t(R * D), qnan());
+        ops::grouped_swiglu(moe::Backend{}, x.data(), D, F, offsets, blocks, fc1, fc2, gu.data(),
+                            keep_h ? h.data() : nullptr, y.data());
+        EXPECT_TRUE(gu.intact() && h.intact() && y.intact());
+        std::vector<float> gu_ref(size_t(R * 2 * F)), h_ref(size_t(R * F)), y_ref(size_t(R * D));
+        for (int64_t e = 0; e < E; ++e) {
+          const int64_t off = offsets[size_t(e)], n = blocks[size_t(e)];
+          if (n == 0) continue;
+          ops::linear(moe::Backend{}, x.data() + off * D, n, fc1[size_t(e)], nullptr, gu_ref.data() + off * 2 * F);
+          ops::swiglu(moe::Backend{}, gu_ref.data() + off * 2 * F, n, F, h_ref.data() + off * F);
+          ops::linear(moe::Backend{}, h_ref.data() + off * F, n, fc2[size_t(e)], nullptr, y_ref.data() + off * D);
+        }
+        for (int64_t i = 0; i < R * D; ++i)
+          ASSERT_EQ(y.data()[i], y_ref[size_t(i)]) << "row " << i / D << " dtype " << moe::dtype_name(dt);
+        for (int64_t i = 0; i < R * 2 * F; ++i) ASSERT_EQ(gu.data()[i], gu_ref[size_t(i)]);
+        if (keep_h) {
+          for (int64_t i = 0; i < R * F; ++i) ASSERT_EQ(h.data()[i], h_ref[size_t(i)]);
+        }
+      }
+}
+
 TEST(GroupedSwiglu, BackwardFd) {
   OpRow row("grouped_swiglu", "bwd (fd)", On::Cpu);
   Rng rng(42);

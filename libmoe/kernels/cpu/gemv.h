@@ -2,6 +2,7 @@
 // The AVX2/FMA/F16C variant lives in gemv_avx2.cpp and is chosen at run time.
 #pragma once
 #include <cstdint>
+#include <span>
 
 #include "core/dtype.h"
 
@@ -16,6 +17,19 @@ struct GemvArgs {
   int64_t N;
   bool accumulate;
 };
+
+// Rows [n0, n1) of one GEMV.
+struct GemvRange {
+  GemvArgs a;
+  int64_t n0, n1;
+};
+
+// Several GEMVs (one matrix, or every selected expert's) in one parallel region: the rows are
+// cut into blocks of about 64 KiB of weights and threads take blocks from a shared counter as
+// they free up, so a thread the OS delays holds up only its current block. Each output is
+// computed exactly as gemv_rows computes it, whichever thread runs it. Small totals run on the
+// calling thread; inside a parallel region everything runs on the calling thread.
+void gemv_many(std::span<const GemvRange> jobs);
 
 void gemv_rows_scalar(const GemvArgs& a, int64_t n0, int64_t n1);
 void gemv_rows_avx2(const GemvArgs& a, int64_t n0, int64_t n1);

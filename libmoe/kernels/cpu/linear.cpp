@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <vector>
 
@@ -30,17 +31,62 @@ void gemv_rows_scalar(const GemvArgs& a, int64_t n0, int64_t n1) {
   }
 }
 
+void gemv_many(std::span<const GemvRange> jobs) {
+  auto kernel = cpu_has_avx2_fma_f16c() ? gemv_rows_avx2 : gemv_rows_scalar;
+  // Blocks of a multiple of 16 rows, so that threads never share a cache line of y.
+  constexpr int64_t kBlockBytes = int64_t(64) << 10;
+  thread_local std::vector<int64_t> first_block, block_rows;  // per job; reused across calls
+  first_block.resize(jobs.size() + 1);
+  first_block[0] = 0;
+  block_rows.resize(jobs.size());
+  int64_t weights = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const GemvArgs& a = jobs[j].a;
+    const int64_t rows = std::max<int64_t>(jobs[j].n1 - jobs[j].n0, 0);
+    const int64_t row_bytes = std::max<int64_t>(a.D * int64_t(dtype_size(a.wtype)), 1);
+    block_rows[j] = std::max<int64_t>(16, kBlockBytes / row_bytes / 16 * 16);
+    first_block[j + 1] = first_block[j] + (rows + block_rows[j] - 1) / block_rows[j];
+    weights += rows * a.D;
+  }
+  const int64_t blocks = first_block[jobs.size()];
+  const int nt = num_threads();
+  if (weights < 32768 || blocks <= 1 || nt <= 1 || omp_in_parallel()) {
+    for (const GemvRange& j : jobs)
+      if (j.n1 > j.n0) kernel(j.a, j.n0, j.n1);
+    return;
+  }
+  // Guided: each take is a share of what is left (long streams for the hardware prefetcher at
+  // first, single blocks at the end to balance), runs of blocks within a job in one call.
+  std::atomic<int64_t> next{0};
+  const int64_t* fb = first_block.data();
+  const int64_t* br = block_rows.data();
+#pragma omp parallel num_threads(nt)
+  {
+    size_t j = 0;  // takes come in increasing order: the job index only moves forward
+    for (;;) {
+      int64_t b = next.load(std::memory_order_relaxed), take = 0;
+      do {
+        if (b >= blocks) break;
+        take = std::max<int64_t>(1, (blocks - b) / (2 * nt));
+      } while (!next.compare_exchange_weak(b, b + take, std::memory_order_relaxed));
+      if (b >= blocks) break;
+      for (const int64_t end = b + take; b < end;) {
+        while (fb[j + 1] <= b) ++j;
+        const GemvRange& job = jobs[j];
+        const int64_t run = std::min(end, fb[j + 1]);
+        const int64_t r0 = job.n0 + (b - fb[j]) * br[j];
+        kernel(job.a, r0, std::min(job.n1, job.n0 + (run - fb[j]) * br[j]));
+        b = run;
+      }
+    }
+  }
+}
+
 namespace {
 
 void gemv(const GemvArgs& a, int64_t n0, int64_t n1) {
-  auto kernel = cpu_has_avx2_fma_f16c() ? gemv_rows_avx2 : gemv_rows_scalar;
-  // Split rows over threads in chunks of 16 rows so that threads never share a cache line of y.
-  int64_t rows = n1 - n0;
-  if (rows * a.D < 32768) {
-    kernel(a, n0, n1);
-    return;
-  }
-  parallel_for((rows + 15) / 16, [&](int64_t b, int64_t e) { kernel(a, n0 + b * 16, std::min(n1, n0 + e * 16)); });
+  const GemvRange job{a, n0, n1};
+  gemv_many(std::span<const GemvRange>(&job, 1));
 }
 
 // Widened copy of rows [n0, n1) of W, for sgemm.
