@@ -101,7 +101,7 @@ def test_qa11_long_row_gets_an_error_entry():
     data, out = os.path.join(WORK, "long_rows.jsonl"), os.path.join(WORK, "long_out.jsonl")
     write_rows(data, [{"query": "hi"}, {"query": LONG_LINE}, {"query": "bye"}])
     p = run(["infer", "--model", SHORT, "--val_dataset", data, "--result_path", out] + GREEDY)
-    assert "row 2" in p.stderr and "256" in p.stderr, p.stderr
+    assert "long_rows.jsonl:2" in p.stderr and "256" in p.stderr, p.stderr  # the row named by file:line
     res = [json.loads(l) for l in open(out)]
     assert len(res) == 3, res
     assert res[1]["response"] is None and res[1]["finish_reason"] == "error", res[1]
