@@ -47,7 +47,6 @@ const std::vector<Knob> kBool = {
 const std::vector<Knob> kCount = {
     {"num_workers", "data loader worker processes"},
     {"dataloader_num_workers", "data loader worker processes"},
-    {"dataset_num_proc", "tokenisation processes"},
     {"manual_gc_interval", "steps between garbage collections"},
     {"logging_level", "Python logging level of Megatron's loggers (moectl's: --verbose)"},
     {"tensorboard_queue_size", "queued TensorBoard events (moectl writes each one directly)"},

@@ -66,21 +66,39 @@ struct TrainArgs {
   MegatronKnobs knobs;
   std::string tensorboard_dir;  // "": <run dir>/runs, as swift
   bool no_log_learning_rate_to_tensorboard = false;
-  int seq_length = 0;  // Megatron's; 0: --max_length, as swift sets it
+  int seq_length = 0;        // Megatron's; 0: --max_length, as swift sets it
+  int dataset_num_proc = 1;  // threads that tokenise the dataset (swift: processes)
   ArchitectureFlags architecture;
   double distributed_timeout_minutes = 10;  // Megatron's default
 };
 
 // The job's layout on `world` ranks, refused up front (on every rank, with the same line) when
 // the sizes do not fit the world or need a parallelism this version does not train with yet.
-moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world) {
-  auto l = moe::dist::ParallelLayout::from_flags(world, a.tp, a.pp, a.ep, a.etp, a.cp, a.vpp);
+// `num_layers` (the model's) turns --num_layers_per_virtual_pipeline_stage into Megatron's
+// virtual size: the layers of a stage over the layers of a chunk.
+moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world, int num_layers) {
+  int vpp = a.vpp;
+  if (a.layers_per_virtual_stage != 0) {
+    if (a.pp < 2)
+      moe::throw_input(
+          "--num_layers_per_virtual_pipeline_stage {} needs --pipeline_model_parallel_size > 1 (interleaving splits a "
+          "pipeline)",
+          a.layers_per_virtual_stage);
+    const int n = a.layers_per_virtual_stage, per_stage = num_layers / a.pp;
+    if (n < 1 || num_layers % a.pp != 0 || per_stage % n != 0)
+      moe::throw_input(
+          "--num_layers_per_virtual_pipeline_stage {} must divide the {} layers of each of --pipeline_model_parallel_size "
+          "{} stages (num_hidden_layers {})",
+          n, double(num_layers) / a.pp, a.pp, num_layers);
+    if (a.vpp > 1 && a.vpp != per_stage / n)
+      moe::throw_input(
+          "--virtual_pipeline_model_parallel_size {} and --num_layers_per_virtual_pipeline_stage {} disagree ({} "
+          "layers per stage make {} chunks); give one of them",
+          a.vpp, n, per_stage, per_stage / n);
+    vpp = per_stage / n;
+  }
+  auto l = moe::dist::ParallelLayout::from_flags(world, a.tp, a.pp, a.ep, a.etp, a.cp, vpp);
   l.first_stage_layers = a.first_stage_layers, l.last_stage_layers = a.last_stage_layers;
-  if (a.layers_per_virtual_stage != 0 && l.pp == 1)
-    moe::throw_input(
-        "--num_layers_per_virtual_pipeline_stage {} needs --pipeline_model_parallel_size > 1 (interleaving splits a "
-        "pipeline)",
-        a.layers_per_virtual_stage);
   auto not_yet = [](const char* flag, int v, const char* what) {
     if (v > 1)
       moe::throw_input(
@@ -88,9 +106,6 @@ moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world) {
           "flag out)",
           flag, v, what);
   };
-  not_yet("--virtual_pipeline_model_parallel_size", l.vpp, "interleaved pipeline parallelism (virtual stages)");
-  not_yet("--num_layers_per_virtual_pipeline_stage", a.layers_per_virtual_stage,
-          "interleaved pipeline parallelism (virtual stages)");
   not_yet("--context_parallel_size", l.cp, "context parallelism");
   if (l.tp > 1 && a.sequence_parallel)
     moe::throw_input(
@@ -209,7 +224,10 @@ void run(const TrainArgs& a, const CLI::App& cli) {
           moe::dist::MpiCommunicator::abort_job(1);
         });
   }
-  const auto layout = parallel_layout(a, world ? world->size() : 1);
+  int num_layers = 0;  // only --num_layers_per_virtual_pipeline_stage needs the model's
+  if (a.layers_per_virtual_stage != 0 && a.pp > 1 && !(a.model.empty() && a.load.empty()))
+    num_layers = model::load_hf_config(a.load.empty() ? a.model : a.load).num_layers;
+  const auto layout = parallel_layout(a, world ? world->size() : 1, num_layers);
   const auto groups = world ? std::make_shared<const moe::dist::ProcessGroups>(layout, *world)
                             : std::make_shared<const moe::dist::ProcessGroups>(moe::dist::ProcessGroups::local());
   const bool writer = !world || world->rank() == 0;
@@ -218,6 +236,12 @@ void run(const TrainArgs& a, const CLI::App& cli) {
         "--global_batch_size {} must be a multiple of --micro_batch_size {} x the data-parallel size {} ({} ranks / "
         "(TP x PP x CP))",
         a.t.global_batch_size, a.t.micro_batch_size, layout.dp, layout.world());
+  if (const int m = a.t.global_batch_size / (a.t.micro_batch_size * layout.dp); layout.vpp > 1 && m % layout.pp != 0)
+    moe::throw_input(
+        "--virtual_pipeline_model_parallel_size {}: the interleaved schedule needs the {} micro-batches of a global "
+        "batch per pipeline (--global_batch_size {} / (--micro_batch_size {} x data-parallel {})) to be a multiple of "
+        "--pipeline_model_parallel_size {}",
+        layout.vpp, m, a.t.global_batch_size, a.t.micro_batch_size, layout.dp, layout.pp);
   if (a.model.empty() && a.load.empty())
     moe::throw_input("pass --model HF_DIR (or a dir with only config.json + tokenizer) or --load MCORE_DIR");
   const std::string src = a.load.empty() ? a.model : a.load;
@@ -257,6 +281,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   d.specs = a.dataset, d.val_specs = a.val_dataset, d.split_dataset_ratio = a.split_dataset_ratio;
   d.system_given = a.system_given, d.system = a.system, d.model_name = a.model_name, d.model_author = a.model_author;
   d.max_length = a.max_length, d.truncation_strategy = a.truncation_strategy, d.seed = a.t.seed;
+  d.num_proc = std::max(a.dataset_num_proc, 1);
   d.pretrain = a.pretrain;
   const auto data = moe::train::load_datasets(d, *tok, *tmpl);
   moe::log().info("dataset: {} training and {} validation sequences from {} rows", data.train.size(), data.val.size(),
@@ -278,6 +303,11 @@ void run(const TrainArgs& a, const CLI::App& cli) {
     moe::throw_input("--finetune false resumes a Megatron checkpoint, but {} has no latest_checkpointed_iteration.txt",
                      a.load);
   t.ckpt.format = moe::checkpoint::parse_ckpt_format("--ckpt_format", a.ckpt_format);
+  if (layout.vpp > 1 && t.ckpt.format == moe::checkpoint::CkptFormat::kTorch)
+    moe::throw_input(
+        "--ckpt_format torch with --virtual_pipeline_model_parallel_size {}: Megatron's per-chunk model0/model1 "
+        "rank files are not written yet; save with --ckpt_format torch_dist (the default)",
+        layout.vpp);
   if (a.thread_count < 1 || a.thread_count > 64)
     moe::throw_input("--thread_count {}: expected 1 to 64 files per saving rank", a.thread_count);
   t.ckpt.thread_count = a.thread_count;
@@ -311,6 +341,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                          {"min_lr", t.lr.min_lr},
                          {"lr_decay_style", t.lr.style},
                          {"max_length", a.max_length},
+                         {"dataset_num_proc", a.dataset_num_proc},
                          {"packing", a.packing},
                          {"seed", t.seed},
                          {"torch_dtype", moe::torch_dtype_name(t.ckpt.dtype)},
@@ -377,9 +408,11 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   }
   if (writer && r.pipeline_stages > 1 && r.pipeline_total_s > 0) {  // stage 0's idle share vs 1F1B's
     const int p = r.pipeline_stages, m = r.pipeline_micro_batches;
-    std::printf("pipeline bubble: %.3f of stage %d's schedule time (%d stages, %d micro-batches; 1F1B formula %.3f)\n",
-                1.0 - r.pipeline_compute_s / r.pipeline_total_s, r.pipeline_stage, p, m,
-                double(p - 1) / double(m + p - 1));
+    const int v = r.pipeline_chunks;  // interleaved: (p - 1) / (v m + p - 1)
+    std::printf(
+        "pipeline bubble: %.3f of stage %d's schedule time (%d stages, %d micro-batches, %d virtual; %s formula %.3f)\n",
+        1.0 - r.pipeline_compute_s / r.pipeline_total_s, r.pipeline_stage, p, m, v, v > 1 ? "interleaved 1F1B" : "1F1B",
+        double(p - 1) / double(v * m + p - 1));
   }
 }
 
@@ -486,6 +519,9 @@ void add_command(CLI::App& root, bool pretrain) {
                 "TensorBoard: leave learning-rate out (true|false)");
   c->add_option("--log_throughput", a->t.tensorboard.throughput,
                 "TensorBoard: throughput, TFLOP/s per process (true|false; the log always has tokens/s)");
+  c->add_option("--dataset_num_proc", a->dataset_num_proc,
+                "Threads that tokenise the dataset (swift's processes; the same samples for any count)")
+      ->check(CLI::NonNegativeNumber);
   c->add_option("--seq_length", a->seq_length, "Megatron's sequence length (default and minimum: --max_length)");
   // Performance knobs: the reduction and the gather run after the backward, overlapped with nothing.
   c->add_option("--overlap_grad_reduce", a->overlap_grad_reduce,

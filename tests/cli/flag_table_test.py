@@ -48,7 +48,7 @@ SFT = {
     "load": I, "dataset": I, "tensor_model_parallel_size": I, "micro_batch_size": I, "global_batch_size": I,
     "recompute_granularity": I, "train_iters": I, "eval_iters": I, "finetune": I, "cross_entropy_loss_fusion": K,
     "lr": I, "lr_warmup_iters": I, "min_lr": I, "save": I, "save_interval": I, "max_length": I, "system": I,
-    "num_workers": K, "no_save_optim": I, "no_save_rng": I, "dataset_num_proc": K, "model_author": I, "model_name": I,
+    "num_workers": K, "no_save_optim": I, "no_save_rng": I, "dataset_num_proc": I, "model_author": I, "model_name": I,
     "dataloader_num_workers": K, "megatron_extra_kwargs": A, "report_to": I,
 }
 # Uneven pipeline stages become real flags with pipeline parallelism.

@@ -60,7 +60,8 @@ run(BASE + ["--save", "knobs", "--cross_entropy_loss_fusion", "true", "--num_wor
             "--attention_backend", "flash", "--moe_grouped_gemm"])
 a = args_of("knobs")
 check(a.get("cross_entropy_loss_fusion") is True and a.get("num_workers") == 4 and a.get("attention_backend") == "flash"
-      and a.get("moe_grouped_gemm") is True, "knobs recorded in args.json")
+      and a.get("moe_grouped_gemm") is True and a.get("dataset_num_proc") == 4,
+      "knobs and --dataset_num_proc (tokenisation threads) recorded in args.json")
 p = run(BASE + ["--save", "badknob", "--attention_backend", "flsh"], expect=2)
 check("--attention_backend" in p.stderr and "flash" in p.stderr, "a knob's bad value names the flag and the choices")
 p = run(BASE + ["--save", "badcount", "--num_workers", "-1"], expect=2)
