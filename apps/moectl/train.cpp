@@ -497,9 +497,9 @@ void add_command(CLI::App& root, bool pretrain) {
                 "Layers of the first pipeline stage (default: an even split)");
   c->add_option("--decoder_last_pipeline_num_layers", a->last_stage_layers,
                 "Layers of the last pipeline stage (default: an even split)");
-  c->add_option("--virtual_pipeline_model_parallel_size", a->vpp, "Model chunks per pipeline rank (1 in this version)");
+  c->add_option("--virtual_pipeline_model_parallel_size", a->vpp, "Model chunks per pipeline rank: interleaved 1F1B with > 1");
   c->add_option("--num_layers_per_virtual_pipeline_stage", a->layers_per_virtual_stage,
-                "Layers per virtual pipeline chunk (not implemented yet)");
+                "Layers per virtual pipeline chunk (sets --virtual_pipeline_model_parallel_size)");
   c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (experts spread over this many ranks)");
   c->add_option("--moe_token_dispatcher_type", m.moe.token_dispatcher,
                 "alltoall | allgather: how tokens reach EP ranks");

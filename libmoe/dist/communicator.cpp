@@ -102,6 +102,26 @@ void Communicator::recv(void* buf, int64_t count, DataType dtype, int peer, int 
   do_recv(buf, count, dtype, peer, tag);
 }
 
+void Communicator::exchange(std::span<const P2p> ops) {
+  int64_t bytes = 0;
+  for (const P2p& o : ops) {
+    check_count(o.send ? "exchange (send)" : "exchange (recv)", o.count);
+    check_peer("exchange", "peer", o.peer);
+    if (o.tag < 0) throw_internal("{}: negative tag {}", where("exchange"), o.tag);
+    bytes += o.count * int64_t(data_type_size(o.dtype));
+  }
+  if (ops.empty()) return;
+  const CollectiveScope scope(CollectiveKind::kSendRecv, name_, bytes);
+  do_exchange(ops);
+}
+
+void Communicator::do_exchange(std::span<const P2p> ops) {
+  for (const P2p& o : ops)
+    if (o.send) do_send(o.buf, o.count, o.dtype, o.peer, o.tag);
+  for (const P2p& o : ops)
+    if (!o.send) do_recv(o.buf, o.count, o.dtype, o.peer, o.tag);
+}
+
 void Communicator::barrier() {
   const CollectiveScope scope(CollectiveKind::kBarrier, name_, 0);
   do_barrier();

@@ -67,6 +67,17 @@ class Communicator {
   // ranks that both send first may deadlock for large messages - order sends and receives by rank.
   void send(const void* buf, int64_t count, DataType dtype, int peer, int tag = 0);
   void recv(void* buf, int64_t count, DataType dtype, int peer, int tag = 0);
+  // A batch of sends and receives started together and all finished on return (Megatron's
+  // batch_isend_irecv): no send waits for the batch's own receives, so neighbours that each post
+  // a send and a receive to the other in one batch cannot deadlock. Matching is as for send/recv.
+  struct P2p {
+    bool send;  // else a receive into buf
+    void* buf;
+    int64_t count;
+    DataType dtype;
+    int peer, tag;
+  };
+  void exchange(std::span<const P2p> ops);
   void barrier();
   // Collective over this group: ranks giving the same `color` form a new group, ordered by `key`
   // (then by rank here). Creating every group at start-up, in the same order on every rank, is
@@ -88,6 +99,8 @@ class Communicator {
   virtual void do_broadcast(void* buf, int64_t count, DataType dtype, int root) = 0;
   virtual void do_send(const void* buf, int64_t count, DataType dtype, int peer, int tag) = 0;
   virtual void do_recv(void* buf, int64_t count, DataType dtype, int peer, int tag) = 0;
+  // Default: the sends, then the receives, one at a time (right where sends never wait: one process).
+  virtual void do_exchange(std::span<const P2p> ops);
   virtual void do_barrier() = 0;
   virtual std::unique_ptr<Communicator> do_split(int color, int key, const std::string& name) = 0;
 

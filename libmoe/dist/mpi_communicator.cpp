@@ -210,6 +210,34 @@ void MpiCommunicator::do_recv(void* buf, int64_t count, DataType dtype, int peer
   } while (done < count);
 }
 
+void MpiCommunicator::do_exchange(std::span<const P2p> ops) {
+  // Every transfer posted at once (non-blocking), then all awaited.
+  std::vector<MPI_Request> reqs(ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const P2p& o = ops[i];
+    if (o.count > kMaxChunk)
+      throw_internal("world rank {}: {}: {} elements in one transfer (at most {})", impl_->world_rank,
+                     where("exchange"), o.count, kMaxChunk);
+    const int n = int(o.count);
+    if (o.send)
+      check(MPI_Isend(o.buf, n, mpi_type(o.dtype), o.peer, o.tag, impl_->comm, &reqs[i]), impl_->world_rank,
+            where("exchange"), "MPI_Isend");
+    else
+      check(MPI_Irecv(o.buf, n, mpi_type(o.dtype), o.peer, o.tag, impl_->comm, &reqs[i]), impl_->world_rank,
+            where("exchange"), "MPI_Irecv");
+  }
+  std::vector<MPI_Status> st(ops.size());
+  check(MPI_Waitall(int(reqs.size()), reqs.data(), st.data()), impl_->world_rank, where("exchange"), "MPI_Waitall");
+  for (size_t i = 0; i < ops.size(); ++i) {
+    if (ops[i].send) continue;
+    int got = 0;
+    MPI_Get_count(&st[i], mpi_type(ops[i].dtype), &got);
+    if (got != ops[i].count)
+      throw_internal("world rank {}: {}: rank {} sent {} elements, {} expected", impl_->world_rank,
+                     where("exchange"), ops[i].peer, got, ops[i].count);
+  }
+}
+
 void MpiCommunicator::do_barrier() {
   check(MPI_Barrier(impl_->comm), impl_->world_rank, where("barrier"), "MPI_Barrier");
 }
@@ -251,6 +279,7 @@ void MpiCommunicator::do_all_to_all(const void*, std::span<const int64_t>, std::
 void MpiCommunicator::do_broadcast(void*, int64_t, DataType, int) { throw_internal("no MPI"); }
 void MpiCommunicator::do_send(const void*, int64_t, DataType, int, int) { throw_internal("no MPI"); }
 void MpiCommunicator::do_recv(void*, int64_t, DataType, int, int) { throw_internal("no MPI"); }
+void MpiCommunicator::do_exchange(std::span<const P2p>) { throw_internal("no MPI"); }
 void MpiCommunicator::do_barrier() { throw_internal("no MPI"); }
 std::unique_ptr<Communicator> MpiCommunicator::do_split(int, int, const std::string&) { throw_internal("no MPI"); }
 

@@ -36,6 +36,7 @@ class MpiCommunicator final : public Communicator {
   void do_broadcast(void* buf, int64_t count, DataType dtype, int root) override;
   void do_send(const void* buf, int64_t count, DataType dtype, int peer, int tag) override;
   void do_recv(void* buf, int64_t count, DataType dtype, int peer, int tag) override;
+  void do_exchange(std::span<const P2p> ops) override;
   void do_barrier() override;
   std::unique_ptr<Communicator> do_split(int color, int key, const std::string& name) override;
 

@@ -346,6 +346,27 @@ void NcclCommunicator::do_recv(void* buf, int64_t count, DataType dtype, int pee
   wait("recv");
 }
 
+void NcclCommunicator::do_exchange(std::span<const P2p> ops) {
+  usable("exchange");
+  const DeviceGuard guard(impl_->device);
+  check_cuda(guard.status, "exchange", "cudaSetDevice");
+  // One NCCL group: every send and receive in flight together (ncclSend/ncclRecv match in order).
+  check_nccl(ncclGroupStart(), "exchange", "ncclGroupStart");
+  for (const P2p& o : ops) {
+    if (o.peer == rank())
+      throw_internal("{}: {}: NCCL cannot exchange with the rank itself", impl_->origin, where("exchange"));
+    if (o.count == 0) continue;
+    if (o.send)
+      check_nccl(ncclSend(o.buf, size_t(o.count), nccl_type(o.dtype), o.peer, impl_->comm, impl_->stream), "exchange",
+                 "ncclSend");
+    else
+      check_nccl(ncclRecv(o.buf, size_t(o.count), nccl_type(o.dtype), o.peer, impl_->comm, impl_->stream), "exchange",
+                 "ncclRecv");
+  }
+  check_nccl(ncclGroupEnd(), "exchange", "ncclGroupEnd");
+  wait("exchange");
+}
+
 void NcclCommunicator::do_barrier() {
   usable("barrier");
   const DeviceGuard guard(impl_->device);
@@ -491,6 +512,7 @@ void NcclCommunicator::do_all_to_all(const void*, std::span<const int64_t>, std:
 void NcclCommunicator::do_broadcast(void*, int64_t, DataType, int) { no_nccl(); }
 void NcclCommunicator::do_send(const void*, int64_t, DataType, int, int) { no_nccl(); }
 void NcclCommunicator::do_recv(void*, int64_t, DataType, int, int) { no_nccl(); }
+void NcclCommunicator::do_exchange(std::span<const P2p>) { no_nccl(); }
 void NcclCommunicator::do_barrier() { no_nccl(); }
 std::unique_ptr<Communicator> NcclCommunicator::do_split(int, int, const std::string&) { no_nccl(); }
 

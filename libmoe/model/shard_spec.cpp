@@ -15,12 +15,6 @@ ShardSpec::ShardSpec(const ModelConfig& c, const dist::ParallelLayout& p, int di
     throw_input(
         "--tensor_model_parallel_size, --pipeline_model_parallel_size, --expert_model_parallel_size and "
         "--expert_tensor_parallel_size must be >= 1");
-  // Megatron stores each virtual stage as model0, model1, ... in a rank file: not written or read yet.
-  if (p.vpp != 1)
-    throw_input(
-        "--virtual_pipeline_model_parallel_size {}: checkpoints with virtual pipeline stages are not supported "
-        "yet (use 1)",
-        p.vpp);
   if (p.tp % p.etp)
     throw_input(
         "--expert_tensor_parallel_size {} must divide --tensor_model_parallel_size {}: the legacy torch "
@@ -34,7 +28,7 @@ ShardSpec::ShardSpec(const ModelConfig& c, const dist::ParallelLayout& p, int di
     throw_input(
         "--tensor_model_parallel_size {} must divide num_key_value_heads {} (each rank holds whole query groups)", p.tp,
         c.num_query_groups);
-  stage_begin_ = pipeline_stage_begins(c.num_layers, p);
+  chunk_begin_ = pipeline_chunk_begins(c.num_layers, p);
   if (p.ep > 1 && (c.num_experts == 0 || c.num_experts % p.ep))
     throw_input("--expert_model_parallel_size {} must divide the number of experts {}", p.ep, c.num_experts);
   auto check_ffn = [&](int64_t f, const char* what) {
@@ -49,7 +43,23 @@ ShardSpec::ShardSpec(const ModelConfig& c, const dist::ParallelLayout& p, int di
   padded_vocab_ = (c.vocab_size + m - 1) / m * m;
 }
 
-std::vector<int> pipeline_stage_begins(int L, const dist::ParallelLayout& p) {
+std::vector<int> pipeline_chunk_begins(int L, const dist::ParallelLayout& p) {
+  if (p.vpp > 1) {
+    if (p.first_stage_layers > 0 || p.last_stage_layers > 0)
+      throw_input(
+          "--decoder_first_pipeline_num_layers / --decoder_last_pipeline_num_layers with "
+          "--virtual_pipeline_model_parallel_size {}: uneven virtual pipeline stages are not supported yet",
+          p.vpp);
+    const int chunks = p.pp * p.vpp;
+    if (L % chunks)
+      throw_input(
+          "--pipeline_model_parallel_size {} x --virtual_pipeline_model_parallel_size {} = {} model chunks must divide "
+          "num_hidden_layers {}",
+          p.pp, p.vpp, chunks, L);
+    std::vector<int> begin(size_t(chunks) + 1);
+    for (int k = 0; k <= chunks; ++k) begin[size_t(k)] = k * (L / chunks);
+    return begin;
+  }
   const int F = p.first_stage_layers, Z = p.last_stage_layers;
   if (F < 0 || Z < 0)
     throw_input("--decoder_first_pipeline_num_layers {} / --decoder_last_pipeline_num_layers {}: must be >= 0", F, Z);
@@ -81,11 +91,13 @@ std::vector<int> pipeline_stage_begins(int L, const dist::ParallelLayout& p) {
   return begin;
 }
 
-int ShardSpec::stage_of_layer(int layer) const {
-  int s = 0;
-  while (s + 1 < p_.pp && layer >= stage_begin_[size_t(s) + 1]) ++s;
-  return s;
+int ShardSpec::chunk_of_layer(int layer) const {
+  int k = 0;
+  while (k + 2 < int(chunk_begin_.size()) && layer >= chunk_begin_[size_t(k) + 1]) ++k;
+  return k;
 }
+
+int ShardSpec::stage_of_layer(int layer) const { return chunk_of_layer(layer) % p_.pp; }
 
 std::string ShardSpec::rank_dir(int tp, int pp, int ep) const {
   char buf[64];
@@ -149,7 +161,7 @@ std::string ShardSpec::local_name(const std::string& name, const Where& w) const
     const int nle = c_.num_experts / p_.ep;
     rest = rest.substr(0, rest.size() - std::to_string(w.expert).size()) + std::to_string(w.expert % nle);
   }
-  return names::layer(w.layer - stage_begin_[size_t(stage_of_layer(w.layer))]) + rest;
+  return names::layer(w.layer - chunk_begin_[size_t(chunk_of_layer(w.layer))]) + rest;
 }
 
 bool ShardSpec::local_part(const std::string& name, const Shape& full, int /*tp*/, int pp, int ep, std::string* local,
@@ -210,7 +222,7 @@ LocalShapes ShardSpec::local_shapes(int tp, int pp, int ep) const {
   s.experts = c_.num_experts / p_.ep, s.expert_begin = int64_t(ep) * s.experts;
   const int64_t vocab = p_.tp == 1 ? c_.vocab_size : padded_vocab_;
   s.vocab_rows = vocab / p_.tp, s.vocab_begin = int64_t(tp) * s.vocab_rows;
-  s.layer_begin = stage_begin_[size_t(pp)], s.layers = stage_begin_[size_t(pp) + 1] - s.layer_begin;
+  s.layer_begin = chunk_begin_[size_t(pp)], s.layers = chunk_begin_[size_t(pp) + 1] - s.layer_begin;  // chunk 0's
   s.ffn = c_.ffn_hidden_size / p_.tp, s.shared_ffn = c_.moe_shared_expert_intermediate_size / p_.tp;
   s.moe_ffn = c_.num_experts > 0 ? c_.moe_ffn_hidden_size / p_.etp : 0;
   return s;

@@ -27,13 +27,16 @@ struct LocalShapes {
 class ShardSpec {
  public:
   // InputError naming the flag when the model does not divide over the layout's TP, PP, EP and
-  // ETP, or the layout has virtual pipeline stages (not in checkpoints yet).
+  // ETP.
   ShardSpec(const ModelConfig& c, const dist::ParallelLayout& layout, int make_vocab_size_divisible_by);
   const dist::ParallelLayout& layout() const { return p_; }
   int64_t padded_vocab() const { return padded_vocab_; }
-  // Pipeline stage `pp`'s layers are [stage_begin(pp), stage_begin(pp + 1)) (even, or uneven by the
-  // layout's first/last stage layers); the stage that holds global layer `layer`.
-  int stage_begin(int pp) const { return stage_begin_[size_t(pp)]; }
+  // The model's layers in pp x vpp chunks (model order; chunk k on pipeline stage k % pp as its
+  // virtual chunk k / pp): chunk k holds [chunk_begin(k), chunk_begin(k + 1)), even, or uneven by
+  // the layout's first/last stage layers (vpp 1). With vpp 1, chunk k is stage k's layers. Layer
+  // names in a rank file are local to the chunk (Megatron's model0, model1, ... dicts).
+  int chunk_begin(int k) const { return chunk_begin_[size_t(k)]; }
+  int chunk_of_layer(int layer) const;
   int stage_of_layer(int layer) const;
   // Megatron's per-rank directory: mp_rank_TT[_PPP][_EEE].
   std::string rank_dir(int tp, int pp, int ep) const;
@@ -91,13 +94,13 @@ class ShardSpec {
   ModelConfig c_;
   dist::ParallelLayout p_;
   int64_t padded_vocab_;
-  std::vector<int> stage_begin_;  // pp + 1 entries
+  std::vector<int> chunk_begin_;  // pp x vpp + 1 entries
 };
 
-// The first layer of every pipeline stage of `layout` and num_layers last (pp + 1 entries):
-// Megatron's split, even or with the first/last stage's layers given. InputError naming the flags
-// and numbers when the layers do not split that way.
-std::vector<int> pipeline_stage_begins(int num_layers, const dist::ParallelLayout& layout);
+// The first layer of every model chunk of `layout` (pp x vpp chunks, model order) and num_layers
+// last: Megatron's split, even or with the first/last stage's layers given. InputError naming the
+// flags and numbers when the layers do not split that way.
+std::vector<int> pipeline_chunk_begins(int num_layers, const dist::ParallelLayout& layout);
 
 }  // namespace moe::model
 

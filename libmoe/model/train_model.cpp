@@ -29,11 +29,17 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   if (groups) ctx.groups = groups, ctx.local = spec.local_shapes(tp_rank, 0, ep_rank);
   first_expert_ = ctx.local.expert_begin, local_experts_ = ctx.local.experts;
   const int pp = groups ? groups->layout().pp : 1, pp_rank = groups ? groups->pp().rank() : 0;
-  layer_end_ = cfg_.num_layers;
+  // This rank's model chunks: its stage's layers, or with virtual stages chunks k = v x pp + rank.
+  const int vpp = groups ? groups->layout().vpp : 1;
+  std::vector<std::pair<int, int>> ranges;
   if (pp > 1) {
     const ShardSpec stages(cfg_, groups->layout(), kMakeVocabSizeDivisibleBy);
-    layer_begin_ = stages.stage_begin(pp_rank), layer_end_ = stages.stage_begin(pp_rank + 1);
+    for (int v = 0; v < vpp; ++v)
+      ranges.push_back({stages.chunk_begin(v * pp + pp_rank), stages.chunk_begin(v * pp + pp_rank + 1)});
+  } else {
+    ranges.push_back({0, cfg_.num_layers});
   }
+  layer_begin_ = ranges.front().first, layer_end_ = ranges.front().second;
   const bool first = pp_rank == 0, last = pp_rank == pp - 1;
   // The last stage's own copy of a tied embedding (Megatron's output_layer.weight under PP).
   const bool tied_copy = pp > 1 && last && !cfg_.untie_embeddings_and_output_weights;
@@ -41,7 +47,9 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
     if (name == names::kEmbedding) return first;
     if (name == names::kFinalNorm || name == names::kOutput) return last;
     const int layer = names::layer_index(name);
-    return layer < 0 || (layer >= layer_begin_ && layer < layer_end_);
+    for (const auto& [b, e] : ranges)
+      if (layer >= b && layer < e) return true;
+    return layer < 0;
   };
 
   // What this rank trains, in flat order: the WeightMap's dense tensors, then its experts.
@@ -60,8 +68,9 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   if (tied_copy) slots.push_back({names::kOutput, local.at(names::kEmbedding).shape(), false});
   for (const Slot& sl : slots)
     if (!sl.buffer) dense_numel_ += size_t(shape_numel(sl.shape));
-  for (int i = layer_begin_; i < layer_end_; ++i)
-    if (cfg_.is_moe_layer(i))
+  for (const auto& [b, e] : ranges)
+    for (int i = b; i < e; ++i)
+      if (cfg_.is_moe_layer(i))
       for (int64_t e = 0; e < local_experts_; ++e)
         for (const std::string& n : {names::expert_fc1(int(e)), names::expert_fc2(int(e))}) {
           const std::string name = names::layer(i) + n;
@@ -98,45 +107,59 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   no_buffers.moe_router_enable_expert_bias = false;
   const int El = int(local_experts_);
   if (pp == 1) {
-    grad_views_ = stage_weights(no_buffers, grads_, 0, cfg_.num_layers, El);
-    stage_ = std::make_unique<Stage>(ctx, cfg_, stage_weights(cfg_, with_buffers, 0, cfg_.num_layers, El), &grad_views_,
-                                     opt_);
+    auto& ch = *chunks_.emplace_back(std::make_unique<Chunk>());
+    ch.begin = 0, ch.end = cfg_.num_layers;
+    ch.grads = stage_weights(no_buffers, grads_, 0, cfg_.num_layers, El);
+    ch.stage = std::make_unique<Stage>(ctx, cfg_, stage_weights(cfg_, with_buffers, 0, cfg_.num_layers, El),
+                                       &ch.grads, opt_);
     return;
   }
-  // A pipeline stage: its layers, the embedding only on the first, the final norm and head on the last.
-  auto part = [&](const ModelConfig& c, const StateDict& s) {
-    StageWeights w;
-    for (int i = layer_begin_; i < layer_end_; ++i) w.layers.push_back(layer_weights(c, s, i, El));
-    if (first) w.embedding = s.at(names::kEmbedding);
-    if (last) w.final_norm = s.at(names::kFinalNorm), w.output = s.at(names::kOutput);
-    return w;
-  };
-  grad_views_ = part(no_buffers, grads_);
-  stage_ = std::make_unique<Stage>(ctx, cfg_, part(cfg_, with_buffers), &grad_views_, opt_);
+  // Pipeline chunks: their layers, the embedding only on the model's first chunk, the final norm
+  // and head on its last. The chunks share the context (one workspace arena, stack discipline).
+  for (int v = 0; v < vpp; ++v) {
+    const auto [b, e] = ranges[size_t(v)];
+    const bool with_embedding = first && v == 0, with_head = last && v == vpp - 1;
+    auto part = [&](const ModelConfig& c, const StateDict& s) {
+      StageWeights w;
+      for (int i = b; i < e; ++i) w.layers.push_back(layer_weights(c, s, i, El));
+      if (with_embedding) w.embedding = s.at(names::kEmbedding);
+      if (with_head) w.final_norm = s.at(names::kFinalNorm), w.output = s.at(names::kOutput);
+      return w;
+    };
+    auto& ch = *chunks_.emplace_back(std::make_unique<Chunk>());
+    ch.begin = b, ch.end = e;
+    ch.grads = part(no_buffers, grads_);
+    ch.stage = std::make_unique<Stage>(ctx, cfg_, part(cfg_, with_buffers), &ch.grads, opt_);
+  }
 }
 
-StepStats TrainModel::global_stats(StepStats st) const {
-  if (layer_begin_ == 0 && layer_end_ == cfg_.num_layers) return st;
+StepStats TrainModel::global_stats(StepStats st, int chunk) const {
+  const Chunk& ch = *chunks_.at(size_t(chunk));
+  if (ch.begin == 0 && ch.end == cfg_.num_layers) return st;
   const size_t E = size_t(std::max(cfg_.num_experts, 0));
   std::vector<int64_t> all(size_t(cfg_.num_layers) * E, 0);
-  std::copy(st.tokens_per_expert.begin(), st.tokens_per_expert.end(), all.begin() + std::ptrdiff_t(layer_begin_ * E));
+  std::copy(st.tokens_per_expert.begin(), st.tokens_per_expert.end(), all.begin() + std::ptrdiff_t(ch.begin * E));
   st.tokens_per_expert = std::move(all);
   return st;
 }
 
-StageActs& TrainModel::slot_acts(int slot) {
-  while (slots_.size() <= size_t(slot)) slots_.push_back(std::make_unique<StageActs>());
-  return *slots_[size_t(slot)];
+StageActs& TrainModel::slot_acts(int slot, int chunk) {
+  auto& slots = chunks_.at(size_t(chunk))->slots;
+  while (slots.size() <= size_t(slot)) slots.push_back(std::make_unique<StageActs>());
+  return *slots[size_t(slot)];
 }
 
 StepStats TrainModel::forward_stage(const MicroBatchView& mb, int slot, bool keep, float loss_scale,
-                                    const float* input) {
-  return global_stats(stage_->forward_loss(batch(mb), slot_acts(slot), keep, loss_scale, nullptr, input));
+                                    const float* input, int chunk) {
+  return global_stats(
+      chunks_.at(size_t(chunk))->stage->forward_loss(batch(mb), slot_acts(slot, chunk), keep, loss_scale, nullptr,
+                                                      input),
+      chunk);
 }
 
 void TrainModel::backward_stage(const MicroBatchView& mb, int slot, float aux_scale, const float* grad_output,
-                                float* grad_input) {
-  stage_->backward(batch(mb), slot_acts(slot), aux_scale, grad_output, grad_input);
+                                float* grad_input, int chunk) {
+  chunks_.at(size_t(chunk))->stage->backward(batch(mb), slot_acts(slot, chunk), aux_scale, grad_output, grad_input);
 }
 
 void TrainModel::zero_grad() { std::memset(grad_flat_.get(), 0, numel_ * sizeof(float)); }
@@ -144,24 +167,27 @@ void TrainModel::zero_grad() { std::memset(grad_flat_.get(), 0, numel_ * sizeof(
 void TrainModel::update_expert_bias(const std::vector<int64_t>& tpe) {
   if (!opt_.moe.enable_expert_bias) return;
   const size_t E = size_t(cfg_.num_experts);
-  for (int i = layer_begin_; i < layer_end_; ++i) {
-    Tensor& b = stage_->weights().layers[size_t(i - layer_begin_)].moe.expert_bias;
-    if (cfg_.is_moe_layer(i) && b.defined() && b.numel() > 0)
-      model::update_expert_bias(b.f32(), std::span(tpe).subspan(size_t(i) * E, E), opt_.moe.bias_update_rate);
-  }
+  for (const auto& ch : chunks_)
+    for (int i = ch->begin; i < ch->end; ++i) {
+      Tensor& b = ch->stage->weights().layers[size_t(i - ch->begin)].moe.expert_bias;
+      if (cfg_.is_moe_layer(i) && b.defined() && b.numel() > 0)
+        model::update_expert_bias(b.f32(), std::span(tpe).subspan(size_t(i) * E, E), opt_.moe.bias_update_rate);
+    }
 }
 
 StepStats TrainModel::forward_backward(const MicroBatchView& mb, float loss_scale, float aux_scale) {
   const Batch b = batch(mb);
-  MOE_ASSERT(stage_->first() && stage_->last(), "forward_backward on one pipeline stage of several");
-  StepStats st = stage_->forward_loss(b, acts_, true, loss_scale);
-  stage_->backward(b, acts_, aux_scale);
+  Stage& s = stage();
+  MOE_ASSERT(s.first() && s.last(), "forward_backward on one pipeline stage of several");
+  StepStats st = s.forward_loss(b, acts_, true, loss_scale);
+  s.backward(b, acts_, aux_scale);
   return st;
 }
 
 StepStats TrainModel::evaluate(const MicroBatchView& mb, float* logits_out) {
-  MOE_ASSERT(stage_->first() && stage_->last(), "evaluate on one pipeline stage of several");
-  return stage_->forward_loss(batch(mb), acts_, false, 0.0f, logits_out);
+  Stage& s = stage();
+  MOE_ASSERT(s.first() && s.last(), "evaluate on one pipeline stage of several");
+  return s.forward_loss(batch(mb), acts_, false, 0.0f, logits_out);
 }
 
 }  // namespace moe::model

@@ -70,30 +70,36 @@ class TrainModel {
   StepStats evaluate(const MicroBatchView& mb, float* logits_out = nullptr);
   void zero_grad();
 
-  // Pipeline parallelism: this rank's stage, one micro-batch at a time, several in flight (each
-  // in its own activation slot, 0 .. slots-1). Statistics come under global layer indices (this
-  // stage's layers filled). Without the embedding `input` is the previous stage's output; without
-  // the head the stage's output is stage_output(slot) until the slot serves again. The backward
-  // takes the next stage's input gradient (`grad_output`, without the head) and writes its own
-  // input's gradient to `grad_input` (without the embedding).
-  bool first_stage() const { return stage_->first(); }
-  bool last_stage() const { return stage_->last(); }
+  // Pipeline parallelism: this rank's stage (model chunk `chunk` of chunks(), with virtual
+  // stages), one micro-batch at a time, several in flight (each in its own activation slot).
+  // Statistics come under global layer indices (the chunk's layers filled). Without the embedding
+  // `input` is the previous stage's output; without the head the output is stage_output(slot,
+  // chunk) until the slot serves again. The backward takes the next stage's input gradient
+  // (`grad_output`, without the head) and writes its own input's gradient to `grad_input`
+  // (without the embedding).
+  int chunks() const { return int(chunks_.size()); }
+  bool first_stage() const { return chunks_.front()->stage->first(); }  // holds the embedding
+  bool last_stage() const { return chunks_.back()->stage->last(); }     // holds the head
+  // The first chunk's layers (without virtual stages: the stage's).
   int layer_begin() const { return layer_begin_; }
   int layer_end() const { return layer_end_; }
-  StepStats forward_stage(const MicroBatchView& mb, int slot, bool keep, float loss_scale, const float* input);
-  const float* stage_output(int slot) const { return slot_acts(slot).x.data(); }
-  void backward_stage(const MicroBatchView& mb, int slot, float aux_scale, const float* grad_output, float* grad_input);
-  // The stage and the micro-batch activations it carves (their arenas' sizes are its workspace).
-  Stage& stage() { return *stage_; }
+  StepStats forward_stage(const MicroBatchView& mb, int slot, bool keep, float loss_scale, const float* input,
+                          int chunk = 0);
+  const float* stage_output(int slot, int chunk = 0) const { return slot_acts(slot, chunk).x.data(); }
+  void backward_stage(const MicroBatchView& mb, int slot, float aux_scale, const float* grad_output,
+                      float* grad_input, int chunk = 0);
+  // The stage (the first model chunk's) and the micro-batch activations it carves (their arenas'
+  // sizes are its workspace).
+  Stage& stage() { return *chunks_.front()->stage; }
   const StageActs& activations() const { return acts_; }
   // After the optimizer step: moves the expert biases by the step's token counts.
   void update_expert_bias(const std::vector<int64_t>& tokens_per_expert);
 
  private:
   Batch batch(const MicroBatchView& mb) const { return {mb.tokens, mb.position_ids, mb.cu_seqlens, mb.labels}; }
-  StepStats global_stats(StepStats st) const;  // the stage's per-layer statistics at global layer indices
-  StageActs& slot_acts(int slot);
-  const StageActs& slot_acts(int slot) const { return *slots_.at(size_t(slot)); }
+  StepStats global_stats(StepStats st, int chunk) const;  // a chunk's statistics at global layer indices
+  StageActs& slot_acts(int slot, int chunk);
+  const StageActs& slot_acts(int slot, int chunk) const { return *chunks_.at(size_t(chunk))->slots.at(size_t(slot)); }
 
   ModelConfig cfg_;
   TrainOptions opt_;
@@ -101,11 +107,17 @@ class TrainModel {
   int64_t first_expert_ = 0, local_experts_ = 0;
   std::shared_ptr<float[]> param_flat_, grad_flat_;
   StateDict params_, grads_, buffers_;
-  StageWeights grad_views_;
-  std::unique_ptr<Stage> stage_;
-  StageActs acts_;                                 // one micro-batch in flight at a time; its buffers reused
-  std::vector<std::unique_ptr<StageActs>> slots_;  // pipeline: the micro-batches in flight
-  int layer_begin_ = 0, layer_end_ = 0;            // this stage's layers [begin, end)
+  // A contiguous range of layers run by one Stage (the whole model, a pipeline stage's, or one
+  // virtual chunk's), its gradient views and the pipeline's micro-batches in flight.
+  struct Chunk {
+    int begin = 0, end = 0;
+    StageWeights grads;
+    std::unique_ptr<Stage> stage;
+    std::vector<std::unique_ptr<StageActs>> slots;
+  };
+  std::vector<std::unique_ptr<Chunk>> chunks_;
+  StageActs acts_;                       // one micro-batch in flight at a time; its buffers reused
+  int layer_begin_ = 0, layer_end_ = 0;  // the first chunk's layers [begin, end)
 };
 
 }  // namespace moe::model

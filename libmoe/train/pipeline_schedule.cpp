@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <vector>
+
+#include "core/error.h"
 
 namespace moe::train {
 
@@ -105,16 +108,182 @@ model::StepStats run_1f1b(model::TrainModel& m, dist::Communicator& pp, std::spa
   return st;
 }
 
+model::StepStats run_interleaved(model::TrainModel& m, dist::Communicator& pp,
+                                 std::span<const model::MicroBatchView> mbs, float loss_scale, float aux_scale,
+                                 PipelineTimes* times) {
+  const auto t_start = Clock::now();
+  double compute = 0;
+  const int P = pp.size(), r = pp.rank(), V = m.chunks(), M = int(mbs.size());
+  MOE_ASSERT(P > 1 && V > 1 && M % P == 0, "interleaved schedule: {} micro-batches over {} stages x {} chunks", M, P,
+             V);
+  const int total = M * V;
+  const int64_t D = m.config().hidden_size;
+  int64_t max_t = 0;
+  for (const auto& mb : mbs) max_t = std::max<int64_t>(max_t, int64_t(mb.tokens.size()));
+  const int64_t n = max_t * D;  // every message: the longest micro-batch's size
+  const int next = (r + 1) % P, prev = (r + P - 1) % P;
+  // Megatron's get_model_chunk_id; k may be negative (the last stage looks P - 1 steps back), so
+  // the modulo is taken as Python's.
+  auto chunk_of = [&](int k, bool forward) {
+    const int c = ((k % (P * V) + P * V) % (P * V)) / P;
+    return forward ? c : V - 1 - c;
+  };
+  auto mb_of = [&](int k) { return (k / (P * V)) * P + k % P; };
+  auto first_chunk = [&](int c) { return r == 0 && c == 0; };       // holds the embedding
+  auto last_chunk = [&](int c) { return r == P - 1 && c == V - 1; };  // holds the head
+  const auto Vs = static_cast<size_t>(V), ns = static_cast<size_t>(n);
+  std::vector<std::deque<std::vector<float>>> inputs(Vs), grads(Vs);
+  std::vector<std::vector<int>> slot_of(Vs, std::vector<int>(static_cast<size_t>(M), -1));
+  std::vector<std::vector<int>> free_slots(Vs);
+  std::vector<int> slots_made(Vs, 0);
+  std::vector<float> out_buf(ns), gin_buf(ns);
+  model::StepStats st;
+  st.tokens_per_expert.assign(size_t(m.config().num_layers) * size_t(std::max(m.config().num_experts, 0)), 0);
+
+  // One batch of this step's transfers: the forward output to the next stage, the input gradient
+  // to the previous one, and what comes back from each.
+  auto exchange = [&](const float* send_fwd, bool recv_prev, const float* send_bwd, bool recv_next,
+                      std::vector<float>* got_fwd, std::vector<float>* got_bwd) {
+    std::vector<dist::Communicator::P2p> ops;
+    if (send_fwd) ops.push_back({true, const_cast<float*>(send_fwd), n, dist::DataType::kF32, next, kActivationTag});
+    if (recv_prev) {
+      got_fwd->assign(size_t(n), 0.0f);
+      ops.push_back({false, got_fwd->data(), n, dist::DataType::kF32, prev, kActivationTag});
+    }
+    if (send_bwd) ops.push_back({true, const_cast<float*>(send_bwd), n, dist::DataType::kF32, prev, kGradientTag});
+    if (recv_next) {
+      got_bwd->assign(size_t(n), 0.0f);
+      ops.push_back({false, got_bwd->data(), n, dist::DataType::kF32, next, kGradientTag});
+    }
+    pp.exchange(ops);
+  };
+  // Forward of virtual step k: its output copied for sending (null on the model's last chunk).
+  auto forward = [&](int k) -> const float* {
+    const int c = chunk_of(k, true), j = mb_of(k);
+    const model::MicroBatchView& mb = mbs[size_t(j)];
+    std::vector<float> input;
+    if (!first_chunk(c)) {
+      MOE_ASSERT(!inputs[size_t(c)].empty(), "stage {} chunk {}: no input for micro-batch {}", r, c, j);
+      input = std::move(inputs[size_t(c)].front());
+      inputs[size_t(c)].pop_front();
+    }
+    int slot = 0;
+    if (!free_slots[size_t(c)].empty()) slot = free_slots[size_t(c)].back(), free_slots[size_t(c)].pop_back();
+    else slot = slots_made[size_t(c)]++;
+    const auto t = Clock::now();
+    const model::StepStats s =
+        m.forward_stage(mb, slot, true, loss_scale, input.empty() ? nullptr : input.data(), c);
+    compute += seconds_since(t);
+    st.add(s);
+    const int64_t tn = int64_t(mb.tokens.size()) * D;
+    if (!last_chunk(c)) std::copy_n(m.stage_output(slot, c), tn, out_buf.begin());
+    slot_of[size_t(c)][size_t(j)] = slot;
+    return last_chunk(c) ? nullptr : out_buf.data();
+  };
+  // Backward of virtual step k: its input gradient for sending (null on the model's first chunk).
+  auto backward = [&](int k) -> const float* {
+    const int c = chunk_of(k, false), j = mb_of(k);
+    std::vector<float> gout;
+    if (!last_chunk(c)) {
+      MOE_ASSERT(!grads[size_t(c)].empty(), "stage {} chunk {}: no output gradient for micro-batch {}", r, c, j);
+      gout = std::move(grads[size_t(c)].front());
+      grads[size_t(c)].pop_front();
+    }
+    const int slot = slot_of[size_t(c)][size_t(j)];
+    const auto t = Clock::now();
+    m.backward_stage(mbs[size_t(j)], slot, aux_scale, gout.empty() ? nullptr : gout.data(),
+                     first_chunk(c) ? nullptr : gin_buf.data(), c);
+    compute += seconds_since(t);
+    free_slots[size_t(c)].push_back(slot);
+    return first_chunk(c) ? nullptr : gin_buf.data();
+  };
+
+  // Megatron's warm-up: forwards before the first backward (all of them when M == P).
+  const bool all_warmup = M == P;
+  const int warmup = all_warmup ? total : std::min(total, (P - r - 1) * 2 + (V - 1) * P);
+  const int remaining = total - warmup;
+  std::vector<float> got_fwd, got_bwd;
+  if (r != 0) {  // the first chunk's first input
+    exchange(nullptr, true, nullptr, false, &got_fwd, nullptr);
+    inputs[0].push_back(std::move(got_fwd));
+  }
+  for (int k = 0; k < warmup; ++k) {
+    const float* out = forward(k);
+    const int next_c = chunk_of(k + 1, true);
+    bool recv_prev = !(r == 0 && next_c == 0) && k != total - 1;
+    if (k == warmup - 1 && !all_warmup) {
+      const bool recv_next = r != P - 1;
+      exchange(out, recv_prev, nullptr, recv_next, &got_fwd, &got_bwd);
+      if (recv_next) grads[size_t(V - 1)].push_back(std::move(got_bwd));
+    } else {
+      exchange(out, recv_prev, nullptr, false, &got_fwd, nullptr);
+    }
+    if (recv_prev) inputs[size_t(next_c)].push_back(std::move(got_fwd));
+  }
+  for (int k = 0; k < remaining; ++k) {
+    const int fk = k + warmup, bk = k;
+    const float* out = forward(fk);
+    const float* gin = backward(bk);
+    bool recv_prev = true, recv_next = true;
+    int next_fc = 0, next_bc = 0;
+    if (r == 0) {
+      next_fc = chunk_of(fk - (P - 1), true);
+      if (next_fc == V - 1) recv_prev = false;
+      next_fc += 1;
+    } else {
+      next_fc = chunk_of(fk + 1, true);
+    }
+    if (r == P - 1) {
+      next_bc = chunk_of(bk - (P - 1), false);
+      if (next_bc == 0) recv_next = false;
+      next_bc -= 1;
+    } else {
+      next_bc = chunk_of(bk + 1, false);
+    }
+    if (k == remaining - 1) recv_prev = false;
+    exchange(out, recv_prev, gin, recv_next, &got_fwd, &got_bwd);
+    if (recv_prev) inputs[size_t(next_fc)].push_back(std::move(got_fwd));
+    if (recv_next) grads[size_t(next_bc)].push_back(std::move(got_bwd));
+  }
+  if (all_warmup && r != P - 1) {
+    exchange(nullptr, false, nullptr, true, nullptr, &got_bwd);
+    grads[size_t(V - 1)].push_back(std::move(got_bwd));
+  }
+  for (int k = remaining; k < total; ++k) {  // cool-down: the warm-up's backwards
+    const float* gin = backward(k);
+    const int next_bc = chunk_of(k + 1, false);
+    const bool recv_next = !(r == P - 1 && next_bc == V - 1) && k != total - 1;
+    exchange(nullptr, false, gin, recv_next, nullptr, &got_bwd);
+    if (recv_next) grads[size_t(next_bc)].push_back(std::move(got_bwd));
+  }
+  if (times) times->compute_s += compute, times->total_s += seconds_since(t_start);
+  return st;
+}
+
 std::vector<model::StepStats> run_forward(model::TrainModel& m, dist::Communicator& pp,
                                           std::span<const model::MicroBatchView> mbs) {
-  Neighbours nb{pp, m.config().hidden_size, m.first_stage(), m.last_stage(), {}, {}, {}};
-  std::vector<model::StepStats> out;
-  out.reserve(mbs.size());
-  for (const auto& mb : mbs) {
-    nb.recv_forward(mb);
-    nb.in(mb);
-    out.push_back(m.forward_stage(mb, 0, false, 0.0f, nb.first ? nullptr : nb.input.data()));
-    nb.send_forward(mb, m.stage_output(0));
+  // One micro-batch through the model's chunks at a time: stage r's chunk v takes its input from
+  // the previous stage (from the last stage's chunk v - 1 on the first stage) and hands its output
+  // on, so every transfer has its receiver waiting and any number of micro-batches runs.
+  const int P = pp.size(), r = pp.rank(), V = m.chunks();
+  const int64_t D = m.config().hidden_size;
+  const int next = (r + 1) % P, prev = (r + P - 1) % P;
+  std::vector<float> input;
+  std::vector<model::StepStats> out(mbs.size());
+  for (size_t j = 0; j < mbs.size(); ++j) {
+    const model::MicroBatchView& mb = mbs[j];
+    const int64_t n = int64_t(mb.tokens.size()) * D;
+    for (int c = 0; c < V; ++c) {
+      const bool first = r == 0 && c == 0, last = r == P - 1 && c == V - 1;
+      if (!first) {
+        input.resize(size_t(n));
+        pp.recv(input.data(), n, dist::DataType::kF32, prev, kActivationTag);
+      }
+      const model::StepStats s = m.forward_stage(mb, 0, false, 0.0f, first ? nullptr : input.data(), c);
+      if (c == 0) out[j] = s;
+      else out[j].add(s);
+      if (!last) pp.send(m.stage_output(0, c), n, dist::DataType::kF32, next, kActivationTag);
+    }
   }
   return out;
 }

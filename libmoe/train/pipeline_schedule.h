@@ -25,9 +25,19 @@ struct PipelineTimes {
 model::StepStats run_1f1b(model::TrainModel& m, dist::Communicator& pp, std::span<const model::MicroBatchView> mbs,
                           float loss_scale, float aux_scale, PipelineTimes* times = nullptr);
 
-// Forward only (evaluation): one statistics entry per micro-batch, this stage's part.
+// Forward only (evaluation): one statistics entry per micro-batch, this stage's part (its chunks'
+// summed). Micro-batch by micro-batch through the chunks, any number of them.
 std::vector<model::StepStats> run_forward(model::TrainModel& m, dist::Communicator& pp,
                                           std::span<const model::MicroBatchView> mbs);
+
+// With virtual stages (the model's pp x vpp chunks, chunk k on stage k % pp): Megatron-Core's
+// interleaved 1F1B (forward_backward_pipelining_with_interleaving). The micro-batches must be a
+// multiple of the stages. Every step's sends and receives go as one batch (Communicator::exchange)
+// around the ring of stages (the last stage feeds the first stage's next chunk); messages are
+// [the batch's longest micro-batch, D].
+model::StepStats run_interleaved(model::TrainModel& m, dist::Communicator& pp,
+                                 std::span<const model::MicroBatchView> mbs, float loss_scale, float aux_scale,
+                                 PipelineTimes* times = nullptr);
 
 // Megatron's 1F1B warm-up: forwards before the first backward on stage `rank` of `stages`.
 inline int warmup_forwards(int stages, int rank, int micro_batches) {

@@ -220,6 +220,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     }
     if (pipe.group) {
       std::vector<model::MicroBatchView> views;
+      views.reserve(staged.size());
       for (const auto& m : staged) views.push_back(view(m));
       const auto per_batch = run_forward(model, *pipe.group, views);
       for (size_t i = 0; i < per_batch.size(); ++i)
@@ -290,7 +291,8 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       std::vector<model::MicroBatchView> mine;
       for (size_t j = 0; j < mbs.size(); ++j)
         if (dp.mine(j)) mine.push_back(view(mbs[j]));
-      st.add(run_1f1b(model, *pipe.group, mine, loss_scale, 1.0f / float(accum), &pipe.times));
+      st.add(model.chunks() > 1 ? run_interleaved(model, *pipe.group, mine, loss_scale, 1.0f / float(accum), &pipe.times)
+                                : run_1f1b(model, *pipe.group, mine, loss_scale, 1.0f / float(accum), &pipe.times));
     }
     for (size_t j = 0; j < mbs.size(); ++j) {
       if (!pipe.group && dp.mine(j)) st.add(model.forward_backward(view(mbs[j]), loss_scale, 1.0f / float(accum)));
@@ -385,7 +387,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   if (cfg.writer) write_training_plots(cfg.out_dir, hist);
   if (pipe.group) {
     res.pipeline_stage = pipe.group->rank(), res.pipeline_stages = pipe.group->size();
-    res.pipeline_micro_batches = accum / dp.size;
+    res.pipeline_micro_batches = accum / dp.size, res.pipeline_chunks = model.chunks();
     res.pipeline_compute_s = pipe.times.compute_s, res.pipeline_total_s = pipe.times.total_s;
   }
   nlohmann::json fin = summary_line(res.last_checkpoint, res.best_checkpoint, res.best_eval_loss);

@@ -83,7 +83,7 @@ struct TrainResult {
   std::string last_checkpoint, best_checkpoint;
   // Pipeline parallelism: this rank's stage, the micro-batches per pipeline and global batch, and
   // its schedule's compute and total seconds (1 - compute / total: the bubble, waits included).
-  int pipeline_stage = 0, pipeline_stages = 1, pipeline_micro_batches = 0;
+  int pipeline_stage = 0, pipeline_stages = 1, pipeline_micro_batches = 0, pipeline_chunks = 1;
   double pipeline_compute_s = 0, pipeline_total_s = 0;
 };
 

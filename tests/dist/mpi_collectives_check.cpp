@@ -140,6 +140,20 @@ void broadcast_send_recv_checks(Communicator& c) {
   if (r % 2 == 0) do_send(), do_recv();
   else do_recv(), do_send();
   for (int i = 0; i < 9; ++i) EXPECT(bf16_to_f32(in[size_t(i)]) == float(prev * 10 + i), "ring recv at {}", i);
+  // exchange(): every rank sends 1 MiB both ways round the ring in one batch, sends listed first
+  // (blocking sends in this order would deadlock: MPI buffers no message that large).
+  const int64_t big = int64_t(1) << 18;
+  const auto nbig = static_cast<size_t>(big);
+  std::vector<float> to_next(nbig, float(r)), to_prev(nbig, float(-r)), from_prev(nbig, -1), from_next(nbig, -1);
+  const Communicator::P2p ops[] = {{true, to_next.data(), big, DataType::kF32, next, 5},
+                                   {true, to_prev.data(), big, DataType::kF32, prev, 6},
+                                   {false, from_prev.data(), big, DataType::kF32, prev, 5},
+                                   {false, from_next.data(), big, DataType::kF32, next, 6}};
+  c.exchange(ops);
+  EXPECT(from_prev.front() == float(prev) && from_prev.back() == float(prev), "exchange from prev: {}",
+         from_prev.back());
+  EXPECT(from_next.front() == float(-next) && from_next.back() == float(-next), "exchange from next: {}",
+         from_next.back());
   c.barrier();
 }
 

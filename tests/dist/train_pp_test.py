@@ -4,19 +4,24 @@
   one-process run to 1e-5 relative (fp32): PP2 (Qwen3-MoE, with and without the distributed
   optimizer), PP4 with an uneven first stage (6 layers as 3 + 1 + 1 + 1), PP2 with an uneven last
   stage, PP2 x DP2, PP2 x EP2, a dense Qwen2 with tied embeddings under PP2, PP2 x DP2 and PP2 x TP2
-  (the embedding-group gradient all-reduce), selective and full recompute under PP2; evaluation
-  through the pipeline; the HF copy of a PP2 run is the whole model;
+  (the embedding-group gradient all-reduce), selective and full recompute under PP2; interleaved
+  1F1B: PP2 x VPP2 (also given as layers per virtual stage), PP2 x VPP2 x DP2 (every micro-batch in
+  the warm-up), PP3 x VPP2, tied embeddings under PP2 x VPP2; evaluation through both pipelines;
+  the HF copy of a PP2 run is the whole model;
 - checkpoints: --ckpt_format torch writes Megatron's per-stage rank dirs mp_rank_00_000 /
   mp_rank_00_001 with stage-local layer numbers, the names and shapes moectl export
   --pipeline_model_parallel_size 2 writes; torch_dist holds the global model (global layer indices);
   a legacy PP2 checkpoint's resume is refused (exit 2) but --finetune loads it, and the rank files of
   an uneven split export to the one-process model;
 - resharding (torch_dist): PP2 saved at iteration 2 resumes in one process, and a one-process save
-  resumes under PP2 (tied embeddings too), with the losses of the run that never stopped;
+  resumes under PP2 (tied embeddings too), PP2 x VPP2 -> one process and one process -> PP2 x VPP2,
+  with the losses of the run that never stopped;
 - bad layouts (layers not divisible by the stages, an uneven split that does not divide, VPP without
-  PP, VPP with PP: not yet) end every rank at start with exit 2 and one line naming the numbers;
-- the pipeline bubble of PP2 with 8 micro-batches is printed beside the 1F1B formula (a benchmark
-  line; no bound on a shared 2-core machine).
+  PP, micro-batches not a multiple of the stages under VPP, layers per virtual stage not dividing,
+  VPP with uneven stages or legacy checkpoints: not yet) end every rank at start with exit 2 and
+  one line naming the numbers;
+- the pipeline bubble of PP2 with 8 micro-batches is printed beside the 1F1B and interleaved
+  formulas (benchmark lines; no bound on a shared 2-core machine).
 Usage: train_pp_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
 import glob
 import json
@@ -131,6 +136,7 @@ BASE = ["--dataset", "self-cognition#96", "--model_name", "小黄", "Xiao Huang"
         "--train_iters", str(ITERS), "--micro_batch_size", "2", "--global_batch_size", "8", "--log_interval", "1",
         "--lr", "1e-3", "--lr_warmup_iters", "1", "--save_safetensors", "false", "--eval_interval", "0"]
 PP2 = ["--pipeline_model_parallel_size", "2"]
+VPP2 = PP2 + ["--virtual_pipeline_model_parallel_size", "2"]
 # name: (model flags, [(np, layout flags, what)])
 CASES = {
     "qwen3_moe": (["--model", q3], [
@@ -138,23 +144,32 @@ CASES = {
         (2, PP2 + ["--use_distributed_optimizer", "false"], "PP2 (replicated optimizer)"),
         (4, PP2, "PP2 x DP2"),
         (4, PP2 + ["--expert_model_parallel_size", "2"], "PP2 x EP2"),
+        (2, VPP2, "PP2 x VPP2 (interleaved 1F1B, one layer per chunk)"),
+        (2, PP2 + ["--num_layers_per_virtual_pipeline_stage", "1"], "PP2, 1 layer per virtual stage"),
+        (4, VPP2, "PP2 x VPP2 x DP2 (micro-batches = stages: all warm-up)"),
     ]),
     "qwen3_moe 6 layers": (["--model", q3x6], [
         (4, ["--pipeline_model_parallel_size", "4", "--decoder_first_pipeline_num_layers", "3"],
          "PP4, first stage 3 layers"),
+        (3, ["--pipeline_model_parallel_size", "3", "--virtual_pipeline_model_parallel_size", "2",
+             "--global_batch_size", "12"], "PP3 x VPP2 (6 micro-batches)"),
         (2, PP2 + ["--decoder_last_pipeline_num_layers", "2"], "PP2, last stage 2 layers"),
     ]),
     "qwen2 dense, tied embeddings": (["--model", tied], [(2, PP2, "PP2"), (4, PP2, "PP2 x DP2"),
                                                          (4, PP2 + ["--tensor_model_parallel_size", "2"],
-                                                          "PP2 x TP2")]),
+                                                          "PP2 x TP2"),
+                                                         (2, VPP2, "PP2 x VPP2")]),
     "recompute selective": (["--model", q3, "--recompute_granularity", "selective"], [(2, PP2, "PP2")]),
     "recompute full": (["--model", q3, "--recompute_granularity", "full", "--recompute_method", "uniform",
                         "--recompute_num_layers", "1"], [(2, PP2, "PP2")]),
 }
 for i, (name, (model, layouts)) in enumerate(CASES.items()):
-    ref = f"c{i}_np1"
-    run(["sft"] + BASE + model + ["--save", ref])
     for j, (np, flags, what) in enumerate(layouts):
+        # The one-process reference with the same global batch (a layout may set its own).
+        gbs = flags[flags.index("--global_batch_size") + 1] if "--global_batch_size" in flags else "8"
+        ref = f"c{i}_np1" + ("" if gbs == "8" else f"_gbs{gbs}")
+        if not os.path.exists(os.path.join(WORK, ref)):
+            run(["sft"] + BASE + model + ["--global_batch_size", gbs, "--save", ref])
         got = f"c{i}_{j}"
         run(["sft"] + BASE + model + flags + ["--save", got], np=np)
         same_run(ref, got, f"{name}: {what} vs one process", weights_at=ITERS)
@@ -163,6 +178,9 @@ check(args.get("world_size") == 4 and args.get("pipeline_model_parallel_size") =
       and args.get("data_parallel_size") == 2, "args.json records world_size 4, PP 2, DP 2")
 args = json.load(open(os.path.join(run_dir("c1_0"), "args.json")))
 check(args.get("decoder_first_pipeline_num_layers") == 3, "args.json records decoder_first_pipeline_num_layers 3")
+args = json.load(open(os.path.join(run_dir("c0_5"), "args.json")))
+check(args.get("virtual_pipeline_model_parallel_size") == 2, "--num_layers_per_virtual_pipeline_stage 1 on 2 "
+      "layers per stage: args.json records virtual_pipeline_model_parallel_size 2")
 # A tied checkpoint holds no output_layer (the last stage's copy is the embedding's).
 check(not any(k.startswith("output_layer") for k in dist_model("c2_0", ITERS)),
       "tied embeddings under PP2: the torch_dist checkpoint has no output_layer")
@@ -187,6 +205,10 @@ ea = [r["eval_loss"] for r in log_rows("ev_np1") if "eval_loss" in r]
 eb = [r["eval_loss"] for r in log_rows("ev_pp2") if "eval_loss" in r]
 check(len(ea) >= 2 and len(ea) == len(eb) and all(rel(a, b) <= 1e-5 for a, b in zip(ea, eb)),
       f"PP2 evaluation losses {eb} equal one process's {ea}")
+run(["sft"] + BASE + CASES["qwen3_moe"][0] + ev + VPP2 + ["--save", "ev_vpp2"], np=2)
+ec = [r["eval_loss"] for r in log_rows("ev_vpp2") if "eval_loss" in r]
+check(len(ea) == len(ec) and all(rel(a, b) <= 1e-5 for a, b in zip(ea, ec)),
+      f"PP2 x VPP2 evaluation losses {ec} equal one process's {ea}")
 
 # --- legacy rank files: Megatron's per-stage dirs, layers numbered within the stage
 run(["sft"] + BASE + CASES["qwen3_moe"][0] + PP2 + ["--ckpt_format", "torch", "--save", "legacy_pp2"], np=2)
@@ -219,19 +241,23 @@ def stopped_at_2(save):
     return dst
 
 
-for model_name, src_np, dst_np in (("qwen3_moe", 2, 1), ("qwen3_moe", 1, 2), ("qwen2 dense, tied embeddings", 2, 1),
-                                   ("qwen2 dense, tied embeddings", 1, 2)):
+for model_name, src_np, dst_np, layout in (("qwen3_moe", 2, 1, PP2), ("qwen3_moe", 1, 2, PP2),
+                                           ("qwen2 dense, tied embeddings", 2, 1, PP2),
+                                           ("qwen2 dense, tied embeddings", 1, 2, PP2), ("qwen3_moe", 2, 1, VPP2),
+                                           ("qwen2 dense, tied embeddings", 1, 2, VPP2)):
     model = CASES[model_name][0]
-    save = f"res_{model_name.split()[0]}_np{src_np}"
-    run(["sft"] + BASE + model + (PP2 if src_np == 2 else []) + ["--save", save, "--save_interval", "2"], np=src_np)
+    save = f"res_{model_name.split()[0]}_np{src_np}_{len(layout)}"
+    run(["sft"] + BASE + model + (layout if src_np == 2 else []) + ["--save", save, "--save_interval", "2"],
+        np=src_np)
     ck = stopped_at_2(save)
     out = f"{save}_to_np{dst_np}"
-    run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", out] + (PP2 if dst_np == 2 else []),
+    run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", out] + (layout if dst_np == 2 else []),
         np=dst_np)
     full, resumed = train_log(save), train_log(out)
     worst = max((rel(a[0], b[0]) for a, b in zip(full[2:], resumed)), default=1.0)
     check(len(resumed) == ITERS - 2 and worst <= 1e-6,
-          f"{model_name}: PP{src_np} saved at 2 -> PP{dst_np}: losses of iterations 3..{ITERS} as uninterrupted "
+          f"{model_name}: {'PP2' if src_np == 2 else 'one process'} saved at 2 -> {'PP2' if dst_np == 2 else 'one process'}"
+          f"{' (VPP2)' if layout == VPP2 else ''}: losses of iterations 3..{ITERS} as uninterrupted "
           f"(worst {worst:.1e})")
 
 # A legacy PP2 checkpoint does not resume (yet): one line, exit 2; its weights load with --finetune, and
@@ -264,8 +290,13 @@ BAD = [
      "--virtual_pipeline_model_parallel_size 2 needs --pipeline_model_parallel_size > 1"),
     (1, ["--num_layers_per_virtual_pipeline_stage", "1"],
      "--num_layers_per_virtual_pipeline_stage 1 needs --pipeline_model_parallel_size > 1"),
-    (2, PP2 + ["--virtual_pipeline_model_parallel_size", "2"],
-     "--virtual_pipeline_model_parallel_size 2: interleaved pipeline parallelism (virtual stages) is not implemented"),
+    (2, VPP2 + ["--global_batch_size", "6"],
+     "the interleaved schedule needs the 3 micro-batches of a global batch per pipeline"),
+    (2, VPP2 + ["--ckpt_format", "torch"],
+     "--ckpt_format torch with --virtual_pipeline_model_parallel_size 2: Megatron's per-chunk model0/model1"),
+    (2, PP2 + ["--num_layers_per_virtual_pipeline_stage", "3"],
+     "--num_layers_per_virtual_pipeline_stage 3 must divide the 2 layers of each of --pipeline_model_parallel_size"),
+    (2, VPP2 + ["--decoder_first_pipeline_num_layers", "1"], "uneven virtual pipeline stages are not supported yet"),
 ]
 for np, flags, msg in BAD:
     save = "bad_" + "_".join(f.strip("-") for f in flags)
@@ -275,11 +306,13 @@ for np, flags, msg in BAD:
     check(p.returncode == 2 and msg in p.stderr and len(lines) == 1 and not os.path.exists(os.path.join(WORK, save)),
           f"{' '.join(flags)}: exit 2 with one line naming the rule (exit {p.returncode}): {sorted(lines)[:1]}")
 
-# --- the bubble of PP2 over 8 micro-batches (printed; a benchmark line, not a bound)
-p = run(["sft"] + BASE + CASES["qwen3_moe"][0] + PP2 + ["--global_batch_size", "16", "--save", "bubble"], np=2)
-line = [l for l in p.stdout.splitlines() if l.startswith("pipeline bubble:")]
-check(len(line) == 1 and "8 micro-batches" in line[0] and "1F1B formula 0.111" in line[0],
-      f"PP2 bubble line: {line}")
+# --- the bubble of PP2 over 8 micro-batches, 1F1B and interleaved (printed; benchmark lines, not bounds)
+for flags, formula in ((PP2, "1 virtual; 1F1B formula 0.111"), (VPP2, "2 virtual; interleaved 1F1B formula 0.059")):
+    p = run(["sft"] + BASE + CASES["qwen3_moe"][0] + flags + ["--global_batch_size", "16", "--save",
+                                                               f"bubble{len(flags)}"], np=2)
+    line = [l for l in p.stdout.splitlines() if l.startswith("pipeline bubble:")]
+    print("     " + (line[0] if line else "no bubble line"))
+    check(len(line) == 1 and "8 micro-batches" in line[0] and formula in line[0], f"{flags[-1]} bubble line: {line}")
 
 if failures:
     print(f"{len(failures)} failure(s)")
