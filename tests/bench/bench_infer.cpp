@@ -198,6 +198,7 @@ double median(std::vector<double> v) {
 struct Row {
   std::string shape, dtype;
   double dec_tps, dec_gbs, dec_pct, ceil_gbs, pre_tps, pre_gflops, pre_pct, sgemm_gflops;
+  double best_dec_pct, best_pre_pct;  // the best round: the machine at its quietest
 };
 
 Row run(const BenchShape& sh, DType dt, bool quick, int rounds, const ReadBuffer& buf) {
@@ -242,11 +243,18 @@ Row run(const BenchShape& sh, DType dt, bool quick, int rounds, const ReadBuffer
         "prefill %7.1f tok/s = %5.1f%% of sgemm %.1f GFLOP/s\n",
         r, tps, tps * bytes_tok / 1e9, dec_pct.back(), bw / 1e9, bw0 / 1e9, bw1 / 1e9, ptps, pre_pct.back(), g / 1e9);
   }
-  Row row{sh.name,         std::string(dtype_name(dt)),
-          median(dec_tps), median(dec_tps) * bytes_tok / 1e9,
-          median(dec_pct), median(ceil) / 1e9,
-          median(pre_tps), median(pre_tps) * flops_tok / 1e9,
-          median(pre_pct), median(sg) / 1e9};
+  Row row{sh.name,
+          std::string(dtype_name(dt)),
+          median(dec_tps),
+          median(dec_tps) * bytes_tok / 1e9,
+          median(dec_pct),
+          median(ceil) / 1e9,
+          median(pre_tps),
+          median(pre_tps) * flops_tok / 1e9,
+          median(pre_pct),
+          median(sg) / 1e9,
+          *std::max_element(dec_pct.begin(), dec_pct.end()),
+          *std::max_element(pre_pct.begin(), pre_pct.end())};
   std::printf("prefill (%d tokens): %7.1f tokens/s = %6.1f GFLOP/s = %5.1f%% of sgemm (%.1f GFLOP/s)\n", sh.prompt_len,
               row.pre_tps, row.pre_gflops, row.pre_pct, row.sgemm_gflops);
   std::printf(
@@ -275,7 +283,15 @@ int main(int argc, char** argv) {
   }
   if (quick) rounds = 1;
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows when the output is a file
-  std::printf("threads: %d, AVX2/FMA/F16C: %s\n", num_threads(), cpu_has_avx2_fma_f16c() ? "yes" : "no");
+  double load[3] = {0, 0, 0};
+  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3) load[0] = -1;
+    std::fclose(f);
+  }
+  // Other work on the cores stalls every parallel region decode runs (dozens per token) far more
+  // than the one long read of the ceiling: compare runs at similar load.
+  std::printf("threads: %d, AVX2/FMA/F16C: %s, load average %.2f %.2f %.2f\n", num_threads(),
+              cpu_has_avx2_fma_f16c() ? "yes" : "no", load[0], load[1], load[2]);
   // The ceiling from several fresh buffers, every method; the last buffer stays for the
   // re-measurements around each decode.
   const size_t bw_bytes = quick ? (size_t(256) << 20) : (size_t(1) << 30);
@@ -304,11 +320,12 @@ int main(int argc, char** argv) {
         rows.push_back(run(sh, dt, quick, rounds, *buf));
   }
   std::printf("\nmedians of %d rounds (each ratio against the ceiling measured around it):\n", rounds);
-  std::printf("%-10s %-5s | %9s %7s %7s %8s | %9s %8s %7s\n", "shape", "dtype", "dec tok/s", "GB/s", "% read",
-              "ceiling", "pre tok/s", "GFLOP/s", "% sgemm");
+  std::printf("%-10s %-5s | %9s %7s %7s %8s | %9s %8s %7s | best round: %% read, %% sgemm\n", "shape", "dtype",
+              "dec tok/s", "GB/s", "% read", "ceiling", "pre tok/s", "GFLOP/s", "% sgemm");
   for (const Row& r : rows)
-    std::printf("%-10s %-5s | %9.2f %7.2f %6.1f%% %8.2f | %9.1f %8.1f %6.1f%%\n", r.shape.c_str(), r.dtype.c_str(),
-                r.dec_tps, r.dec_gbs, r.dec_pct, r.ceil_gbs, r.pre_tps, r.pre_gflops, r.pre_pct);
+    std::printf("%-10s %-5s | %9.2f %7.2f %6.1f%% %8.2f | %9.1f %8.1f %6.1f%% | %6.1f%% %6.1f%%\n", r.shape.c_str(),
+                r.dtype.c_str(), r.dec_tps, r.dec_gbs, r.dec_pct, r.ceil_gbs, r.pre_tps, r.pre_gflops, r.pre_pct,
+                r.best_dec_pct, r.best_pre_pct);
   if (sink == 42) std::printf(" ");
   return 0;
 }

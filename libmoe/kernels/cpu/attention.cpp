@@ -55,9 +55,12 @@ void causal_attention(const AttentionShape& s, const float* q_THd, const float* 
     return;
   }
   const int64_t r = s.nh / s.ng, d = s.d, row = s.ng * d;
-  // One (token, head) pair per work item; scores live in a per-thread buffer.
-  parallel_for(s.T * s.nh, [&](int64_t b, int64_t e) {
-    std::vector<float> score(size_t(s.pos0 + s.T));
+  // One (token, head) pair per work item; scores live in a per-thread buffer kept across calls
+  // (decode allocates nothing per token). A short context runs on the calling thread: a parallel
+  // region per layer costs more than the work, and each one stalls when a core is busy elsewhere.
+  auto body = [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> score;
+    if (score.size() < size_t(s.pos0 + s.T)) score.resize(size_t(s.pos0 + s.T));
     for (int64_t i = b; i < e; ++i) {
       const int64_t t = i / s.nh, h = i % s.nh, g = h / r, n = s.pos0 + t + 1;
       const float* q = q_THd + (t * s.nh + h) * d;
@@ -80,7 +83,10 @@ void causal_attention(const AttentionShape& s, const float* q_THd, const float* 
         for (int64_t c = 0; c < d; ++c) o[c] += p * v[c];
       }
     }
-  });
+  };
+  const int64_t work = s.T * s.nh * (s.pos0 + s.T) * d;
+  if (work < (int64_t(1) << 16)) body(0, s.T * s.nh);
+  else parallel_for(s.T * s.nh, body);
 }
 
 }  // namespace moe::kernels::cpu
