@@ -70,8 +70,6 @@ struct Later {
 const std::vector<Later> kLater = {
     {"train_type", "full", "LoRA and other adapter training (--train_type full trains every weight)"},
     {"fp16", "false", "fp16 training with loss scaling (use --torch_dtype float16 to save fp16 weights)"},
-    {"calculate_per_token_loss", "true",
-     "averaging the loss per micro-batch (moectl divides by the global batch's tokens, swift's default)"},
     {"exit_on_missing_checkpoint", "true", "starting from random weights when --load holds no checkpoint"},
     {"streaming", "false", "reading the dataset lazily in one pass (--streaming)"},
     {"log_params_norm", "false", "the parameters' norm in the log"},

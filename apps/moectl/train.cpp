@@ -343,6 +343,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                          {"max_length", a.max_length},
                          {"dataset_num_proc", a.dataset_num_proc},
                          {"packing", a.packing},
+                         {"calculate_per_token_loss", t.calculate_per_token_loss},
                          {"seed", t.seed},
                          {"torch_dtype", moe::torch_dtype_name(t.ckpt.dtype)},
                          {"world_size", layout.world()},
@@ -440,6 +441,9 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--max_length", a->max_length, "Longest sequence in tokens");
   c->add_option("--truncation_strategy", a->truncation_strategy, "delete | left | right");
   c->add_option("--packing", a->packing, "Pack samples into rows of --max_length (attention stays per sample)");
+  c->add_option("--calculate_per_token_loss", t.calculate_per_token_loss,
+                "true: the loss over the global batch's label tokens (swift's default); false: each micro-batch's "
+                "mean, averaged over the micro-batches (the log shows the token mean either way, as Megatron)");
   c->add_option("--train_iters", t.train_iters, "Optimizer steps (default: from --max_epochs)");
   c->add_option("--max_epochs,--num_train_epochs", t.max_epochs, "Epochs when --train_iters is not given");
   c->add_option("--micro_batch_size", t.micro_batch_size, "Rows per micro-batch");

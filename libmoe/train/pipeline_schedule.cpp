@@ -65,7 +65,9 @@ struct Neighbours {
 }  // namespace
 
 model::StepStats run_1f1b(model::TrainModel& m, dist::Communicator& pp, std::span<const model::MicroBatchView> mbs,
-                          float loss_scale, float aux_scale, PipelineTimes* times) {
+                          std::span<const float> loss_scales, float aux_scale, PipelineTimes* times) {
+  MOE_ASSERT(loss_scales.size() == mbs.size(), "1F1B: {} loss scales for {} micro-batches", loss_scales.size(),
+             mbs.size());
   const auto t_start = Clock::now();
   double compute = 0;
   Neighbours nb{pp, m.config().hidden_size, m.first_stage(), m.last_stage(), {}, {}, {}};
@@ -76,7 +78,8 @@ model::StepStats run_1f1b(model::TrainModel& m, dist::Communicator& pp, std::spa
   st.tokens_per_expert.assign(size_t(m.config().num_layers) * size_t(std::max(m.config().num_experts, 0)), 0);
   auto forward = [&](int i) {
     const auto t = Clock::now();
-    st.add(m.forward_stage(mbs[size_t(i)], i % slots, true, loss_scale, nb.first ? nullptr : nb.input.data()));
+    st.add(m.forward_stage(mbs[size_t(i)], i % slots, true, loss_scales[size_t(i)],
+                           nb.first ? nullptr : nb.input.data()));
     compute += seconds_since(t);
     return m.stage_output(i % slots);
   };
@@ -97,7 +100,7 @@ model::StepStats run_1f1b(model::TrainModel& m, dist::Communicator& pp, std::spa
     nb.send_forward_recv_backward(mbs[size_t(f)], out, mbs[size_t(b)]);
     backward(b);
     if (k + 1 == steady) nb.send_backward(mbs[size_t(b)]);
-    else nb.send_backward_recv_forward(mbs[size_t(b)], mbs[size_t(f + 1)]);
+    else nb.send_backward_recv_forward(mbs[size_t(b)], mbs[size_t(f) + 1]);
   }
   for (int b = steady; b < M; ++b) {  // cool-down: the warm-up's backwards
     nb.recv_backward(mbs[size_t(b)]);
@@ -109,13 +112,15 @@ model::StepStats run_1f1b(model::TrainModel& m, dist::Communicator& pp, std::spa
 }
 
 model::StepStats run_interleaved(model::TrainModel& m, dist::Communicator& pp,
-                                 std::span<const model::MicroBatchView> mbs, float loss_scale, float aux_scale,
-                                 PipelineTimes* times) {
+                                 std::span<const model::MicroBatchView> mbs, std::span<const float> loss_scales,
+                                 float aux_scale, PipelineTimes* times) {
   const auto t_start = Clock::now();
   double compute = 0;
   const int P = pp.size(), r = pp.rank(), V = m.chunks(), M = int(mbs.size());
   MOE_ASSERT(P > 1 && V > 1 && M % P == 0, "interleaved schedule: {} micro-batches over {} stages x {} chunks", M, P,
              V);
+  MOE_ASSERT(loss_scales.size() == mbs.size(), "interleaved schedule: {} loss scales for {} micro-batches",
+             loss_scales.size(), mbs.size());
   const int total = M * V;
   const int64_t D = m.config().hidden_size;
   int64_t max_t = 0;
@@ -172,7 +177,7 @@ model::StepStats run_interleaved(model::TrainModel& m, dist::Communicator& pp,
     else slot = slots_made[size_t(c)]++;
     const auto t = Clock::now();
     const model::StepStats s =
-        m.forward_stage(mb, slot, true, loss_scale, input.empty() ? nullptr : input.data(), c);
+        m.forward_stage(mb, slot, true, loss_scales[size_t(j)], input.empty() ? nullptr : input.data(), c);
     compute += seconds_since(t);
     st.add(s);
     const int64_t tn = int64_t(mb.tokens.size()) * D;

@@ -20,10 +20,11 @@ struct PipelineTimes {
 
 // Forward and backward of every micro-batch through this rank's stage, gradients accumulated;
 // the statistics this stage computed (the loss on the last stage, its layers' MoE numbers).
+// `loss_scales`: each micro-batch's scale of its summed token losses (one per micro-batch).
 // Deadlock-free with blocking sends: of two neighbours exchanging in one step, the earlier stage
 // sends first and the later receives first.
 model::StepStats run_1f1b(model::TrainModel& m, dist::Communicator& pp, std::span<const model::MicroBatchView> mbs,
-                          float loss_scale, float aux_scale, PipelineTimes* times = nullptr);
+                          std::span<const float> loss_scales, float aux_scale, PipelineTimes* times = nullptr);
 
 // Forward only (evaluation): one statistics entry per micro-batch, this stage's part (its chunks'
 // summed). Micro-batch by micro-batch through the chunks, any number of them.
@@ -36,8 +37,8 @@ std::vector<model::StepStats> run_forward(model::TrainModel& m, dist::Communicat
 // around the ring of stages (the last stage feeds the first stage's next chunk); messages are
 // [the batch's longest micro-batch, D].
 model::StepStats run_interleaved(model::TrainModel& m, dist::Communicator& pp,
-                                 std::span<const model::MicroBatchView> mbs, float loss_scale, float aux_scale,
-                                 PipelineTimes* times = nullptr);
+                                 std::span<const model::MicroBatchView> mbs, std::span<const float> loss_scales,
+                                 float aux_scale, PipelineTimes* times = nullptr);
 
 // Megatron's 1F1B warm-up: forwards before the first backward on stage `rank` of `stages`.
 inline int warmup_forwards(int stages, int rank, int micro_batches) {

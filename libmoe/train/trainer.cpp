@@ -276,6 +276,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   int64_t win_tokens = 0, win_correct = 0, win_steps = 0, win_train_tokens = 0;
   // A global batch's micro-batches, their buffers reused from step to step.
   std::vector<MicroBatch> mbs(static_cast<size_t>(accum));
+  std::vector<float> loss_scales(static_cast<size_t>(accum));
   for (int64_t iter = prog.iteration + 1; iter <= train_iters; ++iter) {
     const auto t0 = std::chrono::steady_clock::now();
     int64_t loss_tokens = 0;
@@ -286,16 +287,24 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     model.zero_grad();
     model::StepStats st;
     st.tokens_per_expert.assign(size_t(mc.num_layers) * size_t(std::max(mc.num_experts, 0)), 0);
-    const float loss_scale = 1.0f / float(std::max<int64_t>(loss_tokens, 1));
+    // Each micro-batch's scale of its summed token losses: 1 / the global batch's tokens, or
+    // (per-micro-batch averaging) 1 / (its own tokens x the global batch's micro-batches).
+    for (size_t j = 0; j < mbs.size(); ++j)
+      loss_scales[j] = cfg.calculate_per_token_loss
+                           ? 1.0f / float(std::max<int64_t>(loss_tokens, 1))
+                           : 1.0f / float(std::max<int64_t>(mbs[j].loss_tokens(), 1) * int64_t(accum));
     if (pipe.group) {  // this DP rank's micro-batches through the pipeline, 1F1B
       std::vector<model::MicroBatchView> mine;
+      std::vector<float> mine_scales;
       for (size_t j = 0; j < mbs.size(); ++j)
-        if (dp.mine(j)) mine.push_back(view(mbs[j]));
-      st.add(model.chunks() > 1 ? run_interleaved(model, *pipe.group, mine, loss_scale, 1.0f / float(accum), &pipe.times)
-                                : run_1f1b(model, *pipe.group, mine, loss_scale, 1.0f / float(accum), &pipe.times));
+        if (dp.mine(j)) mine.push_back(view(mbs[j])), mine_scales.push_back(loss_scales[j]);
+      st.add(model.chunks() > 1
+                 ? run_interleaved(model, *pipe.group, mine, mine_scales, 1.0f / float(accum), &pipe.times)
+                 : run_1f1b(model, *pipe.group, mine, mine_scales, 1.0f / float(accum), &pipe.times));
     }
     for (size_t j = 0; j < mbs.size(); ++j) {
-      if (!pipe.group && dp.mine(j)) st.add(model.forward_backward(view(mbs[j]), loss_scale, 1.0f / float(accum)));
+      if (!pipe.group && dp.mine(j))
+        st.add(model.forward_backward(view(mbs[j]), loss_scales[j], 1.0f / float(accum)));
       win_train_tokens += int64_t(mbs[j].tokens.size());
     }
     const double grad_norm = opt.reduce_and_clip(cfg.clip_grad);

@@ -1,6 +1,6 @@
 // The training loop of `moectl pt` / `moectl sft`, on one process or as one rank of a
 // data-parallel job: micro-batches accumulated into global batches, loss normalised over the
-// global batch's label tokens (Megatron's per-token loss), auxiliary MoE losses averaged over
+// global batch's label tokens (Megatron's per-token loss) or per micro-batch, auxiliary MoE losses averaged over
 // micro-batches, gradient clipping, a step skipped and counted when the loss or gradient norm is
 // not finite, LR schedule, logging, evaluation, checkpoints and plots.
 //
@@ -42,6 +42,12 @@ struct TrainerConfig {
   int micro_batch_size = 1, global_batch_size = 16;
   bool packing = false;
   int max_length = 2048;
+  // --calculate_per_token_loss: true (swift's default) divides the global batch's summed token
+  // losses by its label tokens; false is Megatron's per-micro-batch average: each micro-batch's
+  // mean loss, averaged over the global batch's micro-batches (over every DP rank). Either way the
+  // logged loss is the global batch's token-weighted mean (Megatron reports the summed loss and
+  // token count in both modes).
+  bool calculate_per_token_loss = true;
   uint64_t seed = 42;
   LrScheduleConfig lr;
   OptimizerConfig optim;
