@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/ranges.h>
+
 #include "architecture_flags.h"
 #include "checkpoint/mcore_export.h"
 #include "commands.h"
@@ -68,6 +70,10 @@ struct TrainArgs {
   bool no_log_learning_rate_to_tensorboard = false;
   int seq_length = 0;        // Megatron's; 0: --max_length, as swift sets it
   int dataset_num_proc = 1;  // threads that tokenise the dataset (swift: processes)
+  // --moe_router_load_balancing_type and --moe_aux_loss_coeff as Megatron-Core takes them: lists,
+  // one coefficient per balancing type (no coefficient given: 0, swift's default).
+  std::vector<std::string> balancing_types = {"aux_loss"};
+  std::vector<double> aux_loss_coeffs;
   ArchitectureFlags architecture;
   double distributed_timeout_minutes = 10;  // Megatron's default
 };
@@ -135,6 +141,26 @@ moe::DType dtype_from(const std::string& s, moe::DType fallback) {
   if (s == "float16") return moe::DType::F16;
   if (s == "float32") return moe::DType::F32;
   moe::throw_input("--torch_dtype '{}' is not one of bfloat16, float16, float32", s);
+}
+
+// Megatron-Core's lists of balancing types and their coefficients, into the one type moectl's
+// router computes: one line when the lengths differ (naming both flags) or for several types.
+void set_load_balancing(TrainArgs& a) {
+  const auto& types = a.balancing_types;
+  const auto& coeffs = a.aux_loss_coeffs;
+  if (types.empty()) moe::throw_input("--moe_router_load_balancing_type needs a value (aux_loss, seq_aux_loss, none)");
+  if (!coeffs.empty() && coeffs.size() != types.size())
+    moe::throw_input(
+        "--moe_aux_loss_coeff has {} value(s) ({}) but --moe_router_load_balancing_type has {} ({}): give one "
+        "coefficient per balancing type",
+        coeffs.size(), fmt::join(coeffs, " "), types.size(), fmt::join(types, " "));
+  if (types.size() > 1)
+    moe::throw_input(
+        "--moe_router_load_balancing_type {}: several balancing types at once are not in moectl yet (give one of "
+        "aux_loss, seq_aux_loss, none, with one --moe_aux_loss_coeff)",
+        fmt::join(types, " "));
+  a.m.moe.load_balancing_type = types.front();
+  a.m.moe.aux_loss_coeff = coeffs.empty() ? 0.0 : coeffs.front();
 }
 
 // Every number a flag gives, checked once before any work: one line naming the flag and the
@@ -344,6 +370,8 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                          {"dataset_num_proc", a.dataset_num_proc},
                          {"packing", a.packing},
                          {"calculate_per_token_loss", t.calculate_per_token_loss},
+                         {"moe_router_load_balancing_type", a.m.moe.load_balancing_type},
+                         {"moe_aux_loss_coeff", a.m.moe.aux_loss_coeff},
                          {"seed", t.seed},
                          {"torch_dtype", moe::torch_dtype_name(t.ckpt.dtype)},
                          {"world_size", layout.world()},
@@ -484,8 +512,10 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--recompute_num_layers", m.recompute.num_layers,
                 "full: layers per chunk (uniform) or recomputed (block)");
   c->add_option("--recompute_modules", m.recompute.modules, "selective: core_attn moe_act layernorm mlp moe");
-  c->add_option("--moe_aux_loss_coeff", m.moe.aux_loss_coeff, "Load-balancing loss coefficient");
-  c->add_option("--moe_router_load_balancing_type", m.moe.load_balancing_type, "aux_loss | seq_aux_loss | none");
+  c->add_option("--moe_aux_loss_coeff", a->aux_loss_coeffs,
+                "Load-balancing loss coefficient: one per --moe_router_load_balancing_type (Megatron-Core's list)");
+  c->add_option("--moe_router_load_balancing_type", a->balancing_types,
+                "aux_loss | seq_aux_loss | none (a list of one: one type at a time)");
   c->add_option("--moe_z_loss_coeff", m.moe.z_loss_coeff, "Router z-loss coefficient");
   c->add_option("--moe_expert_capacity_factor", m.moe.capacity_factor,
                 "Drop tokens over this capacity (default: dropless)");
@@ -541,6 +571,7 @@ void add_command(CLI::App& root, bool pretrain) {
     // A --seq_length alone is the sample limit (swift sets each from the other).
     if (c->count("--seq_length") && !c->count("--max_length")) a->max_length = a->seq_length;
     a->t.tensorboard.learning_rate = !a->no_log_learning_rate_to_tensorboard;
+    set_load_balancing(*a);
     moe::model::parse_recompute(a->recompute_granularity, &a->m.recompute.granularity);  // checked in run()
     run(*a, *c);
   });

@@ -104,6 +104,29 @@ check(a.get("bf16") is True and a.get("distributed_backend") == "nccl" and a.get
 p = run(BASE + ["--save", "badknob2", "--dataloader_type", "external"], expect=2)
 check("--dataloader_type" in p.stderr, "--dataloader_type external (needs --streaming) is refused")
 
+# --moe_aux_loss_coeff and --moe_router_load_balancing_type are Megatron-Core's lists, one coefficient per
+# balancing type: a list of one each is the one type moectl's router computes (recorded, and its loss logged
+# under swift's key); lengths that differ, or several types at once, are one line naming the flags.
+run(BASE + ["--save", "lb1", "--moe_router_load_balancing_type", "seq_aux_loss", "--moe_aux_loss_coeff", "0.02"])
+a = args_of("lb1")
+lines = [json.loads(l) for l in open(glob.glob(os.path.join(WORK, "lb1", "v*", "logging.jsonl"))[0])]
+check(a.get("moe_router_load_balancing_type") == "seq_aux_loss" and a.get("moe_aux_loss_coeff") == 0.02
+      and any(l.get("seq_load_balancing_loss", 0) > 0 for l in lines),
+      "--moe_router_load_balancing_type seq_aux_loss --moe_aux_loss_coeff 0.02: recorded, its loss logged")
+run(BASE + ["--save", "lb0"])
+check(args_of("lb0").get("moe_router_load_balancing_type") == "aux_loss" and args_of("lb0").get("moe_aux_loss_coeff") == 0,
+      "no balancing flags: aux_loss with coefficient 0 (swift's defaults) recorded")
+for flags, words in (
+        (["--moe_aux_loss_coeff", "0.01", "0.02"],
+         ["--moe_aux_loss_coeff has 2", "(0.01 0.02)", "--moe_router_load_balancing_type has 1", "(aux_loss)"]),
+        (["--moe_router_load_balancing_type", "aux_loss", "seq_aux_loss", "--moe_aux_loss_coeff", "0.01"],
+         ["--moe_aux_loss_coeff has 1", "--moe_router_load_balancing_type has 2", "(aux_loss seq_aux_loss)"]),
+        (["--moe_router_load_balancing_type", "aux_loss", "seq_aux_loss", "--moe_aux_loss_coeff", "0.01", "0.001"],
+         ["--moe_router_load_balancing_type aux_loss seq_aux_loss", "several balancing types", "not in moectl yet"])):
+    p = run(BASE + ["--save", "lb_bad"] + flags, expect=2)
+    check(all(w in p.stderr for w in words) and len(p.stderr.strip().splitlines()) == 1
+          and not os.path.exists(os.path.join(WORK, "lb_bad")), f"{' '.join(flags)}: {p.stderr.strip()}")
+
 # --seq_length: alone it is the sample limit (swift sets max_length from it); below --max_length it is refused.
 run(BASE + ["--save", "seq", "--seq_length", "96"])
 check(args_of("seq")["max_length"] == 96 and args_of("seq")["seq_length"] == 96, "--seq_length alone sets max_length")
