@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -121,6 +122,24 @@ struct Pipeline {
     over.sum(st);
   }
 };
+
+// Per MoE layer, its expert load imbalance: the busiest expert's tokens over the mean tokens per
+// expert (1 is perfectly even, the expert count all on one), from [layers x experts] counts.
+// Dense layers are left out; a layer that routed nothing is 0.
+std::vector<std::pair<int, double>> expert_load_imbalance(const model::ModelConfig& mc,
+                                                          const std::vector<int64_t>& tokens_per_expert) {
+  std::vector<std::pair<int, double>> out;
+  const auto E = size_t(std::max(mc.num_experts, 0));
+  if (E == 0 || tokens_per_expert.size() < size_t(mc.num_layers) * E) return out;
+  for (int l = 0; l < mc.num_layers; ++l) {
+    if (!mc.is_moe_layer(l)) continue;
+    const auto* t = tokens_per_expert.data() + size_t(l) * E;
+    int64_t total = 0, most = 0;
+    for (size_t e = 0; e < E; ++e) total += t[e], most = std::max(most, t[e]);
+    out.emplace_back(l, total > 0 ? double(most) * double(E) / double(total) : 0.0);
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -274,6 +293,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   // Window sums for the log line.
   double win_loss = 0, win_aux = 0, win_z = 0, win_time = 0;
   int64_t win_tokens = 0, win_correct = 0, win_steps = 0, win_train_tokens = 0;
+  std::vector<int64_t> win_load(size_t(mc.num_layers) * size_t(std::max(mc.num_experts, 0)), 0);  // tokens per expert
   // A global batch's micro-batches, their buffers reused from step to step.
   std::vector<MicroBatch> mbs(static_cast<size_t>(accum));
   std::vector<float> loss_scales(static_cast<size_t>(accum));
@@ -303,8 +323,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
                  : run_1f1b(model, *pipe.group, mine, mine_scales, 1.0f / float(accum), &pipe.times));
     }
     for (size_t j = 0; j < mbs.size(); ++j) {
-      if (!pipe.group && dp.mine(j))
-        st.add(model.forward_backward(view(mbs[j]), loss_scales[j], 1.0f / float(accum)));
+      if (!pipe.group && dp.mine(j)) st.add(model.forward_backward(view(mbs[j]), loss_scales[j], 1.0f / float(accum)));
       win_train_tokens += int64_t(mbs[j].tokens.size());
     }
     const double grad_norm = opt.reduce_and_clip(cfg.clip_grad);
@@ -331,6 +350,8 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     win_time += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     win_loss += st.lm_loss_sum, win_tokens += st.loss_tokens, win_correct += st.correct;
     win_aux += st.aux_loss / accum, win_z += st.z_loss / accum, ++win_steps;
+    for (size_t i = 0; i < win_load.size() && i < st.tokens_per_expert.size(); ++i)
+      win_load[i] += st.tokens_per_expert[i];
     if (tb && iter % std::max(cfg.tensorboard.log_interval, 1) == 0) {
       // Megatron's tags for this iteration (training_log): each also against consumed samples.
       const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -353,6 +374,10 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
         tb->scalar("throughput", iter, tflops / double(cfg.groups ? cfg.groups->layout().world() : 1));
       }
       if (cfg.tensorboard.memory) tb->scalar("mem-max-allocated-bytes", iter, peak_rss_gib() * double(1 << 30));
+      // Per-layer expert load, under Megatron's per-layer tag pattern (track_moe_metrics'
+      // moe/<name>_layer_<i>, global layer index).
+      for (const auto& [l, v] : expert_load_imbalance(mc, st.tokens_per_expert))
+        tb->scalar(fmt::format("moe/expert_load_imbalance_layer_{}", l), iter, v);
     }
     hist.loss.push_back({double(iter), loss}), hist.lr.push_back({double(iter), lr});
     hist.grad_norm.push_back({double(iter), grad_norm});
@@ -370,6 +395,9 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
         const bool per_seq = model.options().moe.load_balancing_type == "seq_aux_loss";
         line[per_seq ? "seq_load_balancing_loss" : "load_balancing_loss"] = win_aux / double(win_steps);
         line["z_loss"] = win_z / double(win_steps);
+        // Each MoE layer's expert load imbalance over the window's tokens.
+        for (const auto& [l, v] : expert_load_imbalance(mc, win_load))
+          line[fmt::format("expert_load_imbalance_layer_{}", l)] = v;
       }
       line["skipped_iters"] = prog.skipped_iters;
       line["tokens_per_s"] = tok_s;
@@ -382,6 +410,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       write_line(line, "train", iter);
       report.lines.push_back(std::move(line));
       win_loss = win_aux = win_z = win_time = 0, win_tokens = win_correct = win_steps = win_train_tokens = 0;
+      std::fill(win_load.begin(), win_load.end(), 0);
     }
     if (iter == train_iters || (cfg.eval_interval > 0 && iter % cfg.eval_interval == 0)) evaluate(iter);
     if (cfg.save_interval > 0 && iter % cfg.save_interval == 0 && iter != train_iters) save(iter);

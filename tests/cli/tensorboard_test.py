@@ -145,6 +145,14 @@ for save, extra in (("default", []), ("given", ["--tensorboard_dir", "tb_here"])
           f"{save}: {len(expected)} scalars of logging.jsonl in the events (missing {missing[:3]}, worst {worst:.1e})")
     check(("train/loss", 2) in got and ("eval/loss", 3) in got and ("train/load_balancing_loss", 6) in got,
           f"{save}: train/loss, eval/loss and train/load_balancing_loss tags")
+    # Per-layer expert load: every MoE layer's imbalance (busiest expert / mean tokens per expert, so in
+    # [1, experts]) over each logged window, in logging.jsonl and so as train/<key> in the events.
+    trains = [l for l in lines if "loss" in l and "iteration" in l]
+    imb = [l.get(f"expert_load_imbalance_layer_{i}") for l in trains for i in range(4)]
+    check(all(v is not None and 1.0 <= v <= 8.0 for v in imb) and max(imb) > 1.0
+          and ("train/expert_load_imbalance_layer_3", 6) in got,
+          f"{save}: expert_load_imbalance_layer_0..3 of every train line in [1, 8] and in the events "
+          f"({min(imb):.3f} .. {max(imb):.3f})")
     if extra:
         check(json.load(open(os.path.join(run, "args.json")))["tensorboard_dir"] == "tb_here",
               "args.json records --tensorboard_dir")
@@ -173,6 +181,8 @@ for save, extra, every in (("megatron", ["--log_timers_to_tensorboard", "--log_m
                        ("load_balancing_loss", l["load_balancing_loss"]), ("z_loss", l["z_loss"])) + \
                       ((("learning-rate", l["learning_rate"]),) if save == "megatron" else ()):
             want[(tag, it)] = want[(tag + " vs samples", samples)] = float(v)
+        for i in range(4):  # each iteration's expert load, under Megatron's per-layer tag pattern
+            want[(f"moe/expert_load_imbalance_layer_{i}", it)] = l[f"expert_load_imbalance_layer_{i}"]
     for it, l in evals.items():
         want[("lm loss validation", it)] = l["eval_loss"]
         if save == "megatron":
@@ -182,7 +192,7 @@ for save, extra, every in (("megatron", ["--log_timers_to_tensorboard", "--log_m
     check(not missing and worst < 1e-6 and len(want) > 20,
           f"{save}: Megatron's tags equal the iterations' numbers ({len(want)} scalars, missing {missing[:3]}, "
           f"worst {worst:.1e})")
-    odd = [k for k in got if k[0] == "lm loss" and k[1] % every]
+    odd = [k for k in got if k[0] in ("lm loss", "moe/expert_load_imbalance_layer_0") and k[1] % every]
     check(not odd, f"{save}: Megatron's tags only every {every} iteration(s) ({odd[:3]})")
     if save == "megatron":
         check(all(("iteration-time", it) in got and got[("iteration-time", it)] > 0 for it in train)
@@ -195,6 +205,24 @@ for save, extra, every in (("megatron", ["--log_timers_to_tensorboard", "--log_m
         a = json.load(open(os.path.join(run, "args.json")))
         check(a["tensorboard_log_interval"] == 2 and a["no_log_learning_rate_to_tensorboard"] is True,
               "args.json records the TensorBoard options")
+
+# A dense layer (mlp_only_layers) has no expert load: its key and tag are absent, the MoE layers keep
+# their global indices.
+shutil.copytree(os.path.join(SRC, "configs", "tiny-moe"), os.path.join(WORK, "dense_cfg"))
+cfg = json.load(open(os.path.join(WORK, "dense_cfg", "config.json")))
+cfg["mlp_only_layers"] = [1]
+json.dump(cfg, open(os.path.join(WORK, "dense_cfg", "config.json"), "w"))
+subprocess.run([MOECTL, "init", "--config", "dense_cfg", "--output_dir", "md"], cwd=WORK, env=ENV, check=True,
+               capture_output=True)
+p = subprocess.run([MOECTL] + [a if a != "m" else "md" for a in MEG] + ["--save", "dense"], cwd=WORK, env=ENV,
+                   capture_output=True, text=True)
+assert p.returncode == 0, p.stderr[-2000:]
+run = glob.glob(os.path.join(WORK, "dense", "v*"))[0]
+got, _ = scalars(read_events(glob.glob(os.path.join(run, "runs", "events.out.tfevents.*"))[0])[0])
+first = [json.loads(l) for l in open(os.path.join(run, "logging.jsonl"))][0]
+layers = sorted(int(k.rsplit("_", 1)[1]) for k in first if k.startswith("expert_load_imbalance_layer_"))
+tags = sorted({int(k[0].rsplit("_", 1)[1]) for k in got if k[0].startswith("moe/expert_load_imbalance_layer_")})
+check(layers == [0, 2, 3] and tags == [0, 2, 3], f"mlp_only_layers [1]: expert load of layers {layers}, tags {tags}")
 
 if failures:
     sys.exit(f"{len(failures)} failure(s)")
