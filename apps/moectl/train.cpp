@@ -113,17 +113,13 @@ moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world, int num
           flag, v, what);
   };
   not_yet("--context_parallel_size", l.cp, "context parallelism");
-  if (l.tp > 1 && a.sequence_parallel)
-    moe::throw_input(
-        "--sequence_parallel true with --tensor_model_parallel_size {}: sequence parallelism is not implemented in "
-        "training yet (tensor parallelism without it is; pass --sequence_parallel false)",
-        l.tp);
-  // Without sequence parallelism every TP rank holds every token, so experts split like the dense
-  // layers (ETP = TP, Megatron's default) and never over EP as well (Megatron asks for SP there).
+  // Every TP rank routes every token (with sequence parallelism too: the MoE layer reads the
+  // gathered rows), so experts split like the dense layers (ETP = TP, Megatron's default) and
+  // never over EP as well (Megatron's dispatcher over the folded TP x EP group is not written yet).
   if (l.tp > 1 && l.ep > 1)
     moe::throw_input(
         "--tensor_model_parallel_size {} with --expert_model_parallel_size {}: tensor and expert parallelism "
-        "together need sequence parallelism (as in Megatron), which is not implemented yet; use one of them",
+        "together (the dispatcher over the folded TP x EP group) are not implemented yet; use one of them",
         l.tp, l.ep);
   if (l.etp != l.tp)
     moe::throw_input(
@@ -401,7 +397,9 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   if (writer) moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
   moe::log().info("output_dir: {}", t.out_dir);
   if (layout.dp > 1) moe::log().info("{} processes: data parallel {} ({})", layout.world(), layout.dp, launch.launcher);
-  model::TrainModel tm(lm.config, lm.state, a.m, world ? groups : nullptr);
+  moe::model::TrainOptions options = a.m;
+  options.sequence_parallel = a.sequence_parallel && layout.tp > 1;  // Megatron ignores it with TP 1
+  model::TrainModel tm(lm.config, lm.state, options, world ? groups : nullptr);
   lm.state.clear();          // the trainer holds its own fp32 copy
   moe::keep_freed_memory();  // the step's buffers come back from the heap, not from new pages
   // On a terminal: a progress bar with the log lines printed above it (other info messages,
@@ -525,13 +523,15 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--moe_router_bias_update_rate", m.moe.bias_update_rate, "Expert bias step");
   c->add_option("--tensor_model_parallel_size", a->tp,
                 "Tensor parallel size (heads, query groups and MLP widths split)");
-  c->add_option("--sequence_parallel", a->sequence_parallel, "Sequence parallelism with TP > 1 (not implemented yet)");
+  c->add_option("--sequence_parallel", a->sequence_parallel,
+                "Sequence parallelism with TP > 1: norms and residuals on 1/TP of the tokens (true|false)");
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline parallel size (stages of layers, 1F1B schedule)");
   c->add_option("--decoder_first_pipeline_num_layers", a->first_stage_layers,
                 "Layers of the first pipeline stage (default: an even split)");
   c->add_option("--decoder_last_pipeline_num_layers", a->last_stage_layers,
                 "Layers of the last pipeline stage (default: an even split)");
-  c->add_option("--virtual_pipeline_model_parallel_size", a->vpp, "Model chunks per pipeline rank: interleaved 1F1B with > 1");
+  c->add_option("--virtual_pipeline_model_parallel_size", a->vpp,
+                "Model chunks per pipeline rank: interleaved 1F1B with > 1");
   c->add_option("--num_layers_per_virtual_pipeline_stage", a->layers_per_virtual_stage,
                 "Layers per virtual pipeline chunk (sets --virtual_pipeline_model_parallel_size)");
   c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (experts spread over this many ranks)");

@@ -233,8 +233,8 @@ void MpiCommunicator::do_exchange(std::span<const P2p> ops) {
     int got = 0;
     MPI_Get_count(&st[i], mpi_type(ops[i].dtype), &got);
     if (got != ops[i].count)
-      throw_internal("world rank {}: {}: rank {} sent {} elements, {} expected", impl_->world_rank,
-                     where("exchange"), ops[i].peer, got, ops[i].count);
+      throw_internal("world rank {}: {}: rank {} sent {} elements, {} expected", impl_->world_rank, where("exchange"),
+                     ops[i].peer, got, ops[i].count);
   }
 }
 

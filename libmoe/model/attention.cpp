@@ -95,7 +95,6 @@ void attention_forward(const Context& ctx, const ModelConfig& c, const Attention
     attend(ctx, c, layer, b, s.q.data(), s.k.data(), s.v.data(), s.out.data(), s.lse.data());
   }
   ops::linear(be, s.out.data(), T, w.proj, nullptr, y);
-  tp_all_reduce(ctx, y, T * c.hidden_size);  // linear_proj is row-parallel: each TP rank's heads add up
 }
 
 void attention_backward(const Context& ctx, const ModelConfig& c, const AttentionWeights& w, AttentionWeights& g,
@@ -134,7 +133,6 @@ void attention_backward(const Context& ctx, const ModelConfig& c, const Attentio
   if (has(w.qkv_bias)) ops::bias_backward(be, dqkv.data(), T, rows, g.qkv_bias.f32());
   ops::linear_backward_weight(be, dqkv.data(), x, T, rows, D, g.qkv.f32());
   ops::linear_backward_input(be, dqkv.data(), T, w.qkv.f32(), rows, D, dx, false);
-  tp_all_reduce(ctx, dx, T * D);  // linear_qkv is column-parallel: the input's gradient sums over TP
 }
 
 }  // namespace moe::model

@@ -23,6 +23,9 @@ struct Context {
   // Temporaries of one forward or backward call (stack discipline: empty between calls), shared
   // by every module and micro-batch of the rank; the Stage sizes it before each call.
   std::shared_ptr<Arena> workspace;
+  // Megatron's sequence parallelism (with TP > 1): the residual stream between the layers' norms
+  // and the tensor-parallel branches is split by rows over the TP group.
+  bool sequence_parallel = false;
 };
 
 // The tensor-parallel group's size (1 with one process).
@@ -30,6 +33,22 @@ inline int tp_size(const Context& ctx) { return ctx.groups ? ctx.groups->tp().si
 // A row-parallel layer's partial sums (or a column-parallel layer's partial input gradient) summed
 // over the tensor-parallel group, in place; nothing with one TP rank.
 void tp_all_reduce(const Context& ctx, float* buf, int64_t n);
+
+// Sequence parallelism: rank r of the TP group holds rows [r Ts, (r + 1) Ts) of a micro-batch's
+// T tokens padded with zero rows to TP x Ts (Ts = ceil(T / TP)). Without it, every rank holds all
+// T rows and nothing below communicates.
+inline bool sequence_parallel(const Context& ctx) { return ctx.sequence_parallel && tp_size(ctx) > 1; }
+// The rows of the residual stream this rank holds (Ts under SP, else T).
+int64_t seq_rows(const Context& ctx, int64_t T);
+// The rows of a whole activation the TP branches read or write: TP x Ts under SP, else T.
+int64_t full_rows(const Context& ctx, int64_t T);
+// Every rank's Ts rows of `local` gathered into `full` ([full_rows, D]), in rank order.
+void seq_all_gather(const Context& ctx, const float* local, int64_t T, int64_t D, float* full);
+// A row-parallel output's (or column-parallel input gradient's) partial sums `full` ([full_rows,
+// D], rows T.. zeroed here) summed over TP, this rank's rows into `local`.
+void seq_reduce_scatter(const Context& ctx, float* full, int64_t T, int64_t D, float* local);
+// This rank's rows of an activation every TP rank holds whole (`full`: T rows), zero past T.
+void seq_take_rows(const Context& ctx, const float* full, int64_t T, int64_t D, float* local);
 
 // A one-process CPU context for `c`.
 Context single_process_context(const ModelConfig& c);

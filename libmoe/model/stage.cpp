@@ -40,7 +40,7 @@ void Stage::begin(StageActs& acts, int64_t T, StageCall call) {
   acts.arena.reserve(w.saved);
   MOE_ASSERT(ctx_.workspace->used() == 0, "workspace arena not empty between calls");
   ctx_.workspace->reserve(w.scratch);
-  const size_t TD = size_t(T * cfg_.hidden_size);
+  const size_t TD = size_t(full_rows(ctx_, T) * cfg_.hidden_size);  // under SP they also hold gathered rows
   acts.x = acts.arena.take<float>(TD), acts.x_next = acts.arena.take<float>(TD);
   acts.hf = acts.arena.take<float>(TD);
   acts.dhf = call == StageCall::kTrain ? acts.arena.take<float>(TD) : std::span<float>();
@@ -73,39 +73,59 @@ void Stage::layer_forward(int i, const Batch& b, const float* x_in, float* x_out
   const Backend& be = ctx_.backend;
   Arena& ws = *ctx_.workspace;
   const size_t ws_mark = ws.mark();
-  const int64_t T = b.size(), D = cfg_.hidden_size;
-  const size_t TD = size_t(T * D);
+  // Under sequence parallelism the residual stream and the norms have this rank's Ts rows; the
+  // norm's output is gathered whole for the branch, whose output is reduce-scattered back.
+  const int64_t T = b.size(), D = cfg_.hidden_size, Ts = seq_rows(ctx_, T);
+  const bool sp = sequence_parallel(ctx_);
+  const size_t SD = size_t(Ts * D), FD = size_t(full_rows(ctx_, T) * D);
   const float eps = float(cfg_.norm_epsilon);
   const LayerWeights& w = w_.layers[size_t(i)];
   const auto& r = opt_.recompute;
   if (keep && a.x_in.empty()) {
-    a.x_in = saved.take<float>(TD);
-    ops::copy(be, a.x_in.data(), x_in, T * D);
+    a.x_in = saved.take<float>(SD);
+    ops::copy(be, a.x_in.data(), x_in, Ts * D);
   }
   const bool keep_norms = keep && !has_module(r, "layernorm");
-  const std::span<float> h1 = keep_norms ? (a.h1 = saved.take<float>(TD)) : ws.take<float>(TD);
-  const std::span<float> y = ws.take<float>(TD);
-  ops::rmsnorm(be, x_in, T, D, w.attn.input_norm.f32(), eps, h1.data());
-  attention_forward(ctx_, cfg_, w.attn, i, h1.data(), b, rope_, saved, a.attn, y.data());
-  ops::copy(be, x_out, x_in, T * D);
-  ops::add(be, x_out, y.data(), T * D);
+  const std::span<float> h1 = keep_norms ? (a.h1 = saved.take<float>(SD)) : ws.take<float>(SD);
+  const std::span<float> y = ws.take<float>(FD);
+  const std::span<float> hf = sp ? ws.take<float>(FD) : h1;  // the branches' input, whole
+  ops::rmsnorm(be, x_in, Ts, D, w.attn.input_norm.f32(), eps, h1.data());
+  if (sp) seq_all_gather(ctx_, h1.data(), T, D, hf.data());
+  attention_forward(ctx_, cfg_, w.attn, i, hf.data(), b, rope_, saved, a.attn, y.data());
+  const float* yl = reduce_branch(y.data(), T, true, hf.data());  // linear_proj is row-parallel
+  ops::copy(be, x_out, x_in, Ts * D);
+  ops::add(be, x_out, yl, Ts * D);
   if (keep) {
-    a.x_mid = saved.take<float>(TD);
-    ops::copy(be, a.x_mid.data(), x_out, T * D);
+    a.x_mid = saved.take<float>(SD);
+    ops::copy(be, a.x_mid.data(), x_out, Ts * D);
   }
-  const std::span<float> h2 = keep_norms ? (a.h2 = saved.take<float>(TD)) : h1;  // h1 is read no more
-  ops::rmsnorm(be, x_out, T, D, w.pre_mlp_norm.f32(), eps, h2.data());
+  const std::span<float> h2 = keep_norms ? (a.h2 = saved.take<float>(SD)) : h1;  // h1 is read no more
+  ops::rmsnorm(be, x_out, Ts, D, w.pre_mlp_norm.f32(), eps, h2.data());
+  if (sp) seq_all_gather(ctx_, h2.data(), T, D, hf.data());
+  const float* x2 = sp ? hf.data() : h2.data();
   // A branch the backward reruns (selective mlp/moe) runs in the workspace.
   const bool act = keep && has_module(r, "moe_act");
   a.mlp_kept = keep && !has_module(r, w.is_moe ? "moe" : "mlp");
   Arena& branch = keep && !a.mlp_kept ? ws : saved;
-  if (w.is_moe) moe_layer_forward(ctx_, cfg_, opt_.moe, w.moe, h2.data(), b, act, branch, a.moe, y.data());
-  else swiglu_mlp_forward(ctx_, h2.data(), T, w.mlp.fc1, w.mlp.fc2, branch, a.mlp, y.data(), false, act);
-  if (!w.is_moe) tp_all_reduce(ctx_, y.data(), T * D);  // fc2 is row-parallel (the MoE layer reduces its own)
-  ops::add(be, x_out, y.data(), T * D);
+  if (w.is_moe) moe_layer_forward(ctx_, cfg_, opt_.moe, w.moe, x2, b, act, branch, a.moe, y.data());
+  else swiglu_mlp_forward(ctx_, x2, T, w.mlp.fc1, w.mlp.fc2, branch, a.mlp, y.data(), false, act);
+  // fc2 is row-parallel; the MoE layer's output is whole (it reduces its experts' own).
+  yl = reduce_branch(y.data(), T, !w.is_moe, hf.data());
+  ops::add(be, x_out, yl, Ts * D);
   if (keep && !a.mlp_kept) a.moe = {}, a.mlp = {};
   a.complete = keep;
   if (&saved != &ws) ws.release(ws_mark);
+}
+
+float* Stage::reduce_branch(float* full, int64_t T, bool partial, float* local) {
+  const int64_t D = cfg_.hidden_size;
+  if (!sequence_parallel(ctx_)) {
+    if (partial) tp_all_reduce(ctx_, full, T * D);
+    return full;
+  }
+  if (partial) seq_reduce_scatter(ctx_, full, T, D, local);
+  else seq_take_rows(ctx_, full, T, D, local);
+  return local;
 }
 
 void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float aux_scale) {
@@ -113,8 +133,11 @@ void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float
   const Backend& be = ctx_.backend;
   Arena& ws = *ctx_.workspace;
   ArenaScope scope(ws);
-  const int64_t T = b.size(), D = cfg_.hidden_size;
-  const size_t TD = size_t(T * D);
+  // Under sequence parallelism dx and the norms have this rank's Ts rows: the branches take the
+  // norm output and dx gathered whole, and their input gradients are reduce-scattered back.
+  const int64_t T = b.size(), D = cfg_.hidden_size, Ts = seq_rows(ctx_, T);
+  const bool sp = sequence_parallel(ctx_);
+  const size_t SD = size_t(Ts * D), FD = size_t(full_rows(ctx_, T) * D);
   const float eps = float(cfg_.norm_epsilon);
   const LayerWeights& w = w_.layers[size_t(i)];
   LayerWeights& g = g_->layers[size_t(i)];
@@ -123,30 +146,40 @@ void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float
   const float* h1 = a.h1.data();
   const float* h2 = a.h2.data();
   if (a.h1.empty()) {
-    const std::span<float> h = ws.take<float>(2 * TD);
-    ops::rmsnorm(be, a.x_in.data(), T, D, w.attn.input_norm.f32(), eps, h.data());
-    ops::rmsnorm(be, a.x_mid.data(), T, D, w.pre_mlp_norm.f32(), eps, h.data() + TD);
-    h1 = h.data(), h2 = h.data() + TD;
+    const std::span<float> h = ws.take<float>(2 * SD);
+    ops::rmsnorm(be, a.x_in.data(), Ts, D, w.attn.input_norm.f32(), eps, h.data());
+    ops::rmsnorm(be, a.x_mid.data(), Ts, D, w.pre_mlp_norm.f32(), eps, h.data() + SD);
+    h1 = h.data(), h2 = h.data() + SD;
   }
+  const std::span<float> hf = sp ? ws.take<float>(FD) : std::span<float>();   // a norm's output, whole
+  const std::span<float> dyf = sp ? ws.take<float>(FD) : std::span<float>();  // dx, whole
+  const float* x2 = h2;
+  if (sp) seq_all_gather(ctx_, h2, T, D, hf.data()), x2 = hf.data();
   const bool act = has_module(opt_.recompute, "moe_act");
   if (!a.mlp_kept) {  // selective mlp/moe recompute: rerun the branch's forward now
-    const std::span<float> y = ws.take<float>(TD);
-    if (w.is_moe) moe_layer_forward(ctx_, cfg_, opt_.moe, w.moe, h2, b, act, ws, a.moe, y.data());
-    else swiglu_mlp_forward(ctx_, h2, T, w.mlp.fc1, w.mlp.fc2, ws, a.mlp, y.data(), false, act);
+    const std::span<float> y = ws.take<float>(size_t(T * D));
+    if (w.is_moe) moe_layer_forward(ctx_, cfg_, opt_.moe, w.moe, x2, b, act, ws, a.moe, y.data());
+    else swiglu_mlp_forward(ctx_, x2, T, w.mlp.fc1, w.mlp.fc2, ws, a.mlp, y.data(), false, act);
   }
   // MLP branch: x_out = x_mid + mlp(norm(x_mid)).
-  const std::span<float> dh = ws.take<float>(TD);
-  if (w.is_moe) moe_layer_backward(ctx_, cfg_, opt_.moe, w.moe, g.moe, h2, b, a.moe, dx, aux_scale, dh.data());
-  else swiglu_mlp_backward(ctx_, h2, T, w.mlp.fc1, w.mlp.fc2, a.mlp, dx, dh.data(), false, g.mlp.fc1, g.mlp.fc2);
-  if (!w.is_moe) tp_all_reduce(ctx_, dh.data(), T * D);  // fc1 is column-parallel
-  ops::rmsnorm_backward(be, a.x_mid.data(), T, D, w.pre_mlp_norm.f32(), eps, dh.data(), dh.data(),
-                        g.pre_mlp_norm.f32());
-  ops::add(be, dx, dh.data(), T * D);
+  const std::span<float> dh = ws.take<float>(FD);
+  const float* dy = dx;
+  if (sp) seq_all_gather(ctx_, dx, T, D, dyf.data()), dy = dyf.data();
+  if (w.is_moe) moe_layer_backward(ctx_, cfg_, opt_.moe, w.moe, g.moe, x2, b, a.moe, dy, aux_scale, dh.data());
+  else swiglu_mlp_backward(ctx_, x2, T, w.mlp.fc1, w.mlp.fc2, a.mlp, dy, dh.data(), false, g.mlp.fc1, g.mlp.fc2);
+  float* dl = reduce_branch(dh.data(), T, !w.is_moe, dyf.data());  // fc1 is column-parallel
+  ops::rmsnorm_backward(be, a.x_mid.data(), Ts, D, w.pre_mlp_norm.f32(), eps, dl, dl, g.pre_mlp_norm.f32());
+  ops::add(be, dx, dl, Ts * D);
   // Attention branch: x_mid = x_in + attn(norm(x_in)).
-  attention_backward(ctx_, cfg_, w.attn, g.attn, h1, b, rope_, a.attn, dx, dh.data());
-  ops::rmsnorm_backward(be, a.x_in.data(), T, D, w.attn.input_norm.f32(), eps, dh.data(), dh.data(),
-                        g.attn.input_norm.f32());
-  ops::add(be, dx, dh.data(), T * D);
+  const float* x1 = h1;
+  if (sp) {
+    seq_all_gather(ctx_, h1, T, D, hf.data()), x1 = hf.data();
+    seq_all_gather(ctx_, dx, T, D, dyf.data()), dy = dyf.data();
+  }
+  attention_backward(ctx_, cfg_, w.attn, g.attn, x1, b, rope_, a.attn, dy, dh.data());
+  dl = reduce_branch(dh.data(), T, true, hf.data());  // linear_qkv is column-parallel
+  ops::rmsnorm_backward(be, a.x_in.data(), Ts, D, w.attn.input_norm.f32(), eps, dl, dl, g.attn.input_norm.f32());
+  ops::add(be, dx, dl, Ts * D);
   a = {};
 }
 
@@ -157,9 +190,13 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
   int32_t max_pos = 0;
   for (int32_t p : b.positions) max_pos = std::max(max_pos, p);
   rope_.reserve(int64_t(max_pos) + 1);
+  const int64_t Ts = seq_rows(ctx_, T);
   if (!first_) {
     MOE_ASSERT(input != nullptr, "a pipeline stage without the embedding needs the previous stage's output");
-    ops::copy(ctx_.backend, acts.x.data(), input, T * cfg_.hidden_size);
+    ops::copy(ctx_.backend, acts.x.data(), input, Ts * cfg_.hidden_size);
+  } else if (sequence_parallel(ctx_)) {  // each rank's rows of the summed vocabulary slices
+    vocab_parallel_embedding(ctx_, w_.embedding, b.tokens, acts.x_next.data(), false);
+    seq_reduce_scatter(ctx_, acts.x_next.data(), T, cfg_.hidden_size, acts.x.data());
   } else if (tp_size(ctx_) > 1) {
     vocab_parallel_embedding(ctx_, w_.embedding, b.tokens, acts.x.data());
   } else {
@@ -199,8 +236,8 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
       } else {
         std::span<float> x_in;
         if (i == chunks_[c].first) {
-          x_in = acts.arena.take<float>(size_t(T * cfg_.hidden_size));
-          ops::copy(ctx_.backend, x_in.data(), acts.x.data(), T * cfg_.hidden_size);
+          x_in = acts.arena.take<float>(size_t(Ts * cfg_.hidden_size));
+          ops::copy(ctx_.backend, x_in.data(), acts.x.data(), Ts * cfg_.hidden_size);
         }
         ArenaScope scope(ws);
         a.x_in = x_in;  // kept already, or carved in the workspace when empty
@@ -271,7 +308,13 @@ StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float 
   Arena& ws = *ctx_.workspace;
   ArenaScope scope(ws);
   const float eps = float(cfg_.norm_epsilon);
-  ops::rmsnorm(be, acts.x.data(), T, D, w_.final_norm.f32(), eps, acts.hf.data());
+  const bool sp = sequence_parallel(ctx_);
+  if (sp) {  // the norm on this rank's rows, gathered whole for the head
+    ops::rmsnorm(be, acts.x.data(), seq_rows(ctx_, T), D, w_.final_norm.f32(), eps, acts.x_next.data());
+    seq_all_gather(ctx_, acts.x_next.data(), T, D, acts.hf.data());
+  } else {
+    ops::rmsnorm(be, acts.x.data(), T, D, w_.final_norm.f32(), eps, acts.hf.data());
+  }
   if (keep) ops::fill(be, acts.dhf.data(), 0.0f, T * D);
   const std::span<int64_t> labelled = ws.take<int64_t>(size_t(T));
   size_t n_rows = 0;
@@ -297,8 +340,11 @@ StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float 
     ops::linear_backward_input(be, logits.data(), n, w_.output.f32(), V, D, dhc.data(), false);
     ops::scatter_rows(be, dhc.data(), D, chunk, acts.dhf.data());
   }
-  if (keep) tp_all_reduce(ctx_, acts.dhf.data(), T * D);  // the head is column-parallel over the vocabulary
-  if (!keep) acts.arena.reset();                          // nothing for a backward
+  if (keep) {  // the head is column-parallel over the vocabulary
+    const float* dl = reduce_branch(acts.dhf.data(), T, true, acts.x_next.data());
+    if (sp) ops::copy(be, acts.dhf.data(), dl, seq_rows(ctx_, T) * D);
+  }
+  if (!keep) acts.arena.reset();  // nothing for a backward
   return st;
 }
 
@@ -307,24 +353,24 @@ void Stage::backward(const Batch& b, StageActs& acts, float aux_scale, const flo
   MOE_ASSERT(!acts.dhf.empty() || b.size() == 0, "backward without a training forward");
   const Backend& be = ctx_.backend;
   Arena& ws = *ctx_.workspace;
-  const int64_t T = b.size(), D = cfg_.hidden_size;
-  const size_t TD = size_t(T * D);
+  const int64_t T = b.size(), D = cfg_.hidden_size, Ts = seq_rows(ctx_, T);
+  const size_t SD = size_t(Ts * D);
   // Final norm, then the layers in reverse, rerunning recomputed chunks first (their
   // activations carved from the workspace, as stage_workspace counts them).
   const std::span<float> dx = acts.hf;  // reuse
   if (last_) {
-    ops::rmsnorm_backward(be, acts.x.data(), T, D, w_.final_norm.f32(), float(cfg_.norm_epsilon), acts.dhf.data(),
+    ops::rmsnorm_backward(be, acts.x.data(), Ts, D, w_.final_norm.f32(), float(cfg_.norm_epsilon), acts.dhf.data(),
                           dx.data(), g_->final_norm.f32());
   } else {
     MOE_ASSERT(grad_output != nullptr, "a pipeline stage without the head needs the next stage's input gradient");
-    ops::copy(be, dx.data(), grad_output, T * D);
+    ops::copy(be, dx.data(), grad_output, Ts * D);
   }
   for (size_t c = chunks_.size(); c-- > 0;) {
     ArenaScope scope(ws);
     const auto [first, end] = chunks_[c];
     if (chunk_recomputed_[c]) {
-      std::span<float> xi = ws.take<float>(TD), xo = ws.take<float>(TD);
-      ops::copy(be, xi.data(), acts.layers[size_t(first)].x_in.data(), T * D);
+      std::span<float> xi = ws.take<float>(SD), xo = ws.take<float>(SD);
+      ops::copy(be, xi.data(), acts.layers[size_t(first)].x_in.data(), Ts * D);
       for (int i = first; i < end; ++i) {
         layer_forward(i, b, xi.data(), xo.data(), acts.layers[size_t(i)], true, ws);
         std::swap(xi, xo);
@@ -334,7 +380,10 @@ void Stage::backward(const Batch& b, StageActs& acts, float aux_scale, const flo
   }
   if (!first_) {
     MOE_ASSERT(grad_input != nullptr, "a pipeline stage without the embedding hands its input gradient back");
-    ops::copy(be, grad_input, dx.data(), T * D);
+    ops::copy(be, grad_input, dx.data(), Ts * D);
+  } else if (sequence_parallel(ctx_)) {  // the embedding's gradient for every token, gathered whole
+    seq_all_gather(ctx_, dx.data(), T, D, acts.x_next.data());
+    vocab_parallel_embedding_backward(ctx_, acts.x_next.data(), b.tokens, D, g_->embedding.f32());
   } else if (tp_size(ctx_) > 1) {
     vocab_parallel_embedding_backward(ctx_, dx.data(), b.tokens, D, g_->embedding.f32());
   } else {

@@ -85,6 +85,10 @@ class Stage {
   void run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st, const float* input);
   void layer_forward(int i, const Batch& b, const float* x_in, float* x_out, LayerActs& a, bool keep, Arena& saved);
   void layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float aux_scale);
+  // A TP branch's output (or input gradient) `full` over T rows made this rank's: `partial` sums
+  // all-reduced in place (returns `full`), or under sequence parallelism reduce-scattered (a
+  // whole one: its rows taken) into `local` (returned).
+  float* reduce_branch(float* full, int64_t T, bool partial, float* local);
   void check_batch(const Batch& b) const;
 
   Context ctx_;

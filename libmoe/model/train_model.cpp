@@ -27,6 +27,7 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   const StateDict local = rank_state(spec, cfg_, params, tp_rank, 0, ep_rank);
   Context ctx = single_process_context(cfg_);
   if (groups) ctx.groups = groups, ctx.local = spec.local_shapes(tp_rank, 0, ep_rank);
+  ctx.sequence_parallel = opt_.sequence_parallel;
   first_expert_ = ctx.local.expert_begin, local_experts_ = ctx.local.experts;
   const int pp = groups ? groups->layout().pp : 1, pp_rank = groups ? groups->pp().rank() : 0;
   // This rank's model chunks: its stage's layers, or with virtual stages chunks k = v x pp + rank.
@@ -71,11 +72,11 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   for (const auto& [b, e] : ranges)
     for (int i = b; i < e; ++i)
       if (cfg_.is_moe_layer(i))
-      for (int64_t e = 0; e < local_experts_; ++e)
-        for (const std::string& n : {names::expert_fc1(int(e)), names::expert_fc2(int(e))}) {
-          const std::string name = names::layer(i) + n;
-          slots.push_back({name, local.at(name).shape(), false});
-        }
+        for (int64_t e = 0; e < local_experts_; ++e)
+          for (const std::string& n : {names::expert_fc1(int(e)), names::expert_fc2(int(e))}) {
+            const std::string name = names::layer(i) + n;
+            slots.push_back({name, local.at(name).shape(), false});
+          }
   for (const Slot& sl : slots)
     if (!sl.buffer) numel_ += size_t(shape_numel(sl.shape));
   // One zeroed allocation each: what gradient bucketing and a distributed optimizer slice.
@@ -110,8 +111,8 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
     auto& ch = *chunks_.emplace_back(std::make_unique<Chunk>());
     ch.begin = 0, ch.end = cfg_.num_layers;
     ch.grads = stage_weights(no_buffers, grads_, 0, cfg_.num_layers, El);
-    ch.stage = std::make_unique<Stage>(ctx, cfg_, stage_weights(cfg_, with_buffers, 0, cfg_.num_layers, El),
-                                       &ch.grads, opt_);
+    ch.stage =
+        std::make_unique<Stage>(ctx, cfg_, stage_weights(cfg_, with_buffers, 0, cfg_.num_layers, El), &ch.grads, opt_);
     return;
   }
   // Pipeline chunks: their layers, the embedding only on the model's first chunk, the final norm
@@ -149,12 +150,11 @@ StageActs& TrainModel::slot_acts(int slot, int chunk) {
   return *slots[size_t(slot)];
 }
 
-StepStats TrainModel::forward_stage(const MicroBatchView& mb, int slot, bool keep, float loss_scale,
-                                    const float* input, int chunk) {
-  return global_stats(
-      chunks_.at(size_t(chunk))->stage->forward_loss(batch(mb), slot_acts(slot, chunk), keep, loss_scale, nullptr,
-                                                      input),
-      chunk);
+StepStats TrainModel::forward_stage(const MicroBatchView& mb, int slot, bool keep, float loss_scale, const float* input,
+                                    int chunk) {
+  return global_stats(chunks_.at(size_t(chunk))
+                          ->stage->forward_loss(batch(mb), slot_acts(slot, chunk), keep, loss_scale, nullptr, input),
+                      chunk);
 }
 
 void TrainModel::backward_stage(const MicroBatchView& mb, int slot, float aux_scale, const float* grad_output,

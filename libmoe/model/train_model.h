@@ -86,8 +86,8 @@ class TrainModel {
   StepStats forward_stage(const MicroBatchView& mb, int slot, bool keep, float loss_scale, const float* input,
                           int chunk = 0);
   const float* stage_output(int slot, int chunk = 0) const { return slot_acts(slot, chunk).x.data(); }
-  void backward_stage(const MicroBatchView& mb, int slot, float aux_scale, const float* grad_output,
-                      float* grad_input, int chunk = 0);
+  void backward_stage(const MicroBatchView& mb, int slot, float aux_scale, const float* grad_output, float* grad_input,
+                      int chunk = 0);
   // The stage (the first model chunk's) and the micro-batch activations it carves (their arenas'
   // sizes are its workspace).
   Stage& stage() { return *chunks_.front()->stage; }

@@ -29,6 +29,7 @@ struct RecomputeOptions {
 struct TrainOptions {
   MoeTrainOptions moe;
   RecomputeOptions recompute;
+  bool sequence_parallel = false;  // Megatron's --sequence_parallel (with tensor parallelism)
 };
 
 // Checks option values; InputError naming the flag.

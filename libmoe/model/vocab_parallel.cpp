@@ -21,7 +21,8 @@ void local_ids(const Context& ctx, int64_t rows, std::span<const int32_t> tokens
 
 }  // namespace
 
-void vocab_parallel_embedding(const Context& ctx, const Tensor& table, std::span<const int32_t> tokens, float* x) {
+void vocab_parallel_embedding(const Context& ctx, const Tensor& table, std::span<const int32_t> tokens, float* x,
+                              bool reduce) {
   const Backend& be = ctx.backend;
   const int64_t T = int64_t(tokens.size()), D = table.dim(1);
   ArenaScope scope(*ctx.workspace);
@@ -31,7 +32,7 @@ void vocab_parallel_embedding(const Context& ctx, const Tensor& table, std::span
   ops::embedding_gather(be, table, ids, x);
   for (int64_t t = 0; t < T; ++t)
     if (int64_t(tokens[size_t(t)]) - ctx.local.vocab_begin != ids[size_t(t)]) ops::fill(be, x + t * D, 0.0f, D);
-  tp_all_reduce(ctx, x, T * D);
+  if (reduce) tp_all_reduce(ctx, x, T * D);
 }
 
 void vocab_parallel_embedding_backward(const Context& ctx, float* dx, std::span<const int32_t> tokens, int64_t D,

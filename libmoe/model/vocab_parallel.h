@@ -16,7 +16,9 @@
 namespace moe::model {
 
 // x_TD = embedding rows of `tokens` (whole on every TP rank); its ids' buffer from the workspace.
-void vocab_parallel_embedding(const Context& ctx, const Tensor& table, std::span<const int32_t> tokens, float* x_TD);
+// `reduce` false: this rank's partial rows only (sequence parallelism reduce-scatters them).
+void vocab_parallel_embedding(const Context& ctx, const Tensor& table, std::span<const int32_t> tokens, float* x_TD,
+                              bool reduce = true);
 // dtable += the rows of this rank's ids; dx_TD (the whole input gradient) is overwritten (its rows
 // of other ranks' ids zeroed).
 void vocab_parallel_embedding_backward(const Context& ctx, float* dx_TD, std::span<const int32_t> tokens, int64_t D,

@@ -56,14 +56,16 @@ void branch_forward(const StageShape& s, const TrainOptions& o, int64_t T, bool 
 void layer_forward(const StageShape& s, const TrainOptions& o, int64_t T, bool moe, bool keep, bool x_in_kept,
                    Arena& saved, Arena& ws) {
   const int64_t D = s.hidden;
+  const size_t SD = size_t(s.seq_rows(T) * D), FD = size_t(s.full_rows(T) * D);
   const Flags f = flags(o.recompute, moe, keep);
   const size_t ws_mark = ws.mark();
-  if (keep && !x_in_kept) saved.take<float>(size_t(T * D));  // x_in
-  (f.keep_norms ? saved : ws).take<float>(size_t(T * D));    // h1 (reused as h2 when not kept)
-  ws.take<float>(size_t(T * D));                             // y
+  if (keep && !x_in_kept) saved.take<float>(SD);            // x_in
+  (f.keep_norms ? saved : ws).take<float>(SD);              // h1 (reused as h2 when not kept)
+  ws.take<float>(FD);                                       // y
+  if (s.seq_rows(T) != s.full_rows(T)) ws.take<float>(FD);  // sequence parallel: the gathered norm output
   carve_attention_saved(saved, T, s.heads, s.query_groups, s.head_dim);
-  if (keep) saved.take<float>(size_t(T * D));          // x_mid
-  if (f.keep_norms) saved.take<float>(size_t(T * D));  // h2
+  if (keep) saved.take<float>(SD);          // x_mid
+  if (f.keep_norms) saved.take<float>(SD);  // h2
   branch_forward(s, o, T, moe, f.act, keep && !f.mlp_kept ? ws : saved, ws);
   if (&saved != &ws) ws.release(ws_mark);
 }
@@ -71,14 +73,16 @@ void layer_forward(const StageShape& s, const TrainOptions& o, int64_t T, bool m
 // Stage::layer_backward's carves, all temporaries.
 void layer_backward(const StageShape& s, const TrainOptions& o, int64_t T, bool moe, Arena& ws) {
   const int64_t D = s.hidden;
+  const size_t SD = size_t(s.seq_rows(T) * D), FD = size_t(s.full_rows(T) * D);
   const Flags f = flags(o.recompute, moe, true);
   ArenaScope scope(ws);
-  if (!f.keep_norms) ws.take<float>(size_t(2 * T * D));  // h1, h2 recomputed
+  if (!f.keep_norms) ws.take<float>(2 * SD);                    // h1, h2 recomputed
+  if (s.seq_rows(T) != s.full_rows(T)) ws.take<float>(2 * FD);  // sequence parallel: gathered norm output, gradient
   if (!f.mlp_kept) {
     ws.take<float>(size_t(T * D));  // y of the rerun branch
     branch_forward(s, o, T, moe, f.act, ws, ws);
   }
-  ws.take<float>(size_t(T * D));  // dh
+  ws.take<float>(FD);  // dh
   const size_t mark = ws.mark();
   if (moe) ws.take<std::byte>(moe_backward_scratch_bytes(moe_of(s, o, T), f.act));
   else carve_swiglu_backward_scratch(ws, T, s.ffn, f.act);
@@ -89,15 +93,16 @@ void layer_backward(const StageShape& s, const TrainOptions& o, int64_t T, bool 
 LayerBytes layer_bytes(const StageShape& s, const TrainOptions& o, int64_t T, bool moe, bool whole) {
   const int64_t D = s.hidden;
   const Flags f = flags(o.recompute, moe, true);
+  const int64_t Ts = s.seq_rows(T);  // the norms' inputs and outputs: this rank's rows
   LayerBytes b;
-  b.attn_norm_in = floats(T * D);
+  b.attn_norm_in = floats(Ts * D);
   if (!whole) return b;
   Arena m = Arena::measuring();
   const AttentionSaved a = carve_attention_saved(m, T, s.heads, s.query_groups, s.head_dim);
   b.attn_qkv = bytes(a.qkv) + bytes(a.q) + bytes(a.k) + bytes(a.v);
   b.attn_out = bytes(a.out) + bytes(a.lse);
-  b.mlp_norm_in = floats(T * D);
-  if (f.keep_norms) b.attn_qkv_in = b.mlp_fc1_in = floats(T * D);
+  b.mlp_norm_in = floats(Ts * D);
+  if (f.keep_norms) b.attn_qkv_in = b.mlp_fc1_in = floats(Ts * D);
   if (!f.mlp_kept) return b;
   const int64_t width = moe ? s.shared_ffn : s.ffn;
   if (width > 0) {
@@ -143,7 +148,7 @@ StageShape stage_shape(const Context& ctx, const ModelConfig& c, int begin, int 
   s.experts = c.num_experts, s.topk = c.moe_router_topk, s.moe_ffn = c.moe_ffn_hidden_size;
   s.shared_ffn = c.moe_shared_expert_intermediate_size, s.shared_gate = c.moe_shared_expert_gate;
   for (int i = begin; i < end; ++i) s.moe_layers.push_back(c.is_moe_layer(i));
-  s.tp = tp_size(ctx);
+  s.tp = tp_size(ctx), s.sequence_parallel = sequence_parallel(ctx);
   if (s.tp > 1) {  // this rank's slices (ShardSpec's local shapes)
     s.ffn = ctx.local.ffn, s.moe_ffn = ctx.local.moe_ffn, s.shared_ffn = ctx.local.shared_ffn;
     s.vocab = ctx.local.vocab_rows;
@@ -177,8 +182,9 @@ StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64
   const auto chunks = layer_chunks(o.recompute, L, &recomputed);
   StageWorkspace w;
   Arena mb = Arena::measuring(), ws = Arena::measuring();
-  // Stage::begin: the step's buffers.
-  for (int n = 0; n < (train ? 4 : 3); ++n) mb.take<float>(size_t(T * D));
+  const size_t SD = size_t(s.seq_rows(T) * D);
+  // Stage::begin: the step's buffers (whole rows: under SP they also hold gathered activations).
+  for (int n = 0; n < (train ? 4 : 3); ++n) mb.take<float>(size_t(s.full_rows(T) * D));
   w.step = mb.used();
   if (s.tp > 1) {  // the vocabulary-parallel embedding's local ids, before the layers
     ArenaScope scope(ws);
@@ -206,7 +212,7 @@ StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64
       }
       // A recomputed chunk keeps its first layer's input and runs in the workspace.
       const bool x_in = i == chunks[c].first;
-      if (x_in) mb.take<float>(size_t(T * D));
+      if (x_in) mb.take<float>(SD);
       {
         ArenaScope scope(ws);
         layer_forward(s, o, T, moe, true, x_in, ws, ws);
@@ -234,7 +240,7 @@ StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64
       ArenaScope scope(bw);
       const auto [first, end] = chunks[c];
       if (recomputed[c]) {
-        bw.take<float>(size_t(T * D)), bw.take<float>(size_t(T * D));  // xi, xo
+        bw.take<float>(SD), bw.take<float>(SD);  // xi, xo
         for (int i = first; i < end; ++i) layer_forward(s, o, T, s.moe_layers[size_t(i)], true, i == first, bw, bw);
       }
       for (int i = end; i-- > first;) layer_backward(s, o, T, s.moe_layers[size_t(i)], bw);

@@ -26,8 +26,13 @@ struct StageShape {
   int64_t ffn = 0;  // dense MLP width
   int64_t experts = 0, topk = 0, moe_ffn = 0, shared_ffn = 0;
   bool shared_gate = false;
-  std::vector<bool> moe_layers;  // per layer of the stage: MoE (true) or dense MLP
-  int tp = 1;                    // tensor-parallel ranks: widths and vocab rows above are this rank's
+  std::vector<bool> moe_layers;    // per layer of the stage: MoE (true) or dense MLP
+  int tp = 1;                      // tensor-parallel ranks: widths and vocab rows above are this rank's
+  bool sequence_parallel = false;  // with tp > 1: the residual stream's rows split over TP
+  // The residual stream's rows on this rank, and the rows of a whole (gathered) activation, for a
+  // micro-batch of T tokens (Context's seq_rows / full_rows).
+  int64_t seq_rows(int64_t T) const { return sequence_parallel && tp > 1 ? (T + tp - 1) / tp : T; }
+  int64_t full_rows(int64_t T) const { return sequence_parallel && tp > 1 ? seq_rows(T) * tp : T; }
 };
 // The shape of layers [begin, end) of `c` on the rank `ctx` describes.
 StageShape stage_shape(const Context& ctx, const ModelConfig& c, int begin, int end);

@@ -56,6 +56,12 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
     if (l.tp > 1) {
       tp_ = &groups->tp();
       spec_ = std::make_unique<model::ShardSpec>(model.config(), l.stage_view(), model::kMakeVocabSizeDivisibleBy);
+      if (model.options().sequence_parallel)
+        for (const auto& [name, t] : model.grads()) {
+          const bool norm = name == model::names::kFinalNorm || name.ends_with(model::names::kInputNorm) ||
+                            name.ends_with(model::names::kPreMlpNorm) || name.ends_with(model::names::kDenseNorm);
+          if (norm) sp_norms_.push_back(name);
+        }
     }
     if (l.pp > 1) {
       pp_ = &groups->pp();
@@ -113,6 +119,20 @@ double ParallelOptimizer::reduce_and_clip(double max_norm) {
   // Sum of squares of what this rank holds, counted once over the job: sharded regions count
   // their shard; a replicated region counts once per copy group (the experts once per EP rank).
   double sharded = 0, dense_rep = 0, expert_rep = 0;
+  if (!sp_norms_.empty()) {  // one all-reduce over TP for every norm's partial gradient
+    std::vector<float> buf;
+    for (const std::string& n : sp_norms_) {
+      const Tensor& g = model_.grads().at(n);
+      buf.insert(buf.end(), g.f32(), g.f32() + g.numel());
+    }
+    tp_->all_reduce(buf.data(), int64_t(buf.size()), dist::DataType::kF32, dist::ReduceOp::kSum);
+    size_t at = 0;
+    for (const std::string& n : sp_norms_) {
+      Tensor& g = model_.grads().at(n);
+      std::copy_n(buf.begin() + std::ptrdiff_t(at), g.numel(), g.f32());
+      at += size_t(g.numel());
+    }
+  }
   if (emb_) {  // the tied embedding's two gradients summed, before any DP reduction
     Tensor& g = model_.grads().at(tied_name_);
     emb_->all_reduce(g.f32(), g.numel(), dist::DataType::kF32, dist::ReduceOp::kSum);

@@ -101,6 +101,9 @@ class ParallelOptimizer {
   dist::Communicator* pp_ = nullptr;
   dist::Communicator* emb_ = nullptr;
   std::string tied_name_;
+  // Sequence parallelism: the norms' weights, whose gradients each TP rank computed from its
+  // rows only (summed over TP before any other reduction, as Megatron's sequence-parallel grads).
+  std::vector<std::string> sp_norms_;
   // The whole model from every stage's part (a collective over the pipeline group).
   void gather_stages(Whole& w) const;
   std::unique_ptr<model::ShardSpec> spec_;
