@@ -56,7 +56,7 @@ const std::vector<std::pair<Knob, std::vector<std::string>>> kEnum = {
     {{"attention_backend", "attention kernel"}, {"flash", "fused", "unfused", "local", "auto"}},
     {{"transformer_impl", "layer implementation"}, {"transformer_engine", "local"}},
     {{"distributed_backend", "process-group backend (CPU processes talk over MPI)"}, {"nccl", "gloo"}},
-    // external comes with --streaming, which is not in moectl yet.
+    // external (swift's loader with --streaming) is not taken: moectl's --streaming needs no sampler.
     {{"dataloader_type", "Megatron's sampler (moectl reads the global batch in swift's order)"}, {"single", "cyclic"}},
 };
 
@@ -71,7 +71,6 @@ const std::vector<Later> kLater = {
     {"train_type", "full", "LoRA and other adapter training (--train_type full trains every weight)"},
     {"fp16", "false", "fp16 training with loss scaling (use --torch_dtype float16 to save fp16 weights)"},
     {"exit_on_missing_checkpoint", "true", "starting from random weights when --load holds no checkpoint"},
-    {"streaming", "false", "reading the dataset lazily in one pass (--streaming)"},
     {"log_params_norm", "false", "the parameters' norm in the log"},
     {"fp8_format", "", "FP8 training"},
     {"fp8_recipe", "", "FP8 training"},

@@ -70,6 +70,7 @@ struct TrainArgs {
   bool no_log_learning_rate_to_tensorboard = false;
   int seq_length = 0;        // Megatron's; 0: --max_length, as swift sets it
   int dataset_num_proc = 1;  // threads that tokenise the dataset (swift: processes)
+  bool streaming = false;    // --streaming: the dataset read lazily, in order (train::SampleStream)
   // --moe_router_load_balancing_type and --moe_aux_loss_coeff as Megatron-Core takes them: lists,
   // one coefficient per balancing type (no coefficient given: 0, swift's default).
   std::vector<std::string> balancing_types = {"aux_loss"};
@@ -186,6 +187,14 @@ void validate_flags(const TrainArgs& a, const CLI::App& c) {
           "--seq_length out or make it at least --max_length",
           a.seq_length, a.max_length);
   }
+  if (a.streaming && !c.count("--train_iters"))
+    moe::throw_input(
+        "--streaming true needs --train_iters: a stream's length is not known before it is read, so --max_epochs "
+        "cannot set the iterations");
+  if (a.streaming && a.packing)
+    moe::throw_input(
+        "--streaming true with --packing true: packing bin-packs the whole dataset before training, which a stream "
+        "never holds; leave one of them out");
   if (t.save_interval < 0)
     moe::throw_input("--save_interval must be >= 1 (0: only at the end), got {}", t.save_interval);
   if (t.eval_interval < 0)
@@ -304,10 +313,14 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   d.system_given = a.system_given, d.system = a.system, d.model_name = a.model_name, d.model_author = a.model_author;
   d.max_length = a.max_length, d.truncation_strategy = a.truncation_strategy, d.seed = a.t.seed;
   d.num_proc = std::max(a.dataset_num_proc, 1);
-  d.pretrain = a.pretrain;
+  d.pretrain = a.pretrain, d.streaming = a.streaming;
   const auto data = moe::train::load_datasets(d, *tok, *tmpl);
-  moe::log().info("dataset: {} training and {} validation sequences from {} rows", data.train.size(), data.val.size(),
-                  data.rows_read);
+  if (data.stream)
+    moe::log().info("dataset: streamed (rows read and tokenised as training takes them), {} validation sequences",
+                    data.val.size());
+  else
+    moe::log().info("dataset: {} training and {} validation sequences from {} rows", data.train.size(),
+                    data.val.size(), data.rows_read);
 
   moe::train::TrainerConfig t = a.t;
   t.max_length = a.max_length, t.packing = a.packing;
@@ -365,6 +378,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                          {"max_length", a.max_length},
                          {"dataset_num_proc", a.dataset_num_proc},
                          {"packing", a.packing},
+                         {"streaming", a.streaming},
                          {"calculate_per_token_loss", t.calculate_per_token_loss},
                          {"moe_router_load_balancing_type", a.m.moe.load_balancing_type},
                          {"moe_aux_loss_coeff", a.m.moe.aux_loss_coeff},
@@ -467,6 +481,9 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--max_length", a->max_length, "Longest sequence in tokens");
   c->add_option("--truncation_strategy", a->truncation_strategy, "delete | left | right");
   c->add_option("--packing", a->packing, "Pack samples into rows of --max_length (attention stays per sample)");
+  c->add_option("--streaming", a->streaming,
+                "Read --dataset lazily, in order (no shuffle), each row tokenised when training takes it; needs "
+                "--train_iters; at the end it starts again");
   c->add_option("--calculate_per_token_loss", t.calculate_per_token_loss,
                 "true: the loss over the global batch's label tokens (swift's default); false: each micro-batch's "
                 "mean, averaged over the micro-batches (the log shows the token mean either way, as Megatron)");

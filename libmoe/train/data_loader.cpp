@@ -76,6 +76,26 @@ DataLoader::DataLoader(const std::vector<Sample>& samples, int mbs, bool packing
   order_epoch();
 }
 
+namespace {
+const std::vector<Sample> kNoSamples;
+}
+
+DataLoader::DataLoader(SampleStream& stream, int mbs, uint64_t seed)
+    : samples_(kNoSamples), stream_(&stream), mbs_(mbs), seed_(seed), shuffle_(false) {
+  if (mbs < 1) throw_input("--micro_batch_size must be >= 1, got {}", mbs);
+  pos_.seed = seed;
+  stream_->restart();
+}
+
+bool DataLoader::take(Sample& s) {
+  if (stream_->next(s)) return true;
+  if (pos_.index == 0) throw_input("--dataset: no trainable rows in the stream (all too long or without assistant turns)");
+  log().warn("--streaming: the dataset ended after {} samples; epoch {} reads it again", pos_.index, pos_.epoch + 1);
+  ++pos_.epoch, pos_.index = 0;
+  stream_->restart();
+  return stream_->next(s);
+}
+
 void DataLoader::order_epoch() {
   order_.resize(rows_.size());
   std::iota(order_.begin(), order_.end(), size_t(0));
@@ -86,6 +106,21 @@ void DataLoader::order_epoch() {
 }
 
 void DataLoader::restore(LoaderPosition p) {
+  if (stream_) {  // the order does not depend on the seed: read up to the saved position again
+    pos_ = {std::max<int64_t>(p.epoch, 0), 0, seed_};
+    stream_->restart();
+    for (int64_t i = 0; i < p.index; ++i) {
+      if (!stream_->next(streamed_)) {
+        log().warn("--streaming: the saved data position ({} samples into epoch {}) is past the stream's end ({}): "
+                   "the next epoch starts", p.index, p.epoch, i);
+        ++pos_.epoch, pos_.index = 0;
+        stream_->restart();
+        return;
+      }
+      ++pos_.index;
+    }
+    return;
+  }
   if (p.seed != 0 && p.seed != seed_)
     log().warn("the saved data position was taken with seed {}, this run uses seed {}: the data order differs", p.seed,
                seed_);
@@ -107,6 +142,18 @@ void DataLoader::next(MicroBatch& mb) {
   mb.tokens.clear(), mb.labels.clear(), mb.position_ids.clear(), mb.cu_seqlens.clear();
   mb.rows = 0;
   mb.cu_seqlens.push_back(0);
+  if (stream_) {
+    for (int r = 0; r < mbs_; ++r) {
+      take(streamed_);
+      const Sample& s = streamed_;
+      mb.tokens.insert(mb.tokens.end(), s.tokens.begin(), s.tokens.end());
+      mb.labels.insert(mb.labels.end(), s.labels.begin(), s.labels.end());
+      for (size_t t = 0; t < s.tokens.size(); ++t) mb.position_ids.push_back(int32_t(t));
+      mb.cu_seqlens.push_back(int32_t(mb.tokens.size()));
+      ++pos_.index, ++mb.rows;
+    }
+    return;
+  }
   for (int r = 0; r < mbs_; ++r) {
     if (pos_.index >= int64_t(rows_.size())) {
       ++pos_.epoch, pos_.index = 0;

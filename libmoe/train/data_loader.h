@@ -41,9 +41,13 @@ class DataLoader {
   // (best-fit decreasing, deterministic), and the packed rows are shuffled per epoch.
   DataLoader(const std::vector<Sample>& samples, int micro_batch_size, bool packing, int max_length, uint64_t seed,
              bool shuffle = true);
+  // --streaming: samples taken from `stream` in its order (no packing, no shuffle); its end starts
+  // the next epoch from its first row. position() counts the samples taken in the epoch, and
+  // restore() reads the stream up to there again. `stream` must outlive the loader.
+  DataLoader(SampleStream& stream, int micro_batch_size, uint64_t seed);
   MicroBatch next();          // the next micro_batch_size rows; wraps around into the next epoch
   void next(MicroBatch& mb);  // the same, reusing mb's buffers (no allocation once they are grown)
-  // Rows per epoch: samples, or packed rows with packing. The trainer's iteration count for
+  // Rows per epoch: samples, or packed rows with packing (0 when streaming: not known). The trainer's iteration count for
   // --max_epochs is computed from this (swift: floor(rows / (mbs*DP)) * (mbs*DP) * E / gbs).
   int64_t rows_per_epoch() const { return int64_t(rows_.size()); }
   int64_t samples() const { return int64_t(samples_.size()); }
@@ -56,7 +60,10 @@ class DataLoader {
 
  private:
   void order_epoch();
+  bool take(Sample& s);  // streaming: the next sample, the next epoch at the stream's end
   const std::vector<Sample>& samples_;
+  SampleStream* stream_ = nullptr;
+  Sample streamed_;  // streaming: the sample being copied into a micro-batch
   int mbs_;
   uint64_t seed_;
   bool shuffle_;

@@ -5,6 +5,7 @@
 #include <cctype>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -273,7 +274,139 @@ std::vector<Sample> build(const std::vector<std::string>& specs, const DatasetOp
   return out;
 }
 
+// A dummy#N sample: max_length random ids, each the next one's label.
+Sample dummy_sample(const DatasetOptions& o, const text::Tokenizer& tok, std::mt19937_64& rng) {
+  std::uniform_int_distribution<int32_t> id(0, tok.vocab_size() - 1);
+  Sample s;
+  s.tokens.resize(static_cast<size_t>(o.max_length));
+  for (auto& t : s.tokens) t = id(rng);
+  s.labels.assign(s.tokens.begin() + 1, s.tokens.end());
+  s.labels.push_back(-100);
+  return s;
+}
+
+bool trainable(const Sample& s) {
+  return std::any_of(s.labels.begin(), s.labels.end(), [](int32_t l) { return l >= 0; });
+}
+
 }  // namespace
+
+// One spec of a stream as it is read: a .jsonl file line by line, or rows parsed whole.
+struct SampleStream::Source {
+  std::string raw;  // the spec as given
+  DatasetSpec spec;
+  bool self_cognition = false, dummy = false;
+  std::ifstream in;  // .jsonl (and other non-.json names): read lazily
+  int line = 0;
+  std::vector<nlohmann::json> rows;  // self-cognition and .json files
+  size_t index = 0;
+  int64_t taken = 0;  // rows given from this spec (#N counts them)
+  bool any = false;   // the spec has given a row
+  std::mt19937_64 rng;
+
+  Source(const std::string& r, const DatasetOptions& o) : raw(r), spec(parse_dataset_spec(r)), rng(o.seed) {
+    if (spec.name == "dummy") {
+      if (spec.n <= 0) throw_input("--dataset dummy needs a row count, e.g. dummy#1000");
+      dummy = true;
+    } else if (spec.name == "self-cognition") {
+      self_cognition = true;
+      rows = parse_rows(self_cognition_jsonl(), "self-cognition.jsonl");
+    } else if (!fs::is_regular_file(spec.name)) {
+      missing_dataset(spec.name);
+    } else if (ends_with(spec.name, ".json")) {
+      rows = parse_rows(read_text_file(spec.name), spec.name);
+    } else {
+      in.open(spec.name);
+      if (!in) throw_input("--dataset '{}': cannot open the file", spec.name);
+    }
+  }
+
+  // The next row and where it is from; false when the spec is done (#N rows given, or the file's
+  // end without #N). With #N a shorter file is read again from its start.
+  bool next(nlohmann::json& row, std::string& where) {
+    if (spec.n >= 0 && taken >= spec.n) return false;
+    for (;;) {
+      if (in.is_open()) {
+        std::string text;
+        while (std::getline(in, text)) {
+          ++line;
+          if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+          row = nlohmann::json::parse(text, nullptr, false);
+          if (row.is_discarded())
+            throw_input("{}:{}: not valid JSON (each line must be one JSON object)", spec.name, line);
+          if (!row.is_object()) throw_input("{}:{}: each line must be a JSON object", spec.name, line);
+          where = spec.name + ":" + std::to_string(line);
+          ++taken, any = true;
+          return true;
+        }
+      } else if (index < rows.size()) {
+        row = rows[index++];
+        where = row.is_object() && row.contains("__where") ? row["__where"].get<std::string>() : spec.name;
+        if (row.is_object()) row.erase("__where");
+        ++taken, any = true;
+        return true;
+      }
+      if (!any) throw_input("--dataset '{}' has no rows", raw);
+      if (spec.n < 0) return false;
+      if (in.is_open()) in.clear(), in.seekg(0), line = 0;  // #N past the file's end: from its start again
+      else index = 0;
+    }
+  }
+};
+
+SampleStream::SampleStream(DatasetOptions o, const text::Tokenizer& tok, const text::ChatTemplate& tmpl)
+    : o_(std::move(o)), tok_(tok), tmpl_(tmpl) {
+  if (o_.specs.empty()) throw_input("--dataset is required (a .jsonl file, self-cognition#N or dummy#N)");
+  for (const auto& raw : o_.specs) {  // every name checked before training starts
+    const DatasetSpec spec = parse_dataset_spec(raw);
+    if (spec.name == "dummy" && spec.n <= 0) throw_input("--dataset dummy needs a row count, e.g. dummy#1000");
+    if (spec.name != "dummy" && spec.name != "self-cognition" && !fs::is_regular_file(spec.name))
+      missing_dataset(spec.name);
+    if (spec.name == "self-cognition" && (o_.model_name.empty() || o_.model_author.empty()))
+      log().warn("{}",
+                 "--dataset self-cognition without --model_name and --model_author: the {{NAME}} and "
+                 "{{AUTHOR}} placeholders stay literal");
+  }
+}
+
+SampleStream::~SampleStream() = default;
+
+void SampleStream::restart() {
+  src_.reset();
+  spec_ = 0, rows_read_ = 0;
+}
+
+bool SampleStream::next_row(Sample& s) {
+  while (spec_ < o_.specs.size()) {
+    if (!src_) src_ = std::make_unique<Source>(o_.specs[spec_], o_);
+    if (src_->dummy) {
+      if (src_->taken < src_->spec.n) {
+        ++src_->taken;
+        s = dummy_sample(o_, tok_, src_->rng);
+        return true;
+      }
+    } else {
+      nlohmann::json row;
+      std::string where;
+      if (src_->next(row, where)) {
+        if (src_->self_cognition) fill_self_cognition(row, o_);
+        s = tokenize({text::parse_conversation_row(row, where), where}, o_, tok_, tmpl_);
+        return true;
+      }
+    }
+    src_.reset();
+    ++spec_;
+  }
+  return false;
+}
+
+bool SampleStream::next(Sample& s) {
+  while (next_row(s)) {
+    ++rows_read_;
+    if (truncate(s, o_) && trainable(s)) return true;  // otherwise skipped, as without streaming
+  }
+  return false;
+}
 
 DatasetSpec parse_dataset_spec(const std::string& s) {
   if (fs::exists(s)) return {s, -1};  // a path wins even if it contains '#'
@@ -301,6 +434,16 @@ Datasets load_datasets(const DatasetOptions& o, const text::Tokenizer& tok, cons
     throw_input("--val_dataset and --split_dataset_ratio are exclusive (set --split_dataset_ratio 0)");
   std::mt19937_64 rng(o.seed);
   Datasets d;
+  if (o.streaming) {
+    if (o.split_dataset_ratio > 0)
+      throw_input(
+          "--streaming true with --split_dataset_ratio {}: a stream is read once, in order, and holds no rows back; "
+          "pass --val_dataset FILE for evaluation (or --split_dataset_ratio 0)",
+          o.split_dataset_ratio);
+    d.stream = std::make_shared<SampleStream>(o, tok, tmpl);
+    if (!o.val_specs.empty()) d.val = build(o.val_specs, o, rng, tok, tmpl, d);
+    return d;
+  }
   d.train = build(o.specs, o, rng, tok, tmpl, d);
   if (!o.val_specs.empty()) d.val = build(o.val_specs, o, rng, tok, tmpl, d);
   if (o.split_dataset_ratio > 0 && d.train.size() > 1) {

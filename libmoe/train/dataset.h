@@ -4,6 +4,7 @@
 // token), truncated to max_length, split into train and validation sets.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,10 +31,42 @@ struct DatasetOptions {
   uint64_t seed = 42;
   bool pretrain = false;  // pt: loss on every token
   int num_proc = 1;       // --dataset_num_proc: rows tokenised on this many threads (same result)
+  bool streaming = false;  // --streaming: the training rows read lazily (SampleStream)
+};
+
+// --streaming: the --dataset rows read lazily, in their order (spec by spec, file order, no
+// shuffle), each turned into a sample when the loader takes it; one pass, restart() begins the
+// next. A .jsonl file is read line by line; a .json array, self-cognition and dummy#N are
+// generated or parsed as their spec comes up. PATH#N takes the spec's first N rows (from its
+// start again when it has fewer). Rows too long (--truncation_strategy delete) or with nothing to
+// train on are skipped, as without streaming. The tokenizer and template must outlive it.
+class SampleStream {
+ public:
+  // Checks every spec (exists, readable name) now; reads nothing yet.
+  SampleStream(DatasetOptions o, const text::Tokenizer& tok, const text::ChatTemplate& tmpl);
+  ~SampleStream();
+  SampleStream(const SampleStream&) = delete;
+  SampleStream& operator=(const SampleStream&) = delete;
+  // The next trainable sample; false at the end of the last spec.
+  bool next(Sample& s);
+  void restart();  // back to the first row of the first spec
+  int64_t rows_read() const { return rows_read_; }  // in this pass, skipped rows included
+
+ private:
+  struct Source;
+  bool next_row(Sample& s);  // the next row of any spec, tokenised; false at the end
+  DatasetOptions o_;
+  const text::Tokenizer& tok_;
+  const text::ChatTemplate& tmpl_;
+  std::unique_ptr<Source> src_;
+  size_t spec_ = 0;
+  int64_t rows_read_ = 0;
 };
 
 struct Datasets {
   std::vector<Sample> train, val;
+  // --streaming: the training samples come from here (train is empty).
+  std::shared_ptr<SampleStream> stream;
   int64_t rows_read = 0;
   int64_t dropped_too_long = 0;  // --truncation_strategy delete
   int64_t dropped_no_loss = 0;   // nothing left to train on (no assistant reply, or all masked)

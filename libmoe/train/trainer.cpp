@@ -154,8 +154,11 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
         cfg.global_batch_size, cfg.micro_batch_size, dp.size);
   // Micro-batches per global batch, over all DP ranks; this rank runs every dp.size-th.
   const int accum = cfg.global_batch_size / cfg.micro_batch_size;
-  DataLoader loader(data.train, cfg.micro_batch_size, cfg.packing, cfg.max_length, cfg.seed);
+  DataLoader loader = data.stream ? DataLoader(*data.stream, cfg.micro_batch_size, cfg.seed)
+                                  : DataLoader(data.train, cfg.micro_batch_size, cfg.packing, cfg.max_length, cfg.seed);
   int64_t train_iters = cfg.train_iters;
+  if (train_iters <= 0 && data.stream)
+    throw_input("--streaming true needs --train_iters: a stream's length is not known before it is read");
   if (train_iters <= 0) {
     train_iters = iterations_for_epochs(loader.rows_per_epoch(), cfg.micro_batch_size, cfg.global_batch_size,
                                         cfg.max_epochs, dp.size);

@@ -25,6 +25,7 @@ SFT = {
     "no_log_learning_rate_to_tensorboard": I, "log_validation_ppl_to_tensorboard": I, "log_memory_to_tensorboard": I,
     "log_throughput": I, "moe_token_dispatcher_type": I, "moe_router_load_balancing_type": I, "moe_z_loss_coeff": I,
     "moe_expert_capacity_factor": I, "add_version": I, "max_epochs": I, "calculate_per_token_loss": I,
+    "streaming": I,
     # knobs: GPU kernel choices and bookkeeping of the Python pipeline
     "deterministic_mode": K, "no_masked_softmax_fusion": K, "no_bias_dropout_fusion": K, "no_bias_swiglu_fusion": K,
     "no_rope_fusion": K, "no_gradient_accumulation_fusion": K, "dataloader_type": K, "manual_gc": K,
