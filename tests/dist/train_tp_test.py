@@ -7,7 +7,7 @@ process, end to end through the CLI:
   dense Qwen2 (tied embeddings, a vocabulary of 1000 padded to 1024 over TP2, so the last rank
   holds padding rows), with and without the distributed optimizer; TP2 x DP2 on 4 processes;
   --sequence_parallel true for each model (micro-batches of odd token counts: the last rank's rows
-  padded), SP x DP2, SP x PP2, SP with selective and full recompute;
+  padded), SP x DP2, SP x PP2, SP with selective and full recompute, TP4 SP (8 heads, 4 groups);
 - the quick start: NPROC_PER_NODE=2 moectl sft --tensor_model_parallel_size 2
   --recompute_granularity selective equals the one-process run;
 - checkpoints: --ckpt_format torch writes Megatron's rank files mp_rank_00 / mp_rank_01 with the
@@ -126,6 +126,8 @@ def hf_dir(name, family, seed, **overrides):
 # some iteration, and then any layout (EP4 too) flips it and differs by ~1e-4 from there on.
 q2moe = hf_dir("q2moe", "qwen2_moe", 3, num_hidden_layers=4, vocab_size=1024, mlp_only_layers=[1])
 dense = hf_dir("dense", "qwen2", 5, vocab_size=1000)
+# Four query groups of two heads: TP4 keeps one group per rank.
+gqa4 = hf_dir("gqa4", "qwen3_moe", 9, num_attention_heads=8, num_key_value_heads=4, head_dim=16, vocab_size=1024)
 
 ITERS = 5
 BASE = ["--dataset", "self-cognition#96", "--model_name", "小黄", "Xiao Huang", "--model_author", "魔搭", "ModelScope",
@@ -157,6 +159,11 @@ for i, (name, extra) in enumerate(CASES.items()):
 args = json.load(open(os.path.join(run_dir("c0_np4_tp2_1"), "args.json")))
 check(args.get("world_size") == 4 and args.get("tensor_model_parallel_size") == 2
       and args.get("data_parallel_size") == 2, "args.json records world_size 4, TP 2, DP 2")
+
+# --- TP4 with sequence parallelism (4 ranks, each a quarter of the rows and one query group)
+run(["sft"] + BASE + ["--model", gqa4, "--save", "gqa4_np1"])
+run(["sft"] + BASE + ["--model", gqa4, "--tensor_model_parallel_size", "4"] + SP + ["--save", "gqa4_tp4"], np=4)
+same_run("gqa4_np1", "gqa4_tp4", "Qwen3-MoE 8 heads / 4 groups: TP4 SP vs one process", weights_at=ITERS)
 
 # --- the quick start's layout through the launcher, with selective recompute
 qs = ["--recompute_granularity", "selective"]
