@@ -56,8 +56,9 @@ const std::vector<std::pair<Knob, std::vector<std::string>>> kEnum = {
     {{"attention_backend", "attention kernel"}, {"flash", "fused", "unfused", "local", "auto"}},
     {{"transformer_impl", "layer implementation"}, {"transformer_engine", "local"}},
     {{"distributed_backend", "process-group backend (CPU processes talk over MPI)"}, {"nccl", "gloo"}},
-    // external (swift's loader with --streaming) is not taken: moectl's --streaming needs no sampler.
-    {{"dataloader_type", "Megatron's sampler (moectl reads the global batch in swift's order)"}, {"single", "cyclic"}},
+    // external is swift's with --streaming (checked in train.cpp: only with it).
+    {{"dataloader_type", "Megatron's sampler (moectl reads the global batch in swift's order)"},
+     {"single", "cyclic", "external"}},
 };
 
 // Flags of features moectl does not have yet: flag, the value that means "off" (what moectl does;

@@ -191,6 +191,11 @@ void validate_flags(const TrainArgs& a, const CLI::App& c) {
     moe::throw_input(
         "--streaming true needs --train_iters: a stream's length is not known before it is read, so --max_epochs "
         "cannot set the iterations");
+  if (c.count("--dataloader_type") && a.knobs.names.count("dataloader_type") &&
+      a.knobs.names.at("dataloader_type") == "external" && !a.streaming)
+    moe::throw_input(
+        "--dataloader_type external is swift's loader for --streaming true: pass --streaming true too, or leave "
+        "--dataloader_type out");
   if (a.streaming && a.packing)
     moe::throw_input(
         "--streaming true with --packing true: packing bin-packs the whole dataset before training, which a stream "

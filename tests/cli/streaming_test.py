@@ -80,6 +80,10 @@ run(BASE + ["--dataset", "data.jsonl", "--train_iters", "3", "--streaming", "tru
 check(len(train_log("lazy")) == 3, "--streaming trains 3 iterations (12 rows) without reading row 41")
 a = json.load(open(os.path.join(run_dir("lazy"), "args.json")))
 check(a.get("streaming") is True, "args.json records streaming true")
+run(BASE + ["--dataset", "data.jsonl", "--train_iters", "1", "--streaming", "true", "--dataloader_type", "external",
+            "--save", "external"])
+check(json.load(open(os.path.join(run_dir("external"), "args.json"))).get("dataloader_type") == "external",
+      "--dataloader_type external (swift's with --streaming) is accepted with it and recorded")
 
 # In order: iteration 1 is the first 4 rows of the file.
 run(BASE + ["--dataset", "head4.jsonl", "--train_iters", "1", "--save", "head4"])

@@ -102,7 +102,8 @@ a = args_of("knobs2")
 check(a.get("bf16") is True and a.get("distributed_backend") == "nccl" and a.get("logging_level") == 20,
       "bf16, distributed_backend, logging_level, ... recorded; the 'off' values of features moectl lacks accepted")
 p = run(BASE + ["--save", "badknob2", "--dataloader_type", "external"], expect=2)
-check("--dataloader_type" in p.stderr, "--dataloader_type external (needs --streaming) is refused")
+check("--dataloader_type" in p.stderr and "--streaming true" in p.stderr,
+      "--dataloader_type external without --streaming is refused")
 
 # --moe_aux_loss_coeff and --moe_router_load_balancing_type are Megatron-Core's lists, one coefficient per
 # balancing type: a list of one each is the one type moectl's router computes (recorded, and its loss logged
