@@ -5,10 +5,12 @@
 // the inputs, world rank 0 alone makes the run dir and writes every file.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
@@ -324,8 +326,8 @@ void run(const TrainArgs& a, const CLI::App& cli) {
     moe::log().info("dataset: streamed (rows read and tokenised as training takes them), {} validation sequences",
                     data.val.size());
   else
-    moe::log().info("dataset: {} training and {} validation sequences from {} rows", data.train.size(),
-                    data.val.size(), data.rows_read);
+    moe::log().info("dataset: {} training and {} validation sequences from {} rows", data.train.size(), data.val.size(),
+                    data.rows_read);
 
   moe::train::TrainerConfig t = a.t;
   t.max_length = a.max_length, t.packing = a.packing;
@@ -455,10 +457,18 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   if (writer && r.pipeline_stages > 1 && r.pipeline_total_s > 0) {  // stage 0's idle share vs 1F1B's
     const int p = r.pipeline_stages, m = r.pipeline_micro_batches;
     const int v = r.pipeline_chunks;  // interleaved: (p - 1) / (v m + p - 1)
+    // The formulas assume equal stages. With stage s computing c_s per micro-batch the slowest sets
+    // the steady pace: stage 0 waits for ((m v - 1) max c + sum c) / v and computes m c_0.
+    const auto& c = r.pipeline_stage_compute_s;
+    const double cmax = *std::max_element(c.begin(), c.end()), csum = std::accumulate(c.begin(), c.end(), 0.0);
+    const double uneven = 1.0 - double(m) * v * c[0] / ((double(m) * v - 1) * cmax + csum);
+    std::string stages;
+    for (double s : c) stages += fmt::format("{}{:.2f}", stages.empty() ? "" : " / ", s);
     std::printf(
-        "pipeline bubble: %.3f of stage %d's schedule time (%d stages, %d micro-batches, %d virtual; %s formula %.3f)\n",
+        "pipeline bubble: %.3f of stage %d's schedule time (%d stages, %d micro-batches, %d virtual; %s formula %.3f; "
+        "%.3f for the stages' measured compute %s s)\n",
         1.0 - r.pipeline_compute_s / r.pipeline_total_s, r.pipeline_stage, p, m, v, v > 1 ? "interleaved 1F1B" : "1F1B",
-        double(p - 1) / double(v * m + p - 1));
+        double(p - 1) / double(v * m + p - 1), uneven, stages.c_str());
   }
 }
 

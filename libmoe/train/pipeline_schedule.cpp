@@ -78,8 +78,8 @@ model::StepStats run_1f1b(model::TrainModel& m, dist::Communicator& pp, std::spa
   st.tokens_per_expert.assign(size_t(m.config().num_layers) * size_t(std::max(m.config().num_experts, 0)), 0);
   auto forward = [&](int i) {
     const auto t = Clock::now();
-    st.add(m.forward_stage(mbs[size_t(i)], i % slots, true, loss_scales[size_t(i)],
-                           nb.first ? nullptr : nb.input.data()));
+    st.add(
+        m.forward_stage(mbs[size_t(i)], i % slots, true, loss_scales[size_t(i)], nb.first ? nullptr : nb.input.data()));
     compute += seconds_since(t);
     return m.stage_output(i % slots);
   };
@@ -134,7 +134,7 @@ model::StepStats run_interleaved(model::TrainModel& m, dist::Communicator& pp,
     return forward ? c : V - 1 - c;
   };
   auto mb_of = [&](int k) { return (k / (P * V)) * P + k % P; };
-  auto first_chunk = [&](int c) { return r == 0 && c == 0; };       // holds the embedding
+  auto first_chunk = [&](int c) { return r == 0 && c == 0; };         // holds the embedding
   auto last_chunk = [&](int c) { return r == P - 1 && c == V - 1; };  // holds the head
   const auto Vs = static_cast<size_t>(V), ns = static_cast<size_t>(n);
   std::vector<std::deque<std::vector<float>>> inputs(Vs), grads(Vs);

@@ -430,6 +430,8 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     res.pipeline_stage = pipe.group->rank(), res.pipeline_stages = pipe.group->size();
     res.pipeline_micro_batches = accum / dp.size, res.pipeline_chunks = model.chunks();
     res.pipeline_compute_s = pipe.times.compute_s, res.pipeline_total_s = pipe.times.total_s;
+    res.pipeline_stage_compute_s.resize(size_t(res.pipeline_stages));
+    pipe.group->all_gather(&res.pipeline_compute_s, res.pipeline_stage_compute_s.data(), 1, dist::DataType::kF64);
   }
   nlohmann::json fin = summary_line(res.last_checkpoint, res.best_checkpoint, res.best_eval_loss);
   fin["global_step"] = train_iters;

@@ -91,6 +91,7 @@ struct TrainResult {
   // its schedule's compute and total seconds (1 - compute / total: the bubble, waits included).
   int pipeline_stage = 0, pipeline_stages = 1, pipeline_micro_batches = 0, pipeline_chunks = 1;
   double pipeline_compute_s = 0, pipeline_total_s = 0;
+  std::vector<double> pipeline_stage_compute_s;  // every stage's compute seconds, in stage order
 };
 
 // Runs the loop; `model` starts from the loaded or initialised weights.

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Distributed training speed on this machine's cores (issue 13's benchmark): the training
+"""Distributed training speed on this machine's cores (issues 13 and 15): the training
 benchmark's model (bench_train.cpp: qwen3_moe, hidden 512, 4 layers, 64 experts top-8, vocab
 32000, 4 x 512 tokens per global batch) trained by `moectl pt` as one process with every core,
-and as DP2 and EP2 under mpirun (2 processes x 1 thread), side by side in one run. Prints tokens/s
-of each, the ratio, and the fraction of step time spent in each collective type.
+and under mpirun (2 processes x 1 thread) as DP2, EP2, TP2, TP2 with sequence parallelism, PP2 and
+PP2 with 2 virtual stages (8 micro-batches of 512 tokens for the pipelines), side by side in one
+run. Prints tokens/s of each, the ratio, the fraction of step time spent in each collective type,
+and the pipelines' measured bubble beside the 1F1B / interleaved formula.
 Usage: bench_dist.py MOECTL SRC_DIR WORK_DIR [--iters N] [--mpiexec mpirun]"""
 import argparse
 import json
@@ -46,8 +48,9 @@ ARGS = ["pt", "--model", model, "--dataset", "dummy#256", "--max_length", "512",
         "--save_safetensors", "false", "--no_save_optim", "true", "--eval_interval", "0"]
 
 
-def run(name, prefix, threads, extra=()):
+def run(name, prefix, threads, extra=(), gbs=4):
     e = dict(env, OMP_NUM_THREADS=str(threads))
+    extra = list(extra) + ["--global_batch_size", str(gbs)]
     p = subprocess.run(prefix + [MOECTL] + ARGS + list(extra) + ["--save", os.path.join(WORK, name)], capture_output=True,
                        text=True, env=e)
     if p.returncode != 0:
@@ -62,22 +65,39 @@ def run(name, prefix, threads, extra=()):
         for k, v in re.findall(r"(\S+) ([0-9.]+) s \(", m.group(2)):
             comm[k] = float(v)
     total = sum(r["train_speed(s/it)"] for r in rows if "train_speed(s/it)" in r)
-    return {"s_per_it": s_per_it, "tokens_per_s": 4 * 512 / s_per_it, "comm": comm, "train_s": total}
+    bubble = re.search(r"pipeline bubble: ([0-9.]+) .*formula ([0-9.]+); ([0-9.]+) for the stages' measured compute "
+                       r"([0-9. /]+) s", p.stdout)
+    return {"s_per_it": s_per_it, "tokens_per_s": gbs * 512 / s_per_it, "comm": comm, "train_s": total,
+            "bubble": bubble.groups() if bubble else None}
 
 
 MPI2 = [a.mpiexec, "-np", "2", "--oversubscribe", "--bind-to", "none"]
 one = run("one", [], cores)
 dp2 = run("dp2", MPI2, max(1, cores // 2))
 ep2 = run("ep2", MPI2, max(1, cores // 2), ["--expert_model_parallel_size", "2"])
-print(f"model: qwen3_moe hidden 512, 4 layers, 64 experts top-8, vocab 32000; 4 x 512 tokens per step; "
-      f"{a.iters} steps, {cores} cores")
-print(f"{'layout':<28}{'s/step':>9}{'tokens/s':>10}{'ratio':>8}  communication")
 half = max(1, cores // 2)
-for name, r in (("1 process x %d threads" % cores, one), ("DP2: 2 processes x %d" % half, dp2),
-                ("EP2: 2 processes x %d" % half, ep2)):
+TP2 = ["--tensor_model_parallel_size", "2"]
+PP2 = ["--pipeline_model_parallel_size", "2"]
+more = [("TP2: 2 processes x %d" % half, run("tp2", MPI2, half, TP2)),
+        ("TP2 + SP", run("tp2sp", MPI2, half, TP2 + ["--sequence_parallel", "true"])),
+        ("PP2, 8 micro-batches", run("pp2", MPI2, half, PP2, gbs=8)),
+        ("PP2 x VPP2, 8 micro-batches", run("vpp2", MPI2, half, PP2 + ["--virtual_pipeline_model_parallel_size", "2"],
+                                             gbs=8))]
+print(f"model: qwen3_moe hidden 512, 4 layers, 64 experts top-8, vocab 32000; 4 x 512 tokens per step (pipelines: "
+      f"8 x 512); {a.iters} steps, {cores} cores")
+print(f"{'layout':<30}{'s/step':>9}{'tokens/s':>10}{'ratio':>8}  communication")
+for name, r in [("1 process x %d threads" % cores, one), ("DP2: 2 processes x %d" % half, dp2),
+                ("EP2: 2 processes x %d" % half, ep2)] + more:
     comm = sum(r["comm"].values())
     parts = ", ".join(f"{k} {100 * v / r['train_s']:.1f}%" for k, v in r["comm"].items() if v > 0.0005)
-    print(f"{name:<28}{r['s_per_it']:>9.3f}{r['tokens_per_s']:>10.0f}{r['tokens_per_s'] / one['tokens_per_s']:>8.2f}"
+    print(f"{name:<30}{r['s_per_it']:>9.3f}{r['tokens_per_s']:>10.0f}{r['tokens_per_s'] / one['tokens_per_s']:>8.2f}"
           f"  {100 * comm / r['train_s']:.1f}% of step time" + (f" ({parts})" if parts else ""))
+for name, r in more:
+    if r["bubble"]:
+        got, formula, uneven, stages = r["bubble"]
+        got, formula, uneven = float(got), float(formula), float(uneven)
+        print(f"{name}: bubble {got:.3f} of stage 0's schedule time; formula {formula:.3f} for equal stages, "
+              f"{uneven:.3f} for the stages' compute ({stages} s): "
+              f"{'within' if abs(got - uneven) <= 0.2 * uneven else 'outside'} 20% of it")
 print(f"DP2 / one process: {dp2['tokens_per_s'] / one['tokens_per_s']:.2f}x (target >= 0.9x); "
       f"EP2 / one process: {ep2['tokens_per_s'] / one['tokens_per_s']:.2f}x (target >= 0.85x)")
