@@ -4,7 +4,8 @@
   one-process run to 1e-5 relative (fp32): PP2 (Qwen3-MoE, with and without the distributed
   optimizer), PP4 with an uneven first stage (6 layers as 3 + 1 + 1 + 1), PP2 with an uneven last
   stage, PP2 x DP2, PP2 x EP2, a dense Qwen2 with tied embeddings under PP2, PP2 x DP2 and PP2 x TP2
-  (the embedding-group gradient all-reduce), selective and full recompute under PP2; interleaved
+  (the embedding-group gradient all-reduce), selective and full (uniform, block) recompute under PP2
+  and block under PP2 x VPP2; interleaved
   1F1B: PP2 x VPP2 (also given as layers per virtual stage), PP2 x VPP2 x DP2 (every micro-batch in
   the warm-up), PP3 x VPP2, tied embeddings under PP2 x VPP2; evaluation through both pipelines;
   the HF copy of a PP2 run is the whole model;
@@ -15,7 +16,7 @@
   an uneven split export to the one-process model;
 - resharding (torch_dist): PP2 saved at iteration 2 resumes in one process, and a one-process save
   resumes under PP2 (tied embeddings too), PP2 x VPP2 -> one process and one process -> PP2 x VPP2,
-  with the losses of the run that never stopped;
+  TP2 x PP2 -> EP4, PP2 x EP2 and one process, with the losses of the run that never stopped;
 - bad layouts (layers not divisible by the stages, an uneven split that does not divide, VPP without
   PP, micro-batches not a multiple of the stages under VPP, layers per virtual stage not dividing,
   VPP with uneven stages or legacy checkpoints: not yet) end every rank at start with exit 2 and
@@ -162,6 +163,9 @@ CASES = {
     "recompute selective": (["--model", q3, "--recompute_granularity", "selective"], [(2, PP2, "PP2")]),
     "recompute full": (["--model", q3, "--recompute_granularity", "full", "--recompute_method", "uniform",
                         "--recompute_num_layers", "1"], [(2, PP2, "PP2")]),
+    # block: the first layer of each stage (each virtual chunk) recomputed, as Megatron counts it
+    "recompute full block": (["--model", q3, "--recompute_granularity", "full", "--recompute_method", "block",
+                              "--recompute_num_layers", "1"], [(2, PP2, "PP2"), (2, VPP2, "PP2 x VPP2")]),
 }
 for i, (name, (model, layouts)) in enumerate(CASES.items()):
     for j, (np, flags, what) in enumerate(layouts):
@@ -259,6 +263,21 @@ for model_name, src_np, dst_np, layout in (("qwen3_moe", 2, 1, PP2), ("qwen3_moe
           f"{model_name}: {'PP2' if src_np == 2 else 'one process'} saved at 2 -> {'PP2' if dst_np == 2 else 'one process'}"
           f"{' (VPP2)' if layout == VPP2 else ''}: losses of iterations 3..{ITERS} as uninterrupted "
           f"(worst {worst:.1e})")
+
+# Across dimensions: TP2 x PP2 saved at iteration 2 resumes under EP4, PP2 x EP2 and in one process.
+save = "res_tp2pp2"
+run(["sft"] + BASE + CASES["qwen3_moe"][0] + PP2 + ["--tensor_model_parallel_size", "2", "--save", save,
+                                                     "--save_interval", "2"], np=4)
+ck = stopped_at_2(save)
+for np, flags, what in ((4, ["--expert_model_parallel_size", "4"], "EP4"),
+                        (4, ["--expert_model_parallel_size", "2", "--pipeline_model_parallel_size", "2"], "PP2 x EP2"),
+                        (1, [], "one process")):
+    out = f"{save}_to_{what.replace(' ', '')}"
+    run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", out] + flags, np=np)
+    full, resumed = train_log(save), train_log(out)
+    worst = max((rel(a[0], b[0]) for a, b in zip(full[2:], resumed)), default=1.0)
+    check(len(resumed) == ITERS - 2 and worst <= 1e-6,
+          f"TP2 x PP2 saved at 2 -> {what}: losses of iterations 3..{ITERS} as uninterrupted (worst {worst:.1e})")
 
 # A legacy PP2 checkpoint does not resume (yet): one line, exit 2; its weights load with --finetune, and
 # so do an uneven split's (the reader takes the stages from args.json).
