@@ -414,6 +414,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   args["log_validation_ppl_to_tensorboard"] = t.tensorboard.validation_ppl;
   args["no_log_learning_rate_to_tensorboard"] = !t.tensorboard.learning_rate;
   args["log_throughput"] = t.tensorboard.throughput;
+  args["log_params_norm"] = t.tensorboard.params_norm;
   args["seq_length"] = a.seq_length > 0 ? a.seq_length : a.max_length;
   if (writer) moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
   moe::log().info("output_dir: {}", t.out_dir);
@@ -585,6 +586,9 @@ void add_command(CLI::App& root, bool pretrain) {
                 "TensorBoard: leave learning-rate out (true|false)");
   c->add_option("--log_throughput", a->t.tensorboard.throughput,
                 "TensorBoard: throughput, TFLOP/s per process (true|false; the log always has tokens/s)");
+  c->add_option("--log_params_norm", a->t.tensorboard.params_norm,
+                "The parameters' L2 norm after each update: params_norm in the log, params-norm in TensorBoard "
+                "(true|false)");
   c->add_option("--dataset_num_proc", a->dataset_num_proc,
                 "Threads that tokenise the dataset (swift's processes; the same samples for any count)")
       ->check(CLI::NonNegativeNumber);

@@ -167,6 +167,24 @@ double ParallelOptimizer::reduce_and_clip(double max_norm) {
   return norm;
 }
 
+double ParallelOptimizer::params_norm() const {
+  // Every DP rank holds the whole parameters (the distributed optimizer gathers them after each
+  // step): the counted ones summed on this rank, the experts over EP, then over TP and the stages.
+  auto sum_of_squares = [](std::span<const ParamRef> refs) {
+    double s = 0;
+    for (const ParamRef& p : refs)
+      for (size_t i = 0; i < p.numel; ++i) s += double(p.data[i]) * double(p.data[i]);
+    return s;
+  };
+  double experts = sum_of_squares(experts_.counted);
+  if (groups_ && groups_->ep().size() > 1)
+    groups_->ep().all_reduce(&experts, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
+  double total = sum_of_squares(dense_.counted) + experts;
+  if (tp_) tp_->all_reduce(&total, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
+  if (pp_) pp_->all_reduce(&total, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
+  return std::sqrt(total);
+}
+
 bool ParallelOptimizer::step(double lr, double grad_bound) {
   int32_t bad = 0;
   for (Region* r : {&dense_, &experts_}) {

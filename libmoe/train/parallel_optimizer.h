@@ -40,6 +40,9 @@ class ParallelOptimizer {
   // Gradients reduced over their groups, clipped to max_norm (0: off) by the global L2 norm,
   // which is returned (non-finite: some gradient somewhere is NaN/Inf; nothing clipped).
   double reduce_and_clip(double max_norm);
+  // The L2 norm of the model's parameters over the job, each counted once as in the gradient norm
+  // (Megatron's calc_params_l2_norm, for --log_params_norm). A collective over every rank.
+  double params_norm() const;
   // One update on every rank, unless it would make a weight or state non-finite on any rank:
   // then nothing changes anywhere and false is returned on every rank.
   bool step(double lr, double grad_bound);

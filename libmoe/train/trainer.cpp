@@ -346,6 +346,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       model.update_expert_bias(st.tokens_per_expert);
     }
     prog.consumed_samples += cfg.global_batch_size;
+    const double params_norm = cfg.tensorboard.params_norm ? opt.params_norm() : 0.0;  // after the update
     for (int l = 0; l < mc.num_layers; ++l)
       for (int e = 0; e < mc.num_experts; ++e)
         hist.expert_load[size_t(l)][size_t(e)] +=
@@ -371,6 +372,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       }
       tb->scalar("world-size", iter, double(cfg.groups ? cfg.groups->layout().world() : 1));
       both("grad-norm", grad_norm);
+      if (cfg.tensorboard.params_norm) both("params-norm", params_norm);
       if (cfg.tensorboard.timers) tb->scalar("iteration-time", iter, step_s);
       if (cfg.tensorboard.throughput) {
         const double tflops = double(loss_tokens) * flops_per_token / std::max(step_s, 1e-9) / 1e12;
@@ -393,6 +395,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
                              {"acc", double(win_correct) / double(std::max<int64_t>(win_tokens, 1))},
                              {"grad_norm", grad_norm},
                              {"learning_rate", lr}};
+      if (cfg.tensorboard.params_norm) line["params_norm"] = params_norm;
       if (mc.num_experts > 0) {
         // swift's key names the balancing type (seq_load_balancing_loss for seq_aux_loss).
         const bool per_seq = model.options().moe.load_balancing_type == "seq_aux_loss";

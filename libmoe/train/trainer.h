@@ -80,6 +80,7 @@ struct TrainerConfig {
     bool memory = false;          // --log_memory_to_tensorboard: mem-max-allocated-bytes (peak RSS)
     bool validation_ppl = false;  // --log_validation_ppl_to_tensorboard
     bool throughput = true;       // --log_throughput: throughput (TFLOP/s per process)
+    bool params_norm = false;     // --log_params_norm: params-norm (and params_norm in the log)
   } tensorboard;
 };
 
