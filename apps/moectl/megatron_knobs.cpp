@@ -71,7 +71,6 @@ struct Later {
 const std::vector<Later> kLater = {
     {"train_type", "full", "LoRA and other adapter training (--train_type full trains every weight)"},
     {"fp16", "false", "fp16 training with loss scaling (use --torch_dtype float16 to save fp16 weights)"},
-    {"exit_on_missing_checkpoint", "true", "starting from random weights when --load holds no checkpoint"},
     {"fp8_format", "", "FP8 training"},
     {"fp8_recipe", "", "FP8 training"},
     {"wandb_project", "", "Weights & Biases logging (use --tensorboard_dir)"},

@@ -70,9 +70,10 @@ struct TrainArgs {
   MegatronKnobs knobs;
   std::string tensorboard_dir;  // "": <run dir>/runs, as swift
   bool no_log_learning_rate_to_tensorboard = false;
-  int seq_length = 0;        // Megatron's; 0: --max_length, as swift sets it
-  int dataset_num_proc = 1;  // threads that tokenise the dataset (swift: processes)
-  bool streaming = false;    // --streaming: the dataset read lazily, in order (train::SampleStream)
+  int seq_length = 0;                      // Megatron's; 0: --max_length, as swift sets it
+  int dataset_num_proc = 1;                // threads that tokenise the dataset (swift: processes)
+  bool exit_on_missing_checkpoint = true;  // swift's default; false: --load without one starts randomly
+  bool streaming = false;                  // --streaming: the dataset read lazily, in order (train::SampleStream)
   // --moe_router_load_balancing_type and --moe_aux_loss_coeff as Megatron-Core takes them: lists,
   // one coefficient per balancing type (no coefficient given: 0, swift's default).
   std::vector<std::string> balancing_types = {"aux_loss"};
@@ -284,7 +285,17 @@ void run(const TrainArgs& a, const CLI::App& cli) {
     moe::throw_input("pass --model HF_DIR (or a dir with only config.json + tokenizer) or --load MCORE_DIR");
   const std::string src = a.load.empty() ? a.model : a.load;
   check_source(a.load.empty() ? "--model" : "--load", src);
-  const bool resuming = !a.load.empty() && !a.finetune;
+  const bool has_weights =
+      fs::exists(fs::path(src) / "latest_checkpointed_iteration.txt") ||
+      fs::exists(fs::path(src) / "model.safetensors") || fs::exists(fs::path(src) / "model.safetensors.index.json") ||
+      fs::exists(fs::path(src) / "pytorch_model.bin") || fs::exists(fs::path(src) / "pytorch_model.bin.index.json");
+  if (!a.load.empty() && !has_weights && a.exit_on_missing_checkpoint)
+    moe::throw_input(
+        "--load {}: no checkpoint there (no latest_checkpointed_iteration.txt or safetensors); to train "
+        "from random init pass the config dir as --model (or --exit_on_missing_checkpoint false, as Megatron)",
+        a.load);
+  // Megatron with --exit_on_missing_checkpoint false: nothing to load means iteration 0, random weights.
+  const bool resuming = !a.load.empty() && !a.finetune && has_weights;
   // Weights: a Megatron or HF checkpoint, or random init when the dir has only config + tokenizer.
   checkpoint::LoadedModel lm;
   // Where the run writes is checked before any work; the dir itself is made once all input is read.
@@ -295,20 +306,14 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   const bool same_dir = !a.load.empty() && !a.add_version && moe::normal_path(a.load) == moe::normal_path(save_root);
   if (!same_dir) rdo.inputs = {src};
   moe::train::RunDir::check(save_root, rdo);
-  const bool has_weights =
-      fs::exists(fs::path(src) / "latest_checkpointed_iteration.txt") ||
-      fs::exists(fs::path(src) / "model.safetensors") || fs::exists(fs::path(src) / "model.safetensors.index.json") ||
-      fs::exists(fs::path(src) / "pytorch_model.bin") || fs::exists(fs::path(src) / "pytorch_model.bin.index.json");
-  if (!a.load.empty() && !has_weights)
-    moe::throw_input(
-        "--load {}: no checkpoint there (no latest_checkpointed_iteration.txt or safetensors); to train "
-        "from random init pass the config dir as --model",
-        a.load);
   if (has_weights) {
     lm = checkpoint::load_model(src);
   } else {
     lm.config = model::load_hf_config(src);
     lm.state = model::init_random_state(lm.config, a.t.seed, moe::DType::F32, a.init_method_std);
+    if (!a.load.empty())
+      moe::log().warn(
+          "--load {} holds no checkpoint: starting from random weights (--exit_on_missing_checkpoint false)", a.load);
     moe::log().info("{} has no weights: initialised randomly (std {}, seed {})", src, a.init_method_std, a.t.seed);
   }
   auto tok = moe::text::Tokenizer::load(src);
@@ -366,6 +371,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
         "the backward, not overlapped with it (the results are the same)");
   t.ckpt.dtype = dtype_from(a.torch_dtype, lm.config.params_dtype);
   t.ckpt.save_optim = !a.no_save_optim, t.ckpt.save_rng = !a.no_save_rng, t.ckpt.save_safetensors = a.save_safetensors;
+  t.ckpt.distributed_optimizer = a.use_distributed_optimizer;  // torch format: distrib_optim.pt
   t.ckpt.source_dir = src;
   t.load_optim = !a.no_load_optim, t.load_rng = !a.no_load_rng;
   if (resuming) t.resume_dir = a.load;
@@ -415,6 +421,7 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   args["no_log_learning_rate_to_tensorboard"] = !t.tensorboard.learning_rate;
   args["log_throughput"] = t.tensorboard.throughput;
   args["log_params_norm"] = t.tensorboard.params_norm;
+  args["exit_on_missing_checkpoint"] = a.exit_on_missing_checkpoint;
   args["seq_length"] = a.seq_length > 0 ? a.seq_length : a.max_length;
   if (writer) moe::write_file_atomic((fs::path(t.out_dir) / "args.json").string(), args.dump(2) + "\n");
   moe::log().info("output_dir: {}", t.out_dir);
@@ -586,6 +593,9 @@ void add_command(CLI::App& root, bool pretrain) {
                 "TensorBoard: leave learning-rate out (true|false)");
   c->add_option("--log_throughput", a->t.tensorboard.throughput,
                 "TensorBoard: throughput, TFLOP/s per process (true|false; the log always has tokens/s)");
+  c->add_option("--exit_on_missing_checkpoint", a->exit_on_missing_checkpoint,
+                "With --load holding no checkpoint: exit (true, the default) or start from random weights with its "
+                "config.json (false, Megatron's)");
   c->add_option("--log_params_norm", a->t.tensorboard.params_norm,
                 "The parameters' L2 norm after each update: params_norm in the log, params-norm in TensorBoard "
                 "(true|false)");

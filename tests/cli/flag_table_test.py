@@ -23,7 +23,7 @@ SFT = {
     "adam_beta1": I, "adam_beta2": I, "adam_eps": I, "sgd_momentum": I, "ckpt_format": I,
     "distributed_timeout_minutes": I, "tensorboard_log_interval": I, "log_timers_to_tensorboard": I,
     "no_log_learning_rate_to_tensorboard": I, "log_validation_ppl_to_tensorboard": I, "log_memory_to_tensorboard": I,
-    "log_throughput": I, "log_params_norm": I, "moe_token_dispatcher_type": I, "moe_router_load_balancing_type": I, "moe_z_loss_coeff": I,
+    "log_throughput": I, "log_params_norm": I, "exit_on_missing_checkpoint": I, "moe_token_dispatcher_type": I, "moe_router_load_balancing_type": I, "moe_z_loss_coeff": I,
     "moe_expert_capacity_factor": I, "add_version": I, "max_epochs": I, "calculate_per_token_loss": I,
     "streaming": I,
     # knobs: GPU kernel choices and bookkeeping of the Python pipeline
@@ -35,7 +35,7 @@ SFT = {
     "apply_query_key_layer_scaling": K, "attention_softmax_in_fp32": K, "transformer_impl": K, "moe_grouped_gemm": K,
     "moe_shared_expert_overlap": K, "lazy_tokenize": K,
     # features moectl does not have yet
-    "exit_on_missing_checkpoint": L, "wandb_project": L,
+    "wandb_project": L,
     "wandb_exp_name": L, "wandb_save_dir": L, "fp16": L,
     # architecture, checked against config.json
     "extra_megatron_kwargs": A, "num_layers": A, "hidden_size": A, "ffn_hidden_size": A, "num_attention_heads": A,

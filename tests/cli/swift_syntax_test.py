@@ -137,10 +137,22 @@ check("--seq_length 32" in p.stderr and "--max_length 64" in p.stderr, f"--seq_l
 # Features moectl does not have yet: one line, exit 2, no run dir.
 for flags, word in ((["--train_type", "lora"], "LoRA"), (["--report_to", "wandb"], "tensorboard"),
                     (["--fp8_format", "hybrid"], "FP8"), (["--fp16", "true"], "loss scaling"),
-                    (["--exit_on_missing_checkpoint", "0"], "random weights"),
                     (["--decoder_first_pipeline_num_layers", "2"], "pipeline")):
     p = run(BASE + ["--save", "later"] + flags, expect=2)
     check(word in p.stderr and not os.path.exists(os.path.join(WORK, "later")), f"{' '.join(flags)}: {p.stderr.strip()}")
+# --load naming a dir without a checkpoint: exit 2 (swift's default), or with
+# --exit_on_missing_checkpoint false random weights from its config.json, as Megatron starts.
+os.makedirs(os.path.join(WORK, "empty_ckpt"))
+for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(os.path.join(WORK, "m", f), os.path.join(WORK, "empty_ckpt"))
+no_model = [x for x in BASE if x not in ("--model", "m")]
+p = run(no_model + ["--load", "empty_ckpt", "--save", "missing"], expect=2)
+check("no checkpoint there" in p.stderr and "--exit_on_missing_checkpoint false" in p.stderr
+      and not os.path.exists(os.path.join(WORK, "missing")), f"--load without a checkpoint: {p.stderr.strip()[:200]}")
+p = run(no_model + ["--load", "empty_ckpt", "--exit_on_missing_checkpoint", "false", "--finetune", "false", "--save",
+                    "missing_ok"])
+check("starting from random weights" in p.stderr and args_of("missing_ok").get("exit_on_missing_checkpoint") is False,
+      "--exit_on_missing_checkpoint false: trains from random weights, recorded in args.json")
 run(BASE + ["--save", "full", "--train_type", "full", "--report_to", "tensorboard"])
 check(args_of("full").get("train_type") == "full", "--train_type full and --report_to tensorboard are accepted")
 
