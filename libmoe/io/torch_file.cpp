@@ -362,14 +362,14 @@ void write_torch_file(const std::string& path, const PyValue& root,
 // mapping: a page the process touches in a mapped file joins its resident set together with
 // the rest of its page-cache folio (up to megabytes on a warm cache), and touching one local
 // header per storage would thus map most of a large checkpoint. Only tensor() reads the mapping.
-TorchFile TorchFile::open(const std::string& path) {
+TorchFile TorchFile::open(const std::string& path, const std::vector<std::string>& classes) {
   auto file = MappedFile::open(path);
   const size_t n = file->size();
-  return open_range(std::move(file), 0, n, path);
+  return open_range(std::move(file), 0, n, path, classes);
 }
 
 TorchFile TorchFile::open_range(std::shared_ptr<MappedFile> file, uint64_t base, uint64_t length,
-                                const std::string& where) {
+                                const std::string& where, const std::vector<std::string>& classes) {
   TorchFile t;
   t.file_ = std::move(file);
   const std::string& path = t.file_->path();
@@ -457,7 +457,7 @@ TorchFile TorchFile::open_range(std::shared_ptr<MappedFile> file, uint64_t base,
       // checked before unpickling, so a flipped bit is named as such, not as a strange pickle
       if (crc32_update(0, pkl.data(), pkl.size()) != e.crc) checksum_mismatch(where, e.name);
       t.verified_[i] = true;
-      t.root_ = pickle_loads(pkl, where + ": " + e.name);
+      t.root_ = pickle_loads(pkl, where + ": " + e.name, classes);
     }
   }
   if (!t.root_) bad("no data.pkl inside");

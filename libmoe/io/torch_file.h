@@ -68,12 +68,13 @@ void write_torch_file(const std::string& path, const PyValue& root,
 class TorchFile {
  public:
   // InputError naming `path` for a malformed zip, a compressed entry, a missing data.pkl, a
-  // data.pkl whose CRC-32 does not match or a pickle outside what checkpoints use.
-  static TorchFile open(const std::string& path);
+  // data.pkl whose CRC-32 does not match or a pickle outside what checkpoints use. `classes`:
+  // further globals its pickle may name (pickle_loads), e.g. torch dtypes used as dict keys.
+  static TorchFile open(const std::string& path, const std::vector<std::string>& classes = {});
   // The archive that lies at bytes [base, base + length) of `file` (an item of a PyTorch
   // distributed checkpoint's .distcp file); errors name `where`.
   static TorchFile open_range(std::shared_ptr<MappedFile> file, uint64_t base, uint64_t length,
-                              const std::string& where);
+                              const std::string& where, const std::vector<std::string>& classes = {});
   const PyPtr& root() const { return root_; }
   // The tensor a TensorRef describes, borrowing the mapped file. Contiguous tensors only.
   // The first call for a storage checks the whole storage entry's CRC-32 (read with pread, on
