@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -72,6 +73,211 @@ void set_arg(io::PyValue& ns, const std::string& key, io::PyPtr v) {
   ns.set(key, std::move(v));
 }
 
+// --- Megatron's DistributedOptimizer parameter state in the legacy format (distrib_optim.pt)
+//
+// Megatron-Core builds its DDP grad buffers from named_parameters() (the GPTModel's module
+// registration order), walked in reverse ("backprop order"); with the distributed optimizer each
+// parameter starts at a multiple of 64 elements within its bucket; a bucket ends after a
+// parameter flagged shared_embedding (the tied embedding and output copy under PP) and, with
+// --overlap_grad_reduce, past --ddp_bucket_size (moectl refuses overlap under several processes,
+// so every buffer is one bucket apart from the shared embedding). get_parameter_state_dp_zero
+// gathers each bucket over DP and concatenates the buckets with their end padding dropped (the
+// 64-element alignment gaps inside a bucket stay, as zeros). The vectors so do not depend on the
+// DP size, and a rank's file lists its parameters by its own (stage-local, EP-local) names.
+
+// Where a parameter's module comes in GPTModel's registration order: embedding, the layers
+// (attention: linear_proj, then the fused-norm linear_qkv, then the q/k norms; then the MLP:
+// router, experts fc1 then fc2, shared experts' gate then fc1 then fc2), final norm, output.
+std::tuple<int, int, int, int64_t> module_order(const std::string& name) {
+  namespace n = model::names;
+  if (name == n::kEmbedding) return {0, 0, 0, 0};
+  if (name == n::kFinalNorm) return {2, 0, 0, 0};
+  if (name == n::kOutput) return {3, 0, 0, 0};
+  const int layer = n::layer_index(name);
+  if (layer >= 0) {
+    std::string within = name.substr(n::layer(layer).size());
+    const int64_t e = n::expert_index(name);
+    if (e >= 0) within.resize(within.find_last_not_of("0123456789") + 1);
+    static const std::vector<std::string> order = {n::kProj,
+                                                   n::kInputNorm,
+                                                   n::kQkv,
+                                                   n::kQkvBias,
+                                                   n::kQNorm,
+                                                   n::kKNorm,
+                                                   n::kPreMlpNorm,
+                                                   n::kDenseNorm,
+                                                   n::kDenseFc1,
+                                                   n::kDenseFc2,
+                                                   n::kRouter,
+                                                   "mlp.experts.linear_fc1.weight",
+                                                   "mlp.experts.linear_fc2.weight",
+                                                   n::kSharedGate,
+                                                   n::kSharedFc1,
+                                                   n::kSharedFc2};
+    const auto it = std::find(order.begin(), order.end(), within);
+    if (it != order.end()) return {1, layer, int(it - order.begin()), std::max<int64_t>(e, 0)};
+  }
+  throw_internal("'{}': no place in Megatron's module order", name);
+}
+
+struct FlatParam {
+  std::string name;    // as the rank file names it
+  Shape shape;         // as the rank file holds it (vocabulary rows padded)
+  std::string source;  // writing: the parameter's name in the model and its optimizer
+  int64_t offset = 0;
+};
+
+// `params` in module order -> in buffer order with their offsets in the coalesced vectors;
+// returns the vectors' length (Megatron's numel_unpadded).
+int64_t grad_buffer_layout(std::vector<FlatParam>& params, const std::set<std::string>& shared_embedding) {
+  std::reverse(params.begin(), params.end());
+  constexpr int64_t kAlign = 64;  // Megatron's pad_param_start
+  int64_t base = 0, pos = 0;      // the bucket's start in the vectors; the next start within it
+  bool open = false;              // the bucket holds a parameter
+  for (auto& p : params) {
+    pos = (pos + kAlign - 1) / kAlign * kAlign;
+    const bool shared = shared_embedding.count(p.name) > 0;
+    if (shared && open) base += pos, pos = 0, open = false;  // the shared tensor gets a bucket of its own
+    p.offset = base + pos;
+    pos += shape_numel(p.shape), open = true;
+    if (shared) base += pos, pos = 0, open = false;
+  }
+  return base + (open ? pos : 0);
+}
+
+std::vector<FlatParam> in_module_order(std::vector<FlatParam> params) {
+  std::stable_sort(params.begin(), params.end(),
+                   [](const FlatParam& a, const FlatParam& b) { return module_order(a.name) < module_order(b.name); });
+  return params;
+}
+
+// Megatron's param groups of one optimizer (torch's param_groups without 'params'): one per
+// weight-decay multiplier, in the order the module order first meets them, with the step.
+io::PyPtr dist_param_groups(const std::vector<FlatParam>& members, bool experts, const OptimizerConfig& oc,
+                            const LrScheduleConfig& lr, int64_t steps) {
+  auto groups = PyValue::container(PyValue::kList);
+  std::vector<bool> seen;
+  for (const auto& p : members) {
+    const bool decay = decays(p.name);
+    if (std::find(seen.begin(), seen.end(), decay) != seen.end()) continue;
+    seen.push_back(decay);
+    auto g = PyValue::container(PyValue::kDict);
+    g->set("wd_mult", PyValue::floating(decay ? 1.0 : 0.0)), g->set("lr_mult", PyValue::floating(1.0));
+    g->set("is_expert_parallel", PyValue::boolean(experts)), g->set("is_decoupled_lr", PyValue::boolean(false));
+    g->set("max_lr", PyValue::floating(lr.lr)), g->set("min_lr", PyValue::floating(lr.min_lr));
+    g->set("lr", PyValue::floating(lr.lr));
+    g->set("weight_decay", PyValue::floating(decay ? oc.weight_decay : 0.0));
+    g->set("betas", PyValue::tuple({PyValue::floating(oc.beta1), PyValue::floating(oc.beta2)}));
+    g->set("eps", PyValue::floating(oc.eps)), g->set("amsgrad", PyValue::boolean(false));
+    g->set("step", PyValue::integer(steps));
+    groups->items.push_back(g);
+  }
+  return groups;
+}
+
+// Writes distrib_optim.pt into `rank_dir` and returns what model_optim_rng.pt's 'optimizer'
+// holds beside it (DistributedOptimizer.state_dict: param groups only; a list of two when the
+// dense and expert optimizers are chained). `file_params`: the rank file's parameters under its
+// names and stored shapes, each with its source in `params` (the fp32 masters) and `opt`.
+io::PyPtr write_distrib_optim(const fs::path& rank_dir, const std::vector<FlatParam>& file_params,
+                              const model::StateDict& params, const dist::ParallelLayout& layout, bool write_dense,
+                              const Optimizer& opt, const LrScheduleConfig& lr, DType param_dtype, int64_t iteration) {
+  // Megatron chains a dense and an expert optimizer when experts are expert-parallel (EP > 1:
+  // their parameters have allreduce=False and buffers of their own); with EP 1 the experts sit in
+  // the one optimizer's buffer. Only DP rank 0 of each optimizer's group saves its state: under
+  // EP > 1 the dense group's rank 0 writes the EP-rank-0 dir, the other dirs get None there.
+  std::vector<FlatParam> dense, experts;
+  for (const auto& p : file_params)
+    (layout.ep > 1 && model::names::expert_index(p.name) >= 0 ? experts : dense).push_back(p);
+  const bool chained = !experts.empty();
+  std::set<std::string> shared;
+  if (layout.pp > 1)  // Megatron marks shared_embedding only across stages
+    for (const auto& p : file_params)
+      if (p.name == model::names::kEmbedding || p.name == model::names::kOutput) shared.insert(p.name);
+
+  std::vector<std::string> keys = {"param"};
+  for (const auto& k : opt.state_keys()) keys.push_back(k);
+  struct Buffer {
+    std::vector<FlatParam> params;  // buffer order, with offsets
+    int64_t numel = 0;
+  };
+  std::vector<Buffer> buffers;
+  auto distrib = chained ? PyValue::container(PyValue::kList) : nullptr;
+  io::PyPtr single;
+  auto state_dicts = PyValue::container(PyValue::kList);
+  std::vector<std::pair<std::string, std::pair<size_t, std::string>>> storages;  // key -> (buffer, state key)
+  for (int which = 0; which < (chained ? 2 : 1); ++which) {
+    std::vector<FlatParam> members = in_module_order(which == 0 ? dense : experts);
+    auto sd = PyValue::container(PyValue::kDict);
+    auto inner = PyValue::container(PyValue::kDict);
+    inner->set("param_groups", dist_param_groups(members, which == 1, opt.config(), lr, opt.steps()));
+    sd->set("optimizer", inner);
+    state_dicts->items.push_back(sd);
+    if (which == 0 && !write_dense) {
+      distrib->items.push_back(PyValue::none());
+      continue;
+    }
+    Buffer b;
+    b.params = std::move(members);
+    b.numel = grad_buffer_layout(b.params, shared);
+    auto world = PyValue::container(PyValue::kDict);
+    for (const auto& k : keys) {
+      const std::string key = std::to_string(storages.size());
+      storages.push_back({key, {buffers.size(), k}});
+      world->set(k, PyValue::tensor_ref(io::contiguous_ref(key, DType::F32, {b.numel})));
+    }
+    world->set("numel_unpadded", PyValue::integer(b.numel));
+    auto by_dtype = PyValue::container(PyValue::kDict);
+    const auto dtype_key = PyValue::tuple(
+        {PyValue::global("torch." + std::string(torch_dtype_name(param_dtype))), PyValue::global("torch.float32")});
+    by_dtype->entries.push_back({dtype_key, world});
+    auto st = PyValue::container(PyValue::kDict);
+    st->set("buckets_coalesced", PyValue::boolean(true));
+    st->entries.push_back({PyValue::integer(0), by_dtype});
+    if (chained) distrib->items.push_back(st);
+    else single = st;
+    buffers.push_back(std::move(b));
+  }
+  io::TorchFileWriter w((rank_dir / "distrib_optim.pt").string(), chained ? *distrib : *single);
+  for (const auto& [key, what] : storages) {
+    const Buffer& b = buffers[what.first];
+    const std::string& k = what.second;
+    w.add_storage_streamed(key, size_t(b.numel) * sizeof(float), [&](io::TorchFileWriter::Sink& sink) {
+      std::vector<float> zeros;
+      int64_t at = 0;
+      auto gap = [&](int64_t to) {
+        if (to <= at) return;
+        zeros.assign(size_t(to - at), 0.0f);
+        sink.write(zeros.data(), zeros.size() * sizeof(float)), at = to;
+      };
+      // Buffer order is offset order.
+      for (const auto& p : b.params) {
+        gap(p.offset);
+        const std::string& name = p.source;
+        const Tensor& t = params.at(name);
+        MOE_ASSERT(t.numel() <= shape_numel(p.shape), "{}: {} values, {} in the file", name, t.numel(),
+                   shape_numel(p.shape));
+        Tensor v;
+        if (k == "param") {
+          v = t.dtype() == DType::F32 ? t : t.to(DType::F32);
+        } else if (opt.has_state()) {
+          const auto s = opt.state(name, k);
+          MOE_ASSERT(s.size() == size_t(t.numel()), "{}: optimizer state {} has {} values", name, k, s.size());
+          v = borrow_f32(s, t.shape());
+        } else {
+          v = Tensor(t.shape(), DType::F32);  // before the first step: Adam's zero moments
+          std::memset(v.raw(), 0, v.nbytes());
+        }
+        check_finite(v, k == "param" ? name : fmt::format("{} {}", name, k), iteration);
+        sink.write(v.raw(), v.nbytes()), at += t.numel();
+        gap(p.offset + shape_numel(p.shape));  // a vocabulary's padding rows
+      }
+      gap(b.numel);
+    });
+  }
+  w.finish();
+  return chained ? state_dicts : state_dicts->items[0];
+}
 }  // namespace
 
 CheckpointSave::CheckpointSave(const std::string& dir, int64_t iteration)
@@ -119,11 +325,31 @@ void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, cons
     for (const auto& e : checkpoint::te_extra_states(c, l)) model_dict->set(file_name(e), PyValue::none());
   if (params.count(model::names::kOutput)) model_dict->set("output_layer._extra_state", PyValue::none());
   auto root = PyValue::container(PyValue::kDict);
-  root->set("args", checkpoint::megatron_args(c, eo, spec));
+  auto args = checkpoint::megatron_args(c, eo, spec);
+  set_arg(*args, "use_distributed_optimizer", PyValue::boolean(o.distributed_optimizer));
+  root->set("args", args);
   root->set("checkpoint_version", PyValue::floating(3.0));
   root->set("iteration", PyValue::integer(p.iteration));
   root->set("model", model_dict);
-  if (o.save_optim) {
+  if (o.save_optim && o.distributed_optimizer) {
+    // Megatron's DistributedOptimizer: the parameter state in distrib_optim.pt beside this file
+    // (get_parameter_state_dp_zero), only the param groups and the step here.
+    std::vector<FlatParam> file_params;
+    for (const auto& [name, t] : params) {
+      Shape stored = t.shape();
+      if (is_vocab(name)) stored[0] = Vp;
+      file_params.push_back({file_name(name), stored, name});
+    }
+    // A file's EP rank is the last number of its dir's name (mp_rank_TT[_PPP]_EEE) under EP.
+    int file_ep = 0;
+    if (layout.ep > 1) {
+      const std::string d = rank_dir.filename().string();
+      file_ep = std::stoi(d.substr(d.find_last_of('_') + 1));
+    }
+    root->set("optimizer",
+              write_distrib_optim(rank_dir, file_params, params, layout, file_ep == 0, opt, lr, o.dtype, p.iteration));
+    root->set("opt_param_scheduler", scheduler_state(lr, p.iteration));
+  } else if (o.save_optim) {
     // torch.optim's state_dict: state keyed by parameter index, one param group; plus the fp32
     // masters (Megatron's fp32_from_fp16_params) and the names that give the indices meaning.
     auto st = PyValue::container(PyValue::kDict);
@@ -361,25 +587,133 @@ Tensor as_local(const ToLocal& to_local, const std::string& name, const Tensor& 
   return to_local(name, t);
 }
 
+void bind_to_model(model::TrainModel& m, Optimizer& opt) {
+  if (opt.bound()) return;
+  std::vector<ParamRef> refs;  // the state's layout: the model's flat order
+  for (auto& [name, t] : m.params())
+    refs.push_back({name, t.f32(), m.grads().at(name).f32(), size_t(t.numel()), decays(name)});
+  opt.bind(in_address_order(refs));
+}
+
+// The optimizer state of a rank file saved with the distributed optimizer: the step from its
+// param groups, the fp32 masters and moments from distrib_optim.pt beside it, each parameter's
+// slice found by the layout its names and shapes give (grad_buffer_layout). Sets *dense_found
+// when the file holds the dense (or only) optimizer's state.
+void load_distrib_optim(const fs::path& file, const PyValue& root, const PyValue& od, int64_t shift,
+                        model::TrainModel& m, Optimizer& opt,
+                        const std::function<std::optional<std::string>(const std::string&)>& local_name,
+                        const ToLocal& to_local, bool* dense_found) {
+  const fs::path dpath = file.parent_path() / "distrib_optim.pt";
+  if (!fs::exists(dpath))
+    throw_input(
+        "{}: missing; the checkpoint was saved with --use_distributed_optimizer and keeps its optimizer state there "
+        "(resume with --no_load_optim true to start a fresh optimizer)",
+        dpath.string());
+  const io::TorchFile d =
+      io::TorchFile::open(dpath.string(), {"torch.bfloat16", "torch.float16", "torch.float32", "torch.float64"});
+  const bool chained = d.root()->kind == PyValue::kList;
+  const size_t n_opt = chained ? d.root()->items.size() : 1;
+  if ((chained && n_opt != 2) || (od.kind == PyValue::kList) != chained)
+    throw_input("{}: {} optimizer states, {} in model_optim_rng.pt", dpath.string(), n_opt,
+                od.kind == PyValue::kList ? od.items.size() : 1);
+  for (size_t i = 0; i < n_opt; ++i) {  // the step, from any param group of the (first) optimizer
+    const PyValue& sd = chained ? *od.items[i] : od;
+    auto inner = sd.get("optimizer");
+    auto groups = inner ? inner->get("param_groups") : nullptr;
+    if (groups && !groups->items.empty())
+      if (auto st = groups->items[0]->get("step"); st && st->kind == PyValue::kInt) opt.set_steps(st->i);
+  }
+  auto model = root.get("model");
+  if (!model) throw_input("{}: no 'model'", file.string());
+  std::vector<FlatParam> dense, experts;
+  for (const auto& [k, v] : model->entries) {
+    if (v->kind != PyValue::kTensor || k->s.ends_with(model::names::kExpertBias)) continue;  // extra states, buffers
+    (chained && model::names::expert_index(k->s) >= 0 ? experts : dense).push_back({k->s, v->tensor.shape, "", 0});
+  }
+  bind_to_model(m, opt);
+  for (size_t i = 0; i < n_opt; ++i) {
+    const PyValue& st = chained ? *d.root()->items[i] : *d.root();
+    if (st.kind == PyValue::kNone) continue;  // another rank's file holds it
+    auto bad = [&](const std::string& what) {
+      throw_input("{}: not a DistributedOptimizer parameter state moectl reads: {}", dpath.string(), what);
+    };
+    const PyValue* gbuf = nullptr;
+    for (const auto& [k, v] : st.entries)
+      if (k->kind == PyValue::kInt) {
+        if (k->i != 0 || gbuf) bad("more than one grad buffer");
+        gbuf = v.get();
+      }
+    if (!gbuf || gbuf->entries.size() != 1) bad("no grad buffer of one dtype");
+    const PyValue& world = *gbuf->entries[0].second;
+    std::vector<FlatParam> params = in_module_order(i == 0 ? dense : experts);
+    const int64_t numel = grad_buffer_layout(params, {});
+    auto nu = world.get("numel_unpadded");
+    if (!nu || nu->kind != PyValue::kInt || nu->i != numel)
+      throw_input("{}: numel_unpadded {} of optimizer {}, the parameters of {} make {}", dpath.string(),
+                  nu && nu->kind == PyValue::kInt ? nu->i : -1, i, file.string(), numel);
+    auto vec = [&](const std::string& key) -> std::optional<Tensor> {
+      auto v = world.get(key);
+      if (!v) return std::nullopt;
+      if (v->kind != PyValue::kTensor) bad("'" + key + "' is not a tensor");
+      Tensor t = d.tensor(v->tensor);
+      if (t.dtype() != DType::F32 || t.numel() != numel) bad("'" + key + "' is not fp32 of numel_unpadded values");
+      return t;
+    };
+    const auto master = vec("param");
+    if (!master) bad("no 'param'");
+    std::vector<std::pair<std::string, Tensor>> states;
+    for (const auto& k : opt.state_keys())
+      if (auto t = vec(k)) states.push_back({k, *t});
+    for (const auto& p : params) {
+      const std::string global = model::names::shift_expert(p.name, shift);
+      const auto mine = local_name ? local_name(global) : std::optional<std::string>(global);
+      if (!mine) continue;  // another rank's part
+      auto pit = m.params().find(*mine);
+      if (pit == m.params().end())
+        throw_input("{}: optimizer state for unknown parameter '{}'", dpath.string(), p.name);
+      const Tensor& w = pit->second;
+      auto slice = [&](const Tensor& flat) {
+        Tensor t = Tensor::borrow(p.shape, DType::F32, flat.data<float>() + p.offset, nullptr);
+        if (is_vocab(*mine) && !p.shape.empty() && p.shape[0] > m.config().vocab_size)
+          t = t.slice_rows(0, m.config().vocab_size);  // the padding rows
+        t = as_local(to_local, *mine, t, w.shape());   // a TP rank's slice of a whole tensor
+        if (t.shape() != w.shape())
+          throw_input("{}: '{}' has shape {}, the model {}", dpath.string(), p.name, shape_str(t.shape()),
+                      shape_str(w.shape()));
+        return t;
+      };
+      const Tensor mt = slice(*master);
+      std::memcpy(pit->second.raw(), mt.raw(), mt.nbytes());
+      for (const auto& [k, flat] : states) {
+        const Tensor t = slice(flat);
+        const std::span<float> dst = opt.state(*mine, k);
+        std::memcpy(dst.data(), t.raw(), dst.size() * sizeof(float));
+      }
+    }
+    if (i == 0) *dense_found = true;
+  }
+}
+
 void load_rank_file(const fs::path& file, int64_t shift, bool first, model::TrainModel& m, Optimizer& opt,
                     bool load_optim, bool load_rng,
                     const std::function<std::optional<std::string>(const std::string&)>& local_name,
-                    const ToLocal& to_local, ResumeState& rs) {
+                    const ToLocal& to_local, ResumeState& rs, bool* dense_found) {
   if (!fs::exists(file)) throw_input("{}: missing", file.string());
   const io::TorchFile f = io::TorchFile::open(file.string());
   const auto& root = *f.root();
-  if (auto od = root.get("optimizer"); od && load_optim) {
+  auto od = root.get("optimizer");
+  if (od && load_optim && (od->kind == PyValue::kList || (od->get("optimizer") && !od->get("param_names")))) {
+    load_distrib_optim(file, root, *od, shift, m, opt, local_name, to_local,
+                       dense_found);  // Megatron's DistributedOptimizer
+    rs.had_optimizer = true;
+  } else if (od && load_optim) {
     auto names = od->get("param_names");
     auto masters = od->get("fp32_from_fp16_params");
     auto inner = od->get("optimizer");
     auto st = inner ? inner->get("state") : nullptr;
     if (!names || !masters || !st) throw_input("{}: 'optimizer' lacks moectl's param_names/state", file.string());
-    if (!opt.bound()) {  // the state's layout: the model's flat order
-      std::vector<ParamRef> refs;
-      for (auto& [name, t] : m.params())
-        refs.push_back({name, t.f32(), m.grads().at(name).f32(), size_t(t.numel()), decays(name)});
-      opt.bind(in_address_order(refs));
-    }
+    *dense_found = true;
+    bind_to_model(m, opt);
     for (size_t i = 0; i < names->items.size(); ++i) {
       const std::string global = model::names::shift_expert(names->items[i]->s, shift);
       const auto mine = local_name ? local_name(global) : std::optional<std::string>(global);
@@ -540,10 +874,14 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
         "{}: no mp_rank_00/ or mp_rank_00_EEE/ model_optim_rng.pt; --load resumes from checkpoints written "
         "by moectl pt/sft",
         it_dir.string());
+  bool dense_found = false;
   for (size_t fi = 0; fi < files.size(); ++fi) {
     const auto& [file, shift] = files[fi];
-    load_rank_file(file, shift, fi == 0, m, opt, load_optim, load_rng, local_name, to_local, rs);
+    load_rank_file(file, shift, fi == 0, m, opt, load_optim, load_rng, local_name, to_local, rs, &dense_found);
   }
+  if (rs.had_optimizer && !dense_found)
+    throw_input("{}: no rank dir holds the dense parameters' optimizer state (distrib_optim.pt of EP rank 0)",
+                it_dir.string());
   return rs;
 }
 

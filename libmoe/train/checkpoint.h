@@ -5,9 +5,11 @@
 // scheduler, the step and moectl's data position) or in its legacy `torch` format:
 // DIR/iter_NNNNNNN/mp_rank_00/model_optim_rng.pt with `args`, `checkpoint_version`,
 // `iteration`, `model` (canonical names, vocabulary padded, TE `_extra_state` entries) and
-// optionally `optimizer` (torch's state_dict layout plus fp32 master weights),
-// `opt_param_scheduler` and `rng_state` (with moectl's data position), then the tracker file,
-// written last. With save_safetensors, DIR/checkpoint-N/ is also a complete HF directory.
+// optionally `optimizer` (torch's state_dict layout plus fp32 master weights; with the
+// distributed optimizer Megatron's param groups only, the fp32 masters and moments flattened per
+// grad buffer in distrib_optim.pt beside it), `opt_param_scheduler` and `rng_state` (with
+// moectl's data position), then the tracker file, written last. With save_safetensors, DIR/checkpoint-N/ is also a
+// complete HF directory.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -32,6 +34,9 @@ struct CheckpointOptions {
   std::string source_dir;                                              // config.json and tokenizer files come from here
   checkpoint::CkptFormat format = checkpoint::CkptFormat::kTorchDist;  // --ckpt_format
   int thread_count = 2;  // torch_dist: .distcp files per writing rank, written at once
+  // --use_distributed_optimizer: in the torch format the optimizer's parameter state goes into
+  // distrib_optim.pt beside model_optim_rng.pt, as Megatron's DistributedOptimizer saves it.
+  bool distributed_optimizer = false;
 };
 
 struct TrainProgress {

@@ -156,8 +156,11 @@ p = run(["sft", "--model", hf] + tiny + ["--lr", "1e30", "--save", "huge", "--to
                                         "--ckpt_format", "torch"])
 rd = glob.glob(os.path.join(WORK, "huge", "v*"))[0]
 ck = torch.load(os.path.join(rd, "iter_0000002", "mp_rank_00", "model_optim_rng.pt"))
-tensors = list(ck["model"].values()) + list(ck["optimizer"]["fp32_from_fp16_params"])
-tensors += [t for s in ck["optimizer"]["optimizer"]["state"].values() for t in s.values() if torch.is_tensor(t)]
+tensors = list(ck["model"].values())
+# the fp32 masters and Adam's moments: in distrib_optim.pt (--use_distributed_optimizer, the default)
+for w in torch.load(os.path.join(rd, "iter_0000002", "mp_rank_00", "distrib_optim.pt"))[0].values():
+    tensors += [t for t in w.values() if torch.is_tensor(t)]
+check(len(tensors) > len(ck["model"]), "QA10: the checkpoint holds the optimizer state")
 bad = sum(int((~torch.isfinite(t.float())).sum()) for t in tensors if torch.is_tensor(t))
 check(bad == 0, f"QA10: {bad} non-finite values in the --lr 1e30 checkpoint")
 for f in glob.glob(os.path.join(rd, "checkpoint-*", "*.safetensors")):

@@ -107,11 +107,16 @@ for fmt in ["torch_dist", "torch"]:
     run(["sft", "--load", run_dir(os.path.join(WORK, half)), "--finetune", "false", "--train_iters", "20",
          "--save", resumed] + sched + fs_)
     if fmt == "torch":
-        a = torch.load(os.path.join(run_dir(os.path.join(WORK, full)), "iter_0000020/mp_rank_00/model_optim_rng.pt"))
+        rank_dir = os.path.join(run_dir(os.path.join(WORK, full)), "iter_0000020/mp_rank_00")
+        a = torch.load(os.path.join(rank_dir, "model_optim_rng.pt"))
         b = torch.load(os.path.join(run_dir(os.path.join(WORK, resumed)), "iter_0000020/mp_rank_00/model_optim_rng.pt"))
-        opt = a["optimizer"]
-        check(len(opt["param_names"]) == len(opt["fp32_from_fp16_params"]), "optimizer masters per parameter")
-        check(all("exp_avg" in s and "exp_avg_sq" in s for s in opt["optimizer"]["state"].values()), "adam state")
+        # --use_distributed_optimizer (the default): Megatron's param groups here, the fp32 masters and
+        # Adam's moments in distrib_optim.pt (tests/dist/distrib_optim_test.py checks it in detail)
+        check(set(a["optimizer"]) == {"optimizer"} and "param_groups" in a["optimizer"]["optimizer"],
+              "model_optim_rng.pt holds the distributed optimizer's param groups only")
+        w = next(iter(torch.load(os.path.join(rank_dir, "distrib_optim.pt"))[0].values()))
+        check(all(w[k].numel() == w["numel_unpadded"] for k in ("param", "exp_avg", "exp_avg_sq")),
+              "distrib_optim.pt: masters and adam state")
         a, b = a["model"], b["model"]
     else:
         a = dcp_reader.read_checkpoint(os.path.join(run_dir(os.path.join(WORK, full)), "iter_0000020"))[0]
