@@ -84,6 +84,8 @@ void set_arg(io::PyValue& ns, const std::string& key, io::PyPtr v) {
 // gathers each bucket over DP and concatenates the buckets with their end padding dropped (the
 // 64-element alignment gaps inside a bucket stay, as zeros). The vectors so do not depend on the
 // DP size, and a rank's file lists its parameters by its own (stage-local, EP-local) names.
+// Deviation: the vocabulary's padding rows (parameters in Megatron, absent from moectl's model)
+// hold zeros in every vector, as they do in model_optim_rng.pt's weights.
 
 // Where a parameter's module comes in GPTModel's registration order: embedding, the layers
 // (attention: linear_proj, then the fused-norm linear_qkv, then the q/k norms; then the MLP:
@@ -153,6 +155,10 @@ std::vector<FlatParam> in_module_order(std::vector<FlatParam> params) {
 
 // Megatron's param groups of one optimizer (torch's param_groups without 'params'): one per
 // weight-decay multiplier, in the order the module order first meets them, with the step.
+// Deviations: moectl's own decay rule (decays(): norms and biases exempt) stands for Megatron's
+// (1-D tensors and biases), the same for GPT models; `lr` is the peak learning rate (Megatron's
+// scheduler sets every group's lr before each step); of torch's and FusedAdam's per-group
+// options only those Adam reads are written.
 io::PyPtr dist_param_groups(const std::vector<FlatParam>& members, bool experts, const OptimizerConfig& oc,
                             const LrScheduleConfig& lr, int64_t steps) {
   auto groups = PyValue::container(PyValue::kList);
@@ -169,6 +175,7 @@ io::PyPtr dist_param_groups(const std::vector<FlatParam>& members, bool experts,
     g->set("weight_decay", PyValue::floating(decay ? oc.weight_decay : 0.0));
     g->set("betas", PyValue::tuple({PyValue::floating(oc.beta1), PyValue::floating(oc.beta2)}));
     g->set("eps", PyValue::floating(oc.eps)), g->set("amsgrad", PyValue::boolean(false));
+    g->set("bias_correction", PyValue::boolean(true));  // TE's and apex's FusedAdam read it from the group
     g->set("step", PyValue::integer(steps));
     groups->items.push_back(g);
   }
