@@ -118,7 +118,7 @@ TrainModel::TrainModel(ModelConfig config, const StateDict& params, TrainOptions
   // Pipeline chunks: their layers, the embedding only on the model's first chunk, the final norm
   // and head on its last. The chunks share the context (one workspace arena, stack discipline).
   for (int v = 0; v < vpp; ++v) {
-    const auto [b, e] = ranges[size_t(v)];
+    const int b = ranges[size_t(v)].first, e = ranges[size_t(v)].second;  // (a lambda below reads them)
     const bool with_embedding = first && v == 0, with_head = last && v == vpp - 1;
     auto part = [&](const ModelConfig& c, const StateDict& s) {
       StageWeights w;

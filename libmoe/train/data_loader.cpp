@@ -89,7 +89,8 @@ DataLoader::DataLoader(SampleStream& stream, int mbs, uint64_t seed)
 
 bool DataLoader::take(Sample& s) {
   if (stream_->next(s)) return true;
-  if (pos_.index == 0) throw_input("--dataset: no trainable rows in the stream (all too long or without assistant turns)");
+  if (pos_.index == 0)
+    throw_input("--dataset: no trainable rows in the stream (all too long or without assistant turns)");
   log().warn("--streaming: the dataset ended after {} samples; epoch {} reads it again", pos_.index, pos_.epoch + 1);
   ++pos_.epoch, pos_.index = 0;
   stream_->restart();
@@ -111,8 +112,10 @@ void DataLoader::restore(LoaderPosition p) {
     stream_->restart();
     for (int64_t i = 0; i < p.index; ++i) {
       if (!stream_->next(streamed_)) {
-        log().warn("--streaming: the saved data position ({} samples into epoch {}) is past the stream's end ({}): "
-                   "the next epoch starts", p.index, p.epoch, i);
+        log().warn(
+            "--streaming: the saved data position ({} samples into epoch {}) is past the stream's end ({}): "
+            "the next epoch starts",
+            p.index, p.epoch, i);
         ++pos_.epoch, pos_.index = 0;
         stream_->restart();
         return;

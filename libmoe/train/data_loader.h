@@ -47,7 +47,8 @@ class DataLoader {
   DataLoader(SampleStream& stream, int micro_batch_size, uint64_t seed);
   MicroBatch next();          // the next micro_batch_size rows; wraps around into the next epoch
   void next(MicroBatch& mb);  // the same, reusing mb's buffers (no allocation once they are grown)
-  // Rows per epoch: samples, or packed rows with packing (0 when streaming: not known). The trainer's iteration count for
+  // Rows per epoch: samples, or packed rows with packing (0 when streaming: not known). The trainer's iteration count
+  // for
   // --max_epochs is computed from this (swift: floor(rows / (mbs*DP)) * (mbs*DP) * E / gbs).
   int64_t rows_per_epoch() const { return int64_t(rows_.size()); }
   int64_t samples() const { return int64_t(samples_.size()); }

@@ -29,8 +29,8 @@ struct DatasetOptions {
   int max_length = 2048;
   std::string truncation_strategy = "delete";  // delete | left | right
   uint64_t seed = 42;
-  bool pretrain = false;  // pt: loss on every token
-  int num_proc = 1;       // --dataset_num_proc: rows tokenised on this many threads (same result)
+  bool pretrain = false;   // pt: loss on every token
+  int num_proc = 1;        // --dataset_num_proc: rows tokenised on this many threads (same result)
   bool streaming = false;  // --streaming: the training rows read lazily (SampleStream)
 };
 
@@ -49,7 +49,7 @@ class SampleStream {
   SampleStream& operator=(const SampleStream&) = delete;
   // The next trainable sample; false at the end of the last spec.
   bool next(Sample& s);
-  void restart();  // back to the first row of the first spec
+  void restart();                                   // back to the first row of the first spec
   int64_t rows_read() const { return rows_read_; }  // in this pass, skipped rows included
 
  private:
