@@ -78,6 +78,8 @@ class Stage {
   void backward(const Batch& b, StageActs& acts, float aux_scale, const float* grad_output = nullptr,
                 float* grad_input = nullptr);
   bool first() const { return first_; }
+  // The residual stream's rows of a micro-batch of T tokens on this rank (seq_rows).
+  int64_t residual_rows(int64_t T) const { return seq_rows(ctx_, T); }
   bool last() const { return last_; }
 
  private:

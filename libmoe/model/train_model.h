@@ -78,6 +78,8 @@ class TrainModel {
   // (`grad_output`, without the head) and writes its own input's gradient to `grad_input`
   // (without the embedding).
   int chunks() const { return int(chunks_.size()); }
+  // The rows of a micro-batch of T tokens a stage hands the next (this TP rank's under SP).
+  int64_t activation_rows(int64_t T) const { return chunks_.front()->stage->residual_rows(T); }
   bool first_stage() const { return chunks_.front()->stage->first(); }  // holds the embedding
   bool last_stage() const { return chunks_.back()->stage->last(); }     // holds the head
   // The first chunk's layers (without virtual stages: the stage's).

@@ -17,14 +17,16 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // This rank's point-to-point steps with its neighbours (none on the first / last stage). Every
-// message is one micro-batch's [T, D] floats; T is known on both sides.
+// message is one micro-batch's activation rows (T, or its TP rank's rows under sequence
+// parallelism) x D floats; both sides know them.
 struct Neighbours {
   dist::Communicator& pp;
+  const model::TrainModel& m;
   int64_t D;
   bool first, last;
   std::vector<float> input, grad_output, grad_input;  // one micro-batch each, reused
 
-  int64_t n(const model::MicroBatchView& mb) const { return int64_t(mb.tokens.size()) * D; }
+  int64_t n(const model::MicroBatchView& mb) const { return m.activation_rows(int64_t(mb.tokens.size())) * D; }
   float* in(const model::MicroBatchView& mb) {
     input.resize(size_t(n(mb)));
     return first ? nullptr : input.data();
@@ -70,7 +72,7 @@ model::StepStats run_1f1b(model::TrainModel& m, dist::Communicator& pp, std::spa
              mbs.size());
   const auto t_start = Clock::now();
   double compute = 0;
-  Neighbours nb{pp, m.config().hidden_size, m.first_stage(), m.last_stage(), {}, {}, {}};
+  Neighbours nb{pp, m, m.config().hidden_size, m.first_stage(), m.last_stage(), {}, {}, {}};
   const int M = int(mbs.size()), P = pp.size(), rank = pp.rank();
   const int warmup = warmup_forwards(P, rank, M), steady = M - warmup;
   const int slots = std::max(1, std::min(P - rank, M));  // micro-batches in flight on this stage
@@ -124,8 +126,8 @@ model::StepStats run_interleaved(model::TrainModel& m, dist::Communicator& pp,
   const int total = M * V;
   const int64_t D = m.config().hidden_size;
   int64_t max_t = 0;
-  for (const auto& mb : mbs) max_t = std::max<int64_t>(max_t, int64_t(mb.tokens.size()));
-  const int64_t n = max_t * D;  // every message: the longest micro-batch's size
+  for (const auto& mb : mbs) max_t = std::max<int64_t>(max_t, m.activation_rows(int64_t(mb.tokens.size())));
+  const int64_t n = max_t * D;  // every message: the longest micro-batch's activation rows
   const int next = (r + 1) % P, prev = (r + P - 1) % P;
   // Megatron's get_model_chunk_id; k may be negative (the last stage looks P - 1 steps back), so
   // the modulo is taken as Python's.
@@ -180,7 +182,7 @@ model::StepStats run_interleaved(model::TrainModel& m, dist::Communicator& pp,
         m.forward_stage(mb, slot, true, loss_scales[size_t(j)], input.empty() ? nullptr : input.data(), c);
     compute += seconds_since(t);
     st.add(s);
-    const int64_t tn = int64_t(mb.tokens.size()) * D;
+    const int64_t tn = m.activation_rows(int64_t(mb.tokens.size())) * D;
     if (!last_chunk(c)) std::copy_n(m.stage_output(slot, c), tn, out_buf.begin());
     slot_of[size_t(c)][size_t(j)] = slot;
     return last_chunk(c) ? nullptr : out_buf.data();
@@ -277,7 +279,7 @@ std::vector<model::StepStats> run_forward(model::TrainModel& m, dist::Communicat
   std::vector<model::StepStats> out(mbs.size());
   for (size_t j = 0; j < mbs.size(); ++j) {
     const model::MicroBatchView& mb = mbs[j];
-    const int64_t n = int64_t(mb.tokens.size()) * D;
+    const int64_t n = m.activation_rows(int64_t(mb.tokens.size())) * D;
     for (int c = 0; c < V; ++c) {
       const bool first = r == 0 && c == 0, last = r == P - 1 && c == V - 1;
       if (!first) {
