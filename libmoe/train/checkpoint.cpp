@@ -701,6 +701,21 @@ void load_distrib_optim(const fs::path& file, const PyValue& root, const PyValue
   }
 }
 
+// The data position a rank file's rng_state holds (moectl's own entries).
+void read_rank_rng(const PyValue& root, bool load_rng, ResumeState& rs) {
+  auto r = root.get("rng_state");
+  if (!r || !load_rng || r->kind != PyValue::kList || r->items.empty()) return;
+  const auto& d = *r->items[0];
+  auto geti = [&](const char* k) {
+    auto v = d.get(k);
+    return v && v->kind == PyValue::kInt ? v->i : int64_t(0);
+  };
+  rs.progress.data = {geti("moectl_data_epoch"), geti("moectl_data_index"), uint64_t(geti("moectl_data_seed"))};
+  rs.progress.consumed_samples = geti("moectl_consumed_samples");
+  rs.progress.skipped_iters = geti("moectl_skipped_iters");
+  rs.had_rng = true;
+}
+
 void load_rank_file(const fs::path& file, int64_t shift, bool first, model::TrainModel& m, Optimizer& opt,
                     bool load_optim, bool load_rng,
                     const std::function<std::optional<std::string>(const std::string&)>& local_name,
@@ -754,16 +769,212 @@ void load_rank_file(const fs::path& file, int64_t shift, bool first, model::Trai
     }
     rs.had_optimizer = true;
   }
-  if (auto r = root.get("rng_state"); first && r && load_rng && r->kind == PyValue::kList && !r->items.empty()) {
-    const auto& d = *r->items[0];
-    auto geti = [&](const char* k) {
-      auto v = d.get(k);
-      return v && v->kind == PyValue::kInt ? v->i : int64_t(0);
+  if (first) read_rank_rng(root, load_rng, rs);
+}
+
+// --- Resuming a legacy checkpoint saved under TP or PP: every rank file's optimizer state
+// (fp32 masters under "param", then the moments) by the file's own names, merged into global
+// tensors by the saved layout's ShardSpec, then cut to this rank's part as a torch_dist resume does.
+
+// A rank file's parameter state: local name -> key ("param" or a state key) -> fp32 tensor in
+// the file's stored shape (vocabulary rows padded to the TP rank's part of the padded vocabulary).
+using RankOptState = std::map<std::string, std::map<std::string, Tensor>>;
+
+// Pads a vocabulary tensor's rows with zeros to `rows` (the stored shape); others unchanged.
+Tensor pad_vocab_rows(const std::string& local, const Tensor& t, int64_t rows) {
+  if (!is_vocab(local) || t.dim(0) >= rows) return t;
+  Tensor out({rows, t.dim(1)}, t.dtype());
+  std::memset(out.raw(), 0, out.nbytes());
+  std::memcpy(out.raw(), t.raw(), t.nbytes());
+  return out;
+}
+
+// distrib_optim.pt beside `file`, un-flattened by the layout the writer used (grad_buffer_layout
+// over the file's parameters, the embedding and output in buckets of their own under PP), into
+// `out`; `keep` holds the opened file. Returns whether it held the dense optimizer's state.
+bool unflatten_distrib_optim(const fs::path& file, const PyValue& root, const PyValue& od, bool pipeline,
+                             Optimizer& opt, RankOptState& out, std::vector<std::shared_ptr<io::TorchFile>>& keep) {
+  const fs::path dpath = file.parent_path() / "distrib_optim.pt";
+  if (!fs::exists(dpath))
+    throw_input(
+        "{}: missing; the checkpoint was saved with --use_distributed_optimizer and keeps its optimizer state there "
+        "(resume with --no_load_optim true to start a fresh optimizer)",
+        dpath.string());
+  auto d = std::make_shared<io::TorchFile>(
+      io::TorchFile::open(dpath.string(), {"torch.bfloat16", "torch.float16", "torch.float32", "torch.float64"}));
+  keep.push_back(d);
+  const bool chained = d->root()->kind == PyValue::kList;
+  const size_t n_opt = chained ? d->root()->items.size() : 1;
+  if ((chained && n_opt != 2) || (od.kind == PyValue::kList) != chained)
+    throw_input("{}: {} optimizer states, {} in model_optim_rng.pt", dpath.string(), n_opt,
+                od.kind == PyValue::kList ? od.items.size() : 1);
+  for (size_t i = 0; i < n_opt; ++i) {  // the step, from any param group
+    const PyValue& sd = chained ? *od.items[i] : od;
+    auto inner = sd.get("optimizer");
+    auto groups = inner ? inner->get("param_groups") : nullptr;
+    if (groups && !groups->items.empty())
+      if (auto st = groups->items[0]->get("step"); st && st->kind == PyValue::kInt) opt.set_steps(st->i);
+  }
+  auto model = root.get("model");
+  if (!model) throw_input("{}: no 'model'", file.string());
+  std::vector<FlatParam> dense, experts;
+  std::set<std::string> shared;
+  for (const auto& [k, v] : model->entries) {
+    if (v->kind != PyValue::kTensor || k->s.ends_with(model::names::kExpertBias)) continue;  // extra states, buffers
+    (chained && model::names::expert_index(k->s) >= 0 ? experts : dense).push_back({k->s, v->tensor.shape, "", 0});
+    if (pipeline && is_vocab(k->s)) shared.insert(k->s);
+  }
+  bool dense_found = false;
+  for (size_t i = 0; i < n_opt; ++i) {
+    const PyValue& st = chained ? *d->root()->items[i] : *d->root();
+    if (st.kind == PyValue::kNone) continue;  // another rank's file holds it
+    auto bad = [&](const std::string& what) {
+      throw_input("{}: not a DistributedOptimizer parameter state moectl reads: {}", dpath.string(), what);
     };
-    rs.progress.data = {geti("moectl_data_epoch"), geti("moectl_data_index"), uint64_t(geti("moectl_data_seed"))};
-    rs.progress.consumed_samples = geti("moectl_consumed_samples");
-    rs.progress.skipped_iters = geti("moectl_skipped_iters");
-    rs.had_rng = true;
+    const PyValue* gbuf = nullptr;
+    for (const auto& [k, v] : st.entries)
+      if (k->kind == PyValue::kInt) {
+        if (k->i != 0 || gbuf) bad("more than one grad buffer");
+        gbuf = v.get();
+      }
+    if (!gbuf || gbuf->entries.size() != 1) bad("no grad buffer of one dtype");
+    const PyValue& world = *gbuf->entries[0].second;
+    std::vector<FlatParam> params = in_module_order(i == 0 ? dense : experts);
+    const int64_t numel = grad_buffer_layout(params, shared);
+    auto nu = world.get("numel_unpadded");
+    if (!nu || nu->kind != PyValue::kInt || nu->i != numel)
+      throw_input("{}: numel_unpadded {} of optimizer {}, the parameters of {} make {}", dpath.string(),
+                  nu && nu->kind == PyValue::kInt ? nu->i : -1, i, file.string(), numel);
+    std::vector<std::string> keys = {"param"};
+    for (const auto& k : opt.state_keys()) keys.push_back(k);
+    for (const auto& key : keys) {
+      auto v = world.get(key);
+      if (!v) {
+        if (key == "param") bad("no 'param'");
+        continue;
+      }
+      if (v->kind != PyValue::kTensor) bad("'" + key + "' is not a tensor");
+      const Tensor flat = d->tensor(v->tensor);
+      if (flat.dtype() != DType::F32 || flat.numel() != numel)
+        bad("'" + key + "' is not fp32 of numel_unpadded values");
+      for (const auto& p : params)
+        out[p.name][key] = Tensor::borrow(p.shape, DType::F32, flat.data<float>() + p.offset, nullptr);
+    }
+    if (i == 0) dense_found = true;
+  }
+  return dense_found;
+}
+
+// The inline optimizer state of a rank file (torch's state_dict with moectl's fp32 masters and
+// parameter names) into `out`, vocabulary tensors padded to `vocab_rows`.
+void read_inline_optim(const io::TorchFile& f, const std::string& file, const PyValue& od, int64_t vocab_rows,
+                       Optimizer& opt, RankOptState& out) {
+  auto names = od.get("param_names");
+  auto masters = od.get("fp32_from_fp16_params");
+  auto inner = od.get("optimizer");
+  auto st = inner ? inner->get("state") : nullptr;
+  if (!names || !masters || !st) throw_input("{}: 'optimizer' lacks moectl's param_names/state", file);
+  const auto& keys = opt.state_keys();
+  for (size_t i = 0; i < names->items.size(); ++i) {
+    const std::string& local = names->items[i]->s;
+    const Tensor master = f.tensor(masters->items.at(i)->tensor);
+    if (master.dtype() != DType::F32)
+      throw_input("{}: fp32 master of '{}' is {}", file, local, dtype_name(master.dtype()));
+    out[local]["param"] = pad_vocab_rows(local, master, vocab_rows);
+  }
+  for (const auto& [k, v] : st->entries) {
+    if (k->kind != PyValue::kInt || k->i < 0 || size_t(k->i) >= names->items.size()) continue;
+    const std::string& local = names->items[size_t(k->i)]->s;
+    for (const auto& [sk, sv] : v->entries) {
+      if (sv->kind == PyValue::kTensor) {
+        // A key this optimizer does not keep (another --optimizer's) is not used by its steps.
+        if (std::find(keys.begin(), keys.end(), sk->s) == keys.end()) continue;
+        out[local][sk->s] = pad_vocab_rows(local, f.tensor(sv->tensor), vocab_rows);
+      } else if (sk->s == "step" && sv->kind == PyValue::kInt) {
+        opt.set_steps(sv->i);
+      }
+    }
+  }
+}
+
+void load_legacy_merged(const fs::path& it_dir, const dist::ParallelLayout& saved, int divisible_by,
+                        model::TrainModel& m, Optimizer& opt, bool load_optim, bool load_rng,
+                        const std::function<std::optional<std::string>(const std::string&)>& local_name,
+                        const ToLocal& to_local, ResumeState& rs) {
+  const model::ModelConfig& c = m.config();
+  const model::ShardSpec spec(c, saved, divisible_by);
+  std::vector<std::shared_ptr<io::TorchFile>> keep;  // the opened files the state borrows from
+  std::map<std::string, RankOptState> state;         // rank dir -> its parameter state
+  bool first = true, dense_found = false;
+  for (const auto& rf : spec.rank_files()) {
+    const std::string rd = spec.rank_dir(rf.tp, rf.pp, rf.ep);
+    const fs::path file = it_dir / rd / "model_optim_rng.pt";
+    if (!fs::exists(file))
+      throw_input("{}: missing (args.json says TP={} PP={} EP={} ETP={})", file.string(), saved.tp, saved.pp, saved.ep,
+                  saved.etp);
+    auto f = std::make_shared<io::TorchFile>(io::TorchFile::open(file.string()));
+    keep.push_back(f);
+    const PyValue& root = *f->root();
+    if (first) read_rank_rng(root, load_rng, rs);
+    first = false;
+    auto od = root.get("optimizer");
+    if (!od || !load_optim) continue;
+    RankOptState& mine = state[rd];
+    if (od->kind == PyValue::kList || (od->get("optimizer") && !od->get("param_names"))) {
+      dense_found |= unflatten_distrib_optim(file, root, *od, saved.pp > 1, opt, mine, keep);
+    } else {
+      read_inline_optim(*f, file.string(), *od, spec.padded_vocab() / saved.tp, opt, mine);
+      dense_found = true;
+    }
+    rs.had_optimizer = true;
+  }
+  if (!rs.had_optimizer) return;
+  if (!dense_found)
+    throw_input("{}: no rank dir holds the dense parameters' optimizer state (distrib_optim.pt of EP rank 0)",
+                it_dir.string());
+  bind_to_model(m, opt);
+  std::vector<std::string> keys = {"param"};
+  for (const auto& k : opt.state_keys()) keys.push_back(k);
+  const model::WeightMap map = model::WeightMap::for_config(c);
+  for (const auto& rule : map.rules()) {
+    if (rule.buffer) continue;
+    const auto mine = local_name ? local_name(rule.mcore) : std::optional<std::string>(rule.mcore);
+    if (!mine) continue;  // another rank's part
+    auto pit = m.params().find(*mine);
+    if (pit == m.params().end()) continue;  // not trained by this model
+    Shape stored = rule.shape;
+    if (is_vocab(rule.mcore)) stored[0] = spec.padded_vocab();
+    for (const auto& key : keys) {
+      // Every piece's tensor, or none when a piece lacks the key (moments saved before the first step).
+      bool complete = true;
+      spec.for_each_piece(rule.mcore, [&](int tp, int pp, int ep, const std::string& local) {
+        const std::string rd = spec.rank_dir(tp, pp, ep);
+        const auto s = state.find(rd);
+        if (s == state.end() || !s->second.count(local))
+          throw_input("{}: no optimizer state for '{}'", (it_dir / rd).string(), local);
+        if (!s->second.at(local).count(key)) complete = false;
+      });
+      if (!complete) {
+        if (key == "param") throw_input("{}: no fp32 master of '{}' in its rank files", it_dir.string(), rule.mcore);
+        continue;
+      }
+      Tensor t = spec.merge(rule.mcore, stored, DType::F32, [&](int tp, int pp, int ep, const std::string& local) {
+        return state.at(spec.rank_dir(tp, pp, ep)).at(local).at(key);
+      });
+      if (is_vocab(rule.mcore)) t = t.slice_rows(0, c.vocab_size);
+      t = as_local(to_local, *mine, t, pit->second.shape());
+      if (t.shape() != pit->second.shape())
+        throw_input("{}: '{}' {} has shape {} per parameter, the model {}", it_dir.string(), rule.mcore, key,
+                    shape_str(t.shape()), shape_str(pit->second.shape()));
+      if (key == "param") {
+        std::memcpy(pit->second.raw(), t.raw(), t.nbytes());
+      } else {
+        const std::span<float> dst = opt.state(*mine, key);
+        MOE_ASSERT(size_t(t.numel()) == dst.size(), "{} {}: {} values, the parameter {}", rule.mcore, key, t.numel(),
+                   dst.size());
+        std::memcpy(dst.data(), t.data<float>(), dst.size() * sizeof(float));
+      }
+    }
   }
 }
 
@@ -842,20 +1053,34 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
     return rs;
   }
   std::vector<std::pair<fs::path, int64_t>> files;
-  // Per-stage rank files (mp_rank_00_PPP) look like EP ranks' by name: the run's args.json tells.
+  // Saved under TP or PP (the run's args.json tells: per-stage mp_rank_00_PPP dirs look like EP
+  // ranks' by name): every rank file's state merged by the saved layout, then cut to this rank's.
   if (const fs::path aj = fs::path(dir) / "args.json"; fs::exists(aj)) {
     const auto args = nlohmann::json::parse(read_text_file(aj.string()), nullptr, false);
-    if (args.is_object() && args.value("pipeline_model_parallel_size", 1) > 1)
-      throw_input(
-          "{}: a legacy --ckpt_format torch checkpoint saved under pipeline parallelism (per-stage mp_rank_00_PPP "
-          "dirs) cannot be resumed yet; save with --ckpt_format torch_dist (the default), or load its weights with "
-          "--finetune true",
-          it_dir.string());
+    if (args.is_object()) {
+      dist::ParallelLayout saved;
+      int divisible_by = model::kMakeVocabSizeDivisibleBy;
+      try {
+        saved.tp = args.value("tensor_model_parallel_size", 1),
+        saved.pp = args.value("pipeline_model_parallel_size", 1);
+        saved.ep = args.value("expert_model_parallel_size", 1);
+        saved.etp = args.value("expert_tensor_parallel_size", saved.tp);  // Megatron's default: TP
+        saved.first_stage_layers = args.value("decoder_first_pipeline_num_layers", 0);
+        saved.last_stage_layers = args.value("decoder_last_pipeline_num_layers", 0);
+        divisible_by = args.value("make_vocab_size_divisible_by", divisible_by);
+      } catch (const nlohmann::json::exception&) {
+        throw_input("{}: the parallel sizes must be integers", aj.string());
+      }
+      if (saved.tp > 1 || saved.pp > 1) {
+        load_legacy_merged(it_dir, saved, divisible_by, m, opt, load_optim, load_rng, local_name, to_local, rs);
+        return rs;
+      }
+    }
   }
   if (fs::exists(it_dir / "mp_rank_01") || fs::exists(it_dir / "mp_rank_01_000"))
     throw_input(
-        "{}: a legacy --ckpt_format torch checkpoint saved under tensor parallelism (mp_rank_01) cannot be resumed "
-        "yet; save with --ckpt_format torch_dist (the default), or load its weights with --finetune true",
+        "{}: a legacy --ckpt_format torch checkpoint saved under tensor parallelism (mp_rank_01) without the run's "
+        "args.json beside it: its layout is unknown; load its weights with --finetune true",
         it_dir.string());
   if (fs::exists(it_dir / "mp_rank_00" / "model_optim_rng.pt")) {
     files.push_back({it_dir / "mp_rank_00" / "model_optim_rng.pt", 0});

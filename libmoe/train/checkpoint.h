@@ -98,7 +98,8 @@ struct ResumeState {
 // this rank does not hold (another EP rank's expert); absent: names are the model's.
 // `to_local` (absent: none) turns a whole tensor of a checkpoint into this rank's slice (a tensor-parallel
 // rank's part, by ShardSpec); it is applied where a checkpoint's tensor is larger than the model's.
-// A legacy checkpoint written under tensor parallelism (mp_rank_01 ...) is refused for resuming.
+// A legacy checkpoint written under TP or PP (args.json beside it records the layout) has every rank
+// file's optimizer state merged into global tensors by that layout's ShardSpec first.
 using ToLocal = std::function<Tensor(const std::string& name, const Tensor& whole)>;
 ResumeState load_training_state(const std::string& dir, model::TrainModel& model, Optimizer& opt, bool load_optim,
                                 bool load_rng,
