@@ -12,11 +12,14 @@
 - checkpoints: --ckpt_format torch writes Megatron's per-stage rank dirs mp_rank_00_000 /
   mp_rank_00_001 with stage-local layer numbers, the names and shapes moectl export
   --pipeline_model_parallel_size 2 writes; torch_dist holds the global model (global layer indices);
-  a legacy PP2 checkpoint's resume is refused (exit 2) but --finetune loads it, and the rank files of
-  an uneven split export to the one-process model;
+  --finetune loads a legacy PP2 checkpoint, and the rank files of an uneven split export to the
+  one-process model;
 - resharding (torch_dist): PP2 saved at iteration 2 resumes in one process, and a one-process save
   resumes under PP2 (tied embeddings too), PP2 x VPP2 -> one process and one process -> PP2 x VPP2,
   TP2 x PP2 -> EP4, PP2 x EP2 and one process, with the losses of the run that never stopped;
+  legacy --ckpt_format torch: PP2 and PP2 with a 1-layer first stage (with and without the
+  distributed optimizer) saved at iteration 2 resume under PP2 and in one process, the same
+  (<= 1e-6: the fp32 masters and moments are merged exactly);
 - bad layouts (layers not divisible by the stages, an uneven split that does not divide, VPP without
   PP, micro-batches not a multiple of the stages under VPP, layers per virtual stage not dividing,
   VPP with uneven stages or legacy checkpoints: not yet) end every rank at start with exit 2 and
@@ -279,15 +282,35 @@ for np, flags, what in ((4, ["--expert_model_parallel_size", "4"], "EP4"),
     check(len(resumed) == ITERS - 2 and worst <= 1e-6,
           f"TP2 x PP2 saved at 2 -> {what}: losses of iterations 3..{ITERS} as uninterrupted (worst {worst:.1e})")
 
-# A legacy PP2 checkpoint does not resume (yet): one line, exit 2; its weights load with --finetune, and
-# so do an uneven split's (the reader takes the stages from args.json).
-p = run(["sft"] + BASE + ["--load", run_dir("legacy_pp2"), "--finetune", "false", "--save", "legacy_resume"],
-        expect=None)
-check(p.returncode == 2 and "saved under pipeline parallelism" in p.stderr,
-      f"legacy PP2 checkpoint: resume refused with exit 2 (exit {p.returncode})")
+# A legacy PP2 checkpoint (per-stage dirs, stage-local layer numbers) resumes under any layout:
+# every stage's fp32 masters and Adam moments (inline, or distrib_optim.pt's flattened buffers,
+# the embedding and output in buckets of their own) merged by the split args.json records, even or
+# uneven, then cut to the new layout. The masters are fp32 (the weights are saved in bf16), so the
+# resumed losses equal the uninterrupted run's to 1e-6.
+uneven = ["--pipeline_model_parallel_size", "2", "--decoder_first_pipeline_num_layers", "1"]
+for src_flags, src_name in ((PP2, "PP2"), (uneven, "PP2 with a 1-layer first stage")):
+    for dopt in (False, True):
+        save = f"res_legacy_{len(src_flags)}_dopt{int(dopt)}"
+        dopt_flags = ["--use_distributed_optimizer", str(dopt).lower()]
+        run(["sft"] + BASE + CASES["qwen3_moe"][0] + src_flags + dopt_flags +
+            ["--ckpt_format", "torch", "--save", save, "--save_interval", "2"], np=2)
+        ck = stopped_at_2(save)
+        check(os.path.exists(os.path.join(ck, "iter_0000002", "mp_rank_00_001", "distrib_optim.pt")) == dopt,
+              f"legacy {src_name}: distrib_optim.pt {'beside' if dopt else 'not beside'} each stage's file")
+        for dst_np, dst_flags, dst_name in ((2, PP2, "PP2"), (1, [], "one process")):
+            out = f"{save}_to_np{dst_np}"
+            run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", out, "--ckpt_format", "torch"] +
+                dopt_flags + dst_flags, np=dst_np)
+            full, resumed = train_log(save), train_log(out)
+            worst = max((rel(a[0], b[0]) for a, b in zip(full[2:], resumed)), default=1.0)
+            check(len(resumed) == ITERS - 2 and worst <= 1e-6,
+                  f"legacy torch {src_name} (distributed optimizer {dopt}) saved at 2 -> {dst_name}: losses of "
+                  f"iterations 3..{ITERS} as uninterrupted (worst {worst:.1e})")
+
+# A legacy PP2 checkpoint's weights load with --finetune, and so do an uneven split's (the reader
+# takes the stages from args.json).
 run(["sft"] + BASE + ["--load", run_dir("legacy_pp2"), "--finetune", "true", "--save", "legacy_ft", "--train_iters",
                       "2"])
-uneven = ["--pipeline_model_parallel_size", "2", "--decoder_first_pipeline_num_layers", "1"]
 run(["sft"] + BASE + CASES["qwen3_moe"][0] + uneven + ["--ckpt_format", "torch", "--save", "legacy_uneven"], np=2)
 run(["export", "--mcore_model", run_dir("legacy_uneven"), "--to_hf", "true", "--output_dir", "uneven_hf"])
 run(["export", "--mcore_model", run_dir("c0_np1"), "--to_hf", "true", "--output_dir", "np1_hf"])

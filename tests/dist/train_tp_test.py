@@ -14,7 +14,9 @@ process, end to end through the CLI:
   names and per-rank shapes moectl export --tensor_model_parallel_size 2 writes, loadable with
   torch.load; torch_dist holds the global tensors (gathered over TP) of the one-process model;
 - resharding: TP2 saved at iteration 2 resumes in one process, and a one-process save resumes
-  under TP2, with the losses of the run that never stopped;
+  under TP2, with the losses of the run that never stopped; a legacy --ckpt_format torch TP2 save
+  (with and without the distributed optimizer) resumes under TP2, TP1 x DP2 and one process, the
+  same (<= 1e-6: the fp32 masters and moments are merged exactly);
 - bad layouts (heads or query groups not divisible, TP with EP, ETP other than TP) end every rank
   at start with exit 2 and one line naming the rule and the numbers.
 Usage: train_tp_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
@@ -236,11 +238,28 @@ for fmt, src_np, dst_np in (("torch_dist", 2, 1), ("torch_dist", 1, 2), ("torch"
               f"{fmt}: TP{src_np} saved at 2 -> TP{dst_np}: losses of iterations 3..{ITERS} as uninterrupted "
               f"(worst {worst:.1e})")
 
-# A legacy TP2 checkpoint does not resume (yet): one line, exit 2; its weights load with --finetune.
-p = run(["sft"] + BASE + ["--load", run_dir("legacy_tp2"), "--finetune", "false", "--save", "legacy_resume"],
-        expect=None)
-check(p.returncode == 2 and "saved under tensor parallelism (mp_rank_01) cannot be resumed" in p.stderr,
-      f"legacy TP2 checkpoint: resume refused with exit 2 (exit {p.returncode})")
+# A legacy TP2 checkpoint (mp_rank_00, mp_rank_01) resumes under any layout: every rank file's
+# fp32 masters and Adam moments (inline, or distrib_optim.pt's flattened buffers with the
+# distributed optimizer) merged, then cut to the new layout. The masters are fp32, so the
+# resumed losses equal the uninterrupted run's to 1e-6 (the model is fp32 too).
+for dopt in (False, True):
+    save = f"res_legacy_tp2_dopt{int(dopt)}"
+    run(["sft"] + BASE + CASES["qwen3_moe"] + TP2 + ["--ckpt_format", "torch", "--save", save, "--save_interval", "2",
+                                                     "--use_distributed_optimizer", str(dopt).lower()], np=2)
+    ck = stopped_at_2(save)
+    check(sorted(os.listdir(os.path.join(ck, "iter_0000002"))) == ["mp_rank_00", "mp_rank_01"] and
+          os.path.exists(os.path.join(ck, "iter_0000002", "mp_rank_01", "distrib_optim.pt")) == dopt,
+          f"legacy TP2 (distributed optimizer {dopt}): rank dirs mp_rank_00, mp_rank_01"
+          + (" with distrib_optim.pt" if dopt else ""))
+    for dst_np, dst_flags, dst_name in ((2, TP2, "TP2"), (2, [], "TP1 x DP2"), (1, [], "one process")):
+        out = f"{save}_to_{dst_name.replace(' ', '_')}"
+        run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", out, "--ckpt_format", "torch",
+                              "--use_distributed_optimizer", str(dopt).lower()] + dst_flags, np=dst_np)
+        full, resumed = train_log(save), train_log(out)
+        worst = max((rel(a[0], b[0]) for a, b in zip(full[2:], resumed)), default=1.0)
+        check(len(resumed) == ITERS - 2 and worst <= 1e-6,
+              f"legacy torch TP2 (distributed optimizer {dopt}) saved at 2 -> {dst_name}: losses of iterations "
+              f"3..{ITERS} as uninterrupted (worst {worst:.1e})")
 run(["sft"] + BASE + ["--load", run_dir("legacy_tp2"), "--finetune", "true", "--save", "legacy_finetune"])
 
 # --- bad layouts: one line, exit 2, on every rank, before any work
