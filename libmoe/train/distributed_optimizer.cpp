@@ -18,15 +18,16 @@ DistributedOptimizer::DistributedOptimizer(const OptimizerConfig& cfg, std::span
   chunk_ = n / size;
   begin_ = r * chunk_;
   end_ = r + 1 == size ? n : begin_ + chunk_;
-  shard_grad_.assign(end_ - begin_, 0.0f);
-  scratch_.resize(chunk_);
+  // Pieces of ~32 MB over all ranks (at least one element each).
+  piece_ = std::max<size_t>(1, std::min(chunk_, (size_t(8) << 20) / size));
+  staging_.resize(piece_ * (size + 1));
   all_ = in_address_order(refs);
   for (const ParamRef& p : all_) {
     const size_t off = size_t(p.data - params.data());
     MOE_ASSERT(off + p.numel <= n && p.grad == grads.data() + off, "{} is not a view of the flat buffers", p.name);
     const size_t lo = std::max(off, begin_), hi = std::min(off + p.numel, end_);
     if (lo >= hi) continue;
-    pieces_.push_back({p.name, params.data() + lo, shard_grad_.data() + (lo - begin_), hi - lo, p.decay});
+    pieces_.push_back({p.name, params.data() + lo, grads.data() + lo, hi - lo, p.decay});
     piece_offset_.push_back(lo - off);
     if (!counted_in_norm || counted_in_norm(p.name)) counted_pieces_.push_back(pieces_.back());
   }
@@ -35,13 +36,17 @@ DistributedOptimizer::DistributedOptimizer(const OptimizerConfig& cfg, std::span
 
 double DistributedOptimizer::reduce_gradients() {
   const size_t n = grads_.size(), size = size_t(dp_.size());
-  if (chunk_ > 0)
-    dp_.reduce_scatter(grads_.data(), shard_grad_.data(), int64_t(chunk_), dist::DataType::kF32, dist::ReduceOp::kSum);
-  const size_t tail = n - chunk_ * size;
-  if (tail > 0) {
-    dp_.all_reduce(grads_.data() + chunk_ * size, int64_t(tail), dist::DataType::kF32, dist::ReduceOp::kSum);
-    if (end_ == n) std::memcpy(shard_grad_.data() + chunk_, grads_.data() + chunk_ * size, tail * sizeof(float));
+  // Piece by piece: every rank's part staged contiguously, reduce-scattered into this rank's shard
+  // of the gradient buffer (a later piece reads none of what an earlier one wrote).
+  for (size_t o = 0; o < chunk_; o += piece_) {
+    const size_t c = std::min(piece_, chunk_ - o);
+    for (size_t q = 0; q < size; ++q)
+      std::memcpy(staging_.data() + q * c, grads_.data() + q * chunk_ + o, c * sizeof(float));
+    dp_.reduce_scatter(staging_.data(), grads_.data() + begin_ + o, int64_t(c), dist::DataType::kF32,
+                       dist::ReduceOp::kSum);
   }
+  if (const size_t tail = n - chunk_ * size; tail > 0)  // in place: the last rank's shard ends with it
+    dp_.all_reduce(grads_.data() + chunk_ * size, int64_t(tail), dist::DataType::kF32, dist::ReduceOp::kSum);
   return grad_sum_of_squares(counted_pieces_);
 }
 
@@ -58,9 +63,14 @@ void DistributedOptimizer::apply_step(double lr) {
 
 void DistributedOptimizer::all_gather_flat(float* v) const {
   const size_t n = params_.size(), size = size_t(dp_.size());
-  if (chunk_ > 0) {
-    std::memcpy(scratch_.data(), v + begin_, chunk_ * sizeof(float));  // send and recv must not overlap
-    dp_.all_gather(scratch_.data(), v, int64_t(chunk_), dist::DataType::kF32);
+  // Piece by piece through the staging buffer (send and receive must not overlap in MPI).
+  for (size_t o = 0; o < chunk_; o += piece_) {
+    const size_t c = std::min(piece_, chunk_ - o);
+    float* mine = staging_.data() + size * piece_;
+    std::memcpy(mine, v + begin_ + o, c * sizeof(float));
+    dp_.all_gather(mine, staging_.data(), int64_t(c), dist::DataType::kF32);
+    for (size_t q = 0; q < size; ++q)
+      if (q != size_t(dp_.rank())) std::memcpy(v + q * chunk_ + o, staging_.data() + q * c, c * sizeof(float));
   }
   if (const size_t tail = n - chunk_ * size; tail > 0)
     dp_.broadcast(v + chunk_ * size, int64_t(tail), dist::DataType::kF32, int(size) - 1);

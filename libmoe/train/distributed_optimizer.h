@@ -9,6 +9,10 @@
 // chunks). A shard cuts parameters anywhere: the optimizer sees each cut piece as a parameter of
 // the same name, so weight decay and the update are element-wise as on one process.
 //
+// Memory: the summed shard lands in the gradient buffer itself (its other chunks are dead after
+// the reduction, as in Megatron's grad buffer), and both collectives go in pieces of about 32 MB
+// staged through one small buffer, so neither moectl nor MPI holds a second copy of the buffer.
+//
 // Checkpoints keep the single-process layout: gather_state() assembles the whole state on every
 // rank (a collective) for the writer to save, and load_state() takes this rank's slice of a
 // whole state read from any checkpoint, so a run resumes under any DP size.
@@ -53,12 +57,12 @@ class DistributedOptimizer {
   std::span<float> params_, grads_;
   dist::Communicator& dp_;
   size_t chunk_ = 0, begin_ = 0, end_ = 0;  // equal chunk size; this rank's [begin, end)
-  std::vector<float> shard_grad_;           // the summed gradients of [begin, end)
   std::vector<ParamRef> all_;               // every parameter, in flat order
   std::vector<ParamRef> pieces_;            // the parameters' parts inside the shard, in flat order
   std::vector<ParamRef> counted_pieces_;    // those counted in the gradient norm
   std::vector<size_t> piece_offset_;        // where each piece starts inside its parameter
-  mutable std::vector<float> scratch_;      // a chunk, for in-place all-gathers
+  size_t piece_ = 0;                        // elements of one rank's part of a collective piece
+  mutable std::vector<float> staging_;      // every rank's part of one piece, then this rank's part
   Optimizer shard_opt_;
 
   // Every rank's [r*chunk, (r+1)*chunk) of `v` (this rank's part in place) onto every rank, and
