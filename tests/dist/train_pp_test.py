@@ -18,8 +18,9 @@
   resumes under PP2 (tied embeddings too), PP2 x VPP2 -> one process and one process -> PP2 x VPP2,
   TP2 x PP2 -> EP4, PP2 x EP2 and one process, with the losses of the run that never stopped;
   legacy --ckpt_format torch: PP2 and PP2 with a 1-layer first stage (with and without the
-  distributed optimizer) saved at iteration 2 resume under PP2 and in one process, the same
-  (<= 1e-6: the fp32 masters and moments are merged exactly);
+  distributed optimizer) saved at iteration 2 resume under PP2 and in one process, TP2 x PP2 under
+  EP4 and in one process, PP2 x EP2 in one process, the same (<= 1e-6: the fp32 masters and
+  moments are merged exactly);
 - bad layouts (layers not divisible by the stages, an uneven split that does not divide, VPP without
   PP, micro-batches not a multiple of the stages under VPP, layers per virtual stage not dividing,
   VPP with uneven stages or legacy checkpoints: not yet) end every rank at start with exit 2 and
@@ -306,6 +307,26 @@ for src_flags, src_name in ((PP2, "PP2"), (uneven, "PP2 with a 1-layer first sta
             check(len(resumed) == ITERS - 2 and worst <= 1e-6,
                   f"legacy torch {src_name} (distributed optimizer {dopt}) saved at 2 -> {dst_name}: losses of "
                   f"iterations 3..{ITERS} as uninterrupted (worst {worst:.1e})")
+
+# Across dimensions, with the distributed optimizer (distrib_optim.pt per rank; under EP2 the dense
+# state only in the EP-rank-0 dirs): legacy TP2 x PP2 -> one process and EP4, PP2 x EP2 -> one process.
+for src_np, src_flags, src_name, dsts in (
+        (4, PP2 + ["--tensor_model_parallel_size", "2"], "TP2 x PP2",
+         ((1, [], "one process"), (4, ["--expert_model_parallel_size", "4"], "EP4"))),
+        (4, PP2 + ["--expert_model_parallel_size", "2"], "PP2 x EP2", ((1, [], "one process"),))):
+    save = f"res_legacy_{src_name.replace(' ', '')}"
+    run(["sft"] + BASE + CASES["qwen3_moe"][0] + src_flags + ["--use_distributed_optimizer", "true", "--ckpt_format",
+                                                              "torch", "--save", save, "--save_interval", "2"],
+        np=src_np)
+    ck = stopped_at_2(save)
+    for dst_np, dst_flags, dst_name in dsts:
+        out = f"{save}_to_{dst_name.replace(' ', '')}"
+        run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", out] + dst_flags, np=dst_np)
+        full, resumed = train_log(save), train_log(out)
+        worst = max((rel(a[0], b[0]) for a, b in zip(full[2:], resumed)), default=1.0)
+        check(len(resumed) == ITERS - 2 and worst <= 1e-6,
+              f"legacy torch {src_name} (distributed optimizer) saved at 2 -> {dst_name}: losses of iterations "
+              f"3..{ITERS} as uninterrupted (worst {worst:.1e})")
 
 # A legacy PP2 checkpoint's weights load with --finetune, and so do an uneven split's (the reader
 # takes the stages from args.json).
