@@ -602,28 +602,30 @@ void bind_to_model(model::TrainModel& m, Optimizer& opt) {
   opt.bind(in_address_order(refs));
 }
 
-// The optimizer state of a rank file saved with the distributed optimizer: the step from its
-// param groups, the fp32 masters and moments from distrib_optim.pt beside it, each parameter's
-// slice found by the layout its names and shapes give (grad_buffer_layout). Sets *dense_found
-// when the file holds the dense (or only) optimizer's state.
-void load_distrib_optim(const fs::path& file, const PyValue& root, const PyValue& od, int64_t shift,
-                        model::TrainModel& m, Optimizer& opt,
-                        const std::function<std::optional<std::string>(const std::string&)>& local_name,
-                        const ToLocal& to_local, bool* dense_found) {
+// A rank file's parameter state: local name -> key ("param" or a state key) -> fp32 tensor in
+// the file's stored shape (vocabulary rows padded to the TP rank's part of the padded vocabulary).
+using RankOptState = std::map<std::string, std::map<std::string, Tensor>>;
+
+// distrib_optim.pt beside `file`, un-flattened by the layout the writer used (grad_buffer_layout
+// over the file's parameters, the embedding and output in buckets of their own under PP), into
+// `out`; `keep` holds the opened file. Returns whether it held the dense optimizer's state.
+bool unflatten_distrib_optim(const fs::path& file, const PyValue& root, const PyValue& od, bool pipeline,
+                             Optimizer& opt, RankOptState& out, std::vector<std::shared_ptr<io::TorchFile>>& keep) {
   const fs::path dpath = file.parent_path() / "distrib_optim.pt";
   if (!fs::exists(dpath))
     throw_input(
         "{}: missing; the checkpoint was saved with --use_distributed_optimizer and keeps its optimizer state there "
         "(resume with --no_load_optim true to start a fresh optimizer)",
         dpath.string());
-  const io::TorchFile d =
-      io::TorchFile::open(dpath.string(), {"torch.bfloat16", "torch.float16", "torch.float32", "torch.float64"});
-  const bool chained = d.root()->kind == PyValue::kList;
-  const size_t n_opt = chained ? d.root()->items.size() : 1;
+  auto d = std::make_shared<io::TorchFile>(
+      io::TorchFile::open(dpath.string(), {"torch.bfloat16", "torch.float16", "torch.float32", "torch.float64"}));
+  keep.push_back(d);
+  const bool chained = d->root()->kind == PyValue::kList;
+  const size_t n_opt = chained ? d->root()->items.size() : 1;
   if ((chained && n_opt != 2) || (od.kind == PyValue::kList) != chained)
     throw_input("{}: {} optimizer states, {} in model_optim_rng.pt", dpath.string(), n_opt,
                 od.kind == PyValue::kList ? od.items.size() : 1);
-  for (size_t i = 0; i < n_opt; ++i) {  // the step, from any param group of the (first) optimizer
+  for (size_t i = 0; i < n_opt; ++i) {  // the step, from any param group
     const PyValue& sd = chained ? *od.items[i] : od;
     auto inner = sd.get("optimizer");
     auto groups = inner ? inner->get("param_groups") : nullptr;
@@ -633,13 +635,15 @@ void load_distrib_optim(const fs::path& file, const PyValue& root, const PyValue
   auto model = root.get("model");
   if (!model) throw_input("{}: no 'model'", file.string());
   std::vector<FlatParam> dense, experts;
+  std::set<std::string> shared;
   for (const auto& [k, v] : model->entries) {
     if (v->kind != PyValue::kTensor || k->s.ends_with(model::names::kExpertBias)) continue;  // extra states, buffers
     (chained && model::names::expert_index(k->s) >= 0 ? experts : dense).push_back({k->s, v->tensor.shape, "", 0});
+    if (pipeline && is_vocab(k->s)) shared.insert(k->s);
   }
-  bind_to_model(m, opt);
+  bool dense_found = false;
   for (size_t i = 0; i < n_opt; ++i) {
-    const PyValue& st = chained ? *d.root()->items[i] : *d.root();
+    const PyValue& st = chained ? *d->root()->items[i] : *d->root();
     if (st.kind == PyValue::kNone) continue;  // another rank's file holds it
     auto bad = [&](const std::string& what) {
       throw_input("{}: not a DistributedOptimizer parameter state moectl reads: {}", dpath.string(), what);
@@ -653,51 +657,63 @@ void load_distrib_optim(const fs::path& file, const PyValue& root, const PyValue
     if (!gbuf || gbuf->entries.size() != 1) bad("no grad buffer of one dtype");
     const PyValue& world = *gbuf->entries[0].second;
     std::vector<FlatParam> params = in_module_order(i == 0 ? dense : experts);
-    const int64_t numel = grad_buffer_layout(params, {});
+    const int64_t numel = grad_buffer_layout(params, shared);
     auto nu = world.get("numel_unpadded");
     if (!nu || nu->kind != PyValue::kInt || nu->i != numel)
       throw_input("{}: numel_unpadded {} of optimizer {}, the parameters of {} make {}", dpath.string(),
                   nu && nu->kind == PyValue::kInt ? nu->i : -1, i, file.string(), numel);
-    auto vec = [&](const std::string& key) -> std::optional<Tensor> {
+    std::vector<std::string> keys = {"param"};
+    for (const auto& k : opt.state_keys()) keys.push_back(k);
+    for (const auto& key : keys) {
       auto v = world.get(key);
-      if (!v) return std::nullopt;
-      if (v->kind != PyValue::kTensor) bad("'" + key + "' is not a tensor");
-      Tensor t = d.tensor(v->tensor);
-      if (t.dtype() != DType::F32 || t.numel() != numel) bad("'" + key + "' is not fp32 of numel_unpadded values");
-      return t;
-    };
-    const auto master = vec("param");
-    if (!master) bad("no 'param'");
-    std::vector<std::pair<std::string, Tensor>> states;
-    for (const auto& k : opt.state_keys())
-      if (auto t = vec(k)) states.push_back({k, *t});
-    for (const auto& p : params) {
-      const std::string global = model::names::shift_expert(p.name, shift);
-      const auto mine = local_name ? local_name(global) : std::optional<std::string>(global);
-      if (!mine) continue;  // another rank's part
-      auto pit = m.params().find(*mine);
-      if (pit == m.params().end())
-        throw_input("{}: optimizer state for unknown parameter '{}'", dpath.string(), p.name);
-      const Tensor& w = pit->second;
-      auto slice = [&](const Tensor& flat) {
-        Tensor t = Tensor::borrow(p.shape, DType::F32, flat.data<float>() + p.offset, nullptr);
-        if (is_vocab(*mine) && !p.shape.empty() && p.shape[0] > m.config().vocab_size)
-          t = t.slice_rows(0, m.config().vocab_size);  // the padding rows
-        t = as_local(to_local, *mine, t, w.shape());   // a TP rank's slice of a whole tensor
-        if (t.shape() != w.shape())
-          throw_input("{}: '{}' has shape {}, the model {}", dpath.string(), p.name, shape_str(t.shape()),
-                      shape_str(w.shape()));
-        return t;
-      };
-      const Tensor mt = slice(*master);
-      std::memcpy(pit->second.raw(), mt.raw(), mt.nbytes());
-      for (const auto& [k, flat] : states) {
-        const Tensor t = slice(flat);
-        const std::span<float> dst = opt.state(*mine, k);
-        std::memcpy(dst.data(), t.raw(), dst.size() * sizeof(float));
+      if (!v) {
+        if (key == "param") bad("no 'param'");
+        continue;
       }
+      if (v->kind != PyValue::kTensor) bad("'" + key + "' is not a tensor");
+      const Tensor flat = d->tensor(v->tensor);
+      if (flat.dtype() != DType::F32 || flat.numel() != numel)
+        bad("'" + key + "' is not fp32 of numel_unpadded values");
+      for (const auto& p : params)
+        out[p.name][key] = Tensor::borrow(p.shape, DType::F32, flat.data<float>() + p.offset, nullptr);
     }
-    if (i == 0) *dense_found = true;
+    if (i == 0) dense_found = true;
+  }
+  return dense_found;
+}
+
+// The optimizer state of a rank file saved with the distributed optimizer: the step from its
+// param groups, the fp32 masters and moments from distrib_optim.pt beside it (un-flattened as
+// unflatten_distrib_optim does), each parameter's part cut for this rank. Sets *dense_found when
+// the file holds the dense (or only) optimizer's state.
+void load_distrib_optim(const fs::path& file, const PyValue& root, const PyValue& od, int64_t shift,
+                        model::TrainModel& m, Optimizer& opt,
+                        const std::function<std::optional<std::string>(const std::string&)>& local_name,
+                        const ToLocal& to_local, bool* dense_found) {
+  RankOptState state;
+  std::vector<std::shared_ptr<io::TorchFile>> keep;
+  if (unflatten_distrib_optim(file, root, od, false, opt, state, keep)) *dense_found = true;
+  bind_to_model(m, opt);
+  for (const auto& [name, keys] : state) {
+    const std::string global = model::names::shift_expert(name, shift);
+    const auto mine = local_name ? local_name(global) : std::optional<std::string>(global);
+    if (!mine) continue;  // another rank's part
+    auto pit = m.params().find(*mine);
+    if (pit == m.params().end())
+      throw_input("{}: optimizer state for unknown parameter '{}'", file.parent_path().string(), name);
+    const Tensor& w = pit->second;
+    for (const auto& [key, whole] : keys) {
+      Tensor t = whole;
+      if (is_vocab(*mine) && t.ndim() > 0 && t.dim(0) > m.config().vocab_size)
+        t = t.slice_rows(0, m.config().vocab_size);  // the padding rows
+      t = as_local(to_local, *mine, t, w.shape());   // a TP rank's slice of a whole tensor
+      if (t.shape() != w.shape())
+        throw_input("{}: '{}' has shape {}, the model {}", (file.parent_path() / "distrib_optim.pt").string(), name,
+                    shape_str(t.shape()), shape_str(w.shape()));
+      const std::span<float> dst =
+          key == "param" ? std::span<float>(pit->second.f32(), size_t(w.numel())) : opt.state(*mine, key);
+      std::memcpy(dst.data(), t.raw(), dst.size() * sizeof(float));
+    }
   }
 }
 
@@ -776,10 +792,6 @@ void load_rank_file(const fs::path& file, int64_t shift, bool first, model::Trai
 // (fp32 masters under "param", then the moments) by the file's own names, merged into global
 // tensors by the saved layout's ShardSpec, then cut to this rank's part as a torch_dist resume does.
 
-// A rank file's parameter state: local name -> key ("param" or a state key) -> fp32 tensor in
-// the file's stored shape (vocabulary rows padded to the TP rank's part of the padded vocabulary).
-using RankOptState = std::map<std::string, std::map<std::string, Tensor>>;
-
 // Pads a vocabulary tensor's rows with zeros to `rows` (the stored shape); others unchanged.
 Tensor pad_vocab_rows(const std::string& local, const Tensor& t, int64_t rows) {
   if (!is_vocab(local) || t.dim(0) >= rows) return t;
@@ -787,82 +799,6 @@ Tensor pad_vocab_rows(const std::string& local, const Tensor& t, int64_t rows) {
   std::memset(out.raw(), 0, out.nbytes());
   std::memcpy(out.raw(), t.raw(), t.nbytes());
   return out;
-}
-
-// distrib_optim.pt beside `file`, un-flattened by the layout the writer used (grad_buffer_layout
-// over the file's parameters, the embedding and output in buckets of their own under PP), into
-// `out`; `keep` holds the opened file. Returns whether it held the dense optimizer's state.
-bool unflatten_distrib_optim(const fs::path& file, const PyValue& root, const PyValue& od, bool pipeline,
-                             Optimizer& opt, RankOptState& out, std::vector<std::shared_ptr<io::TorchFile>>& keep) {
-  const fs::path dpath = file.parent_path() / "distrib_optim.pt";
-  if (!fs::exists(dpath))
-    throw_input(
-        "{}: missing; the checkpoint was saved with --use_distributed_optimizer and keeps its optimizer state there "
-        "(resume with --no_load_optim true to start a fresh optimizer)",
-        dpath.string());
-  auto d = std::make_shared<io::TorchFile>(
-      io::TorchFile::open(dpath.string(), {"torch.bfloat16", "torch.float16", "torch.float32", "torch.float64"}));
-  keep.push_back(d);
-  const bool chained = d->root()->kind == PyValue::kList;
-  const size_t n_opt = chained ? d->root()->items.size() : 1;
-  if ((chained && n_opt != 2) || (od.kind == PyValue::kList) != chained)
-    throw_input("{}: {} optimizer states, {} in model_optim_rng.pt", dpath.string(), n_opt,
-                od.kind == PyValue::kList ? od.items.size() : 1);
-  for (size_t i = 0; i < n_opt; ++i) {  // the step, from any param group
-    const PyValue& sd = chained ? *od.items[i] : od;
-    auto inner = sd.get("optimizer");
-    auto groups = inner ? inner->get("param_groups") : nullptr;
-    if (groups && !groups->items.empty())
-      if (auto st = groups->items[0]->get("step"); st && st->kind == PyValue::kInt) opt.set_steps(st->i);
-  }
-  auto model = root.get("model");
-  if (!model) throw_input("{}: no 'model'", file.string());
-  std::vector<FlatParam> dense, experts;
-  std::set<std::string> shared;
-  for (const auto& [k, v] : model->entries) {
-    if (v->kind != PyValue::kTensor || k->s.ends_with(model::names::kExpertBias)) continue;  // extra states, buffers
-    (chained && model::names::expert_index(k->s) >= 0 ? experts : dense).push_back({k->s, v->tensor.shape, "", 0});
-    if (pipeline && is_vocab(k->s)) shared.insert(k->s);
-  }
-  bool dense_found = false;
-  for (size_t i = 0; i < n_opt; ++i) {
-    const PyValue& st = chained ? *d->root()->items[i] : *d->root();
-    if (st.kind == PyValue::kNone) continue;  // another rank's file holds it
-    auto bad = [&](const std::string& what) {
-      throw_input("{}: not a DistributedOptimizer parameter state moectl reads: {}", dpath.string(), what);
-    };
-    const PyValue* gbuf = nullptr;
-    for (const auto& [k, v] : st.entries)
-      if (k->kind == PyValue::kInt) {
-        if (k->i != 0 || gbuf) bad("more than one grad buffer");
-        gbuf = v.get();
-      }
-    if (!gbuf || gbuf->entries.size() != 1) bad("no grad buffer of one dtype");
-    const PyValue& world = *gbuf->entries[0].second;
-    std::vector<FlatParam> params = in_module_order(i == 0 ? dense : experts);
-    const int64_t numel = grad_buffer_layout(params, shared);
-    auto nu = world.get("numel_unpadded");
-    if (!nu || nu->kind != PyValue::kInt || nu->i != numel)
-      throw_input("{}: numel_unpadded {} of optimizer {}, the parameters of {} make {}", dpath.string(),
-                  nu && nu->kind == PyValue::kInt ? nu->i : -1, i, file.string(), numel);
-    std::vector<std::string> keys = {"param"};
-    for (const auto& k : opt.state_keys()) keys.push_back(k);
-    for (const auto& key : keys) {
-      auto v = world.get(key);
-      if (!v) {
-        if (key == "param") bad("no 'param'");
-        continue;
-      }
-      if (v->kind != PyValue::kTensor) bad("'" + key + "' is not a tensor");
-      const Tensor flat = d->tensor(v->tensor);
-      if (flat.dtype() != DType::F32 || flat.numel() != numel)
-        bad("'" + key + "' is not fp32 of numel_unpadded values");
-      for (const auto& p : params)
-        out[p.name][key] = Tensor::borrow(p.shape, DType::F32, flat.data<float>() + p.offset, nullptr);
-    }
-    if (i == 0) dense_found = true;
-  }
-  return dense_found;
 }
 
 // The inline optimizer state of a rank file (torch's state_dict with moectl's fp32 masters and
