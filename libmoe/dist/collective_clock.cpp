@@ -27,8 +27,8 @@ std::atomic<const std::string*> g_inflight_group{nullptr};
 }  // namespace
 
 const char* collective_kind_name(CollectiveKind k) {
-  static const char* names[kCollectiveKinds] = {"all_reduce", "reduce_scatter", "all_gather", "all_to_all",
-                                                "broadcast",  "send/recv",      "barrier",    "split"};
+  static const char* names[kCollectiveKinds] = {"all_reduce", "reduce_scatter", "all_gather", "all_to_all", "broadcast",
+                                                "send/recv",  "barrier",        "split",      "reduce"};
   return names[int(k)];
 }
 

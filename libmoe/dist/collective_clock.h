@@ -20,9 +20,10 @@ enum class CollectiveKind : uint8_t {
   kBroadcast,
   kSendRecv,
   kBarrier,
-  kSplit
+  kSplit,
+  kReduce  // the reduce-to-owner of overlapped gradient buckets
 };
-constexpr int kCollectiveKinds = 8;
+constexpr int kCollectiveKinds = 9;
 const char* collective_kind_name(CollectiveKind k);  // "all_reduce", ...
 
 struct CollectiveTimes {

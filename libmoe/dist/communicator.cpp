@@ -133,6 +133,70 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key, const std:
   return do_split(color, key, name);
 }
 
+namespace {
+
+// What the default start_*() return: the work was done by the blocking call.
+class DoneRequest final : public Communicator::Request {
+ public:
+  DoneRequest() : Request(false) {}
+  bool test() override { return true; }
+
+ private:
+  void do_wait() override {}
+};
+
+}  // namespace
+
+void Communicator::Request::wait() {
+  if (!timed_) return do_wait();
+  const CollectiveScope scope(CollectiveKind(kind_), group_, bytes_);
+  do_wait();
+}
+
+std::unique_ptr<Communicator::Request> Communicator::start_all_reduce(void* buf, int64_t count, DataType dtype,
+                                                                      ReduceOp op) {
+  check_count("start_all_reduce", count);
+  auto r = do_start_all_reduce(buf, count, dtype, op);
+  r->kind_ = uint8_t(CollectiveKind::kAllReduce), r->group_ = name_, r->bytes_ = count * int64_t(data_type_size(dtype));
+  return r;
+}
+
+std::unique_ptr<Communicator::Request> Communicator::start_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op,
+                                                                  int root) {
+  check_count("start_reduce", count);
+  check_peer("start_reduce", "root", root);
+  auto r = do_start_reduce(buf, count, dtype, op, root);
+  r->kind_ = uint8_t(CollectiveKind::kReduce), r->group_ = name_, r->bytes_ = count * int64_t(data_type_size(dtype));
+  return r;
+}
+
+std::unique_ptr<Communicator::Request> Communicator::start_broadcast(void* buf, int64_t count, DataType dtype,
+                                                                     int root) {
+  check_count("start_broadcast", count);
+  check_peer("start_broadcast", "root", root);
+  auto r = do_start_broadcast(buf, count, dtype, root);
+  r->kind_ = uint8_t(CollectiveKind::kBroadcast), r->group_ = name_, r->bytes_ = count * int64_t(data_type_size(dtype));
+  return r;
+}
+
+std::unique_ptr<Communicator::Request> Communicator::do_start_all_reduce(void* buf, int64_t count, DataType dtype,
+                                                                         ReduceOp op) {
+  all_reduce(buf, count, dtype, op);
+  return std::make_unique<DoneRequest>();
+}
+
+std::unique_ptr<Communicator::Request> Communicator::do_start_reduce(void* buf, int64_t count, DataType dtype,
+                                                                     ReduceOp op, int) {
+  all_reduce(buf, count, dtype, op);
+  return std::make_unique<DoneRequest>();
+}
+
+std::unique_ptr<Communicator::Request> Communicator::do_start_broadcast(void* buf, int64_t count, DataType dtype,
+                                                                        int root) {
+  broadcast(buf, count, dtype, root);
+  return std::make_unique<DoneRequest>();
+}
+
 std::string broadcast_string(Communicator& c, std::string s, int root) {
   int64_t n = int64_t(s.size());
   c.broadcast(&n, 1, DataType::kI64, root);

@@ -84,6 +84,41 @@ class Communicator {
   // what keeps creation from hanging mid-run.
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name);
 
+  // Non-blocking collectives (Megatron's --overlap_grad_reduce / --overlap_param_gather): started
+  // now, finished by the Request's wait(); the buffer must not be touched, nor the request
+  // dropped unwaited, before then. Every rank starts the same ones in the same order, like the
+  // blocking calls, and may start several before waiting. MPI advances them only inside its
+  // calls, so a caller overlapping them with work calls test() between pieces of that work.
+  class Request {
+   public:
+    virtual ~Request() = default;
+    Request(const Request&) = delete;
+    Request& operator=(const Request&) = delete;
+    // Whether it finished (advancing it).
+    virtual bool test() = 0;
+    // Until it finished; timed, and watched for a timeout, as the blocking call.
+    void wait();
+
+   protected:
+    // `timed` false: the work was done (and timed) when it started.
+    explicit Request(bool timed = true) : timed_(timed) {}
+    virtual void do_wait() = 0;
+
+   private:
+    friend class Communicator;
+    bool timed_;
+    uint8_t kind_ = 0;  // CollectiveKind, for the clock
+    std::string group_;
+    int64_t bytes_ = 0;
+  };
+  // all_reduce(), started.
+  std::unique_ptr<Request> start_all_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op);
+  // In place: root's `buf` gets the reduction of every rank's; the others' `buf` is unspecified
+  // afterwards (the reduce-to-owner of a distributed optimizer's shard).
+  std::unique_ptr<Request> start_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op, int root);
+  // broadcast(), started.
+  std::unique_ptr<Request> start_broadcast(void* buf, int64_t count, DataType dtype, int root);
+
  protected:
   Communicator(int rank, int size, std::string name) : rank_(rank), size_(size), name_(std::move(name)) {}
   // "rank 3 of 'ep' (4 ranks), all_to_all": the prefix of every error message.
@@ -103,6 +138,11 @@ class Communicator {
   virtual void do_exchange(std::span<const P2p> ops);
   virtual void do_barrier() = 0;
   virtual std::unique_ptr<Communicator> do_split(int color, int key, const std::string& name) = 0;
+  // Default: the blocking call, done before returning (a reduce as an all-reduce); a finished
+  // request is returned. MPI and NCCL start the work and return.
+  virtual std::unique_ptr<Request> do_start_all_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op);
+  virtual std::unique_ptr<Request> do_start_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op, int root);
+  virtual std::unique_ptr<Request> do_start_broadcast(void* buf, int64_t count, DataType dtype, int root);
 
  private:
   void check_count(const char* call, int64_t count) const;

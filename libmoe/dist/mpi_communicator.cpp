@@ -98,6 +98,27 @@ int as_int(int64_t v, int world_rank, const std::string& where) {
   return int(v);
 }
 
+// A started MPI collective (MPI_I*): finished by MPI_Test / MPI_Wait, which also advance it.
+class MpiRequest final : public Communicator::Request {
+ public:
+  MpiRequest(int world_rank, std::string where) : world_rank_(world_rank), where_(std::move(where)) {}
+  ~MpiRequest() override {
+    if (req_ != MPI_REQUEST_NULL) MPI_Request_free(&req_);  // only when an error unwinds
+  }
+  MPI_Request* handle() { return &req_; }
+  bool test() override {
+    int done = 0;
+    check(MPI_Test(&req_, &done, MPI_STATUS_IGNORE), world_rank_, where_, "MPI_Test");
+    return done != 0;
+  }
+
+ private:
+  void do_wait() override { check(MPI_Wait(&req_, MPI_STATUS_IGNORE), world_rank_, where_, "MPI_Wait"); }
+  MPI_Request req_ = MPI_REQUEST_NULL;
+  int world_rank_;
+  std::string where_;
+};
+
 }  // namespace
 
 bool MpiCommunicator::available() { return true; }
@@ -253,6 +274,33 @@ std::unique_ptr<Communicator> MpiCommunicator::do_split(int color, int key, cons
   return std::unique_ptr<Communicator>(new MpiCommunicator(std::move(impl), rank, size, name));
 }
 
+std::unique_ptr<Communicator::Request> MpiCommunicator::do_start_all_reduce(void* buf, int64_t count, DataType dtype,
+                                                                            ReduceOp op) {
+  auto r = std::make_unique<MpiRequest>(impl_->world_rank, where("start_all_reduce"));
+  const int n = as_int(count, impl_->world_rank, where("start_all_reduce"));
+  check(MPI_Iallreduce(MPI_IN_PLACE, buf, n, mpi_type(dtype), mpi_op(op, dtype), impl_->comm, r->handle()),
+        impl_->world_rank, where("start_all_reduce"), "MPI_Iallreduce");
+  return r;
+}
+std::unique_ptr<Communicator::Request> MpiCommunicator::do_start_reduce(void* buf, int64_t count, DataType dtype,
+                                                                        ReduceOp op, int root) {
+  auto r = std::make_unique<MpiRequest>(impl_->world_rank, where("start_reduce"));
+  const int n = as_int(count, impl_->world_rank, where("start_reduce"));
+  // The root reduces into its own buffer; the others only send theirs.
+  const bool mine = rank() == root;
+  check(MPI_Ireduce(mine ? MPI_IN_PLACE : buf, mine ? buf : nullptr, n, mpi_type(dtype), mpi_op(op, dtype), root,
+                    impl_->comm, r->handle()),
+        impl_->world_rank, where("start_reduce"), "MPI_Ireduce");
+  return r;
+}
+std::unique_ptr<Communicator::Request> MpiCommunicator::do_start_broadcast(void* buf, int64_t count, DataType dtype,
+                                                                           int root) {
+  auto r = std::make_unique<MpiRequest>(impl_->world_rank, where("start_broadcast"));
+  const int n = as_int(count, impl_->world_rank, where("start_broadcast"));
+  check(MPI_Ibcast(buf, n, mpi_type(dtype), root, impl_->comm, r->handle()), impl_->world_rank,
+        where("start_broadcast"), "MPI_Ibcast");
+  return r;
+}
 #else  // built without MPI: the class exists so callers compile, but no instance can be made.
 
 struct MpiCommunicator::Impl {};

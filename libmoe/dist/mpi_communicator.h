@@ -6,7 +6,8 @@
 // time) and finalised at process exit. Every MPI error is returned, not fatal, and becomes an
 // InternalError naming the world rank, the group and the MPI call, so the caller can report it
 // before the job ends. Counts above 2^31 - 1 elements are split into several MPI calls where the
-// call allows it (all_reduce, broadcast, send/recv); elsewhere they throw InternalError.
+// call allows it (all_reduce, broadcast, send/recv); elsewhere (and in the non-blocking calls)
+// they throw InternalError.
 #pragma once
 #include "dist/communicator.h"
 
@@ -39,6 +40,9 @@ class MpiCommunicator final : public Communicator {
   void do_exchange(std::span<const P2p> ops) override;
   void do_barrier() override;
   std::unique_ptr<Communicator> do_split(int color, int key, const std::string& name) override;
+  std::unique_ptr<Request> do_start_all_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op) override;
+  std::unique_ptr<Request> do_start_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op, int root) override;
+  std::unique_ptr<Request> do_start_broadcast(void* buf, int64_t count, DataType dtype, int root) override;
 
   std::unique_ptr<Impl> impl_;
 };

@@ -322,6 +322,78 @@ void NcclCommunicator::do_broadcast(void* buf, int64_t count, DataType dtype, in
   wait("broadcast");
 }
 
+class NcclCommunicator::Started final : public Communicator::Request {
+ public:
+  Started(NcclCommunicator& c, const char* call) : comm_(c), call_(call) {
+    const DeviceGuard guard(c.impl_->device);
+    c.check_cuda(guard.status, call, "cudaSetDevice");
+    c.check_cuda(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming), call, "cudaEventCreateWithFlags");
+    c.check_cuda(cudaEventRecord(event_, c.impl_->stream), call, "cudaEventRecord");
+  }
+  ~Started() override { cudaEventDestroy(event_); }
+  bool test() override { return comm_.event_done(event_, call_); }
+
+ private:
+  // As wait(): spin a millisecond, then poll every 50 us (NCCL's asynchronous errors checked).
+  void do_wait() override {
+    const auto start = std::chrono::steady_clock::now();
+    while (!comm_.event_done(event_, call_))
+      if (std::chrono::steady_clock::now() - start > std::chrono::milliseconds(1))
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  NcclCommunicator& comm_;
+  const char* call_;
+  cudaEvent_t event_ = nullptr;
+};
+
+bool NcclCommunicator::event_done(void* event, const char* call) {
+  usable(call);
+  const cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(event));
+  if (e == cudaSuccess) return true;
+  if (e != cudaErrorNotReady) check_cuda(e, call, "cudaEventQuery");
+  ncclResult_t async = ncclSuccess;
+  check_nccl(ncclCommGetAsyncError(impl_->comm, &async), call, "ncclCommGetAsyncError");
+  check_nccl(async, call, "an NCCL operation in flight");
+  return false;
+}
+
+std::unique_ptr<Communicator::Request> NcclCommunicator::started(const char* call) {
+  return std::make_unique<Started>(*this, call);
+}
+
+std::unique_ptr<Communicator::Request> NcclCommunicator::do_start_all_reduce(void* buf, int64_t count, DataType dtype,
+                                                                             ReduceOp op) {
+  usable("start_all_reduce");
+  const DeviceGuard guard(impl_->device);
+  check_cuda(guard.status, "start_all_reduce", "cudaSetDevice");
+  if (count > 0)
+    check_nccl(ncclAllReduce(buf, buf, size_t(count), nccl_type(dtype), nccl_op(op), impl_->comm, impl_->stream),
+               "start_all_reduce", "ncclAllReduce");
+  return started("start_all_reduce");
+}
+
+std::unique_ptr<Communicator::Request> NcclCommunicator::do_start_reduce(void* buf, int64_t count, DataType dtype,
+                                                                         ReduceOp op, int root) {
+  usable("start_reduce");
+  const DeviceGuard guard(impl_->device);
+  check_cuda(guard.status, "start_reduce", "cudaSetDevice");
+  if (count > 0)
+    check_nccl(ncclReduce(buf, buf, size_t(count), nccl_type(dtype), nccl_op(op), root, impl_->comm, impl_->stream),
+               "start_reduce", "ncclReduce");
+  return started("start_reduce");
+}
+
+std::unique_ptr<Communicator::Request> NcclCommunicator::do_start_broadcast(void* buf, int64_t count, DataType dtype,
+                                                                            int root) {
+  usable("start_broadcast");
+  const DeviceGuard guard(impl_->device);
+  check_cuda(guard.status, "start_broadcast", "cudaSetDevice");
+  if (count > 0)
+    check_nccl(ncclBroadcast(buf, buf, size_t(count), nccl_type(dtype), root, impl_->comm, impl_->stream),
+               "start_broadcast", "ncclBroadcast");
+  return started("start_broadcast");
+}
+
 void NcclCommunicator::do_send(const void* buf, int64_t count, DataType dtype, int peer, int /*tag*/) {
   usable("send");
   if (peer == rank())
@@ -516,6 +588,15 @@ void NcclCommunicator::do_recv(void*, int64_t, DataType, int, int) { no_nccl(); 
 void NcclCommunicator::do_exchange(std::span<const P2p>) { no_nccl(); }
 void NcclCommunicator::do_barrier() { no_nccl(); }
 std::unique_ptr<Communicator> NcclCommunicator::do_split(int, int, const std::string&) { no_nccl(); }
+std::unique_ptr<Communicator::Request> NcclCommunicator::do_start_all_reduce(void*, int64_t, DataType, ReduceOp) {
+  no_nccl();
+}
+std::unique_ptr<Communicator::Request> NcclCommunicator::do_start_reduce(void*, int64_t, DataType, ReduceOp, int) {
+  no_nccl();
+}
+std::unique_ptr<Communicator::Request> NcclCommunicator::do_start_broadcast(void*, int64_t, DataType, int) {
+  no_nccl();
+}
 
 #endif
 

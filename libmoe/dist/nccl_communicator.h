@@ -65,6 +65,14 @@ class NcclCommunicator final : public Communicator {
   void check_cuda(int result, const char* call, const char* fn);
   void usable(const char* call) const;
   void wait(const char* call);  // until the stream is idle, watching NCCL's asynchronous errors
+  // The non-blocking calls queue their work like the blocking ones and return a request that
+  // waits for an event recorded after it (the stream's later work is not waited for).
+  class Started;
+  std::unique_ptr<Request> started(const char* call);
+  bool event_done(void* event, const char* call);  // cudaEventQuery, errors checked
+  std::unique_ptr<Request> do_start_all_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op) override;
+  std::unique_ptr<Request> do_start_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op, int root) override;
+  std::unique_ptr<Request> do_start_broadcast(void* buf, int64_t count, DataType dtype, int root) override;
   void do_all_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op) override;
   void do_reduce_scatter(const void* send, void* recv, int64_t count, DataType dtype, ReduceOp op) override;
   void do_all_gather(const void* send, void* recv, int64_t count, DataType dtype) override;

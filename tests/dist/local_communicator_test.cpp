@@ -37,6 +37,19 @@ TEST(dist_local_communicator, CollectivesAreCopiesOrNoOps) {
   c.barrier();
 }
 
+TEST(dist_local_communicator, StartedCollectivesAreDoneAtOnce) {
+  LocalCommunicator c("dp");
+  std::vector<float> x{1.5f, -2.f, 3.f};
+  auto a = c.start_all_reduce(x.data(), 3, DataType::kF32, ReduceOp::kSum);
+  auto r = c.start_reduce(x.data(), 3, DataType::kF32, ReduceOp::kSum, 0);
+  auto b = c.start_broadcast(x.data(), 3, DataType::kF32, 0);
+  EXPECT_TRUE(a->test() && r->test() && b->test());
+  b->wait(), r->wait(), a->wait();
+  EXPECT_EQ(x, (std::vector<float>{1.5f, -2.f, 3.f}));
+  EXPECT_NE(internal_error([&] { c.start_reduce(x.data(), 3, DataType::kF32, ReduceOp::kSum, 1); }).find("root 1"),
+            std::string::npos);
+}
+
 TEST(dist_local_communicator, AllToAllCopiesTheOwnSlice) {
   LocalCommunicator c;
   std::vector<int32_t> send(10), recv(10, -1);

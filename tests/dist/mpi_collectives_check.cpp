@@ -1,10 +1,11 @@
-// Every collective of MpiCommunicator on N processes (run by ctest under mpirun -np 2 and 4)
+// Every collective of MpiCommunicator on N processes, blocking and started, (run by ctest under mpirun -np 2 and 4)
 // against the value each rank computes locally from what every rank contributed; uneven
 // all-to-all with zero-length sends; sub-groups from split() and the ProcessGroups of several
 // layouts; an MPI failure surfacing as InternalError naming the rank and the call. Every rank
 // checks its own results; the failure count is summed so all ranks exit with the same status.
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,39 @@ void all_reduce_checks(Communicator& c) {
   c.all_reduce(bytes, 3, DataType::kU8, ReduceOp::kMax);
   EXPECT(bytes[0] == n - 1 && bytes[1] == 200 + n - 1 && bytes[2] == 9, "u8 max");
   c.all_reduce(x.data(), 0, DataType::kF32, ReduceOp::kSum);  // empty: legal, nothing changes
+}
+
+// The non-blocking calls: several started before any is waited (in a different order from the
+// start), one of each to every root, advanced by test(); the results as the blocking calls'.
+void started_checks(Communicator& c) {
+  const int n = c.size(), r = c.rank(), K = 20000;  // large enough for MPI's rendezvous protocol
+  const std::vector<float> zeros(K);
+  std::vector<std::vector<float>> red(size_t(n), zeros), bc(size_t(n), zeros);
+  std::vector<float> sum(K);
+  for (int i = 0; i < K; ++i) sum[size_t(i)] = val(r, i);
+  std::vector<std::unique_ptr<Communicator::Request>> started;
+  started.push_back(c.start_all_reduce(sum.data(), K, DataType::kF32, ReduceOp::kSum));
+  for (int root = 0; root < n; ++root) {
+    for (int i = 0; i < K; ++i)
+      red[size_t(root)][size_t(i)] = val(r, i + root), bc[size_t(root)][size_t(i)] = r == root ? val(root, -i) : 0.0f;
+    started.push_back(c.start_reduce(red[size_t(root)].data(), K, DataType::kF32, ReduceOp::kSum, root));
+    started.push_back(c.start_broadcast(bc[size_t(root)].data(), K, DataType::kF32, root));
+  }
+  for (auto& s : started) s->test();
+  for (size_t k = started.size(); k-- > 0;) started[k]->wait();
+  for (int i = 0; i < K; ++i) {
+    float s = 0;
+    for (int q = 0; q < n; ++q) s += val(q, i);
+    EXPECT(sum[size_t(i)] == s, "started all_reduce at {}: {} vs {}", i, sum[size_t(i)], s);
+  }
+  for (int i = 0; i < K; ++i) {
+    float s = 0;
+    for (int q = 0; q < n; ++q) s += val(q, i + r);
+    EXPECT(red[size_t(r)][size_t(i)] == s, "started reduce onto {} at {}: {} vs {}", r, i, red[size_t(r)][size_t(i)],
+           s);
+    for (int root = 0; root < n; ++root)
+      EXPECT(bc[size_t(root)][size_t(i)] == val(root, -i), "started broadcast from {} at {}", root, i);
+  }
 }
 
 void reduce_scatter_gather_checks(Communicator& c) {
@@ -218,6 +252,7 @@ int main() {
     g_rank = world->rank();
     const int n = world->size();
     all_reduce_checks(*world);
+    started_checks(*world);
     reduce_scatter_gather_checks(*world);
     all_to_all_checks(*world, false);
     all_to_all_checks(*world, true);
