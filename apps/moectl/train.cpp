@@ -67,6 +67,7 @@ struct TrainArgs {
   bool sequence_parallel = false;                     // Megatron ignores it with TP 1
   bool use_distributed_optimizer = true;
   bool overlap_grad_reduce = false, overlap_param_gather = false;  // swift's defaults
+  int64_t ddp_bucket_size = 0;                                     // 0: Megatron's default, max(40M, 1M x DP) elements
   MegatronKnobs knobs;
   std::string tensorboard_dir;  // "": <run dir>/runs, as swift
   bool no_log_learning_rate_to_tensorboard = false;
@@ -365,10 +366,14 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   if (world) t.out_dir = moe::dist::broadcast_string(*world, t.out_dir, 0);
   t.groups = groups, t.writer = writer, t.distributed_optimizer = a.use_distributed_optimizer;
   t.tensorboard_dir = a.tensorboard_dir.empty() ? (fs::path(t.out_dir) / "runs").string() : a.tensorboard_dir;
-  if (world && (a.overlap_grad_reduce || a.overlap_param_gather))
+  t.overlap.grad_reduce = a.overlap_grad_reduce, t.overlap.param_gather = a.overlap_param_gather;
+  // Megatron's DDP bucket size (one bucket without overlap: only its size matters here).
+  t.overlap.bucket_elems =
+      size_t(a.ddp_bucket_size > 0 ? a.ddp_bucket_size : std::max<int64_t>(40000000, 1000000LL * layout.dp));
+  if (world && a.overlap_param_gather && !a.use_distributed_optimizer)
     moe::log().warn(
-        "--overlap_grad_reduce/--overlap_param_gather: this version reduces gradients and gathers parameters after "
-        "the backward, not overlapped with it (the results are the same)");
+        "--overlap_param_gather: only the distributed optimizer gathers parameters (--use_distributed_optimizer "
+        "true); nothing to overlap");
   t.ckpt.dtype = dtype_from(a.torch_dtype, lm.config.params_dtype);
   t.ckpt.save_optim = !a.no_save_optim, t.ckpt.save_rng = !a.no_save_rng, t.ckpt.save_safetensors = a.save_safetensors;
   t.ckpt.distributed_optimizer = a.use_distributed_optimizer;  // torch format: distrib_optim.pt
@@ -461,6 +466,9 @@ void run(const TrainArgs& a, const CLI::App& cli) {
                              moe::dist::collective_kind_name(moe::dist::CollectiveKind(k)), ct.seconds[size_t(k)],
                              ct.calls[size_t(k)], double(ct.bytes[size_t(k)]) / 1e6);
     if (writer) std::printf("communication: %.3f s in collectives: %s\n", ct.total_seconds(), parts.c_str());
+    if (writer && r.buckets > 0)  // the reduce / all_reduce times above are then the waits left over
+      std::printf("overlap: %d of %d gradient buckets started reducing during the backward\n", r.buckets_overlapped,
+                  r.buckets);
   }
   if (writer && r.pipeline_stages > 1 && r.pipeline_total_s > 0) {  // stage 0's idle share vs 1F1B's
     const int p = r.pipeline_stages, m = r.pipeline_micro_batches;
@@ -603,11 +611,14 @@ void add_command(CLI::App& root, bool pretrain) {
                 "Threads that tokenise the dataset (swift's processes; the same samples for any count)")
       ->check(CLI::NonNegativeNumber);
   c->add_option("--seq_length", a->seq_length, "Megatron's sequence length (default and minimum: --max_length)");
-  // Performance knobs: the reduction and the gather run after the backward, overlapped with nothing.
+  // Overlap of communication with computation (the results are the same either way).
   c->add_option("--overlap_grad_reduce", a->overlap_grad_reduce,
-                "Knob: overlap the DP gradient reduction with the backward (accepted; not overlapped yet: warned)");
+                "Start each bucket's DP gradient reduction as the backward finishes it (true|false)");
+  c->add_option("--ddp_bucket_size", a->ddp_bucket_size,
+                "Elements per gradient bucket with --overlap_grad_reduce (default: max(40M, 1M x DP), as Megatron)")
+      ->check(CLI::PositiveNumber);
   c->add_option("--overlap_param_gather", a->overlap_param_gather,
-                "Knob: overlap the parameter all-gather with the forward (accepted; not overlapped yet: warned)");
+                "Gather the updated parameters during the next forward, each bucket before its first use (true|false)");
   add_megatron_knobs(c, a->knobs);
   add_architecture_flags(c, a->architecture);
   c->add_option("--use_distributed_optimizer", a->use_distributed_optimizer,

@@ -191,6 +191,7 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
   for (int32_t p : b.positions) max_pos = std::max(max_pos, p);
   rope_.reserve(int64_t(max_pos) + 1);
   const int64_t Ts = seq_rows(ctx_, T);
+  if (first_) params_needed(kEmbedding);
   if (!first_) {
     MOE_ASSERT(input != nullptr, "a pipeline stage without the embedding needs the previous stage's output");
     ops::copy(ctx_.backend, acts.x.data(), input, Ts * cfg_.hidden_size);
@@ -212,6 +213,7 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
   Arena& ws = *ctx_.workspace;
   for (size_t c = 0; c < chunks_.size(); ++c)
     for (int i = chunks_[c].first; i < chunks_[c].second; ++i) {
+      params_needed(i);
       if (inference) {  // nothing kept: the layer's buffers go back to the workspace after it
         ArenaScope scope(ws);
         layer_forward(i, b, acts.x.data(), acts.x_next.data(), acts.scratch, false, ws);
@@ -302,6 +304,7 @@ StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float 
     if (keep) ops::fill(be, acts.dhf.data(), 0.0f, T * D);
     return st;
   }
+  params_needed(kHead);
 
   // Final norm and LM head with the loss, chunk by chunk over the labelled tokens only; the
   // chunk's buffers as stage_workspace counts them.
@@ -361,6 +364,7 @@ void Stage::backward(const Batch& b, StageActs& acts, float aux_scale, const flo
   if (last_) {
     ops::rmsnorm_backward(be, acts.x.data(), Ts, D, w_.final_norm.f32(), float(cfg_.norm_epsilon), acts.dhf.data(),
                           dx.data(), g_->final_norm.f32());
+    grads_done(kHead);
   } else {
     MOE_ASSERT(grad_output != nullptr, "a pipeline stage without the head needs the next stage's input gradient");
     ops::copy(be, dx.data(), grad_output, Ts * D);
@@ -376,7 +380,10 @@ void Stage::backward(const Batch& b, StageActs& acts, float aux_scale, const flo
         std::swap(xi, xo);
       }
     }
-    for (int i = end; i-- > first;) layer_backward(i, b, acts.layers[size_t(i)], dx.data(), aux_scale);
+    for (int i = end; i-- > first;) {
+      layer_backward(i, b, acts.layers[size_t(i)], dx.data(), aux_scale);
+      grads_done(i);
+    }
   }
   if (!first_) {
     MOE_ASSERT(grad_input != nullptr, "a pipeline stage without the embedding hands its input gradient back");
@@ -389,6 +396,7 @@ void Stage::backward(const Batch& b, StageActs& acts, float aux_scale, const flo
   } else {
     ops::embedding_scatter_add(be, dx.data(), b.tokens, D, g_->embedding.f32());
   }
+  if (first_) grads_done(kEmbedding);
   acts.arena.reset();  // the micro-batch's activations are consumed
 }
 

@@ -10,6 +10,7 @@
 // stage_workspace (workspace.h), the function the planner reads too.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -77,6 +78,17 @@ class Stage {
   // the embedding it ends by writing the gradient of its input to `grad_input` ([T, D]).
   void backward(const Batch& b, StageActs& acts, float aux_scale, const float* grad_output = nullptr,
                 float* grad_input = nullptr);
+  // The parts of a stage, as its hooks name them: each layer (its index in the stage), the
+  // embedding (kEmbedding), the final norm and head (kHead).
+  static constexpr int kHead = 1 << 30, kEmbedding = -1;
+  // Told by backward() as parts have their gradients for this micro-batch complete: the final
+  // norm (the head's own gradient is made by the forward), the layers last to first, the
+  // embedding. Null: nobody listens. The overlapped gradient reduction listens during a step's
+  // last backward (train_model.h).
+  void set_grads_done(const std::function<void(int)>* done) { grads_done_ = done; }
+  // Told by every forward before it reads a part's weights: the embedding, the layers first to
+  // last, the head. Null: nobody listens. The overlapped parameter gather waits there.
+  void set_params_needed(const std::function<void(int)>* needed) { params_needed_ = needed; }
   bool first() const { return first_; }
   // The residual stream's rows of a micro-batch of T tokens on this rank (seq_rows).
   int64_t residual_rows(int64_t T) const { return seq_rows(ctx_, T); }
@@ -103,6 +115,13 @@ class Stage {
   StageShape shape_;
   std::vector<std::pair<int, int>> chunks_;  // [begin, end) layer chunks (full recompute)
   std::vector<bool> chunk_recomputed_;
+  const std::function<void(int)>*grads_done_ = nullptr, *params_needed_ = nullptr;
+  void grads_done(int part) const {
+    if (grads_done_) (*grads_done_)(part);
+  }
+  void params_needed(int part) const {
+    if (params_needed_) (*params_needed_)(part);
+  }
   // The last sizes computed, by call kind (a decode loop asks for the same T every step).
   struct Sized {
     int64_t T = -1;

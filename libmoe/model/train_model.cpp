@@ -159,7 +159,36 @@ StepStats TrainModel::forward_stage(const MicroBatchView& mb, int slot, bool kee
 
 void TrainModel::backward_stage(const MicroBatchView& mb, int slot, float aux_scale, const float* grad_output,
                                 float* grad_input, int chunk) {
-  chunks_.at(size_t(chunk))->stage->backward(batch(mb), slot_acts(slot, chunk), aux_scale, grad_output, grad_input);
+  run_backward(chunk, batch(mb), slot_acts(slot, chunk), aux_scale, grad_output, grad_input);
+}
+
+std::function<void(int)> TrainModel::globalised(const std::function<void(int)>& to, int begin) const {
+  return [&to, begin](int part) { to(part == Stage::kHead || part == Stage::kEmbedding ? part : begin + part); };
+}
+
+void TrainModel::on_final_grads(std::function<void(int)> done, int backwards) {
+  final_grads_ = std::move(done);
+  for (auto& ch : chunks_) {
+    ch->backwards_left = final_grads_ ? backwards : 0;
+    ch->grads_done = globalised(final_grads_, ch->begin);
+  }
+}
+
+void TrainModel::on_params_needed(std::function<void(int)> needed) {
+  params_needed_ = std::move(needed);
+  for (auto& ch : chunks_) {
+    ch->params_needed = globalised(params_needed_, ch->begin);
+    ch->stage->set_params_needed(params_needed_ ? &ch->params_needed : nullptr);
+  }
+}
+
+void TrainModel::run_backward(int chunk, const Batch& b, StageActs& acts, float aux_scale, const float* grad_output,
+                              float* grad_input) {
+  Chunk& ch = *chunks_.at(size_t(chunk));
+  const bool last = final_grads_ && ch.backwards_left > 0 && --ch.backwards_left == 0;
+  ch.stage->set_grads_done(last ? &ch.grads_done : nullptr);
+  ch.stage->backward(b, acts, aux_scale, grad_output, grad_input);
+  ch.stage->set_grads_done(nullptr);
 }
 
 void TrainModel::zero_grad() { std::memset(grad_flat_.get(), 0, numel_ * sizeof(float)); }
@@ -180,7 +209,7 @@ StepStats TrainModel::forward_backward(const MicroBatchView& mb, float loss_scal
   Stage& s = stage();
   MOE_ASSERT(s.first() && s.last(), "forward_backward on one pipeline stage of several");
   StepStats st = s.forward_loss(b, acts_, true, loss_scale);
-  s.backward(b, acts_, aux_scale);
+  run_backward(0, b, acts_, aux_scale, nullptr, nullptr);
   return st;
 }
 

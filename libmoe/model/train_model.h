@@ -14,6 +14,7 @@
 // kept equal by summing the two gradients (train/parallel_optimizer.h).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -94,6 +95,16 @@ class TrainModel {
   // sizes are its workspace).
   Stage& stage() { return *chunks_.front()->stage; }
   const StageActs& activations() const { return acts_; }
+  // The step's overlapped gradient reduction (--overlap_grad_reduce): `done(part)` is called as
+  // each part of the model has its gradients final for the step, that is during each model chunk's
+  // `backwards`-th backward from now (its last of the step: the one micro-batch of forward_backward
+  // counts too). `part` is a global layer index, kHeadPart (final norm) or kEmbeddingPart. An
+  // empty `done` stops listening.
+  static constexpr int kHeadPart = Stage::kHead, kEmbeddingPart = Stage::kEmbedding;
+  void on_final_grads(std::function<void(int)> done, int backwards);
+  // The overlapped parameter gather (--overlap_param_gather): `needed(part)` is called before every
+  // forward reads a part's weights (parts as above). Empty: nobody listens.
+  void on_params_needed(std::function<void(int)> needed);
   // After the optimizer step: moves the expert biases by the step's token counts.
   void update_expert_bias(const std::vector<int64_t>& tokens_per_expert);
 
@@ -101,6 +112,9 @@ class TrainModel {
   Batch batch(const MicroBatchView& mb) const { return {mb.tokens, mb.position_ids, mb.cu_seqlens, mb.labels}; }
   StepStats global_stats(StepStats st, int chunk) const;  // a chunk's statistics at global layer indices
   StageActs& slot_acts(int slot, int chunk);
+  // Chunk `chunk`'s backward of one micro-batch, telling final_grads_ when it is the step's last.
+  void run_backward(int chunk, const Batch& b, StageActs& acts, float aux_scale, const float* grad_output,
+                    float* grad_input);
   const StageActs& slot_acts(int slot, int chunk) const { return *chunks_.at(size_t(chunk))->slots.at(size_t(slot)); }
 
   ModelConfig cfg_;
@@ -116,7 +130,13 @@ class TrainModel {
     StageWeights grads;
     std::unique_ptr<Stage> stage;
     std::vector<std::unique_ptr<StageActs>> slots;
+    int backwards_left = 0;                  // until the step's last backward (on_final_grads)
+    std::function<void(int)> grads_done;     // final_grads_ with the stage's layer indices made global
+    std::function<void(int)> params_needed;  // params_needed_, likewise
   };
+  std::function<void(int)> final_grads_, params_needed_;
+  // A hook of the stage's parts (layer indices local to `begin`) calling `to` with global ones.
+  std::function<void(int)> globalised(const std::function<void(int)>& to, int begin) const;
   std::vector<std::unique_ptr<Chunk>> chunks_;
   StageActs acts_;                       // one micro-batch in flight at a time; its buffers reused
   int layer_begin_ = 0, layer_end_ = 0;  // the first chunk's layers [begin, end)

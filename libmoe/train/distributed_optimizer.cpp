@@ -47,7 +47,7 @@ double DistributedOptimizer::reduce_gradients() {
   }
   if (const size_t tail = n - chunk_ * size; tail > 0)  // in place: the last rank's shard ends with it
     dp_.all_reduce(grads_.data() + chunk_ * size, int64_t(tail), dist::DataType::kF32, dist::ReduceOp::kSum);
-  return grad_sum_of_squares(counted_pieces_);
+  return shard_sum_of_squares();
 }
 
 void DistributedOptimizer::scale_gradients(float factor) { scale_grads(pieces_, factor); }
@@ -56,9 +56,9 @@ bool DistributedOptimizer::step_stays_finite(double lr, double grad_bound) {
   return shard_opt_.step_stays_finite(pieces_, lr, grad_bound);
 }
 
-void DistributedOptimizer::apply_step(double lr) {
+void DistributedOptimizer::apply_step(double lr, bool gather) {
   shard_opt_.apply_step(pieces_, lr);
-  all_gather_flat(params_.data());
+  if (gather) all_gather_flat(params_.data());
 }
 
 void DistributedOptimizer::all_gather_flat(float* v) const {

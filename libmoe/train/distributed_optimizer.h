@@ -37,15 +37,21 @@ class DistributedOptimizer {
                        std::span<const ParamRef> refs, dist::Communicator& dp,
                        const std::function<bool(const std::string&)>& counted_in_norm = {});
 
-  // The gradients summed over the group into this rank's shard; returns the sum of squares of the
-  // shard's counted parameters (the caller sums them over the ranks for the global norm).
+  // The gradients summed over the group into this rank's shard; returns shard_sum_of_squares().
   double reduce_gradients();
+  // The sum of squares of the shard's counted gradients (the caller sums them over the ranks for
+  // the global norm), once the shard holds the summed gradients (reduce_gradients(), or
+  // GradBuckets reducing each bucket onto its owner).
+  double shard_sum_of_squares() const { return grad_sum_of_squares(counted_pieces_); }
+  // The equal chunk of the flat buffers each rank owns (the last rank also the remainder).
+  size_t chunk() const { return chunk_; }
   // The shard's gradients times `factor` (clipping).
   void scale_gradients(float factor);
   // step() in halves, for the caller to agree over every group first (see Optimizer).
   bool step_stays_finite(double lr, double grad_bound);
-  // The update of this rank's shard, then every rank's parameters are the updated ones.
-  void apply_step(double lr);
+  // The update of this rank's shard, then (`gather`) every rank's parameters are the updated ones;
+  // without `gather` the caller moves them (FlatBuckets::start_gather).
+  void apply_step(double lr, bool gather = true);
 
   // The whole optimizer state into `full` (bound, if it is not, to every parameter in flat order,
   // as the trainer binds a single-process optimizer): a collective over the group.

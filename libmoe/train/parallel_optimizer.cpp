@@ -32,8 +32,8 @@ std::optional<std::string> ParallelOptimizer::local_name(const std::string& glob
 }
 
 ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainModel& model,
-                                     const dist::ProcessGroups* groups, bool distributed)
-    : model_(model), groups_(groups), cfg_(cfg), local_(cfg) {
+                                     const dist::ProcessGroups* groups, bool distributed, CommOverlap overlap)
+    : model_(model), groups_(groups), cfg_(cfg), local_(cfg), overlap_(overlap) {
   for (auto& [name, t] : model.params())
     all_.push_back({name, t.f32(), model.grads().at(name).f32(), size_t(t.numel()), decays(name)});
   all_ = in_address_order(all_);
@@ -73,6 +73,7 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
   }
   distributed_ = distributed && world_ != nullptr;
   const auto counted = [this](const std::string& n) { return counted_in_norm(n); };
+  overlap_.param_gather = overlap_.param_gather && distributed_;  // only what the distributed optimizer gathers
   for (Region* r : {&dense_, &experts_}) {
     for (const ParamRef& p : r->refs)
       if (counted_in_norm(p.name)) r->counted.push_back(p);
@@ -80,7 +81,56 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
     if (distributed_ && r->group)
       r->dist_opt = std::make_unique<DistributedOptimizer>(cfg, r->params, r->grads, r->refs, *r->group, counted);
     else (r->opt = std::make_unique<Optimizer>(cfg))->bind(r->refs);
+    if ((overlap_.grad_reduce || overlap_.param_gather) && r->group)
+      r->buckets = std::make_unique<FlatBuckets>(r->params, r->grads, r->refs, *r->group,
+                                                 r->dist_opt ? r->dist_opt->chunk() : 0, overlap_.bucket_elems);
   }
+  if (!has_buckets()) return;
+  const int layers = model.config().num_layers;
+  for (const ParamRef& p : all_) {
+    int part = model::names::layer_index(p.name);
+    if (part < 0)
+      part = p.name == model::names::kEmbedding ? model::TrainModel::kEmbeddingPart : model::TrainModel::kHeadPart;
+    MOE_ASSERT(part < layers || part == model::TrainModel::kHeadPart, "{}: layer {} of {}", p.name, part, layers);
+    part_params_[part].push_back(p.data);
+    const bool held =
+        (emb_ && p.name == tied_name_) || std::find(sp_norms_.begin(), sp_norms_.end(), p.name) != sp_norms_.end();
+    if (!held) part_grads_[part].push_back(p.grad);
+  }
+}
+
+void ParallelOptimizer::begin_overlapped_reduce() {
+  for (Region* r : {&dense_, &experts_})
+    if (r->buckets) r->buckets->begin_reduce();
+}
+
+void ParallelOptimizer::grads_final(int part) {
+  const auto it = part_grads_.find(part);
+  if (it == part_grads_.end()) return;
+  for (const float* g : it->second)
+    for (Region* r : {&dense_, &experts_})
+      if (r->buckets) r->buckets->grad_final(g);
+}
+
+std::pair<int, int> ParallelOptimizer::overlapped_buckets() const {
+  std::pair<int, int> n{0, 0};
+  if (overlaps_grad_reduce())
+    for (const Region* r : {&dense_, &experts_})
+      if (r->buckets) n.first += r->buckets->reduced_early(), n.second += r->buckets->size();
+  return n;
+}
+
+void ParallelOptimizer::params_needed(int part) {
+  const auto it = part_params_.find(part);
+  if (it == part_params_.end()) return;
+  for (const float* p : it->second)
+    for (Region* r : {&dense_, &experts_})
+      if (r->buckets) r->buckets->param_needed(p);
+}
+
+void ParallelOptimizer::finish_param_gather() const {
+  for (const Region* r : {&dense_, &experts_})
+    if (r->buckets) r->buckets->finish_gather();
 }
 
 bool ParallelOptimizer::counted_in_norm(const std::string& name) const {
@@ -139,11 +189,13 @@ double ParallelOptimizer::reduce_and_clip(double max_norm) {
   }
   for (Region* r : {&dense_, &experts_}) {
     if (r->refs.empty()) continue;
+    const bool bucketed = r->buckets && overlap_.grad_reduce;
+    if (bucketed) r->buckets->finish_reduce();  // what the backward did not start yet, then all awaited
     if (r->dist_opt) {
-      sharded += r->dist_opt->reduce_gradients();
+      sharded += bucketed ? r->dist_opt->shard_sum_of_squares() : r->dist_opt->reduce_gradients();
       continue;
     }
-    if (r->group)
+    if (r->group && !bucketed)
       r->group->all_reduce(r->grads.data(), int64_t(r->grads.size()), dist::DataType::kF32, dist::ReduceOp::kSum);
     (r == &dense_ ? dense_rep : expert_rep) = grad_sum_of_squares(r->counted);
   }
@@ -168,6 +220,7 @@ double ParallelOptimizer::reduce_and_clip(double max_norm) {
 }
 
 double ParallelOptimizer::params_norm() const {
+  finish_param_gather();
   // Every DP rank holds the whole parameters (the distributed optimizer gathers them after each
   // step): the counted ones summed on this rank, the experts over EP, then over TP and the stages.
   auto sum_of_squares = [](std::span<const ParamRef> refs) {
@@ -186,6 +239,7 @@ double ParallelOptimizer::params_norm() const {
 }
 
 bool ParallelOptimizer::step(double lr, double grad_bound) {
+  finish_param_gather();  // a part no forward needed since the last step (none in a full model)
   int32_t bad = 0;
   for (Region* r : {&dense_, &experts_}) {
     if (r->refs.empty()) continue;
@@ -198,8 +252,10 @@ bool ParallelOptimizer::step(double lr, double grad_bound) {
   if (pp_) pp_->all_reduce(&bad, 1, dist::DataType::kI32, dist::ReduceOp::kSum);
   if (bad > 0) return false;
   for (Region* r : {&dense_, &experts_}) {
-    if (r->dist_opt) r->dist_opt->apply_step(lr);
+    const bool deferred = r->dist_opt && r->buckets && overlap_.param_gather;
+    if (r->dist_opt) r->dist_opt->apply_step(lr, !deferred);
     else if (!r->refs.empty()) r->opt->apply_step(r->refs, lr);
+    if (deferred) r->buckets->start_gather();
   }
   return true;
 }
@@ -225,6 +281,7 @@ bool ParallelOptimizer::writes_rank_file() const {
 }
 
 const Optimizer& ParallelOptimizer::gather_rank_state() {
+  finish_param_gather();
   gather_local_state();
   return local_;
 }
@@ -235,6 +292,7 @@ void ParallelOptimizer::release_local_state() {
 }
 
 ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
+  finish_param_gather();
   Whole w;
   if (with_optimizer && world_) gather_local_state();
   for (const ParamRef& p : dense_.refs) w.params.emplace(p.name, model_.params().at(p.name));  // all, on one process

@@ -19,6 +19,7 @@
 // optimizer state under global names (a collective), and load() takes a rank's part of a state
 // read from any checkpoint, so a run resumes under any DP x EP layout.
 #pragma once
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,15 +28,40 @@
 #include "dist/process_groups.h"
 #include "model/train_model.h"
 #include "train/distributed_optimizer.h"
+#include "train/flat_buckets.h"
 #include "train/optimizer.h"
 
 namespace moe::train {
+
+// How the DP and expert-DP communication overlaps computation (flat_buckets.h).
+struct CommOverlap {
+  bool grad_reduce = false;   // --overlap_grad_reduce
+  bool param_gather = false;  // --overlap_param_gather (with the distributed optimizer)
+  size_t bucket_elems = 0;    // --ddp_bucket_size
+};
 
 class ParallelOptimizer {
  public:
   // `groups` null: one process. The model must outlive this object.
   ParallelOptimizer(const OptimizerConfig& cfg, model::TrainModel& model, const dist::ProcessGroups* groups,
-                    bool distributed);
+                    bool distributed, CommOverlap overlap = {});
+
+  // --overlap_grad_reduce (some group with more than one rank): before a step's micro-batches,
+  // begin_overlapped_reduce(); then each bucket's reduction starts once the model reported its
+  // parameters final (TrainModel::on_final_grads -> grads_final). The gradients the TP and
+  // embedding groups sum first (sequence-parallel norms, a tied embedding) are held back until
+  // reduce_and_clip() summed them.
+  bool overlaps_grad_reduce() const { return overlap_.grad_reduce && has_buckets(); }
+  void begin_overlapped_reduce();
+  void grads_final(int part);
+  // Buckets whose reduction started during the last backward, of all (for the log).
+  std::pair<int, int> overlapped_buckets() const;
+  // --overlap_param_gather: step() leaves the updated parameters travelling; the model calls
+  // params_needed (TrainModel::on_params_needed) before each part's forward, and every other
+  // reader of the parameters calls finish_param_gather() first (this class's own do).
+  bool overlaps_param_gather() const { return overlap_.param_gather && has_buckets(); }
+  void params_needed(int part);
+  void finish_param_gather() const;
 
   // Gradients reduced over their groups, clipped to max_norm (0: off) by the global L2 norm,
   // which is returned (non-finite: some gradient somewhere is NaN/Inf; nothing clipped).
@@ -86,13 +112,19 @@ class ParallelOptimizer {
     dist::Communicator* group = nullptr;             // where its gradients are reduced; null: nowhere
     std::unique_ptr<DistributedOptimizer> dist_opt;  // sharded over `group`, or
     std::unique_ptr<Optimizer> opt;                  // replicated
+    std::unique_ptr<FlatBuckets> buckets;            // the overlapped communication over `group`
   };
+  bool has_buckets() const { return dense_.buckets || experts_.buckets; }
+  // With overlap: the gradients (addresses) of each part of the model (TrainModel's parts), those
+  // held back left out; and the parameters' data.
+  std::map<int, std::vector<const float*>> part_grads_, part_params_;
   model::TrainModel& model_;
   const dist::ProcessGroups* groups_;
   OptimizerConfig cfg_;
   std::vector<ParamRef> all_;  // every parameter of the rank, flat order
   Region dense_, experts_;
   Optimizer local_;  // the rank's whole state, only between checkpoint I/O and load() / saving
+  CommOverlap overlap_;
   bool distributed_ = false;
   int64_t first_expert_ = 0, local_experts_ = 0;
   dist::Communicator* world_ = nullptr;  // where the norm and the finite check are agreed (with tp_)

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -172,7 +173,8 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   LrSchedule sched(lrc, train_iters);
   lrc.decay_iters = sched.decay_iters(), lrc.warmup_iters = sched.warmup_iters();
   // Gradient reduction over DP / expert-DP, clipping and the step (parallel_optimizer.h).
-  ParallelOptimizer opt(cfg.optim, model, cfg.groups.get(), cfg.distributed_optimizer);
+  ParallelOptimizer opt(cfg.optim, model, cfg.groups.get(), cfg.distributed_optimizer, cfg.overlap);
+  if (opt.overlaps_param_gather()) model.on_params_needed([&opt](int part) { opt.params_needed(part); });
   TrainProgress prog;
   if (!cfg.resume_dir.empty()) {
     // Under TP a checkpoint's whole tensors (any saved layout) are cut to this rank's slices.
@@ -316,6 +318,12 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       loss_scales[j] = cfg.calculate_per_token_loss
                            ? 1.0f / float(std::max<int64_t>(loss_tokens, 1))
                            : 1.0f / float(std::max<int64_t>(mbs[j].loss_tokens(), 1) * int64_t(accum));
+    if (opt.overlaps_grad_reduce()) {  // buckets start reducing as the last backward of the step finishes them
+      int mine = 0;
+      for (size_t j = 0; j < mbs.size(); ++j) mine += dp.mine(j) ? 1 : 0;
+      opt.begin_overlapped_reduce();
+      model.on_final_grads([&opt](int part) { opt.grads_final(part); }, mine);
+    }
     if (pipe.group) {  // this DP rank's micro-batches through the pipeline, 1F1B
       std::vector<model::MicroBatchView> mine;
       std::vector<float> mine_scales;
@@ -329,6 +337,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       if (!pipe.group && dp.mine(j)) st.add(model.forward_backward(view(mbs[j]), loss_scales[j], 1.0f / float(accum)));
       win_train_tokens += int64_t(mbs[j].tokens.size());
     }
+    model.on_final_grads({}, 0);
     const double grad_norm = opt.reduce_and_clip(cfg.clip_grad);
     dp.sum(st);
     pipe.sum(st);
@@ -423,6 +432,9 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
     flush_report(iter, loss, lr);
   }
   res.iterations = train_iters, res.skipped = prog.skipped_iters;
+  model.on_params_needed({});
+  opt.finish_param_gather();
+  std::tie(res.buckets_overlapped, res.buckets) = opt.overlapped_buckets();
   if (first_iter >= train_iters) {  // resumed with nothing left to train: still evaluate
     evaluate(train_iters);
     flush_report(train_iters, res.last_loss, sched.lr_at(train_iters - 1));

@@ -68,6 +68,8 @@ struct TrainerConfig {
   bool writer = true;
   // --use_distributed_optimizer: with DP > 1, the optimizer state sharded over the DP group.
   bool distributed_optimizer = false;
+  // --overlap_grad_reduce, --overlap_param_gather, --ddp_bucket_size.
+  CommOverlap overlap;
   // TensorBoard event files go here ("": none).
   std::string tensorboard_dir;
   // Megatron's TensorBoard options: its per-iteration tags ("lm loss", "learning-rate",
@@ -93,6 +95,9 @@ struct TrainResult {
   int pipeline_stage = 0, pipeline_stages = 1, pipeline_micro_batches = 0, pipeline_chunks = 1;
   double pipeline_compute_s = 0, pipeline_total_s = 0;
   std::vector<double> pipeline_stage_compute_s;  // every stage's compute seconds, in stage order
+  // --overlap_grad_reduce: this rank's gradient buckets whose reduction started during the last
+  // step's backward, and all of them.
+  int buckets_overlapped = 0, buckets = 0;
 };
 
 // Runs the loop; `model` starts from the loaded or initialised weights.

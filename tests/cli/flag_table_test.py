@@ -25,13 +25,13 @@ SFT = {
     "no_log_learning_rate_to_tensorboard": I, "log_validation_ppl_to_tensorboard": I, "log_memory_to_tensorboard": I,
     "log_throughput": I, "log_params_norm": I, "exit_on_missing_checkpoint": I, "moe_token_dispatcher_type": I, "moe_router_load_balancing_type": I, "moe_z_loss_coeff": I,
     "moe_expert_capacity_factor": I, "add_version": I, "max_epochs": I, "calculate_per_token_loss": I,
-    "streaming": I,
+    "streaming": I, "overlap_grad_reduce": I, "overlap_param_gather": I,
     # knobs: GPU kernel choices and bookkeeping of the Python pipeline
     "deterministic_mode": K, "no_masked_softmax_fusion": K, "no_bias_dropout_fusion": K, "no_bias_swiglu_fusion": K,
     "no_rope_fusion": K, "no_gradient_accumulation_fusion": K, "dataloader_type": K, "manual_gc": K,
     "manual_gc_interval": K, "use_cpu_initialization": K, "no_create_attention_mask_in_dataloader": K,
     "no_initialization": K, "auto_detect_ckpt_format": K, "distributed_backend": K, "tp_comm_overlap": K,
-    "overlap_grad_reduce": K, "overlap_param_gather": K, "tensorboard_queue_size": K, "logging_level": K, "bf16": K,
+    "tensorboard_queue_size": K, "logging_level": K, "bf16": K,
     "apply_query_key_layer_scaling": K, "attention_softmax_in_fp32": K, "transformer_impl": K, "moe_grouped_gemm": K,
     "moe_shared_expert_overlap": K, "lazy_tokenize": K,
     # features moectl does not have yet

@@ -8,6 +8,9 @@ CLI:
   shared expert and a dense layer under seq_aux_loss; both token dispatchers (alltoall, allgather);
 - resharding: DP2 x EP2 saved at iteration 2 resumes under EP4 and in one process with the losses
   of the run that never stopped; its checkpoint exports to the HF weights of the one-process run;
+- --overlap_grad_reduce and --overlap_param_gather (DP2 with evaluation and saves, DP4, replicated,
+  DP2 x EP2): every gradient bucket but the embedding's starts during the backward, and the
+  results are the same;
 - the launcher: NPROC_PER_NODE=2 moectl sft ... gives the losses of mpirun -np 2 (bitwise);
 - resharding: a DP2 run saved at iteration 2 resumes in one process with the losses of the run
   that never stopped;
@@ -174,6 +177,26 @@ for i, (name, extra) in enumerate(CASES.items()):
         what = f"DP{np // ep} x EP{ep}" if ep > 1 and np > ep else (f"EP{ep}" if ep > 1 else f"DP{np}")
         how = ("" if dopt else " (replicated optimizer)") + ("" if disp == "alltoall" else f" ({disp})")
         same_run(ref, got, f"{name}: {what}{how} vs one process", weights_at=ITERS)
+
+# --- --overlap_grad_reduce / --overlap_param_gather: buckets (small ones here, so the tiny model has
+# many) start reducing during the last backward (onto their owners with the distributed optimizer),
+# and the updated parameters travel during the next forward, evaluation and checkpoints waiting for
+# them; the results are the same
+GRAD = ["--overlap_grad_reduce", "true", "--ddp_bucket_size", "20000"]
+PARAM = ["--overlap_param_gather", "true", "--ddp_bucket_size", "20000"]
+for np, ep, dopt, flags in ((2, 1, True, GRAD + PARAM + ["--eval_interval", "2", "--save_interval", "2"]),
+                            (4, 1, True, GRAD + PARAM), (2, 1, False, GRAD), (4, 2, True, GRAD + PARAM),
+                            (2, 1, True, PARAM)):
+    got = f"c0_overlap_np{np}_ep{ep}_{int(dopt)}_{len(flags)}"
+    p = run(["sft"] + BASE + CASES["qwen3_moe"] + flags + ["--save", got, "--expert_model_parallel_size", str(ep),
+                                                           "--use_distributed_optimizer", str(dopt).lower()], np=np)
+    what = (f"DP{np // ep}" + (f" x EP{ep}" if ep > 1 else "") + ("" if dopt else " (replicated optimizer)") +
+            "".join(f" {f}" for f in flags if f.startswith("--overlap") or f == "--eval_interval"))
+    if "--overlap_grad_reduce" in flags:
+        m = re.search(r"overlap: (\d+) of (\d+) gradient buckets started reducing during the backward", p.stdout)
+        check(m is not None and int(m.group(2)) > 2 and int(m.group(1)) >= int(m.group(2)) - 1,
+              f"{what}: the buckets start during the backward ({m and m.group(0)})")
+    same_run("c0_np1", got, f"{what} vs one process", weights_at=ITERS)
 
 # --- files: rank 0 alone writes, args.json has the parallel sizes
 args = json.load(open(os.path.join(run_dir("c0_np4_ep2_1"), "args.json")))

@@ -142,6 +142,9 @@ BASE = ["--dataset", "self-cognition#96", "--model_name", "小黄", "Xiao Huang"
         "--lr", "1e-3", "--lr_warmup_iters", "1", "--save_safetensors", "false", "--eval_interval", "0"]
 PP2 = ["--pipeline_model_parallel_size", "2"]
 VPP2 = PP2 + ["--virtual_pipeline_model_parallel_size", "2"]
+# Each chunk's buckets start during its last backward (the tied embedding's after its sum) and its
+# parameters arrive during its next forward.
+OVERLAP = ["--overlap_grad_reduce", "true", "--overlap_param_gather", "true", "--ddp_bucket_size", "20000"]
 # name: (model flags, [(np, layout flags, what)])
 CASES = {
     "qwen3_moe": (["--model", q3], [
@@ -152,6 +155,7 @@ CASES = {
         (2, VPP2, "PP2 x VPP2 (interleaved 1F1B, one layer per chunk)"),
         (2, PP2 + ["--num_layers_per_virtual_pipeline_stage", "1"], "PP2, 1 layer per virtual stage"),
         (4, VPP2, "PP2 x VPP2 x DP2 (micro-batches = stages: all warm-up)"),
+        (4, VPP2 + OVERLAP, "PP2 x VPP2 x DP2, both overlaps"),
     ]),
     "qwen3_moe 6 layers": (["--model", q3x6], [
         (4, ["--pipeline_model_parallel_size", "4", "--decoder_first_pipeline_num_layers", "3"],
@@ -163,7 +167,8 @@ CASES = {
     "qwen2 dense, tied embeddings": (["--model", tied], [(2, PP2, "PP2"), (4, PP2, "PP2 x DP2"),
                                                          (4, PP2 + ["--tensor_model_parallel_size", "2"],
                                                           "PP2 x TP2"),
-                                                         (2, VPP2, "PP2 x VPP2")]),
+                                                         (2, VPP2, "PP2 x VPP2"),
+                                                         (4, PP2 + OVERLAP, "PP2 x DP2, both overlaps")]),
     "recompute selective": (["--model", q3, "--recompute_granularity", "selective"], [(2, PP2, "PP2")]),
     "recompute full": (["--model", q3, "--recompute_granularity", "full", "--recompute_method", "uniform",
                         "--recompute_num_layers", "1"], [(2, PP2, "PP2")]),

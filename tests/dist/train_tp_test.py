@@ -153,7 +153,10 @@ for i, (name, extra) in enumerate(CASES.items()):
         same_run(ref, got, f"{name}: {what} vs one process", weights_at=ITERS)
     # Sequence parallelism: the same numbers with the norms on half the rows.
     for np, flags, what in [(2, [], "TP2 SP")] + ([(4, [], "TP2 SP x DP2"),
-                                                  (4, ["--pipeline_model_parallel_size", "2"], "TP2 SP x PP2")]
+                                                  (4, ["--pipeline_model_parallel_size", "2"], "TP2 SP x PP2"),
+                                                  # the norms' buckets wait for their sum over TP
+                                                  (4, ["--overlap_grad_reduce", "true", "--overlap_param_gather", "true",
+                                                       "--ddp_bucket_size", "20000"], "TP2 SP x DP2, both overlaps")]
                                                  if i == 0 else []):
         got = f"c{i}_np{np}_sp_{len(flags)}"
         run(["sft"] + BASE + extra + TP2 + SP + flags + ["--save", got], np=np)
