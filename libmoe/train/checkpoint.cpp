@@ -79,8 +79,10 @@ void set_arg(io::PyValue& ns, const std::string& key, io::PyPtr v) {
 // registration order), walked in reverse ("backprop order"); with the distributed optimizer each
 // parameter starts at a multiple of 64 elements within its bucket; a bucket ends after a
 // parameter flagged shared_embedding (the tied embedding and output copy under PP) and, with
-// --overlap_grad_reduce, past --ddp_bucket_size (moectl refuses overlap under several processes,
-// so every buffer is one bucket apart from the shared embedding). get_parameter_state_dp_zero
+// --overlap_grad_reduce, past --ddp_bucket_size. This file is written as Megatron lays it out
+// without overlap (every buffer one bucket apart from the shared embedding), whatever moectl's own
+// buckets were; a Megatron run with overlap splits its buffers differently and would refuse it
+// (per_bucket_numel_unpadded). get_parameter_state_dp_zero
 // gathers each bucket over DP and concatenates the buckets with their end padding dropped (the
 // 64-element alignment gaps inside a bucket stay, as zeros). The vectors so do not depend on the
 // DP size, and a rank's file lists its parameters by its own (stage-local, EP-local) names.
