@@ -14,52 +14,15 @@ loss_func reports the summed loss and the token count in both modes). Checked en
   batch's micro-batches, not a rank's) -- when MPIEXEC is given;
 - args.json records calculate_per_token_loss.
 Usage: per_token_loss_test.py MOECTL SRC_DIR WORK_DIR [MPIEXEC]"""
-import glob
 import json
 import os
-import shutil
-import subprocess
 import sys
 
-MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
-MPIEXEC = sys.argv[4] if len(sys.argv) > 4 else None
-shutil.rmtree(WORK, ignore_errors=True)
-os.makedirs(WORK)
-ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-ENV.pop("NPROC_PER_NODE", None)
-failures = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_runs import check, run, run_dir, train_log, rel, worst  # noqa: E402
+import train_runs  # noqa: E402
 
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
-
-
-def run(args, np=1):
-    pre = [MPIEXEC, "-np", str(np), "--oversubscribe"] if np > 1 else []
-    p = subprocess.run(pre + [MOECTL] + args, capture_output=True, text=True, cwd=WORK, env=ENV, timeout=300)
-    assert p.returncode == 0, f"np {np} moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr[-3000:]}"
-
-
-def run_dir(save):
-    dirs = sorted(glob.glob(os.path.join(WORK, save, "v*")))
-    assert len(dirs) == 1, f"{save}: run dirs {dirs}"
-    return dirs[0]
-
-
-def train_log(save):
-    rows = [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
-    return [(r["loss"], r["grad_norm"]) for r in rows if "grad_norm" in r]
-
-
-def rel(a, b):
-    return abs(a - b) / max(abs(a), abs(b), 1e-30)
-
-
-def worst(a, b):
-    return max((max(rel(x[0], y[0]), rel(x[1], y[1])) for x, y in zip(a, b)), default=0.0)
+MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
 
 
 run(["init", "--config", os.path.join(SRC, "configs", "tiny-moe"), "--output_dir", "m", "--torch_dtype", "float32"])
@@ -105,6 +68,4 @@ if MPIEXEC:
 else:
     print("(no MPIEXEC: the DP and pipeline checks are skipped)")
 
-if failures:
-    sys.exit(f"{len(failures)} failure(s)")
-print("all --calculate_per_token_loss checks passed")
+train_runs.finish("--calculate_per_token_loss")

@@ -10,49 +10,20 @@
   --packing, with --split_dataset_ratio; args.json records streaming;
 - DP2 streams the same batches as one process (when MPIEXEC is given).
 Usage: streaming_test.py MOECTL SRC_DIR WORK_DIR [MPIEXEC]"""
-import glob
 import json
 import os
-import shutil
-import subprocess
 import sys
 
-MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
-MPIEXEC = sys.argv[4] if len(sys.argv) > 4 else None
-shutil.rmtree(WORK, ignore_errors=True)
-os.makedirs(WORK)
-ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-ENV.pop("NPROC_PER_NODE", None)
-failures = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_runs import check, run, run_dir, rel  # noqa: E402
+import train_runs  # noqa: E402
 
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
-
-
-def run(args, expect=0, np=1):
-    pre = [MPIEXEC, "-np", str(np), "--oversubscribe"] if np > 1 else []
-    p = subprocess.run(pre + [MOECTL] + args, capture_output=True, text=True, cwd=WORK, env=ENV, timeout=300)
-    assert p.returncode == expect, f"moectl {' '.join(args)}: exit {p.returncode}, expected {expect}\n{p.stderr[-3000:]}"
-    return p
-
-
-def run_dir(save):
-    dirs = sorted(glob.glob(os.path.join(WORK, save, "v*")))
-    assert len(dirs) == 1, f"{save}: run dirs {dirs}"
-    return dirs[0]
+MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
 
 
 def train_log(save):
     rows = [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
     return [(r["iteration"], r["loss"], r["grad_norm"]) for r in rows if "grad_norm" in r]
-
-
-def rel(a, b):
-    return abs(a - b) / max(abs(a), abs(b), 1e-30)
 
 
 run(["init", "--config", os.path.join(SRC, "configs", "tiny-moe"), "--output_dir", "m", "--torch_dtype", "float32"])
@@ -123,6 +94,4 @@ if MPIEXEC:
 else:
     print("(no MPIEXEC: the DP2 check is skipped)")
 
-if failures:
-    sys.exit(f"{len(failures)} failure(s)")
-print("all --streaming checks passed")
+train_runs.finish("--streaming")

@@ -17,50 +17,26 @@ Checks, on the tiny Qwen3-MoE model:
 - with MPIEXEC: DP2 (dict) and EP2 (chained list) under mpirun, the same checks, and resuming
   under another layout (DP2 -> one process, EP2 -> one process).
 Usage: distrib_optim_test.py MOECTL SRC_DIR WORK_DIR [MPIEXEC]"""
-import glob
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import torch
 
-MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
-MPIEXEC = sys.argv[4] if len(sys.argv) > 4 else None
-shutil.rmtree(WORK, ignore_errors=True)
-os.makedirs(WORK)
-sys.path.insert(0, os.path.join(SRC, "tests", "cli"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "cli"))
 import dcp_reader  # noqa: E402
+from train_runs import check, run, rel  # noqa: E402
+import train_runs  # noqa: E402
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-ENV.pop("NPROC_PER_NODE", None)
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
-
-
-def run(args, np=1, expect=0):
-    pre = [MPIEXEC, "-np", str(np), "--oversubscribe"] if np > 1 else []
-    p = subprocess.run(pre + [MOECTL] + args, capture_output=True, text=True, cwd=WORK, env=ENV, timeout=300)
-    if expect is not None:
-        assert p.returncode == expect, f"np {np} moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr[-3000:]}"
-    return p
+MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
 
 
 def train_log(save):
     rows = [json.loads(l) for l in open(os.path.join(WORK, save, "logging.jsonl"))]
     return {r["iteration"]: (r["loss"], r["grad_norm"]) for r in rows if "grad_norm" in r}
-
-
-def rel(a, b):
-    return abs(a - b) / max(abs(a), abs(b), 1e-30)
 
 
 q3 = os.path.join(WORK, "q3")
@@ -258,7 +234,4 @@ if MPIEXEC:
 else:
     print("skip DP2/EP2: no MPIEXEC given")
 
-if failures:
-    print(f"{len(failures)} check(s) failed")
-    sys.exit(1)
-print("all distrib_optim checks passed")
+train_runs.finish("distrib_optim")

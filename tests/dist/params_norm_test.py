@@ -10,46 +10,22 @@ rank, a tied embedding's last-stage copy not at all), in logging.jsonl (params_n
 - given bare (--log_params_norm, swift's parser) it is recorded in args.json; without it the log
   has no params_norm.
 Usage: params_norm_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
-import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import torch
 
-MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
-MPIEXEC = sys.argv[4]
-shutil.rmtree(WORK, ignore_errors=True)
-os.makedirs(WORK)
-sys.path.insert(0, os.path.join(SRC, "tests", "parity"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 import hf_model  # noqa: E402
-sys.path.insert(0, os.path.join(SRC, "tests", "cli"))
+sys.path.insert(0, os.path.join(HERE, "..", "cli"))
 import dcp_reader  # noqa: E402
+from train_runs import check, run, run_dir  # noqa: E402
+import train_runs  # noqa: E402
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-ENV.pop("NPROC_PER_NODE", None)
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
-
-
-def run(args, np=1):
-    pre = [MPIEXEC, "-np", str(np), "--oversubscribe"] if np > 1 else []
-    p = subprocess.run(pre + [MOECTL] + args, capture_output=True, text=True, cwd=WORK, env=ENV, timeout=300)
-    assert p.returncode == 0, f"np {np} moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr[-3000:]}"
-
-
-def run_dir(save):
-    dirs = sorted(glob.glob(os.path.join(WORK, save, "v*")))
-    assert len(dirs) == 1, f"{save}: run dirs {dirs}"
-    return dirs[0]
+MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
 
 
 def norms(save):
@@ -103,7 +79,4 @@ check(json.load(open(os.path.join(run_dir("qwen3_moe_np1"), "args.json"))).get("
 run(["sft", "--model", q3] + BASE[:-1] + ["--save", "off"])
 check(all(x is None for x in norms("off")), "without --log_params_norm the log has no params_norm")
 
-if failures:
-    print(f"{len(failures)} failure(s)")
-    sys.exit(1)
-print("all params-norm checks passed")
+train_runs.finish("params-norm")

@@ -31,48 +31,15 @@ import time
 
 import torch
 
-MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
-MPIEXEC = sys.argv[4]
-shutil.rmtree(WORK, ignore_errors=True)
-os.makedirs(WORK)
-sys.path.insert(0, os.path.join(SRC, "tests", "parity"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 import hf_model  # noqa: E402
-sys.path.insert(0, os.path.join(SRC, "tests", "cli"))
+sys.path.insert(0, os.path.join(HERE, "..", "cli"))
 import dcp_reader  # noqa: E402
+from train_runs import check, mpirun, run, run_dir, train_log, rel, ENV  # noqa: E402
+import train_runs  # noqa: E402
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-ENV.pop("NPROC_PER_NODE", None)
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
-
-
-def mpirun(np):
-    return [MPIEXEC, "-np", str(np), "--oversubscribe"] if np > 1 else []
-
-
-def run(args, np=1, env=None, expect=0):
-    p = subprocess.run(mpirun(np) + [MOECTL] + args, capture_output=True, text=True, cwd=WORK, env=env or ENV,
-                       timeout=300)
-    if expect is not None:
-        assert p.returncode == expect, f"np {np} moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr[-3000:]}"
-    return p
-
-
-def run_dir(save):
-    dirs = sorted(glob.glob(os.path.join(WORK, save, "v*")))
-    assert len(dirs) == 1, f"{save}: run dirs {dirs}"
-    return dirs[0]
-
-
-def train_log(save):
-    rows = [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
-    return [(r["loss"], r["grad_norm"]) for r in rows if "grad_norm" in r]
+MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
 
 
 def final_model(save, it):
@@ -109,28 +76,8 @@ def final_model(save, it):
     return out
 
 
-def rel(a, b):
-    return abs(a - b) / max(abs(a), abs(b), 1e-30)
-
-
 def same_run(ref, got, what, tol=1e-5, weights_at=None):
-    a, b = train_log(ref), train_log(got)
-    check(len(a) == len(b) and len(a) > 0, f"{what}: {len(b)} logged iterations, expected {len(a)}")
-    worst = max((max(rel(x[0], y[0]), rel(x[1], y[1])) for x, y in zip(a, b)), default=0.0)
-    check(worst <= tol, f"{what}: loss and grad norm per iteration within {tol} (worst {worst:.2e})")
-    if weights_at:
-        # Relative in L2 over the whole model: Adam turns a gradient that is zero in exact
-        # arithmetic but not in rounding (the key bias's: softmax ignores a shift shared by every
-        # key) into a full lr step of either sign, so an element-wise measure would compare the
-        # rounding of two summation orders, not the layouts.
-        wa, wb = final_model(ref, weights_at), final_model(got, weights_at)
-        num = den = 0.0
-        for k, t in wa.items():
-            if torch.is_tensor(t) and t.is_floating_point():
-                num += ((t.double() - wb[k].double()) ** 2).sum().item()
-                den += (t.double() ** 2).sum().item()
-        d = (num / max(den, 1e-30)) ** 0.5
-        check(d <= tol, f"{what}: final weights within {tol} (|dw|/|w| = {d:.2e})")
+    train_runs.same_run(ref, got, what, tol, weights_at, model=final_model)
 
 
 # --- models: Qwen3-MoE from the tiny config, Qwen2-MoE with a shared expert and a dense layer
@@ -328,7 +275,4 @@ check(time.time() - t0 < 30, f"the hung job ended {time.time() - t0:.1f} s after
 for c in children:
     subprocess.run(["kill", "-KILL", c], capture_output=True)
 
-if failures:
-    print(f"{len(failures)} failure(s)")
-    sys.exit(1)
-print("all data-parallel checks passed")
+train_runs.finish("data- and expert-parallel")

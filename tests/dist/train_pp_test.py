@@ -28,92 +28,22 @@
 - the pipeline bubble of PP2 with 8 micro-batches is printed beside the 1F1B and interleaved
   formulas (benchmark lines; no bound on a shared 2-core machine).
 Usage: train_pp_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
-import glob
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import torch
 
-MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
-MPIEXEC = sys.argv[4]
-shutil.rmtree(WORK, ignore_errors=True)
-os.makedirs(WORK)
-sys.path.insert(0, os.path.join(SRC, "tests", "parity"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 import hf_model  # noqa: E402
-sys.path.insert(0, os.path.join(SRC, "tests", "cli"))
-import dcp_reader  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "..", "cli"))
+from train_runs import check, run, run_dir, log_rows, train_log, rel, same_run, dist_model  # noqa: E402
+import train_runs  # noqa: E402
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-ENV.pop("NPROC_PER_NODE", None)
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
-
-
-def mpirun(np):
-    return [MPIEXEC, "-np", str(np), "--oversubscribe"] if np > 1 else []
-
-
-def run(args, np=1, expect=0):
-    p = subprocess.run(mpirun(np) + [MOECTL] + args, capture_output=True, text=True, cwd=WORK, env=ENV, timeout=300)
-    if expect is not None:
-        assert p.returncode == expect, f"np {np} moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr[-3000:]}"
-    return p
-
-
-def run_dir(save):
-    dirs = sorted(glob.glob(os.path.join(WORK, save, "v*")))
-    assert len(dirs) == 1, f"{save}: run dirs {dirs}"
-    return dirs[0]
-
-
-def log_rows(save):
-    return [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
-
-
-def train_log(save):
-    return [(r["loss"], r["grad_norm"]) for r in log_rows(save) if "grad_norm" in r]
-
-
-def dist_model(save, it):
-    """A torch_dist checkpoint's model tensors (global keys) read by the independent reader."""
-    it_dir = os.path.join(run_dir(save), f"iter_{it:07d}")
-    return {k: v for k, v in dcp_reader.read_checkpoint(it_dir)[0].items() if not k.startswith("optimizer.")}
-
-
-def rel(a, b):
-    return abs(a - b) / max(abs(a), abs(b), 1e-30)
-
-
-def same_run(ref, got, what, tol=1e-5, weights_at=None):
-    a, b = train_log(ref), train_log(got)
-    check(len(a) == len(b) and len(a) > 0, f"{what}: {len(b)} logged iterations, expected {len(a)}")
-    worst = max((max(rel(x[0], y[0]), rel(x[1], y[1])) for x, y in zip(a, b)), default=0.0)
-    check(worst <= tol, f"{what}: loss and grad norm per iteration within {tol} (worst {worst:.2e})")
-    if weights_at:
-        # Relative in L2 over the whole model (see train_dp_test.py).
-        wa, wb = dist_model(ref, weights_at), dist_model(got, weights_at)
-        check(sorted(wa) == sorted(wb), f"{what}: the checkpoints hold the same tensors")
-        num = den = 0.0
-        for k, t in wa.items():
-            if torch.is_tensor(t) and t.is_floating_point() and k in wb:
-                if t.shape != wb[k].shape:
-                    check(False, f"{what}: {k} global shape {tuple(wb[k].shape)}, expected {tuple(t.shape)}")
-                    continue
-                num += ((t.double() - wb[k].double()) ** 2).sum().item()
-                den += (t.double() ** 2).sum().item()
-        d = (num / max(den, 1e-30)) ** 0.5
-        check(d <= tol, f"{what}: final weights within {tol} (|dw|/|w| = {d:.2e})")
-
+MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
 
 # --- models
 q3 = os.path.join(WORK, "q3")  # 4 layers, 8 experts
@@ -382,7 +312,4 @@ for flags, formula in ((PP2, "1 virtual; 1F1B formula 0.111"), (VPP2, "2 virtual
     print("     " + (line[0] if line else "no bubble line"))
     check(len(line) == 1 and "8 micro-batches" in line[0] and formula in line[0], f"{flags[-1]} bubble line: {line}")
 
-if failures:
-    print(f"{len(failures)} failure(s)")
-    sys.exit(1)
-print("all pipeline-parallel checks passed")
+train_runs.finish("pipeline-parallel")
