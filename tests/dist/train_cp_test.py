@@ -5,12 +5,13 @@
   packing); packed rows of several sequences of any length (the split pads each to a multiple of
   2 x CP and cuts the padding off) with the switch balancing loss and the z-loss (their statistics
   are the whole micro-batch's); with the replicated optimizer; CP2 x EP2 on 2 processes, CP2 x DP2
-  on 4; a dense Qwen2 with tied embeddings and q/k/v bias. The logged balancing loss, z-loss and
-  expert load imbalance equal the one-process run's too;
-- checkpoints: CP does not split weights, so a CP2 save (torch_dist and legacy torch) resumes in one
-  process, and a one-process save resumes under CP2, with the losses of the run that never stopped;
-- bad layouts (CP with PP, CP with TP, CP with seq_aux_loss) end every rank at start with exit 2 and
-  one line naming the rule and the numbers.
+  and TP2 (sequence parallel) x CP2 on 4; a dense Qwen2 with tied embeddings and q/k/v bias. The
+  logged balancing loss, z-loss and expert load imbalance equal the one-process run's too;
+- checkpoints: CP does not split weights, so a CP2 save (torch_dist and legacy torch: one mp_rank_00)
+  and a legacy TP2 x CP2 save (mp_rank_00, mp_rank_01) resume in one process, and a one-process save
+  resumes under CP2, with the losses of the run that never stopped;
+- bad layouts (CP with PP, CP with seq_aux_loss) end every rank at start with exit 2 and one line
+  naming the rule and the numbers.
 Usage: train_cp_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
 import glob
 import json
@@ -119,6 +120,7 @@ BASE = ["--dataset", "self-cognition#96", "--model_name", "小黄", "Xiao Huang"
         "--train_iters", str(ITERS), "--global_batch_size", "8", "--log_interval", "1", "--lr", "1e-3",
         "--lr_warmup_iters", "1", "--save_safetensors", "false", "--eval_interval", "0"]
 CP2 = ["--context_parallel_size", "2"]
+TP2 = ["--tensor_model_parallel_size", "2"]
 # Packed rows of up to 256 tokens: several self-cognition samples each, of lengths of every residue
 # modulo 4 (2 x CP), so the split pads (and cuts) most of them.
 PACKED = ["--micro_batch_size", "2", "--packing", "true", "--max_length", "256", "--moe_aux_loss_coeff", "0.02",
@@ -128,7 +130,8 @@ CASES = [
     ("Qwen3-MoE, one sequence per micro-batch", ["--model", q3, "--micro_batch_size", "1"], [(2, [], "CP2")]),
     ("Qwen3-MoE, packed, aux and z losses", ["--model", q3] + PACKED,
      [(2, [], "CP2"), (2, ["--use_distributed_optimizer", "false"], "CP2 (replicated optimizer)"),
-      (2, ["--expert_model_parallel_size", "2"], "CP2 x EP2"), (4, [], "CP2 x DP2")]),
+      (2, ["--expert_model_parallel_size", "2"], "CP2 x EP2"), (4, [], "CP2 x DP2"),
+      (4, TP2 + ["--sequence_parallel", "true"], "TP2 SP x CP2")]),
     ("Qwen2 dense, tied embeddings, packed", ["--model", dense, "--micro_batch_size", "2", "--packing", "true",
                                               "--max_length", "256"], [(2, [], "CP2")]),
 ]
@@ -153,30 +156,29 @@ def stopped_at_2(save):
     return dst
 
 
-for fmt, src_np, dst_np in (("torch_dist", 2, 1), ("torch", 2, 1), ("torch_dist", 1, 2)):
-    save = f"res_{fmt}_np{src_np}"
-    flags = ["--model", q3] + PACKED
-    run(["sft"] + BASE + flags + (CP2 if src_np == 2 else []) + ["--ckpt_format", fmt, "--save", save,
-                                                                 "--save_interval", "2"], np=src_np)
+LAYOUTS = {"one process": (1, []), "CP2": (2, CP2), "TP2 x CP2": (4, TP2 + CP2)}
+for fmt, src, dst, rank_dirs in (("torch_dist", "CP2", "one process", None), ("torch", "CP2", "one process", 1),
+                                 ("torch_dist", "one process", "CP2", None), ("torch", "TP2 x CP2", "one process", 2)):
+    save = f"res_{fmt}_{src.replace(' ', '')}"
+    run(["sft"] + BASE + ["--model", q3] + PACKED + LAYOUTS[src][1] + ["--ckpt_format", fmt, "--save", save,
+                                                                       "--save_interval", "2"], np=LAYOUTS[src][0])
     ck = stopped_at_2(save)
-    if fmt == "torch":
-        check(sorted(os.listdir(os.path.join(ck, "iter_0000002"))) == ["mp_rank_00"],
-              "legacy torch CP2: one rank dir, mp_rank_00 (CP does not split weights)")
-    out = f"{save}_to_np{dst_np}"
+    if rank_dirs:
+        want = [f"mp_rank_{t:02d}" for t in range(rank_dirs)]
+        check(sorted(os.listdir(os.path.join(ck, "iter_0000002"))) == want,
+              f"legacy torch {src}: rank dirs {', '.join(want)} (CP does not split weights)")
+    out = f"{save}_to_{dst.replace(' ', '')}"
     run(["sft"] + BASE + PACKED + ["--load", ck, "--finetune", "false", "--ckpt_format", fmt, "--save", out] +
-        (CP2 if dst_np == 2 else []), np=dst_np)
+        LAYOUTS[dst][1], np=LAYOUTS[dst][0])
     full, resumed = train_rows(save), train_rows(out)
     worst = max((rel(a["loss"], b["loss"]) for a, b in zip(full[2:], resumed)), default=1.0)
     check(len(resumed) == ITERS - 2 and worst <= 1e-6,
-          f"{fmt}: {'CP2' if src_np == 2 else 'one process'} saved at 2 -> {'CP2' if dst_np == 2 else 'one process'}: "
-          f"losses of iterations 3..{ITERS} as uninterrupted (worst {worst:.1e})")
+          f"{fmt}: {src} saved at 2 -> {dst}: losses of iterations 3..{ITERS} as uninterrupted (worst {worst:.1e})")
 
 # --- bad layouts: one line, exit 2, on every rank, before any work
 BAD = [
     (4, CP2 + ["--pipeline_model_parallel_size", "2"],
      "--context_parallel_size 2 with --pipeline_model_parallel_size 2: context and pipeline parallelism together"),
-    (4, CP2 + ["--tensor_model_parallel_size", "2"],
-     "--context_parallel_size 2 with --tensor_model_parallel_size 2: context and tensor parallelism together"),
     (2, CP2 + ["--moe_router_load_balancing_type", "seq_aux_loss", "--moe_aux_loss_coeff", "0.01"],
      "--context_parallel_size 2 with --moe_router_load_balancing_type seq_aux_loss"),
 ]
