@@ -34,7 +34,7 @@ CpAttentionScratch carve_cp_attention_scratch(Arena& ws, int64_t T, int64_t Tw, 
   s.staging = ws.take<float>(whole);
   if (backward) s.pieces = ws.take<float>(size_t(cp * T * ng * d));
   s.order = ws.take<int64_t>(size_t(Tw));
-  s.counts = ws.take<int64_t>(size_t(4 * cp));
+  s.counts = ws.take<int64_t>(4 * size_t(cp));
   return s;
 }
 
