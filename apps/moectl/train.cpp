@@ -110,14 +110,19 @@ moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world, int num
   }
   auto l = moe::dist::ParallelLayout::from_flags(world, a.tp, a.pp, a.ep, a.etp, a.cp, vpp);
   l.first_stage_layers = a.first_stage_layers, l.last_stage_layers = a.last_stage_layers;
-  auto not_yet = [](const char* flag, int v, const char* what) {
-    if (v > 1)
-      moe::throw_input(
-          "{} {}: {} is not implemented in training yet; data, tensor, pipeline and expert parallelism are (leave the "
-          "flag out)",
-          flag, v, what);
-  };
-  not_yet("--context_parallel_size", l.cp, "context parallelism");
+  // Context parallelism splits every sequence's rows over the CP group; attention gathers the
+  // keys and values over it. The trainer cuts micro-batches for one stage only (not the pipeline's
+  // schedule), and the per-sequence balancing loss would need per-sequence loads over CP.
+  if (l.cp > 1 && l.pp > 1)
+    moe::throw_input(
+        "--context_parallel_size {} with --pipeline_model_parallel_size {}: context and pipeline parallelism together "
+        "are not implemented yet; use one of them",
+        l.cp, l.pp);
+  if (l.cp > 1 && a.m.moe.load_balancing_type == "seq_aux_loss" && a.m.moe.aux_loss_coeff > 0)
+    moe::throw_input(
+        "--context_parallel_size {} with --moe_router_load_balancing_type seq_aux_loss: the per-sequence balancing "
+        "loss over sequences split across CP ranks is not implemented yet; use aux_loss (or a coefficient of 0)",
+        l.cp);
   // Every TP rank routes every token (with sequence parallelism too: the MoE layer reads the
   // gathered rows), so experts split like the dense layers (ETP = TP, Megatron's default) and
   // never over EP as well (Megatron's dispatcher over the folded TP x EP group is not written yet).
@@ -586,7 +591,9 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--moe_token_dispatcher_type", m.moe.token_dispatcher,
                 "alltoall | allgather: how tokens reach EP ranks");
   c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor parallel size (default: as TP)");
-  c->add_option("--context_parallel_size", a->cp, "Context parallel size (1 in this version)");
+  c->add_option("--context_parallel_size", a->cp,
+                "Context parallel size: every sequence's tokens split over this many ranks (Megatron's load-balanced "
+                "causal split; attention gathers the keys and values)");
   c->add_option("--distributed_timeout_minutes", a->distributed_timeout_minutes,
                 "End the job when a collective waits longer than this (a rank died or hung)");
   c->add_option("--tensorboard_dir", a->tensorboard_dir, "TensorBoard event files (default: <run dir>/runs)");

@@ -211,6 +211,12 @@ RouterLosses router_forward(const Backend& b, const RouterOptions& o, const floa
   return k::router_forward(o, logits, T, bias, cu, S, probs, selected, selected_weight, expert, weight, load);
 }
 
+double router_aux_loss(const Backend& b, const float* probs, const int64_t* load, int64_t T, int64_t E, int64_t K,
+                       double coeff) {
+  cpu_only(b, "router_aux_loss");
+  return k::router_aux_loss(probs, load, T, E, K, coeff);
+}
+
 void router_backward(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const int32_t* cu,
                      int64_t S, const float* probs, const int32_t* selected, const float* selected_weight,
                      const int32_t* expert, const int64_t* load, const float* dweight, float loss_scale,

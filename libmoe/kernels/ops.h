@@ -81,6 +81,10 @@ RouterLosses router_forward(const Backend& b, const RouterOptions& o, const floa
                             const float* expert_bias_E, const int32_t* cu_seqlens, int64_t S, float* probs_TE,
                             int32_t* selected_TK, float* selected_weight_TK, int32_t* expert_TK, float* weight_TK,
                             int64_t* load_E);
+// The switch loss alone (router_forward computes it with its own loads; a micro-batch split over
+// ranks needs the whole micro-batch's): coeff E / (K T^2) sum_e load_e sum_t p_te.
+double router_aux_loss(const Backend& b, const float* probs_TE, const int64_t* load_E, int64_t T, int64_t E, int64_t K,
+                       double coeff);
 void router_backward(const Backend& b, const RouterOptions& o, const float* logits_TE, int64_t T,
                      const int32_t* cu_seqlens, int64_t S, const float* probs_TE, const int32_t* selected_TK,
                      const float* selected_weight_TK, const int32_t* expert_TK, const int64_t* load_E,

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/ops.h"
+#include "model/context_parallel.h"
 
 namespace moe::model {
 
@@ -12,6 +13,14 @@ ops::VarlenAttention varlen(const Context& ctx, const ModelConfig& c, const Batc
   return {ctx.local.heads,     ctx.local.query_groups,
           c.kv_channels,       float(1.0 / std::sqrt(double(c.kv_channels))),
           b.cu_seqlens.data(), int64_t(b.cu_seqlens.size()) - 1};
+}
+
+// Context parallelism: this rank's queries against the whole sequences' keys, causal on the
+// queries' positions in their sequences.
+ops::VarlenAttention varlen_whole_keys(const Context& ctx, const ModelConfig& c, const Batch& b) {
+  ops::VarlenAttention a = varlen(ctx, c, b);
+  a.cu_seqlens_k = b.cp_cu_seqlens.data(), a.q_pos = b.positions.data();
+  return a;
 }
 
 bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
@@ -27,7 +36,13 @@ void attend(const Context& ctx, const ModelConfig& c, int layer, const Batch& b,
     ops::copy(be, b.cache->keys(layer) + pos0 * ng * d, k, T * ng * d);
     ops::copy(be, b.cache->values(layer) + pos0 * ng * d, v, T * ng * d);
   }
-  if (pos0 == 0) {
+  if (cp_split(ctx, b)) {  // this rank's queries against every CP rank's keys and values, gathered
+    ArenaScope scope(*ctx.workspace);
+    const auto x = carve_cp_attention_scratch(*ctx.workspace, T, b.cp_cu_seqlens.back(), cp_size(ctx), ng, d, false);
+    cp_gather_rows(ctx, b, k, ng * d, x, x.k.data());
+    cp_gather_rows(ctx, b, v, ng * d, x, x.v.data());
+    ops::attention_varlen(be, varlen_whole_keys(ctx, c, b), q, x.k.data(), x.v.data(), out, lse);
+  } else if (pos0 == 0) {
     // No earlier positions: the packed-sequence kernel training uses, so a prompt's logits are
     // bitwise those of the training forward.
     ops::attention_varlen(be, varlen(ctx, c, b), q, k, v, out, lse);
@@ -108,8 +123,20 @@ void attention_backward(const Context& ctx, const ModelConfig& c, const Attentio
   const AttentionScratch t = carve_attention_backward_scratch(*ctx.workspace, T, nh, ng, d, c.qk_layernorm, tp);
   ops::linear_backward_weight(be, dy, s.out.data(), T, D, nh * d, g.proj.f32());
   ops::linear_backward_input(be, dy, T, w.proj.f32(), D, nh * d, t.dout.data(), false);
-  ops::attention_varlen_backward(be, varlen(ctx, c, b), s.q.data(), s.k.data(), s.v.data(), s.out.data(), s.lse.data(),
-                                 t.dout.data(), t.dq.data(), t.dk.data(), t.dv.data());
+  if (cp_split(ctx, b)) {
+    // The whole keys and values gathered again (Megatron's all_gather CP keeps only this rank's),
+    // and their gradients, which every rank computed for every row, summed back to their owners.
+    const auto x = carve_cp_attention_scratch(*ctx.workspace, T, b.cp_cu_seqlens.back(), cp_size(ctx), ng, d, true);
+    cp_gather_rows(ctx, b, s.k.data(), ng * d, x, x.k.data());
+    cp_gather_rows(ctx, b, s.v.data(), ng * d, x, x.v.data());
+    ops::attention_varlen_backward(be, varlen_whole_keys(ctx, c, b), s.q.data(), x.k.data(), x.v.data(), s.out.data(),
+                                   s.lse.data(), t.dout.data(), t.dq.data(), x.dk.data(), x.dv.data());
+    cp_reduce_rows(ctx, b, x.dk.data(), ng * d, x, t.dk.data());
+    cp_reduce_rows(ctx, b, x.dv.data(), ng * d, x, t.dv.data());
+  } else {
+    ops::attention_varlen_backward(be, varlen(ctx, c, b), s.q.data(), s.k.data(), s.v.data(), s.out.data(),
+                                   s.lse.data(), t.dout.data(), t.dq.data(), t.dk.data(), t.dv.data());
+  }
   ops::rope_backward(be, t.dq.data(), T, nh, d, b.positions.data(), rope.cos(), rope.sin());
   ops::rope_backward(be, t.dk.data(), T, ng, d, b.positions.data(), rope.cos(), rope.sin());
   if (c.qk_layernorm) {

@@ -6,7 +6,9 @@
 // them go after the layer. The backward's temporaries come from the context's workspace arena.
 // Weight gradients accumulate. Under tensor parallelism (ctx's TP group) the rank holds whole
 // query groups: QKV is column-parallel, linear_proj row-parallel, and the output and the input's
-// gradient are summed over TP here.
+// gradient are summed over TP here. Under context parallelism the batch holds this rank's rows of
+// each sequence, and the keys and values are gathered whole over the CP group
+// (model/context_parallel.h).
 #pragma once
 #include <cstdint>
 #include <span>

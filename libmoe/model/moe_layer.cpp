@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "model/context_parallel.h"
 
 namespace moe::model {
 
@@ -12,6 +13,16 @@ bool has(const Tensor& t) { return t.defined() && t.numel() > 0; }
 // The EP group when the experts are spread over several ranks; else null.
 dist::Communicator* expert_group(const Context& ctx) {
   return ctx.groups && ctx.groups->ep().size() > 1 ? &ctx.groups->ep() : nullptr;
+}
+
+// Context parallelism: the micro-batch's tokens are split over the CP group, whose loads the
+// balancing losses sum (Megatron's TP x CP reduction; every TP rank routes every token here).
+std::optional<RouterSplit> router_split(const Context& ctx, const Batch& b) {
+  if (!cp_split(ctx, b)) return std::nullopt;
+  dist::Communicator* cp = &ctx.groups->cp();
+  return RouterSplit{b.cp_cu_seqlens.back(), [cp](std::span<int64_t> n) {
+                       cp->all_reduce(n.data(), int64_t(n.size()), dist::DataType::kI64, dist::ReduceOp::kSum);
+                     }};
 }
 
 int64_t max_rows(const MoeDims& m) { return TokenDispatcher::max_rows(m.T, m.K, m.E, m.capacity, m.pad_to); }
@@ -99,8 +110,9 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   s.logits_TE = keep.take<float>(size_t(T * E));
   ops::linear(be, x, T, w.router, nullptr, s.logits_TE.data());
   const float* bias = has(w.expert_bias) ? w.expert_bias.f32() : nullptr;
-  router_train_forward(be, o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, bias, keep,
-                       s.router);
+  const auto split = router_split(ctx, b);
+  router_train_forward(be, o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, bias, keep, s.router,
+                       split ? &*split : nullptr);
   s.disp.emplace(be, s.router.expert_TK, s.router.weight_TK, T, K, E, m.capacity, m.pad_to, keep);
   const TokenDispatcher& disp = *s.disp;
   const size_t R = size_t(disp.rows());
@@ -227,8 +239,9 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
   }
 
   // Router: d(logits) from the weights and the auxiliary losses, then its linear layer.
+  const auto split = router_split(ctx, b);
   router_train_backward(be, o, s.logits_TE.data(), T, E, K, c.moe_router_pre_softmax, b.cu_seqlens, s.router,
-                        t.dweight_TK.data(), aux_scale, t.dlogits_TE.data());
+                        t.dweight_TK.data(), aux_scale, t.dlogits_TE.data(), split ? &*split : nullptr);
   ops::linear_backward_weight(be, t.dlogits_TE.data(), x, T, E, D, g.router.f32());
   ops::linear_backward_input(be, t.dlogits_TE.data(), T, w.router.f32(), E, D, dx, false);
   // Under TP the experts' and the shared expert's input gradients are partial sums: they gather in

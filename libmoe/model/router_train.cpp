@@ -2,6 +2,8 @@
 
 #include <numeric>
 
+#include "core/error.h"
+
 #include "kernels/ops.h"
 
 namespace moe::model {
@@ -18,6 +20,17 @@ ops::RouterOptions router_options(const MoeTrainOptions& o, int64_t T, int64_t E
                 : o.load_balancing_type == "seq_aux_loss" ? LB::SeqAuxLoss
                                                           : LB::None;
   r.aux_loss_coeff = o.aux_loss_coeff, r.z_loss_coeff = o.z_loss_coeff;
+  return r;
+}
+
+// A split's losses as the kernels compute them over this rank's T tokens: the z-loss's mean and
+// the switch loss's squared normalisation are over the whole micro-batch's tokens instead.
+ops::RouterOptions split_options(ops::RouterOptions r, int64_t T, const RouterSplit* split) {
+  if (!split) return r;
+  MOE_ASSERT(r.balancing != ops::LoadBalancing::SeqAuxLoss || r.aux_loss_coeff <= 0,
+             "seq_aux_loss over a micro-batch split over ranks");
+  const double share = double(T) / double(std::max<int64_t>(split->tokens, 1));
+  r.z_loss_coeff *= share, r.aux_loss_coeff *= share * share;
   return r;
 }
 
@@ -40,20 +53,28 @@ int64_t router_capacity(const MoeTrainOptions& o, int64_t T, int64_t E, int64_t 
 
 void router_train_forward(const Backend& b, const MoeTrainOptions& o, const float* logits, int64_t T, int64_t E,
                           int64_t K, bool pre_softmax, std::span<const int32_t> cu, const float* bias, Arena& keep,
-                          RouterSaved& s) {
-  const ops::RouterOptions ro = router_options(o, T, E, K, pre_softmax);
+                          RouterSaved& s, const RouterSplit* split) {
+  const ops::RouterOptions ro = split_options(router_options(o, T, E, K, pre_softmax), T, split);
   s = carve_router_saved(keep, T, E, K);
-  const auto losses = ops::router_forward(b, ro, logits, T, bias, cu.data(), int64_t(cu.size()) - 1, s.probs_TE.data(),
-                                          s.selected_TK.data(), s.selected_weight_TK.data(), s.expert_TK.data(),
-                                          s.weight_TK.data(), s.tokens_per_expert.data());
+  // Split: the switch loss needs the whole micro-batch's loads, known only after this routing.
+  ops::RouterOptions route = ro;
+  if (split) route.aux_loss_coeff = 0;
+  const auto losses = ops::router_forward(b, route, logits, T, bias, cu.data(), int64_t(cu.size()) - 1,
+                                          s.probs_TE.data(), s.selected_TK.data(), s.selected_weight_TK.data(),
+                                          s.expert_TK.data(), s.weight_TK.data(), s.tokens_per_expert.data());
   s.capacity = ro.capacity;
   s.aux_loss = losses.aux_loss, s.z_loss = losses.z_loss;
+  if (!split) return;
+  split->sum(s.tokens_per_expert);
+  if (ro.balancing == ops::LoadBalancing::AuxLoss && ro.aux_loss_coeff > 0)
+    s.aux_loss = ops::router_aux_loss(b, s.probs_TE.data(), s.tokens_per_expert.data(), T, E, K, ro.aux_loss_coeff);
 }
 
 void router_train_backward(const Backend& b, const MoeTrainOptions& o, const float* logits, int64_t T, int64_t E,
                            int64_t K, bool pre_softmax, std::span<const int32_t> cu, const RouterSaved& s,
-                           const float* dw, float loss_scale, float* dl) {
-  const ops::RouterOptions ro = router_options(o, T, E, K, pre_softmax);
+                           const float* dw, float loss_scale, float* dl, const RouterSplit* split) {
+  // Under a split the saved loads are the whole micro-batch's: the switch loss's gradient.
+  const ops::RouterOptions ro = split_options(router_options(o, T, E, K, pre_softmax), T, split);
   ops::router_backward(b, ro, logits, T, cu.data(), int64_t(cu.size()) - 1, s.probs_TE.data(), s.selected_TK.data(),
                        s.selected_weight_TK.data(), s.expert_TK.data(), s.tokens_per_expert.data(), dw, loss_scale, dl);
 }

@@ -4,6 +4,7 @@
 // selection, and the backward from the combine weights and those losses to the router logits.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -32,9 +33,18 @@ struct RouterSaved {
   std::span<float> selected_weight_TK;
   std::span<int32_t> expert_TK;  // what runs: dropped (token, slot) pairs have expert -1, weight 0
   std::span<float> weight_TK;
-  std::span<int64_t> tokens_per_expert;  // [E], after dropping
+  std::span<int64_t> tokens_per_expert;  // [E], after dropping: the whole micro-batch's under a RouterSplit
   int64_t capacity = 0;                  // 0 when dropless
-  double aux_loss = 0, z_loss = 0;       // this layer's losses, coefficients applied
+  double aux_loss = 0, z_loss = 0;       // this layer's losses, coefficients applied (a split's share)
+};
+
+// A micro-batch whose tokens are split over ranks (context parallelism): the balancing losses
+// take the whole micro-batch's statistics (Megatron reduces them over the TP x CP group), and each
+// rank's loss is its own tokens' share of the whole loss, so the shares (and their gradients)
+// sum over the ranks to the one-process values.
+struct RouterSplit {
+  int64_t tokens = 0;                           // the whole micro-batch's tokens
+  std::function<void(std::span<int64_t>)> sum;  // sums counts over the ranks, in place
 };
 
 // What the forward keeps for T tokens over E experts, top-K (the sizes the workspace is planned from).
@@ -43,16 +53,18 @@ RouterSaved carve_router_saved(Arena& keep, int64_t T, int64_t E, int64_t K);
 int64_t router_capacity(const MoeTrainOptions& o, int64_t T, int64_t E, int64_t K);
 
 // logits_TE: router logits. cu_seqlens splits the tokens into sequences (seq_aux_loss).
-// expert_bias_E may be null. `saved` is carved from `keep`.
+// expert_bias_E may be null. `saved` is carved from `keep`. `split` (null: none) must give
+// aux_loss or none as the balancing type (seq_aux_loss over split sequences is not written).
 void router_train_forward(const Backend& b, const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E,
                           int64_t K, bool pre_softmax, std::span<const int32_t> cu_seqlens, const float* expert_bias_E,
-                          Arena& keep, RouterSaved& saved);
+                          Arena& keep, RouterSaved& saved, const RouterSplit* split = nullptr);
 
 // dlogits_TE (overwritten) from d(combine weight)_TK plus the losses' gradients, each loss
 // scaled by loss_scale (the step's weighting of this micro-batch's auxiliary losses).
 void router_train_backward(const Backend& b, const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E,
                            int64_t K, bool pre_softmax, std::span<const int32_t> cu_seqlens, const RouterSaved& saved,
-                           const float* dweight_TK, float loss_scale, float* dlogits_TE);
+                           const float* dweight_TK, float loss_scale, float* dlogits_TE,
+                           const RouterSplit* split = nullptr);
 
 // Aux-loss-free balancing: bias_e += rate * sign(mean load - load_e), after the optimizer step.
 void update_expert_bias(float* bias_E, std::span<const int64_t> tokens_per_expert, double rate);

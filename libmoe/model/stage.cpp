@@ -26,16 +26,17 @@ Stage::Stage(Context ctx, const ModelConfig& c, StageWeights weights, StageWeigh
   chunks_ = layer_chunks(opt_.recompute, int(w_.layers.size()), &chunk_recomputed_);
 }
 
-const StageWorkspace& Stage::workspace(int64_t T, StageCall call) {
+const StageWorkspace& Stage::workspace(int64_t T, StageCall call, int64_t Tw) {
   Sized& s = sized_[int(call)];
-  if (s.T != T) s.w = stage_workspace(shape_, opt_, T, call), s.T = T;
+  if (s.T != T || s.Tw != Tw) s.w = stage_workspace(shape_, opt_, T, call, Tw), s.T = T, s.Tw = Tw;
   return s.w;
 }
 
-void Stage::begin(StageActs& acts, int64_t T, StageCall call) {
+void Stage::begin(StageActs& acts, const Batch& b, StageCall call) {
   // Both arenas are empty between calls (a micro-batch's arena once its backward ran), so they
   // may grow here; in steady state they are already large enough and nothing is allocated.
-  const StageWorkspace& w = workspace(T, call);
+  const int64_t T = b.size();
+  const StageWorkspace& w = workspace(T, call, b.cp_cu_seqlens.empty() ? 0 : b.cp_cu_seqlens.back());
   acts.arena.reset();
   acts.arena.reserve(w.saved);
   MOE_ASSERT(ctx_.workspace->used() == 0, "workspace arena not empty between calls");
@@ -57,6 +58,13 @@ void Stage::check_batch(const Batch& b) const {
   if (b.cache && b.cu_seqlens.size() != 2) throw_internal("an inference batch with a KV cache holds one sequence");
   if (!b.caches.empty() && (b.cache || b.caches.size() + 1 != b.cu_seqlens.size()))
     throw_internal("a batched inference batch holds one KV cache per sequence");
+  const auto& whole = b.cp_cu_seqlens;  // context parallelism: every position inside its whole sequence
+  if (!whole.empty() && whole.size() != b.cu_seqlens.size())
+    throw_internal("micro-batch: {} sequences on this CP rank, {} in the whole micro-batch", b.cu_seqlens.size() - 1,
+                   whole.size() - 1);
+  for (size_t s = 0; s + 1 < whole.size(); ++s)
+    for (int32_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t)
+      if (b.positions[size_t(t)] >= whole[s + 1] - whole[s]) throw_internal("CP rank's position past its sequence");
   for (int64_t t = 0; t < T; ++t) {
     if (b.tokens[size_t(t)] < 0 || b.tokens[size_t(t)] >= V)
       throw_input("token id {} is outside the vocabulary [0, {})", b.tokens[size_t(t)], V);
@@ -264,7 +272,7 @@ void Stage::forward_logits(const Batch& b, StageActs& acts, float* logits, bool 
   if (b.cache) b.cache->reserve(b.cache->length() + T);
   for (size_t q = 0; q < b.caches.size(); ++q)
     b.caches[q]->reserve(b.caches[q]->length() + b.cu_seqlens[q + 1] - b.cu_seqlens[q]);
-  begin(acts, T, StageCall::kInference);
+  begin(acts, b, StageCall::kInference);
   run_layers(b, acts, false, true, nullptr, nullptr);
   if (!b.caches.empty() && !all_logits) {
     // Batched decode: the logits of each sequence's last token, [S, V]. Each row is computed as
@@ -289,7 +297,7 @@ StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float 
   const Backend& be = ctx_.backend;
   const int64_t T = b.size(), D = cfg_.hidden_size;
   check_batch(b);
-  begin(acts, T, keep ? StageCall::kTrain : StageCall::kEvaluate);
+  begin(acts, b, keep ? StageCall::kTrain : StageCall::kEvaluate);
   // Under TP this rank's columns of the logits: its rows of the LM head, the padding rows past the
   // model's vocabulary left out (Megatron keeps them in the softmax; the one-process run has none).
   const bool tp = tp_size(ctx_) > 1;

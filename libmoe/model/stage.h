@@ -58,8 +58,9 @@ class Stage {
   const Context& context() const { return ctx_; }
   const ModelConfig& config() const { return cfg_; }
   StageWeights& weights() { return w_; }
-  // The bytes a call on T tokens carves (what the arenas are sized to).
-  const StageWorkspace& workspace(int64_t T, StageCall call);
+  // The bytes a call on T tokens carves (what the arenas are sized to); Tw: under context
+  // parallelism the whole micro-batch's tokens (stage_workspace).
+  const StageWorkspace& workspace(int64_t T, StageCall call, int64_t Tw = 0);
 
   // Inference: the batch's tokens through every layer, appended to b.cache; the logits of the
   // last token ([V]) or of every token ([T, V]) written to `logits`.
@@ -95,7 +96,7 @@ class Stage {
   bool last() const { return last_; }
 
  private:
-  void begin(StageActs& acts, int64_t T, StageCall call);
+  void begin(StageActs& acts, const Batch& b, StageCall call);
   void run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st, const float* input);
   void layer_forward(int i, const Batch& b, const float* x_in, float* x_out, LayerActs& a, bool keep, Arena& saved);
   void layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float aux_scale);
@@ -124,7 +125,7 @@ class Stage {
   }
   // The last sizes computed, by call kind (a decode loop asks for the same T every step).
   struct Sized {
-    int64_t T = -1;
+    int64_t T = -1, Tw = -1;
     StageWorkspace w;
   };
   Sized sized_[3];

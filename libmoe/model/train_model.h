@@ -35,6 +35,9 @@ struct MicroBatchView {
   std::span<const int32_t> labels;        // [T], target of each position or -100
   std::span<const int32_t> position_ids;  // [T]
   std::span<const int32_t> cu_seqlens;    // [S + 1]: 0 .. T
+  // Context parallelism: the whole micro-batch's cu_seqlens when the view is this CP rank's rows
+  // of it (model/context_parallel.h); empty otherwise.
+  std::span<const int32_t> whole_cu_seqlens;
 };
 
 class TrainModel {
@@ -109,7 +112,11 @@ class TrainModel {
   void update_expert_bias(const std::vector<int64_t>& tokens_per_expert);
 
  private:
-  Batch batch(const MicroBatchView& mb) const { return {mb.tokens, mb.position_ids, mb.cu_seqlens, mb.labels}; }
+  Batch batch(const MicroBatchView& mb) const {
+    Batch b{mb.tokens, mb.position_ids, mb.cu_seqlens, mb.labels};
+    b.cp_cu_seqlens = mb.whole_cu_seqlens;
+    return b;
+  }
   StepStats global_stats(StepStats st, int chunk) const;  // a chunk's statistics at global layer indices
   StageActs& slot_acts(int slot, int chunk);
   // Chunk `chunk`'s backward of one micro-batch, telling final_grads_ when it is the step's last.

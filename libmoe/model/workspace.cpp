@@ -5,6 +5,7 @@
 #include "core/arena.h"
 #include "core/error.h"
 #include "model/attention.h"
+#include "model/context_parallel.h"
 #include "model/mlp.h"
 #include "model/moe_layer.h"
 #include "model/vocab_parallel.h"
@@ -53,8 +54,8 @@ void branch_forward(const StageShape& s, const TrainOptions& o, int64_t T, bool 
 
 // Stage::layer_forward's carves: the kept activations into `keep`, temporaries into `ws` (the
 // same arena for inference and for a recomputed chunk, where the caller releases both).
-void layer_forward(const StageShape& s, const TrainOptions& o, int64_t T, bool moe, bool keep, bool x_in_kept,
-                   Arena& saved, Arena& ws) {
+void layer_forward(const StageShape& s, const TrainOptions& o, int64_t T, int64_t Tw, bool moe, bool keep,
+                   bool x_in_kept, Arena& saved, Arena& ws) {
   const int64_t D = s.hidden;
   const size_t SD = size_t(s.seq_rows(T) * D), FD = size_t(s.full_rows(T) * D);
   const Flags f = flags(o.recompute, moe, keep);
@@ -64,6 +65,10 @@ void layer_forward(const StageShape& s, const TrainOptions& o, int64_t T, bool m
   ws.take<float>(FD);                                       // y
   if (s.seq_rows(T) != s.full_rows(T)) ws.take<float>(FD);  // sequence parallel: the gathered norm output
   carve_attention_saved(saved, T, s.heads, s.query_groups, s.head_dim);
+  if (s.cp > 1) {  // the whole keys and values, during attention
+    ArenaScope scope(ws);
+    carve_cp_attention_scratch(ws, T, Tw, s.cp, s.query_groups, s.head_dim, false);
+  }
   if (keep) saved.take<float>(SD);          // x_mid
   if (f.keep_norms) saved.take<float>(SD);  // h2
   branch_forward(s, o, T, moe, f.act, keep && !f.mlp_kept ? ws : saved, ws);
@@ -71,7 +76,7 @@ void layer_forward(const StageShape& s, const TrainOptions& o, int64_t T, bool m
 }
 
 // Stage::layer_backward's carves, all temporaries.
-void layer_backward(const StageShape& s, const TrainOptions& o, int64_t T, bool moe, Arena& ws) {
+void layer_backward(const StageShape& s, const TrainOptions& o, int64_t T, int64_t Tw, bool moe, Arena& ws) {
   const int64_t D = s.hidden;
   const size_t SD = size_t(s.seq_rows(T) * D), FD = size_t(s.full_rows(T) * D);
   const Flags f = flags(o.recompute, moe, true);
@@ -88,6 +93,7 @@ void layer_backward(const StageShape& s, const TrainOptions& o, int64_t T, bool 
   else carve_swiglu_backward_scratch(ws, T, s.ffn, f.act);
   ws.release(mark);
   carve_attention_backward_scratch(ws, T, s.heads, s.query_groups, s.head_dim, s.qk_layernorm, s.tp > 1);
+  if (s.cp > 1) carve_cp_attention_scratch(ws, T, Tw, s.cp, s.query_groups, s.head_dim, true);
 }
 
 LayerBytes layer_bytes(const StageShape& s, const TrainOptions& o, int64_t T, bool moe, bool whole) {
@@ -148,7 +154,7 @@ StageShape stage_shape(const Context& ctx, const ModelConfig& c, int begin, int 
   s.experts = c.num_experts, s.topk = c.moe_router_topk, s.moe_ffn = c.moe_ffn_hidden_size;
   s.shared_ffn = c.moe_shared_expert_intermediate_size, s.shared_gate = c.moe_shared_expert_gate;
   for (int i = begin; i < end; ++i) s.moe_layers.push_back(c.is_moe_layer(i));
-  s.tp = tp_size(ctx), s.sequence_parallel = sequence_parallel(ctx);
+  s.tp = tp_size(ctx), s.sequence_parallel = sequence_parallel(ctx), s.cp = cp_size(ctx);
   if (s.tp > 1) {  // this rank's slices (ShardSpec's local shapes)
     s.ffn = ctx.local.ffn, s.moe_ffn = ctx.local.moe_ffn, s.shared_ffn = ctx.local.shared_ffn;
     s.vocab = ctx.local.vocab_rows;
@@ -174,7 +180,7 @@ std::vector<std::pair<int, int>> layer_chunks(const RecomputeOptions& r, int L, 
   return chunks;
 }
 
-StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64_t T, StageCall call) {
+StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64_t T, StageCall call, int64_t Tw) {
   const int64_t D = s.hidden;
   const int L = int(s.moe_layers.size());
   const bool inference = call == StageCall::kInference, train = call == StageCall::kTrain;
@@ -196,17 +202,17 @@ StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64
       const bool moe = s.moe_layers[size_t(i)];
       if (inference) {
         ArenaScope scope(ws);
-        layer_forward(s, o, T, moe, false, false, ws, ws);
+        layer_forward(s, o, T, Tw, moe, false, false, ws, ws);
         continue;
       }
       if (!train) {  // evaluation: each layer from the micro-batch's arena, gone after it
         const size_t mark = mb.mark();
-        layer_forward(s, o, T, moe, true, false, mb, ws);
+        layer_forward(s, o, T, Tw, moe, true, false, mb, ws);
         mb.release(mark);
         continue;
       }
       if (!recomputed[c]) {
-        layer_forward(s, o, T, moe, true, false, mb, ws);
+        layer_forward(s, o, T, Tw, moe, true, false, mb, ws);
         w.layers.push_back(layer_bytes(s, o, T, moe, true));
         continue;
       }
@@ -215,7 +221,7 @@ StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64
       if (x_in) mb.take<float>(SD);
       {
         ArenaScope scope(ws);
-        layer_forward(s, o, T, moe, true, x_in, ws, ws);
+        layer_forward(s, o, T, Tw, moe, true, x_in, ws, ws);
       }
       w.layers.push_back(x_in ? layer_bytes(s, o, T, moe, false) : LayerBytes{});
     }
@@ -241,9 +247,9 @@ StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64
       const auto [first, end] = chunks[c];
       if (recomputed[c]) {
         bw.take<float>(SD), bw.take<float>(SD);  // xi, xo
-        for (int i = first; i < end; ++i) layer_forward(s, o, T, s.moe_layers[size_t(i)], true, i == first, bw, bw);
+        for (int i = first; i < end; ++i) layer_forward(s, o, T, Tw, s.moe_layers[size_t(i)], true, i == first, bw, bw);
       }
-      for (int i = end; i-- > first;) layer_backward(s, o, T, s.moe_layers[size_t(i)], bw);
+      for (int i = end; i-- > first;) layer_backward(s, o, T, Tw, s.moe_layers[size_t(i)], bw);
     }
     if (s.tp > 1) {  // the embedding's local ids
       ArenaScope scope(bw);

@@ -29,6 +29,7 @@ struct StageShape {
   std::vector<bool> moe_layers;    // per layer of the stage: MoE (true) or dense MLP
   int tp = 1;                      // tensor-parallel ranks: widths and vocab rows above are this rank's
   bool sequence_parallel = false;  // with tp > 1: the residual stream's rows split over TP
+  int cp = 1;                      // context-parallel ranks: attention gathers keys and values over them
   // The residual stream's rows on this rank, and the rows of a whole (gathered) activation, for a
   // micro-batch of T tokens (Context's seq_rows / full_rows).
   int64_t seq_rows(int64_t T) const { return sequence_parallel && tp > 1 ? (T + tp - 1) / tp : T; }
@@ -74,6 +75,8 @@ inline constexpr int64_t kHeadChunk = 256;
 // [begin, end) layer chunks and whether each is recomputed whole in the backward (full recompute).
 std::vector<std::pair<int, int>> layer_chunks(const RecomputeOptions& r, int layers, std::vector<bool>* recomputed);
 
-StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64_t T, StageCall call);
+// T: the micro-batch's tokens on this rank; Tw: under context parallelism the whole micro-batch's
+// (its keys and values are gathered whole), else ignored.
+StageWorkspace stage_workspace(const StageShape& s, const TrainOptions& o, int64_t T, StageCall call, int64_t Tw = 0);
 
 }  // namespace moe::model

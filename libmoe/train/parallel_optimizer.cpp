@@ -48,10 +48,12 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
     dense_.refs = all_, experts_.refs.clear();
   } else {
     const auto& l = groups->layout();
-    MOE_ASSERT(l.cp == 1, "the optimizer step supports data, tensor, pipeline and expert parallelism only");
     MOE_ASSERT(l.tp == 1 || l.ep == 1, "tensor with expert parallelism needs sequence parallelism");
-    world_ = &groups->dp();  // with CP = 1 the DP, TP and pipeline groups span every rank
-    if (groups->dp().size() > 1) dense_.group = &groups->dp();
+    // The DP x CP, TP and pipeline groups span every rank. Dense gradients are summed over DP x CP
+    // (each CP rank's are its tokens'), and the distributed optimizer shards over it (Megatron's
+    // data-parallel group with context parallelism); the experts' group, expert-DP, folds CP in.
+    world_ = &groups->dp_cp();
+    if (groups->dp_cp().size() > 1) dense_.group = &groups->dp_cp();
     if (groups->edp().size() > 1) experts_.group = &groups->edp();
     if (l.tp > 1) {
       tp_ = &groups->tp();
@@ -277,7 +279,7 @@ void ParallelOptimizer::gather_local_state() {
 
 bool ParallelOptimizer::writes_rank_file() const {
   if (!groups_) return true;
-  return groups_->ep().size() > 1 ? groups_->edp().rank() == 0 : groups_->dp().rank() == 0;
+  return groups_->ep().size() > 1 ? groups_->edp().rank() == 0 : groups_->dp_cp().rank() == 0;
 }
 
 const Optimizer& ParallelOptimizer::gather_rank_state() {

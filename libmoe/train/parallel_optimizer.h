@@ -2,8 +2,9 @@
 // gradients the rank's micro-batches accumulated to updated weights on every rank.
 //
 // The model's flat buffers have two regions (model/train_model.h): dense parameters, replicated
-// on every data-parallel rank and reduced over the DP group; and this rank's experts, replicated
-// over the expert-data-parallel group (EDP) and reduced over it. Under tensor parallelism each
+// on every data-parallel and context-parallel rank and reduced over the DP x CP group; and this
+// rank's experts, replicated over the expert-data-parallel group (EDP, which folds CP in) and
+// reduced over it. Under tensor parallelism each
 // rank holds its TP slices; the parameters TP does not split (norms, router, gates) get equal
 // gradients on every TP rank, so nothing is reduced over TP, and the norm counts them once. Each region is stepped by a
 // replicated optimizer or, with --use_distributed_optimizer, by a DistributedOptimizer sharded

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
+#include "model/context_parallel.h"
 #include "model/rank_state.h"
 #include "train/data_loader.h"
 #include "train/metrics.h"
@@ -29,16 +30,16 @@ namespace {
 
 model::MicroBatchView view(const MicroBatch& mb) { return {mb.tokens, mb.labels, mb.position_ids, mb.cu_seqlens}; }
 
-// Over every rank of a job (CP = 1: the DP groups, then the TP groups, then the pipelines, which
+// Over every rank of a job (the DP x CP groups, then the TP groups, then the pipelines, which
 // together span the world): root 0's string on every rank, and a barrier.
 std::string job_broadcast(const dist::ProcessGroups& g, std::string s) {
-  s = dist::broadcast_string(g.dp(), std::move(s), 0);  // world rank 0 to its DP group (TP rank 0)
-  s = dist::broadcast_string(g.tp(), std::move(s), 0);  // to the first stage
+  s = dist::broadcast_string(g.dp_cp(), std::move(s), 0);  // world rank 0 to its DP x CP group (TP rank 0)
+  s = dist::broadcast_string(g.tp(), std::move(s), 0);     // to the first stage
   return dist::broadcast_string(g.pp(), std::move(s), 0);
 }
 void job_barrier(const dist::ProcessGroups& g) {
-  g.dp().barrier();
-  g.tp().barrier();  // TP rank 0's DP group has passed, so every DP group of the stage has
+  g.dp_cp().barrier();
+  g.tp().barrier();  // TP rank 0's DP x CP group has passed, so every one of the stage has
   g.pp().barrier();  // and every stage's
 }
 
@@ -66,7 +67,7 @@ void save_job_checkpoint(const TrainerConfig& cfg, model::TrainModel& model, Par
     const Optimizer* state = cfg.ckpt.save_optim ? &opt.gather_rank_state() : nullptr;
     if (opt.writes_rank_file()) {
       if (dist_format) {  // every writing rank its own chunks
-        write_dist_rank(staging, g.dp().rank(), opt.ep_rank(), layout.ep, model.config(), layout, model.params(),
+        write_dist_rank(staging, g.dp_cp().rank(), opt.ep_rank(), layout.ep, model.config(), layout, model.params(),
                         model.buffers(), state ? *state : no_state, lrc, prog, cfg.ckpt);
       } else {
         // Megatron's per-stage file: mp_rank_TT_PPP[_EEE], layers numbered from 0 within the stage.
@@ -88,22 +89,57 @@ void save_job_checkpoint(const TrainerConfig& cfg, model::TrainModel& model, Par
 // The data-parallel group: this rank's share of every batch, and the sums over the ranks.
 struct DataParallel {
   dist::Communicator* group = nullptr;  // null: one process
+  // Context parallelism: the DP x CP group, over which the ranks' token statistics (each CP rank's
+  // tokens' losses and counts) add up; null without CP.
+  dist::Communicator* with_cp = nullptr;
   int size = 1, rank = 0;
   explicit DataParallel(const dist::ProcessGroups* g) {
     if (g && g->dp().size() > 1) group = &g->dp(), size = group->size(), rank = group->rank();
+    if (g && g->cp().size() > 1) with_cp = &g->dp_cp();
   }
   bool mine(size_t micro_batch) const { return int(micro_batch % size_t(size)) == rank; }
-  // Every rank ends with the step's statistics summed over the group.
+  // Every rank ends with the step's statistics summed over the group. The expert loads are each
+  // micro-batch's already (a CP group's routers sum theirs), so they add up over DP only.
   void sum(model::StepStats& st) const {
-    if (!group) return;
+    dist::Communicator* tokens = with_cp ? with_cp : group;
+    if (!tokens) return;
     double f[3] = {st.lm_loss_sum, st.aux_loss, st.z_loss};
-    group->all_reduce(f, 3, dist::DataType::kF64, dist::ReduceOp::kSum);
+    tokens->all_reduce(f, 3, dist::DataType::kF64, dist::ReduceOp::kSum);
     st.lm_loss_sum = f[0], st.aux_loss = f[1], st.z_loss = f[2];
     std::vector<int64_t> n = {st.loss_tokens, st.correct};
-    n.insert(n.end(), st.tokens_per_expert.begin(), st.tokens_per_expert.end());
-    group->all_reduce(n.data(), int64_t(n.size()), dist::DataType::kI64, dist::ReduceOp::kSum);
+    if (!with_cp) n.insert(n.end(), st.tokens_per_expert.begin(), st.tokens_per_expert.end());
+    tokens->all_reduce(n.data(), int64_t(n.size()), dist::DataType::kI64, dist::ReduceOp::kSum);
     st.loss_tokens = n[0], st.correct = n[1];
-    std::copy(n.begin() + 2, n.end(), st.tokens_per_expert.begin());
+    if (!with_cp) std::copy(n.begin() + 2, n.end(), st.tokens_per_expert.begin());
+    else if (group)
+      group->all_reduce(st.tokens_per_expert.data(), int64_t(st.tokens_per_expert.size()), dist::DataType::kI64,
+                        dist::ReduceOp::kSum);
+  }
+};
+
+// Context parallelism: every rank of a CP group runs the same micro-batches, each its rows of
+// every sequence (model/context_parallel.h), cut here from the whole micro-batch the loader gives.
+struct ContextParallel {
+  int size = 1, rank = 0;
+  std::vector<int64_t> rows;  // reused from micro-batch to micro-batch
+  explicit ContextParallel(const dist::ProcessGroups* g) {
+    if (g) size = g->cp().size(), rank = g->cp().rank();
+  }
+  // The model's view of `mb` on this rank; `local` holds the rank's rows (untouched without CP).
+  model::MicroBatchView view(const MicroBatch& mb, MicroBatch& local) {
+    if (size == 1) return train::view(mb);
+    rows.resize(mb.tokens.size());
+    local.cu_seqlens.resize(mb.cu_seqlens.size());
+    const size_t n = size_t(model::cp_local_rows(mb.cu_seqlens, size, rank, rows.data(), local.cu_seqlens.data()));
+    local.tokens.resize(n), local.labels.resize(n), local.position_ids.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      const size_t r = size_t(rows[i]);
+      local.tokens[i] = mb.tokens[r], local.labels[i] = mb.labels[r], local.position_ids[i] = mb.position_ids[r];
+    }
+    local.rows = mb.rows;
+    model::MicroBatchView v = train::view(local);
+    v.whole_cu_seqlens = mb.cu_seqlens;
+    return v;
   }
 };
 
@@ -147,7 +183,9 @@ std::vector<std::pair<int, double>> expert_load_imbalance(const model::ModelConf
 TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, const Datasets& data) {
   const auto& mc = model.config();
   const DataParallel dp(cfg.groups.get());
+  ContextParallel cp(cfg.groups.get());
   Pipeline pipe(cfg.groups.get());
+  MOE_ASSERT(cp.size == 1 || !pipe.group, "context parallelism with pipeline parallelism");
   if (cfg.global_batch_size % (cfg.micro_batch_size * dp.size) != 0)
     throw_input(
         "--global_batch_size {} must be a multiple of --micro_batch_size {} x the data-parallel size {} (world size / "
@@ -224,7 +262,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
                                                : std::max<int64_t>(1, ev.rows_per_epoch() / cfg.micro_batch_size);
     model::StepStats st;
     st.tokens_per_expert.assign(size_t(mc.num_layers) * size_t(std::max(mc.num_experts, 0)), 0);
-    MicroBatch mb;
+    MicroBatch mb, mb_local;
     // Under EP every MoE layer exchanges rows with the EP group, so every rank runs as many
     // micro-batches: a rank left without one reruns its last and drops the result.
     const bool lockstep = cfg.groups && cfg.groups->ep().size() > 1;
@@ -237,9 +275,9 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       if (pipe.group) {
         if (b < batches || lockstep) staged.push_back(mb), counted.push_back(b < batches);
       } else if (b < batches) {
-        st.add(model.evaluate(view(mb)));
+        st.add(model.evaluate(cp.view(mb, mb_local)));
       } else if (lockstep) {
-        model.evaluate(view(mb));
+        model.evaluate(cp.view(mb, mb_local));
       }
     }
     if (pipe.group) {
@@ -301,6 +339,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   std::vector<int64_t> win_load(size_t(mc.num_layers) * size_t(std::max(mc.num_experts, 0)), 0);  // tokens per expert
   // A global batch's micro-batches, their buffers reused from step to step.
   std::vector<MicroBatch> mbs(static_cast<size_t>(accum));
+  std::vector<MicroBatch> cp_local(mbs.size());  // context parallelism: this rank's rows of each
   std::vector<float> loss_scales(static_cast<size_t>(accum));
   for (int64_t iter = prog.iteration + 1; iter <= train_iters; ++iter) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -334,7 +373,8 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
                  : run_1f1b(model, *pipe.group, mine, mine_scales, 1.0f / float(accum), &pipe.times));
     }
     for (size_t j = 0; j < mbs.size(); ++j) {
-      if (!pipe.group && dp.mine(j)) st.add(model.forward_backward(view(mbs[j]), loss_scales[j], 1.0f / float(accum)));
+      if (!pipe.group && dp.mine(j))
+        st.add(model.forward_backward(cp.view(mbs[j], cp_local[j]), loss_scales[j], 1.0f / float(accum)));
       win_train_tokens += int64_t(mbs[j].tokens.size());
     }
     model.on_final_grads({}, 0);

@@ -9,6 +9,10 @@
 // micro-batch-sized slice of every DP x micro-batch rows); gradients and the step's statistics
 // are summed over the DP group, so every rank clips, skips and steps identically and the result
 // is the single-process one up to the order of the sums. Only the writer rank writes files.
+//
+// Context parallelism: the ranks of a CP group run the same micro-batches, each its rows of every
+// sequence (model/context_parallel.h); gradients and token statistics are summed over DP x CP,
+// and the loss scales count the whole micro-batches' tokens, so the sums are the one process's.
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -3,7 +3,9 @@
 benchmark's model (bench_train.cpp: qwen3_moe, hidden 512, 4 layers, 64 experts top-8, vocab
 32000, 4 x 512 tokens per global batch) trained by `moectl pt` as one process with every core,
 and under mpirun (2 processes x 1 thread) as DP2 (also with --overlap_grad_reduce and
---overlap_param_gather), EP2, TP2, TP2 with sequence parallelism, PP2 and PP2 with 2 virtual stages (8 micro-batches of 512 tokens for the pipelines), side by side in one
+--overlap_param_gather), EP2, TP2, TP2 with sequence parallelism, CP2 (each 512-token sequence split
+over the two ranks), PP2 and PP2 with 2 virtual stages (8 micro-batches of 512 tokens for the
+pipelines), side by side in one
 run. Prints tokens/s of each, the ratio, the fraction of step time spent in each collective type,
 and the pipelines' measured bubble beside the 1F1B / interleaved formula.
 Usage: bench_dist.py MOECTL SRC_DIR WORK_DIR [--iters N] [--mpiexec mpirun]"""
@@ -82,6 +84,7 @@ TP2 = ["--tensor_model_parallel_size", "2"]
 PP2 = ["--pipeline_model_parallel_size", "2"]
 more = [("TP2: 2 processes x %d" % half, run("tp2", MPI2, half, TP2)),
         ("TP2 + SP", run("tp2sp", MPI2, half, TP2 + ["--sequence_parallel", "true"])),
+        ("CP2", run("cp2", MPI2, half, ["--context_parallel_size", "2"])),
         ("PP2, 8 micro-batches", run("pp2", MPI2, half, PP2, gbs=8)),
         ("PP2 x VPP2, 8 micro-batches", run("vpp2", MPI2, half, PP2 + ["--virtual_pipeline_model_parallel_size", "2"],
                                              gbs=8))]

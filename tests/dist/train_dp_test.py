@@ -222,9 +222,9 @@ check(p.returncode == 2 and "--global_batch_size 6 must be a multiple of --micro
 check(not os.path.exists(os.path.join(WORK, "bad_gbs")), "refused layout leaves no output dir")
 p = run(["sft"] + BASE + ["--model", q3, "--dataset", "missing.jsonl", "--save", "bad_data"], np=2, expect=None)
 check(p.returncode == 2 and "missing.jsonl" in p.stderr, f"missing dataset: exit 2 naming it (exit {p.returncode})")
-p = run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "bad_cp", "--context_parallel_size", "2"], np=2,
+p = run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "bad_cp", "--context_parallel_size", "3"], np=2,
         expect=None)
-check(p.returncode == 2 and "--context_parallel_size 2" in p.stderr, "an unimplemented size is refused by name")
+check(p.returncode == 2 and "--context_parallel_size 3" in p.stderr, "a size the world does not divide is refused by name")
 p = run(["sft"] + BASE + CASES["qwen3_moe"] + ["--save", "bad_ep", "--expert_model_parallel_size", "3",
                                                 "--global_batch_size", "12"], np=3, expect=None)
 check(p.returncode == 2 and "expert" in p.stderr, f"8 experts over EP3 refused: {p.stderr.strip()[:160]}")

@@ -307,6 +307,61 @@ TEST(Attention, VarlenForwardAndBackward) {
   no_cuda_twin("attention_varlen", "bwd (fd)");
 }
 
+// Context parallelism: the queries are some rows of each sequence (here a CP2 rank 0's causal
+// load-balanced chunks 0 and 3, with a gap inside a 128-row query block), the keys all of them.
+// Forward against the reference on the whole sequences; backward against the whole-sequence
+// kernel (tested above by finite differences) with d(out) zero on the other rows.
+TEST(Attention, VarlenQueriesAtPositions) {
+  OpRow row("attention_varlen", "fwd+bwd (q_pos)", On::Cpu);
+  Rng rng(57);
+  const int64_t nh = 4, ng = 2, d = 8;
+  const std::vector<int32_t> cu = {0, 5, 17, 317};
+  const int64_t T = cu.back();
+  std::vector<int32_t> qcu = {0}, pos;
+  std::vector<int64_t> rows;
+  for (size_t s = 0; s + 1 < cu.size(); ++s) {
+    const int32_t L = cu[s + 1] - cu[s], c = (L + 3) / 4;
+    for (int32_t p = 0; p < L; ++p)
+      if (p < c || p >= 3 * c) pos.push_back(p), rows.push_back(cu[s] + p);
+    qcu.push_back(int32_t(pos.size()));
+  }
+  const int64_t Tq = int64_t(pos.size());
+  const double scale = 1 / std::sqrt(double(d));
+  auto q = randn(size_t(T * nh * d), rng), kk = randn(size_t(T * ng * d), rng), v = randn(size_t(T * ng * d), rng);
+  std::vector<float> qs(size_t(Tq * nh * d));
+  for (int64_t i = 0; i < Tq; ++i) std::copy_n(q.begin() + rows[size_t(i)] * nh * d, nh * d, qs.begin() + i * nh * d);
+  k::VarlenAttention part{nh, ng, d, float(scale), qcu.data(), int64_t(qcu.size()) - 1, cu.data(), pos.data()};
+  Guarded<float> out(qs.size(), qnan()), lse(size_t(Tq * nh), qnan());
+  k::attention_varlen_forward(part, qs.data(), kk.data(), v.data(), out.data(), lse.data());
+  const auto whole = varlen_ref(widen(q), widen(kk), widen(v), T, nh, ng, d, scale, cu);
+  std::vector<double> want(qs.size());
+  for (int64_t i = 0; i < Tq; ++i)
+    std::copy_n(whole.begin() + rows[size_t(i)] * nh * d, nh * d, want.begin() + i * nh * d);
+  expect_close("attention_varlen at positions", out, want, kTolF32Reduce);
+  EXPECT_TRUE(lse.intact());
+
+  const k::VarlenAttention all{nh, ng, d, float(scale), cu.data(), int64_t(cu.size()) - 1};
+  std::vector<float> out_all(q.size()), lse_all(size_t(T * nh)), dout_all(q.size(), 0.0f);
+  k::attention_varlen_forward(all, q.data(), kk.data(), v.data(), out_all.data(), lse_all.data());
+  auto dout = randn(qs.size(), rng);
+  for (int64_t i = 0; i < Tq; ++i)
+    std::copy_n(dout.begin() + i * nh * d, nh * d, dout_all.begin() + rows[size_t(i)] * nh * d);
+  std::vector<float> dq_all(q.size()), dk_all(kk.size()), dv_all(v.size());
+  k::attention_varlen_backward(all, q.data(), kk.data(), v.data(), out_all.data(), lse_all.data(), dout_all.data(),
+                               dq_all.data(), dk_all.data(), dv_all.data());
+  Guarded<float> dq(qs.size(), qnan()), dk(kk.size(), qnan()), dv(v.size(), qnan());
+  k::attention_varlen_backward(part, qs.data(), kk.data(), v.data(), out.data(), lse.data(), dout.data(), dq.data(),
+                               dk.data(), dv.data());
+  std::vector<double> dq_want(qs.size());
+  for (int64_t i = 0; i < Tq; ++i)
+    std::copy_n(dq_all.begin() + rows[size_t(i)] * nh * d, nh * d, dq_want.begin() + i * nh * d);
+  expect_close("attention_varlen at positions dq", dq, dq_want, kTolF32Reduce);
+  expect_close("attention_varlen at positions dk", dk, widen(dk_all), kTolF32Reduce);
+  expect_close("attention_varlen at positions dv", dv, widen(dv_all), kTolF32Reduce);
+  EXPECT_TRUE(dq.intact() && dk.intact() && dv.intact());
+  no_cuda_twin("attention_varlen", "fwd+bwd (q_pos)");
+}
+
 TEST(CrossEntropy, LossAndGradientWithIgnoreLabel) {
   Rng rng(56);
   for (auto [T, V] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 17}, {17, 127}, {9, 1000}}) {
