@@ -10,6 +10,7 @@
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -357,41 +358,34 @@ bool NcclCommunicator::event_done(void* event, const char* call) {
   return false;
 }
 
-std::unique_ptr<Communicator::Request> NcclCommunicator::started(const char* call) {
+std::unique_ptr<Communicator::Request> NcclCommunicator::started(const char* call, const char* fn, int64_t count,
+                                                                 const std::function<int()>& enqueue) {
+  usable(call);
+  const DeviceGuard guard(impl_->device);
+  check_cuda(guard.status, call, "cudaSetDevice");
+  if (count > 0) check_nccl(enqueue(), call, fn);  // every rank gives the same count: all skip alike
   return std::make_unique<Started>(*this, call);
 }
 
 std::unique_ptr<Communicator::Request> NcclCommunicator::do_start_all_reduce(void* buf, int64_t count, DataType dtype,
                                                                              ReduceOp op) {
-  usable("start_all_reduce");
-  const DeviceGuard guard(impl_->device);
-  check_cuda(guard.status, "start_all_reduce", "cudaSetDevice");
-  if (count > 0)
-    check_nccl(ncclAllReduce(buf, buf, size_t(count), nccl_type(dtype), nccl_op(op), impl_->comm, impl_->stream),
-               "start_all_reduce", "ncclAllReduce");
-  return started("start_all_reduce");
+  return started("start_all_reduce", "ncclAllReduce", count, [&] {
+    return ncclAllReduce(buf, buf, size_t(count), nccl_type(dtype), nccl_op(op), impl_->comm, impl_->stream);
+  });
 }
 
 std::unique_ptr<Communicator::Request> NcclCommunicator::do_start_reduce(void* buf, int64_t count, DataType dtype,
                                                                          ReduceOp op, int root) {
-  usable("start_reduce");
-  const DeviceGuard guard(impl_->device);
-  check_cuda(guard.status, "start_reduce", "cudaSetDevice");
-  if (count > 0)
-    check_nccl(ncclReduce(buf, buf, size_t(count), nccl_type(dtype), nccl_op(op), root, impl_->comm, impl_->stream),
-               "start_reduce", "ncclReduce");
-  return started("start_reduce");
+  return started("start_reduce", "ncclReduce", count, [&] {
+    return ncclReduce(buf, buf, size_t(count), nccl_type(dtype), nccl_op(op), root, impl_->comm, impl_->stream);
+  });
 }
 
 std::unique_ptr<Communicator::Request> NcclCommunicator::do_start_broadcast(void* buf, int64_t count, DataType dtype,
                                                                             int root) {
-  usable("start_broadcast");
-  const DeviceGuard guard(impl_->device);
-  check_cuda(guard.status, "start_broadcast", "cudaSetDevice");
-  if (count > 0)
-    check_nccl(ncclBroadcast(buf, buf, size_t(count), nccl_type(dtype), root, impl_->comm, impl_->stream),
-               "start_broadcast", "ncclBroadcast");
-  return started("start_broadcast");
+  return started("start_broadcast", "ncclBroadcast", count, [&] {
+    return ncclBroadcast(buf, buf, size_t(count), nccl_type(dtype), root, impl_->comm, impl_->stream);
+  });
 }
 
 void NcclCommunicator::do_send(const void* buf, int64_t count, DataType dtype, int peer, int /*tag*/) {

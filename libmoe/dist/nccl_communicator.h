@@ -23,6 +23,7 @@
 // (nccl_process_groups.h does that for a ParallelLayout): creating one mid-run, lazily, on some
 // ranks only, is a known cause of hangs in large MoE jobs.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -68,7 +69,9 @@ class NcclCommunicator final : public Communicator {
   // The non-blocking calls queue their work like the blocking ones and return a request that
   // waits for an event recorded after it (the stream's later work is not waited for).
   class Started;
-  std::unique_ptr<Request> started(const char* call);
+  // `enqueue` (returning its ncclResult_t) queued on the device, unless `count` is 0.
+  std::unique_ptr<Request> started(const char* call, const char* fn, int64_t count,
+                                   const std::function<int()>& enqueue);
   bool event_done(void* event, const char* call);  // cudaEventQuery, errors checked
   std::unique_ptr<Request> do_start_all_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op) override;
   std::unique_ptr<Request> do_start_reduce(void* buf, int64_t count, DataType dtype, ReduceOp op, int root) override;
