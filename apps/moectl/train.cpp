@@ -117,19 +117,28 @@ moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world, int num
           flag, v, what);
   };
   not_yet("--context_parallel_size", l.cp, "context parallelism");
-  // Every TP rank routes every token (with sequence parallelism too: the MoE layer reads the
-  // gathered rows), so experts split like the dense layers (ETP = TP, Megatron's default) and
-  // never over EP as well (Megatron's dispatcher over the folded TP x EP group is not written yet).
-  if (l.tp > 1 && l.ep > 1)
+  // Megatron's rule: tensor with expert parallelism (or experts not split like the dense layers)
+  // needs sequence parallelism, each TP rank routing its own rows of the sequence.
+  if (l.tp > 1 && (l.ep > 1 || l.etp != l.tp) && !a.sequence_parallel)
     moe::throw_input(
-        "--tensor_model_parallel_size {} with --expert_model_parallel_size {}: tensor and expert parallelism "
-        "together (the dispatcher over the folded TP x EP group) are not implemented yet; use one of them",
-        l.tp, l.ep);
-  if (l.etp != l.tp)
+        "--tensor_model_parallel_size {} with --expert_model_parallel_size {} (--expert_tensor_parallel_size {}) needs "
+        "--sequence_parallel true: each TP rank routes its own rows of the sequence, as Megatron requires",
+        l.tp, l.ep, l.etp);
+  // Experts split like the dense layers (ETP = TP, Megatron's default) with every TP rank routing
+  // every token, or MoE parallel folding with ETP 1: whole experts, tokens exchanged over the EP
+  // group. Experts split over both ETP > 1 and EP (an all-gather over ETP in the dispatcher) are
+  // not written yet.
+  if (l.etp != l.tp && l.etp != 1)
     moe::throw_input(
-        "--expert_tensor_parallel_size {} with --tensor_model_parallel_size {}: expert tensor parallelism other than "
-        "TP is not implemented yet (leave the flag out: it defaults to TP, as in Megatron)",
+        "--expert_tensor_parallel_size {} with --tensor_model_parallel_size {}: expert tensor parallelism is "
+        "implemented as TP (leave the flag out) or 1 (MoE parallel folding)",
         l.etp, l.tp);
+  if (l.etp > 1 && l.ep > 1)
+    moe::throw_input(
+        "--expert_tensor_parallel_size {} with --expert_model_parallel_size {}: experts split over both expert "
+        "tensor and expert parallel ranks are not implemented yet; pass --expert_tensor_parallel_size 1 (MoE "
+        "parallel folding)",
+        l.etp, l.ep);
   if (const auto& d = a.m.moe.token_dispatcher; d != "alltoall" && d != "allgather")
     moe::throw_input("--moe_token_dispatcher_type {}: not one of alltoall (the default), allgather", d);
   return l;
