@@ -5,10 +5,12 @@ tokens exchanged over the EP group folded over the TP ranks, equals the single p
 through the CLI:
 - layout parity: per-iteration loss, grad norm and auxiliary losses, and the final weights, of
   TP2 x EP2 ETP1 on 4 processes (DP 2 for attention; expert-DP world / (ETP x EP) = 2 for the
-  experts) equal the one-process run to 1e-5 relative (fp32) on Qwen3-MoE (8 experts) with the alltoall and the allgather dispatcher, with and without the distributed
-  optimizer; TP2 x EP4 ETP1 and TP2 ETP1 (EP 1, experts whole on both TP ranks); Qwen2-MoE (a
-  shared expert with its gate, a dense layer) with seq_aux_loss, z-loss and the expert bias
-  (the loads summed over the TP group, as Megatron's tp_cp all-reduce);
+  experts) equal the one-process run to 1e-5 relative (fp32) on Qwen3-MoE (8 experts) with the
+  alltoall and the allgather dispatcher, with and without the distributed optimizer; TP2 x EP4
+  ETP1, TP2 ETP1 (EP 1, experts whole on both TP ranks) and TP2 x EP2 x PP2 on 8 processes;
+  evaluation losses and the parameters' norm; selective recompute of the MoE layer; Qwen2-MoE (a
+  shared expert with its gate, a dense layer) with seq_aux_loss, z-loss and the expert bias (the
+  loads summed over the TP group, as Megatron's tp_cp all-reduce);
 - checkpoints: --ckpt_format torch writes Megatron's mp_rank_00_000 / mp_rank_01_001 (each
   process's dense TP slices and its EP rank's whole experts) with the names and shapes moectl
   export writes for TP2 EP2 ETP1; a TP2 x EP2 save at iteration 2 (torch_dist, and torch with and
@@ -64,12 +66,17 @@ def run_dir(save):
     return dirs[0]
 
 
-AUX_KEYS = ("load_balancing_loss", "seq_load_balancing_loss", "z_loss")
+AUX_KEYS = ("load_balancing_loss", "seq_load_balancing_loss", "z_loss", "params_norm")
 
 
 def train_log(save):
     rows = [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
     return [[r["loss"], r["grad_norm"]] + [r[k] for k in AUX_KEYS if k in r] for r in rows if "grad_norm" in r]
+
+
+def eval_log(save):
+    rows = [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
+    return [r["eval_loss"] for r in rows if "eval_loss" in r]
 
 
 def dist_model(save, it):
@@ -88,6 +95,10 @@ def same_run(ref, got, what, tol=1e-5):
           f"{what}: {len(b)} logged iterations with the same numbers, expected {len(a)}")
     worst = max((rel(u, v) for x, y in zip(a, b) for u, v in zip(x, y)), default=0.0)
     check(worst <= tol, f"{what}: loss, grad norm and auxiliary losses per iteration within {tol} (worst {worst:.2e})")
+    ea, eb = eval_log(ref), eval_log(got)
+    if ea or eb:
+        check(len(ea) == len(eb) and all(rel(u, v) <= tol for u, v in zip(ea, eb)),
+              f"{what}: evaluation losses {eb} within {tol} of {ea}")
     # Relative in L2 over the whole model (train_dp_test.py says why not per element).
     wa, wb = dist_model(ref, ITERS), dist_model(got, ITERS)
     check(sorted(wa) == sorted(wb), f"{what}: the checkpoints hold the same tensors")
@@ -124,6 +135,8 @@ EP = lambda n: ["--expert_model_parallel_size", str(n)]  # noqa: E731
 FOLD = TP2 + EP(2) + ETP1 + SP
 Q3 = ["--model", q3]
 LOSSES = ["--moe_aux_loss_coeff", "0.02", "--moe_z_loss_coeff", "0.001"]
+EVAL = ["--split_dataset_ratio", "0.1", "--eval_interval", "2", "--log_params_norm", "true"]
+RECOMPUTE = ["--recompute_granularity", "selective", "--recompute_modules", "moe", "moe_act", "layernorm"]
 Q2_LOSSES = ["--moe_router_load_balancing_type", "seq_aux_loss", "--moe_router_enable_expert_bias", "true",
              "--moe_router_bias_update_rate", "0.01"] + LOSSES
 Q2 = ["--model", q2moe] + Q2_LOSSES
@@ -135,7 +148,10 @@ for ref, model, layouts in (
                     (4, FOLD + ["--moe_token_dispatcher_type", "allgather"], "TP2 x EP2 ETP1 allgather"),
                     (4, FOLD + ["--use_distributed_optimizer", "false"], "TP2 x EP2 ETP1 (replicated optimizer)"),
                     (4, TP2 + EP(4) + ETP1 + SP, "TP2 x EP4 ETP1"),
-                    (2, TP2 + ETP1 + SP, "TP2 ETP1 (EP 1)")]),
+                    (2, TP2 + ETP1 + SP, "TP2 ETP1 (EP 1)"),
+                    (8, FOLD + ["--pipeline_model_parallel_size", "2"], "TP2 x EP2 ETP1 x PP2")]),
+        ("q3evalref", Q3 + EVAL, [(4, FOLD, "evaluation, params norm: TP2 x EP2 ETP1"),
+                                  (4, FOLD + RECOMPUTE, "selective recompute of the MoE layer: TP2 x EP2 ETP1")]),
         ("q3auxref", Q3 + LOSSES, [(4, FOLD, "aux_loss + z-loss: TP2 x EP2 ETP1")]),
         ("q2ref", Q2, [(4, FOLD, "TP2 x EP2 ETP1 alltoall"),
                     (4, FOLD + ["--moe_token_dispatcher_type", "allgather"], "TP2 x EP2 ETP1 allgather")])):
