@@ -124,21 +124,14 @@ moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world, int num
         "--tensor_model_parallel_size {} with --expert_model_parallel_size {} (--expert_tensor_parallel_size {}) needs "
         "--sequence_parallel true: each TP rank routes its own rows of the sequence, as Megatron requires",
         l.tp, l.ep, l.etp);
-  // Experts split like the dense layers (ETP = TP, Megatron's default) with every TP rank routing
-  // every token, or MoE parallel folding with ETP 1: whole experts, tokens exchanged over the EP
-  // group. Experts split over both ETP > 1 and EP (an all-gather over ETP in the dispatcher) are
-  // not written yet.
+  // Experts split like the dense layers (ETP = TP, Megatron's default: every TP rank routes every
+  // token, the EP group holds one TP rank's slices), or MoE parallel folding with ETP 1 (whole
+  // experts, each TP rank routing its own rows over the EP group).
   if (l.etp != l.tp && l.etp != 1)
     moe::throw_input(
         "--expert_tensor_parallel_size {} with --tensor_model_parallel_size {}: expert tensor parallelism is "
         "implemented as TP (leave the flag out) or 1 (MoE parallel folding)",
         l.etp, l.tp);
-  if (l.etp > 1 && l.ep > 1)
-    moe::throw_input(
-        "--expert_tensor_parallel_size {} with --expert_model_parallel_size {}: experts split over both expert "
-        "tensor and expert parallel ranks are not implemented yet; pass --expert_tensor_parallel_size 1 (MoE "
-        "parallel folding)",
-        l.etp, l.ep);
   if (const auto& d = a.m.moe.token_dispatcher; d != "alltoall" && d != "allgather")
     moe::throw_input("--moe_token_dispatcher_type {}: not one of alltoall (the default), allgather", d);
   return l;

@@ -140,6 +140,11 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   s.h_RF = recompute_act ? std::span<float>() : keep.take<float>(size_t(Rmax * F)).first(R * size_t(F));
   ops::fill(be, y, 0.0f, T * D);  // under folding the other ranks' rows get the shared expert's output only
   dist::Communicator* ep = expert_group(ctx);
+  // Experts split over ETP = TP: each TP rank ran its slice of every expert (fc2 row-parallel) on
+  // the same rows, so their outputs are partial sums, added up before the routing weights apply
+  // (the router's gradient needs whole outputs). With EP too, the EP group holds one TP rank's
+  // slices, and the rows any TP rank sends, its TP peers send to their peers alike.
+  const bool experts_partial = m.tp_partial && !m.own_rows;
   if (ep && o.token_dispatcher == "allgather") {
     // Every rank's tokens here; the local experts' outputs, weighted, summed back to their owners.
     s.ep = std::make_shared<ExpertParallelRows>();
@@ -157,6 +162,7 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
                         recompute_act ? nullptr : r.h_local.data(), r.y_local.data());
     ld.unpermute_add(r.y_local.data(), D, y_all.data());
     ag.reduce_scatter(y_all.data(), D, yr);
+    if (experts_partial) tp_all_reduce(ctx, yr, n * D);
   } else {
     disp.permute(xr, D, s.x_perm.data());
     if (ep) {
@@ -174,10 +180,8 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
     } else {
       ops::grouped_swiglu(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E, s.gu_R2F.data(),
                           recompute_act ? nullptr : s.h_RF.data(), s.y_perm.data());
-      // Each TP rank ran its slice of every expert (fc2 row-parallel): the rows' outputs add up
-      // before the routing weights apply, so the router's gradient sees whole outputs.
-      if (!m.own_rows) tp_all_reduce(ctx, s.y_perm.data(), int64_t(R) * D);
     }
+    if (experts_partial) tp_all_reduce(ctx, s.y_perm.data(), int64_t(R) * D);
     disp.unpermute_add(s.y_perm.data(), D, yr);
   }
 
@@ -240,6 +244,8 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
                                  dx_local.data(), g.fc1_E, g.fc2_E);
     ld.permute_backward_add(dx_local.data(), D, dx_all.data());
     ag.reduce_scatter(dweight_all.data(), K, t.dweight_TK.data());
+    // Under ETP = TP the weights' gradients came from partial outputs: summed over TP they are whole.
+    if (m.tp_partial && !m.own_rows) tp_all_reduce(ctx, t.dweight_TK.data(), n * K);
     dx_experts.resize(size_t(n * D));
     ag.reduce_scatter(dx_all.data(), D, dx_experts.data());
   } else {

@@ -52,7 +52,6 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
     MOE_ASSERT(l.etp == l.tp || (l.etp == 1 && model.options().sequence_parallel),
                "expert tensor parallelism {} under tensor parallelism {} needs ETP 1 and sequence parallelism", l.etp,
                l.tp);
-    MOE_ASSERT(l.tp == 1 || l.ep == 1 || l.etp == 1, "experts split over both TP and EP ranks");
     world_ = &groups->dp();  // with CP = 1 the DP, TP and pipeline groups span every rank
     if (groups->dp().size() > 1) dense_.group = &groups->dp();
     if (groups->edp().size() > 1) experts_.group = &groups->edp();
@@ -106,11 +105,14 @@ Tensor ParallelOptimizer::gather_tp(const std::string& name, const float* local,
   const bool vocab = name == model::names::kEmbedding || name == model::names::kOutput;
   std::string local_name;
   Shape piece;
-  // The whole shape: the piece's dimension that ShardSpec splits times TP.
+  // The whole shape: the piece's dimension that ShardSpec splits times TP (an expert's EP rank
+  // holds it).
+  const int64_t e = model::names::expert_index(name);
+  const int ep = e >= 0 ? int(e / local_experts_) : 0;
   for (size_t d = 0; d < full.size(); ++d) {
     Shape guess = local_shape;
     guess[d] *= tp_->size();
-    if (spec_->local_part(name, guess, 0, 0, 0, &local_name, &piece) && piece == local_shape) {
+    if (spec_->local_part(name, guess, 0, 0, ep, &local_name, &piece) && piece == local_shape) {
       full = guess;
       break;
     }
@@ -259,20 +261,23 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
     ep->all_gather(experts_.params.data(), gathered.get(), int64_t(n), dist::DataType::kF32);
     experts = gathered.get();
   }
+  // Experts split over ETP = TP are gathered over TP too (every TP rank walks the same experts);
+  // whole ones (folding, ETP 1) came whole over EP.
+  const bool experts_split = tp_ && groups_->layout().etp > 1;
+  auto global_expert = [&](int q, const ParamRef& p) {
+    return model::names::shift_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_));
+  };
   for (int q = 0; q < P; ++q)
     for (const ParamRef& p : experts_.refs) {
       const Tensor& t = model_.params().at(p.name);
       const size_t off = size_t(q) * n + size_t(p.data - experts_.params.data());
-      w.params.emplace(model::names::shift_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_)),
-                       gathered ? Tensor::borrow(t.shape(), DType::F32, experts + off, gathered) : t);
+      const std::string g = global_expert(q, p);
+      if (experts_split) w.params[g] = gather_tp(g, experts + off, t.shape());
+      else w.params.emplace(g, gathered ? Tensor::borrow(t.shape(), DType::F32, experts + off, gathered) : t);
     }
-  // Experts split over TP (ETP = TP, then EP is 1) are gathered with the dense slices; whole ones
-  // (folding) came whole over EP above.
-  const bool experts_split = tp_ && groups_->layout().etp > 1;
-  auto tp_gathered = [&](const ParamRef& p) { return experts_split || model::names::expert_index(p.name) < 0; };
-  if (tp_) {  // every TP rank's slices: the whole tensors, in the model's order on every rank
-    for (const ParamRef& p : all_)
-      if (tp_gathered(p)) w.params[p.name] = gather_tp(p.name, p.data, model_.params().at(p.name).shape());
+  if (tp_) {  // every TP rank's dense slices: the whole tensors, in the model's order on every rank
+    for (const ParamRef& p : dense_.refs)
+      w.params[p.name] = gather_tp(p.name, p.data, model_.params().at(p.name).shape());
   }
   if (!with_optimizer) {
     if (pp_) gather_stages(w);
@@ -294,17 +299,17 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
   if (local_.has_state()) {
     std::vector<float> mine(n), all(n * size_t(P));
     for (const auto& key : local_.state_keys()) {  // (w.optimizer's keys: the same config)
-      for (const ParamRef& p : all_) {
-        if (tp_ && tp_gathered(p)) {
+      for (const ParamRef& p : dense_.refs) {
+        auto dst = w.owned->state(p.name, key);
+        if (tp_) {
           const Tensor t = gather_tp(p.name, local_.state(p.name, key).data(), model_.params().at(p.name).shape());
-          auto dst = w.owned->state(p.name, key);
           std::copy_n(t.f32(), dst.size(), dst.begin());
-        } else if (model::names::expert_index(p.name) < 0) {
+        } else {
           const auto src = local_.state(p.name, key);
-          std::copy(src.begin(), src.end(), w.owned->state(p.name, key).begin());
+          std::copy(src.begin(), src.end(), dst.begin());
         }
       }
-      if (n == 0 || experts_split) continue;
+      if (n == 0) continue;
       const auto flat = local_.flat_state(key);  // bound in flat order: the expert region is its tail
       std::copy(flat.end() - std::ptrdiff_t(n), flat.end(), mine.begin());
       if (ep) ep->all_gather(mine.data(), all.data(), int64_t(n), dist::DataType::kF32);
@@ -312,10 +317,14 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
       for (int q = 0; q < P; ++q)
         for (const ParamRef& p : experts_.refs) {
           const size_t off = size_t(q) * n + size_t(p.data - experts_.params.data());
-          const std::string g =
-              model::names::shift_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_));
+          const std::string g = global_expert(q, p);
           auto dst = w.owned->state(g, key);
-          std::copy_n(all.begin() + std::ptrdiff_t(off), dst.size(), dst.begin());
+          if (experts_split) {
+            const Tensor t = gather_tp(g, all.data() + off, model_.params().at(p.name).shape());
+            std::copy_n(t.f32(), dst.size(), dst.begin());
+          } else {
+            std::copy_n(all.begin() + std::ptrdiff_t(off), dst.size(), dst.begin());
+          }
         }
     }
   }

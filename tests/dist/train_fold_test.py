@@ -10,14 +10,15 @@ through the CLI:
   ETP1, TP2 ETP1 (EP 1, experts whole on both TP ranks) and TP2 x EP2 x PP2 on 8 processes;
   evaluation losses and the parameters' norm; selective recompute of the MoE layer; Qwen2-MoE (a
   shared expert with its gate, a dense layer) with seq_aux_loss, z-loss and the expert bias (the
-  loads summed over the TP group, as Megatron's tp_cp all-reduce);
+  loads summed over the TP group, as Megatron's tp_cp all-reduce); and without folding, experts
+  split over ETP = TP (Megatron's default) and over EP, TP2 x EP2 and TP2 x EP4;
 - checkpoints: --ckpt_format torch writes Megatron's mp_rank_00_000 / mp_rank_01_001 (each
   process's dense TP slices and its EP rank's whole experts) with the names and shapes moectl
   export writes for TP2 EP2 ETP1; a TP2 x EP2 save at iteration 2 (torch_dist, and torch with and
-  without the distributed optimizer) resumes under one process, EP4 and TP2 x EP2 with the losses
-  of the run that never stopped;
-- bad layouts: TP with EP without --sequence_parallel, and experts split over both ETP and EP, end
-  every rank at start with exit 2 and one line naming the rule.
+  without the distributed optimizer) and a TP2 x EP2 ETP2 one resume under one process, EP4 and
+  TP2 x EP2 with ETP 1 and 2, with the losses of the run that never stopped;
+- bad layouts: TP with EP without --sequence_parallel, and ETP neither TP nor 1, end every rank at
+  start with exit 2 and one line naming the rule.
 Usage: train_fold_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
 import glob
 import json
@@ -149,7 +150,10 @@ for ref, model, layouts in (
                     (4, FOLD + ["--use_distributed_optimizer", "false"], "TP2 x EP2 ETP1 (replicated optimizer)"),
                     (4, TP2 + EP(4) + ETP1 + SP, "TP2 x EP4 ETP1"),
                     (2, TP2 + ETP1 + SP, "TP2 ETP1 (EP 1)"),
-                    (8, FOLD + ["--pipeline_model_parallel_size", "2"], "TP2 x EP2 ETP1 x PP2")]),
+                    (8, FOLD + ["--pipeline_model_parallel_size", "2"], "TP2 x EP2 ETP1 x PP2"),
+                    (4, TP2 + EP(2) + SP, "TP2 x EP2 ETP2 (Megatron's default ETP = TP) alltoall"),
+                    (4, TP2 + EP(2) + SP + ["--moe_token_dispatcher_type", "allgather"], "TP2 x EP2 ETP2 allgather"),
+                    (8, TP2 + EP(4) + SP, "TP2 x EP4 ETP2 on 8 processes")]),
         ("q3evalref", Q3 + EVAL, [(4, FOLD, "evaluation, params norm: TP2 x EP2 ETP1"),
                                   (4, FOLD + RECOMPUTE, "selective recompute of the MoE layer: TP2 x EP2 ETP1")]),
         ("q3auxref", Q3 + LOSSES, [(4, FOLD, "aux_loss + z-loss: TP2 x EP2 ETP1")]),
@@ -200,25 +204,29 @@ def stopped_at_2(save):
     return dst
 
 
-for fmt, dopt in (("torch_dist", "true"), ("torch", "true"), ("torch", "false")):
-    save = f"res_{fmt}_{dopt}"
+ETP2 = TP2 + EP(2) + SP
+for fmt, dopt, src, src_name in (("torch_dist", "true", FOLD, "TP2 x EP2 ETP1"), ("torch", "true", FOLD, "TP2 x EP2 ETP1"),
+                                 ("torch", "false", FOLD, "TP2 x EP2 ETP1"), ("torch", "true", ETP2, "TP2 x EP2 ETP2")):
+    save = f"res_{fmt}_{dopt}_{src_name[-4:]}"
     opts = ["--ckpt_format", fmt, "--use_distributed_optimizer", dopt]
-    run(["sft"] + BASE + Q2 + FOLD + opts + ["--save", save, "--save_interval", "2"], np=4)
+    run(["sft"] + BASE + Q2 + src + opts + ["--save", save, "--save_interval", "2"], np=4)
     ck = stopped_at_2(save)
-    for np, flags, name in ((1, [], "one process"), (4, EP(4), "EP4"), (4, FOLD, "TP2 x EP2 ETP1")):
+    for np, flags, name in ((1, [], "one process"), (4, EP(4), "EP4"), (4, FOLD, "TP2 x EP2 ETP1"),
+                            (4, ETP2, "TP2 x EP2 ETP2")):
         out = f"{save}_to_{name.replace(' ', '_')}"
         run(["sft"] + BASE + Q2_LOSSES + opts + ["--load", ck, "--finetune", "false", "--save", out] + flags, np=np)
         full, resumed = train_log(save), train_log(out)
         w = max((rel(u, v) for x, y in zip(full[2:], resumed) for u, v in zip(x[:1], y[:1])), default=1.0)
         check(len(resumed) == ITERS - 2 and w <= 1e-6,
-              f"{fmt} (distributed optimizer {dopt}): TP2 x EP2 ETP1 saved at 2 -> {name}: losses of iterations "
+              f"{fmt} (distributed optimizer {dopt}): {src_name} saved at 2 -> {name}: losses of iterations "
               f"3..{ITERS} as uninterrupted (worst {w:.1e})")
 
 # --- bad layouts: one line, exit 2, on every rank, before any work
 BAD = [
     (4, TP2 + EP(2) + ETP1, "--tensor_model_parallel_size 2 with --expert_model_parallel_size 2 "
      "(--expert_tensor_parallel_size 1) needs --sequence_parallel true"),
-    (4, TP2 + EP(2) + SP, "--expert_tensor_parallel_size 2 with --expert_model_parallel_size 2: experts split over"),
+    (2, ["--expert_tensor_parallel_size", "2"], "--expert_tensor_parallel_size 2 with --tensor_model_parallel_size 1: "
+     "expert tensor parallelism is implemented as TP"),
 ]
 for np, flags, msg in BAD:
     save = "bad_" + "_".join(f.strip("-") for f in flags)

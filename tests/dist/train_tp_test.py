@@ -18,8 +18,7 @@ process, end to end through the CLI:
   (with and without the distributed optimizer) resumes under TP2, TP1 x DP2 and one process, the
   same (<= 1e-6: the fp32 masters and moments are merged exactly);
 - bad layouts (heads or query groups not divisible, TP with EP or ETP 1 without sequence
-  parallelism, experts split over both ETP and EP) end every rank at start with exit 2 and one line
-  naming the rule and the numbers.
+  parallelism) end every rank at start with exit 2 and one line naming the rule and the numbers.
 Usage: train_tp_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
 import glob
 import json
@@ -267,8 +266,6 @@ run(["sft"] + BASE + ["--load", run_dir("legacy_tp2"), "--finetune", "true", "--
 BAD = [
     (4, TP2 + ["--expert_model_parallel_size", "2"], "needs --sequence_parallel true: each TP rank routes its own rows"),
     (2, TP2 + ["--expert_tensor_parallel_size", "1"], "needs --sequence_parallel true: each TP rank routes its own rows"),
-    (4, TP2 + SP + ["--expert_model_parallel_size", "2"],
-     "--expert_tensor_parallel_size 2 with --expert_model_parallel_size 2: experts split over both"),
     (4, ["--tensor_model_parallel_size", "4"], "--tensor_model_parallel_size 4 must divide num_key_value_heads 2"),
     (3, ["--tensor_model_parallel_size", "3", "--global_batch_size", "6"],
      "--tensor_model_parallel_size 3 must divide num_attention_heads 4"),
