@@ -18,6 +18,13 @@ dist::Communicator* expert_group(const Context& ctx) {
 
 int64_t max_rows(const MoeDims& m) { return TokenDispatcher::max_rows(m.Tr, m.K, m.E, m.capacity, m.pad_to); }
 
+// Experts split over ETP = TP: each TP rank ran its slice of every expert (fc2 row-parallel) on
+// the same rows, so their outputs are partial sums, added up before the routing weights apply
+// (the router's gradient needs whole outputs), and their input gradients are partial too. With EP
+// as well, the EP group holds one TP rank's slices, and the rows any TP rank sends, its TP peers
+// send to their peers alike.
+bool experts_partial(const MoeDims& m) { return m.tp_partial && !m.own_rows; }
+
 // The rows this rank routes: [begin, begin + n) of the layer's T (all of them, or under folding
 // its sequence-parallel share, the padding rows past T left out) and the router's view of them.
 struct RoutedRows {
@@ -140,11 +147,6 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   s.h_RF = recompute_act ? std::span<float>() : keep.take<float>(size_t(Rmax * F)).first(R * size_t(F));
   ops::fill(be, y, 0.0f, T * D);  // under folding the other ranks' rows get the shared expert's output only
   dist::Communicator* ep = expert_group(ctx);
-  // Experts split over ETP = TP: each TP rank ran its slice of every expert (fc2 row-parallel) on
-  // the same rows, so their outputs are partial sums, added up before the routing weights apply
-  // (the router's gradient needs whole outputs). With EP too, the EP group holds one TP rank's
-  // slices, and the rows any TP rank sends, its TP peers send to their peers alike.
-  const bool experts_partial = m.tp_partial && !m.own_rows;
   if (ep && o.token_dispatcher == "allgather") {
     // Every rank's tokens here; the local experts' outputs, weighted, summed back to their owners.
     s.ep = std::make_shared<ExpertParallelRows>();
@@ -162,7 +164,7 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
                         recompute_act ? nullptr : r.h_local.data(), r.y_local.data());
     ld.unpermute_add(r.y_local.data(), D, y_all.data());
     ag.reduce_scatter(y_all.data(), D, yr);
-    if (experts_partial) tp_all_reduce(ctx, yr, n * D);
+    if (experts_partial(m)) tp_all_reduce(ctx, yr, n * D);
   } else {
     disp.permute(xr, D, s.x_perm.data());
     if (ep) {
@@ -181,7 +183,7 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
       ops::grouped_swiglu(be, s.x_perm.data(), D, F, disp.offsets(), disp.blocks(), w.fc1_E, w.fc2_E, s.gu_R2F.data(),
                           recompute_act ? nullptr : s.h_RF.data(), s.y_perm.data());
     }
-    if (experts_partial) tp_all_reduce(ctx, s.y_perm.data(), int64_t(R) * D);
+    if (experts_partial(m)) tp_all_reduce(ctx, s.y_perm.data(), int64_t(R) * D);
     disp.unpermute_add(s.y_perm.data(), D, yr);
   }
 
@@ -245,7 +247,7 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
     ld.permute_backward_add(dx_local.data(), D, dx_all.data());
     ag.reduce_scatter(dweight_all.data(), K, t.dweight_TK.data());
     // Under ETP = TP the weights' gradients came from partial outputs: summed over TP they are whole.
-    if (m.tp_partial && !m.own_rows) tp_all_reduce(ctx, t.dweight_TK.data(), n * K);
+    if (experts_partial(m)) tp_all_reduce(ctx, t.dweight_TK.data(), n * K);
     dx_experts.resize(size_t(n * D));
     ag.reduce_scatter(dx_all.data(), D, dx_experts.data());
   } else {
@@ -278,7 +280,7 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
   // gate's (whole already). Whole experts (folding) add theirs to this rank's rows directly.
   float* dxp = m.tp_partial ? t.dx_partial_TD.data() : dx;
   if (m.tp_partial) ops::fill(be, dxp, 0.0f, T * D);
-  float* dxe = (m.own_rows ? dx : dxp) + rr.begin * D;
+  float* dxe = (experts_partial(m) ? dxp : dx) + rr.begin * D;
   if (dx_experts.empty()) disp.permute_backward_add(t.dx_perm.data(), D, dxe);
   else ops::add(be, dxe, dx_experts.data(), n * D);
 
