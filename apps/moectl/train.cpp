@@ -566,7 +566,8 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--tensor_model_parallel_size", a->tp,
                 "Tensor parallel size (heads, query groups and MLP widths split)");
   c->add_option("--sequence_parallel", a->sequence_parallel,
-                "Sequence parallelism with TP > 1: norms and residuals on 1/TP of the tokens (true|false)");
+                "Sequence parallelism with TP > 1: norms and residuals on 1/TP of the tokens (true|false; needed with "
+                "expert parallelism)");
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline parallel size (stages of layers, 1F1B schedule)");
   c->add_option("--decoder_first_pipeline_num_layers", a->first_stage_layers,
                 "Layers of the first pipeline stage (default: an even split)");
@@ -579,7 +580,9 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (experts spread over this many ranks)");
   c->add_option("--moe_token_dispatcher_type", m.moe.token_dispatcher,
                 "alltoall | allgather: how tokens reach EP ranks");
-  c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor parallel size (default: as TP)");
+  c->add_option("--expert_tensor_parallel_size", a->etp,
+                "Expert tensor parallel size: as TP (the default) or 1 (MoE parallel folding: whole experts, each TP "
+                "rank routing its own rows; needs --sequence_parallel true)");
   c->add_option("--context_parallel_size", a->cp, "Context parallel size (1 in this version)");
   c->add_option("--distributed_timeout_minutes", a->distributed_timeout_minutes,
                 "End the job when a collective waits longer than this (a rank died or hung)");
