@@ -26,16 +26,18 @@ int64_t max_rows(const MoeDims& m) { return TokenDispatcher::max_rows(m.Tr, m.K,
 bool experts_partial(const MoeDims& m) { return m.tp_partial && !m.own_rows; }
 
 // The rows this rank routes: [begin, begin + n) of the layer's T (all of them, or under folding
-// its sequence-parallel share, the padding rows past T left out) and the router's view of them.
+// its sequence-parallel share, the padding rows past T left out), where they start in the layer's
+// input and output (`at`: begin, or 0 when those hold this rank's rows alone), and the router's
+// view of them.
 struct RoutedRows {
-  int64_t begin = 0, n = 0;
+  int64_t begin = 0, n = 0, at = 0;
   RouterRows router;
 };
 
 RoutedRows routed_rows(const Context& ctx, const MoeDims& m) {
-  if (!m.own_rows) return {0, m.T, {}};
+  if (!m.own_rows) return {0, m.T, 0, {}};
   const int64_t begin = ctx.groups->tp().rank() * m.Tr, n = std::clamp<int64_t>(m.T - begin, 0, m.Tr);
-  return {begin, n, {&ctx.groups->tp(), begin, m.T}};
+  return {begin, n, m.rows_local ? 0 : begin, {&ctx.groups->tp(), begin, m.T}};
 }
 
 // The backward's own temporaries (the shared expert's come after them, in swiglu_mlp_backward).
@@ -78,6 +80,7 @@ void set_tensor_parallel(MoeDims& m, int tp, int64_t own_rows, const MoeTrainOpt
     m.pad_to = o.pad_expert_input_to_capacity ? m.capacity : 0;
   }
   m.tp_partial = !m.own_rows || m.shared_F > 0;
+  m.rows_local = m.own_rows && m.shared_F == 0;
 }
 
 MoeDims moe_dims(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, int64_t T) {
@@ -130,8 +133,8 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   // Carved in carve_moe_saved's order. The routed rows are xr, their outputs go to yr.
   const RoutedRows rr = routed_rows(ctx, m);
   const int64_t n = rr.n;
-  const float* xr = x + rr.begin * D;
-  float* yr = y + rr.begin * D;
+  const float* xr = x + rr.at * D;
+  float* yr = y + rr.at * D;
   s.logits_TE = keep.take<float>(size_t(m.Tr * E)).first(size_t(n * E));
   ops::linear(be, xr, n, w.router, nullptr, s.logits_TE.data());
   const float* bias = has(w.expert_bias) ? w.expert_bias.f32() : nullptr;
@@ -145,7 +148,7 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   s.y_perm = keep.take<float>(size_t(Rmax * D)).first(R * size_t(D));
   s.gu_R2F = keep.take<float>(size_t(Rmax * 2 * F)).first(R * size_t(2 * F));
   s.h_RF = recompute_act ? std::span<float>() : keep.take<float>(size_t(Rmax * F)).first(R * size_t(F));
-  ops::fill(be, y, 0.0f, T * D);  // under folding the other ranks' rows get the shared expert's output only
+  ops::fill(be, y, 0.0f, m.io_rows() * D);  // under folding other ranks' rows get the shared expert's only
   dist::Communicator* ep = expert_group(ctx);
   if (ep && o.token_dispatcher == "allgather") {
     // Every rank's tokens here; the local experts' outputs, weighted, summed back to their owners.
@@ -223,8 +226,8 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
   const int64_t T = m.T, D = m.D, E = m.E, K = m.K, F = m.F;
   const RoutedRows rr = routed_rows(ctx, m);
   const int64_t n = rr.n;
-  const float* xr = x + rr.begin * D;
-  const float* dyr = dy + rr.begin * D;
+  const float* xr = x + rr.at * D;
+  const float* dyr = dy + rr.at * D;
   const TokenDispatcher& disp = *s.disp;
   ArenaScope scope(*ctx.workspace);
   const MoeScratch t = carve_moe_backward_scratch(*ctx.workspace, m);
@@ -273,14 +276,14 @@ void moe_layer_backward(const Context& ctx, const ModelConfig& c, const MoeTrain
   router_train_backward(be, o, s.logits_TE.data(), n, E, K, c.moe_router_pre_softmax, b.cu_seqlens, rr.router, s.router,
                         t.dweight_TK.data(), aux_scale, t.dlogits_TE.data());
   ops::linear_backward_weight(be, t.dlogits_TE.data(), xr, n, E, D, g.router.f32());
-  if (m.own_rows) ops::fill(be, dx, 0.0f, T * D);  // the other ranks' rows: the shared expert's part only
-  ops::linear_backward_input(be, t.dlogits_TE.data(), n, w.router.f32(), E, D, dx + rr.begin * D, false);
+  if (m.own_rows) ops::fill(be, dx, 0.0f, m.io_rows() * D);  // other ranks' rows: the shared expert's part only
+  ops::linear_backward_input(be, t.dlogits_TE.data(), n, w.router.f32(), E, D, dx + rr.at * D, false);
   // Under TP the experts' (split over ETP = TP) and the shared expert's input gradients are partial
   // sums: they gather in their own buffer, summed over TP once, then join the router's and the
   // gate's (whole already). Whole experts (folding) add theirs to this rank's rows directly.
   float* dxp = m.tp_partial ? t.dx_partial_TD.data() : dx;
   if (m.tp_partial) ops::fill(be, dxp, 0.0f, T * D);
-  float* dxe = (experts_partial(m) ? dxp : dx) + rr.begin * D;
+  float* dxe = (experts_partial(m) ? dxp : dx) + rr.at * D;
   if (dx_experts.empty()) disp.permute_backward_add(t.dx_perm.data(), D, dxe);
   else ops::add(be, dxe, dx_experts.data(), n * D);
 
