@@ -123,18 +123,27 @@ moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world, int num
         "--context_parallel_size {} with --moe_router_load_balancing_type seq_aux_loss: the per-sequence balancing "
         "loss over sequences split across CP ranks is not implemented yet; use aux_loss (or a coefficient of 0)",
         l.cp);
-  // Every TP rank routes every token (with sequence parallelism too: the MoE layer reads the
-  // gathered rows), so experts split like the dense layers (ETP = TP, Megatron's default) and
-  // never over EP as well (Megatron's dispatcher over the folded TP x EP group is not written yet).
-  if (l.tp > 1 && l.ep > 1)
+  // MoE parallel folding routes each TP rank's rows of the sequence; with CP those rows would be a
+  // TP share of a CP share, which the router's row ranges do not describe yet.
+  if (l.cp > 1 && l.tp > 1 && l.etp != l.tp)
     moe::throw_input(
-        "--tensor_model_parallel_size {} with --expert_model_parallel_size {}: tensor and expert parallelism "
-        "together (the dispatcher over the folded TP x EP group) are not implemented yet; use one of them",
-        l.tp, l.ep);
-  if (l.etp != l.tp)
+        "--context_parallel_size {} with --tensor_model_parallel_size {} and --expert_tensor_parallel_size {}: context "
+        "parallelism with MoE parallel folding is not implemented yet (leave --expert_tensor_parallel_size out)",
+        l.cp, l.tp, l.etp);
+  // Megatron's rule: tensor with expert parallelism (or experts not split like the dense layers)
+  // needs sequence parallelism, each TP rank routing its own rows of the sequence.
+  if (l.tp > 1 && (l.ep > 1 || l.etp != l.tp) && !a.sequence_parallel)
     moe::throw_input(
-        "--expert_tensor_parallel_size {} with --tensor_model_parallel_size {}: expert tensor parallelism other than "
-        "TP is not implemented yet (leave the flag out: it defaults to TP, as in Megatron)",
+        "--tensor_model_parallel_size {} with --expert_model_parallel_size {} (--expert_tensor_parallel_size {}) needs "
+        "--sequence_parallel true: each TP rank routes its own rows of the sequence, as Megatron requires",
+        l.tp, l.ep, l.etp);
+  // Experts split like the dense layers (ETP = TP, Megatron's default: every TP rank routes every
+  // token, the EP group holds one TP rank's slices), or MoE parallel folding with ETP 1 (whole
+  // experts, each TP rank routing its own rows over the EP group).
+  if (l.etp != l.tp && l.etp != 1)
+    moe::throw_input(
+        "--expert_tensor_parallel_size {} with --tensor_model_parallel_size {}: expert tensor parallelism is "
+        "implemented as TP (leave the flag out) or 1 (MoE parallel folding)",
         l.etp, l.tp);
   if (const auto& d = a.m.moe.token_dispatcher; d != "alltoall" && d != "allgather")
     moe::throw_input("--moe_token_dispatcher_type {}: not one of alltoall (the default), allgather", d);
@@ -577,7 +586,8 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--tensor_model_parallel_size", a->tp,
                 "Tensor parallel size (heads, query groups and MLP widths split)");
   c->add_option("--sequence_parallel", a->sequence_parallel,
-                "Sequence parallelism with TP > 1: norms and residuals on 1/TP of the tokens (true|false)");
+                "Sequence parallelism with TP > 1: norms and residuals on 1/TP of the tokens (true|false; needed with "
+                "expert parallelism)");
   c->add_option("--pipeline_model_parallel_size", a->pp, "Pipeline parallel size (stages of layers, 1F1B schedule)");
   c->add_option("--decoder_first_pipeline_num_layers", a->first_stage_layers,
                 "Layers of the first pipeline stage (default: an even split)");
@@ -590,7 +600,9 @@ void add_command(CLI::App& root, bool pretrain) {
   c->add_option("--expert_model_parallel_size", a->ep, "Expert parallel size (experts spread over this many ranks)");
   c->add_option("--moe_token_dispatcher_type", m.moe.token_dispatcher,
                 "alltoall | allgather: how tokens reach EP ranks");
-  c->add_option("--expert_tensor_parallel_size", a->etp, "Expert tensor parallel size (default: as TP)");
+  c->add_option("--expert_tensor_parallel_size", a->etp,
+                "Expert tensor parallel size: as TP (the default) or 1 (MoE parallel folding: whole experts, each TP "
+                "rank routing its own rows; needs --sequence_parallel true)");
   c->add_option("--context_parallel_size", a->cp,
                 "Context parallel size: every sequence's tokens split over this many ranks (Megatron's load-balanced "
                 "causal split; attention gathers the keys and values)");

@@ -204,6 +204,25 @@ void causal_attention(const Backend& b, const AttentionShape& s, const float* q,
 
 int64_t router_capacity(int64_t T, int64_t E, int64_t K, double factor) { return k::router_capacity(T, E, K, factor); }
 
+double router_route(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,
+                    float* probs, int32_t* selected, float* selected_weight, int32_t* expert, float* weight,
+                    int64_t* load) {
+  cpu_only(b, "router_route");
+  return k::router_route(o, logits, T, bias, probs, selected, selected_weight, expert, weight, load);
+}
+
+void router_seq_loads(const Backend& b, const int32_t* expert, int64_t T, int64_t K, int64_t E, const int32_t* cu,
+                      int64_t S, int64_t row_begin, double* seq_load) {
+  cpu_only(b, "router_seq_loads");
+  k::router_seq_loads(expert, T, K, E, cu, S, row_begin, seq_load);
+}
+
+double router_balancing_loss(const Backend& b, const RouterOptions& o, const float* probs, int64_t T, const int32_t* cu,
+                             int64_t S, const int64_t* load, const double* seq_load) {
+  cpu_only(b, "router_balancing_loss");
+  return k::router_balancing_loss(o, probs, T, cu, S, load, seq_load);
+}
+
 RouterLosses router_forward(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,
                             const int32_t* cu, int64_t S, float* probs, int32_t* selected, float* selected_weight,
                             int32_t* expert, float* weight, int64_t* load) {
@@ -211,18 +230,14 @@ RouterLosses router_forward(const Backend& b, const RouterOptions& o, const floa
   return k::router_forward(o, logits, T, bias, cu, S, probs, selected, selected_weight, expert, weight, load);
 }
 
-double router_aux_loss(const Backend& b, const float* probs, const int64_t* load, int64_t T, int64_t E, int64_t K,
-                       double coeff) {
-  cpu_only(b, "router_aux_loss");
-  return k::router_aux_loss(probs, load, T, E, K, coeff);
-}
 
 void router_backward(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const int32_t* cu,
                      int64_t S, const float* probs, const int32_t* selected, const float* selected_weight,
-                     const int32_t* expert, const int64_t* load, const float* dweight, float loss_scale,
-                     float* dlogits) {
+                     const int32_t* expert, const int64_t* load, const double* seq_load, const float* dweight,
+                     float loss_scale, float* dlogits) {
   cpu_only(b, "router_backward");
-  k::router_backward(o, logits, T, cu, S, probs, selected, selected_weight, expert, load, dweight, loss_scale, dlogits);
+  k::router_backward(o, logits, T, cu, S, probs, selected, selected_weight, expert, load, seq_load, dweight, loss_scale,
+                     dlogits);
 }
 
 void router_topk(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,

@@ -75,20 +75,25 @@ void causal_attention(const Backend& b, const AttentionShape& s, const float* q_
 
 // --- MoE
 // The router's maths (kernels/cpu/router.h): scores, top-k (with the selection-only expert
-// bias), capacity drop, loads and losses forward; the gradient to the logits backward.
+// bias), capacity drop, loads and losses forward; the gradient to the logits backward. The
+// forward in two halves around the loads (router_route, router_balancing_loss) for a micro-batch
+// whose rows several ranks route, or whole (router_forward).
 int64_t router_capacity(int64_t T, int64_t E, int64_t K, double factor);
+double router_route(const Backend& b, const RouterOptions& o, const float* logits_TE, int64_t T,
+                    const float* expert_bias_E, float* probs_TE, int32_t* selected_TK, float* selected_weight_TK,
+                    int32_t* expert_TK, float* weight_TK, int64_t* load_E);
+void router_seq_loads(const Backend& b, const int32_t* expert_TK, int64_t T, int64_t K, int64_t E,
+                      const int32_t* cu_seqlens, int64_t S, int64_t row_begin, double* seq_load_SE);
+double router_balancing_loss(const Backend& b, const RouterOptions& o, const float* probs_TE, int64_t T,
+                             const int32_t* cu_seqlens, int64_t S, const int64_t* load_E, const double* seq_load_SE);
 RouterLosses router_forward(const Backend& b, const RouterOptions& o, const float* logits_TE, int64_t T,
                             const float* expert_bias_E, const int32_t* cu_seqlens, int64_t S, float* probs_TE,
                             int32_t* selected_TK, float* selected_weight_TK, int32_t* expert_TK, float* weight_TK,
                             int64_t* load_E);
-// The switch loss alone (router_forward computes it with its own loads; a micro-batch split over
-// ranks needs the whole micro-batch's): coeff E / (K T^2) sum_e load_e sum_t p_te.
-double router_aux_loss(const Backend& b, const float* probs_TE, const int64_t* load_E, int64_t T, int64_t E, int64_t K,
-                       double coeff);
 void router_backward(const Backend& b, const RouterOptions& o, const float* logits_TE, int64_t T,
                      const int32_t* cu_seqlens, int64_t S, const float* probs_TE, const int32_t* selected_TK,
                      const float* selected_weight_TK, const int32_t* expert_TK, const int64_t* load_E,
-                     const float* dweight_TK, float loss_scale, float* dlogits_TE);
+                     const double* seq_load_SE, const float* dweight_TK, float loss_scale, float* dlogits_TE);
 void router_topk(const Backend& b, const RouterOptions& o, const float* logits_TE, int64_t T,
                  const float* expert_bias_E, int32_t* expert_TK, float* weight_TK);
 // The expert-sorted row map of a routing (see kernels/cpu/permute.h); returns the rows R.

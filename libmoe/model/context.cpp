@@ -39,6 +39,14 @@ void seq_take_rows(const Context& ctx, const float* full, int64_t T, int64_t D, 
   ops::fill(ctx.backend, local + n * D, 0.0f, (ts - n) * D);
 }
 
+bool moe_routes_own_rows(const Context& ctx) {
+  if (tp_size(ctx) == 1 || ctx.groups->layout().etp == tp_size(ctx)) return false;
+  MOE_ASSERT(ctx.groups->layout().etp == 1 && sequence_parallel(ctx),
+             "expert tensor parallelism {} under tensor parallelism {} needs ETP 1 and sequence parallelism",
+             ctx.groups->layout().etp, tp_size(ctx));
+  return true;
+}
+
 Context single_process_context(const ModelConfig& c) {
   const ShardSpec spec = single_process_spec(c);
   return {Backend{}, spec.local_shapes(0, 0, 0),

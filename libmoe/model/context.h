@@ -50,6 +50,12 @@ void seq_reduce_scatter(const Context& ctx, float* full, int64_t T, int64_t D, f
 // This rank's rows of an activation every TP rank holds whole (`full`: T rows), zero past T.
 void seq_take_rows(const Context& ctx, const float* full, int64_t T, int64_t D, float* local);
 
+// MoE parallel folding with expert tensor parallelism 1 under TP > 1 (sequence parallelism on, as
+// Megatron requires): each TP rank routes its own Ts rows and runs whole experts, exchanging
+// tokens over the EP group, while the dense layers and the shared expert stay tensor-parallel.
+// False with one TP rank or with the experts split over ETP = TP.
+bool moe_routes_own_rows(const Context& ctx);
+
 // A one-process CPU context for `c`.
 Context single_process_context(const ModelConfig& c);
 

@@ -48,6 +48,7 @@ struct MoeSaved {
 // The sizes a MoE layer's arenas are planned from.
 struct MoeDims {
   int64_t T = 0, D = 0, E = 0, K = 0, F = 0;
+  int64_t Tr = 0;        // the rows routed to the experts: T, or this rank's share when own_rows
   int64_t shared_F = 0;  // 0: no shared expert
   bool shared_gate = false;
   int64_t capacity = 0, pad_to = 0;  // router capacity (0: dropless), padded rows per expert
@@ -55,9 +56,19 @@ struct MoeDims {
   // partial sums, all-reduced before the routing weights and the gate apply; the backward sums
   // their input gradients in a buffer of its own (T x D) before adding the router's.
   bool tp_partial = false;
+  // MoE parallel folding (moe_routes_own_rows): the layer routes only this rank's Tr rows to
+  // whole experts; only the shared expert is partial. With a shared expert it reads the T gathered
+  // rows (the shared expert runs on all of them); without one, nothing needs them: its input and
+  // output (and their gradients) are this rank's Tr rows alone (rows_local), as Megatron's.
+  bool own_rows = false, rows_local = false;
+  // The rows the layer's input and output hold.
+  int64_t io_rows() const { return rows_local ? Tr : T; }
 };
 MoeDims moe_dims(int64_t T, int64_t D, int64_t E, int64_t K, int64_t F, int64_t shared_F, bool shared_gate,
                  const MoeTrainOptions& o);
+// Under tensor parallelism (tp > 1): the experts split over ETP = TP, or with folding (own_rows >
+// 0: the rows this rank routes) whole; the shared expert splits over TP either way.
+void set_tensor_parallel(MoeDims& m, int tp, int64_t own_rows, const MoeTrainOptions& o);
 MoeDims moe_dims(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, int64_t T);
 // What the forward keeps, carved in its order (also run on a measuring arena to size it).
 void carve_moe_saved(Arena& keep, const MoeDims& m, bool recompute_act);
@@ -65,8 +76,10 @@ void carve_moe_saved(Arena& keep, const MoeDims& m, bool recompute_act);
 size_t moe_forward_scratch_bytes(const MoeDims& m, bool recompute_act);
 size_t moe_backward_scratch_bytes(const MoeDims& m, bool recompute_act);
 
-// x_TD: normalised input; y_TD overwritten. The router routes with w.expert_bias when the
-// model has one.
+// x_TD: normalised input, y_TD overwritten, MoeDims::io_rows() rows each. The router routes with
+// w.expert_bias when the model has one. With folding and a shared expert x_TD is the TP group's
+// gathered rows and only this rank's rows of y_TD hold the routed experts' output (the others: the
+// shared expert's alone), and in the backward likewise for dx_TD's routed part.
 void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, const MoeWeights& w,
                        const float* x_TD, const Batch& b, bool recompute_act, Arena& keep, MoeSaved& acts, float* y_TD);
 // Standalone (tests, tools): the kept activations in an arena of `acts`' own, the temporaries in

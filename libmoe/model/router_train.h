@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "dist/communicator.h"
 #include "kernels/backend.h"
 #include "model/router.h"
 
@@ -33,18 +34,25 @@ struct RouterSaved {
   std::span<float> selected_weight_TK;
   std::span<int32_t> expert_TK;  // what runs: dropped (token, slot) pairs have expert -1, weight 0
   std::span<float> weight_TK;
-  std::span<int64_t> tokens_per_expert;  // [E], after dropping: the whole micro-batch's under a RouterSplit
+  std::span<int64_t> tokens_per_expert;  // [E], after dropping, over the whole micro-batch
+  std::vector<double> seq_load_SE;       // seq_aux_loss: the sequences' loads over the whole micro-batch
   int64_t capacity = 0;                  // 0 when dropless
-  double aux_loss = 0, z_loss = 0;       // this layer's losses, coefficients applied (a split's share)
+  double aux_loss = 0, z_loss = 0;       // this layer's losses, coefficients applied (see RouterRows)
 };
 
-// A micro-batch whose tokens are split over ranks (context parallelism): the balancing losses
-// take the whole micro-batch's statistics (Megatron reduces them over the TP x CP group), and each
-// rank's loss is its own tokens' share of the whole loss, so the shares (and their gradients)
-// sum over the ranks to the one-process values.
-struct RouterSplit {
-  int64_t tokens = 0;                           // the whole micro-batch's tokens
-  std::function<void(std::span<int64_t>)> sum;  // sums counts over the ranks, in place
+// The rows one rank routes when a micro-batch's rows are split over a group (sequence parallelism
+// under expert-parallel folding; context parallelism): rows [begin, begin + T) of its `tokens`, the
+// other ranks of `group` routing the rest. The loads, and so the losses, are summed over the group
+// (Megatron all-reduces them over the TP x CP group), so every rank's RouterSaved describes the
+// whole micro-batch while its gradients are those of its own rows. The default: one rank routes all.
+struct RouterRows {
+  dist::Communicator* group = nullptr;
+  int64_t begin = 0, tokens = 0;
+  // The losses RouterSaved reports: summed over the group (the whole micro-batch's, on every rank),
+  // or with keep_shares this rank's share, for a caller that sums its statistics over the group
+  // itself (context parallelism's sum over DP x CP). Context parallelism's rows are not one range
+  // of the micro-batch's sequences, so it leaves `begin` 0 and cannot give seq_aux_loss.
+  bool keep_shares = false;
 };
 
 // What the forward keeps for T tokens over E experts, top-K (the sizes the workspace is planned from).
@@ -52,19 +60,18 @@ RouterSaved carve_router_saved(Arena& keep, int64_t T, int64_t E, int64_t K);
 // Expert capacity under `o` (0: dropless).
 int64_t router_capacity(const MoeTrainOptions& o, int64_t T, int64_t E, int64_t K);
 
-// logits_TE: router logits. cu_seqlens splits the tokens into sequences (seq_aux_loss).
-// expert_bias_E may be null. `saved` is carved from `keep`. `split` (null: none) must give
-// aux_loss or none as the balancing type (seq_aux_loss over split sequences is not written).
+// logits_TE: router logits of T rows (`rows` says which of the micro-batch's). cu_seqlens splits
+// the micro-batch into sequences (seq_aux_loss). expert_bias_E may be null. `saved` is carved from
+// `keep`. A collective over rows.group when it has one.
 void router_train_forward(const Backend& b, const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E,
                           int64_t K, bool pre_softmax, std::span<const int32_t> cu_seqlens, const float* expert_bias_E,
-                          Arena& keep, RouterSaved& saved, const RouterSplit* split = nullptr);
+                          const RouterRows& rows, Arena& keep, RouterSaved& saved);
 
 // dlogits_TE (overwritten) from d(combine weight)_TK plus the losses' gradients, each loss
 // scaled by loss_scale (the step's weighting of this micro-batch's auxiliary losses).
 void router_train_backward(const Backend& b, const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E,
-                           int64_t K, bool pre_softmax, std::span<const int32_t> cu_seqlens, const RouterSaved& saved,
-                           const float* dweight_TK, float loss_scale, float* dlogits_TE,
-                           const RouterSplit* split = nullptr);
+                           int64_t K, bool pre_softmax, std::span<const int32_t> cu_seqlens, const RouterRows& rows,
+                           const RouterSaved& saved, const float* dweight_TK, float loss_scale, float* dlogits_TE);
 
 // Aux-loss-free balancing: bias_e += rate * sign(mean load - load_e), after the optimizer step.
 void update_expert_bias(float* bias_E, std::span<const int64_t> tokens_per_expert, double rate);

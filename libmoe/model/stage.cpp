@@ -109,8 +109,10 @@ void Stage::layer_forward(int i, const Batch& b, const float* x_in, float* x_out
   }
   const std::span<float> h2 = keep_norms ? (a.h2 = saved.take<float>(SD)) : h1;  // h1 is read no more
   ops::rmsnorm(be, x_out, Ts, D, w.pre_mlp_norm.f32(), eps, h2.data());
-  if (sp) seq_all_gather(ctx_, h2.data(), T, D, hf.data());
-  const float* x2 = sp ? hf.data() : h2.data();
+  // A folded MoE layer without a shared expert reads and writes this rank's rows alone.
+  const bool local = w.is_moe && moe_dims(ctx_, cfg_, opt_.moe, T).rows_local;
+  if (sp && !local) seq_all_gather(ctx_, h2.data(), T, D, hf.data());
+  const float* x2 = sp && !local ? hf.data() : h2.data();
   // A branch the backward reruns (selective mlp/moe) runs in the workspace.
   const bool act = keep && has_module(r, "moe_act");
   a.mlp_kept = keep && !has_module(r, w.is_moe ? "moe" : "mlp");
@@ -118,7 +120,7 @@ void Stage::layer_forward(int i, const Batch& b, const float* x_in, float* x_out
   if (w.is_moe) moe_layer_forward(ctx_, cfg_, opt_.moe, w.moe, x2, b, act, branch, a.moe, y.data());
   else swiglu_mlp_forward(ctx_, x2, T, w.mlp.fc1, w.mlp.fc2, branch, a.mlp, y.data(), false, act);
   // fc2 is row-parallel; the MoE layer's output is whole (it reduces its experts' own).
-  yl = reduce_branch(y.data(), T, !w.is_moe, hf.data());
+  yl = local ? y.data() : reduce_branch(y.data(), T, !w.is_moe, hf.data());
   ops::add(be, x_out, yl, Ts * D);
   if (keep && !a.mlp_kept) a.moe = {}, a.mlp = {};
   a.complete = keep;
@@ -162,7 +164,8 @@ void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float
   const std::span<float> hf = sp ? ws.take<float>(FD) : std::span<float>();   // a norm's output, whole
   const std::span<float> dyf = sp ? ws.take<float>(FD) : std::span<float>();  // dx, whole
   const float* x2 = h2;
-  if (sp) seq_all_gather(ctx_, h2, T, D, hf.data()), x2 = hf.data();
+  const bool local = w.is_moe && moe_dims(ctx_, cfg_, opt_.moe, T).rows_local;  // as in layer_forward
+  if (sp && !local) seq_all_gather(ctx_, h2, T, D, hf.data()), x2 = hf.data();
   const bool act = has_module(opt_.recompute, "moe_act");
   if (!a.mlp_kept) {  // selective mlp/moe recompute: rerun the branch's forward now
     const std::span<float> y = ws.take<float>(size_t(T * D));
@@ -172,10 +175,10 @@ void Stage::layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float
   // MLP branch: x_out = x_mid + mlp(norm(x_mid)).
   const std::span<float> dh = ws.take<float>(FD);
   const float* dy = dx;
-  if (sp) seq_all_gather(ctx_, dx, T, D, dyf.data()), dy = dyf.data();
+  if (sp && !local) seq_all_gather(ctx_, dx, T, D, dyf.data()), dy = dyf.data();
   if (w.is_moe) moe_layer_backward(ctx_, cfg_, opt_.moe, w.moe, g.moe, x2, b, a.moe, dy, aux_scale, dh.data());
   else swiglu_mlp_backward(ctx_, x2, T, w.mlp.fc1, w.mlp.fc2, a.mlp, dy, dh.data(), false, g.mlp.fc1, g.mlp.fc2);
-  float* dl = reduce_branch(dh.data(), T, !w.is_moe, dyf.data());  // fc1 is column-parallel
+  float* dl = local ? dh.data() : reduce_branch(dh.data(), T, !w.is_moe, dyf.data());  // fc1 is column-parallel
   ops::rmsnorm_backward(be, a.x_mid.data(), Ts, D, w.pre_mlp_norm.f32(), eps, dl, dl, g.pre_mlp_norm.f32());
   ops::add(be, dx, dl, Ts * D);
   // Attention branch: x_mid = x_in + attn(norm(x_in)).

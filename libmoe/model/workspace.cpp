@@ -33,7 +33,7 @@ Flags flags(const RecomputeOptions& r, bool moe, bool keep) {
 
 MoeDims moe_of(const StageShape& s, const TrainOptions& o, int64_t T) {
   MoeDims m = moe_dims(T, s.hidden, s.experts, s.topk, s.moe_ffn, s.shared_ffn, s.shared_gate, o.moe);
-  m.tp_partial = s.tp > 1;
+  set_tensor_parallel(m, s.tp, s.moe_own_rows ? s.seq_rows(T) : 0, o.moe);
   return m;
 }
 
@@ -118,15 +118,15 @@ LayerBytes layer_bytes(const StageShape& s, const TrainOptions& o, int64_t T, bo
   }
   if (moe) {
     const MoeDims d = moe_of(s, o, T);
-    const int64_t R = TokenDispatcher::max_rows(T, d.K, d.E, d.capacity, d.pad_to);
+    const int64_t R = TokenDispatcher::max_rows(d.Tr, d.K, d.E, d.capacity, d.pad_to);
     if (d.shared_F > 0) b.mlp_act_out += floats(T * D) + (d.shared_gate ? 2 * floats(T) : 0);
     b.expert_fc1_in = floats(R * D);
     b.expert_fc1_out = floats(R * 2 * d.F);
     b.expert_act_out = f.act ? 0 : floats(R * d.F);
     b.combine = floats(R * D);
     Arena r = Arena::measuring();
-    r.take<float>(size_t(T * d.E));  // router logits
-    carve_router_saved(r, T, d.E, d.K);
+    r.take<float>(size_t(d.Tr * d.E));  // router logits
+    carve_router_saved(r, d.Tr, d.E, d.K);
     TokenDispatcher::carve(r, d.E, R);
     b.router = r.high_water();
     // The parts add up to what carve_moe_saved carves.
@@ -155,6 +155,7 @@ StageShape stage_shape(const Context& ctx, const ModelConfig& c, int begin, int 
   s.shared_ffn = c.moe_shared_expert_intermediate_size, s.shared_gate = c.moe_shared_expert_gate;
   for (int i = begin; i < end; ++i) s.moe_layers.push_back(c.is_moe_layer(i));
   s.tp = tp_size(ctx), s.sequence_parallel = sequence_parallel(ctx), s.cp = cp_size(ctx);
+  s.moe_own_rows = moe_routes_own_rows(ctx);
   if (s.tp > 1) {  // this rank's slices (ShardSpec's local shapes)
     s.ffn = ctx.local.ffn, s.moe_ffn = ctx.local.moe_ffn, s.shared_ffn = ctx.local.shared_ffn;
     s.vocab = ctx.local.vocab_rows;

@@ -30,6 +30,7 @@ struct StageShape {
   int tp = 1;                      // tensor-parallel ranks: widths and vocab rows above are this rank's
   bool sequence_parallel = false;  // with tp > 1: the residual stream's rows split over TP
   int cp = 1;                      // context-parallel ranks: attention gathers keys and values over them
+  bool moe_own_rows = false;       // MoE parallel folding: each TP rank routes its own rows (moe_routes_own_rows)
   // The residual stream's rows on this rank, and the rows of a whole (gathered) activation, for a
   // micro-batch of T tokens (Context's seq_rows / full_rows).
   int64_t seq_rows(int64_t T) const { return sequence_parallel && tp > 1 ? (T + tp - 1) / tp : T; }

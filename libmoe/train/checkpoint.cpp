@@ -349,14 +349,23 @@ void write_rank_file(const fs::path& rank_dir, const model::ModelConfig& c, cons
       if (is_vocab(name)) stored[0] = Vp;
       file_params.push_back({file_name(name), stored, name});
     }
-    // A file's EP rank is the last number of its dir's name (mp_rank_TT[_PPP]_EEE) under EP.
-    int file_ep = 0;
-    if (layout.ep > 1) {
-      const std::string d = rank_dir.filename().string();
-      file_ep = std::stoi(d.substr(d.find_last_of('_') + 1));
-    }
+    // The file's ranks from its dir's name (mp_rank_TT[_PPP][_EEE]). Its dense state goes into the
+    // rank file ShardSpec::merge reads the dense slices from (the first of its TP and PP ranks: EP
+    // rank 0, or under MoE parallel folding the EP rank its TP rank's processes have); the other
+    // files get None there, as Megatron's non-zero DP ranks of the dense optimizer.
+    const std::string d = rank_dir.filename().string();
+    std::vector<int> num;
+    for (size_t at = d.find('_', 3); at != std::string::npos; at = d.find('_', at + 1))
+      num.push_back(std::stoi(d.substr(at + 1)));
+    const int file_tp = num.at(0), file_pp = layout.pp > 1 ? num.at(1) : 0, file_ep = layout.ep > 1 ? num.back() : 0;
+    bool write_dense = false;
+    for (const auto& r : spec.rank_files())
+      if (r.tp == file_tp && r.pp == file_pp) {
+        write_dense = r.ep == file_ep;
+        break;
+      }
     root->set("optimizer",
-              write_distrib_optim(rank_dir, file_params, params, layout, file_ep == 0, opt, lr, o.dtype, p.iteration));
+              write_distrib_optim(rank_dir, file_params, params, layout, write_dense, opt, lr, o.dtype, p.iteration));
     root->set("opt_param_scheduler", scheduler_state(lr, p.iteration));
   } else if (o.save_optim) {
     // torch.optim's state_dict: state keyed by parameter index, one param group; plus the fp32

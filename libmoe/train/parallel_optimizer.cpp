@@ -48,7 +48,9 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
     dense_.refs = all_, experts_.refs.clear();
   } else {
     const auto& l = groups->layout();
-    MOE_ASSERT(l.tp == 1 || l.ep == 1, "tensor with expert parallelism needs sequence parallelism");
+    MOE_ASSERT(l.etp == l.tp || (l.etp == 1 && model.options().sequence_parallel),
+               "expert tensor parallelism {} under tensor parallelism {} needs ETP 1 and sequence parallelism", l.etp,
+               l.tp);
     // The DP x CP, TP and pipeline groups span every rank. Dense gradients are summed over DP x CP
     // (each CP rank's are its tokens'), and the distributed optimizer shards over it (Megatron's
     // data-parallel group with context parallelism); the experts' group, expert-DP, folds CP in.
@@ -58,11 +60,13 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
     if (l.tp > 1) {
       tp_ = &groups->tp();
       spec_ = std::make_unique<model::ShardSpec>(model.config(), l.stage_view(), model::kMakeVocabSizeDivisibleBy);
+      // Under folding each TP rank routes its own rows: its router gradient is a part too.
+      const bool routers = l.etp != l.tp;
       if (model.options().sequence_parallel)
         for (const auto& [name, t] : model.grads()) {
           const bool norm = name == model::names::kFinalNorm || name.ends_with(model::names::kInputNorm) ||
                             name.ends_with(model::names::kPreMlpNorm) || name.ends_with(model::names::kDenseNorm);
-          if (norm) sp_norms_.push_back(name);
+          if (norm || (routers && name.ends_with(model::names::kRouter))) sp_grads_.push_back(name);
         }
     }
     if (l.pp > 1) {
@@ -96,7 +100,7 @@ ParallelOptimizer::ParallelOptimizer(const OptimizerConfig& cfg, model::TrainMod
     MOE_ASSERT(part < layers || part == model::TrainModel::kHeadPart, "{}: layer {} of {}", p.name, part, layers);
     part_params_[part].push_back(p.data);
     const bool held =
-        (emb_ && p.name == tied_name_) || std::find(sp_norms_.begin(), sp_norms_.end(), p.name) != sp_norms_.end();
+        (emb_ && p.name == tied_name_) || std::find(sp_grads_.begin(), sp_grads_.end(), p.name) != sp_grads_.end();
     if (!held) part_grads_[part].push_back(p.grad);
   }
 }
@@ -138,8 +142,10 @@ void ParallelOptimizer::finish_param_gather() const {
 bool ParallelOptimizer::counted_in_norm(const std::string& name) const {
   // Megatron's param_is_not_shared (the tied output copy) and param_is_not_tensor_parallel_duplicate
   // (split, or on TP rank 0).
+  // Experts are never TP duplicates: split over ETP = TP, or whole and different per TP rank under
+  // folding (their copies are the expert-data-parallel ones, which the reduction counts once).
   if (emb_ && name == model::names::kOutput) return false;
-  return !tp_ || tp_->rank() == 0 || spec_->tp_split(name);
+  return !tp_ || tp_->rank() == 0 || spec_->tp_split(name) || model::names::expert_index(name) >= 0;
 }
 
 Tensor ParallelOptimizer::gather_tp(const std::string& name, const float* local, const Shape& local_shape) const {
@@ -151,11 +157,14 @@ Tensor ParallelOptimizer::gather_tp(const std::string& name, const float* local,
   const bool vocab = name == model::names::kEmbedding || name == model::names::kOutput;
   std::string local_name;
   Shape piece;
-  // The whole shape: the piece's dimension that ShardSpec splits times TP.
+  // The whole shape: the piece's dimension that ShardSpec splits times TP (an expert's EP rank
+  // holds it).
+  const int64_t e = model::names::expert_index(name);
+  const int ep = e >= 0 ? int(e / local_experts_) : 0;
   for (size_t d = 0; d < full.size(); ++d) {
     Shape guess = local_shape;
     guess[d] *= tp_->size();
-    if (spec_->local_part(name, guess, 0, 0, 0, &local_name, &piece) && piece == local_shape) {
+    if (spec_->local_part(name, guess, 0, 0, ep, &local_name, &piece) && piece == local_shape) {
       full = guess;
       break;
     }
@@ -170,16 +179,16 @@ Tensor ParallelOptimizer::gather_tp(const std::string& name, const float* local,
 double ParallelOptimizer::reduce_and_clip(double max_norm) {
   // Sum of squares of what this rank holds, counted once over the job: sharded regions count
   // their shard; a replicated region counts once per copy group (the experts once per EP rank).
-  double sharded = 0, dense_rep = 0, expert_rep = 0;
-  if (!sp_norms_.empty()) {  // one all-reduce over TP for every norm's partial gradient
+  double dense_shard = 0, expert_shard = 0, dense_rep = 0, expert_rep = 0;
+  if (!sp_grads_.empty()) {  // one all-reduce over TP for every sequence-parallel partial gradient
     std::vector<float> buf;
-    for (const std::string& n : sp_norms_) {
+    for (const std::string& n : sp_grads_) {
       const Tensor& g = model_.grads().at(n);
       buf.insert(buf.end(), g.f32(), g.f32() + g.numel());
     }
     tp_->all_reduce(buf.data(), int64_t(buf.size()), dist::DataType::kF32, dist::ReduceOp::kSum);
     size_t at = 0;
-    for (const std::string& n : sp_norms_) {
+    for (const std::string& n : sp_grads_) {
       Tensor& g = model_.grads().at(n);
       std::copy_n(buf.begin() + std::ptrdiff_t(at), g.numel(), g.f32());
       at += size_t(g.numel());
@@ -194,23 +203,19 @@ double ParallelOptimizer::reduce_and_clip(double max_norm) {
     const bool bucketed = r->buckets && overlap_.grad_reduce;
     if (bucketed) r->buckets->finish_reduce();  // what the backward did not start yet, then all awaited
     if (r->dist_opt) {
-      sharded += bucketed ? r->dist_opt->shard_sum_of_squares() : r->dist_opt->reduce_gradients();
+      (r == &dense_ ? dense_shard : expert_shard) =
+          bucketed ? r->dist_opt->shard_sum_of_squares() : r->dist_opt->reduce_gradients();
       continue;
     }
     if (r->group && !bucketed)
       r->group->all_reduce(r->grads.data(), int64_t(r->grads.size()), dist::DataType::kF32, dist::ReduceOp::kSum);
     (r == &dense_ ? dense_rep : expert_rep) = grad_sum_of_squares(r->counted);
   }
-  if (world_) {
-    // Over the job: shards are disjoint; every EP rank holds different experts; dense copies are equal.
-    double ep_part[1] = {expert_rep};
-    if (groups_->ep().size() > 1) groups_->ep().all_reduce(ep_part, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
-    world_->all_reduce(&sharded, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
-    expert_rep = ep_part[0];
+  if (world_) {  // shards are disjoint over their group; replicated copies are equal
+    world_->all_reduce(&dense_shard, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
+    if (experts_.dist_opt) experts_.group->all_reduce(&expert_shard, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
   }
-  double total = sharded + dense_rep + expert_rep;
-  if (tp_) tp_->all_reduce(&total, 1, dist::DataType::kF64, dist::ReduceOp::kSum);  // each TP rank its slices
-  if (pp_) pp_->all_reduce(&total, 1, dist::DataType::kF64, dist::ReduceOp::kSum);  // each stage its layers
+  const double total = job_sum_of_squares(dense_shard + dense_rep, expert_shard + expert_rep);
   const double norm = std::sqrt(total);
   const float f = clip_factor(norm, max_norm);
   if (f != 1.0f)
@@ -219,6 +224,20 @@ double ParallelOptimizer::reduce_and_clip(double max_norm) {
       else if (!r->refs.empty()) scale_grads(r->refs, f);
     }
   return norm;
+}
+
+double ParallelOptimizer::job_sum_of_squares(double dense, double experts) const {
+  // Each TP rank its dense slices; each EP rank its experts and each ETP rank their slices (under
+  // folding the EP group spans TP ranks, so experts and dense parts are summed apart); each stage
+  // its layers.
+  if (groups_ && groups_->ep().size() > 1)
+    groups_->ep().all_reduce(&experts, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
+  if (groups_ && groups_->etp().size() > 1)
+    groups_->etp().all_reduce(&experts, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
+  if (tp_) tp_->all_reduce(&dense, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
+  double total = dense + experts;
+  if (pp_) pp_->all_reduce(&total, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
+  return total;
 }
 
 double ParallelOptimizer::params_norm() const {
@@ -231,13 +250,7 @@ double ParallelOptimizer::params_norm() const {
       for (size_t i = 0; i < p.numel; ++i) s += double(p.data[i]) * double(p.data[i]);
     return s;
   };
-  double experts = sum_of_squares(experts_.counted);
-  if (groups_ && groups_->ep().size() > 1)
-    groups_->ep().all_reduce(&experts, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
-  double total = sum_of_squares(dense_.counted) + experts;
-  if (tp_) tp_->all_reduce(&total, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
-  if (pp_) pp_->all_reduce(&total, 1, dist::DataType::kF64, dist::ReduceOp::kSum);
-  return std::sqrt(total);
+  return std::sqrt(job_sum_of_squares(sum_of_squares(dense_.counted), sum_of_squares(experts_.counted)));
 }
 
 bool ParallelOptimizer::step(double lr, double grad_bound) {
@@ -309,15 +322,23 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
     ep->all_gather(experts_.params.data(), gathered.get(), int64_t(n), dist::DataType::kF32);
     experts = gathered.get();
   }
+  // Experts split over ETP = TP are gathered over TP too (every TP rank walks the same experts);
+  // whole ones (folding, ETP 1) came whole over EP.
+  const bool experts_split = tp_ && groups_->layout().etp > 1;
+  auto global_expert = [&](int q, const ParamRef& p) {
+    return model::names::shift_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_));
+  };
   for (int q = 0; q < P; ++q)
     for (const ParamRef& p : experts_.refs) {
       const Tensor& t = model_.params().at(p.name);
       const size_t off = size_t(q) * n + size_t(p.data - experts_.params.data());
-      w.params.emplace(model::names::shift_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_)),
-                       gathered ? Tensor::borrow(t.shape(), DType::F32, experts + off, gathered) : t);
+      const std::string g = global_expert(q, p);
+      if (experts_split) w.params[g] = gather_tp(g, experts + off, t.shape());
+      else w.params.emplace(g, gathered ? Tensor::borrow(t.shape(), DType::F32, experts + off, gathered) : t);
     }
-  if (tp_) {  // every TP rank's slices (EP is 1): the whole tensors, in the model's order on every rank
-    for (const ParamRef& p : all_) w.params[p.name] = gather_tp(p.name, p.data, model_.params().at(p.name).shape());
+  if (tp_) {  // every TP rank's dense slices: the whole tensors, in the model's order on every rank
+    for (const ParamRef& p : dense_.refs)
+      w.params[p.name] = gather_tp(p.name, p.data, model_.params().at(p.name).shape());
   }
   if (!with_optimizer) {
     if (pp_) gather_stages(w);
@@ -336,19 +357,18 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
   }
   w.owned->bind(in_address_order(refs));
   w.owned->set_steps(local_.steps());
-  if (tp_ && local_.has_state()) {
-    for (const auto& key : local_.state_keys())
-      for (const ParamRef& p : all_) {
-        const Tensor t = gather_tp(p.name, local_.state(p.name, key).data(), model_.params().at(p.name).shape());
-        auto dst = w.owned->state(p.name, key);
-        std::copy_n(t.f32(), dst.size(), dst.begin());
-      }
-  } else if (local_.has_state()) {
+  if (local_.has_state()) {
     std::vector<float> mine(n), all(n * size_t(P));
     for (const auto& key : local_.state_keys()) {  // (w.optimizer's keys: the same config)
       for (const ParamRef& p : dense_.refs) {
-        const auto src = local_.state(p.name, key);
-        std::copy(src.begin(), src.end(), w.owned->state(p.name, key).begin());
+        auto dst = w.owned->state(p.name, key);
+        if (tp_) {
+          const Tensor t = gather_tp(p.name, local_.state(p.name, key).data(), model_.params().at(p.name).shape());
+          std::copy_n(t.f32(), dst.size(), dst.begin());
+        } else {
+          const auto src = local_.state(p.name, key);
+          std::copy(src.begin(), src.end(), dst.begin());
+        }
       }
       if (n == 0) continue;
       const auto flat = local_.flat_state(key);  // bound in flat order: the expert region is its tail
@@ -358,10 +378,14 @@ ParallelOptimizer::Whole ParallelOptimizer::whole_state(bool with_optimizer) {
       for (int q = 0; q < P; ++q)
         for (const ParamRef& p : experts_.refs) {
           const size_t off = size_t(q) * n + size_t(p.data - experts_.params.data());
-          const std::string g =
-              model::names::shift_expert(p.name, (ep ? q : 0) * local_experts_ + (ep ? 0 : first_expert_));
+          const std::string g = global_expert(q, p);
           auto dst = w.owned->state(g, key);
-          std::copy_n(all.begin() + std::ptrdiff_t(off), dst.size(), dst.begin());
+          if (experts_split) {
+            const Tensor t = gather_tp(g, all.data() + off, model_.params().at(p.name).shape());
+            std::copy_n(t.f32(), dst.size(), dst.begin());
+          } else {
+            std::copy_n(all.begin() + std::ptrdiff_t(off), dst.size(), dst.begin());
+          }
         }
     }
   }

@@ -4,12 +4,14 @@
 // The model's flat buffers have two regions (model/train_model.h): dense parameters, replicated
 // on every data-parallel and context-parallel rank and reduced over the DP x CP group; and this
 // rank's experts, replicated over the expert-data-parallel group (EDP, which folds CP in) and
-// reduced over it. Under tensor parallelism each
-// rank holds its TP slices; the parameters TP does not split (norms, router, gates) get equal
-// gradients on every TP rank, so nothing is reduced over TP, and the norm counts them once. Each region is stepped by a
-// replicated optimizer or, with --use_distributed_optimizer, by a DistributedOptimizer sharded
-// over its group. The gradient norm is the whole model's (every rank's shard of every region),
-// and a step that would make any rank's weights non-finite is skipped on every rank.
+// reduced over it. Under tensor parallelism each rank holds its TP slices; the parameters TP does
+// not split (norms, router, gates) end with equal gradients on every TP rank (summed over TP first
+// where each rank saw only its rows: the norms under sequence parallelism, the router under MoE
+// parallel folding), and the norm counts them once. Under folding (ETP 1) each TP rank holds whole
+// experts of its own EP rank, reduced over an EDP group of world / (EP x PP) ranks. Each region is
+// stepped by a replicated optimizer or, with --use_distributed_optimizer, by a DistributedOptimizer
+// sharded over its group. The gradient norm is the whole model's (every rank's shard of every
+// region), and a step that would make any rank's weights non-finite is skipped on every rank.
 //
 // Under pipeline parallelism each stage holds its layers: the norm and the skip decision are
 // summed over the pipeline group; with tied embeddings the first stage's embedding and the last
@@ -137,9 +139,12 @@ class ParallelOptimizer {
   dist::Communicator* pp_ = nullptr;
   dist::Communicator* emb_ = nullptr;
   std::string tied_name_;
-  // Sequence parallelism: the norms' weights, whose gradients each TP rank computed from its
-  // rows only (summed over TP before any other reduction, as Megatron's sequence-parallel grads).
-  std::vector<std::string> sp_norms_;
+  // Sequence parallelism: the norms' weights (and under MoE parallel folding the routers'), whose
+  // gradients each TP rank computed from its rows only (summed over TP before any other reduction,
+  // as Megatron's sequence-parallel grads).
+  std::vector<std::string> sp_grads_;
+  // The job's sum over every rank of this rank's counted sums of squares (dense part, experts).
+  double job_sum_of_squares(double dense, double experts) const;
   // The whole model from every stage's part (a collective over the pipeline group).
   void gather_stages(Whole& w) const;
   std::unique_ptr<model::ShardSpec> spec_;

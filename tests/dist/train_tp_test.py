@@ -17,8 +17,8 @@ process, end to end through the CLI:
   under TP2, with the losses of the run that never stopped; a legacy --ckpt_format torch TP2 save
   (with and without the distributed optimizer) resumes under TP2, TP1 x DP2 and one process, the
   same (<= 1e-6: the fp32 masters and moments are merged exactly);
-- bad layouts (heads or query groups not divisible, TP with EP, ETP other than TP) end every rank
-  at start with exit 2 and one line naming the rule and the numbers.
+- bad layouts (heads or query groups not divisible, TP with EP or ETP 1 without sequence
+  parallelism) end every rank at start with exit 2 and one line naming the rule and the numbers.
 Usage: train_tp_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
 import json
 import os
@@ -198,8 +198,8 @@ run(["sft"] + BASE + ["--load", run_dir("legacy_tp2"), "--finetune", "true", "--
 
 # --- bad layouts: one line, exit 2, on every rank, before any work
 BAD = [
-    (4, TP2 + ["--expert_model_parallel_size", "2"], "tensor and expert parallelism together (the dispatcher"),
-    (2, TP2 + ["--expert_tensor_parallel_size", "1"], "--expert_tensor_parallel_size 1 with --tensor_model_parallel_size 2"),
+    (4, TP2 + ["--expert_model_parallel_size", "2"], "needs --sequence_parallel true: each TP rank routes its own rows"),
+    (2, TP2 + ["--expert_tensor_parallel_size", "1"], "needs --sequence_parallel true: each TP rank routes its own rows"),
     (4, ["--tensor_model_parallel_size", "4"], "--tensor_model_parallel_size 4 must divide num_key_value_heads 2"),
     (3, ["--tensor_model_parallel_size", "3", "--global_batch_size", "6"],
      "--tensor_model_parallel_size 3 must divide num_attention_heads 4"),

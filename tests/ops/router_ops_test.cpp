@@ -243,9 +243,12 @@ TEST(Router, AuxLosses) {
       k::router_topk(o, l.data(), T, nullptr, ex.data(), wt.data());
       k::router_tokens_per_expert(ex.data(), T, K, E, load.data());
       const RefRouting r = ref_route(o, widen(l), T, nullptr, cu);
-      const double got = lb == LoadBalancing::AuxLoss ? k::router_aux_loss(p.data(), load.data(), T, E, K, 0.1)
-                                                      : k::router_seq_aux_loss(p.data(), ex.data(), cu.data(),
-                                                                               int64_t(cu.size()) - 1, E, K, 0.1);
+      const int64_t S = int64_t(cu.size()) - 1;
+      std::vector<double> seq_load(static_cast<size_t>(S * E));
+      k::router_seq_loads(ex.data(), T, K, E, cu.data(), S, 0, seq_load.data());
+      const double got = lb == LoadBalancing::AuxLoss
+                             ? k::router_aux_loss(p.data(), load.data(), T, T, E, K, 0.1)
+                             : k::router_seq_aux_loss(p.data(), seq_load.data(), cu.data(), S, 0, T, E, K, 0.1);
       EXPECT_NEAR(got, r.aux, 1e-6 * std::fabs(r.aux) + 1e-12) << dims(T, E, K);
     }
 }
@@ -265,11 +268,13 @@ TEST(Router, AuxLossBackwards) {
     k::router_softmax(l.data(), T, E, p.data(), nullptr);
     k::router_topk(o, l.data(), T, nullptr, ex.data(), wt.data());
     k::router_tokens_per_expert(ex.data(), T, K, E, load.data());
+    std::vector<double> seq_load(static_cast<size_t>(S * E));
+    k::router_seq_loads(ex.data(), T, K, E, cu.data(), S, 0, seq_load.data());
     for (bool seq : {false, true}) {
       OpRow row(seq ? "router_seq_aux_loss" : "router_aux_loss", "bwd (fd)", On::Cpu);
       std::vector<double> dp(static_cast<size_t>(T * E), 0.0);
-      if (seq) k::router_seq_aux_loss_backward(ex.data(), cu.data(), S, E, K, 0.1, 2.0, dp.data());
-      else k::router_aux_loss_backward(load.data(), T, E, K, 0.1, 2.0, dp.data());
+      if (seq) k::router_seq_aux_loss_backward(seq_load.data(), cu.data(), S, 0, T, E, K, 0.1, 2.0, dp.data());
+      else k::router_aux_loss_backward(load.data(), T, T, E, K, 0.1, 2.0, dp.data());
       std::vector<float> g(dp.begin(), dp.end());
       expect_fd(
           std::string(seq ? "seq_aux" : "aux") + dims(T, E, K),
@@ -294,7 +299,7 @@ TEST(Router, AuxLossBackwards) {
     }
     OpRow zrow("router_z_loss", "bwd (fd)", On::Cpu);
     Guarded<float> dl(size_t(T * E), 0.0f);
-    k::router_z_loss_backward(l.data(), T, E, 0.01, 3.0, dl.data());
+    k::router_z_loss_backward(l.data(), T, T, E, 0.01, 3.0, dl.data());
     EXPECT_TRUE(dl.intact());
     RouterOptions oz;
     oz.E = E, oz.K = K, oz.z_loss_coeff = 0.01;
@@ -316,7 +321,7 @@ TEST(Router, ZLoss) {
     RouterOptions o;
     o.E = E, o.K = K, o.z_loss_coeff = 0.01;
     const double want = ref_route(o, widen(l), T, nullptr, {}).z;
-    EXPECT_NEAR(k::router_z_loss(lse.data(), T, 0.01), want, 1e-6 * want) << dims(T, E, K);
+    EXPECT_NEAR(k::router_z_loss(lse.data(), T, T, 0.01), want, 1e-6 * want) << dims(T, E, K);
   }
 }
 
@@ -352,8 +357,10 @@ TEST(Router, ForwardAndBackward) {
       OpRow row("router_forward", "bwd (fd)", On::Cpu);
       const float scale = 1.5f;
       Guarded<float> dl(size_t(T * E), qnan());
+      std::vector<double> seq_load(static_cast<size_t>(S * E));
+      k::router_seq_loads(ex.data(), T, K, E, cu.data(), S, 0, seq_load.data());
       k::router_backward(c.o, l.data(), T, cu.data(), S, probs.data(), sel.data(), sw.data(), ex.data(), load.data(),
-                         dw.data(), scale, dl.data());
+                         seq_load.data(), dw.data(), scale, dl.data());
       EXPECT_TRUE(dl.intact()) << what;
       const auto dwd = widen(dw);
       expect_fd(
@@ -363,6 +370,76 @@ TEST(Router, ForwardAndBackward) {
             return dotv(dwd, r.weight) + scale * (r.aux + r.z);
           },
           widen(l), dl.vec());
+    }
+}
+
+// Sequence parallelism under expert-parallel folding: each rank routes its share of a
+// micro-batch's rows, the loads are summed over the ranks, and the shares' losses add up to the
+// whole micro-batch's while each share's gradient is the whole's on its rows.
+TEST(Router, RowSharesAddUpToTheWhole) {
+  Rng rng(48);
+  for (auto [T, E, K] : kRouterShapes)
+    for (const auto& c : router_cases(T, E, K)) {
+      if (c.o.capacity > 0 || T > 20) continue;  // a capacity is per share (as Megatron's per rank)
+      RouterOptions o = c.o;
+      o.aux_loss_coeff = o.aux_loss_coeff > 0 ? o.aux_loss_coeff : 0.05, o.z_loss_coeff = 0.002;
+      if (o.balancing == LoadBalancing::None) o.balancing = LoadBalancing::SeqAuxLoss;
+      const auto cu = seqs(T);
+      const int64_t S = int64_t(cu.size()) - 1;
+      auto l = randn(size_t(T * E), rng, 2.0), bias = randn(size_t(E), rng, 0.3), dw = randn(size_t(T * K), rng);
+      const float* b = c.bias ? bias.data() : nullptr;
+      std::vector<float> probs(static_cast<size_t>(T * E)), sw(static_cast<size_t>(T * K)),
+          wt(static_cast<size_t>(T * K)), dl(static_cast<size_t>(T * E));
+      std::vector<int32_t> sel(static_cast<size_t>(T * K)), ex(static_cast<size_t>(T * K));
+      std::vector<int64_t> load(static_cast<size_t>(E));
+      std::vector<double> seq_load(static_cast<size_t>(S * E));
+      const auto whole = k::router_forward(o, l.data(), T, b, cu.data(), S, probs.data(), sel.data(), sw.data(),
+                                           ex.data(), wt.data(), load.data());
+      k::router_seq_loads(ex.data(), T, K, E, cu.data(), S, 0, seq_load.data());
+      k::router_backward(o, l.data(), T, cu.data(), S, probs.data(), sel.data(), sw.data(), ex.data(), load.data(),
+                         seq_load.data(), dw.data(), 1.5f, dl.data());
+      OpRow row("router_route", "row shares", On::Cpu);
+      // Two shares as two TP ranks hold them: ceil(T / 2) rows, the second maybe shorter.
+      const int64_t ts = (T + 1) / 2;
+      std::vector<int64_t> share_load(size_t(E), 0);
+      std::vector<double> share_seq(size_t(S * E), 0.0);
+      struct Share {
+        int64_t begin, n;
+        std::vector<float> probs, sw, wt;
+        std::vector<int32_t> sel, ex;
+      };
+      std::vector<Share> shares;
+      double z = 0, aux = 0;
+      for (int64_t begin = 0; begin < T; begin += ts) {
+        Share& h = shares.emplace_back();
+        h.begin = begin, h.n = std::min(ts, T - begin);
+        RouterOptions so = o;
+        so.row_begin = begin, so.total_tokens = T;
+        h.probs.resize(static_cast<size_t>(h.n * E)), h.sw.resize(static_cast<size_t>(h.n * K)),
+            h.wt.resize(static_cast<size_t>(h.n * K));
+        h.sel.resize(static_cast<size_t>(h.n * K)), h.ex.resize(static_cast<size_t>(h.n * K));
+        std::vector<int64_t> ld(static_cast<size_t>(E));
+        std::vector<double> sq(static_cast<size_t>(S * E));
+        z += k::router_route(so, l.data() + begin * E, h.n, b, h.probs.data(), h.sel.data(), h.sw.data(), h.ex.data(),
+                             h.wt.data(), ld.data());
+        k::router_seq_loads(h.ex.data(), h.n, K, E, cu.data(), S, begin, sq.data());
+        for (size_t e = 0; e < ld.size(); ++e) share_load[e] += ld[e];
+        for (size_t i = 0; i < sq.size(); ++i) share_seq[i] += sq[i];
+      }
+      EXPECT_EQ(share_load, load) << c.name << dims(T, E, K);
+      for (Share& h : shares) {
+        RouterOptions so = o;
+        so.row_begin = h.begin, so.total_tokens = T;
+        aux += k::router_balancing_loss(so, h.probs.data(), h.n, cu.data(), S, share_load.data(), share_seq.data());
+        std::vector<float> g(static_cast<size_t>(h.n * E));
+        k::router_backward(so, l.data() + h.begin * E, h.n, cu.data(), S, h.probs.data(), h.sel.data(), h.sw.data(),
+                           h.ex.data(), share_load.data(), share_seq.data(), dw.data() + h.begin * K, 1.5f, g.data());
+        for (size_t i = 0; i < g.size(); ++i)
+          EXPECT_NEAR(g[i], dl[size_t(h.begin * E) + i], 1e-6 + 1e-5 * std::fabs(dl[size_t(h.begin * E) + i]))
+              << c.name << dims(T, E, K) << " row " << h.begin + int64_t(i) / E;
+      }
+      EXPECT_NEAR(aux, whole.aux_loss, 1e-9 + 1e-6 * whole.aux_loss) << c.name << dims(T, E, K);
+      EXPECT_NEAR(z, whole.z_loss, 1e-9 + 1e-6 * whole.z_loss) << c.name << dims(T, E, K);
     }
 }
 
@@ -406,4 +483,5 @@ TEST(RouterCuda, NoTwinYet) {
     no_cuda_twin(op, "bwd (fd)");
   }
   no_cuda_twin("router_z_loss", "bwd (fd)");
+  no_cuda_twin("router_route", "row shares");
 }

@@ -126,81 +126,93 @@ void router_tokens_per_expert(const int32_t* expert_TK, int64_t T, int64_t K, in
     if (expert_TK[i] >= 0) ++counts_E[expert_TK[i]];
 }
 
-double router_aux_loss(const float* probs_TE, const int64_t* load_E, int64_t T, int64_t E, int64_t K, double coeff) {
+double router_aux_loss(const float* probs_TE, const int64_t* load_E, int64_t T, int64_t N, int64_t E, int64_t K,
+                       double coeff) {
   double sum = 0;
   for (int64_t e = 0; e < E; ++e) {
     double pe = 0;
     for (int64_t t = 0; t < T; ++t) pe += probs_TE[t * E + e];
     sum += pe * double(load_E[e]);
   }
-  return coeff * sum * double(E) / (double(K) * double(T) * double(T));
+  return coeff * sum * double(E) / (double(K) * double(N) * double(N));
 }
 
-void router_aux_loss_backward(const int64_t* load_E, int64_t T, int64_t E, int64_t K, double coeff, double scale,
-                              double* dprobs_TE) {
-  const double c = scale * coeff * double(E) / (double(K) * double(T) * double(T));
+void router_aux_loss_backward(const int64_t* load_E, int64_t T, int64_t N, int64_t E, int64_t K, double coeff,
+                              double scale, double* dprobs_TE) {
+  const double c = scale * coeff * double(E) / (double(K) * double(N) * double(N));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t e = 0; e < E; ++e) dprobs_TE[t * E + e] += c * double(load_E[e]);
 }
 
 namespace {
-// Pairs per expert among the kept pairs of tokens [t0, t1).
-void seq_load(const int32_t* expert_TK, int64_t t0, int64_t t1, int64_t K, std::vector<double>& load) {
-  std::fill(load.begin(), load.end(), 0.0);
-  for (int64_t t = t0; t < t1; ++t)
-    for (int64_t k = 0; k < K; ++k)
-      if (int32_t e = expert_TK[t * K + k]; e >= 0) load[size_t(e)] += 1;
+// Sequence q's part of the rows [row_begin, row_begin + T), as row indices local to them.
+std::pair<int64_t, int64_t> seq_rows(const int32_t* cu, int64_t q, int64_t row_begin, int64_t T) {
+  const int64_t t0 = std::clamp<int64_t>(cu[q] - row_begin, 0, T),
+                t1 = std::clamp<int64_t>(cu[q + 1] - row_begin, 0, T);
+  return {t0, std::max(t0, t1)};
 }
 }  // namespace
 
-double router_seq_aux_loss(const float* probs_TE, const int32_t* expert_TK, const int32_t* cu, int64_t S, int64_t E,
-                           int64_t K, double coeff) {
-  double total = 0;
-  std::vector<double> load(static_cast<size_t>(E)), pe(static_cast<size_t>(E));
+void router_seq_loads(const int32_t* expert_TK, int64_t T, int64_t K, int64_t E, const int32_t* cu, int64_t S,
+                      int64_t row_begin, double* seq_load_SE) {
+  std::fill(seq_load_SE, seq_load_SE + S * E, 0.0);
   for (int64_t q = 0; q < S; ++q) {
-    const int64_t t0 = cu[q], t1 = cu[q + 1], L = t1 - t0;
-    if (L == 0) continue;
-    seq_load(expert_TK, t0, t1, K, load);
+    const auto [t0, t1] = seq_rows(cu, q, row_begin, T);
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t k = 0; k < K; ++k)
+        if (int32_t e = expert_TK[t * K + k]; e >= 0) seq_load_SE[q * E + e] += 1;
+  }
+}
+
+double router_seq_aux_loss(const float* probs_TE, const double* seq_load_SE, const int32_t* cu, int64_t S,
+                           int64_t row_begin, int64_t T, int64_t E, int64_t K, double coeff) {
+  double total = 0;
+  std::vector<double> pe(static_cast<size_t>(E));
+  for (int64_t q = 0; q < S; ++q) {
+    const int64_t L = cu[q + 1] - cu[q];
+    const auto [t0, t1] = seq_rows(cu, q, row_begin, T);
+    if (t1 == t0) continue;
     std::fill(pe.begin(), pe.end(), 0.0);
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t e = 0; e < E; ++e) pe[size_t(e)] += probs_TE[t * E + e];
-    for (int64_t e = 0; e < E; ++e) total += load[size_t(e)] * double(E) / double(L * K) * pe[size_t(e)] / double(L);
+    const double* load = seq_load_SE + q * E;
+    for (int64_t e = 0; e < E; ++e) total += load[e] * double(E) / double(L * K) * pe[size_t(e)] / double(L);
   }
   return coeff * total / double(std::max<int64_t>(S, 1));
 }
 
-void router_seq_aux_loss_backward(const int32_t* expert_TK, const int32_t* cu, int64_t S, int64_t E, int64_t K,
-                                  double coeff, double scale, double* dprobs_TE) {
-  std::vector<double> load(static_cast<size_t>(E));
+void router_seq_aux_loss_backward(const double* seq_load_SE, const int32_t* cu, int64_t S, int64_t row_begin, int64_t T,
+                                  int64_t E, int64_t K, double coeff, double scale, double* dprobs_TE) {
   for (int64_t q = 0; q < S; ++q) {
-    const int64_t t0 = cu[q], t1 = cu[q + 1], L = t1 - t0;
-    if (L == 0) continue;
-    seq_load(expert_TK, t0, t1, K, load);
+    const int64_t L = cu[q + 1] - cu[q];
+    const auto [t0, t1] = seq_rows(cu, q, row_begin, T);
+    if (t1 == t0) continue;
     const double c = scale * coeff / double(S) * double(E) / double(L * K) / double(L);
+    const double* load = seq_load_SE + q * E;
     for (int64_t t = t0; t < t1; ++t)
-      for (int64_t e = 0; e < E; ++e) dprobs_TE[t * E + e] += c * load[size_t(e)];
+      for (int64_t e = 0; e < E; ++e) dprobs_TE[t * E + e] += c * load[e];
   }
 }
 
-double router_z_loss(const double* lse_T, int64_t T, double coeff) {
+double router_z_loss(const double* lse_T, int64_t T, int64_t N, double coeff) {
   double z = 0;
   for (int64_t t = 0; t < T; ++t) z += lse_T[t] * lse_T[t];
-  return coeff * z / double(T);
+  return coeff * z / double(N);
 }
 
-void router_z_loss_backward(const float* logits_TE, int64_t T, int64_t E, double coeff, double scale,
+void router_z_loss_backward(const float* logits_TE, int64_t T, int64_t N, int64_t E, double coeff, double scale,
                             float* dlogits_TE) {
   for (int64_t t = 0; t < T; ++t) {
     const float* l = logits_TE + t * E;
     const double lse = lse_row(l, E);
-    const double c = scale * coeff * 2.0 * lse / double(T);
+    const double c = scale * coeff * 2.0 * lse / double(N);
     for (int64_t e = 0; e < E; ++e) dlogits_TE[t * E + e] += float(c * std::exp(double(l[e]) - lse));
   }
 }
 
-RouterLosses router_forward(const RouterOptions& o, const float* logits, int64_t T, const float* bias,
-                            const int32_t* cu, int64_t S, float* probs_TE, int32_t* selected_TK,
-                            float* selected_weight_TK, int32_t* expert_TK, float* weight_TK, int64_t* load_E) {
+double router_route(const RouterOptions& o, const float* logits, int64_t T, const float* bias, float* probs_TE,
+                    int32_t* selected_TK, float* selected_weight_TK, int32_t* expert_TK, float* weight_TK,
+                    int64_t* load_E) {
   const int64_t E = o.E, K = o.K;
   std::vector<double> lse(static_cast<size_t>(T));
   if (o.score == RouterScore::Softmax) {
@@ -221,27 +233,45 @@ RouterLosses router_forward(const RouterOptions& o, const float* logits, int64_t
   std::copy(selected_weight_TK, selected_weight_TK + T * K, weight_TK);
   if (o.capacity > 0) router_drop_over_capacity(expert_TK, weight_TK, T, K, E, o.capacity, o.drop_by_probs);
   router_tokens_per_expert(expert_TK, T, K, E, load_E);
+  return o.z_loss_coeff > 0 ? router_z_loss(lse.data(), T, o.tokens(T), o.z_loss_coeff) : 0.0;
+}
+
+double router_balancing_loss(const RouterOptions& o, const float* probs_TE, int64_t T, const int32_t* cu, int64_t S,
+                             const int64_t* load_E, const double* seq_load_SE) {
+  if (!(o.aux_loss_coeff > 0)) return 0.0;
+  if (o.balancing == LoadBalancing::AuxLoss)
+    return router_aux_loss(probs_TE, load_E, T, o.tokens(T), o.E, o.K, o.aux_loss_coeff);
+  if (o.balancing == LoadBalancing::SeqAuxLoss)
+    return router_seq_aux_loss(probs_TE, seq_load_SE, cu, S, o.row_begin, T, o.E, o.K, o.aux_loss_coeff);
+  return 0.0;
+}
+
+RouterLosses router_forward(const RouterOptions& o, const float* logits, int64_t T, const float* bias,
+                            const int32_t* cu, int64_t S, float* probs_TE, int32_t* selected_TK,
+                            float* selected_weight_TK, int32_t* expert_TK, float* weight_TK, int64_t* load_E) {
   RouterLosses r;
-  if (o.aux_loss_coeff > 0 && o.balancing == LoadBalancing::AuxLoss)
-    r.aux_loss = router_aux_loss(probs_TE, load_E, T, E, K, o.aux_loss_coeff);
-  else if (o.aux_loss_coeff > 0 && o.balancing == LoadBalancing::SeqAuxLoss)
-    r.aux_loss = router_seq_aux_loss(probs_TE, expert_TK, cu, S, E, K, o.aux_loss_coeff);
-  if (o.z_loss_coeff > 0) r.z_loss = router_z_loss(lse.data(), T, o.z_loss_coeff);
+  r.z_loss = router_route(o, logits, T, bias, probs_TE, selected_TK, selected_weight_TK, expert_TK, weight_TK, load_E);
+  std::vector<double> seq_load;
+  if (o.balancing == LoadBalancing::SeqAuxLoss) {
+    seq_load.resize(size_t(S * o.E));
+    router_seq_loads(expert_TK, T, o.K, o.E, cu, S, o.row_begin, seq_load.data());
+  }
+  r.aux_loss = router_balancing_loss(o, probs_TE, T, cu, S, load_E, seq_load.data());
   return r;
 }
 
 void router_backward(const RouterOptions& o, const float* logits, int64_t T, const int32_t* cu, int64_t S,
                      const float* probs_TE, const int32_t* selected_TK, const float* selected_weight_TK,
-                     const int32_t* expert_TK, const int64_t* load_E, const float* dweight_TK, float loss_scale,
-                     float* dl) {
+                     const int32_t* expert_TK, const int64_t* load_E, const double* seq_load_SE,
+                     const float* dweight_TK, float loss_scale, float* dl) {
   const int64_t E = o.E, K = o.K;
   // dp: the gradient with respect to the losses' probabilities, then one backward through the
   // score function, with the combine weights' gradient joined on the way.
   std::vector<double> dp(static_cast<size_t>(T * E), 0.0);
   if (o.aux_loss_coeff > 0 && o.balancing == LoadBalancing::AuxLoss)
-    router_aux_loss_backward(load_E, T, E, K, o.aux_loss_coeff, loss_scale, dp.data());
+    router_aux_loss_backward(load_E, T, o.tokens(T), E, K, o.aux_loss_coeff, loss_scale, dp.data());
   else if (o.aux_loss_coeff > 0 && o.balancing == LoadBalancing::SeqAuxLoss)
-    router_seq_aux_loss_backward(expert_TK, cu, S, E, K, o.aux_loss_coeff, loss_scale, dp.data());
+    router_seq_aux_loss_backward(seq_load_SE, cu, S, o.row_begin, T, E, K, o.aux_loss_coeff, loss_scale, dp.data());
   std::vector<double> ds(static_cast<size_t>(E));
   for (int64_t t = 0; t < T; ++t) {
     const float* l = logits + t * E;
@@ -290,7 +320,7 @@ void router_backward(const RouterOptions& o, const float* logits, int64_t T, con
     }
     if (o.z_loss_coeff > 0) {  // d/dl of coeff · mean_t lse² = coeff · 2 lse softmax / T
       const double lse = lse_row(l, E);
-      const double c = loss_scale * o.z_loss_coeff * 2.0 * lse / double(T);
+      const double c = loss_scale * o.z_loss_coeff * 2.0 * lse / double(o.tokens(T));
       if (o.score == RouterScore::Softmax)
         for (int64_t e = 0; e < E; ++e) g[e] += float(c * p[e]);
       else
