@@ -93,6 +93,9 @@ struct TrainResult {
   int pipeline_stage = 0, pipeline_stages = 1, pipeline_micro_batches = 0, pipeline_chunks = 1;
   double pipeline_compute_s = 0, pipeline_total_s = 0;
   std::vector<double> pipeline_stage_compute_s;  // every stage's compute seconds, in stage order
+  // This rank's peak resident memory when the last iteration ended (before the final evaluation
+  // and checkpoint): what the training steps needed.
+  double train_peak_rss_gib = 0;
 };
 
 // Runs the loop; `model` starts from the loaded or initialised weights.
