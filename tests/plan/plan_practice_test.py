@@ -149,7 +149,8 @@ before = calibrate("first")
 for name, flags, layout in LAYOUTS:
     rc, out, err, save = train(name, flags, 0)
     if rc == 2 and name == "CP2":  # refused as input (exit 2): context parallelism not trained yet
-        print(f"skip {name}: moectl refuses it: {err.strip().splitlines()[-1]}")
+        reason = next((line for line in err.splitlines() if "moectl: error" in line), err.strip()[-300:])
+        print(f"skip {name}: moectl refuses it: {reason}")
         continue
     assert rc == 0, f"{name}: exit {rc}\n{err[-3000:]}"
     measured_mem = memory_lines(out)
