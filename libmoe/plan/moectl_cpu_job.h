@@ -5,7 +5,6 @@
 // layouts under mpirun and compares. The one-process Engine::kMoectlCpu of memory_model.h is the
 // GPU planner's view of the same engine; this one knows ranks.
 #pragma once
-#include <string>
 #include <vector>
 
 #include "dist/parallel_layout.h"
@@ -64,6 +63,7 @@ struct CpuRankTime {
   double step_s = 0;  // the job's step: its slowest rank's
 };
 
+// Every rank's step time; InputError without a positive one-process step time.
 std::vector<CpuRankTime> moectl_cpu_job_time(const model::ModelConfig& c, const CpuJob& job, const CpuRates& r);
 
 }  // namespace moe::plan
