@@ -74,8 +74,6 @@ LAYOUTS = [
      "pp2,vpp2,dp1"),
     ("CP2", ["--context_parallel_size", "2"], "cp2,dp1"),
 ]
-
-
 MEM_LINE = re.compile(r"\[Rank (\d+)\] \(after \d+ iterations\) memory \(MiB\) \| at start: ([\d.]+) \| max rss: ([\d.]+)")
 
 
@@ -112,7 +110,7 @@ ONE_PROCESS_MEMORY = []  # every calibration run's, for the one-process row
 def calibrate(tag):
     """The one-process step time with two processes busy, and the links between two ranks."""
     runs = [start(TRAIN + ["--save", f"{tag}_one{i}"]) for i in range(2)]
-    for i, p in enumerate(runs):
+    for p in runs:
         rc, out, err = finish(p)
         assert rc == 0, f"one-process run: exit {rc}\n{err[-2000:]}"
         ONE_PROCESS_MEMORY.append(memory_lines(out)[0])
