@@ -17,6 +17,7 @@
 #include "model/hf_config.h"
 #include "plan/layout_search.h"
 #include "plan/pipeline_split.h"
+#include "plan_moectl_cpu.h"
 
 namespace moectl {
 
@@ -41,9 +42,14 @@ struct PlanArgs {
       num_experts, moe_ffn_hidden_size, moe_router_topk, moe_shared_expert_intermediate_size;
   std::optional<int64_t> vocab_size;
   bool swiglu = true, untie = true, qk_layernorm = false;
+  // moectl's own CPU engine as an mpirun job (plan_moectl_cpu.h).
+  std::string moectl_cpu_layout;
+  std::optional<double> cpu_step_s, cpu_link_gbps, cpu_latency_ms;
+  int cpu_threads = 1;
+  bool cpu_probe_links = false;
 };
 
-ModelShape shape_from_flags(const PlanArgs& a) {
+moe::model::ModelConfig config_from_flags(const PlanArgs& a) {
   auto need = [](const auto& v, const char* flag) {
     if (!v) moe::throw_input("{} is required when --model is not given (or point --model at a config.json)", flag);
     return *v;
@@ -67,9 +73,45 @@ ModelShape shape_from_flags(const PlanArgs& a) {
   c.qk_layernorm = a.qk_layernorm;
   c.untie_embeddings_and_output_weights = a.untie;
   moe::model::validate_config(c, "model size flags");
-  ModelShape s = ModelShape::from_config(c);
+  return c;
+}
+
+ModelShape shape_from_flags(const PlanArgs& a) {
+  ModelShape s = ModelShape::from_config(config_from_flags(a));
   s.swiglu = a.swiglu;
   return s;
+}
+
+void run_moectl_cpu_plan(const PlanArgs& a) {
+  if (!a.swiglu) moe::throw_input("--moectl_cpu_layout: moectl's engine trains SwiGLU MLPs only (drop --swiglu false)");
+  const moe::model::ModelConfig c = !a.model.empty() ? moe::model::load_hf_config(a.model) : config_from_flags(a);
+  if (a.nnodes < 1 || a.nproc_per_node < 1) moe::throw_input("--nnodes and --nproc_per_node must be >= 1");
+  const int world = a.cluster_given ? int(a.nnodes * a.nproc_per_node) : 0;
+  Recompute rc = Recompute::kSelective;  // moectl pt's default
+  if (!a.recompute.empty() && !parse_recompute(a.recompute, &rc))
+    moe::throw_input("--recompute_granularity '{}': expected none, selective or full", a.recompute);
+  MoectlCpuPlanArgs p;
+  p.layout = parse_layout(a.moectl_cpu_layout, "--moectl_cpu_layout", world, a.mbs.value_or(1), rc);
+  p.layout.sequence_parallel = p.layout.tp > 1 && a.sequence_parallel;
+  if (const std::string bad = p.layout.invalid_reason(); !bad.empty())
+    moe::throw_input("--moectl_cpu_layout {}: {}", a.moectl_cpu_layout, bad);
+  if (world > 0 && p.layout.world() != world)
+    moe::throw_input("--moectl_cpu_layout {} has {} ranks, but --nnodes x --nproc_per_node is {}", a.moectl_cpu_layout,
+                     p.layout.world(), world);
+  p.seq_length = a.seq_length, p.global_batch_size = a.global_batch_size;
+  p.distributed_optimizer = a.dist_opt;
+  if (a.cpu_threads < 1) moe::throw_input("--cpu_threads {}: must be >= 1", a.cpu_threads);
+  p.threads = a.cpu_threads;
+  auto positive = [](const std::optional<double>& v, const char* flag) {
+    if (v && !(*v > 0)) moe::throw_input("{} {}: must be > 0", flag, *v);
+    return v;
+  };
+  p.step_s = positive(a.cpu_step_s, "--cpu_step_s");
+  p.link_gbps = positive(a.cpu_link_gbps, "--cpu_link_gbps");
+  if (a.cpu_latency_ms && !(*a.cpu_latency_ms >= 0))
+    moe::throw_input("--cpu_collective_latency_ms {}: must be >= 0", *a.cpu_latency_ms);
+  p.latency_ms = a.cpu_latency_ms;
+  print_moectl_cpu_plan(c, p);
 }
 
 std::vector<std::string> preset_dirs(const PlanArgs& a) {
@@ -314,6 +356,8 @@ void print_explain(const Candidate& c, const ModelShape& m, const TrainingOption
 }
 
 void run_plan(const PlanArgs& a, bool gpu_given) {
+  if (a.cpu_probe_links) return print_cpu_link_probe();
+  if (!a.moectl_cpu_layout.empty()) return run_moectl_cpu_plan(a);
   ModelShape m;
   if (!a.model.empty()) {
     m = ModelShape::from_config(moe::model::load_hf_config(a.model));
@@ -433,6 +477,20 @@ void add_plan_command(CLI::App& root) {
   c->add_flag("--json", a->json, "Machine-readable output: {\"layouts\": [...], \"best\": index}");
   c->add_option("--explain", a->explain, "Full memory and time breakdown of one LAYOUT");
   c->add_option("--why_not", a->why_not, "Which rule or limit excludes LAYOUT, and what fits instead");
+  c->add_option("--moectl_cpu_layout", a->moectl_cpu_layout,
+                "moectl's own CPU engine training LAYOUT as an mpirun job: each rank's memory growth and step time "
+                "(JSON; --seq_length, --global_batch_size, --micro_batch_size, --recompute_granularity (default "
+                "selective, as moectl pt), --use_distributed_optimizer, --sequence_parallel as for training)");
+  c->add_option("--cpu_step_s", a->cpu_step_s,
+                "Measured seconds per step of the same model and batch on one process, with as many processes busy "
+                "as the layout has ranks: calibrates --moectl_cpu_layout's compute rate (without it: memory only)");
+  c->add_option("--cpu_link_gbps", a->cpu_link_gbps,
+                "Collective payload rate between CPU ranks in GB/s (default 4; --cpu_probe_links measures it)");
+  c->add_option("--cpu_collective_latency_ms", a->cpu_latency_ms,
+                "Fixed cost of one collective between CPU ranks in ms (default 0.05; --cpu_probe_links measures it)");
+  c->add_option("--cpu_threads", a->cpu_threads, "Worker threads per CPU rank (default 1, as under mpirun)");
+  c->add_flag("--cpu_probe_links", a->cpu_probe_links,
+              "Under mpirun: measure this machine's collective latency and bandwidth between the ranks (JSON)");
   c->add_option("--num_layers", a->num_layers, "Model size flag (without --model)");
   c->add_option("--hidden_size", a->hidden_size, "Model size flag");
   c->add_option("--ffn_hidden_size", a->ffn_hidden_size, "Model size flag (dense MLP width)");

@@ -321,6 +321,9 @@ void run(const TrainArgs& a, const CLI::App& cli) {
   const bool same_dir = !a.load.empty() && !a.add_version && moe::normal_path(a.load) == moe::normal_path(save_root);
   if (!same_dir) rdo.inputs = {src};
   moe::train::RunDir::check(save_root, rdo);
+  // Resident memory before the weights exist (binary, MPI, communicators): what the per-rank memory
+  // report counts from.
+  const double rss_at_start_gib = moe::train::current_rss_gib();
   if (has_weights) {
     lm = checkpoint::load_model(src);
   } else {
@@ -471,6 +474,15 @@ void run(const TrainArgs& a, const CLI::App& cli) {
     std::printf("trained %lld iterations (%lld skipped), last loss %.6f; checkpoint: %s\n",
                 static_cast<long long>(r.iterations), static_cast<long long>(r.skipped), r.last_loss,
                 r.last_checkpoint.c_str());
+  if (r.train_peak_rss_gib > 0) {
+    // Every rank's memory, as Megatron's report_memory prints it per rank (resident memory here:
+    // the CPU engine's allocator is the process's); `moectl plan --moectl_cpu_layout` predicts the
+    // difference of the two.
+    std::printf("[Rank %d] (after %lld iterations) memory (MiB) | at start: %.1f | max rss: %.1f\n",
+                world ? world->rank() : 0, static_cast<long long>(r.iterations), rss_at_start_gib * 1024,
+                r.train_peak_rss_gib * 1024);
+    std::fflush(stdout);
+  }
   if (world) {  // where the job's communication time went (rank 0's view)
     const auto ct = moe::dist::collective_times();
     std::string parts;

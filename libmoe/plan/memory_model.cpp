@@ -164,7 +164,10 @@ StageMemory stage_memory(const ModelShape& m, const Layout& l, const TrainingOpt
 MemoryEstimate estimate_memory(const ModelShape& m, const Layout& l, const TrainingOptions& t) {
   if (t.engine == Engine::kMoectlCpu) {
     if (l.world() != 1 || l.ep != 1 || l.etp != 1 || l.vpp != 1)
-      throw_input("layout {}: moectl's CPU engine trains on one process (every parallel size 1)", to_string(l));
+      throw_input(
+          "layout {}: this model of moectl's CPU engine is of one process (every parallel size 1); for an mpirun job "
+          "use moectl plan --moectl_cpu_layout",
+          to_string(l));
     if (t.precision != Precision::kFp32) throw_input("moectl's CPU engine trains in fp32 (pass --bf16 false)");
   }
   MemoryEstimate e;

@@ -65,18 +65,21 @@ MoectlCpuWorking moectl_cpu_working(const ModelShape& m, const Layout& l, const 
   r.head_chunk = double(w.head);
   r.workspace = double(w.scratch) - double(w.head);
 
-  // The kernels' own buffers (kernels/cpu): attention keeps per-thread [L, L] probabilities
-  // (forward P, backward P and dP) for the process's life; the MoE backward briefly adds each
-  // expert block's dh, d[gate; up] (+ the recomputed activation) per thread, or the router's
-  // fp64 probability gradient, whichever is larger.
-  const double T = double(tokens(l, t)), L = double(t.seq_length), threads = std::max(1, t.cpu_threads);
-  r.kernels = threads * 3 * kF * L * L;
-  if (m.num_moe_layers() > 0) {
-    const double E = m.num_experts, F = m.moe_ffn_hidden_size, R = T * m.moe_router_topk;
-    const double experts = threads * std::ceil(R / E) * kF * F * (3 + (l.recompute == Recompute::kSelective ? 1 : 0));
-    r.kernels += std::max(experts, kF64 * T * E);
-  }
+  r.kernels = moectl_cpu_kernel_bytes(tokens(l, t), t.seq_length, std::max(1, t.cpu_threads),
+                                      m.num_moe_layers() > 0 ? m.num_experts : 0, m.moe_router_topk,
+                                      m.moe_ffn_hidden_size, l.recompute == Recompute::kSelective);
   return r;
+}
+
+double moectl_cpu_kernel_bytes(int64_t T, int64_t L, int threads, int64_t experts, int64_t topk, int64_t moe_ffn,
+                               bool selective) {
+  double b = threads * 3 * kF * double(L) * double(L);
+  if (experts > 0) {
+    const double E = double(experts), R = double(T) * double(topk);
+    const double blocks = threads * std::ceil(R / E) * kF * double(moe_ffn) * (3 + (selective ? 1 : 0));
+    b += std::max(blocks, kF64 * double(T) * E);
+  }
+  return b;
 }
 
 }  // namespace moe::plan

@@ -36,4 +36,12 @@ struct MoectlCpuWorking {
 };
 MoectlCpuWorking moectl_cpu_working(const ModelShape& m, const Layout& l, const TrainingOptions& t);
 
+// The kernels' buffers outside the arenas (kernels/cpu) for micro-batches of T tokens in sequences
+// of L: each worker thread's attention [L, L] probabilities (forward P, backward P and dP) for the
+// process's life, and the larger of the MoE backward's per-thread expert-block temporaries (dh,
+// d[gate; up], + the recomputed activation under selective recompute) and the router's fp64
+// probability gradient. `moe_ffn` is this rank's expert width; experts 0: a dense model.
+double moectl_cpu_kernel_bytes(int64_t T, int64_t L, int threads, int64_t experts, int64_t topk, int64_t moe_ffn,
+                               bool selective);
+
 }  // namespace moe::plan

@@ -35,6 +35,15 @@ double peak_rss_gib() {
   return double(u.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
 }
 
+double current_rss_gib() {
+  long pages = 0, resident = 0;
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  const bool ok = std::fscanf(f, "%ld %ld", &pages, &resident) == 2;
+  std::fclose(f);
+  return ok ? double(resident) * double(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0 * 1024.0) : 0;
+}
+
 double round8(double v) {
   if (!std::isfinite(v) || v == 0) return v;
   // Through the decimal text: scaling by a power of ten and back is not exact for large or

@@ -16,6 +16,8 @@ std::string iteration_field(int64_t iteration, int64_t total);
 
 // Peak resident memory of this process in GiB (getrusage's ru_maxrss).
 double peak_rss_gib();
+// Resident memory of this process now, in GiB (/proc/self/statm; 0 where it cannot be read).
+double current_rss_gib();
 
 // `value` rounded to 8 significant digits (the nearest double to that decimal), as swift rounds
 // logged floats; non-finite values pass through.

@@ -467,6 +467,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       win_loss = win_aux = win_z = win_time = 0, win_tokens = win_correct = win_steps = win_train_tokens = 0;
       std::fill(win_load.begin(), win_load.end(), 0);
     }
+    if (iter == train_iters) res.train_peak_rss_gib = peak_rss_gib();
     if (iter == train_iters || (cfg.eval_interval > 0 && iter % cfg.eval_interval == 0)) evaluate(iter);
     if (cfg.save_interval > 0 && iter % cfg.save_interval == 0 && iter != train_iters) save(iter);
     flush_report(iter, loss, lr);

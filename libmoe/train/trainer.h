@@ -102,6 +102,9 @@ struct TrainResult {
   // --overlap_grad_reduce: this rank's gradient buckets whose reduction started during the last
   // step's backward, and all of them.
   int buckets_overlapped = 0, buckets = 0;
+  // This rank's peak resident memory when the last iteration ended (before the final evaluation
+  // and checkpoint): what the training steps needed.
+  double train_peak_rss_gib = 0;
 };
 
 // Runs the loop; `model` starts from the loaded or initialised weights.
