@@ -111,13 +111,7 @@ moe::dist::ParallelLayout parallel_layout(const TrainArgs& a, int world, int num
   auto l = moe::dist::ParallelLayout::from_flags(world, a.tp, a.pp, a.ep, a.etp, a.cp, vpp);
   l.first_stage_layers = a.first_stage_layers, l.last_stage_layers = a.last_stage_layers;
   // Context parallelism splits every sequence's rows over the CP group; attention gathers the
-  // keys and values over it. The trainer cuts micro-batches for one stage only (not the pipeline's
-  // schedule), and the per-sequence balancing loss would need per-sequence loads over CP.
-  if (l.cp > 1 && l.pp > 1)
-    moe::throw_input(
-        "--context_parallel_size {} with --pipeline_model_parallel_size {}: context and pipeline parallelism together "
-        "are not implemented yet; use one of them",
-        l.cp, l.pp);
+  // keys and values over it. The per-sequence balancing loss would need per-sequence loads over CP.
   if (l.cp > 1 && a.m.moe.load_balancing_type == "seq_aux_loss" && a.m.moe.aux_loss_coeff > 0)
     moe::throw_input(
         "--context_parallel_size {} with --moe_router_load_balancing_type seq_aux_loss: the per-sequence balancing "

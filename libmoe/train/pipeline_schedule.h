@@ -4,6 +4,8 @@
 // evaluation. Activations go to the next stage and their gradients back to the previous one
 // point to point over the pipeline group; the trainer calls these on every rank of a pipeline
 // with the same micro-batches (every stage reads the same data, so message sizes are known).
+// Under context parallelism they are the CP rank's rows of them: a pipeline joins the stages of
+// one CP rank (Megatron's), so its stages cut the same rows and exchange those rows' activations.
 #pragma once
 #include <span>
 

@@ -185,7 +185,6 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
   const DataParallel dp(cfg.groups.get());
   ContextParallel cp(cfg.groups.get());
   Pipeline pipe(cfg.groups.get());
-  MOE_ASSERT(cp.size == 1 || !pipe.group, "context parallelism with pipeline parallelism");
   if (cfg.global_batch_size % (cfg.micro_batch_size * dp.size) != 0)
     throw_input(
         "--global_batch_size {} must be a multiple of --micro_batch_size {} x the data-parallel size {} (world size / "
@@ -280,10 +279,11 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
         model.evaluate(cp.view(mb, mb_local));
       }
     }
-    if (pipe.group) {
+    if (pipe.group) {  // every stage of this CP rank's pipeline runs its rows of the same micro-batches
+      std::vector<MicroBatch> staged_local(staged.size());
       std::vector<model::MicroBatchView> views;
       views.reserve(staged.size());
-      for (const auto& m : staged) views.push_back(view(m));
+      for (size_t i = 0; i < staged.size(); ++i) views.push_back(cp.view(staged[i], staged_local[i]));
       const auto per_batch = run_forward(model, *pipe.group, views);
       for (size_t i = 0; i < per_batch.size(); ++i)
         if (counted[i]) st.add(per_batch[i]);
@@ -367,7 +367,7 @@ TrainResult run_training(const TrainerConfig& cfg, model::TrainModel& model, con
       std::vector<model::MicroBatchView> mine;
       std::vector<float> mine_scales;
       for (size_t j = 0; j < mbs.size(); ++j)
-        if (dp.mine(j)) mine.push_back(view(mbs[j])), mine_scales.push_back(loss_scales[j]);
+        if (dp.mine(j)) mine.push_back(cp.view(mbs[j], cp_local[j])), mine_scales.push_back(loss_scales[j]);
       st.add(model.chunks() > 1
                  ? run_interleaved(model, *pipe.group, mine, mine_scales, 1.0f / float(accum), &pipe.times)
                  : run_1f1b(model, *pipe.group, mine, mine_scales, 1.0f / float(accum), &pipe.times));
