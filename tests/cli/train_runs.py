@@ -89,14 +89,23 @@ def dist_model(save, it):
     return {k: v for k, v in dcp_reader.read_checkpoint(it_dir)[0].items() if not k.startswith("optimizer.")}
 
 
-def same_run(ref, got, what, tol=1e-5, weights_at=None, model=dist_model):
-    """Runs `ref` and `got` logged the same losses and grad norms (to `tol` relative) and, with
-    `weights_at`, saved the same weights at that iteration (`model(save, it)` reads them)."""
+def same_run(ref, got, what, tol=1e-5, weights_at=None, model=dist_model, keys=None):
+    """Runs `ref` and `got` logged the same losses and grad norms (to `tol` relative), with `keys`
+    (a compiled regex) also every logged number whose key it matches in the training and
+    evaluation lines, and, with `weights_at`, saved the same weights at that iteration
+    (`model(save, it)` reads them)."""
     import torch
     a, b = train_log(ref), train_log(got)
     check(len(a) == len(b) and len(a) > 0, f"{what}: {len(b)} logged iterations, expected {len(a)}")
     w = worst(a, b)
     check(w <= tol, f"{what}: loss and grad norm per iteration within {tol} (worst {w:.2e})")
+    if keys:
+        ra, rb = log_rows(ref), log_rows(got)
+        pairs = [(k, x[k], y.get(k, float("inf"))) for x, y in zip(ra, rb) for k in x if keys.match(k)]
+        names = sorted({k for k, _, _ in pairs})
+        w = max((rel(u, v) for _, u, v in pairs), default=0.0)
+        check(len(ra) == len(rb) and names, f"{what}: {len(rb)} logged lines, expected {len(ra)}")
+        check(w <= tol, f"{what}: {', '.join(names)} within {tol} (worst {w:.2e})")
     if not weights_at:
         return
     # Relative in L2 over the whole model: Adam turns a gradient that is zero in exact arithmetic
