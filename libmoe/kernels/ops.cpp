@@ -230,7 +230,6 @@ RouterLosses router_forward(const Backend& b, const RouterOptions& o, const floa
   return k::router_forward(o, logits, T, bias, cu, S, probs, selected, selected_weight, expert, weight, load);
 }
 
-
 void router_backward(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const int32_t* cu,
                      int64_t S, const float* probs, const int32_t* selected, const float* selected_weight,
                      const int32_t* expert, const int64_t* load, const double* seq_load, const float* dweight,
