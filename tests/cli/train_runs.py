@@ -93,7 +93,8 @@ def same_run(ref, got, what, tol=1e-5, weights_at=None, model=dist_model, keys=N
     """Runs `ref` and `got` logged the same losses and grad norms (to `tol` relative), with `keys`
     (a compiled regex) also every logged number whose key it matches in the training and
     evaluation lines, and, with `weights_at`, saved the same weights at that iteration
-    (`model(save, it)` reads them)."""
+    (`model(save, it)` reads them). Returns the worst relative difference of the logged numbers and
+    the weights' (None without `weights_at`)."""
     import torch
     a, b = train_log(ref), train_log(got)
     check(len(a) == len(b) and len(a) > 0, f"{what}: {len(b)} logged iterations, expected {len(a)}")
@@ -103,11 +104,11 @@ def same_run(ref, got, what, tol=1e-5, weights_at=None, model=dist_model, keys=N
         ra, rb = log_rows(ref), log_rows(got)
         pairs = [(k, x[k], y.get(k, float("inf"))) for x, y in zip(ra, rb) for k in x if keys.match(k)]
         names = sorted({k for k, _, _ in pairs})
-        w = max((rel(u, v) for _, u, v in pairs), default=0.0)
+        w = max(w, max((rel(u, v) for _, u, v in pairs), default=0.0))
         check(len(ra) == len(rb) and names, f"{what}: {len(rb)} logged lines, expected {len(ra)}")
         check(w <= tol, f"{what}: {', '.join(names)} within {tol} (worst {w:.2e})")
     if not weights_at:
-        return
+        return w, None
     # Relative in L2 over the whole model: Adam turns a gradient that is zero in exact arithmetic
     # but not in rounding (the key bias's: softmax ignores a shift shared by every key) into a full
     # lr step of either sign, so an element-wise measure would compare the rounding of two
@@ -124,3 +125,4 @@ def same_run(ref, got, what, tol=1e-5, weights_at=None, model=dist_model, keys=N
             den += (t.double() ** 2).sum().item()
     d = (num / max(den, 1e-30)) ** 0.5
     check(d <= tol, f"{what}: final weights within {tol} (|dw|/|w| = {d:.2e})")
+    return w, d

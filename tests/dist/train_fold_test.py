@@ -20,97 +20,31 @@ through the CLI:
 - bad layouts: TP with EP without --sequence_parallel, and ETP neither TP nor 1, end every rank at
   start with exit 2 and one line naming the rule.
 Usage: train_fold_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
-import glob
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 
 import torch
 
-MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
-MPIEXEC = sys.argv[4]
-shutil.rmtree(WORK, ignore_errors=True)
-os.makedirs(WORK)
-sys.path.insert(0, os.path.join(SRC, "tests", "parity"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 import hf_model  # noqa: E402
-sys.path.insert(0, os.path.join(SRC, "tests", "cli"))
-import dcp_reader  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "..", "cli"))
+from train_runs import check, run, run_dir, train_log, rel, dist_model  # noqa: E402
+import train_runs  # noqa: E402
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-ENV.pop("NPROC_PER_NODE", None)
-failures = []
+MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
 START = time.time()
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
-
-
-def run(args, np=1, expect=0):
-    cmd = ([MPIEXEC, "-np", str(np), "--oversubscribe"] if np > 1 else []) + [MOECTL] + args
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=WORK, env=ENV, timeout=300)
-    if expect is not None:
-        assert p.returncode == expect, f"np {np} moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr[-3000:]}"
-    return p
-
-
-def run_dir(save):
-    dirs = sorted(glob.glob(os.path.join(WORK, save, "v*")))
-    assert len(dirs) == 1, f"{save}: run dirs {dirs}"
-    return dirs[0]
-
-
-AUX_KEYS = ("load_balancing_loss", "seq_load_balancing_loss", "z_loss", "params_norm")
-
-
-def train_log(save):
-    rows = [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
-    return [[r["loss"], r["grad_norm"]] + [r[k] for k in AUX_KEYS if k in r] for r in rows if "grad_norm" in r]
-
-
-def eval_log(save):
-    rows = [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
-    return [r["eval_loss"] for r in rows if "eval_loss" in r]
-
-
-def dist_model(save, it):
-    """A torch_dist checkpoint's model tensors (global keys) read by the independent reader."""
-    it_dir = os.path.join(run_dir(save), f"iter_{it:07d}")
-    return {k: v for k, v in dcp_reader.read_checkpoint(it_dir)[0].items() if not k.startswith("optimizer.")}
-
-
-def rel(a, b):
-    return abs(a - b) / max(abs(a), abs(b), 1e-30)
+# What a layout must log as one process did: the losses, the auxiliary losses, the params norm and
+# the evaluation loss.
+COMPARED = re.compile(r"^(loss|grad_norm|(seq_)?load_balancing_loss|z_loss|params_norm|eval_loss)$")
 
 
 def same_run(ref, got, what, tol=1e-5):
-    a, b = train_log(ref), train_log(got)
-    check(len(a) == len(b) == ITERS and all(len(x) == len(y) for x, y in zip(a, b)),
-          f"{what}: {len(b)} logged iterations with the same numbers, expected {len(a)}")
-    worst = max((rel(u, v) for x, y in zip(a, b) for u, v in zip(x, y)), default=0.0)
-    check(worst <= tol, f"{what}: loss, grad norm and auxiliary losses per iteration within {tol} (worst {worst:.2e})")
-    ea, eb = eval_log(ref), eval_log(got)
-    if ea or eb:
-        check(len(ea) == len(eb) and all(rel(u, v) <= tol for u, v in zip(ea, eb)),
-              f"{what}: evaluation losses {eb} within {tol} of {ea}")
-    # Relative in L2 over the whole model (train_dp_test.py says why not per element).
-    wa, wb = dist_model(ref, ITERS), dist_model(got, ITERS)
-    check(sorted(wa) == sorted(wb), f"{what}: the checkpoints hold the same tensors")
-    num = den = 0.0
-    for k, t in wa.items():
-        if torch.is_tensor(t) and t.is_floating_point() and k in wb and t.shape == wb[k].shape:
-            num += ((t.double() - wb[k].double()) ** 2).sum().item()
-            den += (t.double() ** 2).sum().item()
-    d = (num / max(den, 1e-30)) ** 0.5
-    check(d <= tol, f"{what}: final weights within {tol} (|dw|/|w| = {d:.2e})")
-    return worst, d
+    return train_runs.same_run(ref, got, what, tol, weights_at=ITERS, keys=COMPARED)
 
 
 # --- models
@@ -237,7 +171,4 @@ for np, flags, msg in BAD:
           f"{' '.join(flags)}: exit 2 with one line naming the rule (exit {p.returncode}): {sorted(lines)[:1]}")
 
 print(f"run time {time.time() - START:.1f} s")
-if failures:
-    print(f"{len(failures)} failure(s)")
-    sys.exit(1)
-print("all MoE parallel folding checks passed")
+train_runs.finish("MoE parallel folding")
