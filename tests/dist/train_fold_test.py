@@ -19,6 +19,9 @@ through the CLI:
   TP2 x EP2 with ETP 1 and 2, with the losses of the run that never stopped;
 - bad layouts: TP with EP without --sequence_parallel, and ETP neither TP nor 1, end every rank at
   start with exit 2 and one line naming the rule.
+- TP2 x PP2 x EP2 (ETP = TP, 8 processes): legacy rank files mp_rank_TT_PPP_EEE with moectl
+  export's names and shapes, loading with torch.load; saved at iteration 2 (legacy and torch_dist)
+  it resumes under EP4 and in one process with the losses of the run that never stopped.
 Usage: train_fold_test.py MOECTL SRC_DIR WORK_DIR MPIEXEC"""
 import json
 import os
@@ -154,6 +157,36 @@ for fmt, dopt, src, src_name in (("torch_dist", "true", FOLD, "TP2 x EP2 ETP1"),
         check(len(resumed) == ITERS - 2 and w <= 1e-6,
               f"{fmt} (distributed optimizer {dopt}): {src_name} saved at 2 -> {name}: losses of iterations "
               f"3..{ITERS} as uninterrupted (worst {w:.1e})")
+
+# --- TP2 x PP2 x EP2 (Megatron's default ETP = TP, 8 processes): its legacy rank files
+# (mp_rank_TT_PPP_EEE) load with torch.load and hold the names and shapes moectl export writes for
+# that layout; saved at iteration 2 in either format, it resumes under EP4 and in one process
+TPE = TP2 + ["--pipeline_model_parallel_size", "2"] + EP(2) + SP
+for fmt in ("torch", "torch_dist"):
+    save = f"tpe_{fmt}"
+    run(["sft"] + BASE + Q3 + TPE + ["--ckpt_format", fmt, "--save", save, "--save_interval", "2"], np=8)
+    if fmt == "torch":
+        run(["export", "--model", q3, "--to_mcore", "true", "--ckpt_format", "torch", "--output_dir", "q3_tpe"] +
+            TPE[:-2])
+        it_dir = os.path.join(run_dir(save), f"iter_{ITERS:07d}")
+        dirs = sorted(os.listdir(it_dir))
+        want = sorted(f"mp_rank_{t:02d}_{p:03d}_{e:03d}" for t in range(2) for p in range(2) for e in range(2))
+        check(dirs == want, f"TP2 x PP2 x EP2 rank dirs: {dirs}")
+        for d in dirs:
+            got = torch.load(os.path.join(it_dir, d, "model_optim_rng.pt"))
+            ref = torch.load(os.path.join(WORK, "q3_tpe", "iter_0000001", d, "model_optim_rng.pt"))
+            shapes = lambda m: {k: tuple(v.shape) for k, v in m["model"].items() if torch.is_tensor(v)}  # noqa: E731
+            check(shapes(got) == shapes(ref) and len(shapes(got)) > 0,
+                  f"{d}: names and shapes as moectl export TP2 PP2 EP2 writes ({len(shapes(got))} tensors)")
+    ck = stopped_at_2(save)
+    for np, flags, name in ((1, [], "one process"), (4, EP(4), "EP4")):
+        out = f"{save}_to_{name.replace(' ', '_')}"
+        run(["sft"] + BASE + ["--ckpt_format", fmt, "--load", ck, "--finetune", "false", "--save", out] + flags, np=np)
+        full, resumed = train_log(save), train_log(out)
+        w = max((rel(u, v) for x, y in zip(full[2:], resumed) for u, v in zip(x[:1], y[:1])), default=1.0)
+        check(len(resumed) == ITERS - 2 and w <= 1e-6,
+              f"{fmt}: TP2 x PP2 x EP2 saved at 2 -> {name}: losses of iterations 3..{ITERS} as uninterrupted "
+              f"(worst {w:.1e})")
 
 # --- bad layouts: one line, exit 2, on every rank, before any work
 BAD = [
