@@ -65,6 +65,16 @@ def run_dir(save):
     return dirs[0]
 
 
+def stopped_at(save, it, last):
+    """A copy of run SAVE's directory as if the run had stopped after saving iteration `it`: the
+    tracker says `it` and the checkpoint of iteration `last` is gone. Returns its path."""
+    dst = os.path.join(WORK, save + "_half", "v0-saved")
+    shutil.copytree(run_dir(save), dst)
+    open(os.path.join(dst, "latest_checkpointed_iteration.txt"), "w").write(str(it))
+    shutil.rmtree(os.path.join(dst, f"iter_{last:07d}"))
+    return dst
+
+
 def log_rows(save):
     return [json.loads(l) for l in open(os.path.join(run_dir(save), "logging.jsonl"))]
 

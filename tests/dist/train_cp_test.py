@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 import hf_model  # noqa: E402
 sys.path.insert(0, os.path.join(HERE, "..", "cli"))
-from train_runs import check, run, run_dir, train_log, rel, same_run  # noqa: E402
+from train_runs import check, run, run_dir, train_log, rel, same_run, stopped_at  # noqa: E402
 import train_runs  # noqa: E402
 
 MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
@@ -88,14 +88,6 @@ check(args.get("world_size") == 4 and args.get("context_parallel_size") == 2 and
 
 
 # --- checkpoints: CP2 saved at iteration 2 resumes in one process, one process saved at 2 under CP2
-def stopped_at_2(save):
-    dst = os.path.join(WORK, save + "_half", "v0-saved")
-    shutil.copytree(run_dir(save), dst)
-    open(os.path.join(dst, "latest_checkpointed_iteration.txt"), "w").write("2")
-    shutil.rmtree(os.path.join(dst, f"iter_{ITERS:07d}"))
-    return dst
-
-
 LAYOUTS = {"one process": (1, []), "CP2": (2, CP2), "TP2 x CP2": (4, TP2 + CP2), "CP2 x PP2": (4, CP2 + PP2)}
 for fmt, src, dst, rank_dirs in (("torch_dist", "CP2", "one process", None), ("torch", "CP2", "one process", 1),
                                  ("torch_dist", "one process", "CP2", None), ("torch", "TP2 x CP2", "one process", 2),
@@ -103,7 +95,7 @@ for fmt, src, dst, rank_dirs in (("torch_dist", "CP2", "one process", None), ("t
     save = f"res_{fmt}_{src.replace(' ', '')}"
     run(["sft"] + BASE + ["--model", q3] + PACKED + LAYOUTS[src][1] + ["--ckpt_format", fmt, "--save", save,
                                                                        "--save_interval", "2"], np=LAYOUTS[src][0])
-    ck = stopped_at_2(save)
+    ck = stopped_at(save, 2, ITERS)
     if rank_dirs:
         want = [f"mp_rank_{t:02d}" for t in range(rank_dirs)]
         check(sorted(os.listdir(os.path.join(ck, "iter_0000002"))) == want,

@@ -36,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 import hf_model  # noqa: E402
 sys.path.insert(0, os.path.join(HERE, "..", "cli"))
-from train_runs import check, run, run_dir, train_log, rel, dist_model  # noqa: E402
+from train_runs import check, run, run_dir, train_log, rel, dist_model, stopped_at  # noqa: E402
 import train_runs  # noqa: E402
 
 MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
@@ -132,22 +132,13 @@ for d in dirs:
 
 
 # --- resharding: TP2 x EP2 saved at iteration 2 resumes under one process, EP4 and TP2 x EP2
-def stopped_at_2(save):
-    src = run_dir(save)
-    dst = os.path.join(WORK, save + "_half", "v0-saved")
-    shutil.copytree(src, dst)
-    open(os.path.join(dst, "latest_checkpointed_iteration.txt"), "w").write("2")
-    shutil.rmtree(os.path.join(dst, f"iter_{ITERS:07d}"))
-    return dst
-
-
 ETP2 = TP2 + EP(2) + SP
 for fmt, dopt, src, src_name in (("torch_dist", "true", FOLD, "TP2 x EP2 ETP1"), ("torch", "true", FOLD, "TP2 x EP2 ETP1"),
                                  ("torch", "false", FOLD, "TP2 x EP2 ETP1"), ("torch", "true", ETP2, "TP2 x EP2 ETP2")):
     save = f"res_{fmt}_{dopt}_{src_name[-4:]}"
     opts = ["--ckpt_format", fmt, "--use_distributed_optimizer", dopt]
     run(["sft"] + BASE + Q2 + src + opts + ["--save", save, "--save_interval", "2"], np=4)
-    ck = stopped_at_2(save)
+    ck = stopped_at(save, 2, ITERS)
     for np, flags, name in ((1, [], "one process"), (4, EP(4), "EP4"), (4, FOLD, "TP2 x EP2 ETP1"),
                             (4, ETP2, "TP2 x EP2 ETP2")):
         out = f"{save}_to_{name.replace(' ', '_')}"
@@ -178,7 +169,7 @@ for fmt in ("torch", "torch_dist"):
             shapes = lambda m: {k: tuple(v.shape) for k, v in m["model"].items() if torch.is_tensor(v)}  # noqa: E731
             check(shapes(got) == shapes(ref) and len(shapes(got)) > 0,
                   f"{d}: names and shapes as moectl export TP2 PP2 EP2 writes ({len(shapes(got))} tensors)")
-    ck = stopped_at_2(save)
+    ck = stopped_at(save, 2, ITERS)
     for np, flags, name in ((1, [], "one process"), (4, EP(4), "EP4")):
         out = f"{save}_to_{name.replace(' ', '_')}"
         run(["sft"] + BASE + ["--ckpt_format", fmt, "--load", ck, "--finetune", "false", "--save", out] + flags, np=np)

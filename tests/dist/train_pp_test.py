@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 import hf_model  # noqa: E402
 sys.path.insert(0, os.path.join(HERE, "..", "cli"))
-from train_runs import check, run, run_dir, log_rows, train_log, rel, same_run, dist_model  # noqa: E402
+from train_runs import check, run, run_dir, log_rows, train_log, rel, same_run, dist_model, stopped_at  # noqa: E402
 import train_runs  # noqa: E402
 
 MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
@@ -175,15 +175,6 @@ for s in range(2):
 
 
 # --- resharding (torch_dist): PP2 saved at iteration 2 -> one process; one process saved at 2 -> PP2
-def stopped_at_2(save):
-    src = run_dir(save)
-    dst = os.path.join(WORK, save + "_half", "v0-saved")
-    shutil.copytree(src, dst)
-    open(os.path.join(dst, "latest_checkpointed_iteration.txt"), "w").write("2")
-    shutil.rmtree(os.path.join(dst, f"iter_{ITERS:07d}"))
-    return dst
-
-
 for model_name, src_np, dst_np, layout in (("qwen3_moe", 2, 1, PP2), ("qwen3_moe", 1, 2, PP2),
                                            ("qwen2 dense, tied embeddings", 2, 1, PP2),
                                            ("qwen2 dense, tied embeddings", 1, 2, PP2), ("qwen3_moe", 2, 1, VPP2),
@@ -192,7 +183,7 @@ for model_name, src_np, dst_np, layout in (("qwen3_moe", 2, 1, PP2), ("qwen3_moe
     save = f"res_{model_name.split()[0]}_np{src_np}_{len(layout)}"
     run(["sft"] + BASE + model + (layout if src_np == 2 else []) + ["--save", save, "--save_interval", "2"],
         np=src_np)
-    ck = stopped_at_2(save)
+    ck = stopped_at(save, 2, ITERS)
     out = f"{save}_to_np{dst_np}"
     run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", out] + (layout if dst_np == 2 else []),
         np=dst_np)
@@ -207,7 +198,7 @@ for model_name, src_np, dst_np, layout in (("qwen3_moe", 2, 1, PP2), ("qwen3_moe
 save = "res_tp2pp2"
 run(["sft"] + BASE + CASES["qwen3_moe"][0] + PP2 + ["--tensor_model_parallel_size", "2", "--save", save,
                                                      "--save_interval", "2"], np=4)
-ck = stopped_at_2(save)
+ck = stopped_at(save, 2, ITERS)
 for np, flags, what in ((4, ["--expert_model_parallel_size", "4"], "EP4"),
                         (4, ["--expert_model_parallel_size", "2", "--pipeline_model_parallel_size", "2"], "PP2 x EP2"),
                         (1, [], "one process")):
@@ -230,7 +221,7 @@ for src_flags, src_name in ((PP2, "PP2"), (uneven, "PP2 with a 1-layer first sta
         dopt_flags = ["--use_distributed_optimizer", str(dopt).lower()]
         run(["sft"] + BASE + CASES["qwen3_moe"][0] + src_flags + dopt_flags +
             ["--ckpt_format", "torch", "--save", save, "--save_interval", "2"], np=2)
-        ck = stopped_at_2(save)
+        ck = stopped_at(save, 2, ITERS)
         check(os.path.exists(os.path.join(ck, "iter_0000002", "mp_rank_00_001", "distrib_optim.pt")) == dopt,
               f"legacy {src_name}: distrib_optim.pt {'beside' if dopt else 'not beside'} each stage's file")
         for dst_np, dst_flags, dst_name in ((2, PP2, "PP2"), (1, [], "one process")):
@@ -253,7 +244,7 @@ for src_np, src_flags, src_name, dsts in (
     run(["sft"] + BASE + CASES["qwen3_moe"][0] + src_flags + ["--use_distributed_optimizer", "true", "--ckpt_format",
                                                               "torch", "--save", save, "--save_interval", "2"],
         np=src_np)
-    ck = stopped_at_2(save)
+    ck = stopped_at(save, 2, ITERS)
     for dst_np, dst_flags, dst_name in dsts:
         out = f"{save}_to_{dst_name.replace(' ', '')}"
         run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", out] + dst_flags, np=dst_np)

@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "parity"))
 import hf_model  # noqa: E402
 sys.path.insert(0, os.path.join(HERE, "..", "cli"))
-from train_runs import check, run, run_dir, train_log, rel, same_run, dist_model, ENV  # noqa: E402
+from train_runs import check, run, run_dir, train_log, rel, same_run, dist_model, ENV, stopped_at  # noqa: E402
 import train_runs  # noqa: E402
 
 MOECTL, SRC, WORK, MPIEXEC = train_runs.setup(sys.argv)
@@ -147,22 +147,13 @@ for t in range(2):
     check(diff < 1e-2, f"mp_rank_{t:02d}: QKV rows are its query group of the one-process model (max diff {diff:.1e})")
 
 # --- resharding: TP2 saved at iteration 2 -> one process; one process saved at 2 -> TP2
-def stopped_at_2(save):
-    src = run_dir(save)
-    dst = os.path.join(WORK, save + "_half", "v0-saved")
-    shutil.copytree(src, dst)
-    open(os.path.join(dst, "latest_checkpointed_iteration.txt"), "w").write("2")
-    shutil.rmtree(os.path.join(dst, f"iter_{ITERS:07d}"))
-    return dst
-
-
 for fmt, src_np, dst_np in (("torch_dist", 2, 1), ("torch_dist", 1, 2), ("torch", 1, 2)):
     if True:
         save = f"res_{fmt}_np{src_np}"
         src_tp = TP2 if src_np == 2 else []
         run(["sft"] + BASE + CASES["qwen3_moe"] + src_tp + ["--ckpt_format", fmt, "--save", save, "--save_interval",
                                                             "2"], np=src_np)
-        ck = stopped_at_2(save)
+        ck = stopped_at(save, 2, ITERS)
         out = f"{save}_to_np{dst_np}"
         run(["sft"] + BASE + ["--load", ck, "--finetune", "false", "--save", out, "--ckpt_format", fmt] +
             (TP2 if dst_np == 2 else []), np=dst_np)
@@ -180,7 +171,7 @@ for dopt in (False, True):
     save = f"res_legacy_tp2_dopt{int(dopt)}"
     run(["sft"] + BASE + CASES["qwen3_moe"] + TP2 + ["--ckpt_format", "torch", "--save", save, "--save_interval", "2",
                                                      "--use_distributed_optimizer", str(dopt).lower()], np=2)
-    ck = stopped_at_2(save)
+    ck = stopped_at(save, 2, ITERS)
     check(sorted(os.listdir(os.path.join(ck, "iter_0000002"))) == ["mp_rank_00", "mp_rank_01"] and
           os.path.exists(os.path.join(ck, "iter_0000002", "mp_rank_01", "distrib_optim.pt")) == dopt,
           f"legacy TP2 (distributed optimizer {dopt}): rank dirs mp_rank_00, mp_rank_01"
