@@ -32,30 +32,33 @@ int64_t read_checkpoint_tracker(const std::string& mcore_dir) {
   return std::stoll(it);
 }
 
+dist::ParallelLayout saved_layout(const fs::path& args_json, int& divisible_by) {
+  dist::ParallelLayout layout;
+  if (!fs::exists(args_json)) return layout;
+  auto aj = nlohmann::json::parse(read_text_file(args_json.string()), nullptr, false);
+  if (aj.is_discarded() || !aj.is_object()) throw_input("{}: not a valid JSON object", args_json.string());
+  try {
+    layout.tp = aj.value("tensor_model_parallel_size", 1), layout.pp = aj.value("pipeline_model_parallel_size", 1);
+    layout.ep = aj.value("expert_model_parallel_size", 1);
+    layout.etp = aj.value("expert_tensor_parallel_size", layout.tp);  // Megatron's default: TP
+    // Uneven pipeline stages as the training run split them (0: even).
+    layout.first_stage_layers = aj.value("decoder_first_pipeline_num_layers", 0);
+    layout.last_stage_layers = aj.value("decoder_last_pipeline_num_layers", 0);
+    divisible_by = aj.value("make_vocab_size_divisible_by", divisible_by);
+  } catch (const nlohmann::json::exception&) {
+    throw_input("{}: the parallel sizes must be integers", args_json.string());
+  }
+  return layout;
+}
+
 McoreReader::McoreReader(const std::string& mcore_dir) : dir_(mcore_dir) {
   const int64_t iteration = read_checkpoint_tracker(mcore_dir);
   char iter_name[32];
   std::snprintf(iter_name, sizeof iter_name, "iter_%07lld", static_cast<long long>(iteration));
   iter_dir_ = dir_ / iter_name;
   config_ = load_hf_config(mcore_dir);
-  dist::ParallelLayout layout;
   int divisible_by = ExportOptions{}.make_vocab_size_divisible_by;
-  const fs::path args_json = dir_ / "args.json";
-  if (fs::exists(args_json)) {
-    auto aj = nlohmann::json::parse(read_text_file(args_json.string()), nullptr, false);
-    if (aj.is_discarded() || !aj.is_object()) throw_input("{}: not a valid JSON object", args_json.string());
-    try {
-      layout.tp = aj.value("tensor_model_parallel_size", 1), layout.pp = aj.value("pipeline_model_parallel_size", 1);
-      layout.ep = aj.value("expert_model_parallel_size", 1);
-      layout.etp = aj.value("expert_tensor_parallel_size", layout.tp);  // Megatron's default: TP
-      // Uneven pipeline stages as the training run split them (0: even).
-      layout.first_stage_layers = aj.value("decoder_first_pipeline_num_layers", 0);
-      layout.last_stage_layers = aj.value("decoder_last_pipeline_num_layers", 0);
-      divisible_by = aj.value("make_vocab_size_divisible_by", divisible_by);
-    } catch (const nlohmann::json::exception&) {
-      throw_input("{}: the parallel sizes must be integers", args_json.string());
-    }
-  }
+  const dist::ParallelLayout layout = saved_layout(dir_ / "args.json", divisible_by);
   spec_ = std::make_unique<ShardSpec>(config_, layout, divisible_by);
   if (detect_checkpoint_format(iter_dir_) == CkptFormat::kTorchDist) dist_ = std::make_unique<DistReader>(iter_dir_);
 }

@@ -31,6 +31,11 @@ using model::ModelConfig;
 using model::ShardSpec;
 using model::WeightRule;
 
+// The parallel layout (and --make_vocab_size_divisible_by into `divisible_by`) that a run's
+// args.json records; a missing file: one rank, `divisible_by` untouched. InputError naming the
+// file when it is not a JSON object or a size is not an integer.
+dist::ParallelLayout saved_layout(const std::filesystem::path& args_json, int& divisible_by);
+
 // A Megatron directory opened for reading: tracker, config.json, the layout from moectl's
 // args.json (a single rank without it) and its rank files, each mapped on first use. After
 // open_all(), lookups only read, so several threads may share it.

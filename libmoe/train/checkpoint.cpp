@@ -8,9 +8,9 @@
 #include <tuple>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include "checkpoint/load_hf.h"
 #include "checkpoint/mcore_export.h"
+#include "checkpoint/mcore_reader.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
@@ -1002,27 +1002,11 @@ ResumeState load_training_state(const std::string& dir, model::TrainModel& m, Op
   std::vector<std::pair<fs::path, int64_t>> files;
   // Saved under TP or PP (the run's args.json tells: per-stage mp_rank_00_PPP dirs look like EP
   // ranks' by name): every rank file's state merged by the saved layout, then cut to this rank's.
-  if (const fs::path aj = fs::path(dir) / "args.json"; fs::exists(aj)) {
-    const auto args = nlohmann::json::parse(read_text_file(aj.string()), nullptr, false);
-    if (args.is_object()) {
-      dist::ParallelLayout saved;
-      int divisible_by = model::kMakeVocabSizeDivisibleBy;
-      try {
-        saved.tp = args.value("tensor_model_parallel_size", 1),
-        saved.pp = args.value("pipeline_model_parallel_size", 1);
-        saved.ep = args.value("expert_model_parallel_size", 1);
-        saved.etp = args.value("expert_tensor_parallel_size", saved.tp);  // Megatron's default: TP
-        saved.first_stage_layers = args.value("decoder_first_pipeline_num_layers", 0);
-        saved.last_stage_layers = args.value("decoder_last_pipeline_num_layers", 0);
-        divisible_by = args.value("make_vocab_size_divisible_by", divisible_by);
-      } catch (const nlohmann::json::exception&) {
-        throw_input("{}: the parallel sizes must be integers", aj.string());
-      }
-      if (saved.tp > 1 || saved.pp > 1) {
-        load_legacy_merged(it_dir, saved, divisible_by, m, opt, load_optim, load_rng, local_name, to_local, rs);
-        return rs;
-      }
-    }
+  int divisible_by = model::kMakeVocabSizeDivisibleBy;
+  if (const dist::ParallelLayout saved = checkpoint::saved_layout(fs::path(dir) / "args.json", divisible_by);
+      saved.tp > 1 || saved.pp > 1) {
+    load_legacy_merged(it_dir, saved, divisible_by, m, opt, load_optim, load_rng, local_name, to_local, rs);
+    return rs;
   }
   if (fs::exists(it_dir / "mp_rank_01") || fs::exists(it_dir / "mp_rank_01_000"))
     throw_input(
