@@ -181,11 +181,31 @@ DistKey dist_key(const model::ModelConfig& c, const std::string& canonical, cons
   return k;
 }
 
+namespace {
+// The TENorm modules of layer `layer` (q/k layernorm, the MoE layer's pre-MLP norm; the input
+// norm and a dense layer's pre-MLP norm are fused into linear_qkv / linear_fc1). TE builds whose
+// RMSNorm is an ops-based module request an `_extra_state` for each; older ones request none. A
+// torch_dist load ignores keys it does not request, so writing them serves both. The legacy
+// format is loaded strictly by module, so only torch_dist gets them.
+std::vector<std::string> te_norm_extra_states(const model::ModelConfig& c, int layer) {
+  const std::string L = model::names::layer(layer);
+  std::vector<std::string> e;
+  if (c.qk_layernorm) {
+    e.push_back(L + "self_attention.q_layernorm._extra_state");
+    e.push_back(L + "self_attention.k_layernorm._extra_state");
+  }
+  if (c.is_moe_layer(layer)) e.push_back(L + "pre_mlp_layernorm._extra_state");
+  return e;
+}
+}  // namespace
+
 std::vector<std::string> dist_extra_state_keys(const model::ModelConfig& c) {
   std::vector<std::string> out;
   const bool homog = homogeneous(c);
-  for (int l = 0; l < c.num_layers; ++l)
-    for (const auto& name : te_extra_states(c, l)) {
+  for (int l = 0; l < c.num_layers; ++l) {
+    std::vector<std::string> names = te_extra_states(c, l);
+    for (auto& n : te_norm_extra_states(c, l)) names.push_back(std::move(n));
+    for (const auto& name : names) {
       const auto [rest, unused] = expert_rest(name.substr(model::names::layer(l).size()));
       const bool expert = rest.rfind("mlp.experts.experts.", 0) == 0;
       for (int64_t e = 0; e < (expert ? c.num_experts : 1); ++e) {
@@ -197,6 +217,8 @@ std::vector<std::string> dist_extra_state_keys(const model::ModelConfig& c) {
                       join(shape, '.'));
       }
     }
+  }
+  out.push_back("decoder.final_layernorm._extra_state/shard_0_1");
   return out;
 }
 

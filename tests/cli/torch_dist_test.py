@@ -141,8 +141,16 @@ def check_torch_dist(mc, hf, dtype):
             fc1 = [k for k in objs if k.startswith("decoder.layers.mlp.experts.experts.linear_fc1._extra_state/")]
             assert len(fc1) == L * E and f"decoder.layers.mlp.experts.experts.linear_fc1._extra_state/shard_{L - 1}." \
                 f"{E - 1}_{L}.{E}" in fc1, fc1[:3]
+        # TENorm modules: q/k layernorm when the family has them, the MoE layer's pre-MLP norm.
+        qk = cfg["model_type"] in ("qwen3", "qwen3_moe")
+        for mod, want_it in (("self_attention.q_layernorm", qk), ("self_attention.k_layernorm", qk),
+                             ("pre_mlp_layernorm", bool(E))):
+            have = sorted(k for k in objs if k.startswith(f"decoder.layers.{mod}._extra_state/"))
+            assert have == (sorted(f"decoder.layers.{mod}._extra_state/shard_{i}_{L}" for i in range(L))
+                            if want_it else []), (mod, have)
     else:
         assert "decoder.layers.0.self_attention.linear_qkv._extra_state/shard_0_1" in objs, sorted(objs)[:4]
+    assert "decoder.final_layernorm._extra_state/shard_0_1" in objs, sorted(objs)[-4:]
     for k, v in objs.items():
         assert isinstance(v, list) and len(v) == 1 and v[0].dtype == torch.uint8 and v[0].numel() == 0, (k, v)
     common = torch.load(os.path.join(it, "common.pt"))
