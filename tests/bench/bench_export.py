@@ -4,9 +4,10 @@
 Writes a synthetic Qwen3-MoE checkpoint of about SIZE_GB bf16 in sharded safetensors (1 GB
 shards + index), then times, each from the same page-cache state:
   cp -r HF CP_COPY                 (the ceiling: coreutils copies file to file in the kernel)
-  moectl export --to_mcore         (HF -> Megatron legacy torch layout, one rank)
+  moectl export --to_mcore         (HF -> Megatron, one rank, in each --formats: torch_dist, torch)
   moectl export --to_hf            (and back, 1GB shards)
-and prints to_mcore/cp and to_hf/cp (throughput ratios, bytes written per second; target >= 0.70)
+and prints to_mcore/cp and to_hf/cp for each format side by side (throughput ratios, bytes written
+per second; target >= 0.70)
 and each export's peak RSS (wait4 ru_maxrss) against 2 x the largest tensor + 256 MiB
 (target <= 1; from /usr/bin/time). The round trip must give back the same tensors, byte for byte.
 
@@ -17,7 +18,8 @@ warm from the same memory state. Each time includes the
 flush of the command's output to disk (fsync of every file it wrote), since a copy that is
 still in dirty pages is not yet on the disk; the times without the flush are printed as well.
 
-Usage: bench_export.py MOECTL [--size_gb 4.5] [--work DIR] [--cache drop|warm] [--keep]"""
+Usage: bench_export.py MOECTL [--size_gb 4.5] [--work DIR] [--cache drop|warm] [--formats torch_dist,torch]
+                       [--keep]"""
 import argparse
 import json
 import os
@@ -33,6 +35,7 @@ ap.add_argument("moectl")
 ap.add_argument("--size_gb", type=float, default=4.5)
 ap.add_argument("--work", default="/tmp/moectl_bench_export")
 ap.add_argument("--keep", action="store_true", help="keep the work directory")
+ap.add_argument("--formats", default="torch_dist,torch", help="Megatron formats to time, comma-separated")
 ap.add_argument("--repeat", type=int, default=3, help="rounds of the three commands; the fastest of each counts")
 ap.add_argument("--cache", choices=["drop", "warm"], help="page cache before each command (default: drop when "
                 "root can, else warm)")
@@ -199,41 +202,51 @@ print(f"page cache: {'dropped' if can_drop else 'kept'} before each command"
       f"{', then its inputs read once (warm)' if warm else ' (inputs read from disk)'}"
       f"; times include fsync of the outputs; fastest of {max(1, args.repeat)} rounds")
 
-# Rounds of cp, to_mcore, to_hf in turn (a shared machine's load comes and goes); the fastest
-# run of each is compared, its peak RSS the largest seen.
-runs = {"cp": [], "to_mcore": [], "to_hf": []}
+# Rounds of cp and each format's to_mcore and to_hf in turn (a shared machine's load comes and
+# goes); the fastest run of each is compared, its peak RSS the largest seen.
+formats = [f for f in args.formats.split(",") if f]
+if not formats or any(f not in ("torch_dist", "torch") for f in formats):
+    sys.exit(f"--formats {args.formats}: give torch_dist, torch or both, comma-separated")
+runs = {"cp": []}
+nbytes_written = {}
 for _ in range(max(1, args.repeat)):
     runs["cp"].append(timed(["cp", "-r", HF, CP], HF, CP))
-    cp_bytes = du(CP)
+    nbytes_written["cp"] = du(CP)
     shutil.rmtree(CP)
-    runs["to_mcore"].append(timed([MOECTL, "export", "--model", HF, "--to_mcore", "true", "--output_dir", MC], HF, MC))
-    mc_bytes = du(MC)
-    runs["to_hf"].append(timed([MOECTL, "export", "--mcore_model", MC, "--to_hf", "true", "--output_dir", BACK,
-                                "--max_shard_size", "1GB"], MC, BACK))
-    hf_bytes = du(BACK)
+    for fmt in formats:
+        runs.setdefault(f"to_mcore {fmt}", []).append(
+            timed([MOECTL, "export", "--model", HF, "--to_mcore", "true", "--ckpt_format", fmt, "--output_dir", MC], HF,
+                  MC))
+        nbytes_written[f"to_mcore {fmt}"] = du(MC)
+        runs.setdefault(f"to_hf {fmt}", []).append(
+            timed([MOECTL, "export", "--mcore_model", MC, "--to_hf", "true", "--output_dir", BACK, "--max_shard_size",
+                   "1GB"], MC, BACK))
+        nbytes_written[f"to_hf {fmt}"] = du(BACK)
+        a, b = tensor_crcs(HF), tensor_crcs(BACK)
+        if a != b:
+            diff = [k for k in set(a) | set(b) if a.get(k) != b.get(k)]
+            sys.exit(f"FAIL round trip through {fmt} changed {len(diff)} tensors, e.g. {sorted(diff)[:3]}")
 print("seconds with flush, per round: " + "; ".join(f"{k} {' '.join(f'{r[1]:.2f}' for r in v)}" for k, v in runs.items()))
 best = {k: (min(r[0] for r in v), min(r[1] for r in v), max(r[2] for r in v)) for k, v in runs.items()}
-cp, mc, hf = best["cp"], best["to_mcore"], best["to_hf"]
-
-a, b = tensor_crcs(HF), tensor_crcs(BACK)
-if a != b:
-    diff = [k for k in set(a) | set(b) if a.get(k) != b.get(k)]
-    sys.exit(f"FAIL round trip changed {len(diff)} tensors, e.g. {sorted(diff)[:3]}")
+cp = best["cp"]
 
 budget = 2 * largest + (256 << 20)
-print(f"{'':10}{'GB written':>11}{'s':>8}{'GB/s':>7}{'s (no flush)':>14}{'GB/s':>7}{'peak RSS MiB':>14}")
-for name, (t_nf, t_f, rss), n in (("cp -r", cp, cp_bytes), ("to_mcore", mc, mc_bytes), ("to_hf", hf, hf_bytes)):
-    print(f"{name:10}{n / 1e9:11.2f}{t_f:8.2f}{n / t_f / 1e9:7.2f}{t_nf:14.2f}{n / t_nf / 1e9:7.2f}{rss / 2**20:14.1f}")
+print(f"{'':20}{'GB written':>11}{'s':>8}{'GB/s':>7}{'s (no flush)':>14}{'GB/s':>7}{'peak RSS MiB':>14}")
+for name, (t_nf, t_f, rss) in best.items():
+    n = nbytes_written[name]
+    print(f"{name:20}{n / 1e9:11.2f}{t_f:8.2f}{n / t_f / 1e9:7.2f}{t_nf:14.2f}{n / t_nf / 1e9:7.2f}{rss / 2**20:14.1f}")
 
 
-def ratio(run, n, i):
-    return (n / run[i]) / (cp_bytes / cp[i])
+def ratio(name, i):
+    return (nbytes_written[name] / best[name][i]) / (nbytes_written["cp"] / cp[i])
 
 
-print(f"to_mcore/cp = {ratio(mc, mc_bytes, 1):.2f}   (without the flush: {ratio(mc, mc_bytes, 0):.2f}; target >= 0.70)")
-print(f"to_hf/cp = {ratio(hf, hf_bytes, 1):.2f}   (without the flush: {ratio(hf, hf_bytes, 0):.2f}; target >= 0.70)")
-print(f"to_mcore peak RSS / (2 x largest tensor + 256 MiB) = {mc[2] / budget:.2f}   (target <= 1)")
-print(f"to_hf peak RSS / (2 x largest tensor + 256 MiB) = {hf[2] / budget:.2f}   (target <= 1)")
-print("round trip: every tensor bit-identical")
+for name in best:
+    if name != "cp":
+        print(f"{name + '/cp':23} = {ratio(name, 1):.2f}   (without the flush: {ratio(name, 0):.2f}; target >= 0.70)")
+for name in best:
+    if name != "cp":
+        print(f"{name} peak RSS / (2 x largest tensor + 256 MiB) = {best[name][2] / budget:.2f}   (target <= 1)")
+print("round trip: every tensor bit-identical, through every format")
 if not args.keep:
     shutil.rmtree(WORK, ignore_errors=True)

@@ -91,3 +91,26 @@ TEST(Gemv, Avx2AgreesWithScalar) {
     for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4 * (1 + std::fabs(a[i])));
   }
 }
+
+TEST(Gemm, TiledAvx512AgreesWithScalar) {
+  if (!cpu_has_avx512()) GTEST_SKIP() << "CPU lacks AVX-512";
+  Rng rng(5);
+  for (DType dt : {DType::F32, DType::BF16, DType::F16})
+    for (int64_t D : {1, 17, 32, 33, 100, 256, 768})
+      for (int64_t T : {9, 13, 24, 200, 400}) {  // every tail of the 6- and 4-token tiles, and several L2 chunks
+        const int64_t N = 23;                    // 5 tiles of 4 rows and 3 single rows
+        Tensor w = random_weight(N, D, dt, rng);
+        std::vector<float> x(size_t(T * D)), a(size_t(T * N)), b(size_t(T * N));
+        for (auto& v : x) v = float(rng.normal());
+        GemvArgs args{x.data(), T, D, w.raw(), dt, a.data(), N, false};
+        gemv_rows_scalar(args, 0, N);
+        args.y = b.data();
+        gemm_rows_avx512(args, 0, 3);
+        gemm_rows_avx512(args, 3, N);
+        for (size_t i = 0; i < a.size(); ++i)
+          ASSERT_NEAR(a[i], b[i], 1e-4 * (1 + std::fabs(a[i]))) << dtype_name(dt) << " D=" << D << " T=" << T;
+        args.accumulate = true;
+        gemm_rows_avx512(args, 0, N);
+        for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(2 * a[i], b[i], 2e-4 * (1 + std::fabs(a[i])));
+      }
+}

@@ -17,7 +17,7 @@ namespace moe::kernels::cpu {
 bool grouped_gemv_applies(std::span<const int64_t> blocks_E) {
   bool any = false;
   for (int64_t n : blocks_E) {
-    if (n > kGemvMaxTokens) return false;
+    if (n > max_gemv_tokens()) return false;
     any |= n > 0;
   }
   return any;
@@ -26,7 +26,7 @@ bool grouped_gemv_applies(std::span<const int64_t> blocks_E) {
 void grouped_swiglu_gemv(const float* x, int64_t D, int64_t F, std::span<const int64_t> offsets,
                          std::span<const int64_t> blocks, std::span<const Tensor> fc1, std::span<const Tensor> fc2,
                          float* gu, float* h, float* y) {
-  MOE_ASSERT(grouped_gemv_applies(blocks), "grouped_swiglu_gemv: an expert has more than {} rows", kGemvMaxTokens);
+  MOE_ASSERT(grouped_gemv_applies(blocks), "grouped_swiglu_gemv: an expert has more than {} rows", max_gemv_tokens());
   // Reused across calls: decode allocates nothing per token once these have grown.
   thread_local std::vector<GemvRange> jobs;
   thread_local std::vector<float> h_scratch;

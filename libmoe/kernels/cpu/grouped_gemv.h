@@ -1,7 +1,8 @@
-// Decode of grouped experts on the CPU: when every selected expert has only a few tokens
-// (the GEMV regime of linear()), the experts run as two parallel regions over all of their
-// rows together rather than one expert per thread, so many small experts (ffn 256, top-8)
-// stream at the rate of one large matrix. Used by ops::grouped_swiglu.
+// Grouped experts on the CPU without sgemm: when every selected expert has at most
+// max_gemv_tokens() tokens (decode; with AVX-512 also a prefill's share of each expert), the
+// experts run in one or two parallel regions over all of their rows together rather than one
+// parallel region per matrix, so many small experts (ffn 256, top-8) stream at the rate of one
+// large matrix. Used by ops::grouped_swiglu.
 #pragma once
 #include <cstdint>
 #include <span>
@@ -10,7 +11,7 @@
 
 namespace moe::kernels::cpu {
 
-// True when every expert with rows has at most kGemvMaxTokens of them (and at least one has).
+// True when every expert with rows has at most max_gemv_tokens() of them (and at least one has).
 bool grouped_gemv_applies(std::span<const int64_t> blocks_E);
 
 // For each expert e with rows [offsets_E[e], + blocks_E[e]) of x_perm_RD: gu = x · fc1_E[e]ᵀ,

@@ -1,7 +1,8 @@
 // Dense projections on the CPU: y = x · Wᵀ (+ bias), the one GEMM shape every layer uses.
 // Weights stay in their stored dtype (F32, BF16, F16) and are widened on the fly, so decode
 // streams as few bytes as the checkpoint holds. Few tokens (decode) take a hand-vectorised
-// GEMV that reads each weight row once; many tokens (prefill) go to OpenBLAS sgemm.
+// GEMV that reads each weight row once; many tokens (prefill) go to OpenBLAS sgemm, or, with
+// AVX-512 and up to kTiledMaxTokens, to a tiled kernel over the weights in place.
 #pragma once
 #include <cstdint>
 
@@ -24,6 +25,12 @@ void sgemm_single_threaded();
 
 // Below this many tokens linear() uses the GEMV path.
 constexpr int64_t kGemvMaxTokens = 8;
+// With AVX-512, up to this many tokens take the tiled kernel that reads the weights in place
+// (gemm_avx512.cpp) instead of sgemm, through the same row-block scheduler as the GEMV
+// (Zen 5, 2 threads: 320-390 GFLOP/s at 512-4096 tokens where OpenBLAS sgemm gives 200-390).
+constexpr int64_t kTiledMaxTokens = 4096;
+// The most tokens that path serves on this CPU (kGemvMaxTokens without AVX-512).
+int64_t max_gemv_tokens();
 // Up to this many tokens the sgemm path computes yᵀ = W · xᵀ (faster for few rows of x).
 constexpr int64_t kTransposeMaxTokens = 256;
 
