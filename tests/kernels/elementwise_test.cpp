@@ -54,37 +54,41 @@ class AttentionTest : public ::testing::TestWithParam<std::pair<int64_t, int64_t
 TEST_P(AttentionTest, CausalGqaMatchesNaive) {
   const auto [T, pos0] = GetParam();
   Rng rng(uint64_t(5 + T + pos0));
-  const int64_t nh = 4, ng = 2, d = 8, S = pos0 + T;
-  std::vector<float> q(static_cast<size_t>(T * nh * d)), k(static_cast<size_t>(S * ng * d)),
-      v(static_cast<size_t>(S * ng * d)), out(static_cast<size_t>(T * nh * d));
-  for (auto* vec : {&q, &k, &v})
-    for (auto& x : *vec) x = float(rng.normal());
-  AttentionShape s{T, pos0, nh, ng, d, 0.35f};
-  causal_attention(s, q.data(), k.data(), v.data(), out.data());
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < nh; ++h) {
-      const int64_t g = h / (nh / ng), n = pos0 + t + 1;
-      std::vector<double> p(static_cast<size_t>(n));
-      double m = -1e30, sum = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        double dot = 0;
-        for (int64_t c = 0; c < d; ++c) dot += q[size_t((t * nh + h) * d + c)] * k[size_t((j * ng + g) * d + c)];
-        p[size_t(j)] = dot * 0.35;
-        m = std::max(m, p[size_t(j)]);
+  // Head dims: the vector path's whole blocks of 64 and 8, and a scalar tail.
+  for (const int64_t d : {8, 20, 64, 100, 128}) {
+    const int64_t nh = 4, ng = 2, S = pos0 + T;
+    std::vector<float> q(static_cast<size_t>(T * nh * d)), k(static_cast<size_t>(S * ng * d)),
+        v(static_cast<size_t>(S * ng * d)), out(static_cast<size_t>(T * nh * d));
+    for (auto* vec : {&q, &k, &v})
+      for (auto& x : *vec) x = float(rng.normal());
+    AttentionShape s{T, pos0, nh, ng, d, 0.35f};
+    causal_attention(s, q.data(), k.data(), v.data(), out.data());
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < nh; ++h) {
+        const int64_t g = h / (nh / ng), n = pos0 + t + 1;
+        std::vector<double> p(static_cast<size_t>(n));
+        double m = -1e30, sum = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          double dot = 0;
+          for (int64_t c = 0; c < d; ++c) dot += q[size_t((t * nh + h) * d + c)] * k[size_t((j * ng + g) * d + c)];
+          p[size_t(j)] = dot * 0.35;
+          m = std::max(m, p[size_t(j)]);
+        }
+        for (auto& x : p) sum += (x = std::exp(x - m));
+        for (int64_t c = 0; c < d; ++c) {
+          double o = 0;
+          for (int64_t j = 0; j < n; ++j) o += p[size_t(j)] / sum * v[size_t((j * ng + g) * d + c)];
+          ASSERT_NEAR(out[size_t((t * nh + h) * d + c)], o, 1e-5) << "t=" << t << " h=" << h << " d=" << d;
+        }
       }
-      for (auto& x : p) sum += (x = std::exp(x - m));
-      for (int64_t c = 0; c < d; ++c) {
-        double o = 0;
-        for (int64_t j = 0; j < n; ++j) o += p[size_t(j)] / sum * v[size_t((j * ng + g) * d + c)];
-        EXPECT_NEAR(out[size_t((t * nh + h) * d + c)], o, 1e-5) << "t=" << t << " h=" << h;
-      }
-    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                          ::testing::Values(std::pair<int64_t, int64_t>{1, 0}, std::pair<int64_t, int64_t>{6, 0},
                                            std::pair<int64_t, int64_t>{1, 9}, std::pair<int64_t, int64_t>{20, 0},
-                                           std::pair<int64_t, int64_t>{33, 7}, std::pair<int64_t, int64_t>{300, 5}));
+                                           std::pair<int64_t, int64_t>{33, 7}, std::pair<int64_t, int64_t>{300, 5},
+                                           std::pair<int64_t, int64_t>{1, 700}, std::pair<int64_t, int64_t>{3, 400}));
 
 // The vectorised exp behind softmax and SiLU against std::exp (AVX2 and scalar paths agree
 // with it to float precision), with tails that are not multiples of 8.

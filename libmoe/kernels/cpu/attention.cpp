@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 
+#include "core/cpu_features.h"
 #include "core/parallel.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/vexp.h"
@@ -61,6 +62,7 @@ void causal_attention(const AttentionShape& s, const float* q_THd, const float* 
   auto body = [&](int64_t b, int64_t e) {
     thread_local std::vector<float> score;
     if (score.size() < size_t(s.pos0 + s.T)) score.resize(size_t(s.pos0 + s.T));
+    if (cpu_has_avx2_fma_f16c()) return attend_decode_avx2(s, q_THd, k_SGd, v_SGd, out_THd, b, e, score.data());
     for (int64_t i = b; i < e; ++i) {
       const int64_t t = i / s.nh, h = i % s.nh, g = h / r, n = s.pos0 + t + 1;
       const float* q = q_THd + (t * s.nh + h) * d;

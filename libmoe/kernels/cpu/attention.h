@@ -18,4 +18,9 @@ struct AttentionShape {
 void causal_attention(const AttentionShape& s, const float* q_THd, const float* k_SGd, const float* v_SGd,
                       float* out_THd);
 
+// The few-query-token path's (token, head) items [b, e) with AVX2/FMA (attention_avx2.cpp);
+// `score` holds pos0 + T floats. Called by causal_attention when the CPU has AVX2.
+void attend_decode_avx2(const AttentionShape& s, const float* q_THd, const float* k_SGd, const float* v_SGd,
+                        float* out_THd, int64_t b, int64_t e, float* score);
+
 }  // namespace moe::kernels::cpu
