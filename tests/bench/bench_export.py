@@ -209,11 +209,13 @@ if not formats or any(f not in ("torch_dist", "torch") for f in formats):
     sys.exit(f"--formats {args.formats}: give torch_dist, torch or both, comma-separated")
 runs = {"cp": []}
 nbytes_written = {}
-for _ in range(max(1, args.repeat)):
+for rnd in range(max(1, args.repeat)):
     runs["cp"].append(timed(["cp", "-r", HF, CP], HF, CP))
     nbytes_written["cp"] = du(CP)
     shutil.rmtree(CP)
-    for fmt in formats:
+    # Alternate which format goes first: the disk is slower for a while after gigabytes were
+    # written or freed, and that should not always fall on the same format.
+    for fmt in formats if rnd % 2 == 0 else formats[::-1]:
         runs.setdefault(f"to_mcore {fmt}", []).append(
             timed([MOECTL, "export", "--model", HF, "--to_mcore", "true", "--ckpt_format", fmt, "--output_dir", MC], HF,
                   MC))
