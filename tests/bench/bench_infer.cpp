@@ -1,8 +1,8 @@
 // Inference speed on the CPU against ceilings measured in the same run:
 //  - decode: achieved weight bytes/s (non-expert weights + the top-k experts of every MoE
 //    layer + the LM head, as stored, x tokens/s) / the machine's read bandwidth: the best of
-//    several read methods (vector loads on every thread over >= 1 GiB, with and without
-//    software prefetch, fresh buffers), re-measured right before and after every decode
+//    several read methods (AVX2 and, where present, AVX-512 loads on every thread over >= 1 GiB,
+//    with and without software prefetch, fresh buffers), re-measured right before and after every decode
 //    measurement (this machine's bandwidth drifts run to run);
 //  - prefill: achieved FLOP/s / OpenBLAS sgemm FLOP/s on a square problem (also re-measured
 //    around every prefill).
@@ -63,6 +63,26 @@ __attribute__((target("avx2"))) double sum_avx2(const float* p, size_t n) {
   return r;
 }
 
+// The same with AVX-512 loads (a whole cache line per load), where the CPU has them.
+template <int PF>
+__attribute__((target("avx512f"))) double sum_avx512(const float* p, size_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i + 64 <= n; i += 64) {
+    if constexpr (PF > 0) {
+      for (int l = 0; l < 64; l += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i + PF + l), _MM_HINT_T0);
+    }
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+  }
+  float out[16];
+  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  double r = 0;
+  for (float v : out) r += v;
+  return r;
+}
+
 double sum_scalar(const float* p, size_t n) {
   double s = 0;
   for (size_t i = 0; i < n; ++i) s += p[i];
@@ -79,10 +99,15 @@ struct ReadMethod {
 
 std::vector<ReadMethod> read_methods() {
   if (!cpu_has_avx2_fma_f16c()) return {{"scalar", sum_scalar, false}};
-  return {{"avx2", sum_avx2<0>, false},
-          {"avx2+prefetch 1 KiB", sum_avx2<256>, false},
-          {"avx2+prefetch 4 KiB", sum_avx2<1024>, false},
-          {"avx2 interleaved 256 KiB", sum_avx2<0>, true}};
+  std::vector<ReadMethod> m = {{"avx2", sum_avx2<0>, false},
+                               {"avx2+prefetch 1 KiB", sum_avx2<256>, false},
+                               {"avx2+prefetch 4 KiB", sum_avx2<1024>, false},
+                               {"avx2 interleaved 256 KiB", sum_avx2<0>, true}};
+  if (cpu_has_avx512())
+    m.insert(m.end(), {{"avx512", sum_avx512<0>, false},
+                       {"avx512+prefetch 1 KiB", sum_avx512<256>, false},
+                       {"avx512 interleaved 256 KiB", sum_avx512<0>, true}});
+  return m;
 }
 
 // A buffer of `bytes` first touched by the threads that read it.
@@ -290,8 +315,8 @@ int main(int argc, char** argv) {
   }
   // Other work on the cores stalls every parallel region decode runs (dozens per token) far more
   // than the one long read of the ceiling: compare runs at similar load.
-  std::printf("threads: %d, AVX2/FMA/F16C: %s, load average %.2f %.2f %.2f\n", num_threads(),
-              cpu_has_avx2_fma_f16c() ? "yes" : "no", load[0], load[1], load[2]);
+  std::printf("threads: %d, AVX2/FMA/F16C: %s, AVX-512: %s, load average %.2f %.2f %.2f\n", num_threads(),
+              cpu_has_avx2_fma_f16c() ? "yes" : "no", cpu_has_avx512() ? "yes" : "no", load[0], load[1], load[2]);
   // The ceiling from several fresh buffers, every method; the last buffer stays for the
   // re-measurements around each decode.
   const size_t bw_bytes = quick ? (size_t(256) << 20) : (size_t(1) << 30);

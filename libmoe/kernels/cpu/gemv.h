@@ -28,9 +28,9 @@ struct GemvRange {
 // cut into blocks of about 64 KiB of weights and threads take blocks from a shared counter as
 // they free up, so a thread the OS delays holds up only its current block. Each output is
 // computed exactly as gemv_rows computes it, whichever thread runs it. Small totals run on the
-// calling thread; inside a parallel region everything runs on the calling thread. A job with
-// more than kGemvMaxTokens tokens runs the tiled kernel below (callers send those only when
-// cpu_has_avx512(); see max_gemv_tokens() in linear.h).
+// calling thread; inside a parallel region everything runs on the calling thread. With AVX-512
+// a job of two or more tokens runs the tiled kernel below (and only then may callers send more
+// than kGemvMaxTokens; see max_gemv_tokens() in linear.h).
 void gemv_many(std::span<const GemvRange> jobs);
 
 void gemv_rows_scalar(const GemvArgs& a, int64_t n0, int64_t n1);
