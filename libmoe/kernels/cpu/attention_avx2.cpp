@@ -4,19 +4,12 @@
 #include <cmath>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/simd_avx2.h"
 #include "kernels/cpu/vexp.h"
 
 namespace moe::kernels::cpu {
 
 namespace {
-
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
 
 // o[0, w) = sum_j p[j] * v_j[0, w) for w a multiple of 8 up to 64, the sums in registers.
 template <int W8>

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "kernels/cpu/gemv.h"
+#include "kernels/cpu/simd_avx2.h"
 
 namespace moe::kernels::cpu {
 
@@ -14,14 +15,6 @@ inline __m256 load8(const uint16_t* p, DType t) {
   __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   if (t == DType::F16) return _mm256_cvtph_ps(h);
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
 }
 
 inline float widen(const void* W, DType t, int64_t i) {
