@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/parallel.h"
@@ -91,6 +92,9 @@ std::string parse_error_line(CLI::App& app, const CLI::ParseError& e) {
 
 static int run_main(int argc, char** argv) {
   try {
+    // MOE_CPU_ISA is read here, where a bad value ends in one line, not at the first kernel
+    // call (which may sit inside a parallel region).
+    moe::cpu_isa();
     g_launch = moe::dist::launch_env();
     self_launch(argc, argv);
   } catch (const moe::Error& e) {

@@ -152,6 +152,15 @@ def test_qa14_flags_refused_with_flag_and_range():
         assert "<<< " not in p.stdout, f"{flag} {value}: the REPL started before the check"
 
 
+def test_bad_cpu_isa_is_one_line():
+    env = dict(os.environ, MOE_CPU_ISA="avx9")
+    p = subprocess.run([MOECTL, "infer", "--model", MODEL], input=b"hi\n", capture_output=True, env=env, timeout=300)
+    p.stderr = p.stderr.decode(errors="replace")
+    assert p.returncode == 2, (p.returncode, p.stderr[-500:])
+    one_error_line(p, "MOE_CPU_ISA=avx9", "avx2")
+    assert "<<< " not in p.stdout.decode(errors="replace"), "the REPL started before the check"
+
+
 def test_qa14_generation_config_values_name_the_file():
     d = os.path.join(WORK, "badgen")
     shutil.copytree(MODEL, d)
@@ -277,6 +286,7 @@ def test_result_path_in_interactive_mode_gets_the_turns():
 for t in [test_qa8_bad_line_is_refused_alone, test_qa11_long_line_refused_and_session_goes_on,
           test_qa11_long_row_gets_an_error_entry, test_qa11_5mb_row_at_full_context,
           test_qa11_max_new_tokens_clipped_to_context, test_qa14_flags_refused_with_flag_and_range,
+          test_bad_cpu_isa_is_one_line,
           test_qa14_generation_config_values_name_the_file, test_qa16_nan_weights_stop_with_one_line,
           test_qa17_result_path_checked_up_front, test_qa19_decode_id_out_of_range,
           test_empty_lines_skipped_and_crlf_exit, test_val_dataset_without_result_path_writes_infer_result,

@@ -1,6 +1,6 @@
 // Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c; only called when
-// cpu_has_avx512(). y[t, n] (+)= dot(x[t, :], W[n, :]) for a few dozen to a few hundred tokens:
-// the prefill's projections and each expert's share of it.
+// cpu_has_avx512(). y[t, n] (+)= dot(x[t, :], W[n, :]) for 2 to kTiledMaxTokens tokens: a
+// prefill's projections and each expert's share of it, batched decode, the training forward.
 //
 // Why not sgemm: the weights are stored [N, D], the transposed operand of y = x · Wᵀ, and
 // OpenBLAS packs them on every call. With the 10-30 tokens an expert gets in a prefill each

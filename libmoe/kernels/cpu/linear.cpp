@@ -50,18 +50,18 @@ void gemv_many(std::span<const GemvRange> jobs) {
   first_block.resize(jobs.size() + 1);
   first_block[0] = 0;
   block_rows.resize(jobs.size());
-  int64_t weights = 0;
+  int64_t work = 0;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const GemvArgs& a = jobs[j].a;
     const int64_t rows = std::max<int64_t>(jobs[j].n1 - jobs[j].n0, 0);
     const int64_t row_bytes = std::max<int64_t>(a.D * int64_t(dtype_size(a.wtype)), 1);
     block_rows[j] = std::max<int64_t>(16, kBlockBytes / row_bytes / 16 * 16);
     first_block[j + 1] = first_block[j] + (rows + block_rows[j] - 1) / block_rows[j];
-    weights += rows * a.D;
+    work += rows * a.D * std::max<int64_t>(a.T, 1);  // multiply-adds
   }
   const int64_t blocks = first_block[jobs.size()];
   const int nt = num_threads();
-  if (weights < 32768 || blocks <= 1 || nt <= 1 || omp_in_parallel()) {
+  if (work < 32768 || blocks <= 1 || nt <= 1 || omp_in_parallel()) {
     for (const GemvRange& j : jobs)
       if (j.n1 > j.n0) kernel(j.a, j.n0, j.n1);
     return;
