@@ -10,7 +10,7 @@ PKGS=(
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
   libopenblas-dev libpcre2-dev libutf8proc-dev zlib1g-dev
-  libopenmpi-dev openmpi-bin
+  libopenmpi-dev openmpi-bin patchelf
   libsentencepiece-dev sentencepiece
   python3 python3-numpy python3-torch
   clang-format clang-tidy
