@@ -140,7 +140,7 @@ std::vector<GenerationResult> generate_batch(model::Transformer& model,
   std::vector<KvCache> caches(n, KvCache(model.config()));
   std::vector<float> logits(n * size_t(V));
   errors->assign(n, "");
-  // Each prompt prefilled alone (as generate() does, to the same bits), its first token taken.
+  std::vector<size_t> todo;  // rows to prefill: the ones that can be served and want tokens
   for (size_t i = 0; i < n; ++i) {
     Row& r = rows[i];
     r.history = prompts[i];
@@ -154,18 +154,39 @@ std::vector<GenerationResult> generate_batch(model::Transformer& model,
       r.done = true;
       continue;
     }
-    const auto t0 = std::chrono::steady_clock::now();
-    model.forward(prompts[i], caches[i], logits.data());
-    r.res.prefilled_tokens = r.res.prompt_tokens;
-    r.res.prefill_seconds = seconds_since(t0);
     r.done = r.max_new <= 0;
-    if (!r.done) take(r, std::span<float>(logits.data(), size_t(V)), cfg, {});
+    if (!r.done) todo.push_back(i);
+  }
+  // The prompts prefilled together, packed into forwards of at most kPrefillTokens tokens (a
+  // longer prompt alone): one pass reads each weight once for all of them, which on a CPU is what
+  // short prompts cost. Each row's first token comes from its last prompt token's logits; a row
+  // is charged its share of its pass's time by tokens.
+  std::vector<int32_t> ids, cu;
+  std::vector<model::KvStore*> live_caches;
+  for (size_t a = 0; a < todo.size();) {
+    ids.clear(), live_caches.clear(), cu.assign(1, 0);
+    size_t b = a;
+    for (; b < todo.size(); ++b) {
+      const auto& p = prompts[todo[b]];
+      if (b > a && int64_t(ids.size() + p.size()) > kPrefillTokens) break;
+      ids.insert(ids.end(), p.begin(), p.end());
+      live_caches.push_back(&caches[todo[b]]);
+      cu.push_back(int32_t(ids.size()));
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    model.forward_batch(ids, cu, live_caches, logits.data());
+    const double seconds = seconds_since(t0);
+    for (size_t j = a; j < b; ++j) {
+      Row& r = rows[todo[j]];
+      r.res.prefilled_tokens = r.res.prompt_tokens;
+      r.res.prefill_seconds = seconds * double(r.res.prompt_tokens) / double(ids.size());
+      take(r, std::span<float>(logits.data() + (j - a) * size_t(V), size_t(V)), cfg, {});
+    }
+    a = b;
   }
   // Then one batched forward per step over the rows still going: each row's last token at its
   // own position against its own cache.
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<int32_t> ids, cu;
-  std::vector<model::KvStore*> live_caches;
   std::vector<size_t> live;
   while (true) {
     ids.clear(), live_caches.clear(), live.clear(), cu.assign(1, 0);

@@ -69,13 +69,15 @@ class Generator {
   std::vector<int32_t> cached_;  // the ids whose keys/values the cache holds
 };
 
-// Generates continuations of several prompts together (swift's --max_batch_size): each prompt is
-// prefilled alone, then every step runs one forward over all rows still going (each at its own
-// position, with its own cache), which reads the weights once for all of them. A row's tokens,
-// logprobs and finish reason equal what Generator::generate gives it alone (the batched rows are
-// computed row by row to the same bits, up to kernels' many-token paths past 8 rows). A row
-// that cannot be served gets its RequestError's message in (*errors)[i] and an empty result;
-// NonFiniteLogits ends the batch.
+// Generates continuations of several prompts together (swift's --max_batch_size): the prompts
+// are prefilled together (packed, up to kPrefillTokens tokens a pass), then every step runs one
+// forward over all rows still going (each at its own position, with its own cache), which reads
+// the weights once for all of them. A row's tokens, logprobs and finish reason are what
+// Generator::generate gives it alone, up to the rounding of the kernels' many-token paths (an
+// expert's rows, or a projection's tokens, go through the tiled kernel when there are several).
+// A row that cannot be served gets its RequestError's message in (*errors)[i] and an empty
+// result; NonFiniteLogits ends the batch.
+inline constexpr int64_t kPrefillTokens = 4096;
 std::vector<GenerationResult> generate_batch(model::Transformer& model,
                                              const std::vector<std::vector<int32_t>>& prompts,
                                              const GenerationConfig& cfg, std::vector<std::string>* errors);

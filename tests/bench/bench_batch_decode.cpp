@@ -1,6 +1,6 @@
 // Batched decode (`moectl infer --max_batch_size N`, issue 19) against one row at a time on the
 // same model in the same run: rows/s of N prompts answered with N greedy tokens each, one row
-// after another (Generator::generate) and all together (generate_batch), and the ratio. Decode
+// after another (Generator::generate) and all together (generate_batch), and the ratios. Decode
 // on the CPU is bound by reading the weights, which a batched step reads once for every row.
 // Checks that both give the same tokens. `--quick` uses a small model (a smoke run for ctest).
 #include <cstdio>
@@ -43,12 +43,13 @@ int main(int argc, char** argv) {
     cfg.sampling.temperature = 0;  // greedy, no stop ids: every row runs new_tokens steps
     // One row at a time, as --max_batch_size 1.
     std::vector<std::vector<int32_t>> one_ids;
-    double one_decode = 0;
+    double one_decode = 0, one_prefill = 0;
     auto t0 = Clock::now();
     for (const auto& p : prompts) {
       infer::Generator gen(model);
       const auto r = gen.generate(p, cfg);
       one_decode += r.decode_seconds;
+      one_prefill += r.prefill_seconds;
       one_ids.push_back(r.ids);
     }
     const double one_total = since(t0);
@@ -57,15 +58,18 @@ int main(int argc, char** argv) {
     t0 = Clock::now();
     const auto batch = infer::generate_batch(model, prompts, cfg, &errors);
     const double batch_total = since(t0), batch_decode = batch.front().decode_seconds;
+    double batch_prefill = 0;  // each row carries its share of the packed prefill
+    for (const auto& r : batch) batch_prefill += r.prefill_seconds;
     bool same = true;
     for (int r = 0; r < rows; ++r)
       same = same && errors[size_t(r)].empty() && batch[size_t(r)].ids == one_ids[size_t(r)];
     const double gen_tokens = double(rows) * new_tokens;
     std::printf(
         "%s: one row at a time %.2f rows/s (decode %.1f tokens/s); %d together %.2f rows/s (decode %.1f tokens/s)"
-        " = %.2fx rows/s, %.2fx decode; same tokens: %s\n",
+        " = %.2fx rows/s, %.2fx decode, %.2fx prefill; same tokens: %s\n",
         dt == DType::F32 ? "f32 " : "bf16", rows / one_total, gen_tokens / one_decode, rows, rows / batch_total,
-        gen_tokens / batch_decode, one_total / batch_total, one_decode / batch_decode, same ? "yes" : "NO");
+        gen_tokens / batch_decode, one_total / batch_total, one_decode / batch_decode, one_prefill / batch_prefill,
+        same ? "yes" : "NO");
     if (!same) return 1;
   }
   return 0;

@@ -115,3 +115,39 @@ TEST(QA14, GenerationConfigValuesAreCheckedNamingTheFile) {
   EXPECT_FLOAT_EQ(p.temperature, 0.7f);
   EXPECT_EQ(p.top_k, 20);
 }
+
+// --max_batch_size: prompts of different lengths prefilled together (packed, in several passes
+// when they pass kPrefillTokens) and decoded together give each row what it gets alone; a row
+// that cannot be served gets its error and leaves the others alone.
+TEST(GenerateBatch, PackedPrefillAndBatchedDecodeEqualEachRowAlone) {
+  auto c = tiny(4096);
+  model::Transformer m(c, model::init_random_state(c, 5, DType::F32));
+  GenerationConfig cfg;
+  cfg.max_new_tokens = 6;
+  cfg.logprobs = true;
+  cfg.top_logprobs = 3;
+  std::vector<std::vector<int32_t>> prompts = {ids(3), ids(17), {}, ids(1), ids(40), ids(4096), ids(9)};
+  prompts[4][7] = 55;                                                       // rows differ in content as well as length
+  for (size_t n : {size_t(2500), size_t(2000)}) prompts.push_back(ids(n));  // two passes: past kPrefillTokens
+  std::vector<std::string> errors;
+  const auto batch = generate_batch(m, prompts, cfg, &errors);
+  ASSERT_EQ(batch.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE("row " + std::to_string(i));
+    if (prompts[i].empty() || prompts[i].size() >= 4096) {
+      EXPECT_FALSE(errors[i].empty());
+      EXPECT_TRUE(batch[i].ids.empty());
+      continue;
+    }
+    EXPECT_TRUE(errors[i].empty()) << errors[i];
+    Generator gen(m);
+    const auto alone = gen.generate(prompts[i], cfg);
+    EXPECT_EQ(batch[i].ids, alone.ids);
+    EXPECT_EQ(batch[i].finish_reason, alone.finish_reason);
+    EXPECT_EQ(batch[i].prefilled_tokens, int64_t(prompts[i].size()));
+    EXPECT_GT(batch[i].prefill_seconds, 0);
+    ASSERT_EQ(batch[i].logprobs.size(), alone.logprobs.size());
+    for (size_t t = 0; t < alone.logprobs.size(); ++t)
+      EXPECT_NEAR(batch[i].logprobs[t].logprob, alone.logprobs[t].logprob, 1e-4);
+  }
+}
