@@ -3,6 +3,7 @@
 // after another (Generator::generate) and all together (generate_batch), and the ratios. Decode
 // on the CPU is bound by reading the weights, which a batched step reads once for every row.
 // Checks that both give the same tokens. `--quick` uses a small model (a smoke run for ctest).
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -33,6 +34,20 @@ int main(int argc, char** argv) {
   const int rows = 8, new_tokens = quick ? 8 : 32, prompt_len = 64;
   std::printf("model: qwen3_moe %d layers, hidden %d, %d experts top-%d, vocab %lld; %d rows x %d new tokens\n",
               c.num_layers, c.hidden_size, c.num_experts, c.moe_router_topk, (long long)c.vocab_size, rows, new_tokens);
+  // What batching saves in bytes: a step of one row reads the shared weights and top-k experts
+  // per layer; a step of `rows` rows reads the shared weights and every expert any row picked,
+  // E (1 - (1 - k/E)^rows) of them with independent routing. Decode at the same bandwidth would
+  // gain this much; more means the batched step also amortises per-step costs (threads waking,
+  // norms, router, sampling) that a single row pays alone.
+  const double E = c.num_experts, k = c.moe_router_topk, expert = 3.0 * c.hidden_size * c.moe_ffn_hidden_size;
+  const double shared = double(c.num_active_parameters()) - c.num_layers * k * expert -
+                        (c.untie_embeddings_and_output_weights ? double(c.vocab_size) * c.hidden_size : 0.0);
+  const double experts_batched = E * (1 - std::pow(1 - k / E, rows));
+  const double gain = rows * (shared + c.num_layers * k * expert) / (shared + c.num_layers * experts_batched * expert);
+  std::printf(
+      "bytes: a step of %d rows reads %.1f of %d experts per layer where one row reads %.0f: %.2fx the "
+      "tokens per byte\n",
+      rows, experts_batched, c.num_experts, k, gain);
   for (DType dt : {DType::F32, DType::BF16}) {
     model::Transformer model(c, random_state(c, dt));
     std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(rows));
