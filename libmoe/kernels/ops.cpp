@@ -16,6 +16,7 @@
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/qkv.h"
 #ifdef MOE_HAVE_CUDA
+#include "kernels/cuda/attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gather.h"
 #include "kernels/cuda/softmax.h"
@@ -185,8 +186,8 @@ void qkv_merge(const Backend& b, const float* q, const float* kk, const float* v
 
 void attention_varlen(const Backend& b, const VarlenAttention& a, const float* q, const float* kk, const float* v,
                       float* out, float* lse) {
-  cpu_only(b, "attention_varlen");
-  k::attention_varlen_forward(a, q, kk, v, out, lse);
+  if (b.is_cpu()) return k::attention_varlen_forward(a, q, kk, v, out, lse);
+  CUDA_BRANCH("attention_varlen", gpu::attention_varlen_forward(a, q, kk, v, out, lse, b.stream));
 }
 
 void attention_varlen_backward(const Backend& b, const VarlenAttention& a, const float* q, const float* kk,
@@ -198,8 +199,8 @@ void attention_varlen_backward(const Backend& b, const VarlenAttention& a, const
 
 void causal_attention(const Backend& b, const AttentionShape& s, const float* q, const float* kk, const float* v,
                       float* out) {
-  cpu_only(b, "causal_attention");
-  k::causal_attention(s, q, kk, v, out);
+  if (b.is_cpu()) return k::causal_attention(s, q, kk, v, out);
+  CUDA_BRANCH("causal_attention", gpu::causal_attention(s, q, kk, v, out, b.stream));
 }
 
 int64_t router_capacity(int64_t T, int64_t E, int64_t K, double factor) { return k::router_capacity(T, E, K, factor); }

@@ -1,6 +1,6 @@
 // GEMMs, dense projections (f32/bf16/f16 weights), causal attention over a cache, packed varlen
 // attention with its backward, and cross-entropy with an ignore label, against double
-// references; linear_f32 also against its CUDA twin.
+// references; linear_f32 and the attention forwards also against their CUDA twins.
 #include <algorithm>
 #include <cmath>
 
@@ -253,7 +253,38 @@ TEST(Attention, CausalOverCache) {
     for (int64_t t = 0; t < T; ++t) attention_ref(qd, kd, vd, nh, ng, d, scale, t, 0, pos0 + t + 1, t, want.data());
     expect_close("causal_attention T=" + std::to_string(T) + " pos0=" + std::to_string(pos0), out, want, kTolF32Reduce);
   }
-  no_cuda_twin("causal_attention", "fwd");
+}
+
+// The CUDA twin on the same reference: decode steps over long caches (the keys cut into splits
+// merged by a second kernel), prefill after a cache, odd head dims, GQA, MHA and d = 256.
+TEST(AttentionCuda, CausalOverCache) {
+  CUDA_ROW("causal_attention", "fwd");
+#ifdef MOE_HAVE_CUDA
+  Rng rng(58);
+  for (auto [T, pos0, nh, ng, d] : std::vector<std::array<int64_t, 5>>{{1, 0, 1, 1, 1},
+                                                                       {1, 17, 4, 2, 8},
+                                                                       {3, 5, 6, 3, 20},
+                                                                       {1, 1500, 8, 2, 128},
+                                                                       {2, 4000, 4, 4, 100},
+                                                                       {40, 0, 4, 1, 32},
+                                                                       {70, 9, 4, 2, 256},
+                                                                       {300, 0, 2, 1, 64}}) {
+    const int64_t S = pos0 + T;
+    auto q = randn(size_t(T * nh * d), rng), kk = randn(size_t(S * ng * d), rng), v = randn(size_t(S * ng * d), rng);
+    const double scale = 1 / std::sqrt(double(d));
+    DeviceIn<float> Q(q), K(kk), V(v);
+    Guarded<float> out(size_t(T * nh * d), qnan());
+    DeviceOut<float> O(out);
+    ops::causal_attention(gpu(), k::AttentionShape{T, pos0, nh, ng, d, float(scale)}, Q.get(), K.get(), V.get(),
+                          O.get());
+    std::vector<double> want(static_cast<size_t>(T * nh * d));
+    const auto qd = widen(q), kd = widen(kk), vd = widen(v);
+    for (int64_t t = 0; t < T; ++t) attention_ref(qd, kd, vd, nh, ng, d, scale, t, 0, pos0 + t + 1, t, want.data());
+    expect_close(
+        "cuda causal_attention T=" + std::to_string(T) + " pos0=" + std::to_string(pos0) + " d=" + std::to_string(d),
+        O.fetch(), want, kTolF32Reduce);
+  }
+#endif
 }
 
 TEST(Attention, VarlenForwardAndBackward) {
@@ -303,8 +334,66 @@ TEST(Attention, VarlenForwardAndBackward) {
         [&](const std::vector<double>& x) { return dotv(r, varlen_ref(qd, kd, x, T, nh, ng, d, scale, c.cu)); }, vd,
         dv.vec());
   }
-  no_cuda_twin("attention_varlen", "fwd");
   no_cuda_twin("attention_varlen", "bwd (fd)");
+}
+
+// The CUDA forward on the same cases and reference, its lse against the CPU kernel's; then
+// context parallelism's queries at positions (keys the whole sequences) against the CPU kernel.
+TEST(AttentionCuda, VarlenForward) {
+  CUDA_ROW("attention_varlen", "fwd");
+#ifdef MOE_HAVE_CUDA
+  Rng rng(59);
+  struct Case {
+    int64_t nh, ng, d;
+    std::vector<int32_t> cu;
+  };
+  for (const Case& c : std::vector<Case>{{1, 1, 1, {0, 1}},
+                                         {4, 2, 8, {0, 3, 4, 9}},
+                                         {3, 3, 5, {0, 7}},
+                                         {6, 2, 16, {0, 17, 17, 40, 41, 64}},
+                                         {2, 1, 100, {0, 130, 386}}}) {
+    const int64_t T = c.cu.back(), nh = c.nh, ng = c.ng, d = c.d;
+    const double scale = 1 / std::sqrt(double(d));
+    auto q = randn(size_t(T * nh * d), rng), kk = randn(size_t(T * ng * d), rng), v = randn(size_t(T * ng * d), rng);
+    const k::VarlenAttention host{nh, ng, d, float(scale), c.cu.data(), int64_t(c.cu.size()) - 1};
+    std::vector<float> out_cpu(q.size()), lse_cpu(size_t(T * nh));
+    k::attention_varlen_forward(host, q.data(), kk.data(), v.data(), out_cpu.data(), lse_cpu.data());
+    DeviceIn<float> Q(q), K(kk), V(v);
+    DeviceIn<int32_t> CU(c.cu);
+    Guarded<float> out(q.size(), qnan()), lse(size_t(T * nh), qnan());
+    DeviceOut<float> O(out), LSE(lse);
+    const k::VarlenAttention dev{nh, ng, d, float(scale), CU.get(), int64_t(c.cu.size()) - 1};
+    ops::attention_varlen(gpu(), dev, Q.get(), K.get(), V.get(), O.get(), LSE.get());
+    const std::string what = "cuda attention_varlen T=" + std::to_string(T) + " d=" + std::to_string(d);
+    expect_close(what, O.fetch(), varlen_ref(widen(q), widen(kk), widen(v), T, nh, ng, d, scale, c.cu), kTolF32Reduce);
+    expect_close(what + " lse", LSE.fetch(), widen(lse_cpu), kTolF32Reduce);
+  }
+  // Queries at positions: CP2 rank 0's chunks 0 and 3 of each sequence.
+  const int64_t nh = 4, ng = 2, d = 8;
+  const std::vector<int32_t> cu = {0, 5, 17, 317};
+  std::vector<int32_t> qcu = {0}, pos;
+  std::vector<int64_t> rows;
+  for (size_t s = 0; s + 1 < cu.size(); ++s) {
+    const int32_t L = cu[s + 1] - cu[s], c = (L + 3) / 4;
+    for (int32_t p = 0; p < L; ++p)
+      if (p < c || p >= 3 * c) pos.push_back(p), rows.push_back(cu[s] + p);
+    qcu.push_back(int32_t(pos.size()));
+  }
+  const int64_t T = cu.back(), Tq = int64_t(pos.size());
+  const float scale = 1 / std::sqrt(float(d));
+  auto qs = randn(size_t(Tq * nh * d), rng), kk = randn(size_t(T * ng * d), rng), v = randn(size_t(T * ng * d), rng);
+  const k::VarlenAttention host{nh, ng, d, scale, qcu.data(), int64_t(qcu.size()) - 1, cu.data(), pos.data()};
+  std::vector<float> out_cpu(qs.size()), lse_cpu(size_t(Tq * nh));
+  k::attention_varlen_forward(host, qs.data(), kk.data(), v.data(), out_cpu.data(), lse_cpu.data());
+  DeviceIn<float> Q(qs), K(kk), V(v);
+  DeviceIn<int32_t> QCU(qcu), CU(cu), POS(pos);
+  Guarded<float> out(qs.size(), qnan()), lse(size_t(Tq * nh), qnan());
+  DeviceOut<float> O(out), LSE(lse);
+  const k::VarlenAttention dev{nh, ng, d, scale, QCU.get(), int64_t(qcu.size()) - 1, CU.get(), POS.get()};
+  ops::attention_varlen(gpu(), dev, Q.get(), K.get(), V.get(), O.get(), LSE.get());
+  expect_close("cuda attention_varlen at positions", O.fetch(), widen(out_cpu), kTolF32Reduce);
+  expect_close("cuda attention_varlen at positions lse", LSE.fetch(), widen(lse_cpu), kTolF32Reduce);
+#endif
 }
 
 // Context parallelism: the queries are some rows of each sequence (here a CP2 rank 0's causal
