@@ -19,6 +19,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gather.h"
+#include "kernels/cuda/linear.h"
 #include "kernels/cuda/softmax.h"
 #endif
 
@@ -57,9 +58,10 @@ namespace gpu = kernels::cuda;
 
 void linear(const Backend& b, const float* x, int64_t T, const Tensor& W, const float* bias, float* y, bool acc) {
   if (b.is_cpu()) return k::linear(x, T, W, bias, y, acc);
-  if (W.dtype() != DType::F32)
-    throw_internal("op linear on CUDA takes f32 weights only, not {}", dtype_name(W.dtype()));
-  CUDA_BRANCH("linear", gpu::linear_f32(x, T, W.f32(), W.dim(0), W.dim(1), y, bias, acc, b.stream));
+  MOE_ASSERT(W.ndim() == 2, "linear weight must be 2-D, got {}", shape_str(W.shape()));
+  if (W.dtype() == DType::F32)
+    CUDA_BRANCH("linear", gpu::linear_f32(x, T, W.f32(), W.dim(0), W.dim(1), y, bias, acc, b.stream));
+  else CUDA_BRANCH("linear", gpu::linear_half(x, T, W.raw(), W.dtype(), W.dim(0), W.dim(1), y, bias, acc, b.stream));
 }
 
 void linear_backward_input(const Backend& b, const float* dy, int64_t T, const float* W, int64_t N, int64_t D,

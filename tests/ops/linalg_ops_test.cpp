@@ -145,7 +145,6 @@ TEST(Linear, EveryWeightDtype) {
         k::linear(x.data(), T, w, with_bias ? bias.data() : nullptr, y.data());
         expect_close(name + mnk(T, N, D), y, linear_ref(x, wv, with_bias ? &bias : nullptr, T, N, D), kTolF32Reduce);
       }
-    if (dt != DType::F32) no_cuda_twin(name, "fwd");
   }
 }
 
@@ -166,6 +165,38 @@ TEST(LinearCuda, F32) {
       expect_close("cuda linear_f32" + mnk(T, N, D), dy.fetch(),
                    linear_ref(x, wv, with_bias ? &bias : nullptr, T, N, D), kTolF32Reduce);
     }
+#endif
+}
+
+// bf16 and f16 weights on the GPU: the GEMV path (up to 8 tokens, f32 sums as the CPU: its
+// tolerance) with rows 16-byte aligned or not, and the GEMM path (x rounded to the weights'
+// dtype: 1e-2 relative L2, the bf16 bound).
+TEST(LinearCuda, HalfWeights) {
+  CUDA_ROW("linear_bf16/f16", "fwd");
+#ifdef MOE_HAVE_CUDA
+  Rng rng(60);
+  for (DType dt : {DType::BF16, DType::F16})
+    for (auto [T, N, D] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 1, 1}, {1, 37, 256}, {3, 17, 33}, {8, 130, 512}, {8, 5, 260}, {9, 65, 64}, {300, 67, 48}})
+      for (bool with_bias : {false, true})
+        for (bool acc : {false, true}) {
+          std::vector<float> wv;
+          Tensor w = weight(N, D, dt, rng, &wv);
+          auto x = randn(size_t(T * D), rng), bias = randn(size_t(N), rng), y0 = randn(size_t(T * N), rng);
+          DeviceIn<float> dx(x), db(bias);
+          DeviceIn<uint16_t> dw(std::vector<uint16_t>(static_cast<const uint16_t*>(w.raw()),
+                                                      static_cast<const uint16_t*>(w.raw()) + N * D));
+          Guarded<float> y(acc ? y0 : std::vector<float>(size_t(T * N), qnan()));
+          DeviceOut<float> dy(y);
+          const Tensor W = Tensor::borrow({N, D}, dt, dw.get(), nullptr);
+          ops::linear(gpu(), dx.get(), T, W, with_bias ? db.get() : nullptr, dy.get(), acc);
+          auto want = linear_ref(x, wv, with_bias ? &bias : nullptr, T, N, D);
+          if (acc)
+            for (size_t i = 0; i < want.size(); ++i) want[i] += y0[i];
+          expect_close(
+              std::string("cuda linear_") + (dt == DType::BF16 ? "bf16" : "f16") + mnk(T, N, D) + (acc ? " acc" : ""),
+              dy.fetch(), want, T <= 8 ? kTolF32Reduce : 1e-4);
+        }
 #endif
 }
 
