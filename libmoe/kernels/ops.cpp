@@ -300,12 +300,19 @@ void for_each_expert(std::span<const int64_t> blocks_E, Fn&& fn) {
 }
 
 #ifdef MOE_HAVE_CUDA
-// The CUDA experts: one expert after another on the stream, cuBLAS GEMMs and the SwiGLU kernels
-// (f32 weights). Temporaries are sized for the largest expert and freed in stream order.
+// The CUDA experts: one expert after another on the stream, cuBLAS GEMMs (or the half-weight
+// GEMV for an expert with few rows) and the SwiGLU kernels; the backward takes f32 weights.
+// Temporaries are sized for the largest expert and freed in stream order.
 int64_t max_block(std::span<const int64_t> blocks_E) {
   int64_t m = 0;
   for (int64_t n : blocks_E) m = std::max(m, n);
   return m;
+}
+
+// One expert's projection on the GPU in its weights' dtype.
+void expert_linear(const Tensor& W, const float* x, int64_t n, float* y, gpu::Stream stream) {
+  if (W.dtype() == DType::F32) gpu::linear_f32(x, n, W.f32(), W.dim(0), W.dim(1), y, nullptr, false, stream);
+  else gpu::linear_half(x, n, W.raw(), W.dtype(), W.dim(0), W.dim(1), y, nullptr, false, stream);
 }
 
 void grouped_swiglu_cuda(const Backend& b, const float* x, int64_t D, int64_t F, std::span<const int64_t> offsets,
@@ -317,9 +324,9 @@ void grouped_swiglu_cuda(const Backend& b, const float* x, int64_t D, int64_t F,
     if (n == 0) continue;
     float* gu_e = gu + off * 2 * F;
     float* h_e = h ? h + off * F : h_tmp.as<float>();
-    gpu::linear_f32(x + off * D, n, fc1[e].f32(), 2 * F, D, gu_e, nullptr, false, b.stream);
+    expert_linear(fc1[e], x + off * D, n, gu_e, b.stream);
     gpu::swiglu(gu_e, n, F, h_e, b.stream);
-    gpu::linear_f32(h_e, n, fc2[e].f32(), D, F, y + off * D, nullptr, false, b.stream);
+    expert_linear(fc2[e], h_e, n, y + off * D, b.stream);
   }
 }
 

@@ -2,6 +2,7 @@
 // through its own SwiGLU MLP, against a double reference, with experts that have no rows, one
 // expert, and more experts than threads; the backward by finite differences, with the
 // activation kept and recomputed.
+#include <algorithm>
 #include <cmath>
 
 #include "core/tensor.h"
@@ -161,6 +162,41 @@ TEST(GroupedSwiglu, BackwardFd) {
 
 // The CUDA experts through the facade: weights, activations and gradients on the device, the
 // rows per expert on the host; the same finite-difference checks as the CPU row.
+// bf16 experts on the GPU, forward: experts with a few rows (the GEMV path, f32 sums: the f32
+// tolerance) and one with many (x rounded to bf16 for the GEMM: 1e-2 relative L2).
+TEST(GroupedSwigluCuda, Bf16ExpertsForward) {
+  CUDA_ROW("grouped_swiglu", "fwd bf16");
+#ifdef MOE_HAVE_CUDA
+  Rng rng(143);
+  const int64_t D = 64, F = 24, E = 4;
+  for (const std::vector<int64_t>& blocks : std::vector<std::vector<int64_t>>{{1, 0, 3, 8}, {2, 20, 0, 1}}) {
+    std::vector<int64_t> offsets(size_t(E), 0);
+    for (size_t e = 1; e < size_t(E); ++e) offsets[e] = offsets[e - 1] + blocks[e - 1];
+    const int64_t R = offsets.back() + blocks.back();
+    auto x = randn(size_t(R * D), rng), w1 = randn(size_t(E * 2 * F * D), rng, 0.3),
+         w2 = randn(size_t(E * D * F), rng, 0.3);
+    std::vector<uint16_t> b1(w1.size()), b2(w2.size());  // bf16 weights, and the values they hold
+    convert_from_f32(w1.data(), b1.data(), DType::BF16, w1.size());
+    convert_from_f32(w2.data(), b2.data(), DType::BF16, w2.size());
+    convert_to_f32(b1.data(), DType::BF16, w1.data(), w1.size());
+    convert_to_f32(b2.data(), DType::BF16, w2.data(), w2.size());
+    DeviceIn<float> X(x);
+    DeviceIn<uint16_t> W1(b1), W2(b2);
+    std::vector<Tensor> fc1, fc2;
+    for (int64_t e = 0; e < E; ++e) {
+      fc1.push_back(Tensor::borrow({2 * F, D}, DType::BF16, W1.get() + e * 2 * F * D, nullptr));
+      fc2.push_back(Tensor::borrow({D, F}, DType::BF16, W2.get() + e * D * F, nullptr));
+    }
+    Guarded<float> gu(size_t(R * 2 * F), qnan()), y(size_t(R * D), qnan());
+    DeviceOut<float> GU(gu), Y(y);
+    ops::grouped_swiglu(gpu(), X.get(), D, F, offsets, blocks, fc1, fc2, GU.get(), nullptr, Y.get());
+    const bool gemm = *std::max_element(blocks.begin(), blocks.end()) > 8;
+    expect_close(std::string("cuda grouped_swiglu bf16 y") + (gemm ? " (GEMM)" : " (GEMV)"), Y.fetch(),
+                 grouped_ref(widen(x), widen(w1), widen(w2), offsets, blocks, D, F), gemm ? 1e-4 : kTolF32Reduce);
+  }
+#endif
+}
+
 TEST(GroupedSwigluCuda, ForwardAndBackward) {
   OpRow fwd_row("grouped_swiglu", "fwd", On::Cuda);
   if (std::string why; !cuda_ready(&why)) fwd_row.skip(why);
