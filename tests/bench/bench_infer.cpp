@@ -2,8 +2,8 @@
 //  - decode: achieved weight bytes/s (non-expert weights + the top-k experts of every MoE
 //    layer + the LM head, as stored, x tokens/s) / the machine's read bandwidth: the best of
 //    several read methods (AVX2 and, where present, AVX-512 loads on every thread over >= 1 GiB,
-//    with and without software prefetch, fresh buffers), re-measured right before and after every decode
-//    measurement (this machine's bandwidth drifts run to run);
+//    with and without software prefetch), probed between every chunk of 16 decoded tokens, each
+//    chunk against the probes on either side (this machine's bandwidth drifts within seconds);
 //  - prefill: achieved FLOP/s / OpenBLAS sgemm FLOP/s on a square problem (also re-measured
 //    around every prefill).
 // Three random MoE shapes, f32 and bf16: few large experts (16 x ffn 1024, top-2, 32k vocab),
@@ -224,6 +224,7 @@ struct Row {
   std::string shape, dtype;
   double dec_tps, dec_gbs, dec_pct, ceil_gbs, pre_tps, pre_gflops, pre_pct, sgemm_gflops;
   double best_dec_pct, best_pre_pct;  // the best round: the machine at its quietest
+  double dec_pct_vs_best_probe;       // decode against the round's best probe instead (median)
 };
 
 Row run(const BenchShape& sh, DType dt, bool quick, int rounds, const ReadBuffer& buf) {
@@ -246,27 +247,55 @@ Row run(const BenchShape& sh, DType dt, bool quick, int rounds, const ReadBuffer
   many.max_new_tokens = sh.new_tokens;
   gen.generate(short_prompt, many);  // warm-up (page in weights, allocate caches)
   const double bytes_tok = decode_bytes_per_token(c, dt), flops_tok = prefill_flops_per_token(c, sh.prompt_len);
-  const int sgemm_n = quick ? 256 : 2048, bw_reps = quick ? 1 : 2;
-  std::vector<double> dec_tps, dec_pct, ceil, pre_tps, pre_pct, sg;
+  const int sgemm_n = quick ? 256 : 2048;
+  std::vector<double> dec_tps, dec_pct, dec_pct_max, ceil, pre_tps, pre_pct, sg;
   for (int r = 0; r < rounds; ++r) {
-    // Decode bracketed by the read ceiling, prefill by sgemm: each ratio against its own moment.
-    const double bw0 = read_ceiling(buf, bw_reps);
+    // Decode in chunks of kChunk tokens, each between two ceiling probes (a pass of every read
+    // method, the best of them): a chunk's bandwidth against the mean of the probes on either
+    // side, so that the ratio follows this machine's drift (its bandwidth moves by 1.5x within a
+    // minute). The round's ratio is the median over its chunks; for comparison, its tokens/s
+    // against the best probe of the whole round is printed too.
+    const int kChunk = quick ? 4 : 16;
+    std::vector<double> probes, chunk_s, chunk_pct;
+    std::vector<int> chunk_tokens;
+    Clock::time_point chunk0;
+    int produced = 0, in_chunk = 0;
+    auto probe = [&] {
+      probes.push_back(read_ceiling(buf, 1));
+      chunk0 = Clock::now(), in_chunk = 0;
+    };
+    auto close_chunk = [&] {
+      chunk_s.push_back(since(chunk0)), chunk_tokens.push_back(in_chunk);
+      probe();
+      const double bw_pair = 0.5 * (probes[probes.size() - 2] + probes.back());
+      chunk_pct.push_back(100 * chunk_tokens.back() * bytes_tok / chunk_s.back() / bw_pair);
+    };
     gen.reset();
-    auto res = gen.generate(short_prompt, many);
-    const double bw1 = read_ceiling(buf, bw_reps);
-    // The first new token comes from the prefill's logits; decode ran one forward per later token.
-    const double tps = double(res.ids.size() - 1) / res.decode_seconds, bw = std::max(bw0, bw1);
+    auto res = gen.generate(short_prompt, many, [&](int32_t) {
+      // The first token comes from the prefill's logits; each later one from one decode step.
+      if (++produced == 1) probe();
+      else if (++in_chunk == kChunk) close_chunk();
+      return true;
+    });
+    if (in_chunk >= kChunk / 2) close_chunk();
+    double tokens = 0, secs = 0;
+    for (size_t i = 0; i < chunk_s.size(); ++i) tokens += chunk_tokens[i], secs += chunk_s[i];
+    const double tps = tokens / secs, bw_max = *std::max_element(probes.begin(), probes.end());
+    const double bw = median(probes);
     const double g0 = sgemm_rate(sgemm_n, 2);
     gen.reset();
     res = gen.generate(long_prompt, one);
     const double g1 = sgemm_rate(sgemm_n, 2), g = std::max(g0, g1);
     const double ptps = double(res.prefilled_tokens) / res.prefill_seconds;
-    dec_tps.push_back(tps), dec_pct.push_back(100 * tps * bytes_tok / bw), ceil.push_back(bw);
+    dec_tps.push_back(tps), dec_pct.push_back(median(chunk_pct)), ceil.push_back(bw);
+    dec_pct_max.push_back(100 * tps * bytes_tok / bw_max);
     pre_tps.push_back(ptps), pre_pct.push_back(100 * ptps * flops_tok / g), sg.push_back(g);
     std::printf(
-        "  round %d: decode %7.2f tok/s = %6.2f GB/s = %5.1f%% of %6.2f GB/s (before %.2f, after %.2f); "
-        "prefill %7.1f tok/s = %5.1f%% of sgemm %.1f GFLOP/s\n",
-        r, tps, tps * bytes_tok / 1e9, dec_pct.back(), bw / 1e9, bw0 / 1e9, bw1 / 1e9, ptps, pre_pct.back(), g / 1e9);
+        "  round %d: decode %7.2f tok/s = %6.2f GB/s = %5.1f%% of the probes around each of %zu chunks (median; "
+        "probes %.1f-%.1f GB/s; %5.1f%% of the best); prefill %7.1f tok/s = %5.1f%% of sgemm %.1f GFLOP/s\n",
+        r, tps, tps * bytes_tok / 1e9, dec_pct.back(), chunk_pct.size(),
+        *std::min_element(probes.begin(), probes.end()) / 1e9, bw_max / 1e9, dec_pct_max.back(), ptps, pre_pct.back(),
+        g / 1e9);
   }
   Row row{sh.name,
           std::string(dtype_name(dt)),
@@ -279,7 +308,8 @@ Row run(const BenchShape& sh, DType dt, bool quick, int rounds, const ReadBuffer
           median(pre_pct),
           median(sg) / 1e9,
           *std::max_element(dec_pct.begin(), dec_pct.end()),
-          *std::max_element(pre_pct.begin(), pre_pct.end())};
+          *std::max_element(pre_pct.begin(), pre_pct.end()),
+          median(dec_pct_max)};
   std::printf("prefill (%d tokens): %7.1f tokens/s = %6.1f GFLOP/s = %5.1f%% of sgemm (%.1f GFLOP/s)\n", sh.prompt_len,
               row.pre_tps, row.pre_gflops, row.pre_pct, row.sgemm_gflops);
   std::printf(
@@ -345,12 +375,15 @@ int main(int argc, char** argv) {
         rows.push_back(run(sh, dt, quick, rounds, *buf));
   }
   std::printf("\nmedians of %d rounds (each ratio against the ceiling measured around it):\n", rounds);
-  std::printf("%-10s %-5s | %9s %7s %7s %8s | %9s %8s %7s | best round: %% read, %% sgemm\n", "shape", "dtype",
-              "dec tok/s", "GB/s", "% read", "ceiling", "pre tok/s", "GFLOP/s", "% sgemm");
+  std::printf("%-10s %-5s | %9s %7s %7s %8s %9s | %9s %8s %7s | best round: %% read, %% sgemm\n", "shape", "dtype",
+              "dec tok/s", "GB/s", "% read", "ceiling", "% of max", "pre tok/s", "GFLOP/s", "% sgemm");
   for (const Row& r : rows)
-    std::printf("%-10s %-5s | %9.2f %7.2f %6.1f%% %8.2f | %9.1f %8.1f %6.1f%% | %6.1f%% %6.1f%%\n", r.shape.c_str(),
-                r.dtype.c_str(), r.dec_tps, r.dec_gbs, r.dec_pct, r.ceil_gbs, r.pre_tps, r.pre_gflops, r.pre_pct,
-                r.best_dec_pct, r.best_pre_pct);
+    std::printf("%-10s %-5s | %9.2f %7.2f %6.1f%% %8.2f %8.1f%% | %9.1f %8.1f %6.1f%% | %6.1f%% %6.1f%%\n",
+                r.shape.c_str(), r.dtype.c_str(), r.dec_tps, r.dec_gbs, r.dec_pct, r.ceil_gbs, r.dec_pct_vs_best_probe,
+                r.pre_tps, r.pre_gflops, r.pre_pct, r.best_dec_pct, r.best_pre_pct);
+  std::printf(
+      "%% read: each decode chunk against the probes on either side (median); %% of max: tokens/s "
+      "against the round's best probe\n");
   if (sink == 42) std::printf(" ");
   return 0;
 }
