@@ -18,6 +18,9 @@ MOECTL, SRC, WORK = (os.path.abspath(p) for p in sys.argv[1:4])
 sys.path.insert(0, os.path.join(SRC, "tests", "parity"))
 import hf_model  # noqa: E402
 
+sys.path.insert(0, os.path.join(SRC, "tests", "cli"))
+from mcore_layout import raw_tensors  # noqa: E402
+
 shutil.rmtree(WORK, ignore_errors=True)
 os.makedirs(WORK)
 failures = []
@@ -27,21 +30,6 @@ def run(args, rc=0):
     p = subprocess.run([MOECTL] + args, capture_output=True, text=True)
     assert p.returncode == rc, f"moectl {' '.join(args)}: exit {p.returncode}\n{p.stderr}"
     return p
-
-
-def raw_tensors(d):
-    """name -> (dtype, shape, bytes) of every tensor in an HF dir's safetensors files."""
-    out = {}
-    for fn in sorted(os.listdir(d)):
-        if fn.endswith(".safetensors"):
-            raw = open(os.path.join(d, fn), "rb").read()
-            n = int.from_bytes(raw[:8], "little")
-            h = json.loads(raw[8:8 + n])
-            for k, v in h.items():
-                if k != "__metadata__":
-                    b, e = v["data_offsets"]
-                    out[k] = (v["dtype"], v["shape"], raw[8 + n + b:8 + n + e])
-    return out
 
 
 def check_rank_contents(base, tp, pp, ep):

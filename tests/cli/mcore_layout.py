@@ -11,6 +11,7 @@ import hf_model
 
 
 def raw_tensors(d):
+    """name -> (dtype, shape, bytes) of every tensor in an HF dir's safetensors files."""
     out = {}
     for fn in sorted(os.listdir(d)):
         if fn.endswith(".safetensors"):

@@ -266,6 +266,18 @@ std::vector<double> varlen_ref(const std::vector<double>& q, const std::vector<d
       attention_ref(q, kk, v, nh, ng, d, scale, t, cu[s], t + 1, t, out.data());
   return out;
 }
+// Context parallelism's queries: a CP2 rank 0's causal load-balanced chunks 0 and 3 of each
+// sequence of `cu`: their query boundaries, positions in the sequence and rows in the whole.
+void cp2_rank0_queries(const std::vector<int32_t>& cu, std::vector<int32_t>* qcu, std::vector<int32_t>* pos,
+                       std::vector<int64_t>* rows) {
+  qcu->assign(1, 0);
+  for (size_t s = 0; s + 1 < cu.size(); ++s) {
+    const int32_t L = cu[s + 1] - cu[s], c = (L + 3) / 4;
+    for (int32_t p = 0; p < L; ++p)
+      if (p < c || p >= 3 * c) pos->push_back(p), rows->push_back(cu[s] + p);
+    qcu->push_back(int32_t(pos->size()));
+  }
+}
 }  // namespace
 
 TEST(Attention, CausalOverCache) {
@@ -402,14 +414,9 @@ TEST(AttentionCuda, VarlenForward) {
   // Queries at positions: CP2 rank 0's chunks 0 and 3 of each sequence.
   const int64_t nh = 4, ng = 2, d = 8;
   const std::vector<int32_t> cu = {0, 5, 17, 317};
-  std::vector<int32_t> qcu = {0}, pos;
+  std::vector<int32_t> qcu, pos;
   std::vector<int64_t> rows;
-  for (size_t s = 0; s + 1 < cu.size(); ++s) {
-    const int32_t L = cu[s + 1] - cu[s], c = (L + 3) / 4;
-    for (int32_t p = 0; p < L; ++p)
-      if (p < c || p >= 3 * c) pos.push_back(p), rows.push_back(cu[s] + p);
-    qcu.push_back(int32_t(pos.size()));
-  }
+  cp2_rank0_queries(cu, &qcu, &pos, &rows);
   const int64_t T = cu.back(), Tq = int64_t(pos.size());
   const float scale = 1 / std::sqrt(float(d));
   auto qs = randn(size_t(Tq * nh * d), rng), kk = randn(size_t(T * ng * d), rng), v = randn(size_t(T * ng * d), rng);
@@ -437,14 +444,9 @@ TEST(Attention, VarlenQueriesAtPositions) {
   const int64_t nh = 4, ng = 2, d = 8;
   const std::vector<int32_t> cu = {0, 5, 17, 317};
   const int64_t T = cu.back();
-  std::vector<int32_t> qcu = {0}, pos;
+  std::vector<int32_t> qcu, pos;
   std::vector<int64_t> rows;
-  for (size_t s = 0; s + 1 < cu.size(); ++s) {
-    const int32_t L = cu[s + 1] - cu[s], c = (L + 3) / 4;
-    for (int32_t p = 0; p < L; ++p)
-      if (p < c || p >= 3 * c) pos.push_back(p), rows.push_back(cu[s] + p);
-    qcu.push_back(int32_t(pos.size()));
-  }
+  cp2_rank0_queries(cu, &qcu, &pos, &rows);
   const int64_t Tq = int64_t(pos.size());
   const double scale = 1 / std::sqrt(double(d));
   auto q = randn(size_t(T * nh * d), rng), kk = randn(size_t(T * ng * d), rng), v = randn(size_t(T * ng * d), rng);
