@@ -93,3 +93,25 @@ TEST_F(CudaOps, RmsNormSwigluRopeLinearMatchCpu) {
 #else
 TEST_F(CudaOps, RmsNormSwigluRopeLinearMatchCpu) {}
 #endif
+
+// Issue 17: running out of device memory is one line naming what was being allocated, the size
+// asked and what the device has free; the device stays usable after it, and stream-ordered
+// temporaries freed and taken again come back from the pool.
+TEST_F(CudaOps, OutOfMemoryNamesTheSizeAndTheFreeMemory) {
+#ifdef MOE_HAVE_CUDA
+  try {
+    kernels::cuda::DeviceBuffer huge(size_t(1) << 50, "the test's 1 PiB tensor");
+    FAIL() << "a 1 PiB allocation succeeded";
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("the test's 1 PiB tensor"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("1073741824.0 MiB asked"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("MiB free of"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  }
+  for (int i = 0; i < 3; ++i) {  // usable after the failure
+    kernels::cuda::StreamBuffer tmp(size_t(64) << 20, nullptr);
+    kernels::cuda::synchronize();
+  }
+#endif
+}

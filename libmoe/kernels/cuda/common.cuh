@@ -36,6 +36,15 @@ inline unsigned rows_grid(int64_t T) {
 
 // The one cuBLAS handle of the process (created on first use), bound to `stream` per call.
 cublasHandle_t cublas(cudaStream_t stream);
+// cuBLAS takes int dimensions.
+inline int blas_dim(int64_t v, const char* what) {
+  MOE_ASSERT(v >= 0 && v <= 0x7fffffff, "{} = {} does not fit a cuBLAS dimension", what, v);
+  return int(v);
+}
+// A leading dimension: cuBLAS wants at least 1, even for an empty operand.
+inline int blas_ld(int64_t v, const char* what) { return blas_dim(v > 0 ? v : 1, what); }
+// y_TN[t] += bias_N on the stream (the projections' bias).
+void add_bias(float* y_TN, const float* bias_N, int64_t T, int64_t N, cudaStream_t stream);
 
 // Stream-ordered temporaries (kernels/cuda/cuda_ops.h).
 using Scratch = StreamBuffer;

@@ -1,3 +1,6 @@
+#include <cstdint>
+#include <mutex>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -76,15 +79,46 @@ __global__ void bias_backward_kernel(const float* dy, int64_t T, int64_t N, floa
   }
 }
 
-// cuBLAS takes int dimensions.
-int blas_dim(int64_t v, const char* what) {
-  MOE_ASSERT(v >= 0 && v <= 0x7fffffff, "{} = {} does not fit a cuBLAS dimension", what, v);
-  return int(v);
+using detail::blas_dim;
+using detail::blas_ld;
+
+// cudaMalloc's and cudaMallocAsync's failures: out of memory names the size, what it was for and
+// what the device has free (a one-line error the user can act on: a smaller model or batch,
+// another device); anything else is internal.
+void check_alloc(cudaError_t e, size_t bytes, const char* what, const char* call) {
+  if (e == cudaSuccess) return;
+  if (e != cudaErrorMemoryAllocation) check(e, call);
+  cudaGetLastError();
+  size_t free_b = 0, total_b = 0;
+  int dev = 0;
+  cudaGetDevice(&dev);
+  cudaMemGetInfo(&free_b, &total_b);
+  throw_input("CUDA out of memory on device {} allocating {}: {:.1f} MiB asked, {:.1f} MiB free of {:.1f} MiB", dev,
+              what, double(bytes) / (1 << 20), double(free_b) / (1 << 20), double(total_b) / (1 << 20));
 }
-// A leading dimension: cuBLAS wants at least 1, even for an empty operand.
-int blas_ld(int64_t v, const char* what) { return blas_dim(v > 0 ? v : 1, what); }
+
+// Stream-ordered allocations come from the device's default pool; keeping what is freed there
+// (no release threshold) makes every allocation after the first steps a reuse, with no
+// cudaMalloc/cudaFree in a decode loop.
+void keep_pool_memory() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    int dev = 0;
+    cudaMemPool_t pool;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    check(cudaDeviceGetDefaultMemPool(&pool, dev), "cudaDeviceGetDefaultMemPool");
+    uint64_t keep = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  });
+}
 
 }  // namespace
+
+void detail::add_bias(float* y, const float* bias, int64_t T, int64_t N, cudaStream_t stream) {
+  if (T * N == 0) return;
+  add_bias_kernel<<<detail::blocks_for(T * N), kThreads, 0, stream>>>(y, bias, T, N);
+  check_launch("linear bias");
+}
 
 bool device_available(std::string* why) {
   int n = 0;
@@ -101,7 +135,9 @@ bool device_available(std::string* why) {
   return true;
 }
 
-DeviceBuffer::DeviceBuffer(size_t bytes) { check(cudaMalloc(&ptr_, bytes ? bytes : 1), "cudaMalloc"); }
+DeviceBuffer::DeviceBuffer(size_t bytes, const char* what) {
+  check_alloc(cudaMalloc(&ptr_, bytes ? bytes : 1), bytes, what, "cudaMalloc");
+}
 DeviceBuffer::~DeviceBuffer() { cudaFree(ptr_); }
 void DeviceBuffer::upload(const void* host, size_t bytes) {
   check(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
@@ -110,8 +146,9 @@ void DeviceBuffer::download(void* host, size_t bytes) const {
   check(cudaMemcpy(host, ptr_, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
 }
 
-StreamBuffer::StreamBuffer(size_t bytes, Stream stream) : stream_(stream) {
-  check(cudaMallocAsync(&ptr_, bytes ? bytes : 1, as_stream(stream)), "cudaMallocAsync");
+StreamBuffer::StreamBuffer(size_t bytes, Stream stream, const char* what) : stream_(stream) {
+  keep_pool_memory();
+  check_alloc(cudaMallocAsync(&ptr_, bytes ? bytes : 1, as_stream(stream)), bytes, what, "cudaMallocAsync");
 }
 StreamBuffer::~StreamBuffer() { cudaFreeAsync(ptr_, as_stream(stream_)); }
 
@@ -146,10 +183,7 @@ void linear_f32(const float* x, int64_t T, const float* W, int64_t N, int64_t D,
   check_blas(cublasSgemm(detail::cublas(s), CUBLAS_OP_T, CUBLAS_OP_N, blas_dim(N, "N"), blas_dim(T, "T"),
                          blas_dim(D, "D"), &one, W, blas_ld(D, "D"), x, blas_ld(D, "D"), &beta, y, blas_ld(N, "N")),
              "Sgemm (linear)");
-  if (bias) {
-    add_bias_kernel<<<detail::blocks_for(T * N), kThreads, 0, s>>>(y, bias, T, N);
-    check_launch("linear bias");
-  }
+  if (bias) detail::add_bias(y, bias, T, N, s);
 }
 
 void linear_backward_input(const float* dy, int64_t T, const float* W, int64_t N, int64_t D, float* dx, bool accumulate,

@@ -17,10 +17,11 @@ using Stream = void*;
 // True when a CUDA device can be used; otherwise `why` says why not (no driver, no device).
 bool device_available(std::string* why);
 
-// Device memory owned by this object.
+// Device memory owned by this object. Out of memory is a one-line error naming `what`, the size
+// asked and the memory the device has free.
 class DeviceBuffer {
  public:
-  explicit DeviceBuffer(size_t bytes);
+  explicit DeviceBuffer(size_t bytes, const char* what = "a device buffer");
   ~DeviceBuffer();
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
@@ -41,9 +42,10 @@ class DeviceBuffer {
 
 // Device memory allocated and freed in stream order (cudaMallocAsync / cudaFreeAsync): the
 // temporaries of ops queued on that stream, which live exactly as long as those ops need them.
+// The device's pool keeps what is freed, so a loop's allocations after its first pass are reuses.
 class StreamBuffer {
  public:
-  StreamBuffer(size_t bytes, Stream stream);
+  StreamBuffer(size_t bytes, Stream stream, const char* what = "an op's temporary");
   ~StreamBuffer();
   StreamBuffer(const StreamBuffer&) = delete;
   StreamBuffer& operator=(const StreamBuffer&) = delete;

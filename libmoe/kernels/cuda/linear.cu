@@ -77,16 +77,6 @@ __global__ void round_to(const float* __restrict__ x, int64_t n, WT* __restrict_
   }
 }
 
-__global__ void add_bias(float* __restrict__ y, const float* __restrict__ bias, int64_t T, int64_t N) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < T * N; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] += bias[i % N];
-}
-
-int blas_int(int64_t v, const char* what) {
-  MOE_ASSERT(v >= 0 && v <= 0x7fffffff, "linear: {} = {} exceeds cuBLAS's int range", what, v);
-  return int(v);
-}
-
 template <class WT>
 void run(const float* x, int64_t T, const WT* W, cudaDataType_t wtype, int64_t N, int64_t D, float* y,
          const float* bias, bool accumulate, cudaStream_t s) {
@@ -104,14 +94,12 @@ void run(const float* x, int64_t T, const WT* W, cudaDataType_t wtype, int64_t N
   check_launch("linear (round x)");
   const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   // Column-major view, as linear_f32: yᵀ[N,T] = (W as col-major [D,N])ᵀ . (x as col-major [D,T]).
-  check_blas(cublasGemmEx(detail::cublas(s), CUBLAS_OP_T, CUBLAS_OP_N, blas_int(N, "N"), blas_int(T, "T"),
-                          blas_int(D, "D"), &one, W, wtype, blas_int(D, "D"), xh.as<WT>(), wtype, blas_int(D, "D"),
-                          &beta, y, CUDA_R_32F, blas_int(N, "N"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+  check_blas(cublasGemmEx(detail::cublas(s), CUBLAS_OP_T, CUBLAS_OP_N, detail::blas_dim(N, "N"),
+                          detail::blas_dim(T, "T"), detail::blas_dim(D, "D"), &one, W, wtype, detail::blas_dim(D, "D"),
+                          xh.as<WT>(), wtype, detail::blas_dim(D, "D"), &beta, y, CUDA_R_32F, detail::blas_dim(N, "N"),
+                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
              "GemmEx (linear, half weights)");
-  if (bias) {
-    add_bias<<<detail::blocks_for(T * N), kThreads, 0, s>>>(y, bias, T, N);
-    check_launch("linear bias");
-  }
+  if (bias) detail::add_bias(y, bias, T, N, s);
 }
 
 }  // namespace
