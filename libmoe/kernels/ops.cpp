@@ -59,9 +59,9 @@ namespace gpu = kernels::cuda;
 void linear(const Backend& b, const float* x, int64_t T, const Tensor& W, const float* bias, float* y, bool acc) {
   if (b.is_cpu()) return k::linear(x, T, W, bias, y, acc);
   MOE_ASSERT(W.ndim() == 2, "linear weight must be 2-D, got {}", shape_str(W.shape()));
-  if (W.dtype() == DType::F32)
-    CUDA_BRANCH("linear", gpu::linear_f32(x, T, W.f32(), W.dim(0), W.dim(1), y, bias, acc, b.stream));
-  else CUDA_BRANCH("linear", gpu::linear_half(x, T, W.raw(), W.dtype(), W.dim(0), W.dim(1), y, bias, acc, b.stream));
+  CUDA_BRANCH("linear", W.dtype() == DType::F32
+                            ? gpu::linear_f32(x, T, W.f32(), W.dim(0), W.dim(1), y, bias, acc, b.stream)
+                            : gpu::linear_half(x, T, W.raw(), W.dtype(), W.dim(0), W.dim(1), y, bias, acc, b.stream));
 }
 
 void linear_backward_input(const Backend& b, const float* dy, int64_t T, const float* W, int64_t N, int64_t D,
