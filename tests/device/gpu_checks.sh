@@ -5,7 +5,9 @@
 # 1. the bundle on a machine with none of the build's packages: ldd, --version, a CPU infer;
 # 2. the op harness's CUDA rows and the CUDA kernel tests, each op against its CPU twin;
 # 3. compute-sanitizer memcheck over the CUDA rows;
-# 4. torch_dist against PyTorch 2's torch.distributed.checkpoint (dcp_interop.py), both ways; the
+# 4. the CUDA kernel benchmark (decode GEMV and attention against the copy bandwidth, prefill
+#    projection against cuBLAS's GEMM);
+# 5. torch_dist against PyTorch 2's torch.distributed.checkpoint (dcp_interop.py), both ways; the
 #    PyTorch-written checkpoints land in $OUT/fixtures.
 # Every step runs and prints under its own heading; the exit status is 1 if any failed. Steps that
 # need what a machine lacks (a GPU, compute-sanitizer, PyTorch 2) say so and count as skipped.
@@ -74,6 +76,9 @@ memcheck() {
   return "${PIPESTATUS[0]}"
 }
 check memcheck memcheck
+
+section "GPU speed (bench_cuda_ops: against the copy bandwidth and cuBLAS's GEMM, same run)"
+check bench_cuda_ops "$K/tests/moe_bench_cuda_ops"
 
 section "torch_dist with PyTorch's torch.distributed.checkpoint"
 check dcp_interop "$PYTHON" tests/device/dcp_interop.py "$K/bin/moectl" . "$work/dcp" "$OUT"
