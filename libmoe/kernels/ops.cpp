@@ -309,12 +309,6 @@ int64_t max_block(std::span<const int64_t> blocks_E) {
   return m;
 }
 
-// One expert's projection on the GPU in its weights' dtype.
-void expert_linear(const Tensor& W, const float* x, int64_t n, float* y, gpu::Stream stream) {
-  if (W.dtype() == DType::F32) gpu::linear_f32(x, n, W.f32(), W.dim(0), W.dim(1), y, nullptr, false, stream);
-  else gpu::linear_half(x, n, W.raw(), W.dtype(), W.dim(0), W.dim(1), y, nullptr, false, stream);
-}
-
 void grouped_swiglu_cuda(const Backend& b, const float* x, int64_t D, int64_t F, std::span<const int64_t> offsets,
                          std::span<const int64_t> blocks, std::span<const Tensor> fc1, std::span<const Tensor> fc2,
                          float* gu, float* h, float* y) {
@@ -324,9 +318,9 @@ void grouped_swiglu_cuda(const Backend& b, const float* x, int64_t D, int64_t F,
     if (n == 0) continue;
     float* gu_e = gu + off * 2 * F;
     float* h_e = h ? h + off * F : h_tmp.as<float>();
-    expert_linear(fc1[e], x + off * D, n, gu_e, b.stream);
+    linear(b, x + off * D, n, fc1[e], nullptr, gu_e);  // in the weights' dtype
     gpu::swiglu(gu_e, n, F, h_e, b.stream);
-    expert_linear(fc2[e], h_e, n, y + off * D, b.stream);
+    linear(b, h_e, n, fc2[e], nullptr, y + off * D);
   }
 }
 

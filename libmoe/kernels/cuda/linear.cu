@@ -94,10 +94,10 @@ void run(const float* x, int64_t T, const WT* W, cudaDataType_t wtype, int64_t N
   check_launch("linear (round x)");
   const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   // Column-major view, as linear_f32: yᵀ[N,T] = (W as col-major [D,N])ᵀ . (x as col-major [D,T]).
-  check_blas(cublasGemmEx(detail::cublas(s), CUBLAS_OP_T, CUBLAS_OP_N, detail::blas_dim(N, "N"),
-                          detail::blas_dim(T, "T"), detail::blas_dim(D, "D"), &one, W, wtype, detail::blas_dim(D, "D"),
-                          xh.as<WT>(), wtype, detail::blas_dim(D, "D"), &beta, y, CUDA_R_32F, detail::blas_dim(N, "N"),
-                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+  using detail::blas_dim, detail::blas_ld;
+  check_blas(cublasGemmEx(detail::cublas(s), CUBLAS_OP_T, CUBLAS_OP_N, blas_dim(N, "N"), blas_dim(T, "T"),
+                          blas_dim(D, "D"), &one, W, wtype, blas_ld(D, "D"), xh.as<WT>(), wtype, blas_ld(D, "D"), &beta,
+                          y, CUDA_R_32F, blas_ld(N, "N"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
              "GemmEx (linear, half weights)");
   if (bias) detail::add_bias(y, bias, T, N, s);
 }
