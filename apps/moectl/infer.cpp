@@ -21,6 +21,7 @@
 #include "core/log.h"
 #include "infer/chat_session.h"
 #include "infer/generation_defaults.h"
+#include "kernels/device.h"
 #include "text/chat_rows.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
@@ -30,7 +31,8 @@ namespace moectl {
 namespace {
 
 struct InferArgs {
-  std::string model, system, template_name, result_path, infer_backend = "transformers";
+  std::string model, system, template_name, result_path, infer_backend = "transformers", device = "cpu";
+  std::string device_name;  // what --device resolved to, for the speed line
   std::vector<std::string> val_dataset, adapters;
   bool system_given = false;  // --system '' means no system prompt, not the template's
   bool stream = true, logprobs = false, verbose = false;
@@ -123,12 +125,13 @@ nlohmann::json messages_json(const std::vector<moe::text::Message>& msgs) {
   return out;
 }
 
-void print_speed(const moe::infer::GenerationResult& r, bool verbose) {
+// The speed line names the device that ran (issue 17: "cpu", "cuda:0").
+void print_speed(const moe::infer::GenerationResult& r, bool verbose, const std::string& device) {
   const double pre = r.prefill_seconds > 0 ? double(r.prefilled_tokens) / r.prefill_seconds : 0;
   const double dec = r.decode_seconds > 0 ? double(r.ids.size()) / r.decode_seconds : 0;
   std::FILE* out = verbose ? stdout : stderr;
-  std::fprintf(out, "[prefill %lld tokens, %.1f tokens/s | decode %zu tokens, %.1f tokens/s]\n",
-               (long long)r.prefilled_tokens, pre, r.ids.size(), dec);
+  std::fprintf(out, "[prefill %lld tokens, %.1f tokens/s | decode %zu tokens, %.1f tokens/s | %s]\n",
+               (long long)r.prefilled_tokens, pre, r.ids.size(), dec, device.c_str());
   std::fflush(out);
 }
 
@@ -203,7 +206,7 @@ void run_batch(const InferArgs& a, moe::infer::ChatSession& chat, const moe::inf
           o["completion_tokens"] = res.ids.size();
           o["finish_reason"] = res.finish_reason;
           if (a.logprobs) o["logprobs"] = logprobs_json(res, tok);
-          if (a.verbose) print_speed(res, false);
+          if (a.verbose) print_speed(res, false, a.device_name);
         } else {
           // One row that cannot be answered (e.g. longer than the context) gets an error entry
           // in its place, so the result file still lines up with the dataset.
@@ -271,7 +274,7 @@ void run_interactive(const InferArgs& a, moe::infer::ChatSession& chat, const mo
     if (!a.stream) std::fwrite(reply.data(), 1, reply.size(), stdout);
     std::printf("\n");
     std::fflush(stdout);
-    print_speed(res, a.verbose);
+    print_speed(res, a.verbose, a.device_name);
     if (results.is_open()) {
       results << nlohmann::json{{"response", reply}, {"messages", messages_json(chat.history())}}.dump() << "\n";
       results.flush();
@@ -313,14 +316,18 @@ void add_infer_command(CLI::App& root) {
   c->add_option("--logprobs", a->logprobs, "Add per-token logprobs to the result file (true|false)");
   c->add_option("--top_logprobs", a->top_logprobs, "Alternatives per token with --logprobs (0-20)");
   c->add_option("--verbose", a->verbose, "Print speed on stdout and progress logs (true|false)");
+  c->add_option("--device", a->device,
+                "Where the model runs: cpu (default), cuda, cuda:N, or auto (the first GPU when one is usable)");
   c->callback([a] {
     if (a->verbose) moe::set_log_level(spdlog::level::info);
     validate_flags(*a);
     if (!a->result_path.empty()) check_result_path(a->result_path);
     else if (!a->val_dataset.empty()) a->result_path = default_result_path(a->model);
+    moe::Backend backend = moe::backend_for_device(a->device);  // before the load: a bad --device costs nothing
+    a->device_name = moe::backend_name(backend);
     auto loaded = moe::checkpoint::load_model(a->model);
     const std::string model_type = loaded.config.model_type;
-    moe::model::Transformer model(std::move(loaded.config), std::move(loaded.state));
+    moe::model::Transformer model(std::move(loaded.config), std::move(loaded.state), std::move(backend));
     auto tok = moe::text::Tokenizer::load(a->model);
     const std::string tname = a->template_name.empty() ? moe::text::default_template_for(model_type) : a->template_name;
     auto tmpl = a->system_given ? moe::text::make_template(tname, a->system) : moe::text::make_template(tname);

@@ -14,7 +14,8 @@ namespace moe {
 Arena::~Arena() { unmap(); }
 
 Arena::Arena(Arena&& o) noexcept
-    : buf_(std::exchange(o.buf_, nullptr)),
+    : device_(std::move(o.device_)),
+      buf_(std::exchange(o.buf_, nullptr)),
       cap_(std::exchange(o.cap_, 0)),
       used_(std::exchange(o.used_, 0)),
       high_(std::exchange(o.high_, 0)),
@@ -23,6 +24,7 @@ Arena::Arena(Arena&& o) noexcept
 Arena& Arena::operator=(Arena&& o) noexcept {
   if (this != &o) {
     unmap();
+    device_ = std::move(o.device_);
     buf_ = std::exchange(o.buf_, nullptr), cap_ = std::exchange(o.cap_, 0);
     used_ = std::exchange(o.used_, 0), high_ = std::exchange(o.high_, 0), measuring_ = o.measuring_;
   }
@@ -30,7 +32,8 @@ Arena& Arena::operator=(Arena&& o) noexcept {
 }
 
 void Arena::unmap() {
-  if (buf_) munmap(buf_, cap_);
+  if (buf_ && device_) device_->release(buf_, cap_);
+  else if (buf_) munmap(buf_, cap_);
   buf_ = nullptr, cap_ = 0;
 }
 
@@ -44,6 +47,10 @@ void Arena::reserve(size_t bytes) {
   if (measuring_ || bytes <= cap_) return;
   MOE_ASSERT(used_ == 0, "arena grown to {} bytes while {} bytes are carved", bytes, used_);
   unmap();  // the old block goes first: peak memory is the new size, not both
+  if (device_) {
+    buf_ = static_cast<std::byte*>(device_->allocate(bytes, "a workspace arena")), cap_ = bytes;
+    return;
+  }
   // Whole pages (page-aligned, so every carve is 64-byte aligned), zero-filled on first touch.
   const size_t page = size_t(sysconf(_SC_PAGESIZE)), n = (bytes + page - 1) / page * page;
   void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

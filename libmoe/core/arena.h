@@ -10,8 +10,11 @@
 #pragma once
 #include <cstddef>
 #include <exception>
+#include <memory>
 #include <span>
 #include <type_traits>
+
+#include "core/device_memory.h"
 
 namespace moe {
 
@@ -20,6 +23,8 @@ class Arena {
   static constexpr size_t kAlign = 64;  // a cache line: every carve starts on one
 
   Arena() = default;
+  // An arena in a backend's device memory (kernels/device.h): its carves are for ops only.
+  explicit Arena(std::shared_ptr<const DeviceMemory> device) : device_(std::move(device)) {}
   ~Arena();
   Arena(Arena&& o) noexcept;
   Arena& operator=(Arena&& o) noexcept;
@@ -44,12 +49,14 @@ class Arena {
   size_t capacity() const { return cap_; }
   size_t high_water() const { return high_; }  // most bytes carved at once since creation
   bool is_measuring() const { return measuring_; }
+  const DeviceMemory* device() const { return device_.get(); }  // null: host pages
   // What carving `bytes` adds to used().
   static constexpr size_t rounded(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
  private:
   void* take_bytes(size_t bytes);
   void unmap();
+  std::shared_ptr<const DeviceMemory> device_;  // null: host pages
   std::byte* buf_ = nullptr;
   size_t cap_ = 0, used_ = 0, high_ = 0;
   bool measuring_ = false;

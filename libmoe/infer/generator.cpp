@@ -137,7 +137,9 @@ std::vector<GenerationResult> generate_batch(model::Transformer& model,
   const int64_t V = model.config().vocab_size;
   const size_t n = prompts.size();
   std::vector<Row> rows(n, Row{{}, Sampler(cfg.sampling), {}, 0, false});
-  std::vector<KvCache> caches(n, KvCache(model.config()));
+  std::vector<KvCache> caches;  // reserved: b.caches holds pointers into it
+  caches.reserve(n);
+  for (size_t i = 0; i < n; ++i) caches.emplace_back(model.config(), model.backend().memory);
   std::vector<float> logits(n * size_t(V));
   errors->assign(n, "");
   std::vector<size_t> todo;  // rows to prefill: the ones that can be served and want tokens

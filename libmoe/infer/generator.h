@@ -52,7 +52,7 @@ struct GenerationResult {
 
 class Generator {
  public:
-  explicit Generator(model::Transformer& model) : model_(model), cache_(model.config()) {}
+  explicit Generator(model::Transformer& model) : model_(model), cache_(model.config(), model.backend().memory) {}
 
   // Generates a continuation of `prompt` (the whole context). `on_token` is called for each
   // generated id (stop ids excluded); returning false stops generation early.

@@ -15,6 +15,7 @@
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/qkv.h"
+#include "kernels/device.h"
 #ifdef MOE_HAVE_CUDA
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/elementwise.h"
@@ -26,6 +27,8 @@
 // On a CUDA Backend every pointer, span and Tensor an op takes is device memory (a Tensor is a
 // borrowed view of it), except grouped_swiglu's offsets_E and blocks_E, which size the
 // per-expert GEMMs on the host. Work is queued on b.stream; ops that return a value wait for it.
+// Every op holds a DeviceAccess while it runs: on the checked host backend (kernels/device.h) that
+// is the only time its memory is open to the CPU kernels.
 
 namespace moe::ops {
 
@@ -43,7 +46,8 @@ namespace {
 }
 
 void cpu_only(const Backend& b, const char* op) {
-  if (!b.is_cpu()) no_cuda(op);
+  const DeviceAccess access(b);
+  if (b.kind != Backend::Kind::kCpu) no_cuda(op);  // the checked host backend refuses as CUDA would
 }
 
 }  // namespace
@@ -57,6 +61,8 @@ namespace gpu = kernels::cuda;
 #endif
 
 void linear(const Backend& b, const float* x, int64_t T, const Tensor& W, const float* bias, float* y, bool acc) {
+  const DeviceAccess access(b);
+  access.expect_device("linear", x, W.raw(), bias, y);
   if (b.is_cpu()) return k::linear(x, T, W, bias, y, acc);
   MOE_ASSERT(W.ndim() == 2, "linear weight must be 2-D, got {}", shape_str(W.shape()));
   CUDA_BRANCH("linear", W.dtype() == DType::F32
@@ -66,17 +72,20 @@ void linear(const Backend& b, const float* x, int64_t T, const Tensor& W, const 
 
 void linear_backward_input(const Backend& b, const float* dy, int64_t T, const float* W, int64_t N, int64_t D,
                            float* dx, bool acc) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::gemm_nn(T, D, N, dy, W, dx, acc);
   CUDA_BRANCH("linear_backward_input", gpu::linear_backward_input(dy, T, W, N, D, dx, acc, b.stream));
 }
 
 void linear_backward_weight(const Backend& b, const float* dy, const float* x, int64_t T, int64_t N, int64_t D,
                             float* dW) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::gemm_tn(N, D, T, dy, x, dW, true);
   CUDA_BRANCH("linear_backward_weight", gpu::linear_backward_weight(dy, x, T, N, D, dW, b.stream));
 }
 
 void bias_backward(const Backend& b, const float* dy, int64_t T, int64_t N, float* db) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) {
     for (int64_t t = 0; t < T; ++t) k::add_inplace(db, dy + t * N, N);
     return;
@@ -85,44 +94,57 @@ void bias_backward(const Backend& b, const float* dy, int64_t T, int64_t N, floa
 }
 
 void rmsnorm(const Backend& b, const float* x, int64_t T, int64_t D, const float* w, float eps, float* y) {
+  const DeviceAccess access(b);
+  access.expect_device("rmsnorm", x, w, y);
   if (b.is_cpu()) return k::rmsnorm(x, T, D, w, eps, y);
   CUDA_BRANCH("rmsnorm", gpu::rmsnorm(x, T, D, w, eps, y, b.stream));
 }
 
 void rmsnorm_backward(const Backend& b, const float* x, int64_t T, int64_t D, const float* w, float eps,
                       const float* dy, float* dx, float* dw) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::rmsnorm_backward(x, T, D, w, eps, dy, dx, dw);
   CUDA_BRANCH("rmsnorm_backward", gpu::rmsnorm_backward(x, T, D, w, eps, dy, dx, dw, b.stream));
 }
 
 void swiglu(const Backend& b, const float* gu, int64_t T, int64_t F, float* h) {
+  const DeviceAccess access(b);
+  access.expect_device("swiglu", gu, h);
   if (b.is_cpu()) return k::swiglu(gu, T, F, h);
   CUDA_BRANCH("swiglu", gpu::swiglu(gu, T, F, h, b.stream));
 }
 
 void swiglu_backward(const Backend& b, const float* gu, const float* dh, int64_t T, int64_t F, float* dgu) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::swiglu_backward(gu, dh, T, F, dgu);
   CUDA_BRANCH("swiglu_backward", gpu::swiglu_backward(gu, dh, T, F, dgu, b.stream));
 }
 
 void rope(const Backend& b, float* x, int64_t T, int64_t H, int64_t d, const int32_t* pos, const float* cos,
           const float* sin) {
+  const DeviceAccess access(b);
+  access.expect_device("rope", x, pos, cos, sin);
   if (b.is_cpu()) return k::rope_apply(x, T, H, d, pos, cos, sin);
   CUDA_BRANCH("rope", gpu::rope_apply(x, T, H, d, pos, cos, sin, b.stream));
 }
 
 void rope_backward(const Backend& b, float* dx, int64_t T, int64_t H, int64_t d, const int32_t* pos, const float* cos,
                    const float* sin) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::rope_apply_backward(dx, T, H, d, pos, cos, sin);
   CUDA_BRANCH("rope_backward", gpu::rope_apply_backward(dx, T, H, d, pos, cos, sin, b.stream));
 }
 
 void add(const Backend& b, float* y, const float* x, int64_t n) {
+  const DeviceAccess access(b);
+  access.expect_device("add", y, x);
   if (b.is_cpu()) return k::add_inplace(y, x, n);
   CUDA_BRANCH("add", gpu::add(y, x, n, b.stream));
 }
 
 void copy(const Backend& b, float* y, const float* x, int64_t n) {
+  const DeviceAccess access(b);
+  access.expect_device("copy", y, x);
   if (b.is_cpu()) {
     if (n > 0 && y != x) std::memcpy(y, x, size_t(n) * sizeof(float));
     return;
@@ -131,11 +153,14 @@ void copy(const Backend& b, float* y, const float* x, int64_t n) {
 }
 
 void fill(const Backend& b, float* y, float value, int64_t n) {
+  const DeviceAccess access(b);
+  access.expect_device("fill", y);
   if (b.is_cpu()) return std::fill(y, y + n, value);
   CUDA_BRANCH("fill", gpu::fill(y, value, n, b.stream));
 }
 
 void gather_rows(const Backend& b, const float* x, int64_t D, std::span<const int64_t> rows, float* y) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) {
     for (size_t i = 0; i < rows.size(); ++i)
       std::memcpy(y + int64_t(i) * D, x + rows[i] * D, size_t(D) * sizeof(float));
@@ -145,6 +170,7 @@ void gather_rows(const Backend& b, const float* x, int64_t D, std::span<const in
 }
 
 void scatter_rows(const Backend& b, const float* x, int64_t D, std::span<const int64_t> rows, float* y) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) {
     for (size_t i = 0; i < rows.size(); ++i)
       std::memcpy(y + rows[i] * D, x + int64_t(i) * D, size_t(D) * sizeof(float));
@@ -154,6 +180,8 @@ void scatter_rows(const Backend& b, const float* x, int64_t D, std::span<const i
 }
 
 void embedding_gather(const Backend& b, const Tensor& table, std::span<const int32_t> ids, float* out) {
+  const DeviceAccess access(b);
+  access.expect_device("embedding_gather", table.raw(), ids.data(), out);
   if (b.is_cpu())
     return k::embedding_gather(table.raw(), table.dtype(), table.dim(0), table.dim(1), ids.data(), int64_t(ids.size()),
                                out);
@@ -163,6 +191,7 @@ void embedding_gather(const Backend& b, const Tensor& table, std::span<const int
 
 void embedding_scatter_add(const Backend& b, const float* dout, std::span<const int32_t> ids, int64_t D,
                            float* dtable) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::embedding_scatter_add(dout, ids.data(), int64_t(ids.size()), D, dtable);
   CUDA_BRANCH("embedding_scatter_add",
               gpu::embedding_scatter_add(dout, ids.data(), int64_t(ids.size()), D, dtable, b.stream));
@@ -170,24 +199,30 @@ void embedding_scatter_add(const Backend& b, const float* dout, std::span<const 
 
 CrossEntropySums cross_entropy(const Backend& b, float* logits, int64_t T, int64_t V, const int32_t* labels,
                                float grad_scale) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::cross_entropy_forward_backward(logits, T, V, labels, grad_scale);
   CUDA_BRANCH("cross_entropy", return gpu::cross_entropy_forward_backward(logits, T, V, labels, grad_scale, b.stream));
 }
 
 void qkv_split(const Backend& b, const float* qkv, int64_t T, int64_t nh, int64_t ng, int64_t d, float* q, float* kk,
                float* v) {
+  const DeviceAccess access(b);
+  access.expect_device("qkv_split", qkv, q, kk, v);
   if (b.is_cpu()) return k::qkv_split(qkv, T, nh, ng, d, q, kk, v);
   CUDA_BRANCH("qkv_split", gpu::qkv_split(qkv, T, nh, ng, d, q, kk, v, b.stream));
 }
 
 void qkv_merge(const Backend& b, const float* q, const float* kk, const float* v, int64_t T, int64_t nh, int64_t ng,
                int64_t d, float* qkv) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::qkv_merge(q, kk, v, T, nh, ng, d, qkv);
   CUDA_BRANCH("qkv_merge", gpu::qkv_merge(q, kk, v, T, nh, ng, d, qkv, b.stream));
 }
 
 void attention_varlen(const Backend& b, const VarlenAttention& a, const float* q, const float* kk, const float* v,
                       float* out, float* lse) {
+  const DeviceAccess access(b);
+  access.expect_device("attention_varlen", q, kk, v, out, lse, a.cu_seqlens, a.cu_seqlens_k, a.q_pos);
   if (b.is_cpu()) return k::attention_varlen_forward(a, q, kk, v, out, lse);
   CUDA_BRANCH("attention_varlen", gpu::attention_varlen_forward(a, q, kk, v, out, lse, b.stream));
 }
@@ -195,12 +230,15 @@ void attention_varlen(const Backend& b, const VarlenAttention& a, const float* q
 void attention_varlen_backward(const Backend& b, const VarlenAttention& a, const float* q, const float* kk,
                                const float* v, const float* out, const float* lse, const float* dout, float* dq,
                                float* dk, float* dv) {
+  const DeviceAccess access(b);
   cpu_only(b, "attention_varlen_backward");
   k::attention_varlen_backward(a, q, kk, v, out, lse, dout, dq, dk, dv);
 }
 
 void causal_attention(const Backend& b, const AttentionShape& s, const float* q, const float* kk, const float* v,
                       float* out) {
+  const DeviceAccess access(b);
+  access.expect_device("causal_attention", q, kk, v, out);
   if (b.is_cpu()) return k::causal_attention(s, q, kk, v, out);
   CUDA_BRANCH("causal_attention", gpu::causal_attention(s, q, kk, v, out, b.stream));
 }
@@ -210,18 +248,21 @@ int64_t router_capacity(int64_t T, int64_t E, int64_t K, double factor) { return
 double router_route(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,
                     float* probs, int32_t* selected, float* selected_weight, int32_t* expert, float* weight,
                     int64_t* load) {
+  const DeviceAccess access(b);
   cpu_only(b, "router_route");
   return k::router_route(o, logits, T, bias, probs, selected, selected_weight, expert, weight, load);
 }
 
 void router_seq_loads(const Backend& b, const int32_t* expert, int64_t T, int64_t K, int64_t E, const int32_t* cu,
                       int64_t S, int64_t row_begin, double* seq_load) {
+  const DeviceAccess access(b);
   cpu_only(b, "router_seq_loads");
   k::router_seq_loads(expert, T, K, E, cu, S, row_begin, seq_load);
 }
 
 double router_balancing_loss(const Backend& b, const RouterOptions& o, const float* probs, int64_t T, const int32_t* cu,
                              int64_t S, const int64_t* load, const double* seq_load) {
+  const DeviceAccess access(b);
   cpu_only(b, "router_balancing_loss");
   return k::router_balancing_loss(o, probs, T, cu, S, load, seq_load);
 }
@@ -229,6 +270,7 @@ double router_balancing_loss(const Backend& b, const RouterOptions& o, const flo
 RouterLosses router_forward(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,
                             const int32_t* cu, int64_t S, float* probs, int32_t* selected, float* selected_weight,
                             int32_t* expert, float* weight, int64_t* load) {
+  const DeviceAccess access(b);
   cpu_only(b, "router_forward");
   return k::router_forward(o, logits, T, bias, cu, S, probs, selected, selected_weight, expert, weight, load);
 }
@@ -237,6 +279,7 @@ void router_backward(const Backend& b, const RouterOptions& o, const float* logi
                      int64_t S, const float* probs, const int32_t* selected, const float* selected_weight,
                      const int32_t* expert, const int64_t* load, const double* seq_load, const float* dweight,
                      float loss_scale, float* dlogits) {
+  const DeviceAccess access(b);
   cpu_only(b, "router_backward");
   k::router_backward(o, logits, T, cu, S, probs, selected, selected_weight, expert, load, seq_load, dweight, loss_scale,
                      dlogits);
@@ -244,12 +287,15 @@ void router_backward(const Backend& b, const RouterOptions& o, const float* logi
 
 void router_topk(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,
                  int32_t* expert, float* weight) {
+  const DeviceAccess access(b);
+  access.expect_device("router_topk", logits, bias, expert, weight);
   if (b.is_cpu()) return k::router_topk(o, logits, T, bias, expert, weight);
   CUDA_BRANCH("router_topk", gpu::router_topk(o, logits, T, bias, expert, weight, b.stream));
 }
 
 int64_t permute_plan(const Backend& b, const int32_t* expert_TK, int64_t T, int64_t K, int64_t E, int64_t pad_to,
                      int64_t* counts, int64_t* offsets, int64_t* row_slot) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::permute_plan(expert_TK, T, K, E, pad_to, counts, offsets, row_slot);
   CUDA_BRANCH("permute_plan",
               return gpu::permute_plan(expert_TK, T, K, E, pad_to, counts, offsets, row_slot, b.stream));
@@ -257,18 +303,23 @@ int64_t permute_plan(const Backend& b, const int32_t* expert_TK, int64_t T, int6
 
 void permute(const Backend& b, const float* x, int64_t D, const int64_t* row_slot, int64_t R, int64_t K,
              float* x_perm) {
+  const DeviceAccess access(b);
+  access.expect_device("permute", x, row_slot, x_perm);
   if (b.is_cpu()) return k::permute(x, D, row_slot, R, K, x_perm);
   CUDA_BRANCH("permute", gpu::permute(x, D, row_slot, R, K, x_perm, b.stream));
 }
 
 void permute_backward_add(const Backend& b, const float* dx_perm, int64_t D, const int64_t* row_slot, int64_t R,
                           int64_t K, float* dx) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::permute_backward_add(dx_perm, D, row_slot, R, K, dx);
   CUDA_BRANCH("permute_backward_add", gpu::permute_backward_add(dx_perm, D, row_slot, R, K, dx, b.stream));
 }
 
 void unpermute_add(const Backend& b, const float* y_perm, int64_t D, const int64_t* row_slot, int64_t R, int64_t K,
                    const float* weight, float* out) {
+  const DeviceAccess access(b);
+  access.expect_device("unpermute_add", y_perm, row_slot, weight, out);
   if (b.is_cpu()) return k::unpermute_add(y_perm, D, row_slot, R, K, weight, out);
   CUDA_BRANCH("unpermute_add", gpu::unpermute_add(y_perm, D, row_slot, R, K, weight, out, b.stream));
 }
@@ -276,6 +327,7 @@ void unpermute_add(const Backend& b, const float* y_perm, int64_t D, const int64
 void unpermute_add_backward(const Backend& b, const float* dout, const float* y_perm, int64_t D,
                             const int64_t* row_slot, int64_t R, int64_t T, int64_t K, const float* weight,
                             float* dy_perm, float* dweight) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::unpermute_add_backward(dout, y_perm, D, row_slot, R, T, K, weight, dy_perm, dweight);
   CUDA_BRANCH("unpermute_add_backward",
               gpu::unpermute_add_backward(dout, y_perm, D, row_slot, R, T, K, weight, dy_perm, dweight, b.stream));
@@ -312,6 +364,7 @@ int64_t max_block(std::span<const int64_t> blocks_E) {
 void grouped_swiglu_cuda(const Backend& b, const float* x, int64_t D, int64_t F, std::span<const int64_t> offsets,
                          std::span<const int64_t> blocks, std::span<const Tensor> fc1, std::span<const Tensor> fc2,
                          float* gu, float* h, float* y) {
+  const DeviceAccess access(b);
   gpu::StreamBuffer h_tmp(h ? 0 : size_t(max_block(blocks) * F) * sizeof(float), b.stream);
   for (size_t e = 0; e < blocks.size(); ++e) {
     const int64_t off = offsets[e], n = blocks[e];
@@ -329,6 +382,7 @@ void grouped_swiglu_backward_cuda(const Backend& b, const float* x, int64_t D, i
                                   std::span<const Tensor> fc1, std::span<const Tensor> fc2, const float* gu,
                                   const float* h, const float* dy, float* dx, std::span<Tensor> dfc1,
                                   std::span<Tensor> dfc2) {
+  const DeviceAccess access(b);
   const int64_t m = max_block(blocks);
   gpu::StreamBuffer h_re(h ? 0 : size_t(m * F) * sizeof(float), b.stream), dh(size_t(m * F) * sizeof(float), b.stream),
       dgu(size_t(m * 2 * F) * sizeof(float), b.stream);
@@ -352,6 +406,9 @@ void grouped_swiglu_backward_cuda(const Backend& b, const float* x, int64_t D, i
 void grouped_swiglu(const Backend& b, const float* x, int64_t D, int64_t F, std::span<const int64_t> offsets,
                     std::span<const int64_t> blocks, std::span<const Tensor> fc1, std::span<const Tensor> fc2,
                     float* gu, float* h, float* y) {
+  const DeviceAccess access(b);
+  access.expect_device("grouped_swiglu", x, gu, h, y);
+  for (size_t e = 0; e < fc1.size(); ++e) access.expect_device("grouped_swiglu", fc1[e].raw(), fc2[e].raw());
   if (!b.is_cpu())
     CUDA_BRANCH("grouped_swiglu", return grouped_swiglu_cuda(b, x, D, F, offsets, blocks, fc1, fc2, gu, h, y));
   if (k::grouped_gemv_applies(blocks)) return k::grouped_swiglu_gemv(x, D, F, offsets, blocks, fc1, fc2, gu, h, y);
@@ -370,6 +427,7 @@ void grouped_swiglu_backward(const Backend& b, const float* x, int64_t D, int64_
                              std::span<const int64_t> blocks, std::span<const Tensor> fc1, std::span<const Tensor> fc2,
                              const float* gu, const float* h, const float* dy, float* dx, std::span<Tensor> dfc1,
                              std::span<Tensor> dfc2) {
+  const DeviceAccess access(b);
   if (!b.is_cpu())
     CUDA_BRANCH("grouped_swiglu_backward",
                 return grouped_swiglu_backward_cuda(b, x, D, F, offsets, blocks, fc1, fc2, gu, h, dy, dx, dfc1, dfc2));
@@ -389,14 +447,33 @@ void grouped_swiglu_backward(const Backend& b, const float* x, int64_t D, int64_
 
 void shared_gate(const Backend& b, const float* logit, const float* shared, int64_t T, int64_t D, float* gate,
                  float* y) {
+  const DeviceAccess access(b);
+  access.expect_device("shared_gate", logit, shared, gate, y);
   if (b.is_cpu()) return k::shared_gate_forward(logit, shared, T, D, gate, y);
   CUDA_BRANCH("shared_gate", gpu::shared_gate_forward(logit, shared, T, D, gate, y, b.stream));
 }
 
 void shared_gate_backward(const Backend& b, const float* dy, const float* shared, const float* gate, int64_t T,
                           int64_t D, float* dshared, float* dlogit) {
+  const DeviceAccess access(b);
   if (b.is_cpu()) return k::shared_gate_backward(dy, shared, gate, T, D, dshared, dlogit);
   CUDA_BRANCH("shared_gate_backward", gpu::shared_gate_backward(dy, shared, gate, T, D, dshared, dlogit, b.stream));
+}
+
+void to_device(const Backend& b, void* dst, const void* src, size_t bytes) {
+  if (b.host_memory()) {
+    if (bytes) std::memcpy(dst, src, bytes);
+    return;
+  }
+  b.memory->to_device(dst, src, bytes);
+}
+
+void to_host(const Backend& b, void* dst, const void* src, size_t bytes) {
+  if (b.host_memory()) {
+    if (bytes) std::memcpy(dst, src, bytes);
+    return;
+  }
+  b.memory->to_host(dst, src, bytes);
 }
 
 }  // namespace moe::ops

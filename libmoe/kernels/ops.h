@@ -35,6 +35,11 @@ void linear_backward_weight(const Backend& b, const float* dy_TN, const float* x
 // db_N += Σ_t dy_TN[t].
 void bias_backward(const Backend& b, const float* dy_TN, int64_t T, int64_t N, float* db_N);
 
+// --- memory. Bytes from the host into the backend's memory and back (a memcpy on the CPU): the
+// only way model code reads an op's output or hands it host data.
+void to_device(const Backend& b, void* dst, const void* src, size_t bytes);
+void to_host(const Backend& b, void* dst, const void* src, size_t bytes);
+
 // --- row-wise ops
 void rmsnorm(const Backend& b, const float* x_TD, int64_t T, int64_t D, const float* w_D, float eps, float* y_TD);
 void rmsnorm_backward(const Backend& b, const float* x_TD, int64_t T, int64_t D, const float* w_D, float eps,

@@ -10,9 +10,12 @@ namespace moe::model {
 namespace {
 
 ops::VarlenAttention varlen(const Context& ctx, const ModelConfig& c, const Batch& b) {
-  return {ctx.local.heads,     ctx.local.query_groups,
-          c.kv_channels,       float(1.0 / std::sqrt(double(c.kv_channels))),
-          b.cu_seqlens.data(), int64_t(b.cu_seqlens.size()) - 1};
+  return {ctx.local.heads,
+          ctx.local.query_groups,
+          c.kv_channels,
+          float(1.0 / std::sqrt(double(c.kv_channels))),
+          op_index(b).cu_seqlens.data(),
+          int64_t(b.cu_seqlens.size()) - 1};
 }
 
 // Context parallelism: this rank's queries against the whole sequences' keys, causal on the
@@ -42,9 +45,10 @@ void attend(const Context& ctx, const ModelConfig& c, int layer, const Batch& b,
     cp_gather_rows(ctx, b, k, ng * d, x, x.k.data());
     cp_gather_rows(ctx, b, v, ng * d, x, x.v.data());
     ops::attention_varlen(be, varlen_whole_keys(ctx, c, b), q, x.k.data(), x.v.data(), out, lse);
-  } else if (pos0 == 0) {
+  } else if (pos0 == 0 && (!b.cache || be.host_memory())) {
     // No earlier positions: the packed-sequence kernel training uses, so a prompt's logits are
-    // bitwise those of the training forward.
+    // bitwise those of the training forward. (On a device a prompt joining a cache goes through
+    // the cache's kernel, which needs no cu_seqlens in device memory: one row of a batch has none.)
     ops::attention_varlen(be, varlen(ctx, c, b), q, k, v, out, lse);
   } else {
     const ops::AttentionShape shape{T, pos0, nh, ng, d, float(1.0 / std::sqrt(double(d)))};
@@ -94,8 +98,9 @@ void attention_forward(const Context& ctx, const ModelConfig& c, const Attention
     ops::rmsnorm(be, s.q.data(), T * nh, d, w.q_norm.f32(), eps, s.q.data());
     ops::rmsnorm(be, s.k.data(), T * ng, d, w.k_norm.f32(), eps, s.k.data());
   }
-  ops::rope(be, s.q.data(), T, nh, d, b.positions.data(), rope.cos(), rope.sin());
-  ops::rope(be, s.k.data(), T, ng, d, b.positions.data(), rope.cos(), rope.sin());
+  const int32_t* pos = op_index(b).positions.data();
+  ops::rope(be, s.q.data(), T, nh, d, pos, rope.cos(), rope.sin());
+  ops::rope(be, s.k.data(), T, ng, d, pos, rope.cos(), rope.sin());
   if (!b.caches.empty()) {  // batched decode: each sequence against its own cache
     for (size_t q = 0; q + 1 < b.cu_seqlens.size(); ++q) {
       const int64_t t0 = b.cu_seqlens[q], n = b.cu_seqlens[q + 1] - t0;

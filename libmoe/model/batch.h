@@ -12,6 +12,11 @@
 
 namespace moe::model {
 
+// A batch's index arrays as the ops read them.
+struct BatchIndex {
+  std::span<const int32_t> tokens, positions, cu_seqlens;
+};
+
 struct Batch {
   std::span<const int32_t> tokens;      // [T]
   std::span<const int32_t> positions;   // [T]
@@ -23,7 +28,15 @@ struct Batch {
   // rows of it (cu_seqlens then marks this rank's rows of the same S sequences, positions are the
   // tokens' positions in their whole sequences); empty otherwise.
   std::span<const int32_t> cp_cu_seqlens;
+  // On a backend whose memory is not the host's, copies of tokens, positions and cu_seqlens in
+  // that memory (the Stage makes them); null on the host, where the ops read the spans above.
+  const BatchIndex* device = nullptr;
   int64_t size() const { return int64_t(tokens.size()); }
 };
+
+// The index arrays an op is handed: the batch's own, or their device copies.
+inline BatchIndex op_index(const Batch& b) {
+  return b.device ? *b.device : BatchIndex{b.tokens, b.positions, b.cu_seqlens};
+}
 
 }  // namespace moe::model

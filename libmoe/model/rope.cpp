@@ -55,7 +55,9 @@ std::vector<float> rope_inv_freq(const ModelConfig& c, float* attention_scaling)
   return inv;
 }
 
-RopeTable::RopeTable(const ModelConfig& c) { inv_freq_ = rope_inv_freq(c, &scaling_); }
+RopeTable::RopeTable(const ModelConfig& c, std::shared_ptr<const DeviceMemory> device) : device_(std::move(device)) {
+  inv_freq_ = rope_inv_freq(c, &scaling_);
+}
 
 void RopeTable::reserve(int64_t n) {
   if (n <= n_) return;
@@ -70,6 +72,13 @@ void RopeTable::reserve(int64_t n) {
       sin_[size_t(p) * half + i] = std::sin(angle) * scaling_;
     }
   n_ = n;
+  if (device_) {  // the whole table again: growth doubles, so its copies cost as much as the last one
+    const size_t bytes = cos_.size() * sizeof(float);
+    cos_dev_ = DeviceArray(device_, bytes, "the rotary cos table");
+    sin_dev_ = DeviceArray(device_, bytes, "the rotary sin table");
+    device_->to_device(cos_dev_.get(), cos_.data(), bytes);
+    device_->to_device(sin_dev_.get(), sin_.data(), bytes);
+  }
 }
 
 }  // namespace moe::model

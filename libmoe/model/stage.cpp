@@ -18,8 +18,14 @@ bool has_module(const RecomputeOptions& r, const std::string& m) {
 }  // namespace
 
 Stage::Stage(Context ctx, const ModelConfig& c, StageWeights weights, StageWeights* grads, TrainOptions options)
-    : ctx_(std::move(ctx)), cfg_(c), w_(std::move(weights)), g_(grads), opt_(std::move(options)), rope_(cfg_) {
-  if (!ctx_.workspace) ctx_.workspace = std::make_shared<Arena>();
+    : ctx_(std::move(ctx)),
+      cfg_(c),
+      w_(std::move(weights)),
+      g_(grads),
+      opt_(std::move(options)),
+      rope_(cfg_, ctx_.backend.memory) {
+  if (!ctx_.workspace) ctx_.workspace = std::make_shared<Arena>(ctx_.backend.memory);
+  MOE_ASSERT(ctx_.workspace->device() == ctx_.backend.memory.get(), "the workspace arena is not the backend's memory");
   first_ = w_.embedding.defined(), last_ = w_.final_norm.defined();
   shape_ = stage_shape(ctx_, cfg_, 0, 0);
   for (const LayerWeights& l : w_.layers) shape_.moe_layers.push_back(l.is_moe);
@@ -37,6 +43,7 @@ void Stage::begin(StageActs& acts, const Batch& b, StageCall call) {
   // may grow here; in steady state they are already large enough and nothing is allocated.
   const int64_t T = b.size();
   const StageWorkspace& w = workspace(T, call, b.cp_cu_seqlens.empty() ? 0 : b.cp_cu_seqlens.back());
+  MOE_ASSERT(acts.arena.device() == ctx_.backend.memory.get(), "a micro-batch's arena is not the backend's memory");
   acts.arena.reset();
   acts.arena.reserve(w.saved);
   MOE_ASSERT(ctx_.workspace->used() == 0, "workspace arena not empty between calls");
@@ -45,6 +52,21 @@ void Stage::begin(StageActs& acts, const Batch& b, StageCall call) {
   acts.x = acts.arena.take<float>(TD), acts.x_next = acts.arena.take<float>(TD);
   acts.hf = acts.arena.take<float>(TD);
   acts.dhf = call == StageCall::kTrain ? acts.arena.take<float>(TD) : std::span<float>();
+}
+
+BatchIndex Stage::device_index(const Batch& b, StageActs& acts) const {
+  const size_t T = b.tokens.size(), n = 2 * T + b.cu_seqlens.size();
+  if (acts.index.bytes() < n * sizeof(int32_t))
+    acts.index =
+        DeviceArray(ctx_.backend.memory, std::max(n, 2 * acts.index.bytes() / sizeof(int32_t)) * sizeof(int32_t),
+                    "a batch's token ids and positions");
+  thread_local std::vector<int32_t> host;  // one copy across for the three arrays
+  host.assign(b.tokens.begin(), b.tokens.end());
+  host.insert(host.end(), b.positions.begin(), b.positions.end());
+  host.insert(host.end(), b.cu_seqlens.begin(), b.cu_seqlens.end());
+  ops::to_device(ctx_.backend, acts.index.get(), host.data(), n * sizeof(int32_t));
+  const int32_t* p = acts.index.as<const int32_t>();
+  return {{p, T}, {p + T, T}, {p + 2 * T, b.cu_seqlens.size()}};
 }
 
 void Stage::check_batch(const Batch& b) const {
@@ -212,7 +234,7 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
   } else if (tp_size(ctx_) > 1) {
     vocab_parallel_embedding(ctx_, w_.embedding, b.tokens, acts.x.data());
   } else {
-    ops::embedding_gather(ctx_.backend, w_.embedding, b.tokens, acts.x.data());
+    ops::embedding_gather(ctx_.backend, w_.embedding, op_index(b).tokens, acts.x.data());
   }
   if (!inference) acts.layers.resize(size_t(L));
   auto collect = [&](int i) {
@@ -265,9 +287,12 @@ void Stage::run_layers(const Batch& b, StageActs& acts, bool keep, bool inferenc
   for (size_t q = 0; q < b.caches.size(); ++q) b.caches[q]->advance(b.cu_seqlens[q + 1] - b.cu_seqlens[q]);
 }
 
-void Stage::forward_logits(const Batch& b, StageActs& acts, float* logits, bool all_logits) {
-  const int64_t T = b.size(), D = cfg_.hidden_size;
+void Stage::forward_logits(const Batch& host_batch, StageActs& acts, float* logits, bool all_logits) {
+  const int64_t T = host_batch.size(), D = cfg_.hidden_size;
   if (T == 0) return;
+  Batch b = host_batch;
+  BatchIndex index;
+  if (!ctx_.backend.host_memory()) b.device = &(index = device_index(b, acts));
   // The generator runs one process; the vocabulary-parallel head would need its logits gathered.
   if (tp_size(ctx_) > 1) throw_internal("inference under tensor parallelism is not implemented");
   if (!first_ || !last_) throw_internal("inference over one pipeline stage of several is not implemented");
@@ -299,6 +324,8 @@ StepStats Stage::forward_loss(const Batch& b, StageActs& acts, bool keep, float 
                               const float* input) {
   const Backend& be = ctx_.backend;
   const int64_t T = b.size(), D = cfg_.hidden_size;
+  // The head's labelled rows and the losses are worked out on the host for now.
+  if (!be.host_memory()) throw_internal("training and evaluation on a device are not implemented yet");
   check_batch(b);
   begin(acts, b, keep ? StageCall::kTrain : StageCall::kEvaluate);
   // Under TP this rank's columns of the logits: its rows of the LM head, the padding rows past the

@@ -49,6 +49,7 @@ struct StageActs {
   std::vector<LayerActs> layers;
   LayerActs scratch;                    // inference: the layer being run
   std::span<float> x, x_next, hf, dhf;  // the residual stream, final norm output and its gradient
+  DeviceArray index;                    // a device backend: the batch's index arrays (BatchIndex)
 };
 
 class Stage {
@@ -97,6 +98,8 @@ class Stage {
 
  private:
   void begin(StageActs& acts, const Batch& b, StageCall call);
+  // On a backend whose memory is not the host's, b's index arrays copied into acts.index.
+  BatchIndex device_index(const Batch& b, StageActs& acts) const;
   void run_layers(const Batch& b, StageActs& acts, bool keep, bool inference, StepStats* st, const float* input);
   void layer_forward(int i, const Batch& b, const float* x_in, float* x_out, LayerActs& a, bool keep, Arena& saved);
   void layer_backward(int i, const Batch& b, LayerActs& a, float* dx, float aux_scale);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/error.h"
 #include "kernels/ops.h"
 
 namespace moe::model {
@@ -29,6 +30,7 @@ TokenDispatcher::TokenDispatcher(const Backend& b, std::span<const int32_t> expe
 
 TokenDispatcher::TokenDispatcher(const Backend& b, const Routing& r, int64_t E, int64_t pad_to)
     : be_(b), T_(r.T), K_(r.K), pad_to_(pad_to), own_weight_(r.weight_TK) {
+  MOE_ASSERT(b.host_memory(), "a standalone token dispatcher plans in host memory");
   own_index_.resize(size_t(3 * E + max_rows(r.T, r.K, E, pad_to, pad_to)));
   const std::span<int64_t> index(own_index_);
   counts_E_ = index.subspan(0, size_t(E)), offsets_E_ = index.subspan(size_t(E), size_t(E));
@@ -38,6 +40,21 @@ TokenDispatcher::TokenDispatcher(const Backend& b, const Routing& r, int64_t E, 
 }
 
 void TokenDispatcher::plan(const int32_t* expert_TK, int64_t E) {
+  if (!be_.host_memory()) {  // planned on the host from the choices, the row map sent back
+    std::vector<int32_t> experts(size_t(T_ * K_));
+    ops::to_host(be_, experts.data(), expert_TK, experts.size() * sizeof(int32_t));
+    const std::span<int64_t> device_slots = row_slot_;
+    host_index_.resize(size_t(3 * E) + row_slot_.size());
+    const std::span<int64_t> index(host_index_);
+    counts_E_ = index.subspan(0, size_t(E)), offsets_E_ = index.subspan(size_t(E), size_t(E));
+    blocks_E_ = index.subspan(size_t(2 * E), size_t(E)), row_slot_ = index.subspan(size_t(3 * E));
+    const int64_t R = ops::permute_plan(Backend{}, experts.data(), T_, K_, E, pad_to_, counts_E_.data(),
+                                        offsets_E_.data(), row_slot_.data());
+    ops::to_device(be_, device_slots.data(), row_slot_.data(), size_t(R) * sizeof(int64_t));
+    row_slot_ = device_slots.first(size_t(R));
+    for (int64_t e = 0; e < E; ++e) blocks_E_[size_t(e)] = block(e);
+    return;
+  }
   const int64_t R =
       ops::permute_plan(be_, expert_TK, T_, K_, E, pad_to_, counts_E_.data(), offsets_E_.data(), row_slot_.data());
   row_slot_ = row_slot_.first(size_t(R));

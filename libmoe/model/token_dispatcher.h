@@ -61,7 +61,10 @@ class TokenDispatcher {
   std::span<int64_t> counts_E_, offsets_E_, blocks_E_, row_slot_;
   std::span<const float> weight_TK_;
   std::vector<int64_t> own_index_;  // standalone: counts, offsets, blocks and row map
-  std::vector<float> own_weight_;   // standalone: the weights
+  // On a backend whose memory is not the host's: counts, offsets and blocks (which the experts'
+  // GEMMs are sized from on the host) and the row map, planned here and the row map uploaded.
+  std::vector<int64_t> host_index_;
+  std::vector<float> own_weight_;  // standalone: the weights
 };
 
 }  // namespace moe::model

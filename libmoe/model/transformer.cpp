@@ -1,5 +1,7 @@
 #include "model/transformer.h"
 
+#include "kernels/ops.h"
+#include "model/device_weights.h"
 #include "model/rank_state.h"
 #include "model/weight_map.h"
 
@@ -28,12 +30,26 @@ StageWeights stage_weights(const ModelConfig& c, const StateDict& s, int begin, 
   return w;
 }
 
-Transformer::Transformer(ModelConfig config, StateDict state) : cfg_(std::move(config)), state_(std::move(state)) {
+Transformer::Transformer(ModelConfig config, StateDict state, Backend backend)
+    : cfg_(std::move(config)), state_(std::move(state)) {
   check_state(cfg_, state_, false);
   // This rank's slices, from ShardSpec (the whole tensors, uncopied, with one process).
   const StateDict local = rank_state(single_process_spec(cfg_), cfg_, state_, 0, 0, 0);
-  stage_ = std::make_unique<Stage>(single_process_context(cfg_), cfg_, stage_weights(cfg_, local, 0, cfg_.num_layers),
-                                   nullptr, TrainOptions{});
+  Context ctx = single_process_context(cfg_);
+  ctx.backend = std::move(backend);
+  ctx.workspace = std::make_shared<Arena>(ctx.backend.memory);
+  acts_.arena = Arena(ctx.backend.memory);
+  StageWeights w = weights_on_device(stage_weights(cfg_, local, 0, cfg_.num_layers), ctx.backend);
+  stage_ = std::make_unique<Stage>(std::move(ctx), cfg_, std::move(w), nullptr, TrainOptions{});
+}
+
+void Transformer::logits_to(const Batch& b, int64_t rows, float* logits, bool all_logits) {
+  const Backend& be = backend();
+  if (be.host_memory()) return stage_->forward_logits(b, acts_, logits, all_logits);
+  const size_t bytes = size_t(rows * cfg_.vocab_size) * sizeof(float);
+  if (logits_.bytes() < bytes) logits_ = DeviceArray(be.memory, bytes, "the logits");
+  stage_->forward_logits(b, acts_, logits_.as<float>(), all_logits);
+  ops::to_host(be, logits, logits_.get(), bytes);
 }
 
 void Transformer::forward(std::span<const int32_t> ids, KvStore& cache, float* logits, bool all_logits) {
@@ -53,7 +69,7 @@ void Transformer::forward_batch(std::span<const int32_t> ids, std::span<const in
       positions_[size_t(t)] = int32_t(caches[q]->length() + (t - cu_seqlens[q]));
   Batch b{ids, positions_, cu_seqlens, {}, nullptr};
   b.caches = caches;
-  stage_->forward_logits(b, acts_, logits, false);
+  logits_to(b, int64_t(caches.size()), logits, false);
 }
 
 void Transformer::run(std::span<const int32_t> ids, KvStore* cache, float* logits, bool all_logits) {
@@ -62,7 +78,7 @@ void Transformer::run(std::span<const int32_t> ids, KvStore* cache, float* logit
   for (int64_t t = 0; t < T; ++t) positions_[size_t(t)] = int32_t(pos0 + t);
   cu_seqlens_ = {0, int32_t(T)};
   const Batch b{ids, positions_, cu_seqlens_, {}, cache};
-  stage_->forward_logits(b, acts_, logits, all_logits);
+  if (T > 0) logits_to(b, all_logits ? T : 1, logits, all_logits);
 }
 
 }  // namespace moe::model

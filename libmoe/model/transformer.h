@@ -15,10 +15,14 @@ namespace moe::model {
 class Transformer {
  public:
   // Checks that `state` holds every canonical tensor with the shape `config` implies
-  // (InputError naming the tensor); keeps references to the tensors (no copy).
-  Transformer(ModelConfig config, StateDict state);
+  // (InputError naming the tensor); keeps references to the tensors (no copy). On a backend
+  // whose memory is not the host's (kernels/device.h) the forward runs there, on a copy of the
+  // weights in that memory; logits still come back to the host.
+  Transformer(ModelConfig config, StateDict state, Backend backend = {});
 
   const ModelConfig& config() const { return cfg_; }
+  // Where the forward runs; KV caches handed to it live in backend().memory (infer::KvCache).
+  const Backend& backend() const { return stage_->context().backend; }
   const StateDict& state() const { return state_; }
 
   // Runs `ids` at positions cache.length() .. and appends them to the cache (infer::KvCache
@@ -36,12 +40,16 @@ class Transformer {
 
  private:
   void run(std::span<const int32_t> ids, KvStore* cache, float* logits, bool all_logits);
+  // The stage's logits ([rows, V]) into the caller's host buffer, through a device buffer when
+  // the backend has its own memory.
+  void logits_to(const Batch& b, int64_t rows, float* logits, bool all_logits);
 
   ModelConfig cfg_;
   StateDict state_;
   std::unique_ptr<Stage> stage_;
   StageActs acts_;  // buffers reused from call to call
   std::vector<int32_t> positions_, cu_seqlens_;
+  DeviceArray logits_;  // a device backend: the logits before they come back
 };
 
 // Checks `state` against the tensors `c` implies (buffers may be absent when `allow_missing_buffers`);

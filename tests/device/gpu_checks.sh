@@ -4,7 +4,9 @@
 #   run: tests/device/gpu_checks.sh   carry: [".kit"]   (after tests/device/make_kit.sh here)
 # 1. the bundle on a machine with none of the build's packages: ldd, --version, a CPU infer;
 # 2. the op harness's CUDA rows and the CUDA kernel tests, each op against its CPU twin;
-# 3. compute-sanitizer memcheck over the CUDA rows;
+# 3. the model's forward on the GPU against the CPU (moe_test_infer's CudaForward: four families,
+#    fp32 and bf16) and `moectl infer --device cuda` against `--device cpu` on the tiny model;
+#    compute-sanitizer memcheck over the CUDA rows;
 # 4. the CUDA kernel benchmark (decode GEMV and attention against the copy bandwidth, prefill
 #    projection against cuBLAS's GEMM);
 # 5. torch_dist against PyTorch 2's torch.distributed.checkpoint (dcp_interop.py), both ways; the
@@ -68,12 +70,41 @@ gtest() {  # a GoogleTest binary: its totals and failures; skipped (77) when it 
 check op_harness gtest "$K/tests/moe_test_ops" --gtest_filter='*Cuda*'
 check cuda_kernels gtest "$K/tests/moe_test_kernels" --gtest_filter='*Cuda*'
 
+section "the model on the GPU (moectl infer --device cuda against --device cpu)"
+check cuda_forward gtest "$K/tests/moe_test_infer" --gtest_filter='CudaForward.*'
+infer_on_gpu() {  # the tiny model is bf16: the first token's top-5 logprobs within 2e-2 (issue 17)
+  has_gpu || { echo "no GPU"; return 77; }
+  local d
+  for d in cpu cuda; do
+    "$K/bin/moectl" infer --model "$work/tiny" --val_dataset "$work/q.jsonl" --max_new_tokens 32 --temperature 0 \
+      --logprobs true --top_logprobs 5 --device $d --verbose true --result_path "$work/$d.jsonl" |
+      grep -F '[prefill' || return 1
+  done
+  "$PYTHON" - "$work/cpu.jsonl" "$work/cuda.jsonl" <<'PY'
+import json, sys
+cpu, gpu = (json.loads(open(p).readline()) for p in sys.argv[1:3])
+print("cpu: ", repr(cpu["response"][:120]))
+print("cuda:", repr(gpu["response"][:120]), "(same text)" if cpu["response"] == gpu["response"] else "(differs)")
+a, b = (r["logprobs"]["content"][0]["top_logprobs"] for r in (cpu, gpu))
+pa, pb = ({x["id"]: x["logprob"] for x in t} for t in (a, b))
+worst = max(abs(pa[i] - pb[i]) for i in pa if i in pb)
+print("first token: top-5 ids", "the same" if list(pa) == list(pb) else "differ",
+      "| largest logprob difference %.2e" % worst)
+sys.exit(0 if worst <= 2e-2 and a[0]["id"] == b[0]["id"] else 1)
+PY
+}
+check infer_on_gpu infer_on_gpu
+
 section "compute-sanitizer memcheck"
 memcheck() {
   command -v compute-sanitizer >/dev/null || { echo "no compute-sanitizer"; return 77; }
   has_gpu || { echo "no GPU"; return 77; }
   compute-sanitizer --tool memcheck --error-exitcode 9 "$K/tests/moe_test_ops" --gtest_filter='*Cuda*' 2>&1 | tail -6
-  return "${PIPESTATUS[0]}"
+  local rc=${PIPESTATUS[0]}
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$K/tests/moe_test_infer" --gtest_filter='CudaForward.*' 2>&1 |
+    tail -6
+  [ "$rc" -eq 0 ] && return "${PIPESTATUS[0]}"
+  return "$rc"
 }
 check memcheck memcheck
 

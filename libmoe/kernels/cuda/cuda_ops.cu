@@ -146,6 +146,44 @@ void DeviceBuffer::download(void* host, size_t bytes) const {
   check(cudaMemcpy(host, ptr_, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
 }
 
+namespace {
+
+// The model's device memory (weights, arenas, KV caches): cudaMalloc'd blocks that live as long
+// as what owns them, and copies ordered on the backend's stream.
+class CudaMemory final : public DeviceMemory {
+ public:
+  explicit CudaMemory(Stream stream) : stream_(as_stream(stream)) {}
+  void* allocate(size_t bytes, const char* what) const override {
+    void* p = nullptr;
+    check_alloc(cudaMalloc(&p, bytes ? bytes : 1), bytes, what, "cudaMalloc");
+    return p;
+  }
+  void release(void* p, size_t /*bytes*/) const override { cudaFree(p); }
+  // The host side may be pageable memory that its owner frees on return: copied before return.
+  void to_device(void* dst, const void* src, size_t bytes) const override {
+    if (bytes == 0) return;
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync H2D");
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (H2D)");
+  }
+  void to_host(void* dst, const void* src, size_t bytes) const override {
+    if (bytes == 0) return;
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync D2H");
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (D2H)");
+  }
+  void on_device(void* dst, const void* src, size_t bytes) const override {
+    if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "cudaMemcpyAsync D2D");
+  }
+
+ private:
+  cudaStream_t stream_;
+};
+
+}  // namespace
+
+std::shared_ptr<const DeviceMemory> device_memory(Stream stream) { return std::make_shared<CudaMemory>(stream); }
+
+void select_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+
 StreamBuffer::StreamBuffer(size_t bytes, Stream stream, const char* what) : stream_(stream) {
   keep_pool_memory();
   check_alloc(cudaMallocAsync(&ptr_, bytes ? bytes : 1, as_stream(stream)), bytes, what, "cudaMallocAsync");

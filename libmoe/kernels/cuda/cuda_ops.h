@@ -6,7 +6,10 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
+
+#include "core/device_memory.h"
 
 namespace moe::kernels::cuda {
 
@@ -16,6 +19,11 @@ using Stream = void*;
 
 // True when a CUDA device can be used; otherwise `why` says why not (no driver, no device).
 bool device_available(std::string* why);
+
+// Makes `device` the calling thread's current device (cudaSetDevice).
+void select_device(int device);
+// The model's device memory on the current device, its copies ordered on `stream`.
+std::shared_ptr<const DeviceMemory> device_memory(Stream stream);
 
 // Device memory owned by this object. Out of memory is a one-line error naming `what`, the size
 // asked and the memory the device has free.
