@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <new>
 
@@ -148,7 +149,13 @@ void DeviceAccess::check_one(const void* p, const char* op) const {
 }
 
 DeviceAccess::~DeviceAccess() {
-  if (checked_) static_cast<const CheckedHostMemory*>(checked_)->close();
+  if (!checked_) return;
+  // close() throws only when mprotect fails, which a destructor cannot report by throwing.
+  try {
+    static_cast<const CheckedHostMemory*>(checked_)->close();
+  } catch (...) {
+    std::terminate();
+  }
 }
 
 }  // namespace moe

@@ -2,10 +2,16 @@
 // same model in the same run: rows/s of N prompts answered with N greedy tokens each, one row
 // after another (Generator::generate) and all together (generate_batch), and the ratios. Decode
 // on the CPU is bound by reading the weights, which a batched step reads once for every row.
-// Checks that both give the same tokens. `--quick` uses a small model (a smoke run for ctest).
+// Checks that both give the same tokens. This VM's bandwidth drifts by 10-20% within a minute, so
+// the two are measured in paired rounds (the order alternating) and every ratio printed is the
+// median of the rounds' ratios. `--quick` uses a small model and one round (a smoke run for
+// ctest); `--rounds N` sets the rounds (default 5).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "bench_util.h"
@@ -15,8 +21,58 @@
 using namespace moe;
 using namespace moe::bench;
 
+namespace {
+
+struct Timing {
+  double total = 0, decode = 0, prefill = 0;
+  std::vector<std::vector<int32_t>> ids;
+};
+
+// One row after another, as --max_batch_size 1.
+Timing one_at_a_time(model::Transformer& model, const std::vector<std::vector<int32_t>>& prompts,
+                     const infer::GenerationConfig& cfg) {
+  Timing t;
+  const auto t0 = Clock::now();
+  for (const auto& p : prompts) {
+    infer::Generator gen(model);
+    const auto r = gen.generate(p, cfg);
+    t.decode += r.decode_seconds, t.prefill += r.prefill_seconds;
+    t.ids.push_back(r.ids);
+  }
+  t.total = since(t0);
+  return t;
+}
+
+// All together, as --max_batch_size N; each row carries its share of the packed prefill.
+Timing together(model::Transformer& model, const std::vector<std::vector<int32_t>>& prompts,
+                const infer::GenerationConfig& cfg) {
+  Timing t;
+  std::vector<std::string> errors;
+  const auto t0 = Clock::now();
+  const auto batch = infer::generate_batch(model, prompts, cfg, &errors);
+  t.total = since(t0), t.decode = batch.front().decode_seconds;
+  for (size_t r = 0; r < batch.size(); ++r) {
+    t.prefill += batch[r].prefill_seconds;
+    t.ids.push_back(errors[r].empty() ? batch[r].ids : std::vector<int32_t>{});
+  }
+  return t;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  bool quick = false;
+  int rounds = 5;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true, rounds = 1;
+    else if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) rounds = std::max(1, std::atoi(argv[++i]));
+  }
   model::ModelConfig c;  // the inference benchmark's model (bench_infer)
   c.model_type = "qwen3_moe";
   c.num_layers = quick ? 2 : 6;
@@ -56,35 +112,25 @@ int main(int argc, char** argv) {
     infer::GenerationConfig cfg;
     cfg.max_new_tokens = new_tokens;
     cfg.sampling.temperature = 0;  // greedy, no stop ids: every row runs new_tokens steps
-    // One row at a time, as --max_batch_size 1.
-    std::vector<std::vector<int32_t>> one_ids;
-    double one_decode = 0, one_prefill = 0;
-    auto t0 = Clock::now();
-    for (const auto& p : prompts) {
-      infer::Generator gen(model);
-      const auto r = gen.generate(p, cfg);
-      one_decode += r.decode_seconds;
-      one_prefill += r.prefill_seconds;
-      one_ids.push_back(r.ids);
-    }
-    const double one_total = since(t0);
-    // All together, as --max_batch_size 8.
-    std::vector<std::string> errors;
-    t0 = Clock::now();
-    const auto batch = infer::generate_batch(model, prompts, cfg, &errors);
-    const double batch_total = since(t0), batch_decode = batch.front().decode_seconds;
-    double batch_prefill = 0;  // each row carries its share of the packed prefill
-    for (const auto& r : batch) batch_prefill += r.prefill_seconds;
-    bool same = true;
-    for (int r = 0; r < rows; ++r)
-      same = same && errors[size_t(r)].empty() && batch[size_t(r)].ids == one_ids[size_t(r)];
     const double gen_tokens = double(rows) * new_tokens;
-    std::printf(
-        "%s: one row at a time %.2f rows/s (decode %.1f tokens/s); %d together %.2f rows/s (decode %.1f tokens/s)"
-        " = %.2fx rows/s, %.2fx decode, %.2fx prefill; same tokens: %s\n",
-        dt == DType::F32 ? "f32 " : "bf16", rows / one_total, gen_tokens / one_decode, rows, rows / batch_total,
-        gen_tokens / batch_decode, one_total / batch_total, one_decode / batch_decode, one_prefill / batch_prefill,
-        same ? "yes" : "NO");
+    const char* name = dt == DType::F32 ? "f32 " : "bf16";
+    std::vector<double> rows_x, decode_x, prefill_x;
+    bool same = true;
+    for (int round = 0; round < rounds; ++round) {
+      Timing one, all;
+      if (round % 2 == 0) one = one_at_a_time(model, prompts, cfg), all = together(model, prompts, cfg);
+      else all = together(model, prompts, cfg), one = one_at_a_time(model, prompts, cfg);
+      same = same && one.ids == all.ids;
+      rows_x.push_back(one.total / all.total), decode_x.push_back(one.decode / all.decode);
+      prefill_x.push_back(one.prefill / all.prefill);
+      std::printf(
+          "%s round %d: one row at a time %.2f rows/s (decode %.1f tokens/s); %d together %.2f rows/s (decode %.1f "
+          "tokens/s) = %.2fx rows/s, %.2fx decode, %.2fx prefill\n",
+          name, round + 1, rows / one.total, gen_tokens / one.decode, rows, rows / all.total, gen_tokens / all.decode,
+          rows_x.back(), decode_x.back(), prefill_x.back());
+    }
+    std::printf("%s median of %d paired rounds: %.2fx rows/s, %.2fx decode, %.2fx prefill; same tokens: %s\n", name,
+                rounds, median(rows_x), median(decode_x), median(prefill_x), same ? "yes" : "NO");
     if (!same) return 1;
   }
   return 0;
