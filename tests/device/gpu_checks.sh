@@ -8,7 +8,8 @@
 #    fp32 and bf16) and `moectl infer --device cuda` against `--device cpu` on the tiny model;
 #    compute-sanitizer memcheck over the CUDA rows;
 # 4. the CUDA kernel benchmark (decode GEMV and attention against the copy bandwidth, prefill
-#    projection against cuBLAS's GEMM);
+#    projection against cuBLAS's GEMM) and the model's (bench_gpu_infer: decode of a
+#    Qwen3-30B-A3B-shaped model against the copy bandwidth, prefill TFLOP/s);
 # 5. torch_dist against PyTorch 2's torch.distributed.checkpoint (dcp_interop.py), both ways; the
 #    PyTorch-written checkpoints land in $OUT/fixtures.
 # Every step runs and prints under its own heading; the exit status is 1 if any failed. Steps that
@@ -110,6 +111,8 @@ check memcheck memcheck
 
 section "GPU speed (bench_cuda_ops: against the copy bandwidth and cuBLAS's GEMM, same run)"
 check bench_cuda_ops "$K/tests/moe_bench_cuda_ops"
+section "GPU model speed (bench_gpu_infer: Qwen3-30B-A3B shape, 12 layers, bf16; decode against the copy)"
+check bench_gpu_infer "$K/tests/moe_bench_gpu_infer" --layers "${GPU_BENCH_LAYERS:-12}"
 
 section "torch_dist with PyTorch's torch.distributed.checkpoint"
 check dcp_interop "$PYTHON" tests/device/dcp_interop.py "$K/bin/moectl" . "$work/dcp" "$OUT"

@@ -18,7 +18,7 @@ cmake --install "$BUILD" --prefix "$tmp/kit" >/dev/null
 rm -f "$tmp"/kit/lib/libcudart.so* "$tmp"/kit/lib/libcublas*.so* "$tmp"/kit/lib/libnccl.so*
 mkdir "$tmp/kit/tests"
 cp "$BUILD/tests/moe_test_ops" "$BUILD/tests/moe_test_kernels" "$BUILD/tests/moe_test_infer" \
-  "$BUILD/tests/bench/moe_bench_cuda_ops" "$tmp/kit/tests/"
+  "$BUILD/tests/bench/moe_bench_cuda_ops" "$BUILD/tests/bench/moe_bench_gpu_infer" "$tmp/kit/tests/"
 mkdir -p "$OUT"
 tar -C "$tmp" -cf - kit | xz -T0 -6 >"$OUT/kit.tar.xz.tmp"
 mv "$OUT/kit.tar.xz.tmp" "$OUT/kit.tar.xz"
