@@ -8,7 +8,8 @@
 set -euo pipefail
 BUILD=$(realpath "${1:-build}")
 OUT=${2:-.kit}
-if ! ldd "$BUILD/apps/moectl/moectl" | grep -q libcudart; then
+# grep reads all of ldd's output: with pipefail, -q's early exit could fail the pipeline on SIGPIPE.
+if ! ldd "$BUILD/apps/moectl/moectl" | grep libcudart >/dev/null; then
   echo "make_kit: $BUILD/apps/moectl/moectl is not a CUDA build (configure with -DMOE_CUDA=ON)" >&2
   exit 2
 fi
