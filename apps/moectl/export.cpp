@@ -13,6 +13,7 @@
 
 #include "checkpoint/convert_precision.h"
 #include "checkpoint/mcore_export.h"
+#include "kernels/device.h"
 #include "train/metrics.h"
 
 namespace moectl {
@@ -83,11 +84,12 @@ std::function<void(uint64_t, uint64_t, int, int)> export_progress(const std::str
 }
 
 // Runs both models on the same 16 tokens (fp32 compute) and fails above tolerance.
-void report_precision(const moe::checkpoint::LoadedModel& src, const moe::checkpoint::LoadedModel& dst) {
+void report_precision(const moe::checkpoint::LoadedModel& src, const moe::checkpoint::LoadedModel& dst,
+                      const moe::Backend& backend) {
   std::vector<int32_t> ids;
   ids.reserve(16);
   for (int i = 0; i < 16; ++i) ids.push_back(int32_t((i * 2654435761u + 17) % uint32_t(src.config.vocab_size)));
-  const auto r = moe::checkpoint::compare_models(src, dst, ids);
+  const auto r = moe::checkpoint::compare_models(src, dst, ids, backend);
   std::printf(
       "test_convert_precision: %d tokens, max_abs_diff %.3g, mean_abs_diff %.3g, relative L2 %.3g, "
       "argmax mismatches %d\n",
@@ -101,6 +103,7 @@ void report_precision(const moe::checkpoint::LoadedModel& src, const moe::checkp
 void add_export_command(CLI::App& root) {
   struct Args {
     std::string model, mcore_model, output_dir, dtype, max_shard_size = "5GB", ckpt_format = "torch_dist";
+    std::string device = "cpu";
     int thread_count = 2;
     bool to_mcore = false, to_hf = false, overwrite = false, verbose = false, test_precision = false;
     int tp = 1, pp = 1, ep = 1, etp = -1;
@@ -130,6 +133,8 @@ void add_export_command(CLI::App& root) {
   c->add_option("--max_shard_size", a->max_shard_size, "Largest HF safetensors shard (--to_hf), e.g. 5GB, 500MB");
   c->add_option("--test_convert_precision", a->test_precision,
                 "Run the source and the converted model on the same tokens and compare logits (true|false)");
+  c->add_option("--device", a->device,
+                "Where --test_convert_precision runs the models: cpu (default), cuda, cuda:N, auto");
   c->callback([a] {
     if (a->verbose) moe::set_log_level(spdlog::level::info);
     if (a->to_mcore == a->to_hf) moe::throw_input("give exactly one of --to_mcore true or --to_hf true");
@@ -151,6 +156,8 @@ void add_export_command(CLI::App& root) {
     if (a->thread_count < 1 || a->thread_count > 64)
       moe::throw_input("--thread_count {}: expected 1 to 64 files per writer", a->thread_count);
     opt.thread_count = a->thread_count;
+    // Resolved before the export: a bad --device costs nothing.
+    const moe::Backend backend = a->test_precision ? moe::backend_for_device(a->device) : moe::Backend{};
     if (a->to_mcore) {
       if (a->model.empty() == a->mcore_model.empty())
         moe::throw_input("--to_mcore true needs --model HF_DIR or --mcore_model MCORE_DIR (one of them)");
@@ -159,13 +166,13 @@ void add_export_command(CLI::App& root) {
       if (a->test_precision)
         report_precision(a->model.empty() ? moe::checkpoint::load_mcore_model(src, moe::DType::F32)
                                           : moe::checkpoint::load_hf_model(src),
-                         moe::checkpoint::load_mcore_model(a->output_dir, moe::DType::F32));
+                         moe::checkpoint::load_mcore_model(a->output_dir, moe::DType::F32), backend);
     } else {
       if (a->mcore_model.empty()) moe::throw_input("--to_hf true needs --mcore_model DIR");
       moe::checkpoint::export_mcore_to_hf(a->mcore_model, a->output_dir, opt);
       if (a->test_precision)
         report_precision(moe::checkpoint::load_mcore_model(a->mcore_model, moe::DType::F32),
-                         moe::checkpoint::load_hf_model(a->output_dir));
+                         moe::checkpoint::load_hf_model(a->output_dir), backend);
     }
   });
 }

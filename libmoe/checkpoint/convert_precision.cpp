@@ -7,8 +7,9 @@
 
 namespace moe::checkpoint {
 
-PrecisionReport compare_models(const LoadedModel& a, const LoadedModel& b, const std::vector<int32_t>& ids) {
-  model::Transformer ta(a.config, a.state), tb(b.config, b.state);
+PrecisionReport compare_models(const LoadedModel& a, const LoadedModel& b, const std::vector<int32_t>& ids,
+                               const Backend& backend) {
+  model::Transformer ta(a.config, a.state, backend), tb(b.config, b.state, backend);
   const int64_t V = a.config.vocab_size, T = int64_t(ids.size());
   std::vector<float> la(static_cast<size_t>(T * V)), lb(static_cast<size_t>(T * V));
   ta.forward(ids, la.data(), /*all_logits=*/true);

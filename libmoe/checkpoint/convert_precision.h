@@ -1,10 +1,12 @@
 // `--test_convert_precision`: runs two loadings of the same model (e.g. the HF original and the
-// Megatron export) on the same tokens on the CPU in fp32 and reports how far their logits are.
+// Megatron export) on the same tokens, on the CPU or a GPU (`--device`), and reports how far their
+// logits are.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "checkpoint/load_hf.h"
+#include "kernels/backend.h"
 
 namespace moe::checkpoint {
 
@@ -14,6 +16,7 @@ struct PrecisionReport {
 };
 
 // Both models must share one ModelConfig shape. `ids` are the tokens run through both.
-PrecisionReport compare_models(const LoadedModel& a, const LoadedModel& b, const std::vector<int32_t>& ids);
+PrecisionReport compare_models(const LoadedModel& a, const LoadedModel& b, const std::vector<int32_t>& ids,
+                               const Backend& backend = {});
 
 }  // namespace moe::checkpoint

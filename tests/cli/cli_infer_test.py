@@ -288,12 +288,28 @@ def test_max_batch_size():
     assert "--max_batch_size 0" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+def test_device_flag():
+    """--device: the speed line names where the model ran; a bad value or a missing GPU is one line
+    naming the flag, exit 2, before anything is loaded or written."""
+    p = run(["infer", "--model", MODEL, "--max_new_tokens", "4", "--device", "cpu"], stdin="hello\n")
+    assert "| cpu]" in p.stderr, p.stderr
+    for bad in ["gpu", "cuda:x"]:
+        p = run(["infer", "--model", MODEL, "--device", bad], stdin="hello\n", expect_rc=2)
+        assert f"--device {bad}" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    if subprocess.run(["sh", "-c", "nvidia-smi -L"], capture_output=True).returncode != 0:  # no GPU here
+        out = os.path.join(WORK, "device_mcore")
+        p = run(["export", "--model", MODEL, "--to_mcore", "true", "--output_dir", out, "--test_convert_precision",
+                 "true", "--device", "cuda"], expect_rc=2)
+        assert "--device cuda" in p.stderr and "--device cpu" in p.stderr, p.stderr
+        assert not os.path.exists(out), "export wrote before refusing --device"
+
+
 for t in [test_init_writes_hf_dir, test_batch_rows_and_logprobs, test_sampling_is_seeded,
           test_interactive_through_pipe, test_raw_template_completion, test_truncated_safetensors,
           test_header_longer_than_file, test_overlapping_offsets, test_unknown_dtype, test_shape_size_mismatch,
           test_shape_disagrees_with_config, test_tensor_missing_from_index, test_config_not_json,
           test_unknown_model_type, test_missing_model_dir, test_bad_dataset_row,
-          test_several_val_datasets_and_backends, test_max_batch_size]:
+          test_several_val_datasets_and_backends, test_max_batch_size, test_device_flag]:
     case(t)
 print(f"{len(failures)} failed" if failures else "all passed")
 sys.exit(1 if failures else 0)
