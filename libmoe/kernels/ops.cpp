@@ -1,6 +1,7 @@
 #include "kernels/ops.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <vector>
 
@@ -421,6 +422,34 @@ void grouped_swiglu(const Backend& b, const float* x, int64_t D, int64_t F, std:
     k::swiglu(gu_e, n, F, h_e);
     k::linear(h_e, n, fc2[size_t(e)], nullptr, y + off * D);
   });
+}
+
+#ifdef MOE_HAVE_CUDA
+namespace {
+// The elements between one expert's weights and the next's, all of one shape and dtype.
+int64_t expert_stride(std::span<const Tensor> w, const char* which) {
+  const auto* base = static_cast<const std::byte*>(w[0].raw());
+  for (size_t e = 0; e < w.size(); ++e)
+    if (w[e].dtype() != w[0].dtype() || w[e].shape() != w[0].shape() ||
+        static_cast<const std::byte*>(w[e].raw()) != base + e * w[0].nbytes())
+      throw_internal("experts_by_id: the layer's {} weights do not lie side by side in device memory", which);
+  return w[0].numel();
+}
+}  // namespace
+#endif
+
+void experts_by_id(const Backend& b, const float* x, int64_t T, int64_t K, int64_t D, int64_t F, const int32_t* expert,
+                   const float* weight, std::span<const Tensor> fc1, std::span<const Tensor> fc2, float* gu, float* h,
+                   float* yp, float* y) {
+  const DeviceAccess access(b);
+  access.expect_device("experts_by_id", x, expert, weight, gu, h, yp, y);
+  for (size_t e = 0; e < fc1.size(); ++e) access.expect_device("experts_by_id", fc1[e].raw(), fc2[e].raw());
+  if (b.is_cpu()) return k::experts_by_id(x, T, K, D, F, expert, weight, fc1, fc2, gu, h, yp, y);
+  MOE_ASSERT(!fc1.empty() && fc1.size() == fc2.size() && fc1[0].dtype() == fc2[0].dtype(),
+             "experts_by_id: {} fc1 and {} fc2 weights of one dtype", fc1.size(), fc2.size());
+  CUDA_BRANCH("experts_by_id",
+              gpu::experts_by_id(x, T, K, D, F, expert, weight, fc1[0].raw(), expert_stride(fc1, "fc1"), fc2[0].raw(),
+                                 expert_stride(fc2, "fc2"), fc1[0].dtype(), gu, h, yp, y, b.stream));
 }
 
 void grouped_swiglu_backward(const Backend& b, const float* x, int64_t D, int64_t F, std::span<const int64_t> offsets,

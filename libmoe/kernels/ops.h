@@ -119,6 +119,13 @@ void unpermute_add_backward(const Backend& b, const float* dout_TD, const float*
 void grouped_swiglu(const Backend& b, const float* x_perm_RD, int64_t D, int64_t F, std::span<const int64_t> offsets_E,
                     std::span<const int64_t> blocks_E, std::span<const Tensor> fc1_E, std::span<const Tensor> fc2_E,
                     float* gu_R2F, float* h_RF, float* y_perm_RD);
+// Decode's experts by id (kernels/cpu/grouped_gemv.h): y_TD += Σ_k weight_TK · fc2(swiglu(fc1(x)))
+// of expert_TK's experts, reading the ids where the router wrote them, so on a device nothing
+// crosses to the host. gu_P2F, h_PF, y_PD: the T K pairs' scratch. On CUDA a layer's experts
+// must lie side by side in memory, as weights_on_device puts them. For few tokens.
+void experts_by_id(const Backend& b, const float* x_TD, int64_t T, int64_t K, int64_t D, int64_t F,
+                   const int32_t* expert_TK, const float* weight_TK, std::span<const Tensor> fc1_E,
+                   std::span<const Tensor> fc2_E, float* gu_P2F, float* h_PF, float* y_PD, float* y_TD);
 // Its backward (f32 weights): dx_perm overwritten, weight gradients accumulated; h_RF null
 // recomputes the activation from gu.
 void grouped_swiglu_backward(const Backend& b, const float* x_perm_RD, int64_t D, int64_t F,

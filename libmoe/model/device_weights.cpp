@@ -1,5 +1,6 @@
 #include "model/device_weights.h"
 
+#include <cstddef>
 #include <map>
 #include <utility>
 
@@ -22,8 +23,20 @@ class Uploader {
     it->second = Tensor::borrow(t.shape(), t.dtype(), copy->get(), copy);
     return it->second;
   }
-  void all(std::vector<Tensor>& ts) {
-    for (Tensor& t : ts) t = (*this)(t);
+  // A layer's experts side by side in one block, as ops::experts_by_id reads them on a device
+  // (expert e at the first's address + e x its size).
+  void experts(std::vector<Tensor>& ts) {
+    if (ts.empty()) return;
+    size_t total = 0;
+    for (const Tensor& t : ts) total += t.nbytes();
+    auto block = std::make_shared<DeviceArray>(b_.memory, total, "the model's experts");
+    auto* at = static_cast<std::byte*>(block->get());
+    for (Tensor& t : ts) {
+      b_.memory->to_device(at, t.raw(), t.nbytes());
+      t = Tensor::borrow(t.shape(), t.dtype(), at, block);
+      at += t.nbytes();
+    }
+    bytes_ += total;
   }
   size_t bytes() const { return bytes_; }
 
@@ -45,8 +58,8 @@ StageWeights weights_on_device(const StageWeights& w, const Backend& b) {
          {&a.input_norm, &a.qkv, &a.qkv_bias, &a.q_norm, &a.k_norm, &a.proj, &l.pre_mlp_norm, &l.moe.router,
           &l.moe.expert_bias, &l.moe.shared_fc1, &l.moe.shared_fc2, &l.moe.shared_gate, &l.mlp.fc1, &l.mlp.fc2})
       *t = up(*t);
-    up.all(l.moe.fc1_E);
-    up.all(l.moe.fc2_E);
+    up.experts(l.moe.fc1_E);
+    up.experts(l.moe.fc2_E);
   }
   for (Tensor* t : {&d.embedding, &d.final_norm, &d.output}) *t = up(*t);
   log().info("weights on the device: {:.1f} MiB", double(up.bytes()) / (1 << 20));

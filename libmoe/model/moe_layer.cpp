@@ -65,6 +65,33 @@ MoeScratch carve_moe_backward_scratch(Arena& ws, const MoeDims& m) {
   return s;
 }
 
+// The shared expert (when the layer has one) added to y: every row of x, gated or not.
+void add_shared_expert(const Context& ctx, const MoeDims& m, const MoeWeights& w, const float* x, bool recompute_act,
+                       Arena& keep, MoeSaved& s, float* y) {
+  if (m.shared_F == 0) return;
+  const Backend& be = ctx.backend;
+  const int64_t T = m.T, D = m.D;
+  s.shared_out_TD = keep.take<float>(size_t(T * D));
+  if (m.shared_gate) s.gate_logit_T = keep.take<float>(size_t(T)), s.gate_T = keep.take<float>(size_t(T));
+  swiglu_mlp_forward(ctx, x, T, w.shared_fc1, w.shared_fc2, keep, s.shared, s.shared_out_TD.data(), false,
+                     recompute_act);
+  tp_all_reduce(ctx, s.shared_out_TD.data(), T * D);  // whole before the (replicated) gate scales it
+  if (m.shared_gate) {
+    ops::linear(be, x, T, w.shared_gate, nullptr, s.gate_logit_T.data());
+    ops::shared_gate(be, s.gate_logit_T.data(), s.shared_out_TD.data(), T, D, s.gate_T.data(), y);
+  } else {
+    ops::add(be, y, s.shared_out_TD.data(), T * D);
+  }
+}
+
+// Decode on a backend with its own memory (so inference: a device runs nothing else), one process,
+// dropless, few pairs: the experts by id (ops::experts_by_id) rather than through a row map.
+bool decodes_by_id(const Context& ctx, const MoeDims& m, const MoeTrainOptions& o, const Batch& b,
+                   const dist::Communicator* ep) {
+  return !ctx.backend.host_memory() && !ep && tp_size(ctx) == 1 && !cp_split(ctx, b) && o.capacity_factor <= 0 &&
+         m.T * m.K <= kExpertsByIdMaxPairs;
+}
+
 }  // namespace
 
 MoeDims moe_dims(int64_t T, int64_t D, int64_t E, int64_t K, int64_t F, int64_t shared_F, bool shared_gate,
@@ -132,7 +159,7 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
                        const float* x, const Batch& b, bool recompute_act, Arena& keep, MoeSaved& s, float* y) {
   const Backend& be = ctx.backend;
   const MoeDims m = moe_dims(ctx, c, o, b.size());
-  const int64_t T = m.T, D = m.D, E = m.E, K = m.K, F = m.F, Rmax = max_rows(m);
+  const int64_t D = m.D, E = m.E, K = m.K, F = m.F, Rmax = max_rows(m);
   MOE_ASSERT(has(w.shared_fc1) == (m.shared_F > 0) && has(w.shared_gate) == m.shared_gate,
              "shared expert weights disagree with the config");
   // Carved in carve_moe_saved's order. The routed rows are xr, their outputs go to yr.
@@ -143,6 +170,20 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   s.logits_TE = keep.take<float>(size_t(m.Tr * E)).first(size_t(n * E));
   ops::linear(be, xr, n, w.router, nullptr, s.logits_TE.data());
   const float* bias = has(w.expert_bias) ? w.expert_bias.f32() : nullptr;
+  dist::Communicator* ep = expert_group(ctx);
+  if (decodes_by_id(ctx, m, o, b, ep)) {
+    // Decode on a device: the experts read their ids where the router wrote them, so nothing
+    // crosses to the host (the row map below is sized there). Carves less than the row-map path.
+    router_infer_topk(be, o, s.logits_TE.data(), n, E, K, c.moe_router_pre_softmax, bias, keep, s.router);
+    const size_t P = size_t(n * K);
+    s.gu_R2F = keep.take<float>(P * size_t(2 * F)), s.h_RF = keep.take<float>(P * size_t(F));
+    const std::span<float> y_pairs = keep.take<float>(P * size_t(D));
+    ops::fill(be, y, 0.0f, m.io_rows() * D);
+    ops::experts_by_id(be, xr, n, K, D, F, s.router.expert_TK.data(), s.router.weight_TK.data(), w.fc1_E, w.fc2_E,
+                       s.gu_R2F.data(), s.h_RF.data(), y_pairs.data(), yr);
+    add_shared_expert(ctx, m, w, x, recompute_act, keep, s, y);
+    return;
+  }
   router_train_forward(be, o, s.logits_TE.data(), n, E, K, c.moe_router_pre_softmax, b.cu_seqlens, bias, rr.router,
                        keep, s.router);
   const int64_t pad_to = o.pad_expert_input_to_capacity ? s.router.capacity : 0;
@@ -154,7 +195,6 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
   s.gu_R2F = keep.take<float>(size_t(Rmax * 2 * F)).first(R * size_t(2 * F));
   s.h_RF = recompute_act ? std::span<float>() : keep.take<float>(size_t(Rmax * F)).first(R * size_t(F));
   ops::fill(be, y, 0.0f, m.io_rows() * D);  // under folding other ranks' rows get the shared expert's only
-  dist::Communicator* ep = expert_group(ctx);
   if (ep && o.token_dispatcher == "allgather") {
     // Every rank's tokens here; the local experts' outputs, weighted, summed back to their owners.
     s.ep = std::make_shared<ExpertParallelRows>();
@@ -195,19 +235,7 @@ void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainO
     disp.unpermute_add(s.y_perm.data(), D, yr);
   }
 
-  if (m.shared_F > 0) {
-    s.shared_out_TD = keep.take<float>(size_t(T * D));
-    if (m.shared_gate) s.gate_logit_T = keep.take<float>(size_t(T)), s.gate_T = keep.take<float>(size_t(T));
-    swiglu_mlp_forward(ctx, x, T, w.shared_fc1, w.shared_fc2, keep, s.shared, s.shared_out_TD.data(), false,
-                       recompute_act);
-    tp_all_reduce(ctx, s.shared_out_TD.data(), T * D);  // whole before the (replicated) gate scales it
-    if (m.shared_gate) {
-      ops::linear(be, x, T, w.shared_gate, nullptr, s.gate_logit_T.data());
-      ops::shared_gate(be, s.gate_logit_T.data(), s.shared_out_TD.data(), T, D, s.gate_T.data(), y);
-    } else {
-      ops::add(be, y, s.shared_out_TD.data(), T * D);
-    }
-  }
+  add_shared_expert(ctx, m, w, x, recompute_act, keep, s, y);
 }
 
 void moe_layer_forward(const Context& ctx, const ModelConfig& c, const MoeTrainOptions& o, const MoeWeights& w,

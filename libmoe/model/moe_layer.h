@@ -33,6 +33,10 @@ struct ExpertParallelRows {
   std::vector<float> x_local, gu_local, h_local, y_local;  // the local experts' rows [R, D | 2F | F | D]
 };
 
+// Up to this many (token, slot) pairs a device decodes a MoE layer by expert id (no row map, no
+// copy to the host); more go through the row map, whose per-expert GEMMs serve a prefill.
+inline constexpr int64_t kExpertsByIdMaxPairs = 64;
+
 struct MoeSaved {
   std::span<float> logits_TE;
   RouterSaved router;

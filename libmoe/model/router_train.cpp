@@ -108,6 +108,14 @@ void router_train_forward(const Backend& b, const MoeTrainOptions& o, const floa
   }
 }
 
+void router_infer_topk(const Backend& b, const MoeTrainOptions& o, const float* logits, int64_t T, int64_t E, int64_t K,
+                       bool pre_softmax, const float* bias, Arena& keep, RouterSaved& s) {
+  const ops::RouterOptions ro = router_options(o, T, E, K, pre_softmax, RouterRows{});
+  MOE_ASSERT(ro.capacity == 0, "router_infer_topk is dropless");
+  s = carve_router_saved(keep, T, E, K);
+  ops::router_topk(b, ro, logits, T, bias, s.expert_TK.data(), s.weight_TK.data());
+}
+
 void router_train_backward(const Backend& b, const MoeTrainOptions& o, const float* logits, int64_t T, int64_t E,
                            int64_t K, bool pre_softmax, std::span<const int32_t> cu, const RouterRows& rows,
                            const RouterSaved& s, const float* dw, float loss_scale, float* dl) {

@@ -66,6 +66,11 @@ int64_t router_capacity(const MoeTrainOptions& o, int64_t T, int64_t E, int64_t 
 void router_train_forward(const Backend& b, const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E,
                           int64_t K, bool pre_softmax, std::span<const int32_t> cu_seqlens, const float* expert_bias_E,
                           const RouterRows& rows, Arena& keep, RouterSaved& saved);
+// Inference's choice alone: the top-k experts and combine weights (expert_TK, weight_TK of `saved`,
+// the rest carved but not computed; dropless, so what router_train_forward would pick), on the
+// backend, with nothing crossing to the host.
+void router_infer_topk(const Backend& b, const MoeTrainOptions& o, const float* logits_TE, int64_t T, int64_t E,
+                       int64_t K, bool pre_softmax, const float* expert_bias_E, Arena& keep, RouterSaved& saved);
 
 // dlogits_TE (overwritten) from d(combine weight)_TK plus the losses' gradients, each loss
 // scaled by loss_scale (the step's weighting of this micro-batch's auxiliary losses).

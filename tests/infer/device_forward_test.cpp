@@ -1,6 +1,7 @@
 // The model's forward on a backend with its own memory (issue 17): the weights copied there, the
 // arenas, KV caches, rotary tables and batch index arrays in that memory, the router's choices
-// and the dispatcher's row map crossing to the host and back. Run on the checked host backend
+// and the dispatcher's row map crossing to the host and back for a prompt, decode's experts by id
+// with nothing crossing. Run on the checked host backend
 // (CPU kernels over memory only ops may touch, so model code that reads device memory itself
 // faults here) and, when a GPU is usable, on CUDA; each against the CPU on the same weights:
 // prompt logits, greedy generation with logprobs across a growing cache, and batched decode.
@@ -63,8 +64,10 @@ void expect_device_matches_cpu(const Backend& device, DType dt, double tol, doub
     const model::StateDict state = model::init_random_state(c, 11, dt, 0.2);
     model::Transformer cpu(c, state), dev(c, state, device);
     const int64_t V = c.vocab_size;
-    // Every position's logits of a prompt without a cache (the packed-sequence attention).
-    const std::vector<int32_t> p = prompt(13, 0);
+    // Every position's logits of a prompt without a cache (the packed-sequence attention), long
+    // enough for the experts' row map (more than kExpertsByIdMaxPairs pairs); decode below goes
+    // by expert id.
+    const std::vector<int32_t> p = prompt(40, 0);
     std::vector<float> a(p.size() * size_t(V)), b(a.size());
     cpu.forward(p, a.data(), true);
     dev.forward(p, b.data(), true);

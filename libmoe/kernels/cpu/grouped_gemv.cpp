@@ -85,4 +85,24 @@ void grouped_swiglu_gemv(const float* x, int64_t D, int64_t F, std::span<const i
   gemv_many(jobs);
 }
 
+void experts_by_id(const float* x, int64_t T, int64_t K, int64_t D, int64_t F, const int32_t* expert,
+                   const float* weight, std::span<const Tensor> fc1, std::span<const Tensor> fc2, float* gu, float* h,
+                   float* yp, float* y) {
+  for (int64_t p = 0; p < T * K; ++p) {
+    const int32_t e = expert[p];
+    if (e < 0) continue;
+    MOE_ASSERT(size_t(e) < fc1.size(), "experts_by_id: expert {} of {}", e, fc1.size());
+    linear(x + p / K * D, 1, fc1[size_t(e)], nullptr, gu + p * 2 * F);
+    swiglu(gu + p * 2 * F, 1, F, h + p * F);
+    linear(h + p * F, 1, fc2[size_t(e)], nullptr, yp + p * D);
+  }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t p = t * K + k;
+      if (expert[p] < 0) continue;
+      const float w = weight[p];
+      for (int64_t d = 0; d < D; ++d) y[t * D + d] += w * yp[p * D + d];
+    }
+}
+
 }  // namespace moe::kernels::cpu

@@ -18,6 +18,7 @@ using detail::kThreads;
 
 __device__ inline float widen(__nv_bfloat16 w) { return __bfloat162float(w); }
 __device__ inline float widen(__half w) { return __half2float(w); }
+__device__ inline float widen(float w) { return w; }
 
 // A warp per weight row n: lanes stride over D (8 weights, 16 bytes, per load when the rows are
 // 16-byte aligned), each keeping one partial sum per token; the warp sums them and lane 0 writes.
@@ -102,7 +103,75 @@ void run(const float* x, int64_t T, const WT* W, cudaDataType_t wtype, int64_t N
   if (bias) detail::add_bias(y, bias, T, N, s);
 }
 
+// Decode's experts by id: one GEMV per (token, slot) pair p = blockIdx.y, a warp per weight row
+// n. The pair's expert id is read here, on the device, and its weights found at W0 + id x
+// `stride` (a layer's experts lie side by side); x's row is p / x_div (the token, for fc1) or p
+// (fc2). A pair without an expert (id < 0) writes zeros.
+template <class WT>
+__global__ void gemv_by_id(const float* __restrict__ x, int64_t x_div, const WT* __restrict__ W0, int64_t stride,
+                           const int32_t* __restrict__ ids, int64_t N, int64_t D, float* __restrict__ y) {
+  const int lane = threadIdx.x % 32;
+  const int64_t n = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32, p = blockIdx.y;
+  if (n >= N) return;  // whole warps leave together
+  const int32_t e = ids[p];
+  float s = 0.0f;
+  if (e >= 0) {  // the same for the whole warp
+    const WT* w = W0 + int64_t(e) * stride + n * D;
+    const float* xr = x + (p / x_div) * D;
+    for (int64_t c = lane; c < D; c += 32) s += widen(w[c]) * xr[c];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  }
+  if (lane == 0) y[p * N + n] = s;
+}
+
+// y_TD[t] += sum_k weight_TK[t, k] y_PD[t K + k] over the pairs with an expert, k ascending (the
+// CPU's order), a thread per element.
+__global__ void combine_pairs(const float* __restrict__ yp, const int32_t* __restrict__ ids,
+                              const float* __restrict__ weight, int64_t T, int64_t K, int64_t D,
+                              float* __restrict__ y) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < T * D; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / D, d = i % D;
+    float acc = y[i];
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t p = t * K + k;
+      if (ids[p] >= 0) acc += weight[p] * yp[p * D + d];
+    }
+    y[i] = acc;
+  }
+}
+
+template <class WT>
+void by_id(const float* x, int64_t T, int64_t K, int64_t D, int64_t F, const int32_t* ids, const float* weight,
+           const void* fc1, int64_t fc1_stride, const void* fc2, int64_t fc2_stride, float* gu, float* h, float* yp,
+           float* y, cudaStream_t s) {
+  const int64_t P = T * K;
+  MOE_ASSERT(P <= 65535, "experts_by_id: {} pairs exceed one CUDA grid's y dimension", P);
+  const auto grid = [&](int64_t N) { return dim3(unsigned((N + kThreads / 32 - 1) / (kThreads / 32)), unsigned(P)); };
+  gemv_by_id<WT><<<grid(2 * F), kThreads, 0, s>>>(x, K, static_cast<const WT*>(fc1), fc1_stride, ids, 2 * F, D, gu);
+  check_launch("experts_by_id (fc1)");
+  swiglu(gu, P, F, h, s);
+  gemv_by_id<WT><<<grid(D), kThreads, 0, s>>>(h, 1, static_cast<const WT*>(fc2), fc2_stride, ids, D, F, yp);
+  check_launch("experts_by_id (fc2)");
+  combine_pairs<<<detail::blocks_for(T * D), kThreads, 0, s>>>(yp, ids, weight, T, K, D, y);
+  check_launch("experts_by_id (combine)");
+}
+
 }  // namespace
+
+void experts_by_id(const float* x, int64_t T, int64_t K, int64_t D, int64_t F, const int32_t* ids, const float* weight,
+                   const void* fc1, int64_t fc1_stride, const void* fc2, int64_t fc2_stride, DType wtype, float* gu,
+                   float* h, float* yp, float* y, Stream stream) {
+  if (T * K == 0) return;
+  const cudaStream_t s = as_stream(stream);
+  const auto args = [&](auto tag) {
+    using WT = decltype(tag);
+    by_id<WT>(x, T, K, D, F, ids, weight, fc1, fc1_stride, fc2, fc2_stride, gu, h, yp, y, s);
+  };
+  if (wtype == DType::F32) args(float{});
+  else if (wtype == DType::BF16) args(__nv_bfloat16{});
+  else if (wtype == DType::F16) args(__half{});
+  else throw_internal("experts_by_id: weights of dtype {}", dtype_name(wtype));
+}
 
 void linear_half(const float* x, int64_t T, const void* W, DType wtype, int64_t N, int64_t D, float* y,
                  const float* bias, bool accumulate, Stream stream) {

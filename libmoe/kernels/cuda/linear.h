@@ -18,4 +18,12 @@ inline constexpr int64_t kHalfGemvMaxTokens = 8;
 void linear_half(const float* x_TD, int64_t T, const void* W_ND, DType wtype, int64_t N, int64_t D, float* y_TN,
                  const float* bias_N = nullptr, bool accumulate = false, Stream stream = nullptr);
 
+// Twin of kernels::cpu::experts_by_id for few tokens (decode): the (token, slot) pairs' expert
+// ids and weights are read on the device, so nothing goes to the host. A layer's experts lie side
+// by side: expert e's fc1 at fc1_0 + e x fc1_stride elements (fc2 likewise), all of `wtype`.
+// gu_P2F, h_PF and y_PD are the pairs' scratch; y_TD is added to.
+void experts_by_id(const float* x_TD, int64_t T, int64_t K, int64_t D, int64_t F, const int32_t* expert_TK,
+                   const float* weight_TK, const void* fc1_0, int64_t fc1_stride, const void* fc2_0, int64_t fc2_stride,
+                   DType wtype, float* gu_P2F, float* h_PF, float* y_PD, float* y_TD, Stream stream = nullptr);
+
 }  // namespace moe::kernels::cuda
