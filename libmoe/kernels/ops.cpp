@@ -362,10 +362,36 @@ int64_t max_block(std::span<const int64_t> blocks_E) {
   return m;
 }
 
+// A prefill's experts: fc1 of every expert with rows in one grouped GEMM, SwiGLU over all the
+// rows, fc2 likewise. False when cuBLAS lacks the grouped GEMM for the weights' dtype.
+bool grouped_swiglu_gemm(const Backend& b, const float* x, int64_t D, int64_t F, std::span<const int64_t> offsets,
+                         std::span<const int64_t> blocks, std::span<const Tensor> fc1, std::span<const Tensor> fc2,
+                         float* gu, float* h, float* y) {
+  std::vector<int64_t> rows, first;
+  std::vector<const void*> w1, w2;
+  int64_t R = 0;
+  for (size_t e = 0; e < blocks.size(); ++e) {
+    R = std::max(R, offsets[e] + blocks[e]);
+    if (blocks[e] == 0) continue;
+    rows.push_back(blocks[e]), first.push_back(offsets[e]), w1.push_back(fc1[e].raw()), w2.push_back(fc2[e].raw());
+  }
+  const DType wt = fc1[0].dtype();
+  const int64_t G = int64_t(rows.size());
+  if (!gpu::linear_grouped(x, G, rows.data(), first.data(), w1.data(), wt, 2 * F, D, gu, b.stream)) return false;
+  gpu::StreamBuffer h_tmp(h ? 0 : size_t(R * F) * sizeof(float), b.stream);
+  float* hh = h ? h : h_tmp.as<float>();
+  gpu::swiglu(gu, R, F, hh, b.stream);  // rows outside every block (none, or padding) are harmless
+  return gpu::linear_grouped(hh, G, rows.data(), first.data(), w2.data(), wt, D, F, y, b.stream) ||
+         (throw_internal("linear_grouped: fc2 refused where fc1 ran"), false);
+}
+
 void grouped_swiglu_cuda(const Backend& b, const float* x, int64_t D, int64_t F, std::span<const int64_t> offsets,
                          std::span<const int64_t> blocks, std::span<const Tensor> fc1, std::span<const Tensor> fc2,
                          float* gu, float* h, float* y) {
   const DeviceAccess access(b);
+  if (max_block(blocks) > gpu::kHalfGemvMaxTokens &&
+      grouped_swiglu_gemm(b, x, D, F, offsets, blocks, fc1, fc2, gu, h, y))
+    return;
   gpu::StreamBuffer h_tmp(h ? 0 : size_t(max_block(blocks) * F) * sizeof(float), b.stream);
   for (size_t e = 0; e < blocks.size(); ++e) {
     const int64_t off = offsets[e], n = blocks[e];

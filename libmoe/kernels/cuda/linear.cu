@@ -1,8 +1,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/linear.h"
@@ -171,6 +173,55 @@ void experts_by_id(const float* x, int64_t T, int64_t K, int64_t D, int64_t F, c
   else if (wtype == DType::BF16) args(__nv_bfloat16{});
   else if (wtype == DType::F16) args(__half{});
   else throw_internal("experts_by_id: weights of dtype {}", dtype_name(wtype));
+}
+
+bool linear_grouped(const float* x, int64_t groups, const int64_t* rows, const int64_t* first_row, const void* const* W,
+                    DType wtype, int64_t N, int64_t D, float* y, Stream stream) {
+  const cudaStream_t s = as_stream(stream);
+  MOE_ASSERT(groups <= 0x7fffffff, "linear_grouped: {} groups", groups);
+  const int G = int(groups);
+  if (G == 0) return true;
+  int64_t R = 0;
+  for (int g = 0; g < G; ++g) R = std::max(R, first_row[g] + rows[g]);
+  const bool half = wtype != DType::F32;
+  const cudaDataType_t ab = wtype == DType::BF16 ? CUDA_R_16BF : wtype == DType::F16 ? CUDA_R_16F : CUDA_R_32F;
+  const size_t es = dtype_size(wtype);
+  // Half weights: x rounded to their dtype once for every group (as linear_half's GEMM path).
+  detail::Scratch xh(half ? size_t(R * D) * es : 0, s);
+  if (half) {
+    if (wtype == DType::BF16)
+      round_to<__nv_bfloat16><<<detail::blocks_for(R * D), kThreads, 0, s>>>(x, R * D, xh.as<__nv_bfloat16>());
+    else round_to<__half><<<detail::blocks_for(R * D), kThreads, 0, s>>>(x, R * D, xh.as<__half>());
+    check_launch("linear_grouped (round x)");
+  }
+  const char* xb = half ? xh.as<const char>() : reinterpret_cast<const char*>(x);
+  // One group per product (their T differ); column-major as linear_f32: yᵀ[N,T] = Wᵀ . xᵀ.
+  using detail::blas_dim, detail::blas_ld;
+  std::vector<cublasOperation_t> ta(size_t(G), CUBLAS_OP_T), tb(size_t(G), CUBLAS_OP_N);
+  const size_t g_count = static_cast<size_t>(G);
+  std::vector<int> m(g_count, blas_dim(N, "N")), n(g_count, 0), k(g_count, blas_dim(D, "D")), one(g_count, 1);
+  std::vector<int> lda(size_t(G), blas_ld(D, "D")), ldc(size_t(G), blas_ld(N, "N"));
+  std::vector<float> alpha(size_t(G), 1.0f), beta(size_t(G), 0.0f);
+  std::vector<const void*> ptrs(size_t(3 * G));  // A (weights), B (x), C (y): device arrays for cuBLAS
+  for (int g = 0; g < G; ++g) {
+    n[size_t(g)] = blas_dim(rows[g], "T");
+    ptrs[size_t(g)] = W[g];
+    ptrs[size_t(G + g)] = xb + size_t(first_row[g] * D) * (half ? es : sizeof(float));
+    ptrs[size_t(2 * G + g)] = y + first_row[g] * N;
+  }
+  detail::Scratch dev_ptrs(ptrs.size() * sizeof(void*), s);
+  // From pageable memory: returns once the bytes are staged, so `ptrs` may go when this returns.
+  detail::check(
+      cudaMemcpyAsync(dev_ptrs.as<void>(), ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice, s),
+      "cudaMemcpyAsync (grouped GEMM pointers)");
+  const auto* A = dev_ptrs.as<const void* const>();
+  const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+      detail::cublas(s), ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(), A, ab, lda.data(), A + G,
+      half ? ab : CUDA_R_32F, lda.data(), beta.data(), const_cast<void* const*>(A + 2 * G), CUDA_R_32F, ldc.data(), G,
+      one.data(), CUBLAS_COMPUTE_32F);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) return false;
+  check_blas(st, "GemmGroupedBatchedEx (linear_grouped)");
+  return true;
 }
 
 void linear_half(const float* x, int64_t T, const void* W, DType wtype, int64_t N, int64_t D, float* y,
