@@ -286,68 +286,80 @@ std::vector<uint16_t> to_bf16(std::vector<float>& w) {
   return b;
 }
 
+// One case's random inputs: x, the experts' weights (and, for bf16, the bf16 words whose values
+// w1 and w2 then hold), the output's starting values and the pairs' weights.
+struct ByIdInputs {
+  std::vector<float> x, w1, w2, y0, weight;
+  std::vector<uint16_t> b1, b2;
+  ByIdInputs(const ByIdCase& c, DType dt, Rng& rng)
+      : x(randn(size_t(c.T * c.D), rng)),
+        w1(randn(size_t(c.E * 2 * c.F * c.D), rng, 0.3)),
+        w2(randn(size_t(c.E * c.D * c.F), rng, 0.3)),
+        y0(randn(size_t(c.T * c.D), rng)),
+        weight(randn(size_t(c.T * c.K), rng)) {
+    if (dt == DType::BF16) b1 = to_bf16(w1), b2 = to_bf16(w2);
+  }
+  std::vector<double> want(const ByIdCase& c) const {
+    return by_id_ref(widen(x), widen(w1), widen(w2), c.ids, weight, y0, c.K, c.D, c.F);
+  }
+};
+
+// Every case in f32 and bf16 weights, each with fresh inputs.
+template <class Fn>
+void for_each_by_id_case(uint64_t seed, Fn&& fn) {
+  Rng rng(seed);
+  for (DType dt : {DType::F32, DType::BF16})
+    for (const ByIdCase& c : kByIdCases) fn(c, dt, ByIdInputs(c, dt, rng));
+}
+
+// The experts' weights as tensors side by side from fc1_0 and fc2_0 (how a device holds them).
+std::pair<std::vector<Tensor>, std::vector<Tensor>> side_by_side(const ByIdCase& c, DType dt, const void* fc1_0,
+                                                                 const void* fc2_0) {
+  const size_t es = moe::dtype_size(dt);
+  std::pair<std::vector<Tensor>, std::vector<Tensor>> w;
+  for (int64_t e = 0; e < c.E; ++e) {
+    w.first.push_back(
+        Tensor::borrow({2 * c.F, c.D}, dt, static_cast<const char*>(fc1_0) + size_t(e * 2 * c.F * c.D) * es, nullptr));
+    w.second.push_back(
+        Tensor::borrow({c.D, c.F}, dt, static_cast<const char*>(fc2_0) + size_t(e * c.D * c.F) * es, nullptr));
+  }
+  return w;
+}
+
 }  // namespace
 
 TEST(ExpertsById, ForwardAgainstTheReference) {
   OpRow row("experts_by_id", "fwd", On::Cpu);
-  Rng rng(151);
-  for (DType dt : {DType::F32, DType::BF16})
-    for (const ByIdCase& c : kByIdCases) {
-      const int64_t P = c.T * c.K, D = c.D, F = c.F;
-      auto x = randn(size_t(c.T * D), rng), w1 = randn(size_t(c.E * 2 * F * D), rng, 0.3),
-           w2 = randn(size_t(c.E * D * F), rng, 0.3), y0 = randn(size_t(c.T * D), rng);
-      auto weight = randn(size_t(P), rng);
-      std::vector<uint16_t> b1, b2;
-      if (dt == DType::BF16) b1 = to_bf16(w1), b2 = to_bf16(w2);
-      std::vector<Tensor> fc1, fc2;
-      for (int64_t e = 0; e < c.E; ++e) {
-        const void* p1 =
-            dt == DType::F32 ? static_cast<const void*>(w1.data() + e * 2 * F * D) : b1.data() + e * 2 * F * D;
-        const void* p2 = dt == DType::F32 ? static_cast<const void*>(w2.data() + e * D * F) : b2.data() + e * D * F;
-        fc1.push_back(Tensor::borrow({2 * F, D}, dt, p1, nullptr));
-        fc2.push_back(Tensor::borrow({D, F}, dt, p2, nullptr));
-      }
-      Guarded<float> gu(size_t(P * 2 * F), qnan()), h(size_t(P * F), qnan()), yp(size_t(P * D), qnan()), y(y0);
-      ops::experts_by_id(moe::Backend{}, x.data(), c.T, c.K, D, F, c.ids.data(), weight.data(), fc1, fc2, gu.data(),
-                         h.data(), yp.data(), y.data());
-      EXPECT_TRUE(gu.intact() && h.intact() && yp.intact());
-      expect_close("experts_by_id " + dims(c.T, D, F), y,
-                   by_id_ref(widen(x), widen(w1), widen(w2), c.ids, weight, y0, c.K, D, F), kTolF32Reduce);
-    }
+  for_each_by_id_case(151, [](const ByIdCase& c, DType dt, const ByIdInputs& in) {
+    const int64_t P = c.T * c.K, D = c.D, F = c.F;
+    const bool f32 = dt == DType::F32;
+    const auto [fc1, fc2] = side_by_side(c, dt, f32 ? static_cast<const void*>(in.w1.data()) : in.b1.data(),
+                                         f32 ? static_cast<const void*>(in.w2.data()) : in.b2.data());
+    Guarded<float> gu(size_t(P * 2 * F), qnan()), h(size_t(P * F), qnan()), yp(size_t(P * D), qnan()), y(in.y0);
+    ops::experts_by_id(moe::Backend{}, in.x.data(), c.T, c.K, D, F, c.ids.data(), in.weight.data(), fc1, fc2, gu.data(),
+                       h.data(), yp.data(), y.data());
+    EXPECT_TRUE(gu.intact() && h.intact() && yp.intact());
+    expect_close("experts_by_id " + dims(c.T, D, F), y, in.want(c), kTolF32Reduce);
+  });
 }
 
 TEST(ExpertsByIdCuda, ForwardAgainstTheReference) {
   CUDA_ROW("experts_by_id", "fwd");
 #ifdef MOE_HAVE_CUDA
-  Rng rng(152);
-  for (DType dt : {DType::F32, DType::BF16})
-    for (const ByIdCase& c : kByIdCases) {
-      const int64_t P = c.T * c.K, D = c.D, F = c.F;
-      auto x = randn(size_t(c.T * D), rng), w1 = randn(size_t(c.E * 2 * F * D), rng, 0.3),
-           w2 = randn(size_t(c.E * D * F), rng, 0.3), y0 = randn(size_t(c.T * D), rng);
-      auto weight = randn(size_t(P), rng);
-      std::vector<uint16_t> b1, b2;
-      if (dt == DType::BF16) b1 = to_bf16(w1), b2 = to_bf16(w2);
-      DeviceIn<float> X(x), WT(weight), W1f(w1), W2f(w2);
-      DeviceIn<uint16_t> W1h(b1), W2h(b2);
-      DeviceIn<int32_t> IDS(c.ids);
-      std::vector<Tensor> fc1, fc2;  // side by side, as experts_by_id wants them on a device
-      const size_t es = moe::dtype_size(dt);
-      for (int64_t e = 0; e < c.E; ++e) {
-        const auto* base1 = dt == DType::F32 ? static_cast<const char*>(static_cast<void*>(W1f.get()))
-                                             : static_cast<const char*>(static_cast<void*>(W1h.get()));
-        const auto* base2 = dt == DType::F32 ? static_cast<const char*>(static_cast<void*>(W2f.get()))
-                                             : static_cast<const char*>(static_cast<void*>(W2h.get()));
-        fc1.push_back(Tensor::borrow({2 * F, D}, dt, base1 + size_t(e * 2 * F * D) * es, nullptr));
-        fc2.push_back(Tensor::borrow({D, F}, dt, base2 + size_t(e * D * F) * es, nullptr));
-      }
-      Guarded<float> gu(size_t(P * 2 * F), qnan()), h(size_t(P * F), qnan()), yp(size_t(P * D), qnan()), y(y0);
-      DeviceOut<float> GU(gu), H(h), YP(yp), Y(y);
-      ops::experts_by_id(gpu(), X.get(), c.T, c.K, D, F, IDS.get(), WT.get(), fc1, fc2, GU.get(), H.get(), YP.get(),
-                         Y.get());
-      EXPECT_TRUE(GU.fetch().intact() && H.fetch().intact() && YP.fetch().intact());
-      expect_close("cuda experts_by_id " + dims(c.T, D, F), Y.fetch(),
-                   by_id_ref(widen(x), widen(w1), widen(w2), c.ids, weight, y0, c.K, D, F), kTolF32Reduce);
-    }
+  for_each_by_id_case(152, [](const ByIdCase& c, DType dt, const ByIdInputs& in) {
+    const int64_t P = c.T * c.K, D = c.D, F = c.F;
+    const bool f32 = dt == DType::F32;
+    DeviceIn<float> X(in.x), WT(in.weight), W1f(in.w1), W2f(in.w2);
+    DeviceIn<uint16_t> W1h(in.b1), W2h(in.b2);
+    DeviceIn<int32_t> IDS(c.ids);
+    const auto [fc1, fc2] = side_by_side(c, dt, f32 ? static_cast<const void*>(W1f.get()) : W1h.get(),
+                                         f32 ? static_cast<const void*>(W2f.get()) : W2h.get());
+    Guarded<float> gu(size_t(P * 2 * F), qnan()), h(size_t(P * F), qnan()), yp(size_t(P * D), qnan()), y(in.y0);
+    DeviceOut<float> GU(gu), H(h), YP(yp), Y(y);
+    ops::experts_by_id(gpu(), X.get(), c.T, c.K, D, F, IDS.get(), WT.get(), fc1, fc2, GU.get(), H.get(), YP.get(),
+                       Y.get());
+    EXPECT_TRUE(GU.fetch().intact() && H.fetch().intact() && YP.fetch().intact());
+    expect_close("cuda experts_by_id " + dims(c.T, D, F), Y.fetch(), in.want(c), kTolF32Reduce);
+  });
 #endif
 }
