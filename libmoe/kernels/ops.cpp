@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "core/parallel.h"
 #include "kernels/cpu/backward.h"
 #include "kernels/cpu/elementwise.h"
@@ -377,7 +379,13 @@ bool grouped_swiglu_gemm(const Backend& b, const float* x, int64_t D, int64_t F,
   }
   const DType wt = fc1[0].dtype();
   const int64_t G = int64_t(rows.size());
-  if (!gpu::linear_grouped(x, G, rows.data(), first.data(), w1.data(), wt, 2 * F, D, gu, b.stream)) return false;
+  if (!gpu::linear_grouped(x, G, rows.data(), first.data(), w1.data(), wt, 2 * F, D, gu, b.stream)) {
+    static std::once_flag once;  // said once: a prefill would repeat it for every layer
+    std::call_once(once, [&] {
+      log().warn("cuBLAS refused its grouped GEMM for {} experts: they run one GEMM after another", dtype_name(wt));
+    });
+    return false;
+  }
   gpu::StreamBuffer h_tmp(h ? 0 : size_t(R * F) * sizeof(float), b.stream);
   float* hh = h ? h : h_tmp.as<float>();
   gpu::swiglu(gu, R, F, hh, b.stream);  // rows outside every block (none, or padding) are harmless

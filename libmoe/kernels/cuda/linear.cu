@@ -219,7 +219,9 @@ bool linear_grouped(const float* x, int64_t groups, const int64_t* rows, const i
       detail::cublas(s), ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(), A, ab, lda.data(), A + G,
       half ? ab : CUDA_R_32F, lda.data(), beta.data(), const_cast<void* const*>(A + 2 * G), CUDA_R_32F, ldc.data(), G,
       one.data(), CUBLAS_COMPUTE_32F);
-  if (st == CUBLAS_STATUS_NOT_SUPPORTED) return false;
+  // A cuBLAS without this type combination says NOT_SUPPORTED (some builds INVALID_VALUE): the
+  // caller runs the products one by one, which computes the same.
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) return false;
   check_blas(st, "GemmGroupedBatchedEx (linear_grouped)");
   return true;
 }

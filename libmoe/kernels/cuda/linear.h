@@ -21,7 +21,8 @@ void linear_half(const float* x_TD, int64_t T, const void* W_ND, DType wtype, in
 // Several projections in one cuBLAS grouped GEMM (a prefill's experts): for each g < G, rows
 // [first_row[g], + rows[g]) of x_RD times W[g]ᵀ ([N, D] of `wtype`) into the same rows of y_RN.
 // Half weights take x rounded to their dtype (as linear_half's GEMM path); f32 stays fp32, no
-// TF32. False when this cuBLAS lacks the type combination: the caller runs them one by one.
+// TF32. False when this cuBLAS refuses the call (a type combination it lacks): the caller runs
+// them one by one.
 bool linear_grouped(const float* x_RD, int64_t G, const int64_t* rows, const int64_t* first_row, const void* const* W,
                     DType wtype, int64_t N, int64_t D, float* y_RN, Stream stream = nullptr);
 
