@@ -248,26 +248,57 @@ void causal_attention(const Backend& b, const AttentionShape& s, const float* q,
 
 int64_t router_capacity(int64_t T, int64_t E, int64_t K, double factor) { return k::router_capacity(T, E, K, factor); }
 
+namespace {
+
+// The router has no device kernel but its top-k yet (router_topk, which decode uses): on a backend
+// with its own memory its inputs come to the host, the CPU kernel runs there and the outputs go
+// back. A prompt's MoE layer pays these round trips; its row map needs the choices on the host.
+template <class T>
+std::vector<T> fetch(const Backend& b, const T* p, int64_t n) {
+  std::vector<T> v(p ? size_t(n) : 0);
+  to_host(b, v.data(), p, v.size() * sizeof(T));
+  return v;
+}
+
+template <class T>
+void send(const Backend& b, T* p, const std::vector<T>& v) {
+  to_device(b, p, v.data(), v.size() * sizeof(T));
+}
+
+}  // namespace
+
 double router_route(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,
                     float* probs, int32_t* selected, float* selected_weight, int32_t* expert, float* weight,
                     int64_t* load) {
   const DeviceAccess access(b);
-  cpu_only(b, "router_route");
-  return k::router_route(o, logits, T, bias, probs, selected, selected_weight, expert, weight, load);
+  if (b.host_memory())
+    return k::router_route(o, logits, T, bias, probs, selected, selected_weight, expert, weight, load);
+  const int64_t E = o.E, K = o.K;
+  const std::vector<float> l = fetch(b, logits, T * E), bias_h = fetch(b, bias, E);
+  std::vector<float> p(size_t(T * E)), sw(size_t(T * K)), w(size_t(T * K));
+  std::vector<int32_t> sel(size_t(T * K)), ex(size_t(T * K));
+  std::vector<int64_t> ld(static_cast<size_t>(E));
+  const double z = k::router_route(o, l.data(), T, bias ? bias_h.data() : nullptr, p.data(), sel.data(), sw.data(),
+                                   ex.data(), w.data(), ld.data());
+  send(b, probs, p), send(b, selected, sel), send(b, selected_weight, sw), send(b, expert, ex), send(b, weight, w);
+  send(b, load, ld);
+  return z;
 }
 
+// cu_seqlens and seq_load_SE are host memory on every backend (the batch's, the saved loads).
 void router_seq_loads(const Backend& b, const int32_t* expert, int64_t T, int64_t K, int64_t E, const int32_t* cu,
                       int64_t S, int64_t row_begin, double* seq_load) {
   const DeviceAccess access(b);
-  cpu_only(b, "router_seq_loads");
-  k::router_seq_loads(expert, T, K, E, cu, S, row_begin, seq_load);
+  if (b.host_memory()) return k::router_seq_loads(expert, T, K, E, cu, S, row_begin, seq_load);
+  k::router_seq_loads(fetch(b, expert, T * K).data(), T, K, E, cu, S, row_begin, seq_load);
 }
 
 double router_balancing_loss(const Backend& b, const RouterOptions& o, const float* probs, int64_t T, const int32_t* cu,
                              int64_t S, const int64_t* load, const double* seq_load) {
   const DeviceAccess access(b);
-  cpu_only(b, "router_balancing_loss");
-  return k::router_balancing_loss(o, probs, T, cu, S, load, seq_load);
+  if (b.host_memory() || !(o.aux_loss_coeff > 0))  // without the loss nothing is read
+    return k::router_balancing_loss(o, probs, T, cu, S, load, seq_load);
+  return k::router_balancing_loss(o, fetch(b, probs, T * o.E).data(), T, cu, S, fetch(b, load, o.E).data(), seq_load);
 }
 
 RouterLosses router_forward(const Backend& b, const RouterOptions& o, const float* logits, int64_t T, const float* bias,

@@ -1,6 +1,5 @@
 #include "model/router_train.h"
 
-#include <cstddef>
 #include <numeric>
 
 #include "core/error.h"
@@ -42,44 +41,9 @@ int64_t router_capacity(const MoeTrainOptions& o, int64_t T, int64_t E, int64_t 
   return o.capacity_factor > 0 ? ops::router_capacity(T, E, K, o.capacity_factor) : 0;
 }
 
-namespace {
-
-// A backend whose memory is not the host's: the router's logits come back to the host, route
-// there exactly as on the CPU, and the choices go out into `s`'s device spans. (One round trip
-// per MoE layer; the dispatcher's row map needs the choices on the host anyway.)
-void route_on_host(const Backend& b, const MoeTrainOptions& o, const float* logits, int64_t T, int64_t E, int64_t K,
-                   bool pre_softmax, std::span<const int32_t> cu, const float* bias, const RouterRows& rows,
-                   Arena& keep, RouterSaved& s) {
-  thread_local std::vector<float> logits_h, bias_h;  // reused: decode routes every layer of every step
-  thread_local Arena host;
-  logits_h.resize(size_t(T * E)), bias_h.resize(bias ? size_t(E) : 0);
-  ops::to_host(b, logits_h.data(), logits, logits_h.size() * sizeof(float));
-  if (bias) ops::to_host(b, bias_h.data(), bias, bias_h.size() * sizeof(float));
-  Arena size = Arena::measuring();
-  carve_router_saved(size, T, E, K);
-  host.reset();
-  host.reserve(size.high_water());
-  RouterSaved h;
-  router_train_forward(Backend{}, o, logits_h.data(), T, E, K, pre_softmax, cu, bias ? bias_h.data() : nullptr, rows,
-                       host, h);
-  s = carve_router_saved(keep, T, E, K);
-  // Both carved alike from 64-byte aligned starts, so one copy moves every array.
-  auto bytes = [E](const RouterSaved& r) {
-    return size_t(reinterpret_cast<const std::byte*>(r.tokens_per_expert.data() + E) -
-                  reinterpret_cast<const std::byte*>(r.probs_TE.data()));
-  };
-  MOE_ASSERT(bytes(s) == bytes(h), "the router's arrays are laid out differently on the host and the device");
-  ops::to_device(b, s.probs_TE.data(), h.probs_TE.data(), bytes(h));
-  s.seq_load_SE = std::move(h.seq_load_SE);
-  s.capacity = h.capacity, s.aux_loss = h.aux_loss, s.z_loss = h.z_loss;
-}
-
-}  // namespace
-
 void router_train_forward(const Backend& b, const MoeTrainOptions& o, const float* logits, int64_t T, int64_t E,
                           int64_t K, bool pre_softmax, std::span<const int32_t> cu, const float* bias,
                           const RouterRows& rows, Arena& keep, RouterSaved& s) {
-  if (!b.host_memory()) return route_on_host(b, o, logits, T, E, K, pre_softmax, cu, bias, rows, keep, s);
   const ops::RouterOptions ro = router_options(o, T, E, K, pre_softmax, rows);
   s = carve_router_saved(keep, T, E, K);
   const int64_t S = int64_t(cu.size()) - 1;

@@ -60,8 +60,7 @@ BatchIndex Stage::device_index(const Batch& b, StageActs& acts) const {
     acts.index =
         DeviceArray(ctx_.backend.memory, std::max(n, 2 * acts.index.bytes() / sizeof(int32_t)) * sizeof(int32_t),
                     "a batch's token ids and positions");
-  thread_local std::vector<int32_t> host;  // one copy across for the three arrays
-  host.assign(b.tokens.begin(), b.tokens.end());
+  std::vector<int32_t> host(b.tokens.begin(), b.tokens.end());  // one copy across for the three arrays
   host.insert(host.end(), b.positions.begin(), b.positions.end());
   host.insert(host.end(), b.cu_seqlens.begin(), b.cu_seqlens.end());
   ops::to_device(ctx_.backend, acts.index.get(), host.data(), n * sizeof(int32_t));

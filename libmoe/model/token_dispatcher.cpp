@@ -40,24 +40,16 @@ TokenDispatcher::TokenDispatcher(const Backend& b, const Routing& r, int64_t E, 
 }
 
 void TokenDispatcher::plan(const int32_t* expert_TK, int64_t E) {
-  if (!be_.host_memory()) {  // planned on the host from the choices, the row map sent back
-    std::vector<int32_t> experts(size_t(T_ * K_));
-    ops::to_host(be_, experts.data(), expert_TK, experts.size() * sizeof(int32_t));
-    const std::span<int64_t> device_slots = row_slot_;
-    host_index_.resize(size_t(3 * E) + row_slot_.size());
-    const std::span<int64_t> index(host_index_);
-    counts_E_ = index.subspan(0, size_t(E)), offsets_E_ = index.subspan(size_t(E), size_t(E));
-    blocks_E_ = index.subspan(size_t(2 * E), size_t(E)), row_slot_ = index.subspan(size_t(3 * E));
-    const int64_t R = ops::permute_plan(Backend{}, experts.data(), T_, K_, E, pad_to_, counts_E_.data(),
-                                        offsets_E_.data(), row_slot_.data());
-    ops::to_device(be_, device_slots.data(), row_slot_.data(), size_t(R) * sizeof(int64_t));
-    row_slot_ = device_slots.first(size_t(R));
-    for (int64_t e = 0; e < E; ++e) blocks_E_[size_t(e)] = block(e);
-    return;
-  }
   const int64_t R =
       ops::permute_plan(be_, expert_TK, T_, K_, E, pad_to_, counts_E_.data(), offsets_E_.data(), row_slot_.data());
   row_slot_ = row_slot_.first(size_t(R));
+  if (!be_.host_memory()) {  // the experts' GEMMs are sized on the host: counts and offsets come back
+    host_index_.resize(size_t(3 * E));
+    const std::span<int64_t> index(host_index_);
+    ops::to_host(be_, index.data(), counts_E_.data(), size_t(2 * E) * sizeof(int64_t));  // carved together
+    counts_E_ = index.subspan(0, size_t(E)), offsets_E_ = index.subspan(size_t(E), size_t(E));
+    blocks_E_ = index.subspan(size_t(2 * E), size_t(E));
+  }
   for (int64_t e = 0; e < E; ++e) blocks_E_[size_t(e)] = block(e);
 }
 

@@ -61,8 +61,8 @@ class TokenDispatcher {
   std::span<int64_t> counts_E_, offsets_E_, blocks_E_, row_slot_;
   std::span<const float> weight_TK_;
   std::vector<int64_t> own_index_;  // standalone: counts, offsets, blocks and row map
-  // On a backend whose memory is not the host's: counts, offsets and blocks (which the experts'
-  // GEMMs are sized from on the host) and the row map, planned here and the row map uploaded.
+  // On a backend whose memory is not the host's: counts, offsets and blocks on the host (the
+  // experts' GEMMs are sized there; the row map stays in the backend's memory).
   std::vector<int64_t> host_index_;
   std::vector<float> own_weight_;  // standalone: the weights
 };
